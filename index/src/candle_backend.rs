@@ -1,0 +1,79 @@
+//! The candle encoder backend: BERT forward, pooling, normalisation on the CPU.
+
+use crate::encoder::{EncoderBackend, TokenBatch};
+use crate::error::Result;
+use crate::model::{BertModel, Mode, ModelDir, Pooling};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+pub struct CandleBackend {
+    model: BertModel,
+    pooling: Pooling,
+    normalize: bool,
+    dim: usize,
+    device: Device,
+}
+
+impl CandleBackend {
+    /// Memory-maps the model's safetensors weights as f32 on the CPU.
+    pub fn load(model: &ModelDir, pooling: Pooling, normalize: bool) -> Result<Self> {
+        let device = Device::Cpu;
+        // SAFETY: the weights file is mapped read-only; cpack never writes to
+        // a model folder it is reading from.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&model.weights], DType::F32, &device)? };
+        let vb = if model.weight_prefix.is_empty() {
+            vb
+        } else {
+            vb.pp(&model.weight_prefix)
+        };
+        let bert = BertModel::load(vb, &model.config).map_err(|e| crate::error::Error::Model {
+            path: model.weights.clone(),
+            problem: format!("weights do not match config.json: {e}"),
+        })?;
+        Ok(CandleBackend {
+            model: bert,
+            pooling,
+            normalize,
+            dim: model.hidden_size(),
+            device,
+        })
+    }
+}
+
+/// Pools `[batch, seq, hidden]` states into `[batch, hidden]`, then optionally L2-normalises.
+pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling, normalize: bool) -> candle_core::Result<Tensor> {
+    let pooled = match pooling {
+        Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        Pooling::Mean => {
+            let mask3 = mask.unsqueeze(D::Minus1)?;
+            let summed = hidden.broadcast_mul(&mask3)?.sum(1)?;
+            let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::INFINITY)?;
+            summed.broadcast_div(&counts)?
+        }
+    };
+    if !normalize {
+        return Ok(pooled);
+    }
+    // torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
+    let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    pooled.broadcast_div(&norms)
+}
+
+impl EncoderBackend for CandleBackend {
+    fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+        let shape = (batch.batch, batch.seq_len);
+        let ids = Tensor::from_slice(&batch.input_ids, shape, &self.device)?;
+        let mask = Tensor::from_slice(&batch.attention_mask, shape, &self.device)?;
+        let hidden = self.model.forward(&ids, &mask, Mode::Inference)?;
+        let pooled = pool(&hidden, &mask, self.pooling, self.normalize)?;
+        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn name(&self) -> &'static str {
+        "candle"
+    }
+}

@@ -1,0 +1,180 @@
+//! Texts in, embeddings out: tokenisation, length-sorted batching and a
+//! pluggable model backend.
+
+use crate::error::{Error, Result};
+use crate::model::{ModelDir, Pooling};
+use crate::tokenize::TextTokenizer;
+use serde::{Deserialize, Serialize};
+
+/// A padded batch of token ids, row-major `[batch, seq_len]`.
+pub struct TokenBatch {
+    pub input_ids: Vec<u32>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<f32>,
+    pub batch: usize,
+    pub seq_len: usize,
+}
+
+impl TokenBatch {
+    /// Pads `sequences` with id 0 to the longest one.
+    pub fn pad(sequences: &[&[u32]]) -> Self {
+        let seq_len = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+        let batch = sequences.len();
+        let mut input_ids = vec![0u32; batch * seq_len];
+        let mut attention_mask = vec![0f32; batch * seq_len];
+        for (row, seq) in sequences.iter().enumerate() {
+            let start = row * seq_len;
+            input_ids[start..start + seq.len()].copy_from_slice(seq);
+            attention_mask[start..start + seq.len()].fill(1.0);
+        }
+        TokenBatch {
+            input_ids,
+            attention_mask,
+            batch,
+            seq_len,
+        }
+    }
+
+    pub fn real_tokens(&self) -> usize {
+        self.attention_mask.iter().filter(|&&m| m > 0.0).count()
+    }
+}
+
+/// A model runtime that turns padded token batches into pooled embeddings.
+pub trait EncoderBackend: Send + Sync {
+    /// Returns `[batch, dim]` row-major: pooled and, if configured, L2-normalised.
+    fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>>;
+    fn dim(&self) -> usize;
+    /// Short name recorded in index manifests (`"candle"`, `"ort"`).
+    fn name(&self) -> &'static str;
+}
+
+/// Whether a text is a query (gets the instruction) or a passage (never does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextKind {
+    Query,
+    Passage,
+}
+
+/// Everything that decides what vector a text gets, besides the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncoderSettings {
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub query_max_len: usize,
+    pub passage_max_len: usize,
+    /// Prefix added to queries only (BGE-style instruction); may be empty.
+    pub query_instruction: String,
+    pub batch_size: usize,
+}
+
+impl EncoderSettings {
+    /// Settings a model folder declares for itself, with cpack's default lengths.
+    pub fn declared_by(model: &ModelDir) -> Self {
+        let max_len = model.declared_max_len.unwrap_or(512);
+        EncoderSettings {
+            pooling: model.declared_pooling.unwrap_or(Pooling::Mean),
+            normalize: model.declared_normalize,
+            query_max_len: max_len.min(64),
+            passage_max_len: max_len.min(256),
+            query_instruction: String::new(),
+            batch_size: 32,
+        }
+    }
+}
+
+/// A tokenizer pair plus a backend: the whole text → vector path.
+pub struct Encoder {
+    backend: Box<dyn EncoderBackend>,
+    query_tokenizer: TextTokenizer,
+    passage_tokenizer: TextTokenizer,
+    settings: EncoderSettings,
+}
+
+impl Encoder {
+    pub fn new(model: &ModelDir, settings: EncoderSettings, backend: Box<dyn EncoderBackend>) -> Result<Self> {
+        let max_positions = model.config.max_position_embeddings;
+        for len in [settings.query_max_len, settings.passage_max_len] {
+            if len < 2 || len > max_positions {
+                return Err(Error::Invalid(format!(
+                    "max length {len} is outside 2..={max_positions} (the model's max_position_embeddings)"
+                )));
+            }
+        }
+        if settings.batch_size == 0 {
+            return Err(Error::Invalid("batch size must be at least 1".into()));
+        }
+        Ok(Encoder {
+            query_tokenizer: TextTokenizer::load(&model.tokenizer, settings.query_max_len)?,
+            passage_tokenizer: TextTokenizer::load(&model.tokenizer, settings.passage_max_len)?,
+            backend,
+            settings,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.backend.dim()
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    pub fn settings(&self) -> &EncoderSettings {
+        &self.settings
+    }
+
+    /// Token ids exactly as the model will see them (instruction included for queries).
+    pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Vec<Vec<u32>>> {
+        match kind {
+            TextKind::Passage => self.passage_tokenizer.encode_batch(texts),
+            TextKind::Query if self.settings.query_instruction.is_empty() => self.query_tokenizer.encode_batch(texts),
+            TextKind::Query => {
+                let prefixed: Vec<String> = texts
+                    .iter()
+                    .map(|t| format!("{}{t}", self.settings.query_instruction))
+                    .collect();
+                let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+                self.query_tokenizer.encode_batch(&refs)
+            }
+        }
+    }
+
+    /// Embeds `texts` in order, `[texts.len(), dim]` row-major. Batches are
+    /// formed from length-sorted texts so little time goes into padding;
+    /// `on_batch(texts_done, tokens_done)` reports progress.
+    pub fn encode(&self, texts: &[&str], kind: TextKind, on_batch: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+        let tokens = self.tokenize(texts, kind)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        // Longest first: the biggest batch shows up at once if memory is short.
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+        let dim = self.dim();
+        let mut out = vec![0f32; texts.len() * dim];
+        for rows in order.chunks(self.settings.batch_size) {
+            let seqs: Vec<&[u32]> = rows.iter().map(|&i| tokens[i].as_slice()).collect();
+            let batch = TokenBatch::pad(&seqs);
+            let embedded = self.backend.embed(&batch)?;
+            for (k, &row) in rows.iter().enumerate() {
+                out[row * dim..(row + 1) * dim].copy_from_slice(&embedded[k * dim..(k + 1) * dim]);
+            }
+            on_batch(rows.len(), batch.real_tokens());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_masks_padding() {
+        let a = [101u32, 7, 102];
+        let b = [101u32, 102];
+        let batch = TokenBatch::pad(&[&a, &b]);
+        assert_eq!(batch.seq_len, 3);
+        assert_eq!(batch.input_ids, vec![101, 7, 102, 101, 102, 0]);
+        assert_eq!(batch.attention_mask, vec![1., 1., 1., 1., 1., 0.]);
+        assert_eq!(batch.real_tokens(), 5);
+    }
+}

@@ -1,0 +1,243 @@
+//! A BERT encoder written with candle ops, under Hugging Face tensor names.
+//!
+//! Two forward flavours share the weights: [`Mode::Inference`] uses candle's
+//! fused layer-norm and softmax kernels (fast, but they have no backward and
+//! silently detach), [`Mode::Differentiable`] uses plain ops so gradients reach
+//! every weight. The trainer must use the latter.
+
+use super::config::{Activation, BertConfig};
+use candle_core::{DType, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Which kernels the forward pass uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Fused kernels, no gradients.
+    Inference,
+    /// Plain, differentiable ops.
+    Differentiable,
+}
+
+struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Ok(Linear {
+            weight_t: weight.t()?,
+            bias,
+        })
+    }
+
+    /// Several projections of the same input fused into one matrix product.
+    fn concat(parts: &[Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight_t).collect();
+        let biases: Vec<&Tensor> = parts.iter().map(|p| &p.bias).collect();
+        Ok(Linear {
+            weight_t: Tensor::cat(&weights, 1)?,
+            bias: Tensor::cat(&biases, 0)?,
+        })
+    }
+
+    /// `x` is `[rows, in]`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        // Old TF-converted checkpoints call these gamma/beta.
+        let (w, b) = if vb.contains_tensor("gamma") {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
+        Ok(LayerNorm {
+            weight: vb.get(dim, w)?,
+            bias: vb.get(dim, b)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
+            Mode::Differentiable => {
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let centered = x.broadcast_sub(&mean)?;
+                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(vb: &VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Embeddings {
+            word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
+            position: vb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?,
+            token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
+            norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+        })
+    }
+
+    /// `input_ids` is `[batch, seq]` (u32); returns `[batch * seq, hidden]`.
+    fn forward(&self, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let words = self.word.embedding(&input_ids.flatten_all()?)?;
+        let positions = self.position.narrow(0, 0, seq)?;
+        // Every cpack input is a single segment, so token type 0 throughout.
+        let segment = self.token_type.get(0)?;
+        let sum = words
+            .reshape((batch, seq, ()))?
+            .broadcast_add(&positions)?
+            .broadcast_add(&segment)?;
+        self.norm.forward(&sum.reshape((batch * seq, ()))?, mode)
+    }
+}
+
+struct Layer {
+    qkv: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(vb: &VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+        let attn = vb.pp("attention");
+        let heads = attn.pp("self");
+        let qkv = Linear::concat(&[
+            Linear::load(&heads.pp("query"), h, h)?,
+            Linear::load(&heads.pp("key"), h, h)?,
+            Linear::load(&heads.pp("value"), h, h)?,
+        ])?;
+        Ok(Layer {
+            qkv,
+            attention_out: Linear::load(&attn.pp("output").pp("dense"), h, h)?,
+            attention_norm: LayerNorm::load(&attn.pp("output").pp("LayerNorm"), h, eps)?,
+            intermediate: Linear::load(&vb.pp("intermediate").pp("dense"), h, i)?,
+            output: Linear::load(&vb.pp("output").pp("dense"), i, h)?,
+            output_norm: LayerNorm::load(&vb.pp("output").pp("LayerNorm"), h, eps)?,
+        })
+    }
+}
+
+/// BERT without its pooler: token ids in, last hidden states out.
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    heads: usize,
+    head_dim: usize,
+    activation: Activation,
+}
+
+impl BertModel {
+    /// Loads weights under `vb` (already prefixed with `bert.` when the checkpoint uses it).
+    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let embeddings = Embeddings::load(&vb.pp("embeddings"), cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(&vb.pp(format!("encoder.layer.{i}")), cfg))
+            .collect::<Result<_>>()?;
+        Ok(BertModel {
+            embeddings,
+            layers,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+            activation: cfg.hidden_act,
+        })
+    }
+
+    /// `input_ids` `[batch, seq]` u32, `attention_mask` `[batch, seq]` f32 (1 = token, 0 = pad).
+    /// Returns the last hidden states, `[batch, seq, hidden]`.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        // Padding keys get a large negative score, so softmax gives them zero weight.
+        let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, seq))?;
+        let mut hidden = self.embeddings.forward(input_ids, mode)?;
+        for layer in &self.layers {
+            hidden = self.layer_forward(layer, &hidden, &key_bias, batch, seq, mode)?;
+        }
+        hidden.reshape((batch, seq, ()))
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        hidden: &Tensor,
+        key_bias: &Tensor,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let context = self.attention(layer, hidden, key_bias, batch, seq, mode)?;
+        let attended = layer
+            .attention_norm
+            .forward(&(layer.attention_out.forward(&context)? + hidden)?, mode)?;
+        let inner = layer.intermediate.forward(&attended)?;
+        let inner = match self.activation {
+            Activation::Gelu => inner.gelu_erf()?,
+            Activation::GeluNew => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        layer
+            .output_norm
+            .forward(&(layer.output.forward(&inner)? + attended)?, mode)
+    }
+
+    /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`.
+    fn attention(
+        &self,
+        layer: &Layer,
+        hidden: &Tensor,
+        key_bias: &Tensor,
+        batch: usize,
+        seq: usize,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let qkv = layer
+            .qkv
+            .forward(hidden)?
+            .reshape((batch, seq, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = (qkv.get(0)? * scale)?;
+        let k = qkv.get(1)?;
+        let v = qkv.get(2)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(key_bias)?;
+        let probs = match mode {
+            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
+            Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((batch * seq, self.heads * self.head_dim))
+    }
+}

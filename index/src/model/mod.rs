@@ -1,0 +1,216 @@
+//! Hugging Face model folders: config, weights, tokenizer and the
+//! sentence-transformers module files that choose pooling and normalisation.
+
+mod bert;
+mod config;
+
+pub use bert::{BertModel, Mode};
+pub use config::{Activation, BertConfig};
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// How token states become one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Average over real (non-padding) tokens, as all-MiniLM and GTE.
+    Mean,
+    /// The `[CLS]` token's state, as BGE.
+    Cls,
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        })
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            other => Err(format!("unknown pooling {other:?} (expected \"mean\" or \"cls\")")),
+        }
+    }
+}
+
+/// A validated model folder, not yet loaded into memory.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub config: BertConfig,
+    pub weights: PathBuf,
+    pub tokenizer: PathBuf,
+    /// Tensor-name prefix of the BERT weights (`"bert"` or empty).
+    pub weight_prefix: String,
+    /// Pooling and normalisation as the sentence-transformers files declare them.
+    pub declared_pooling: Option<Pooling>,
+    pub declared_normalize: bool,
+    /// `max_seq_length` from `sentence_bert_config.json`, if present.
+    pub declared_max_len: Option<usize>,
+}
+
+#[derive(Deserialize)]
+struct StModule {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct StPooling {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    max_seq_length: Option<usize>,
+}
+
+impl ModelDir {
+    /// Checks that `dir` holds a runnable BERT-family model and reads its metadata.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let model_err = |problem: String| Error::Model {
+            path: dir.to_path_buf(),
+            problem,
+        };
+        if !dir.is_dir() {
+            return Err(model_err("not a directory".into()));
+        }
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            return Err(model_err("config.json is missing".into()));
+        }
+        let config: BertConfig = fsutil::read_json(&config_path)?;
+        if let Some(reason) = config.unsupported_reason() {
+            return Err(model_err(reason));
+        }
+        let weights = dir.join("model.safetensors");
+        if !weights.exists() {
+            return Err(model_err(
+                "model.safetensors is missing (cpack reads safetensors weights; convert pytorch_model.bin first)".into(),
+            ));
+        }
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.exists() {
+            return Err(model_err("tokenizer.json is missing".into()));
+        }
+        let weight_prefix = detect_prefix(&weights)?;
+        let (declared_pooling, declared_normalize) = read_modules(dir)?;
+        let st_config = dir.join("sentence_bert_config.json");
+        let declared_max_len = if st_config.exists() {
+            fsutil::read_json::<StConfig>(&st_config)?.max_seq_length
+        } else {
+            None
+        };
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+            weight_prefix,
+            declared_pooling,
+            declared_normalize,
+            declared_max_len,
+        })
+    }
+
+    /// Hash of config, weights and tokenizer: two folders with the same
+    /// fingerprint produce the same embeddings.
+    pub fn fingerprint(&self) -> Result<String> {
+        let mut hasher = Sha256::new();
+        for path in [&self.dir.join("config.json"), &self.weights, &self.tokenizer] {
+            let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+            // SAFETY: read-only map of a file we do not modify; a concurrent
+            // writer could only make the hash stale, which the next open catches.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("map", path))?;
+            hasher.update((map.len() as u64).to_le_bytes());
+            hasher.update(&map[..]);
+        }
+        Ok(hex::encode(&hasher.finalize()[..16]))
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
+}
+
+fn detect_prefix(weights: &Path) -> Result<String> {
+    let header = read_safetensors_header(weights)?;
+    let has = |name: &str| header.contains_key(name);
+    if has("embeddings.word_embeddings.weight") {
+        Ok(String::new())
+    } else if has("bert.embeddings.word_embeddings.weight") {
+        Ok("bert".into())
+    } else {
+        Err(Error::Model {
+            path: weights.to_path_buf(),
+            problem: "no tensor named embeddings.word_embeddings.weight (with or without the bert. prefix); \
+                      is this a BERT checkpoint?"
+                .into(),
+        })
+    }
+}
+
+/// The JSON header of a safetensors file (tensor name → dtype/shape/offsets),
+/// read without touching the tensor data.
+fn read_safetensors_header(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use std::io::Read;
+    let bad = |problem: &str| Error::BadFile {
+        path: path.to_path_buf(),
+        problem: format!("not a safetensors file: {problem}"),
+    };
+    let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("shorter than its header"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("header length is implausible"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))
+}
+
+/// Pooling and normalisation from `modules.json` and `1_Pooling/config.json`.
+fn read_modules(dir: &Path) -> Result<(Option<Pooling>, bool)> {
+    let modules_path = dir.join("modules.json");
+    if !modules_path.exists() {
+        return Ok((None, false));
+    }
+    let modules: Vec<StModule> = fsutil::read_json(&modules_path)?;
+    let mut pooling = None;
+    let mut normalize = false;
+    for module in modules {
+        if module.kind.ends_with("Pooling") {
+            let cfg_path = dir.join(&module.path).join("config.json");
+            let cfg: StPooling = fsutil::read_json(&cfg_path)?;
+            pooling = match (cfg.pooling_mode_cls_token, cfg.pooling_mode_mean_tokens) {
+                (true, false) => Some(Pooling::Cls),
+                (false, true) => Some(Pooling::Mean),
+                _ => {
+                    return Err(Error::BadFile {
+                        path: cfg_path,
+                        problem: "cpack supports exactly one of pooling_mode_cls_token / pooling_mode_mean_tokens"
+                            .into(),
+                    })
+                }
+            };
+        } else if module.kind.ends_with("Normalize") {
+            normalize = true;
+        }
+    }
+    Ok((pooling, normalize))
+}

