@@ -1,1 +1,25 @@
-fn main(){}
+//! `cpack`: the command-line front of the cpack engine. It parses flags,
+//! merges them over the workspace's `cpack.toml`, and calls into the
+//! library crates; errors are printed as one line plus their causes.
+
+mod cli;
+mod commands;
+mod config;
+mod progress;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -2,16 +2,25 @@
 //!
 //! It owns the encoder (Hugging Face tokenizer + a candle BERT + pooling,
 //! behind the [`EncoderBackend`] trait), BEIR datasets, the persistent index
-//! under `.cpack/index/` (memory-mapped embeddings, a [`VectorIndex`], and an
-//! atomically written manifest), and the retrieval metrics used by `cpack eval`.
+//! under `.cpack/index/` ([`store`]: memory-mapped embeddings, a
+//! [`vector::VectorIndex`] and an atomically written manifest), and the
+//! retrieval metrics used by `cpack eval`.
 
 pub mod candle_backend;
 pub mod dataset;
+pub mod embeddings;
 pub mod encoder;
 pub mod error;
 pub mod fsutil;
+pub mod metrics;
 pub mod model;
+pub mod progress;
+pub mod store;
 pub mod tokenize;
+pub mod vector;
 
 pub use encoder::{Encoder, EncoderBackend, EncoderSettings, TextKind, TokenBatch};
 pub use error::{Error, Result};
+pub use progress::{Progress, Silent};
+#[cfg(feature = "test-model")]
+pub mod test_model;

@@ -1,0 +1,381 @@
+//! The persistent index under `.cpack/index/`: generations, manifest,
+//! resumable builds and the atomic swap.
+//!
+//! ```text
+//! .cpack/index/
+//!   CURRENT               name of the live generation (written atomically)
+//!   gen-000003/           an immutable, complete generation
+//!     manifest.json       what made it (model, corpus, settings) and how long it took
+//!     ids.json            corpus ids in row order
+//!     embeddings.f32      rows × dim (or embeddings.f16)
+//!     vectors.faiss       the FAISS index, when the backend is FAISS
+//!   build/                the build in progress, if any
+//!     state.json          its plan and the rows already encoded and synced
+//!     embeddings.f32      the rows encoded so far
+//! ```
+//!
+//! A build appends encoded chunks to `build/`, recording after each fsync how
+//! many rows are durable; a killed build resumes from there when its plan is
+//! unchanged, and starts clean otherwise. When complete, `build/` is renamed
+//! to a new generation and `CURRENT` is switched to it, so readers always see
+//! either the old or the new index, never a half-built one.
+
+use crate::dataset::TextTable;
+use crate::embeddings::{EmbeddingMatrix, Precision};
+use crate::encoder::{Encoder, TextKind};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::Pooling;
+use crate::progress::Progress;
+use crate::vector::{IndexKind, VectorIndex};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Version of the on-disk layout; bumped on any incompatible change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Everything that decides which vector a text gets. An index may only be
+/// searched with queries encoded under the same stamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbeddingStamp {
+    pub model_fingerprint: String,
+    pub encoder_backend: String,
+    pub dim: usize,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub query_max_len: usize,
+    pub passage_max_len: usize,
+    pub query_instruction: String,
+}
+
+impl EmbeddingStamp {
+    /// The first field in which `self` (the index) differs from `other` (the workspace).
+    pub fn first_difference(&self, other: &EmbeddingStamp) -> Option<(&'static str, String, String)> {
+        let fields: [(&'static str, String, String); 8] = [
+            ("model fingerprint", self.model_fingerprint.clone(), other.model_fingerprint.clone()),
+            ("dimension", self.dim.to_string(), other.dim.to_string()),
+            ("query instruction", format!("{:?}", self.query_instruction), format!("{:?}", other.query_instruction)),
+            ("pooling", self.pooling.to_string(), other.pooling.to_string()),
+            ("normalize", self.normalize.to_string(), other.normalize.to_string()),
+            ("passage max length", self.passage_max_len.to_string(), other.passage_max_len.to_string()),
+            ("query max length", self.query_max_len.to_string(), other.query_max_len.to_string()),
+            ("encoder backend", self.encoder_backend.clone(), other.encoder_backend.clone()),
+        ];
+        fields.into_iter().find(|(_, a, b)| a != b)
+    }
+}
+
+/// What a build will produce: identical plans give identical generations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildPlan {
+    pub stamp: EmbeddingStamp,
+    pub corpus_fingerprint: String,
+    pub rows: usize,
+    pub precision: Precision,
+    pub index: IndexKind,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Timings {
+    pub encode_seconds: f64,
+    pub index_seconds: f64,
+    pub tokens: u64,
+}
+
+/// `manifest.json` of a generation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub plan: BuildPlan,
+    pub model_path: String,
+    pub corpus_path: String,
+    pub created_unix: u64,
+    pub timings: Timings,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BuildState {
+    format_version: u32,
+    plan: BuildPlan,
+    rows_done: usize,
+    timings: Timings,
+}
+
+/// Where the corpus and model of a build came from (recorded, not compared).
+pub struct Provenance<'a> {
+    pub model_path: &'a Path,
+    pub corpus_path: &'a Path,
+}
+
+/// What `build` did.
+#[derive(Debug)]
+pub enum BuildOutcome {
+    /// The live generation already matches the plan.
+    UpToDate { generation: String },
+    Built {
+        generation: String,
+        resumed_from_row: usize,
+        manifest: Manifest,
+    },
+}
+
+/// An opened generation, ready to search.
+pub struct OpenIndex {
+    pub generation: String,
+    pub manifest: Manifest,
+    pub ids: Vec<String>,
+    pub embeddings: Arc<EmbeddingMatrix>,
+    pub vectors: Box<dyn VectorIndex>,
+}
+
+/// The `.cpack/index` directory of a workspace.
+pub struct IndexDir {
+    root: PathBuf,
+}
+
+const CURRENT: &str = "CURRENT";
+const BUILD: &str = "build";
+const STATE: &str = "state.json";
+const MANIFEST: &str = "manifest.json";
+const IDS: &str = "ids.json";
+
+impl IndexDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        IndexDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The live generation's name and manifest, if any.
+    pub fn current(&self) -> Result<Option<(String, Manifest)>> {
+        let current = self.root.join(CURRENT);
+        if !current.exists() {
+            return Ok(None);
+        }
+        let name = String::from_utf8_lossy(&fsutil::read(&current)?).trim().to_string();
+        let manifest_path = self.root.join(&name).join(MANIFEST);
+        let manifest: Manifest = fsutil::read_json(&manifest_path)?;
+        if manifest.format_version > FORMAT_VERSION {
+            return Err(Error::BadFile {
+                path: manifest_path,
+                problem: format!(
+                    "written by a newer cpack (format {}, this one reads up to {FORMAT_VERSION})",
+                    manifest.format_version
+                ),
+            });
+        }
+        Ok(Some((name, manifest)))
+    }
+
+    /// Opens the live generation, refusing it if it was embedded differently from `expect`.
+    pub fn open(&self, expect: &EmbeddingStamp) -> Result<OpenIndex> {
+        let (generation, manifest) = self.current()?.ok_or_else(|| Error::NoIndex {
+            path: self.root.clone(),
+        })?;
+        let dir = self.root.join(&generation);
+        if let Some((field, index_value, workspace_value)) = manifest.plan.stamp.first_difference(expect) {
+            return Err(Error::Mismatch {
+                path: dir,
+                field,
+                index_value,
+                workspace_value,
+            });
+        }
+        self.open_generation(generation, manifest)
+    }
+
+    fn open_generation(&self, generation: String, manifest: Manifest) -> Result<OpenIndex> {
+        let dir = self.root.join(&generation);
+        let plan = &manifest.plan;
+        let ids: Vec<String> = fsutil::read_json(&dir.join(IDS))?;
+        if ids.len() != plan.rows {
+            return Err(Error::BadFile {
+                path: dir.join(IDS),
+                problem: format!("lists {} ids, the manifest promises {}", ids.len(), plan.rows),
+            });
+        }
+        let embeddings = Arc::new(EmbeddingMatrix::open(
+            &dir.join(plan.precision.file_name()),
+            plan.rows,
+            plan.stamp.dim,
+            plan.precision,
+        )?);
+        let vectors = plan.index.open(&dir, embeddings.clone())?;
+        Ok(OpenIndex {
+            generation,
+            manifest,
+            ids,
+            embeddings,
+            vectors,
+        })
+    }
+
+    /// Builds (or resumes building) the index the plan describes and makes it live.
+    /// `chunk_rows` passages are encoded and synced between progress records.
+    pub fn build(
+        &self,
+        plan: BuildPlan,
+        provenance: Provenance,
+        corpus: &TextTable,
+        encoder: &Encoder,
+        chunk_rows: usize,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<BuildOutcome> {
+        fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
+        if !force {
+            if let Some((generation, manifest)) = self.current()? {
+                if manifest.plan == plan {
+                    return Ok(BuildOutcome::UpToDate { generation });
+                }
+            }
+        }
+        let build_dir = self.root.join(BUILD);
+        let mut state = self.resume_or_start(&build_dir, &plan, progress)?;
+        let resumed_from_row = state.rows_done;
+        self.encode_remaining(&build_dir, &mut state, corpus, encoder, chunk_rows.max(1), progress)?;
+
+        progress.stage(&format!("indexing ({})", plan.index), 0);
+        let started = Instant::now();
+        let embeddings = Arc::new(EmbeddingMatrix::open(
+            &build_dir.join(plan.precision.file_name()),
+            plan.rows,
+            plan.stamp.dim,
+            plan.precision,
+        )?);
+        let vectors = plan.index.build(embeddings)?;
+        vectors.save(&build_dir)?;
+        state.timings.index_seconds = started.elapsed().as_secs_f64();
+
+        fsutil::write_json_atomic(&build_dir.join(IDS), &corpus.ids)?;
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            plan,
+            model_path: provenance.model_path.display().to_string(),
+            corpus_path: provenance.corpus_path.display().to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            timings: state.timings.clone(),
+        };
+        fsutil::write_json_atomic(&build_dir.join(MANIFEST), &manifest)?;
+        fs::remove_file(build_dir.join(STATE)).map_err(Error::io("remove", build_dir.join(STATE)))?;
+        let generation = self.publish(&build_dir)?;
+        Ok(BuildOutcome::Built {
+            generation,
+            resumed_from_row,
+            manifest,
+        })
+    }
+
+    /// Picks up `build/` if it was started with the same plan, else clears it.
+    fn resume_or_start(&self, build_dir: &Path, plan: &BuildPlan, progress: &dyn Progress) -> Result<BuildState> {
+        let state_path = build_dir.join(STATE);
+        if state_path.exists() {
+            if let Ok(state) = fsutil::read_json::<BuildState>(&state_path) {
+                if state.format_version == FORMAT_VERSION && &state.plan == plan {
+                    let data = build_dir.join(plan.precision.file_name());
+                    let width = (plan.stamp.dim * plan.precision.bytes()) as u64;
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&data)
+                        .map_err(Error::io("open", &data))?;
+                    // Rows past the last recorded chunk may be partial: drop them.
+                    file.set_len(state.rows_done as u64 * width)
+                        .map_err(Error::io("truncate", &data))?;
+                    progress.note(&format!(
+                        "resuming an interrupted build at row {} of {}",
+                        state.rows_done, plan.rows
+                    ));
+                    return Ok(state);
+                }
+            }
+            progress.note("discarding an interrupted build made with other settings");
+        }
+        if build_dir.exists() {
+            fs::remove_dir_all(build_dir).map_err(Error::io("remove", build_dir))?;
+        }
+        fs::create_dir_all(build_dir).map_err(Error::io("create", build_dir))?;
+        let data = build_dir.join(plan.precision.file_name());
+        fs::File::create(&data).map_err(Error::io("create", &data))?;
+        let state = BuildState {
+            format_version: FORMAT_VERSION,
+            plan: plan.clone(),
+            rows_done: 0,
+            timings: Timings::default(),
+        };
+        fsutil::write_json_atomic(&state_path, &state)?;
+        Ok(state)
+    }
+
+    fn encode_remaining(
+        &self,
+        build_dir: &Path,
+        state: &mut BuildState,
+        corpus: &TextTable,
+        encoder: &Encoder,
+        chunk_rows: usize,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let plan = state.plan.clone();
+        let data_path = build_dir.join(plan.precision.file_name());
+        let mut data = OpenOptions::new()
+            .append(true)
+            .open(&data_path)
+            .map_err(Error::io("open", &data_path))?;
+        progress.stage("encoding passages", plan.rows as u64);
+        progress.advance(state.rows_done as u64, 0);
+        while state.rows_done < plan.rows {
+            let started = Instant::now();
+            let end = (state.rows_done + chunk_rows).min(plan.rows);
+            let texts: Vec<String> = (state.rows_done..end).map(|i| corpus.full_text(i)).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let mut tokens = 0u64;
+            let vectors = encoder.encode(&refs, TextKind::Passage, &mut |n, t| {
+                tokens += t as u64;
+                progress.advance(n as u64, t as u64);
+            })?;
+            data.write_all(&plan.precision.encode(&vectors))
+                .and_then(|_| data.sync_data())
+                .map_err(Error::io("write", &data_path))?;
+            state.rows_done = end;
+            state.timings.tokens += tokens;
+            state.timings.encode_seconds += started.elapsed().as_secs_f64();
+            fsutil::write_json_atomic(&build_dir.join(STATE), state)?;
+        }
+        Ok(())
+    }
+
+    /// Renames the finished build to the next generation, switches CURRENT to
+    /// it, then removes older generations.
+    fn publish(&self, build_dir: &Path) -> Result<String> {
+        let existing = self.generations()?;
+        let next = existing.iter().filter_map(|g| g.strip_prefix("gen-")?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
+        let generation = format!("gen-{next:06}");
+        let target = self.root.join(&generation);
+        fs::rename(build_dir, &target).map_err(Error::io("rename into place", &target))?;
+        fsutil::sync_dir(&self.root)?;
+        fsutil::atomic_write(&self.root.join(CURRENT), format!("{generation}\n").as_bytes())?;
+        for old in existing {
+            let path = self.root.join(&old);
+            // A failed clean-up only wastes disk; the swap itself is done.
+            let _ = fs::remove_dir_all(path);
+        }
+        Ok(generation)
+    }
+
+    fn generations(&self) -> Result<Vec<String>> {
+        let entries = fs::read_dir(&self.root).map_err(Error::io("list", &self.root))?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("gen-"))
+            .collect())
+    }
+}

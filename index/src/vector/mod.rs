@@ -1,0 +1,122 @@
+//! The vector-index boundary: build from embeddings, search, save, open.
+//!
+//! Two implementations share one contract (and one test suite):
+//! [`exact`], a brute-force inner-product scan in Rust that needs no native
+//! library, and `faiss` (feature `faiss`), any FAISS factory string.
+
+pub mod exact;
+#[cfg(feature = "faiss")]
+pub mod faiss;
+
+use crate::embeddings::EmbeddingMatrix;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The `k` best rows for each of `queries` queries, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hits {
+    pub k: usize,
+    /// `[queries × k]` inner products.
+    pub scores: Vec<f32>,
+    /// `[queries × k]` row numbers; `-1` where fewer than `k` rows exist.
+    pub rows: Vec<i64>,
+}
+
+impl Hits {
+    /// The (row, score) pairs of query `q`, skipping empty slots.
+    pub fn of(&self, q: usize) -> impl Iterator<Item = (usize, f32)> + '_ {
+        let span = q * self.k..(q + 1) * self.k;
+        self.rows[span.clone()]
+            .iter()
+            .zip(&self.scores[span])
+            .filter(|(r, _)| **r >= 0)
+            .map(|(r, s)| (*r as usize, *s))
+    }
+}
+
+/// A searchable set of vectors (inner-product similarity).
+pub trait VectorIndex: Send {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Searches `queries` (row-major, `dim` wide) for the top `k` rows each.
+    fn search(&mut self, queries: &[f32], k: usize) -> Result<Hits>;
+    /// Persists whatever this index keeps beyond the embedding file.
+    fn save(&self, dir: &Path) -> Result<()>;
+}
+
+/// Which implementation backs an index, and with what FAISS factory string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum IndexKind {
+    /// Brute force over the embedding file; no extra files.
+    Exact,
+    /// A FAISS index from a factory string (`Flat`, `IVF1024,Flat`, `HNSW32`, …).
+    Faiss { factory: String },
+}
+
+impl IndexKind {
+    /// `"exact"`, or a FAISS factory string.
+    pub fn parse(backend: &str, factory: &str) -> Result<Self> {
+        match backend {
+            "exact" => Ok(IndexKind::Exact),
+            "faiss" if cfg!(feature = "faiss") => Ok(IndexKind::Faiss {
+                factory: factory.to_string(),
+            }),
+            "faiss" => Err(Error::Invalid(
+                "this cpack was built without the `faiss` feature; use index.backend = \"exact\"".into(),
+            )),
+            other => Err(Error::Invalid(format!(
+                "unknown index backend {other:?} (expected \"faiss\" or \"exact\")"
+            ))),
+        }
+    }
+
+    /// Builds an index over all rows of `embeddings`.
+    pub fn build(&self, embeddings: Arc<EmbeddingMatrix>) -> Result<Box<dyn VectorIndex>> {
+        match self {
+            IndexKind::Exact => Ok(Box::new(exact::ExactIndex::new(embeddings))),
+            IndexKind::Faiss { factory } => build_faiss(factory, &embeddings),
+        }
+    }
+
+    /// Opens an index saved in `dir` over `embeddings`.
+    pub fn open(&self, dir: &Path, embeddings: Arc<EmbeddingMatrix>) -> Result<Box<dyn VectorIndex>> {
+        match self {
+            IndexKind::Exact => Ok(Box::new(exact::ExactIndex::new(embeddings))),
+            IndexKind::Faiss { .. } => open_faiss(dir, &embeddings),
+        }
+    }
+}
+
+impl std::fmt::Display for IndexKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexKind::Exact => f.write_str("exact"),
+            IndexKind::Faiss { factory } => write!(f, "faiss {factory}"),
+        }
+    }
+}
+
+#[cfg(feature = "faiss")]
+fn build_faiss(factory: &str, embeddings: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+    Ok(Box::new(faiss::FaissIndex::build(factory, embeddings)?))
+}
+
+#[cfg(feature = "faiss")]
+fn open_faiss(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+    Ok(Box::new(faiss::FaissIndex::open(dir, embeddings)?))
+}
+
+#[cfg(not(feature = "faiss"))]
+fn build_faiss(_: &str, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+    Err(Error::Invalid("this cpack was built without the `faiss` feature".into()))
+}
+
+#[cfg(not(feature = "faiss"))]
+fn open_faiss(_: &Path, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+    Err(Error::Invalid("this index needs FAISS, and this cpack was built without the `faiss` feature".into()))
+}

@@ -1,0 +1,173 @@
+//! Command-line definitions. Doc comments here are the `--help` text.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// cpack — hard-negative mining and retrieval for BGE-style embedders.
+///
+/// cpack works inside a workspace: a directory holding `cpack.toml` (made by
+/// `cpack init`), the way cargo works on Cargo.toml. State (the index, later
+/// the mined negatives and checkpoints) lives under `.cpack/` beside it.
+/// Every flag that mirrors a `cpack.toml` key overrides it for one run.
+///
+/// Typical session:
+///   cpack init --data ./my-beir-set --model ./all-MiniLM-L6-v2
+///   cpack index build
+///   cpack eval --split test
+///   cpack search "how do I file a claim?"
+#[derive(Parser, Debug)]
+#[command(name = "cpack", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Workspace directory (holding cpack.toml); default: the current directory.
+    #[arg(long, short = 'C', global = true, value_name = "DIR", env = "CPACK_WORKSPACE")]
+    pub workspace: Option<PathBuf>,
+
+    /// No progress bars or notes on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create cpack.toml for a dataset and a model in the workspace directory.
+    Init(InitArgs),
+    /// Build or inspect the persistent vector index of the corpus.
+    #[command(subcommand)]
+    Index(IndexCommand),
+    /// Search the index with a query (the workspace's query instruction is applied).
+    Search(SearchArgs),
+    /// Embed texts from a JSONL file: each {"text": …} line gets an "embedding".
+    Embed(EmbedArgs),
+    /// Evaluate retrieval on a qrels split: nDCG@10, MRR@10, Recall@10/100.
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Dataset folder in BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+
+    /// Model folder in Hugging Face / sentence-transformers layout
+    /// (config.json, model.safetensors, tokenizer.json, modules.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+
+    /// Instruction put before every query (never before passages). Either the
+    /// text itself, or a preset: `bge-en` ("Represent this sentence for searching
+    /// relevant passages: ") or `bge-zh` ("为这个句子生成表示以用于检索相关文章：").
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub query_instruction: String,
+
+    /// Overwrite an existing cpack.toml.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Settings of the encoder and index that every command can override.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Overrides {
+    /// Model folder [cpack.toml: model.path].
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Pooling: mean or cls [model.pooling; default: as the model's modules.json says].
+    #[arg(long, value_name = "MODE")]
+    pub pooling: Option<String>,
+    /// Maximum query length in tokens, [CLS]/[SEP] included [model.query_max_len].
+    #[arg(long, value_name = "N")]
+    pub query_max_len: Option<usize>,
+    /// Maximum passage length in tokens [model.passage_max_len].
+    #[arg(long, value_name = "N")]
+    pub passage_max_len: Option<usize>,
+    /// Texts per forward pass [encode.batch_size].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Compute threads, 0 = all cores [encode.threads]. On a busy 2-core box, 1 can beat 2.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IndexCommand {
+    /// Encode the corpus with the current model and build the vector index.
+    ///
+    /// Passages are encoded in chunks that are synced to disk as they finish:
+    /// an interrupted build resumes where it stopped when run again with the
+    /// same settings. The new index is built beside the live one and swapped
+    /// in atomically once complete.
+    Build(BuildArgs),
+    /// Show the live index's manifest: model, corpus, settings, timings.
+    Info {
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Index backend: faiss or exact (brute force in Rust) [index.backend].
+    #[arg(long, value_name = "NAME")]
+    pub backend: Option<String>,
+    /// FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32, IVF1024,PQ32 [index.factory].
+    #[arg(long, value_name = "STRING")]
+    pub factory: Option<String>,
+    /// Precision of the stored embeddings: f32 or f16 [index.precision].
+    #[arg(long, value_name = "P")]
+    pub precision: Option<String>,
+    /// Passages encoded between two resumable checkpoints of the build.
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub chunk_rows: usize,
+    /// Rebuild even if the live index already matches model, corpus and settings.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SearchArgs {
+    /// The query text.
+    pub query: String,
+    /// Number of results.
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// JSONL input, one {"text": …} object per line; `-` reads stdin.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+    /// JSONL output (each input object plus "embedding"); `-` writes stdout.
+    #[arg(long, short, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+    /// Treat the texts as queries: apply the query instruction and query max length.
+    #[arg(long)]
+    pub query: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Qrels split to evaluate (qrels/<split>.tsv).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Print metrics as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}

@@ -1,0 +1,130 @@
+//! `cpack index build` and `cpack index info`.
+
+use super::{load_config, open_encoder, Context};
+use crate::cli::{BuildArgs, IndexCommand};
+use crate::config;
+use anyhow::{bail, Result};
+use cpack_index::dataset::Dataset;
+use cpack_index::store::{BuildOutcome, BuildPlan, Provenance};
+use cpack_index::vector::IndexKind;
+use cpack_index::Progress;
+
+pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
+    match cmd {
+        IndexCommand::Build(args) => build(ctx, args),
+        IndexCommand::Info { json } => info(ctx, json),
+    }
+}
+
+fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
+    let mut config = load_config(ctx, &args.overrides)?;
+    if args.backend.is_some() || args.factory.is_some() {
+        let (backend, factory) = match &config.index.kind {
+            IndexKind::Exact => ("exact", "Flat".to_string()),
+            IndexKind::Faiss { factory } => ("faiss", factory.clone()),
+        };
+        config.index.kind = IndexKind::parse(
+            args.backend.as_deref().unwrap_or(backend),
+            args.factory.as_deref().unwrap_or(&factory),
+        )?;
+    }
+    if args.precision.is_some() {
+        config.index.precision = config::parse_precision(args.precision.as_deref())?;
+    }
+    if args.chunk_rows == 0 {
+        bail!("--chunk-rows must be at least 1");
+    }
+    let data = config.data()?.clone();
+    ctx.bars.stage("loading corpus", 0);
+    let corpus = Dataset::load_corpus(&data)?;
+    let encoder = open_encoder(&config)?;
+    let plan = BuildPlan {
+        stamp: config.embedding_stamp(encoder.backend_name())?,
+        corpus_fingerprint: corpus.fingerprint(),
+        rows: corpus.len(),
+        precision: config.index.precision,
+        index: config.index.kind.clone(),
+    };
+    let provenance = Provenance {
+        model_path: &config.model.dir,
+        corpus_path: &data.corpus,
+    };
+    let outcome = config
+        .index_dir()
+        .build(plan, provenance, &corpus, &encoder, args.chunk_rows, args.force, &ctx.bars)?;
+    ctx.bars.finish();
+    report(&outcome, args.json)
+}
+
+fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
+    match outcome {
+        BuildOutcome::UpToDate { generation } => {
+            if json {
+                println!("{}", serde_json::json!({"status": "up-to-date", "generation": generation}));
+            } else {
+                println!("index {generation} is up to date (use --force to rebuild)");
+            }
+        }
+        BuildOutcome::Built {
+            generation,
+            resumed_from_row,
+            manifest,
+        } => {
+            let t = &manifest.timings;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "status": "built",
+                        "generation": generation,
+                        "resumed_from_row": resumed_from_row,
+                        "rows": manifest.plan.rows,
+                        "dim": manifest.plan.stamp.dim,
+                        "index": manifest.plan.index.to_string(),
+                        "timings": t,
+                    })
+                );
+            } else {
+                println!(
+                    "built index {generation}: {} passages × {} dims, {}; encode {:.1}s ({:.0} tokens/s), index {:.1}s{}",
+                    manifest.plan.rows,
+                    manifest.plan.stamp.dim,
+                    manifest.plan.index,
+                    t.encode_seconds,
+                    t.tokens as f64 / t.encode_seconds.max(1e-9),
+                    t.index_seconds,
+                    if *resumed_from_row > 0 {
+                        format!(" (resumed at row {resumed_from_row})")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn info(ctx: &Context, json: bool) -> Result<()> {
+    let dir = cpack_index::store::IndexDir::new(ctx.workspace.join(".cpack").join("index"));
+    let Some((generation, manifest)) = dir.current()? else {
+        bail!("no index in {}; build one with `cpack index build`", dir.root().display());
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        return Ok(());
+    }
+    let p = &manifest.plan;
+    println!("generation        {generation}");
+    println!("passages          {} ({})", p.rows, manifest.corpus_path);
+    println!("model             {} (fingerprint {})", manifest.model_path, p.stamp.model_fingerprint);
+    println!("encoder           {} · {} pooling · normalize {}", p.stamp.encoder_backend, p.stamp.pooling, p.stamp.normalize);
+    println!("max lengths       query {} · passage {}", p.stamp.query_max_len, p.stamp.passage_max_len);
+    println!("query instruction {:?}", p.stamp.query_instruction);
+    println!("index             {} · {} dims · {:?}", p.index, p.stamp.dim, p.precision);
+    println!(
+        "timings           encode {:.1}s · index {:.1}s · {} tokens",
+        manifest.timings.encode_seconds, manifest.timings.index_seconds, manifest.timings.tokens
+    );
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `cpack init`: write a commented cpack.toml.
+
+use super::Context;
+use crate::cli::InitArgs;
+use crate::config::{self, FILE_NAME};
+use anyhow::{bail, Context as _, Result};
+use cpack_index::dataset::DatasetPaths;
+use cpack_index::model::ModelDir;
+use cpack_index::EncoderSettings;
+
+pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
+    let target = ctx.workspace.join(FILE_NAME);
+    if target.exists() && !args.force {
+        bail!("{} already exists; pass --force to overwrite it", target.display());
+    }
+    let data = absolute(&args.data)?;
+    let paths = DatasetPaths::beir(&data);
+    for required in [&paths.corpus, &paths.queries] {
+        if !required.exists() {
+            bail!("{} is missing: --data must be a BEIR-layout folder", required.display());
+        }
+    }
+    let model_path = absolute(&args.model)?;
+    let model = ModelDir::open(&model_path)?;
+    let declared = EncoderSettings::declared_by(&model);
+    let instruction = config::expand_instruction(&args.query_instruction);
+    std::fs::create_dir_all(&ctx.workspace).with_context(|| format!("cannot create {}", ctx.workspace.display()))?;
+    let text = config::render_toml(&data, &model_path, instruction, declared.pooling, declared.normalize);
+    cpack_index::fsutil::atomic_write(&target, text.as_bytes())?;
+    eprintln!(
+        "wrote {} (model {}, {} pooling{}, dataset {})",
+        target.display(),
+        model_path.display(),
+        declared.pooling,
+        if declared.normalize { ", normalised" } else { "" },
+        data.display()
+    );
+    Ok(())
+}
+
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    std::fs::canonicalize(path).with_context(|| format!("{} does not exist", path.display()))
+}

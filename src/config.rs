@@ -1,0 +1,233 @@
+//! `cpack.toml`, merged with command-line overrides into one validated [`Config`].
+
+use crate::cli::Overrides;
+use anyhow::{bail, Context, Result};
+use cpack_index::dataset::DatasetPaths;
+use cpack_index::embeddings::Precision;
+use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::store::{EmbeddingStamp, IndexDir};
+use cpack_index::vector::IndexKind;
+use cpack_index::EncoderSettings;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "cpack.toml";
+
+/// BGE's published query instructions, selectable by name.
+pub const INSTRUCTION_PRESETS: [(&str, &str); 2] = [
+    ("bge-en", "Represent this sentence for searching relevant passages: "),
+    ("bge-zh", "为这个句子生成表示以用于检索相关文章："),
+];
+
+/// The file as written by `cpack init`; every key is optional except the paths.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TomlFile {
+    pub data: Option<DataSection>,
+    pub model: Option<ModelSection>,
+    #[serde(default)]
+    pub encode: EncodeSection,
+    #[serde(default)]
+    pub index: IndexSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub path: Option<PathBuf>,
+    pub pooling: Option<String>,
+    pub normalize: Option<bool>,
+    pub query_max_len: Option<usize>,
+    pub passage_max_len: Option<usize>,
+    pub query_instruction: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeSection {
+    pub batch_size: Option<usize>,
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSection {
+    pub backend: Option<String>,
+    pub factory: Option<String>,
+    pub precision: Option<String>,
+}
+
+/// Index settings after defaults and overrides.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    pub kind: IndexKind,
+    pub precision: Precision,
+}
+
+/// Everything a command needs, validated.
+pub struct Config {
+    pub workspace: PathBuf,
+    pub data: Option<DatasetPaths>,
+    pub model: ModelDir,
+    pub encoder: EncoderSettings,
+    pub threads: usize,
+    pub index: IndexConfig,
+}
+
+impl Config {
+    /// Reads `cpack.toml` in `workspace` (if present) and applies `overrides`.
+    /// A workspace without cpack.toml is allowed when `--model` names the model.
+    pub fn load(workspace: &Path, overrides: &Overrides) -> Result<Self> {
+        let toml_path = workspace.join(FILE_NAME);
+        let file = if toml_path.exists() {
+            let text = std::fs::read_to_string(&toml_path).with_context(|| format!("cannot read {}", toml_path.display()))?;
+            toml::from_str::<TomlFile>(&text).with_context(|| format!("{} is not a valid cpack.toml", toml_path.display()))?
+        } else if overrides.model.is_some() {
+            TomlFile::default()
+        } else {
+            bail!(
+                "no {FILE_NAME} in {}; create one with `cpack init --data DIR --model DIR`, or pass --workspace",
+                workspace.display()
+            );
+        };
+        let model_section = file.model.unwrap_or_default();
+        let model_path = overrides
+            .model
+            .clone()
+            .or(model_section.path)
+            .context("cpack.toml has no model.path and no --model was given")?;
+        let model = ModelDir::open(&resolve(workspace, &model_path))?;
+
+        let declared = EncoderSettings::declared_by(&model);
+        let pooling = match overrides.pooling.as_ref().or(model_section.pooling.as_ref()) {
+            Some(p) => p.parse::<Pooling>().map_err(anyhow::Error::msg)?,
+            None => declared.pooling,
+        };
+        let encoder = EncoderSettings {
+            pooling,
+            normalize: model_section.normalize.unwrap_or(declared.normalize),
+            query_max_len: overrides.query_max_len.or(model_section.query_max_len).unwrap_or(declared.query_max_len),
+            passage_max_len: overrides
+                .passage_max_len
+                .or(model_section.passage_max_len)
+                .unwrap_or(declared.passage_max_len),
+            query_instruction: model_section.query_instruction.unwrap_or_default(),
+            batch_size: overrides.batch_size.or(file.encode.batch_size).unwrap_or(declared.batch_size),
+        };
+        let index = IndexConfig {
+            kind: IndexKind::parse(
+                file.index.backend.as_deref().unwrap_or("faiss"),
+                file.index.factory.as_deref().unwrap_or("Flat"),
+            )?,
+            precision: parse_precision(file.index.precision.as_deref())?,
+        };
+        Ok(Config {
+            workspace: workspace.to_path_buf(),
+            data: file.data.map(|d| DatasetPaths::beir(&resolve(workspace, &d.dir))),
+            model,
+            encoder,
+            threads: overrides.threads.or(file.encode.threads).unwrap_or(0),
+            index,
+        })
+    }
+
+    /// The dataset, or an error saying the workspace has none.
+    pub fn data(&self) -> Result<&DatasetPaths> {
+        self.data
+            .as_ref()
+            .with_context(|| format!("{FILE_NAME} has no [data] dir; this command needs a dataset"))
+    }
+
+    pub fn index_dir(&self) -> IndexDir {
+        IndexDir::new(self.workspace.join(".cpack").join("index"))
+    }
+
+    /// The stamp an index must carry to be searched with this configuration.
+    pub fn embedding_stamp(&self, encoder_backend: &str) -> Result<EmbeddingStamp> {
+        Ok(EmbeddingStamp {
+            model_fingerprint: self.model.fingerprint()?,
+            encoder_backend: encoder_backend.to_string(),
+            dim: self.model.hidden_size(),
+            pooling: self.encoder.pooling,
+            normalize: self.encoder.normalize,
+            query_max_len: self.encoder.query_max_len,
+            passage_max_len: self.encoder.passage_max_len,
+            query_instruction: self.encoder.query_instruction.clone(),
+        })
+    }
+}
+
+pub fn parse_precision(value: Option<&str>) -> Result<Precision> {
+    value.unwrap_or("f32").parse::<Precision>().map_err(anyhow::Error::msg)
+}
+
+/// Relative paths in cpack.toml are relative to the workspace.
+fn resolve(workspace: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        workspace.join(path)
+    }
+}
+
+/// Expands an instruction preset name to its text; other values pass through.
+pub fn expand_instruction(value: &str) -> &str {
+    INSTRUCTION_PRESETS
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map_or(value, |(_, text)| text)
+}
+
+/// The commented cpack.toml that `cpack init` writes.
+pub fn render_toml(data: &Path, model: &Path, query_instruction: &str, pooling: Pooling, normalize: bool) -> String {
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    format!(
+        r#"# cpack workspace. Command-line flags override these keys for one run;
+# state (index, negatives, checkpoints) lives in .cpack/ beside this file.
+
+[data]
+# BEIR-layout dataset: corpus.jsonl (id, title, text), queries.jsonl (id, text),
+# qrels/<split>.tsv (query-id, corpus-id, score). Relative paths are relative to this file.
+dir = {data}
+
+[model]
+# Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+path = {model}
+# "mean" or "cls"; defaults to what the model's sentence-transformers files declare.
+pooling = {pooling}
+# L2-normalise embeddings (cosine similarity = inner product).
+normalize = {normalize}
+# Maximum lengths in tokens, [CLS] and [SEP] included.
+query_max_len = 64
+passage_max_len = 256
+# Put before every query, never before passages. BGE uses
+# "Represent this sentence for searching relevant passages: " (en) and
+# "为这个句子生成表示以用于检索相关文章：" (zh); all-MiniLM uses none.
+query_instruction = {instruction}
+
+[encode]
+# Texts per forward pass.
+batch_size = 32
+# Compute threads; 0 = all cores.
+threads = 0
+
+[index]
+# "faiss" (any factory string below) or "exact" (brute force in Rust, no FAISS).
+backend = "faiss"
+# FAISS factory string: "Flat" (exact), "IVF1024,Flat", "HNSW32", "IVF1024,PQ32", ...
+factory = "Flat"
+# Precision of the stored embedding file: "f32" or "f16".
+precision = "f32"
+"#,
+        data = q(&data.display().to_string()),
+        model = q(&model.display().to_string()),
+        pooling = q(&pooling.to_string()),
+        instruction = q(query_instruction),
+    )
+}
