@@ -22,5 +22,5 @@ pub mod vector;
 pub use encoder::{Encoder, EncoderBackend, EncoderSettings, TextKind, TokenBatch};
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};
-#[cfg(feature = "test-model")]
+#[cfg(any(test, feature = "test-model"))]
 pub mod test_model;

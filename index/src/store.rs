@@ -379,3 +379,197 @@ impl IndexDir {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candle_backend::CandleBackend;
+    use crate::encoder::{EncoderBackend, EncoderSettings, TokenBatch};
+    use crate::model::ModelDir;
+    use crate::progress::Silent;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const TEXTS: [&str; 12] = [
+        "the cat sat on the mat",
+        "dogs chase cats",
+        "insurance covers the car",
+        "life insurance pays out",
+        "保险公司支付赔偿",
+        "猫坐在垫子上",
+        "a quick brown fox",
+        "",
+        "claims take six weeks",
+        "term life ends",
+        "renters insurance is cheap",
+        "the dog barks",
+    ];
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        model: ModelDir,
+        corpus: TextTable,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = dir.path().join("model");
+        crate::test_model::write_tiny_model(&model_dir, &TEXTS, 7).unwrap();
+        let ids = (0..TEXTS.len()).map(|i| format!("d{i}")).collect();
+        Fixture {
+            root: dir.path().join("index"),
+            model: ModelDir::open(&model_dir).unwrap(),
+            corpus: TextTable::from_texts(ids, TEXTS.iter().map(|s| s.to_string()).collect()),
+            _dir: dir,
+        }
+    }
+
+    fn encoder_with(f: &Fixture, backend: Box<dyn EncoderBackend>) -> Encoder {
+        let settings = EncoderSettings {
+            batch_size: 3,
+            ..EncoderSettings::declared_by(&f.model)
+        };
+        Encoder::new(&f.model, settings, backend).unwrap()
+    }
+
+    fn encoder(f: &Fixture) -> Encoder {
+        encoder_with(f, Box::new(CandleBackend::load(&f.model, Pooling::Mean, true).unwrap()))
+    }
+
+    fn plan(f: &Fixture, enc: &Encoder, index: IndexKind) -> BuildPlan {
+        let s = enc.settings();
+        BuildPlan {
+            stamp: EmbeddingStamp {
+                model_fingerprint: f.model.fingerprint().unwrap(),
+                encoder_backend: enc.backend_name().into(),
+                dim: enc.dim(),
+                pooling: s.pooling,
+                normalize: s.normalize,
+                query_max_len: s.query_max_len,
+                passage_max_len: s.passage_max_len,
+                query_instruction: s.query_instruction.clone(),
+            },
+            corpus_fingerprint: f.corpus.fingerprint(),
+            rows: f.corpus.len(),
+            precision: Precision::F32,
+            index,
+        }
+    }
+
+    fn provenance() -> Provenance<'static> {
+        Provenance {
+            model_path: Path::new("model"),
+            corpus_path: Path::new("corpus.jsonl"),
+        }
+    }
+
+    /// Fails every call after the first `ok_calls`: a build dying mid-way.
+    struct FailingBackend {
+        inner: CandleBackend,
+        ok_calls: usize,
+        calls: AtomicUsize,
+    }
+
+    impl EncoderBackend for FailingBackend {
+        fn embed(&self, batch: &TokenBatch) -> Result<Vec<f32>> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) >= self.ok_calls {
+                return Err(Error::Invalid("injected failure".into()));
+            }
+            self.inner.embed(batch)
+        }
+        fn dim(&self) -> usize {
+            self.inner.dim()
+        }
+        fn name(&self) -> &'static str {
+            "candle"
+        }
+    }
+
+    fn embeddings_file(dir: &IndexDir) -> Vec<u8> {
+        let (generation, manifest) = dir.current().unwrap().unwrap();
+        std::fs::read(dir.root().join(generation).join(manifest.plan.precision.file_name())).unwrap()
+    }
+
+    #[test]
+    fn build_then_search_finds_each_passage_itself() {
+        for kind in [IndexKind::Exact, IndexKind::Faiss { factory: "Flat".into() }] {
+            if matches!(kind, IndexKind::Faiss { .. }) && !cfg!(feature = "faiss") {
+                continue;
+            }
+            let f = fixture();
+            let enc = encoder(&f);
+            let p = plan(&f, &enc, kind.clone());
+            let dir = IndexDir::new(&f.root);
+            let out = dir.build(p.clone(), provenance(), &f.corpus, &enc, 5, false, &Silent).unwrap();
+            assert!(matches!(out, BuildOutcome::Built { resumed_from_row: 0, .. }));
+            let mut index = dir.open(&p.stamp).unwrap();
+            assert_eq!(index.ids, f.corpus.ids);
+            let all = index.embeddings.to_f32();
+            let hits = index.vectors.search(&all, 3).unwrap();
+            for row in 0..f.corpus.len() {
+                let (best, score) = hits.of(row).next().unwrap();
+                assert_eq!(best, row, "{kind}: passage {row} is not its own nearest neighbour");
+                assert!((score - 1.0).abs() < 1e-4, "{kind}: self-similarity {score}");
+            }
+        }
+    }
+
+    #[test]
+    fn rebuild_is_skipped_when_up_to_date_and_swaps_generations_when_forced() {
+        let f = fixture();
+        let enc = encoder(&f);
+        let p = plan(&f, &enc, IndexKind::Exact);
+        let dir = IndexDir::new(&f.root);
+        dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
+        let again = dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
+        assert!(matches!(again, BuildOutcome::UpToDate { ref generation } if generation == "gen-000001"));
+        let forced = dir.build(p, provenance(), &f.corpus, &enc, 4, true, &Silent).unwrap();
+        assert!(matches!(forced, BuildOutcome::Built { ref generation, .. } if generation == "gen-000002"));
+        assert!(!f.root.join("gen-000001").exists(), "the old generation is removed after the swap");
+        assert!(!f.root.join(BUILD).exists());
+    }
+
+    #[test]
+    fn interrupted_build_resumes_and_matches_a_clean_build() {
+        let f = fixture();
+        let clean_dir = IndexDir::new(f.root.join("clean"));
+        let enc = encoder(&f);
+        let p = plan(&f, &enc, IndexKind::Exact);
+        clean_dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
+
+        let dir = IndexDir::new(f.root.join("resumed"));
+        let failing = encoder_with(
+            &f,
+            Box::new(FailingBackend {
+                inner: CandleBackend::load(&f.model, Pooling::Mean, true).unwrap(),
+                ok_calls: 3, // batch 3, chunk 4: the first chunk (2 calls) lands, the second dies
+                calls: AtomicUsize::new(0),
+            }),
+        );
+        let err = dir.build(p.clone(), provenance(), &f.corpus, &failing, 4, false, &Silent);
+        assert!(err.is_err());
+        assert!(dir.current().unwrap().is_none(), "a failed build must not publish an index");
+        assert!(matches!(dir.open(&p.stamp), Err(Error::NoIndex { .. })));
+
+        let out = dir.build(p, provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
+        assert!(matches!(out, BuildOutcome::Built { resumed_from_row: 4, .. }), "{out:?}");
+        assert_eq!(embeddings_file(&dir), embeddings_file(&clean_dir));
+    }
+
+    #[test]
+    fn opening_with_other_settings_is_a_named_mismatch() {
+        let f = fixture();
+        let enc = encoder(&f);
+        let p = plan(&f, &enc, IndexKind::Exact);
+        let dir = IndexDir::new(&f.root);
+        dir.build(p.clone(), provenance(), &f.corpus, &enc, 100, false, &Silent).unwrap();
+        let mut other = p.stamp.clone();
+        other.query_instruction = "Represent this: ".into();
+        let err = dir.open(&other).err().expect("mismatch");
+        assert!(matches!(err, Error::Mismatch { field: "query instruction", .. }), "{err}");
+        let mut other = p.stamp.clone();
+        other.model_fingerprint = "0000".into();
+        let err = dir.open(&other).err().expect("mismatch");
+        assert!(err.to_string().contains("model fingerprint"), "{err}");
+    }
+}

@@ -33,16 +33,6 @@ impl Linear {
         })
     }
 
-    /// Several projections of the same input fused into one matrix product.
-    fn concat(parts: &[Linear]) -> Result<Self> {
-        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight_t).collect();
-        let biases: Vec<&Tensor> = parts.iter().map(|p| &p.bias).collect();
-        Ok(Linear {
-            weight_t: Tensor::cat(&weights, 1)?,
-            bias: Tensor::cat(&biases, 0)?,
-        })
-    }
-
     /// `x` is `[rows, in]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
@@ -117,8 +107,23 @@ impl Embeddings {
     }
 }
 
+/// Query, key and value projections, run as one matrix product.
+struct QkvProjection {
+    parts: [Linear; 3],
+}
+
+impl QkvProjection {
+    /// The weights are concatenated on every call, not once at load time, so a
+    /// trainer updating the variables in place is always seen.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight_t = Tensor::cat(&[&self.parts[0].weight_t, &self.parts[1].weight_t, &self.parts[2].weight_t], 1)?;
+        let bias = Tensor::cat(&[&self.parts[0].bias, &self.parts[1].bias, &self.parts[2].bias], 0)?;
+        x.matmul(&weight_t)?.broadcast_add(&bias)
+    }
+}
+
 struct Layer {
-    qkv: Linear,
+    qkv: QkvProjection,
     attention_out: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -131,11 +136,13 @@ impl Layer {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let attn = vb.pp("attention");
         let heads = attn.pp("self");
-        let qkv = Linear::concat(&[
-            Linear::load(&heads.pp("query"), h, h)?,
-            Linear::load(&heads.pp("key"), h, h)?,
-            Linear::load(&heads.pp("value"), h, h)?,
-        ])?;
+        let qkv = QkvProjection {
+            parts: [
+                Linear::load(&heads.pp("query"), h, h)?,
+                Linear::load(&heads.pp("key"), h, h)?,
+                Linear::load(&heads.pp("value"), h, h)?,
+            ],
+        };
         Ok(Layer {
             qkv,
             attention_out: Linear::load(&attn.pp("output").pp("dense"), h, h)?,
@@ -239,5 +246,80 @@ impl BertModel {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((batch * seq, self.heads * self.head_dim))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ModelDir;
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    fn tiny() -> (tempfile::TempDir, ModelDir) {
+        let dir = tempfile::tempdir().unwrap();
+        crate::test_model::write_tiny_model(dir.path(), &["hello world", "保险"], 3).unwrap();
+        let model = ModelDir::open(dir.path()).unwrap();
+        (dir, model)
+    }
+
+    fn trainable(model: &ModelDir) -> (VarMap, BertModel) {
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let bert = BertModel::load(vb.pp(&model.weight_prefix), &model.config).unwrap();
+        varmap.load(&model.weights).unwrap();
+        (varmap, bert)
+    }
+
+    fn inputs() -> (Tensor, Tensor) {
+        let ids = Tensor::new(&[[2u32, 7, 9, 3], [2, 8, 3, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1f32, 1., 1., 1.], [1., 1., 1., 0.]], &Device::Cpu).unwrap();
+        (ids, mask)
+    }
+
+    #[test]
+    fn fused_and_differentiable_forwards_agree() {
+        let (_dir, model) = tiny();
+        let (_vars, bert) = trainable(&model);
+        let (ids, mask) = inputs();
+        let fused = bert.forward(&ids, &mask, Mode::Inference).unwrap();
+        let plain = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
+        let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "max difference {diff}");
+    }
+
+    #[test]
+    fn differentiable_forward_reaches_every_weight() {
+        let (_dir, model) = tiny();
+        let (varmap, bert) = trainable(&model);
+        let (ids, mask) = inputs();
+        let hidden = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
+        // A loss that is not invariant under layer norm (unlike a plain sum).
+        let probe = Tensor::arange(0f32, hidden.elem_count() as f32, &Device::Cpu)
+            .unwrap()
+            .reshape(hidden.shape())
+            .unwrap()
+            .sin()
+            .unwrap();
+        let loss = (hidden * probe).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let vars: Vec<Var> = varmap.all_vars();
+        assert!(vars.len() > 30);
+        let missing: Vec<String> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .map_or(true, |g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Key biases shift every score of a query row equally, which softmax
+        // ignores: their gradient is zero in any BERT. Every other tensor must get one.
+        let missing: Vec<&String> = missing.iter().filter(|n| !n.ends_with("attention.self.key.bias")).collect();
+        assert!(missing.is_empty(), "no gradient reached {missing:?}");
     }
 }

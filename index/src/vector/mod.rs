@@ -120,3 +120,6 @@ fn build_faiss(_: &str, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
 fn open_faiss(_: &Path, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
     Err(Error::Invalid("this index needs FAISS, and this cpack was built without the `faiss` feature".into()))
 }
+
+#[cfg(test)]
+mod tests;
