@@ -1,0 +1,109 @@
+//! Helpers shared by the end-to-end tests: run the real `cpack` binary in
+//! temporary workspaces, with tiny generated models or the real MiniLM.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path under ../shared, which must exist (the tests never skip silently).
+pub fn shared(rel: &str) -> PathBuf {
+    let path = repo_root().join("../shared").join(rel);
+    assert!(path.exists(), "{} is missing: ../shared must sit beside the checkout", path.display());
+    path
+}
+
+/// The real all-MiniLM-L6-v2 folder unpacked by scripts/setup.sh.
+pub fn minilm() -> PathBuf {
+    let path = repo_root().join(".cache/models/all-MiniLM-L6-v2");
+    assert!(path.join("model.safetensors").exists(), "{} is missing: run scripts/setup.sh", path.display());
+    path
+}
+
+pub fn cpack(workspace: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpack"));
+    cmd.current_dir(workspace).env_remove("CPACK_WORKSPACE").env("RAYON_NUM_THREADS", "2");
+    cmd
+}
+
+/// Runs `cpack args…` in `workspace`, asserting success; returns stdout.
+pub fn ok(workspace: &Path, args: &[&str]) -> String {
+    let out = cpack(workspace).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "cpack {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `cpack args…`, asserting failure without a panic; returns stderr.
+pub fn fails(workspace: &Path, args: &[&str]) -> String {
+    let out: Output = cpack(workspace).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "cpack {args:?} should have failed; stderr: {stderr}");
+    assert_eq!(out.status.code(), Some(1), "cpack {args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "cpack {args:?} panicked: {stderr}");
+    assert!(stderr.starts_with("error: "), "cpack {args:?}: {stderr}");
+    stderr
+}
+
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// A small BEIR dataset whose queries repeat passages word for word, so a
+/// correct pipeline must rank each query's own passage first.
+pub fn echo_dataset(dir: &Path) -> Vec<String> {
+    let passages = [
+        "term life insurance pays a death benefit",
+        "renters insurance covers your belongings",
+        "medicare part b covers doctor visits",
+        "an annuity pays income for life",
+        "car insurance follows the car",
+        "disability insurance replaces lost income",
+        "为这个句子生成表示",
+        "保险公司支付赔偿金",
+    ];
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let mut corpus = String::new();
+    let mut queries = String::new();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for (i, p) in passages.iter().enumerate() {
+        corpus += &format!("{}\n", serde_json::json!({"id": format!("p{i}"), "title": "", "text": p}));
+        queries += &format!("{}\n", serde_json::json!({"id": format!("q{i}"), "text": p}));
+        qrels += &format!("q{i}\tp{i}\t1\n");
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels/test.tsv"), qrels).unwrap();
+    passages.iter().map(|s| s.to_string()).collect()
+}
+
+/// Writes a tiny random BERT whose vocabulary covers `texts`.
+pub fn tiny_model(dir: &Path, texts: &[&str]) -> PathBuf {
+    cpack_index::test_model::write_tiny_model(dir, texts, 11).unwrap();
+    dir.to_path_buf()
+}
+
+/// Every text of a BEIR dataset (corpus and queries), for tiny-model vocabularies.
+pub fn dataset_texts(dir: &Path) -> Vec<String> {
+    ["corpus.jsonl", "queries.jsonl"]
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    format!("{} {}", v["title"].as_str().unwrap_or(""), v["text"].as_str().unwrap())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
