@@ -52,7 +52,9 @@ pub struct InitArgs {
     pub data: PathBuf,
 
     /// Model folder in Hugging Face / sentence-transformers layout
-    /// (config.json, model.safetensors, tokenizer.json, modules.json).
+    /// (config.json, model.safetensors, tokenizer.json, modules.json), or a
+    /// hub id such as BAAI/bge-small-en-v1.5 (downloaded into the Hugging Face
+    /// cache on first use; HF_HUB_OFFLINE=1 uses the cache only).
     #[arg(long, value_name = "DIR")]
     pub model: PathBuf,
 
@@ -70,7 +72,7 @@ pub struct InitArgs {
 /// Settings of the encoder and index that every command can override.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Overrides {
-    /// Model folder [cpack.toml: model.path].
+    /// Model folder or Hugging Face hub id [cpack.toml: model.path].
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Pooling: mean or cls [model.pooling; default: as the model's modules.json says].

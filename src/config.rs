@@ -102,7 +102,7 @@ impl Config {
             .clone()
             .or(model_section.path)
             .context("cpack.toml has no model.path and no --model was given")?;
-        let model = ModelDir::open(&resolve(workspace, &model_path))?;
+        let model = ModelDir::open(&locate_model(workspace, &model_path)?)?;
 
         let declared = EncoderSettings::declared_by(&model);
         let pooling = match overrides.pooling.as_ref().or(model_section.pooling.as_ref()) {
@@ -165,6 +165,15 @@ impl Config {
 
 pub fn parse_precision(value: Option<&str>) -> Result<Precision> {
     value.unwrap_or("f32").parse::<Precision>().map_err(anyhow::Error::msg)
+}
+
+/// A model spec is a folder (relative to the workspace) or a Hugging Face hub id.
+pub fn locate_model(workspace: &Path, spec: &Path) -> Result<PathBuf> {
+    let local = resolve(workspace, spec);
+    if !local.exists() && crate::hub::is_hub_id(spec) {
+        return crate::hub::resolve(&spec.to_string_lossy());
+    }
+    Ok(local)
 }
 
 /// Relative paths in cpack.toml are relative to the workspace.

@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod config;
+mod hub;
 mod progress;
 
 use clap::Parser;

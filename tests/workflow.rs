@@ -90,3 +90,38 @@ fn chinese_dataset_with_instruction_and_faiss_factories() {
     let flat_recall = flat_eval["metrics"]["recall_at_100"].as_f64().unwrap();
     assert!((recall - flat_recall).abs() < 0.05, "HNSW {recall} vs flat {flat_recall}");
 }
+
+#[test]
+fn hub_ids_resolve_through_the_hugging_face_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let passages = echo_dataset(&data);
+    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+    // The layout huggingface_hub writes: refs/main names the snapshot.
+    let repo = tmp.path().join("hf/hub/models--tiny-org--tiny-bert");
+    tiny_model(&repo.join("snapshots/0123abcd"), &refs);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+
+    let with_cache = |args: &[&str]| {
+        let out = cpack(&ws)
+            .env("HF_HOME", tmp.path().join("hf"))
+            .env("HF_HUB_OFFLINE", "1")
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok_init, _, err) = with_cache(&["init", "--data", data.to_str().unwrap(), "--model", "tiny-org/tiny-bert"]);
+    assert!(ok_init, "{err}");
+    assert!(std::fs::read_to_string(ws.join("cpack.toml")).unwrap().contains("path = \"tiny-org/tiny-bert\""));
+    let (built, out, err) = with_cache(&["index", "build", "--json"]);
+    assert!(built, "{err}");
+    assert_eq!(json(&out)["rows"], 8);
+
+    let (found, _, err) = with_cache(&["search", "--model", "tiny-org/missing-model", "x"]);
+    assert!(!found);
+    assert!(err.contains("tiny-org/missing-model") && err.contains("HF_HUB_OFFLINE"), "{err}");
+}

@@ -1,16 +1,142 @@
-fn main() {
-    let model_dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap());
-    let model = cpack_index::model::ModelDir::open(&model_dir).unwrap();
-    let settings = cpack_index::EncoderSettings { passage_max_len: 128, ..cpack_index::EncoderSettings::declared_by(&model) };
-    let backend = cpack_index::candle_backend::CandleBackend::load(&model, settings.pooling, settings.normalize).unwrap();
-    let enc = cpack_index::Encoder::new(&model, settings, Box::new(backend)).unwrap();
-    let text = "insurance coverage policy premium ".repeat(40);
-    let texts: Vec<&str> = vec![text.as_str(); 32];
-    for _ in 0..4 {
-        let t = std::time::Instant::now();
-        let mut tok = 0;
-        enc.encode(&texts, cpack_index::TextKind::Passage, &mut |_, n| tok += n).unwrap();
-        let s = t.elapsed().as_secs_f64();
-        println!("{tok} tokens in {s:.3}s = {:.0} tok/s", tok as f64 / s);
+//! cpack-bench: throughput benchmarks on this machine. Not timed tests:
+//! figures are printed (and written as JSON) for the README and for
+//! comparison against peers measured in the same run.
+//!
+//! `encode`: corpus encoding throughput of an encoder backend at a fixed
+//! batch shape (every batch full: `batch × max_len` real tokens), reported
+//! as the median tokens/s over repetitions, with the thread count.
+
+use anyhow::{bail, Context, Result};
+use cpack_index::candle_backend::CandleBackend;
+use cpack_index::dataset::TextTable;
+use cpack_index::model::ModelDir;
+use cpack_index::{Encoder, EncoderSettings, TextKind};
+use std::path::PathBuf;
+use std::time::Instant;
+
+struct EncodeArgs {
+    model: PathBuf,
+    corpus: PathBuf,
+    max_len: usize,
+    batch: usize,
+    batches: usize,
+    reps: usize,
+    threads: usize,
+    json: Option<PathBuf>,
+}
+
+fn usage() -> &'static str {
+    "usage: cpack-bench encode --model DIR --corpus corpus.jsonl [--max-len 128] [--batch 32] \
+     [--batches 8] [--reps 5] [--threads N] [--json OUT]"
+}
+
+fn parse(args: &[String]) -> Result<EncodeArgs> {
+    let mut parsed = EncodeArgs {
+        model: PathBuf::from(".cache/models/all-MiniLM-L6-v2"),
+        corpus: PathBuf::from(".cache/data/insuranceqa-en/corpus.jsonl"),
+        max_len: 128,
+        batch: 32,
+        batches: 8,
+        reps: 5,
+        threads: 0,
+        json: None,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{}", usage()));
+        match flag.as_str() {
+            "--model" => parsed.model = value()?.into(),
+            "--corpus" => parsed.corpus = value()?.into(),
+            "--max-len" => parsed.max_len = value()?.parse()?,
+            "--batch" => parsed.batch = value()?.parse()?,
+            "--batches" => parsed.batches = value()?.parse()?,
+            "--reps" => parsed.reps = value()?.parse()?,
+            "--threads" => parsed.threads = value()?.parse()?,
+            "--json" => parsed.json = Some(value()?.into()),
+            other => bail!("unknown flag {other}\n{}", usage()),
+        }
     }
+    Ok(parsed)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("encode") => encode(parse(&args[1..])?),
+        _ => bail!("{}", usage()),
+    }
+}
+
+fn encode(args: EncodeArgs) -> Result<()> {
+    if args.threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let model = ModelDir::open(&args.model)?;
+    let settings = EncoderSettings {
+        passage_max_len: args.max_len,
+        batch_size: args.batch,
+        ..EncoderSettings::declared_by(&model)
+    };
+    let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
+    let encoder = Encoder::new(&model, settings, Box::new(backend))?;
+
+    // Passages long enough to fill max_len, so every batch is batch × max_len real tokens.
+    let corpus = TextTable::load_jsonl(&args.corpus)?;
+    let wanted = args.batch * args.batches;
+    let mut texts = Vec::with_capacity(wanted);
+    for chunk in (0..corpus.len()).collect::<Vec<_>>().chunks(512) {
+        let candidates: Vec<String> = chunk.iter().map(|&i| corpus.full_text(i)).collect();
+        let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        let ids = encoder.tokenize(&refs, TextKind::Passage)?;
+        texts.extend(candidates.into_iter().zip(ids).filter(|(_, ids)| ids.len() == args.max_len).map(|(t, _)| t));
+        if texts.len() >= wanted {
+            break;
+        }
+    }
+    if texts.len() < wanted {
+        bail!("only {} passages of {} fill {} tokens", texts.len(), args.corpus.display(), args.max_len);
+    }
+    texts.truncate(wanted);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+
+    encoder.encode(&refs[..args.batch], TextKind::Passage, &mut |_, _| {})?; // warm-up
+    let mut rates = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps {
+        let started = Instant::now();
+        let mut tokens = 0usize;
+        encoder.encode(&refs, TextKind::Passage, &mut |_, t| tokens += t)?;
+        rates.push(tokens as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let report = serde_json::json!({
+        "benchmark": "encode",
+        "backend": encoder.backend_name(),
+        "model": args.model.display().to_string(),
+        "max_len": args.max_len,
+        "batch": args.batch,
+        "texts": wanted,
+        "threads": threads,
+        "cpu": cpu,
+        "tokens_per_second_median": median.round(),
+        "tokens_per_second_all": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+    });
+    println!(
+        "encode {} · {} threads · batch {} × {} tokens: median {:.0} tokens/s (runs: {:?})",
+        encoder.backend_name(),
+        threads,
+        args.batch,
+        args.max_len,
+        median,
+        rates.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
+    );
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
 }

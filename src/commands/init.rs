@@ -20,8 +20,14 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
             bail!("{} is missing: --data must be a BEIR-layout folder", required.display());
         }
     }
-    let model_path = absolute(&args.model)?;
-    let model = ModelDir::open(&model_path)?;
+    // Hub ids are written as given, so the workspace stays portable.
+    let (model_path, model) = if crate::hub::is_hub_id(&args.model) {
+        let folder = crate::hub::resolve(&args.model.to_string_lossy())?;
+        (args.model.clone(), ModelDir::open(&folder)?)
+    } else {
+        let folder = absolute(&args.model)?;
+        (folder.clone(), ModelDir::open(&folder)?)
+    };
     let declared = EncoderSettings::declared_by(&model);
     let instruction = config::expand_instruction(&args.query_instruction);
     std::fs::create_dir_all(&ctx.workspace).with_context(|| format!("cannot create {}", ctx.workspace.display()))?;

@@ -19,6 +19,9 @@ pub enum Mode {
 }
 
 struct Linear {
+    /// `[out, in]`, as stored.
+    weight: Tensor,
+    /// `[in, out]` view of `weight`.
     weight_t: Tensor,
     bias: Tensor,
 }
@@ -29,14 +32,33 @@ impl Linear {
         let bias = vb.get(out_dim, "bias")?;
         Ok(Linear {
             weight_t: weight.t()?,
+            weight,
             bias,
         })
     }
 
     /// `x` is `[rows, in]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        product(x, &self.weight, &self.weight_t, mode)?.broadcast_add(&self.bias)
     }
+}
+
+/// `x · weightᵀ`; `weight_t` is the transposed view of `weight`.
+fn product(x: &Tensor, weight: &Tensor, weight_t: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => inference_product(x, weight, weight_t),
+        Mode::Differentiable => x.matmul(weight_t),
+    }
+}
+
+#[cfg(feature = "blas")]
+fn inference_product(x: &Tensor, weight: &Tensor, _weight_t: &Tensor) -> Result<Tensor> {
+    super::blas::times_transposed(x, weight)
+}
+
+#[cfg(not(feature = "blas"))]
+fn inference_product(x: &Tensor, _weight: &Tensor, weight_t: &Tensor) -> Result<Tensor> {
+    x.matmul(weight_t)
 }
 
 struct LayerNorm {
@@ -115,10 +137,11 @@ struct QkvProjection {
 impl QkvProjection {
     /// The weights are concatenated on every call, not once at load time, so a
     /// trainer updating the variables in place is always seen.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let weight_t = Tensor::cat(&[&self.parts[0].weight_t, &self.parts[1].weight_t, &self.parts[2].weight_t], 1)?;
-        let bias = Tensor::cat(&[&self.parts[0].bias, &self.parts[1].bias, &self.parts[2].bias], 0)?;
-        x.matmul(&weight_t)?.broadcast_add(&bias)
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let [q, k, v] = &self.parts;
+        let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
+        let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?;
+        product(x, &weight, &weight.t()?, mode)?.broadcast_add(&bias)
     }
 }
 
@@ -204,8 +227,8 @@ impl BertModel {
         let context = self.attention(layer, hidden, key_bias, batch, seq, mode)?;
         let attended = layer
             .attention_norm
-            .forward(&(layer.attention_out.forward(&context)? + hidden)?, mode)?;
-        let inner = layer.intermediate.forward(&attended)?;
+            .forward(&(layer.attention_out.forward(&context, mode)? + hidden)?, mode)?;
+        let inner = layer.intermediate.forward(&attended, mode)?;
         let inner = match self.activation {
             Activation::Gelu => inner.gelu_erf()?,
             Activation::GeluNew => inner.gelu()?,
@@ -213,7 +236,7 @@ impl BertModel {
         };
         layer
             .output_norm
-            .forward(&(layer.output.forward(&inner)? + attended)?, mode)
+            .forward(&(layer.output.forward(&inner, mode)? + attended)?, mode)
     }
 
     /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`.
@@ -228,7 +251,7 @@ impl BertModel {
     ) -> Result<Tensor> {
         let qkv = layer
             .qkv
-            .forward(hidden)?
+            .forward(hidden, mode)?
             .reshape((batch, seq, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;

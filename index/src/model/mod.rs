@@ -2,6 +2,8 @@
 //! sentence-transformers module files that choose pooling and normalisation.
 
 mod bert;
+#[cfg(feature = "blas")]
+pub mod blas;
 mod config;
 
 pub use bert::{BertModel, Mode};
