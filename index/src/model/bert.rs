@@ -39,26 +39,26 @@ impl Linear {
 
     /// `x` is `[rows, in]`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        product(x, &self.weight, &self.weight_t, mode)?.broadcast_add(&self.bias)
+        affine(x, &self.weight, &self.weight_t, &self.bias, mode)
     }
 }
 
-/// `x · weightᵀ`; `weight_t` is the transposed view of `weight`.
-fn product(x: &Tensor, weight: &Tensor, weight_t: &Tensor, mode: Mode) -> Result<Tensor> {
+/// `x · weightᵀ + bias`; `weight_t` is the transposed view of `weight`.
+fn affine(x: &Tensor, weight: &Tensor, weight_t: &Tensor, bias: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Inference => inference_product(x, weight, weight_t),
-        Mode::Differentiable => x.matmul(weight_t),
+        Mode::Inference => inference_affine(x, weight, weight_t, bias),
+        Mode::Differentiable => x.matmul(weight_t)?.broadcast_add(bias),
     }
 }
 
 #[cfg(feature = "blas")]
-fn inference_product(x: &Tensor, weight: &Tensor, _weight_t: &Tensor) -> Result<Tensor> {
-    super::blas::times_transposed(x, weight)
+fn inference_affine(x: &Tensor, weight: &Tensor, _weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    super::blas::affine(x, weight, bias)
 }
 
 #[cfg(not(feature = "blas"))]
-fn inference_product(x: &Tensor, _weight: &Tensor, weight_t: &Tensor) -> Result<Tensor> {
-    x.matmul(weight_t)
+fn inference_affine(x: &Tensor, _weight: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.matmul(weight_t)?.broadcast_add(bias)
 }
 
 struct LayerNorm {
@@ -141,7 +141,7 @@ impl QkvProjection {
         let [q, k, v] = &self.parts;
         let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
         let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?;
-        product(x, &weight, &weight.t()?, mode)?.broadcast_add(&bias)
+        affine(x, &weight, &weight.t()?, &bias, mode)
     }
 }
 
@@ -230,6 +230,7 @@ impl BertModel {
             .forward(&(layer.attention_out.forward(&context, mode)? + hidden)?, mode)?;
         let inner = layer.intermediate.forward(&attended, mode)?;
         let inner = match self.activation {
+            Activation::Gelu if mode == Mode::Inference => super::gelu::gelu_erf(&inner)?,
             Activation::Gelu => inner.gelu_erf()?,
             Activation::GeluNew => inner.gelu()?,
             Activation::Relu => inner.relu()?,

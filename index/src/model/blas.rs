@@ -4,7 +4,7 @@
 //! dense layers that dominate BERT's cost; FAISS links OpenBLAS anyway. These
 //! products have no backward, so only [`super::Mode::Inference`] uses them.
 
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use std::os::raw::c_int;
 
 const ROW_MAJOR: c_int = 101;
@@ -39,30 +39,46 @@ pub fn set_threads(threads: usize) {
     unsafe { openblas_set_num_threads(threads as c_int) }
 }
 
-/// `x · wᵀ` for `x` `[m, k]` and a weight `w` `[n, k]` as stored by Hugging Face.
-struct TimesTransposed;
+/// `x · wᵀ + b` for `x` `[m, k]`, a weight `w` `[n, k]` as stored by Hugging
+/// Face, and a bias `b` `[n]`: the bias rows are written first and sgemm
+/// accumulates onto them (beta = 1), saving a separate broadcast pass.
+struct Affine;
 
-impl CustomOp2 for TimesTransposed {
+impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
-        "blas-times-transposed"
+        "blas-affine"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
             bail!("{}: f32 inputs only", self.name())
         };
-        let (Some((x_start, _)), Some((w_start, _))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((x_start, _)), Some((w_start, _)), Some((b_start, b_end))) =
+            (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets())
+        else {
             bail!("{}: contiguous inputs only", self.name())
         };
         let (m, k) = l1.shape().dims2()?;
         let (n, k_w) = l2.shape().dims2()?;
-        if k != k_w {
-            bail!("{}: inner dimensions {k} and {k_w} differ", self.name());
+        if k != k_w || b_end - b_start != n {
+            bail!("{}: shapes [{m}, {k}] · [{n}, {k_w}]ᵀ + [{}] do not fit", self.name(), b_end - b_start);
         }
-        let mut out = vec![0f32; m * n];
+        let bias = &b[b_start..b_end];
+        let mut out: Vec<f32> = Vec::with_capacity(m * n);
+        for _ in 0..m {
+            out.extend_from_slice(bias);
+        }
         // SAFETY: both inputs are contiguous with at least m·k and n·k elements
         // from their start offsets (checked above through their layouts), and
-        // `out` holds m·n elements with leading dimension n.
+        // `out` holds m·n initialised elements with leading dimension n.
         unsafe {
             cblas_sgemm(
                 ROW_MAJOR,
@@ -76,7 +92,7 @@ impl CustomOp2 for TimesTransposed {
                 k as c_int,
                 w[w_start..].as_ptr(),
                 k as c_int,
-                0.0,
+                1.0,
                 out.as_mut_ptr(),
                 n as c_int,
             );
@@ -85,9 +101,9 @@ impl CustomOp2 for TimesTransposed {
     }
 }
 
-/// `x · wᵀ` through OpenBLAS (no gradient).
-pub fn times_transposed(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &TimesTransposed)
+/// `x · wᵀ + b` through OpenBLAS (no gradient).
+pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
 }
 
 #[cfg(test)]
@@ -98,8 +114,9 @@ mod tests {
     fn agrees_with_candle_matmul() {
         let x = Tensor::randn(0f32, 1., (7, 5), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
-        let blas = super::times_transposed(&x, &w).unwrap();
-        let reference = x.matmul(&w.t().unwrap()).unwrap();
+        let b = Tensor::randn(0f32, 1., 3, &Device::Cpu).unwrap();
+        let blas = super::affine(&x, &w, &b).unwrap();
+        let reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         let diff = (blas - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-5, "{diff}");
     }

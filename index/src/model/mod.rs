@@ -5,6 +5,7 @@ mod bert;
 #[cfg(feature = "blas")]
 pub mod blas;
 mod config;
+mod gelu;
 
 pub use bert::{BertModel, Mode};
 pub use config::{Activation, BertConfig};
