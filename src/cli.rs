@@ -16,10 +16,21 @@ use std::path::PathBuf;
 ///   cpack eval --split test
 ///   cpack search "how do I file a claim?"
 #[derive(Parser, Debug)]
-#[command(name = "cpack", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "cpack",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Workspace directory (holding cpack.toml); default: the current directory.
-    #[arg(long, short = 'C', global = true, value_name = "DIR", env = "CPACK_WORKSPACE")]
+    #[arg(
+        long,
+        short = 'C',
+        global = true,
+        value_name = "DIR",
+        env = "CPACK_WORKSPACE"
+    )]
     pub workspace: Option<PathBuf>,
 
     /// No progress bars or notes on stderr.

@@ -15,7 +15,10 @@ pub const FILE_NAME: &str = "cpack.toml";
 
 /// BGE's published query instructions, selectable by name.
 pub const INSTRUCTION_PRESETS: [(&str, &str); 2] = [
-    ("bge-en", "Represent this sentence for searching relevant passages: "),
+    (
+        "bge-en",
+        "Represent this sentence for searching relevant passages: ",
+    ),
     ("bge-zh", "为这个句子生成表示以用于检索相关文章："),
 ];
 
@@ -86,8 +89,10 @@ impl Config {
     pub fn load(workspace: &Path, overrides: &Overrides) -> Result<Self> {
         let toml_path = workspace.join(FILE_NAME);
         let file = if toml_path.exists() {
-            let text = std::fs::read_to_string(&toml_path).with_context(|| format!("cannot read {}", toml_path.display()))?;
-            toml::from_str::<TomlFile>(&text).with_context(|| format!("{} is not a valid cpack.toml", toml_path.display()))?
+            let text = std::fs::read_to_string(&toml_path)
+                .with_context(|| format!("cannot read {}", toml_path.display()))?;
+            toml::from_str::<TomlFile>(&text)
+                .with_context(|| format!("{} is not a valid cpack.toml", toml_path.display()))?
         } else if overrides.model.is_some() {
             TomlFile::default()
         } else {
@@ -105,20 +110,30 @@ impl Config {
         let model = ModelDir::open(&locate_model(workspace, &model_path)?)?;
 
         let declared = EncoderSettings::declared_by(&model);
-        let pooling = match overrides.pooling.as_ref().or(model_section.pooling.as_ref()) {
+        let pooling = match overrides
+            .pooling
+            .as_ref()
+            .or(model_section.pooling.as_ref())
+        {
             Some(p) => p.parse::<Pooling>().map_err(anyhow::Error::msg)?,
             None => declared.pooling,
         };
         let encoder = EncoderSettings {
             pooling,
             normalize: model_section.normalize.unwrap_or(declared.normalize),
-            query_max_len: overrides.query_max_len.or(model_section.query_max_len).unwrap_or(declared.query_max_len),
+            query_max_len: overrides
+                .query_max_len
+                .or(model_section.query_max_len)
+                .unwrap_or(declared.query_max_len),
             passage_max_len: overrides
                 .passage_max_len
                 .or(model_section.passage_max_len)
                 .unwrap_or(declared.passage_max_len),
             query_instruction: model_section.query_instruction.unwrap_or_default(),
-            batch_size: overrides.batch_size.or(file.encode.batch_size).unwrap_or(declared.batch_size),
+            batch_size: overrides
+                .batch_size
+                .or(file.encode.batch_size)
+                .unwrap_or(declared.batch_size),
         };
         let index = IndexConfig {
             kind: IndexKind::parse(
@@ -129,7 +144,9 @@ impl Config {
         };
         Ok(Config {
             workspace: workspace.to_path_buf(),
-            data: file.data.map(|d| DatasetPaths::beir(&resolve(workspace, &d.dir))),
+            data: file
+                .data
+                .map(|d| DatasetPaths::beir(&resolve(workspace, &d.dir))),
             model,
             encoder,
             threads: overrides.threads.or(file.encode.threads).unwrap_or(0),
@@ -164,7 +181,10 @@ impl Config {
 }
 
 pub fn parse_precision(value: Option<&str>) -> Result<Precision> {
-    value.unwrap_or("f32").parse::<Precision>().map_err(anyhow::Error::msg)
+    value
+        .unwrap_or("f32")
+        .parse::<Precision>()
+        .map_err(anyhow::Error::msg)
 }
 
 /// A model spec is a folder (relative to the workspace) or a Hugging Face hub id.
@@ -194,7 +214,13 @@ pub fn expand_instruction(value: &str) -> &str {
 }
 
 /// The commented cpack.toml that `cpack init` writes.
-pub fn render_toml(data: &Path, model: &Path, query_instruction: &str, pooling: Pooling, normalize: bool) -> String {
+pub fn render_toml(
+    data: &Path,
+    model: &Path,
+    query_instruction: &str,
+    pooling: Pooling,
+    normalize: bool,
+) -> String {
     let q = |s: &str| toml::Value::String(s.to_string()).to_string();
     format!(
         r#"# cpack workspace. Command-line flags override these keys for one run;

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 const REQUIRED: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 /// sentence-transformers files; plain transformers repositories lack them.
-const OPTIONAL: [&str; 3] = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json"];
+const OPTIONAL: [&str; 3] = [
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+];
 
 /// A model spec names a hub repository when it is `owner/name` and no such local path exists.
 pub fn is_hub_id(spec: &Path) -> bool {
@@ -22,7 +26,12 @@ pub fn is_hub_id(spec: &Path) -> bool {
 pub fn resolve(id: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_string());
-    if let Some(config) = REQUIRED.iter().map(|f| cached.get(f)).collect::<Option<Vec<_>>>().map(|v| v[0].clone()) {
+    if let Some(config) = REQUIRED
+        .iter()
+        .map(|f| cached.get(f))
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v[0].clone())
+    {
         return Ok(snapshot_dir(&config));
     }
     if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {

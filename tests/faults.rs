@@ -11,7 +11,16 @@ fn echo_workspace(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let model = tiny_model(&tmp.join("model"), &refs);
     let ws = tmp.join("ws");
     std::fs::create_dir(&ws).unwrap();
-    ok(&ws, &["init", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+    ok(
+        &ws,
+        &[
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+    );
     (ws, data)
 }
 
@@ -21,7 +30,12 @@ fn malformed_corpus_names_file_and_line_and_publishes_nothing() {
     let (ws, data) = echo_workspace(tmp.path());
     let corpus = data.join("corpus.jsonl");
     let mut text = std::fs::read_to_string(&corpus).unwrap();
-    text = text.replacen("\"text\"", "\"txet\"", 1).lines().rev().collect::<Vec<_>>().join("\n");
+    text = text
+        .replacen("\"text\"", "\"txet\"", 1)
+        .lines()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(&corpus, text).unwrap();
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("corpus.jsonl:8: malformed record"), "{err}");
@@ -33,9 +47,16 @@ fn duplicate_ids_and_unknown_qrels_ids_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, data) = echo_workspace(tmp.path());
     ok(&ws, &["index", "build"]);
-    std::fs::write(data.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\tp1\t1\nq2\tnope\t1\n").unwrap();
+    std::fs::write(
+        data.join("qrels/test.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\tp1\t1\nq2\tnope\t1\n",
+    )
+    .unwrap();
     let err = fails(&ws, &["eval"]);
-    assert!(err.contains("test.tsv:3: unknown corpus id \"nope\""), "{err}");
+    assert!(
+        err.contains("test.tsv:3: unknown corpus id \"nope\""),
+        "{err}"
+    );
 
     let corpus = data.join("corpus.jsonl");
     let mut text = std::fs::read_to_string(&corpus).unwrap();
@@ -52,7 +73,13 @@ fn broken_model_folders_are_explained() {
     let model = tmp.path().join("model");
 
     let config = std::fs::read_to_string(model.join("config.json")).unwrap();
-    std::fs::write(model.join("config.json"), config.replace("\"bert\"", "\"gpt2\"").replace("BertModel", "GPT2Model")).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        config
+            .replace("\"bert\"", "\"gpt2\"")
+            .replace("BertModel", "GPT2Model"),
+    )
+    .unwrap();
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("unsupported architecture"), "{err}");
     std::fs::write(model.join("config.json"), config).unwrap();
@@ -60,7 +87,11 @@ fn broken_model_folders_are_explained() {
     std::fs::rename(model.join("model.safetensors"), model.join("weights.bak")).unwrap();
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("model.safetensors is missing"), "{err}");
-    std::fs::write(model.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ").unwrap();
+    std::fs::write(
+        model.join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ",
+    )
+    .unwrap();
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("embeddings.word_embeddings.weight"), "{err}");
     assert!(!ws.join(".cpack/index/CURRENT").exists());
@@ -70,15 +101,36 @@ fn broken_model_folders_are_explained() {
 fn workspace_misuse_gets_guidance() {
     let tmp = tempfile::tempdir().unwrap();
     let err = fails(tmp.path(), &["index", "build"]);
-    assert!(err.contains("no cpack.toml") && err.contains("cpack init"), "{err}");
+    assert!(
+        err.contains("no cpack.toml") && err.contains("cpack init"),
+        "{err}"
+    );
 
     let (ws, data) = echo_workspace(tmp.path());
-    let err = fails(&ws, &["init", "--data", data.to_str().unwrap(), "--model", "nowhere"]);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    let err = fails(
+        &ws,
+        &[
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "nowhere",
+        ],
+    );
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     let err = fails(&ws, &["search", "anything"]);
-    assert!(err.contains("no index") && err.contains("cpack index build"), "{err}");
+    assert!(
+        err.contains("no index") && err.contains("cpack index build"),
+        "{err}"
+    );
     let err = fails(&ws, &["eval", "--split", "nosuch"]);
-    assert!(err.contains("nosuch.tsv") && err.contains("no qrels"), "{err}");
+    assert!(
+        err.contains("nosuch.tsv") && err.contains("no qrels"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,11 +141,17 @@ fn an_index_built_with_another_instruction_is_refused() {
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
     std::fs::write(
         ws.join("cpack.toml"),
-        toml.replace("query_instruction = \"\"", "query_instruction = \"Represent this: \""),
+        toml.replace(
+            "query_instruction = \"\"",
+            "query_instruction = \"Represent this: \"",
+        ),
     )
     .unwrap();
     let err = fails(&ws, &["search", "term life"]);
-    assert!(err.contains("query instruction") && err.contains("Represent this: "), "{err}");
+    assert!(
+        err.contains("query instruction") && err.contains("Represent this: "),
+        "{err}"
+    );
     let err = fails(&ws, &["eval", "--passage-max-len", "32"]);
     assert!(err.contains("query instruction"), "{err}");
 }
@@ -110,14 +168,26 @@ fn killed_build_resumes_to_the_same_index() {
         .map(|name| {
             let ws = tmp.path().join(name);
             std::fs::create_dir(&ws).unwrap();
-            ok(&ws, &["init", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+            ok(
+                &ws,
+                &[
+                    "init",
+                    "--data",
+                    data.to_str().unwrap(),
+                    "--model",
+                    model.to_str().unwrap(),
+                ],
+            );
             ws
         })
         .collect();
     let (killed, clean) = (&workspaces[0], &workspaces[1]);
 
     // One row per chunk: every row is a resumable checkpoint, and the build is slow enough to kill.
-    let mut child = cpack(killed).args(["index", "build", "--chunk-rows", "1"]).spawn().unwrap();
+    let mut child = cpack(killed)
+        .args(["index", "build", "--chunk-rows", "1"])
+        .spawn()
+        .unwrap();
     let state = killed.join(".cpack/index/build/state.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
@@ -129,24 +199,48 @@ fn killed_build_resumes_to_the_same_index() {
         if rows >= 20 {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the build ended before it could be killed");
-        assert!(std::time::Instant::now() < deadline, "the build made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build made no progress"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!killed.join(".cpack/index/CURRENT").exists(), "a killed build must not publish");
+    assert!(
+        !killed.join(".cpack/index/CURRENT").exists(),
+        "a killed build must not publish"
+    );
     fails(killed, &["search", "x"]);
 
-    let out = cpack(killed).args(["index", "build", "--chunk-rows", "1", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cpack(killed)
+        .args(["index", "build", "--chunk-rows", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let resumed = json(&String::from_utf8_lossy(&out.stdout));
-    assert!(resumed["resumed_from_row"].as_u64().unwrap() >= 20, "{resumed}");
+    assert!(
+        resumed["resumed_from_row"].as_u64().unwrap() >= 20,
+        "{resumed}"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming an interrupted build"));
 
     ok(clean, &["index", "build", "--chunk-rows", "1"]);
-    let embeddings = |ws: &Path| std::fs::read(ws.join(".cpack/index/gen-000001/embeddings.f32")).unwrap();
-    assert_eq!(embeddings(killed), embeddings(clean), "resumed and clean builds differ");
+    let embeddings =
+        |ws: &Path| std::fs::read(ws.join(".cpack/index/gen-000001/embeddings.f32")).unwrap();
+    assert_eq!(
+        embeddings(killed),
+        embeddings(clean),
+        "resumed and clean builds differ"
+    );
     assert_eq!(
         json(&ok(killed, &["eval", "--json"]))["metrics"],
         json(&ok(clean, &["eval", "--json"]))["metrics"]

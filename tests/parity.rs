@@ -16,7 +16,10 @@ fn embed_matches_sentence_transformers_at_both_lengths() {
         .collect();
     let mut checked = 0;
     for max_len in [256, 128] {
-        let cases: Vec<&serde_json::Value> = refs.iter().filter(|r| r["max_seq_length"] == max_len).collect();
+        let cases: Vec<&serde_json::Value> = refs
+            .iter()
+            .filter(|r| r["max_seq_length"] == max_len)
+            .collect();
         let input = tmp.path().join(format!("in-{max_len}.jsonl"));
         let lines: Vec<String> = cases
             .iter()
@@ -47,11 +50,27 @@ fn embed_matches_sentence_transformers_at_both_lengths() {
         for (case, out) in cases.iter().zip(&got) {
             assert_eq!(out["text"], case["text"]);
             assert_eq!(out["tag"], checked, "other fields pass through");
-            let a: Vec<f64> = case["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
-            let b: Vec<f64> = out["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let a: Vec<f64> = case["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let b: Vec<f64> = out["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
             let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            let cos = dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt());
-            assert!(cos >= 0.9999, "cosine {cos} for {} at max length {max_len}", case["text"]);
+            let cos = dot
+                / (a.iter().map(|x| x * x).sum::<f64>().sqrt()
+                    * b.iter().map(|x| x * x).sum::<f64>().sqrt());
+            assert!(
+                cos >= 0.9999,
+                "cosine {cos} for {} at max length {max_len}",
+                case["text"]
+            );
         }
         checked += cases.len();
     }
@@ -66,7 +85,13 @@ fn embed_reports_bad_lines() {
     let model = minilm();
     let err = fails(
         tmp.path(),
-        &["embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        &[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
     );
     assert!(err.contains("in.jsonl:2: missing \"text\" field"), "{err}");
 }

@@ -12,7 +12,16 @@ fn echo_queries_find_their_own_passage() {
     let model = tiny_model(&tmp.path().join("model"), &refs);
     let ws = tmp.path().join("ws");
     std::fs::create_dir(&ws).unwrap();
-    ok(&ws, &["init", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap()]);
+    ok(
+        &ws,
+        &[
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ],
+    );
 
     let built = json(&ok(&ws, &["index", "build", "--json"]));
     assert_eq!(built["status"], "built");
@@ -30,7 +39,10 @@ fn echo_queries_find_their_own_passage() {
     assert_eq!(results.len(), 3);
     assert_eq!(results[0]["id"], "p4");
     assert_eq!(results[0]["text"], passages[4].as_str());
-    let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
     assert!((scores[0] - 1.0).abs() < 1e-4, "{scores:?}");
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
@@ -49,10 +61,21 @@ fn chinese_dataset_with_instruction_and_faiss_factories() {
     std::fs::create_dir(&ws).unwrap();
     ok(
         &ws,
-        &["init", "--data", data.to_str().unwrap(), "--model", model.to_str().unwrap(), "--query-instruction", "bge-zh"],
+        &[
+            "init",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--query-instruction",
+            "bge-zh",
+        ],
     );
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
-    assert!(toml.contains("query_instruction = \"为这个句子生成表示以用于检索相关文章：\""), "{toml}");
+    assert!(
+        toml.contains("query_instruction = \"为这个句子生成表示以用于检索相关文章：\""),
+        "{toml}"
+    );
 
     let flat = json(&ok(&ws, &["index", "build", "--json"]));
     assert_eq!(flat["rows"], 1104);
@@ -70,25 +93,51 @@ fn chinese_dataset_with_instruction_and_faiss_factories() {
 
     // The exact Rust backend must rank as FAISS Flat does, up to float
     // summation order deciding near-ties around rank 100.
-    let exact = json(&ok(&ws, &["index", "build", "--json", "--backend", "exact"]));
+    let exact = json(&ok(
+        &ws,
+        &["index", "build", "--json", "--backend", "exact"],
+    ));
     assert_eq!(exact["index"], "exact");
     let exact_eval = json(&ok(&ws, &["eval", "--json"]));
     for metric in ["ndcg_at_10", "mrr_at_10", "recall_at_10", "recall_at_100"] {
-        let (a, b) = (&exact_eval["metrics"][metric], &flat_eval["metrics"][metric]);
-        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-3, "{metric}: exact {a} vs faiss {b}");
+        let (a, b) = (
+            &exact_eval["metrics"][metric],
+            &flat_eval["metrics"][metric],
+        );
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-3,
+            "{metric}: exact {a} vs faiss {b}"
+        );
     }
 
     let info = json(&ok(&ws, &["index", "info", "--json"]));
-    assert_eq!(info["plan"]["stamp"]["query_instruction"], "为这个句子生成表示以用于检索相关文章：");
+    assert_eq!(
+        info["plan"]["stamp"]["query_instruction"],
+        "为这个句子生成表示以用于检索相关文章："
+    );
     assert_eq!(info["plan"]["rows"], 1104);
 
     // An approximate index over the same embeddings, stored as f16.
-    let hnsw = json(&ok(&ws, &["index", "build", "--json", "--factory", "HNSW32", "--precision", "f16"]));
+    let hnsw = json(&ok(
+        &ws,
+        &[
+            "index",
+            "build",
+            "--json",
+            "--factory",
+            "HNSW32",
+            "--precision",
+            "f16",
+        ],
+    ));
     assert_eq!(hnsw["index"], "faiss HNSW32");
     let hnsw_eval = json(&ok(&ws, &["eval", "--json"]));
     let recall = hnsw_eval["metrics"]["recall_at_100"].as_f64().unwrap();
     let flat_recall = flat_eval["metrics"]["recall_at_100"].as_f64().unwrap();
-    assert!((recall - flat_recall).abs() < 0.05, "HNSW {recall} vs flat {flat_recall}");
+    assert!(
+        (recall - flat_recall).abs() < 0.05,
+        "HNSW {recall} vs flat {flat_recall}"
+    );
 }
 
 #[test]
@@ -112,16 +161,31 @@ fn hub_ids_resolve_through_the_hugging_face_cache() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let (ok_init, _, err) = with_cache(&["init", "--data", data.to_str().unwrap(), "--model", "tiny-org/tiny-bert"]);
+    let (ok_init, _, err) = with_cache(&[
+        "init",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        "tiny-org/tiny-bert",
+    ]);
     assert!(ok_init, "{err}");
-    assert!(std::fs::read_to_string(ws.join("cpack.toml")).unwrap().contains("path = \"tiny-org/tiny-bert\""));
+    assert!(std::fs::read_to_string(ws.join("cpack.toml"))
+        .unwrap()
+        .contains("path = \"tiny-org/tiny-bert\""));
     let (built, out, err) = with_cache(&["index", "build", "--json"]);
     assert!(built, "{err}");
     assert_eq!(json(&out)["rows"], 8);
 
     let (found, _, err) = with_cache(&["search", "--model", "tiny-org/missing-model", "x"]);
     assert!(!found);
-    assert!(err.contains("tiny-org/missing-model") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    assert!(
+        err.contains("tiny-org/missing-model") && err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
 }

@@ -43,7 +43,10 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{}", usage()));
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{}", usage()))
+        };
         match flag.as_str() {
             "--model" => parsed.model = value()?.into(),
             "--corpus" => parsed.corpus = value()?.into(),
@@ -89,13 +92,24 @@ fn encode(args: EncodeArgs) -> Result<()> {
         let candidates: Vec<String> = chunk.iter().map(|&i| corpus.full_text(i)).collect();
         let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
         let ids = encoder.tokenize(&refs, TextKind::Passage)?;
-        texts.extend(candidates.into_iter().zip(ids).filter(|(_, ids)| ids.len() == args.max_len).map(|(t, _)| t));
+        texts.extend(
+            candidates
+                .into_iter()
+                .zip(ids)
+                .filter(|(_, ids)| ids.len() == args.max_len)
+                .map(|(t, _)| t),
+        );
         if texts.len() >= wanted {
             break;
         }
     }
     if texts.len() < wanted {
-        bail!("only {} passages of {} fill {} tokens", texts.len(), args.corpus.display(), args.max_len);
+        bail!(
+            "only {} passages of {} fill {} tokens",
+            texts.len(),
+            args.corpus.display(),
+            args.max_len
+        );
     }
     texts.truncate(wanted);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -112,7 +126,11 @@ fn encode(args: EncodeArgs) -> Result<()> {
     let median = rates[rates.len() / 2];
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     let report = serde_json::json!({
         "benchmark": "encode",

@@ -20,7 +20,8 @@ impl CandleBackend {
         let device = Device::Cpu;
         // SAFETY: the weights file is mapped read-only; cpack never writes to
         // a model folder it is reading from.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&model.weights], DType::F32, &device)? };
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&model.weights], DType::F32, &device)? };
         let vb = if model.weight_prefix.is_empty() {
             vb
         } else {
@@ -41,7 +42,12 @@ impl CandleBackend {
 }
 
 /// Pools `[batch, seq, hidden]` states into `[batch, hidden]`, then optionally L2-normalises.
-pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling, normalize: bool) -> candle_core::Result<Tensor> {
+pub fn pool(
+    hidden: &Tensor,
+    mask: &Tensor,
+    pooling: Pooling,
+    normalize: bool,
+) -> candle_core::Result<Tensor> {
     let pooled = match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
         Pooling::Mean => {
@@ -55,7 +61,11 @@ pub fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling, normalize: bool) -
         return Ok(pooled);
     }
     // torch.nn.functional.normalize: x / max(‖x‖, 1e-12).
-    let norms = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    let norms = pooled
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
     pooled.broadcast_div(&norms)
 }
 

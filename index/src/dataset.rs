@@ -76,7 +76,9 @@ impl TextTable {
         for (n, line) in BufReader::new(file).lines().enumerate() {
             let line_no = n + 1;
             let line = line.map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidData => bad_line(path, line_no, "not valid UTF-8".into()),
+                std::io::ErrorKind::InvalidData => {
+                    bad_line(path, line_no, "not valid UTF-8".into())
+                }
                 _ => Error::io("read", path)(e),
             })?;
             if line.trim().is_empty() {
@@ -98,7 +100,11 @@ impl TextTable {
 
     /// Builds a table from in-memory texts (used for ad-hoc inputs and tests).
     pub fn from_texts(ids: Vec<String>, texts: Vec<String>) -> Self {
-        let positions = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+        let positions = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect();
         TextTable {
             titles: vec![String::new(); ids.len()],
             ids,
@@ -169,17 +175,28 @@ impl Qrels {
                 return Err(bad_line(
                     path,
                     line_no,
-                    format!("expected 3 tab-separated fields (query-id, corpus-id, score), found {}", fields.len()),
+                    format!(
+                        "expected 3 tab-separated fields (query-id, corpus-id, score), found {}",
+                        fields.len()
+                    ),
                 ));
             };
-            let score: i32 = score
-                .parse()
-                .map_err(|_| bad_line(path, line_no, format!("score {score:?} is not an integer")))?;
+            let score: i32 = score.parse().map_err(|_| {
+                bad_line(path, line_no, format!("score {score:?} is not an integer"))
+            })?;
             if queries.position(query_id).is_none() {
-                return Err(bad_line(path, line_no, format!("unknown query id {query_id:?}")));
+                return Err(bad_line(
+                    path,
+                    line_no,
+                    format!("unknown query id {query_id:?}"),
+                ));
             }
             if corpus.position(corpus_id).is_none() {
-                return Err(bad_line(path, line_no, format!("unknown corpus id {corpus_id:?}")));
+                return Err(bad_line(
+                    path,
+                    line_no,
+                    format!("unknown corpus id {corpus_id:?}"),
+                ));
             }
             qrels
                 .by_query
@@ -287,12 +304,20 @@ mod tests {
     #[test]
     fn reports_file_and_line_of_bad_records() {
         let dir = tempfile::tempdir().unwrap();
-        let p = write(dir.path(), "c.jsonl", "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\"}\n");
+        let p = write(
+            dir.path(),
+            "c.jsonl",
+            "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\"}\n",
+        );
         let err = TextTable::load_jsonl(&p).unwrap_err().to_string();
         assert!(err.contains("c.jsonl:2:"), "{err}");
         assert!(err.contains("text"), "{err}");
 
-        let p = write(dir.path(), "d.jsonl", "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"a\",\"text\":\"y\"}\n");
+        let p = write(
+            dir.path(),
+            "d.jsonl",
+            "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"a\",\"text\":\"y\"}\n",
+        );
         let err = TextTable::load_jsonl(&p).unwrap_err().to_string();
         assert!(err.contains("d.jsonl:2: duplicate id \"a\""), "{err}");
     }
@@ -302,17 +327,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let corpus = TextTable::from_texts(vec!["d1".into()], vec!["x".into()]);
         let queries = TextTable::from_texts(vec!["q1".into()], vec!["y".into()]);
-        let ok = write(dir.path(), "ok.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t2\n");
+        let ok = write(
+            dir.path(),
+            "ok.tsv",
+            "query-id\tcorpus-id\tscore\nq1\td1\t2\n",
+        );
         let q = Qrels::load_tsv(&ok, &queries, &corpus).unwrap();
         assert_eq!(q.by_query["q1"], vec![("d1".to_string(), 2)]);
 
-        let bad = write(dir.path(), "bad.tsv", "query-id\tcorpus-id\tscore\nq1\td9\t1\n");
-        let err = Qrels::load_tsv(&bad, &queries, &corpus).unwrap_err().to_string();
+        let bad = write(
+            dir.path(),
+            "bad.tsv",
+            "query-id\tcorpus-id\tscore\nq1\td9\t1\n",
+        );
+        let err = Qrels::load_tsv(&bad, &queries, &corpus)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.tsv:2: unknown corpus id \"d9\""), "{err}");
 
         let bad = write(dir.path(), "bad2.tsv", "q1 d1 1\n");
-        let err = Qrels::load_tsv(&bad, &queries, &corpus).unwrap_err().to_string();
-        assert!(err.contains("bad2.tsv:1: expected 3 tab-separated fields"), "{err}");
+        let err = Qrels::load_tsv(&bad, &queries, &corpus)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad2.tsv:1: expected 3 tab-separated fields"),
+            "{err}"
+        );
     }
 
     #[test]

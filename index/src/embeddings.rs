@@ -47,7 +47,9 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Precision::F32),
             "f16" => Ok(Precision::F16),
-            other => Err(format!("unknown precision {other:?} (expected \"f32\" or \"f16\")")),
+            other => Err(format!(
+                "unknown precision {other:?} (expected \"f32\" or \"f16\")"
+            )),
         }
     }
 }
@@ -69,7 +71,9 @@ impl EmbeddingMatrix {
         if actual != expected {
             return Err(Error::BadFile {
                 path: path.to_path_buf(),
-                problem: format!("holds {actual} bytes, the manifest promises {expected} ({rows} rows × {dim})"),
+                problem: format!(
+                    "holds {actual} bytes, the manifest promises {expected} ({rows} rows × {dim})"
+                ),
             });
         }
         // SAFETY: index generations are immutable once published; the file is

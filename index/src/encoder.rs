@@ -92,7 +92,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(model: &ModelDir, settings: EncoderSettings, backend: Box<dyn EncoderBackend>) -> Result<Self> {
+    pub fn new(
+        model: &ModelDir,
+        settings: EncoderSettings,
+        backend: Box<dyn EncoderBackend>,
+    ) -> Result<Self> {
         let max_positions = model.config.max_position_embeddings;
         for len in [settings.query_max_len, settings.passage_max_len] {
             if len < 2 || len > max_positions {
@@ -128,7 +132,9 @@ impl Encoder {
     pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Vec<Vec<u32>>> {
         match kind {
             TextKind::Passage => self.passage_tokenizer.encode_batch(texts),
-            TextKind::Query if self.settings.query_instruction.is_empty() => self.query_tokenizer.encode_batch(texts),
+            TextKind::Query if self.settings.query_instruction.is_empty() => {
+                self.query_tokenizer.encode_batch(texts)
+            }
             TextKind::Query => {
                 let prefixed: Vec<String> = texts
                     .iter()
@@ -143,7 +149,12 @@ impl Encoder {
     /// Embeds `texts` in order, `[texts.len(), dim]` row-major. Batches are
     /// formed from length-sorted texts so little time goes into padding;
     /// `on_batch(texts_done, tokens_done)` reports progress.
-    pub fn encode(&self, texts: &[&str], kind: TextKind, on_batch: &mut dyn FnMut(usize, usize)) -> Result<Vec<f32>> {
+    pub fn encode(
+        &self,
+        texts: &[&str],
+        kind: TextKind,
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<f32>> {
         let tokens = self.tokenize(texts, kind)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         // Longest first: the biggest batch shows up at once if memory is short.

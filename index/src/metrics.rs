@@ -26,7 +26,12 @@ pub fn ndcg_at(ranking: &[&str], relevance: &HashMap<&str, i32>, k: usize) -> f6
         .sum();
     let mut ideal: Vec<i32> = relevance.values().copied().filter(|&r| r > 0).collect();
     ideal.sort_unstable_by(|a, b| b.cmp(a));
-    let idcg: f64 = ideal.iter().take(k).enumerate().map(|(r, &rel)| gain(rel) * discount(r)).sum();
+    let idcg: f64 = ideal
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(r, &rel)| gain(rel) * discount(r))
+        .sum();
     if idcg == 0.0 {
         0.0
     } else {
@@ -58,7 +63,9 @@ pub fn recall_at(ranking: &[&str], relevance: &HashMap<&str, i32>, k: usize) -> 
 }
 
 /// Averages the metrics over queries; each item is (ranking, judgements).
-pub fn evaluate<'a>(runs: impl IntoIterator<Item = (Vec<&'a str>, HashMap<&'a str, i32>)>) -> RetrievalMetrics {
+pub fn evaluate<'a>(
+    runs: impl IntoIterator<Item = (Vec<&'a str>, HashMap<&'a str, i32>)>,
+) -> RetrievalMetrics {
     let mut sums = [0.0f64; 4];
     let mut n = 0;
     for (ranking, rel) in runs {

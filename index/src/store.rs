@@ -54,16 +54,47 @@ pub struct EmbeddingStamp {
 
 impl EmbeddingStamp {
     /// The first field in which `self` (the index) differs from `other` (the workspace).
-    pub fn first_difference(&self, other: &EmbeddingStamp) -> Option<(&'static str, String, String)> {
+    pub fn first_difference(
+        &self,
+        other: &EmbeddingStamp,
+    ) -> Option<(&'static str, String, String)> {
         let fields: [(&'static str, String, String); 8] = [
-            ("model fingerprint", self.model_fingerprint.clone(), other.model_fingerprint.clone()),
+            (
+                "model fingerprint",
+                self.model_fingerprint.clone(),
+                other.model_fingerprint.clone(),
+            ),
             ("dimension", self.dim.to_string(), other.dim.to_string()),
-            ("query instruction", format!("{:?}", self.query_instruction), format!("{:?}", other.query_instruction)),
-            ("pooling", self.pooling.to_string(), other.pooling.to_string()),
-            ("normalize", self.normalize.to_string(), other.normalize.to_string()),
-            ("passage max length", self.passage_max_len.to_string(), other.passage_max_len.to_string()),
-            ("query max length", self.query_max_len.to_string(), other.query_max_len.to_string()),
-            ("encoder backend", self.encoder_backend.clone(), other.encoder_backend.clone()),
+            (
+                "query instruction",
+                format!("{:?}", self.query_instruction),
+                format!("{:?}", other.query_instruction),
+            ),
+            (
+                "pooling",
+                self.pooling.to_string(),
+                other.pooling.to_string(),
+            ),
+            (
+                "normalize",
+                self.normalize.to_string(),
+                other.normalize.to_string(),
+            ),
+            (
+                "passage max length",
+                self.passage_max_len.to_string(),
+                other.passage_max_len.to_string(),
+            ),
+            (
+                "query max length",
+                self.query_max_len.to_string(),
+                other.query_max_len.to_string(),
+            ),
+            (
+                "encoder backend",
+                self.encoder_backend.clone(),
+                other.encoder_backend.clone(),
+            ),
         ];
         fields.into_iter().find(|(_, a, b)| a != b)
     }
@@ -111,6 +142,15 @@ pub struct Provenance<'a> {
     pub corpus_path: &'a Path,
 }
 
+/// How a build proceeds.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOptions {
+    /// Passages encoded and synced between two resumable checkpoints.
+    pub chunk_rows: usize,
+    /// Rebuild even when the live generation already matches the plan.
+    pub force: bool,
+}
+
 /// What `build` did.
 #[derive(Debug)]
 pub enum BuildOutcome {
@@ -119,7 +159,7 @@ pub enum BuildOutcome {
     Built {
         generation: String,
         resumed_from_row: usize,
-        manifest: Manifest,
+        manifest: Box<Manifest>,
     },
 }
 
@@ -158,7 +198,9 @@ impl IndexDir {
         if !current.exists() {
             return Ok(None);
         }
-        let name = String::from_utf8_lossy(&fsutil::read(&current)?).trim().to_string();
+        let name = String::from_utf8_lossy(&fsutil::read(&current)?)
+            .trim()
+            .to_string();
         let manifest_path = self.root.join(&name).join(MANIFEST);
         let manifest: Manifest = fsutil::read_json(&manifest_path)?;
         if manifest.format_version > FORMAT_VERSION {
@@ -179,7 +221,9 @@ impl IndexDir {
             path: self.root.clone(),
         })?;
         let dir = self.root.join(&generation);
-        if let Some((field, index_value, workspace_value)) = manifest.plan.stamp.first_difference(expect) {
+        if let Some((field, index_value, workspace_value)) =
+            manifest.plan.stamp.first_difference(expect)
+        {
             return Err(Error::Mismatch {
                 path: dir,
                 field,
@@ -197,7 +241,11 @@ impl IndexDir {
         if ids.len() != plan.rows {
             return Err(Error::BadFile {
                 path: dir.join(IDS),
-                problem: format!("lists {} ids, the manifest promises {}", ids.len(), plan.rows),
+                problem: format!(
+                    "lists {} ids, the manifest promises {}",
+                    ids.len(),
+                    plan.rows
+                ),
             });
         }
         let embeddings = Arc::new(EmbeddingMatrix::open(
@@ -217,19 +265,17 @@ impl IndexDir {
     }
 
     /// Builds (or resumes building) the index the plan describes and makes it live.
-    /// `chunk_rows` passages are encoded and synced between progress records.
     pub fn build(
         &self,
         plan: BuildPlan,
         provenance: Provenance,
         corpus: &TextTable,
         encoder: &Encoder,
-        chunk_rows: usize,
-        force: bool,
+        options: BuildOptions,
         progress: &dyn Progress,
     ) -> Result<BuildOutcome> {
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
-        if !force {
+        if !options.force {
             if let Some((generation, manifest)) = self.current()? {
                 if manifest.plan == plan {
                     return Ok(BuildOutcome::UpToDate { generation });
@@ -239,7 +285,14 @@ impl IndexDir {
         let build_dir = self.root.join(BUILD);
         let mut state = self.resume_or_start(&build_dir, &plan, progress)?;
         let resumed_from_row = state.rows_done;
-        self.encode_remaining(&build_dir, &mut state, corpus, encoder, chunk_rows.max(1), progress)?;
+        self.encode_remaining(
+            &build_dir,
+            &mut state,
+            corpus,
+            encoder,
+            options.chunk_rows.max(1),
+            progress,
+        )?;
 
         progress.stage(&format!("indexing ({})", plan.index), 0);
         let started = Instant::now();
@@ -265,17 +318,23 @@ impl IndexDir {
             timings: state.timings.clone(),
         };
         fsutil::write_json_atomic(&build_dir.join(MANIFEST), &manifest)?;
-        fs::remove_file(build_dir.join(STATE)).map_err(Error::io("remove", build_dir.join(STATE)))?;
+        fs::remove_file(build_dir.join(STATE))
+            .map_err(Error::io("remove", build_dir.join(STATE)))?;
         let generation = self.publish(&build_dir)?;
         Ok(BuildOutcome::Built {
             generation,
             resumed_from_row,
-            manifest,
+            manifest: Box::new(manifest),
         })
     }
 
     /// Picks up `build/` if it was started with the same plan, else clears it.
-    fn resume_or_start(&self, build_dir: &Path, plan: &BuildPlan, progress: &dyn Progress) -> Result<BuildState> {
+    fn resume_or_start(
+        &self,
+        build_dir: &Path,
+        plan: &BuildPlan,
+        progress: &dyn Progress,
+    ) -> Result<BuildState> {
         let state_path = build_dir.join(STATE);
         if state_path.exists() {
             if let Ok(state) = fsutil::read_json::<BuildState>(&state_path) {
@@ -334,7 +393,9 @@ impl IndexDir {
         while state.rows_done < plan.rows {
             let started = Instant::now();
             let end = (state.rows_done + chunk_rows).min(plan.rows);
-            let texts: Vec<String> = (state.rows_done..end).map(|i| corpus.full_text(i)).collect();
+            let texts: Vec<String> = (state.rows_done..end)
+                .map(|i| corpus.full_text(i))
+                .collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let mut tokens = 0u64;
             let vectors = encoder.encode(&refs, TextKind::Passage, &mut |n, t| {
@@ -356,12 +417,20 @@ impl IndexDir {
     /// it, then removes older generations.
     fn publish(&self, build_dir: &Path) -> Result<String> {
         let existing = self.generations()?;
-        let next = existing.iter().filter_map(|g| g.strip_prefix("gen-")?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
+        let next = existing
+            .iter()
+            .filter_map(|g| g.strip_prefix("gen-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
         let generation = format!("gen-{next:06}");
         let target = self.root.join(&generation);
         fs::rename(build_dir, &target).map_err(Error::io("rename into place", &target))?;
         fsutil::sync_dir(&self.root)?;
-        fsutil::atomic_write(&self.root.join(CURRENT), format!("{generation}\n").as_bytes())?;
+        fsutil::atomic_write(
+            &self.root.join(CURRENT),
+            format!("{generation}\n").as_bytes(),
+        )?;
         for old in existing {
             let path = self.root.join(&old);
             // A failed clean-up only wastes disk; the swap itself is done.
@@ -433,7 +502,10 @@ mod tests {
     }
 
     fn encoder(f: &Fixture) -> Encoder {
-        encoder_with(f, Box::new(CandleBackend::load(&f.model, Pooling::Mean, true).unwrap()))
+        encoder_with(
+            f,
+            Box::new(CandleBackend::load(&f.model, Pooling::Mean, true).unwrap()),
+        )
     }
 
     fn plan(f: &Fixture, enc: &Encoder, index: IndexKind) -> BuildPlan {
@@ -454,6 +526,10 @@ mod tests {
             precision: Precision::F32,
             index,
         }
+    }
+
+    fn opts(chunk_rows: usize, force: bool) -> BuildOptions {
+        BuildOptions { chunk_rows, force }
     }
 
     fn provenance() -> Provenance<'static> {
@@ -487,12 +563,22 @@ mod tests {
 
     fn embeddings_file(dir: &IndexDir) -> Vec<u8> {
         let (generation, manifest) = dir.current().unwrap().unwrap();
-        std::fs::read(dir.root().join(generation).join(manifest.plan.precision.file_name())).unwrap()
+        std::fs::read(
+            dir.root()
+                .join(generation)
+                .join(manifest.plan.precision.file_name()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn build_then_search_finds_each_passage_itself() {
-        for kind in [IndexKind::Exact, IndexKind::Faiss { factory: "Flat".into() }] {
+        for kind in [
+            IndexKind::Exact,
+            IndexKind::Faiss {
+                factory: "Flat".into(),
+            },
+        ] {
             if matches!(kind, IndexKind::Faiss { .. }) && !cfg!(feature = "faiss") {
                 continue;
             }
@@ -500,16 +586,37 @@ mod tests {
             let enc = encoder(&f);
             let p = plan(&f, &enc, kind.clone());
             let dir = IndexDir::new(&f.root);
-            let out = dir.build(p.clone(), provenance(), &f.corpus, &enc, 5, false, &Silent).unwrap();
-            assert!(matches!(out, BuildOutcome::Built { resumed_from_row: 0, .. }));
+            let out = dir
+                .build(
+                    p.clone(),
+                    provenance(),
+                    &f.corpus,
+                    &enc,
+                    opts(5, false),
+                    &Silent,
+                )
+                .unwrap();
+            assert!(matches!(
+                out,
+                BuildOutcome::Built {
+                    resumed_from_row: 0,
+                    ..
+                }
+            ));
             let mut index = dir.open(&p.stamp).unwrap();
             assert_eq!(index.ids, f.corpus.ids);
             let all = index.embeddings.to_f32();
             let hits = index.vectors.search(&all, 3).unwrap();
             for row in 0..f.corpus.len() {
                 let (best, score) = hits.of(row).next().unwrap();
-                assert_eq!(best, row, "{kind}: passage {row} is not its own nearest neighbour");
-                assert!((score - 1.0).abs() < 1e-4, "{kind}: self-similarity {score}");
+                assert_eq!(
+                    best, row,
+                    "{kind}: passage {row} is not its own nearest neighbour"
+                );
+                assert!(
+                    (score - 1.0).abs() < 1e-4,
+                    "{kind}: self-similarity {score}"
+                );
             }
         }
     }
@@ -520,12 +627,38 @@ mod tests {
         let enc = encoder(&f);
         let p = plan(&f, &enc, IndexKind::Exact);
         let dir = IndexDir::new(&f.root);
-        dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
-        let again = dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
-        assert!(matches!(again, BuildOutcome::UpToDate { ref generation } if generation == "gen-000001"));
-        let forced = dir.build(p, provenance(), &f.corpus, &enc, 4, true, &Silent).unwrap();
-        assert!(matches!(forced, BuildOutcome::Built { ref generation, .. } if generation == "gen-000002"));
-        assert!(!f.root.join("gen-000001").exists(), "the old generation is removed after the swap");
+        dir.build(
+            p.clone(),
+            provenance(),
+            &f.corpus,
+            &enc,
+            opts(4, false),
+            &Silent,
+        )
+        .unwrap();
+        let again = dir
+            .build(
+                p.clone(),
+                provenance(),
+                &f.corpus,
+                &enc,
+                opts(4, false),
+                &Silent,
+            )
+            .unwrap();
+        assert!(
+            matches!(again, BuildOutcome::UpToDate { ref generation } if generation == "gen-000001")
+        );
+        let forced = dir
+            .build(p, provenance(), &f.corpus, &enc, opts(4, true), &Silent)
+            .unwrap();
+        assert!(
+            matches!(forced, BuildOutcome::Built { ref generation, .. } if generation == "gen-000002")
+        );
+        assert!(
+            !f.root.join("gen-000001").exists(),
+            "the old generation is removed after the swap"
+        );
         assert!(!f.root.join(BUILD).exists());
     }
 
@@ -535,7 +668,16 @@ mod tests {
         let clean_dir = IndexDir::new(f.root.join("clean"));
         let enc = encoder(&f);
         let p = plan(&f, &enc, IndexKind::Exact);
-        clean_dir.build(p.clone(), provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
+        clean_dir
+            .build(
+                p.clone(),
+                provenance(),
+                &f.corpus,
+                &enc,
+                opts(4, false),
+                &Silent,
+            )
+            .unwrap();
 
         let dir = IndexDir::new(f.root.join("resumed"));
         let failing = encoder_with(
@@ -546,13 +688,34 @@ mod tests {
                 calls: AtomicUsize::new(0),
             }),
         );
-        let err = dir.build(p.clone(), provenance(), &f.corpus, &failing, 4, false, &Silent);
+        let err = dir.build(
+            p.clone(),
+            provenance(),
+            &f.corpus,
+            &failing,
+            opts(4, false),
+            &Silent,
+        );
         assert!(err.is_err());
-        assert!(dir.current().unwrap().is_none(), "a failed build must not publish an index");
+        assert!(
+            dir.current().unwrap().is_none(),
+            "a failed build must not publish an index"
+        );
         assert!(matches!(dir.open(&p.stamp), Err(Error::NoIndex { .. })));
 
-        let out = dir.build(p, provenance(), &f.corpus, &enc, 4, false, &Silent).unwrap();
-        assert!(matches!(out, BuildOutcome::Built { resumed_from_row: 4, .. }), "{out:?}");
+        let out = dir
+            .build(p, provenance(), &f.corpus, &enc, opts(4, false), &Silent)
+            .unwrap();
+        assert!(
+            matches!(
+                out,
+                BuildOutcome::Built {
+                    resumed_from_row: 4,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
         assert_eq!(embeddings_file(&dir), embeddings_file(&clean_dir));
     }
 
@@ -562,11 +725,28 @@ mod tests {
         let enc = encoder(&f);
         let p = plan(&f, &enc, IndexKind::Exact);
         let dir = IndexDir::new(&f.root);
-        dir.build(p.clone(), provenance(), &f.corpus, &enc, 100, false, &Silent).unwrap();
+        dir.build(
+            p.clone(),
+            provenance(),
+            &f.corpus,
+            &enc,
+            opts(100, false),
+            &Silent,
+        )
+        .unwrap();
         let mut other = p.stamp.clone();
         other.query_instruction = "Represent this: ".into();
         let err = dir.open(&other).err().expect("mismatch");
-        assert!(matches!(err, Error::Mismatch { field: "query instruction", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Mismatch {
+                    field: "query instruction",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let mut other = p.stamp.clone();
         other.model_fingerprint = "0000".into();
         let err = dir.open(&other).err().expect("mismatch");

@@ -42,20 +42,28 @@ pub fn write_tiny_model(dir: &Path, texts: &[&str], seed: u64) -> Result<()> {
         "1_Pooling/config.json",
         &json!({"word_embedding_dimension": HIDDEN, "pooling_mode_cls_token": false, "pooling_mode_mean_tokens": true}),
     )?;
-    write(dir, "sentence_bert_config.json", &json!({"max_seq_length": 128, "do_lower_case": false}))?;
+    write(
+        dir,
+        "sentence_bert_config.json",
+        &json!({"max_seq_length": 128, "do_lower_case": false}),
+    )?;
     write_weights(&dir.join("model.safetensors"), vocab.len(), seed)
 }
 
 fn write(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec_pretty(value).expect("plain JSON")).map_err(Error::io("write", &path))
+    std::fs::write(&path, serde_json::to_vec_pretty(value).expect("plain JSON"))
+        .map_err(Error::io("write", &path))
 }
 
 /// Special tokens, then every lower-cased word and character (plus `##` forms) of the texts.
 fn build_vocab(texts: &[&str]) -> Vec<String> {
     let mut pieces = BTreeSet::new();
     for text in texts {
-        for word in text.to_lowercase().split(|c: char| c.is_whitespace() || c.is_ascii_punctuation()) {
+        for word in text
+            .to_lowercase()
+            .split(|c: char| c.is_whitespace() || c.is_ascii_punctuation())
+        {
             if word.chars().count() > 1 && word.is_ascii() {
                 pieces.insert(word.to_string());
             }
@@ -65,7 +73,11 @@ fn build_vocab(texts: &[&str]) -> Vec<String> {
             pieces.insert(format!("##{c}"));
         }
     }
-    SPECIALS.iter().map(|s| s.to_string()).chain(pieces).collect()
+    SPECIALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(pieces)
+        .collect()
 }
 
 fn config(vocab_size: usize) -> serde_json::Value {
@@ -87,8 +99,11 @@ fn config(vocab_size: usize) -> serde_json::Value {
 }
 
 fn tokenizer(vocab: &[String]) -> serde_json::Value {
-    let ids: serde_json::Map<String, serde_json::Value> =
-        vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    let ids: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     let added: Vec<serde_json::Value> = SPECIALS
         .iter()
         .enumerate()
@@ -133,9 +148,21 @@ fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> Result<()> {
         tensors.push((format!("bert.{name}"), shape, data));
     };
     let h = HIDDEN;
-    add("embeddings.word_embeddings.weight".into(), vec![vocab_size, h], None);
-    add("embeddings.position_embeddings.weight".into(), vec![MAX_POSITIONS, h], None);
-    add("embeddings.token_type_embeddings.weight".into(), vec![2, h], None);
+    add(
+        "embeddings.word_embeddings.weight".into(),
+        vec![vocab_size, h],
+        None,
+    );
+    add(
+        "embeddings.position_embeddings.weight".into(),
+        vec![MAX_POSITIONS, h],
+        None,
+    );
+    add(
+        "embeddings.token_type_embeddings.weight".into(),
+        vec![2, h],
+        None,
+    );
     add("embeddings.LayerNorm.weight".into(), vec![h], Some(1.0));
     add("embeddings.LayerNorm.bias".into(), vec![h], Some(0.0));
     for l in 0..LAYERS {
@@ -162,9 +189,18 @@ fn write_weights(path: &Path, vocab_size: usize, seed: u64) -> Result<()> {
         .collect();
     let views: Vec<(String, TensorView)> = bytes
         .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).expect("consistent shape")))
+        .map(|(n, s, d)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), d).expect("consistent shape"),
+            )
+        })
         .collect();
-    let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+    let metadata = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
     safetensors::serialize_to_file(views, metadata, path).map_err(|e| Error::Model {
         path: path.to_path_buf(),
         problem: format!("cannot write test weights: {e}"),

@@ -50,6 +50,9 @@ impl TextTokenizer {
                 path: self.path.clone(),
                 source,
             })?;
-        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        Ok(encodings
+            .into_iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
     }
 }

@@ -51,18 +51,35 @@ fn candle_matches_sentence_transformers() {
         assert!(settings.normalize);
         let backend = CandleBackend::load(&model, settings.pooling, settings.normalize).unwrap();
         let encoder = Encoder::new(&model, settings, Box::new(backend)).unwrap();
-        let cases: Vec<&Reference> = refs.iter().filter(|r| r.max_seq_length == max_len).collect();
+        let cases: Vec<&Reference> = refs
+            .iter()
+            .filter(|r| r.max_seq_length == max_len)
+            .collect();
         assert!(!cases.is_empty());
         let texts: Vec<&str> = cases.iter().map(|r| r.text.as_str()).collect();
         let ids = encoder.tokenize(&texts, TextKind::Passage).unwrap();
-        let vectors = encoder.encode(&texts, TextKind::Passage, &mut |_, _| {}).unwrap();
+        let vectors = encoder
+            .encode(&texts, TextKind::Passage, &mut |_, _| {})
+            .unwrap();
         let dim = encoder.dim();
         for (i, case) in cases.iter().enumerate() {
-            assert_eq!(ids[i], case.input_ids, "token ids differ for {:?} at max length {max_len}", case.text);
+            assert_eq!(
+                ids[i], case.input_ids,
+                "token ids differ for {:?} at max length {max_len}",
+                case.text
+            );
             let v = &vectors[i * dim..(i + 1) * dim];
-            let cos: f32 = v.iter().zip(&case.embedding).map(|(a, b)| a * b).sum::<f32>()
+            let cos: f32 = v
+                .iter()
+                .zip(&case.embedding)
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
                 / (norm(v) * norm(&case.embedding));
-            assert!(cos >= 0.9999, "cosine {cos} for {:?} at max length {max_len}", case.text);
+            assert!(
+                cos >= 0.9999,
+                "cosine {cos} for {:?} at max length {max_len}",
+                case.text
+            );
         }
     }
 }

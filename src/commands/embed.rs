@@ -12,14 +12,23 @@ pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
     let reader: Box<dyn Read> = if input_name == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(&args.input).with_context(|| format!("cannot open {input_name}"))?)
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("cannot open {input_name}"))?,
+        )
     };
     let records = read_records(reader, &input_name)?;
     let encoder = open_encoder(&config)?;
     let texts: Vec<&str> = records.iter().map(|(_, text)| text.as_str()).collect();
-    let kind = if args.query { TextKind::Query } else { TextKind::Passage };
+    let kind = if args.query {
+        TextKind::Query
+    } else {
+        TextKind::Passage
+    };
     ctx.bars.stage("embedding", texts.len() as u64);
-    let vectors = encoder.encode(&texts, kind, &mut |n, t| ctx.bars.advance(n as u64, t as u64))?;
+    let vectors = encoder.encode(&texts, kind, &mut |n, t| {
+        ctx.bars.advance(n as u64, t as u64)
+    })?;
     ctx.bars.finish();
 
     let output_name = args.output.display().to_string();
@@ -51,7 +60,8 @@ fn read_records(reader: impl Read, name: &str) -> Result<Vec<Record>> {
             continue;
         }
         let at = || format!("{name}:{}", n + 1);
-        let value: serde_json::Value = serde_json::from_str(&line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| anyhow!("{}: invalid JSON: {e}", at()))?;
         let serde_json::Value::Object(object) = value else {
             bail!("{}: expected a JSON object with a \"text\" field", at());
         };

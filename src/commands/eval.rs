@@ -16,7 +16,10 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let dataset = Dataset::load(config.data()?.clone())?;
     let qrels = dataset.qrels(&args.split)?;
     if qrels.is_empty() {
-        bail!("{} has no judgements", dataset.paths.qrels(&args.split).display());
+        bail!(
+            "{} has no judgements",
+            dataset.paths.qrels(&args.split).display()
+        );
     }
     let encoder = open_encoder(&config)?;
     let stamp = config.embedding_stamp(encoder.backend_name())?;
@@ -25,11 +28,15 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let query_ids: Vec<&String> = qrels.by_query.keys().collect();
     let texts: Vec<&str> = query_ids
         .iter()
-        .map(|id| dataset.queries.texts[dataset.queries.position(id).expect("qrels validated")].as_str())
+        .map(|id| {
+            dataset.queries.texts[dataset.queries.position(id).expect("qrels validated")].as_str()
+        })
         .collect();
     ctx.bars.stage("encoding queries", texts.len() as u64);
     let started = std::time::Instant::now();
-    let vectors = encoder.encode(&texts, TextKind::Query, &mut |n, t| ctx.bars.advance(n as u64, t as u64))?;
+    let vectors = encoder.encode(&texts, TextKind::Query, &mut |n, t| {
+        ctx.bars.advance(n as u64, t as u64)
+    })?;
     let encode_seconds = started.elapsed().as_secs_f64();
     ctx.bars.stage("searching", 0);
     let started = std::time::Instant::now();
@@ -39,7 +46,10 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
 
     let runs = query_ids.iter().enumerate().map(|(q, id)| {
         let ranking: Vec<&str> = hits.of(q).map(|(row, _)| index.ids[row].as_str()).collect();
-        let relevance: HashMap<&str, i32> = qrels.by_query[*id].iter().map(|(d, s)| (d.as_str(), *s)).collect();
+        let relevance: HashMap<&str, i32> = qrels.by_query[*id]
+            .iter()
+            .map(|(d, s)| (d.as_str(), *s))
+            .collect();
         (ranking, relevance)
     });
     let m = metrics::evaluate(runs);
@@ -58,7 +68,10 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
             }))?
         );
     } else {
-        println!("split {} · {} queries · index {} ({})", args.split, m.queries, index.generation, index.manifest.plan.index);
+        println!(
+            "split {} · {} queries · index {} ({})",
+            args.split, m.queries, index.generation, index.manifest.plan.index
+        );
         println!("model fingerprint {}", stamp.model_fingerprint);
         println!("nDCG@10    {:.4}", m.ndcg_at_10);
         println!("MRR@10     {:.4}", m.mrr_at_10);

@@ -5,7 +5,7 @@ use crate::cli::{BuildArgs, IndexCommand};
 use crate::config;
 use anyhow::{bail, Result};
 use cpack_index::dataset::Dataset;
-use cpack_index::store::{BuildOutcome, BuildPlan, Provenance};
+use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, Provenance};
 use cpack_index::vector::IndexKind;
 use cpack_index::Progress;
 
@@ -49,9 +49,17 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
         model_path: &config.model.dir,
         corpus_path: &data.corpus,
     };
-    let outcome = config
-        .index_dir()
-        .build(plan, provenance, &corpus, &encoder, args.chunk_rows, args.force, &ctx.bars)?;
+    let outcome = config.index_dir().build(
+        plan,
+        provenance,
+        &corpus,
+        &encoder,
+        BuildOptions {
+            chunk_rows: args.chunk_rows,
+            force: args.force,
+        },
+        &ctx.bars,
+    )?;
     ctx.bars.finish();
     report(&outcome, args.json)
 }
@@ -60,7 +68,10 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
     match outcome {
         BuildOutcome::UpToDate { generation } => {
             if json {
-                println!("{}", serde_json::json!({"status": "up-to-date", "generation": generation}));
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "up-to-date", "generation": generation})
+                );
             } else {
                 println!("index {generation} is up to date (use --force to rebuild)");
             }
@@ -108,7 +119,10 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
 fn info(ctx: &Context, json: bool) -> Result<()> {
     let dir = cpack_index::store::IndexDir::new(ctx.workspace.join(".cpack").join("index"));
     let Some((generation, manifest)) = dir.current()? else {
-        bail!("no index in {}; build one with `cpack index build`", dir.root().display());
+        bail!(
+            "no index in {}; build one with `cpack index build`",
+            dir.root().display()
+        );
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -117,11 +131,23 @@ fn info(ctx: &Context, json: bool) -> Result<()> {
     let p = &manifest.plan;
     println!("generation        {generation}");
     println!("passages          {} ({})", p.rows, manifest.corpus_path);
-    println!("model             {} (fingerprint {})", manifest.model_path, p.stamp.model_fingerprint);
-    println!("encoder           {} · {} pooling · normalize {}", p.stamp.encoder_backend, p.stamp.pooling, p.stamp.normalize);
-    println!("max lengths       query {} · passage {}", p.stamp.query_max_len, p.stamp.passage_max_len);
+    println!(
+        "model             {} (fingerprint {})",
+        manifest.model_path, p.stamp.model_fingerprint
+    );
+    println!(
+        "encoder           {} · {} pooling · normalize {}",
+        p.stamp.encoder_backend, p.stamp.pooling, p.stamp.normalize
+    );
+    println!(
+        "max lengths       query {} · passage {}",
+        p.stamp.query_max_len, p.stamp.passage_max_len
+    );
     println!("query instruction {:?}", p.stamp.query_instruction);
-    println!("index             {} · {} dims · {:?}", p.index, p.stamp.dim, p.precision);
+    println!(
+        "index             {} · {} dims · {:?}",
+        p.index, p.stamp.dim, p.precision
+    );
     println!(
         "timings           encode {:.1}s · index {:.1}s · {} tokens",
         manifest.timings.encode_seconds, manifest.timings.index_seconds, manifest.timings.tokens

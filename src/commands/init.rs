@@ -11,13 +11,19 @@ use cpack_index::EncoderSettings;
 pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
     let target = ctx.workspace.join(FILE_NAME);
     if target.exists() && !args.force {
-        bail!("{} already exists; pass --force to overwrite it", target.display());
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            target.display()
+        );
     }
     let data = absolute(&args.data)?;
     let paths = DatasetPaths::beir(&data);
     for required in [&paths.corpus, &paths.queries] {
         if !required.exists() {
-            bail!("{} is missing: --data must be a BEIR-layout folder", required.display());
+            bail!(
+                "{} is missing: --data must be a BEIR-layout folder",
+                required.display()
+            );
         }
     }
     // Hub ids are written as given, so the workspace stays portable.
@@ -30,15 +36,26 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
     };
     let declared = EncoderSettings::declared_by(&model);
     let instruction = config::expand_instruction(&args.query_instruction);
-    std::fs::create_dir_all(&ctx.workspace).with_context(|| format!("cannot create {}", ctx.workspace.display()))?;
-    let text = config::render_toml(&data, &model_path, instruction, declared.pooling, declared.normalize);
+    std::fs::create_dir_all(&ctx.workspace)
+        .with_context(|| format!("cannot create {}", ctx.workspace.display()))?;
+    let text = config::render_toml(
+        &data,
+        &model_path,
+        instruction,
+        declared.pooling,
+        declared.normalize,
+    );
     cpack_index::fsutil::atomic_write(&target, text.as_bytes())?;
     eprintln!(
         "wrote {} (model {}, {} pooling{}, dataset {})",
         target.display(),
         model_path.display(),
         declared.pooling,
-        if declared.normalize { ", normalised" } else { "" },
+        if declared.normalize {
+            ", normalised"
+        } else {
+            ""
+        },
         data.display()
     );
     Ok(())

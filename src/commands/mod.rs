@@ -50,6 +50,14 @@ pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
 
 /// The encoder the configuration describes (candle backend).
 pub fn open_encoder(config: &Config) -> Result<Encoder> {
-    let backend = CandleBackend::load(&config.model, config.encoder.pooling, config.encoder.normalize)?;
-    Ok(Encoder::new(&config.model, config.encoder.clone(), Box::new(backend))?)
+    let backend = CandleBackend::load(
+        &config.model,
+        config.encoder.pooling,
+        config.encoder.normalize,
+    )?;
+    Ok(Encoder::new(
+        &config.model,
+        config.encoder.clone(),
+        Box::new(backend),
+    )?)
 }

@@ -12,7 +12,9 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     }
     let config = load_config(ctx, &args.overrides)?;
     let encoder = open_encoder(&config)?;
-    let mut index = config.index_dir().open(&config.embedding_stamp(encoder.backend_name())?)?;
+    let mut index = config
+        .index_dir()
+        .open(&config.embedding_stamp(encoder.backend_name())?)?;
     let corpus = Dataset::load_corpus(config.data()?)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
     let hits = index.vectors.search(&query, args.k.min(index.ids.len()))?;
@@ -33,7 +35,12 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"query": args.query, "results": results}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"query": args.query, "results": results})
+            )?
+        );
         return Ok(());
     }
     for (rank, &(row, score)) in rows.iter().enumerate() {
@@ -50,7 +57,11 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
 /// Title, or the start of the text, cut to one terminal line.
 fn snippet(title: &str, text: &str) -> String {
     let source = if title.is_empty() { text.trim() } else { title };
-    let mut out: String = source.chars().take(80).collect::<String>().replace(['\n', '\t'], " ");
+    let mut out: String = source
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .replace(['\n', '\t'], " ");
     if source.chars().count() > 80 {
         out.push('…');
     }

@@ -13,20 +13,30 @@ pub fn repo_root() -> PathBuf {
 /// A path under ../shared, which must exist (the tests never skip silently).
 pub fn shared(rel: &str) -> PathBuf {
     let path = repo_root().join("../shared").join(rel);
-    assert!(path.exists(), "{} is missing: ../shared must sit beside the checkout", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: ../shared must sit beside the checkout",
+        path.display()
+    );
     path
 }
 
 /// The real all-MiniLM-L6-v2 folder unpacked by scripts/setup.sh.
 pub fn minilm() -> PathBuf {
     let path = repo_root().join(".cache/models/all-MiniLM-L6-v2");
-    assert!(path.join("model.safetensors").exists(), "{} is missing: run scripts/setup.sh", path.display());
+    assert!(
+        path.join("model.safetensors").exists(),
+        "{} is missing: run scripts/setup.sh",
+        path.display()
+    );
     path
 }
 
 pub fn cpack(workspace: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpack"));
-    cmd.current_dir(workspace).env_remove("CPACK_WORKSPACE").env("RAYON_NUM_THREADS", "2");
+    cmd.current_dir(workspace)
+        .env_remove("CPACK_WORKSPACE")
+        .env("RAYON_NUM_THREADS", "2");
     cmd
 }
 
@@ -46,9 +56,15 @@ pub fn ok(workspace: &Path, args: &[&str]) -> String {
 pub fn fails(workspace: &Path, args: &[&str]) -> String {
     let out: Output = cpack(workspace).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "cpack {args:?} should have failed; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "cpack {args:?} should have failed; stderr: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(1), "cpack {args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "cpack {args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "cpack {args:?} panicked: {stderr}"
+    );
     assert!(stderr.starts_with("error: "), "cpack {args:?}: {stderr}");
     stderr
 }
@@ -75,8 +91,14 @@ pub fn echo_dataset(dir: &Path) -> Vec<String> {
     let mut queries = String::new();
     let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
     for (i, p) in passages.iter().enumerate() {
-        corpus += &format!("{}\n", serde_json::json!({"id": format!("p{i}"), "title": "", "text": p}));
-        queries += &format!("{}\n", serde_json::json!({"id": format!("q{i}"), "text": p}));
+        corpus += &format!(
+            "{}\n",
+            serde_json::json!({"id": format!("p{i}"), "title": "", "text": p})
+        );
+        queries += &format!(
+            "{}\n",
+            serde_json::json!({"id": format!("q{i}"), "text": p})
+        );
         qrels += &format!("q{i}\tp{i}\t1\n");
     }
     std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
@@ -101,7 +123,11 @@ pub fn dataset_texts(dir: &Path) -> Vec<String> {
                 .lines()
                 .map(|l| {
                     let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                    format!("{} {}", v["title"].as_str().unwrap_or(""), v["text"].as_str().unwrap())
+                    format!(
+                        "{} {}",
+                        v["title"].as_str().unwrap_or(""),
+                        v["text"].as_str().unwrap()
+                    )
                 })
                 .collect::<Vec<_>>()
         })

@@ -44,7 +44,13 @@ impl Linear {
 }
 
 /// `x · weightᵀ + bias`; `weight_t` is the transposed view of `weight`.
-fn affine(x: &Tensor, weight: &Tensor, weight_t: &Tensor, bias: &Tensor, mode: Mode) -> Result<Tensor> {
+fn affine(
+    x: &Tensor,
+    weight: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+    mode: Mode,
+) -> Result<Tensor> {
     match mode {
         Mode::Inference => inference_affine(x, weight, weight_t, bias),
         Mode::Differentiable => x.matmul(weight_t)?.broadcast_add(bias),
@@ -52,12 +58,22 @@ fn affine(x: &Tensor, weight: &Tensor, weight_t: &Tensor, bias: &Tensor, mode: M
 }
 
 #[cfg(feature = "blas")]
-fn inference_affine(x: &Tensor, weight: &Tensor, _weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+fn inference_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    _weight_t: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     super::blas::affine(x, weight, bias)
 }
 
 #[cfg(not(feature = "blas"))]
-fn inference_affine(x: &Tensor, _weight: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+fn inference_affine(
+    x: &Tensor,
+    _weight: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     x.matmul(weight_t)?.broadcast_add(bias)
 }
 
@@ -84,13 +100,17 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
-            Mode::Inference => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
+            Mode::Inference => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
             Mode::Differentiable => {
                 let mean = x.mean_keepdim(D::Minus1)?;
                 let centered = x.broadcast_sub(&mean)?;
                 let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
                 let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+                normed
+                    .broadcast_mul(&self.weight)?
+                    .broadcast_add(&self.bias)
             }
         }
     }
@@ -108,7 +128,10 @@ impl Embeddings {
         let h = cfg.hidden_size;
         Ok(Embeddings {
             word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
-            position: vb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?,
+            position: vb.get(
+                (cfg.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )?,
             token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
             norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
@@ -204,10 +227,16 @@ impl BertModel {
 
     /// `input_ids` `[batch, seq]` u32, `attention_mask` `[batch, seq]` f32 (1 = token, 0 = pad).
     /// Returns the last hidden states, `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, mode: Mode) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         // Padding keys get a large negative score, so softmax gives them zero weight.
-        let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, seq))?;
+        let key_bias =
+            ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, seq))?;
         let mut hidden = self.embeddings.forward(input_ids, mode)?;
         for layer in &self.layers {
             hidden = self.layer_forward(layer, &hidden, &key_bias, batch, seq, mode)?;
@@ -225,9 +254,10 @@ impl BertModel {
         mode: Mode,
     ) -> Result<Tensor> {
         let context = self.attention(layer, hidden, key_bias, batch, seq, mode)?;
-        let attended = layer
-            .attention_norm
-            .forward(&(layer.attention_out.forward(&context, mode)? + hidden)?, mode)?;
+        let attended = layer.attention_norm.forward(
+            &(layer.attention_out.forward(&context, mode)? + hidden)?,
+            mode,
+        )?;
         let inner = layer.intermediate.forward(&attended, mode)?;
         let inner = match self.activation {
             Activation::Gelu if mode == Mode::Inference => super::gelu::gelu_erf(&inner)?,
@@ -308,7 +338,14 @@ mod tests {
         let (ids, mask) = inputs();
         let fused = bert.forward(&ids, &mask, Mode::Inference).unwrap();
         let plain = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
-        let diff = (fused - plain).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (fused - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-4, "max difference {diff}");
     }
 
@@ -335,15 +372,24 @@ mod tests {
             .unwrap()
             .iter()
             .filter(|(_, v)| {
-                grads
-                    .get(v.as_tensor())
-                    .map_or(true, |g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+                grads.get(v.as_tensor()).is_none_or(|g| {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                        == 0.0
+                })
             })
             .map(|(name, _)| name.clone())
             .collect();
         // Key biases shift every score of a query row equally, which softmax
         // ignores: their gradient is zero in any BERT. Every other tensor must get one.
-        let missing: Vec<&String> = missing.iter().filter(|n| !n.ends_with("attention.self.key.bias")).collect();
+        let missing: Vec<&String> = missing
+            .iter()
+            .filter(|n| !n.ends_with("attention.self.key.bias"))
+            .collect();
         assert!(missing.is_empty(), "no gradient reached {missing:?}");
     }
 }

@@ -61,15 +61,21 @@ impl CustomOp3 for Affine {
         let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
             bail!("{}: f32 inputs only", self.name())
         };
-        let (Some((x_start, _)), Some((w_start, _)), Some((b_start, b_end))) =
-            (l1.contiguous_offsets(), l2.contiguous_offsets(), l3.contiguous_offsets())
-        else {
+        let (Some((x_start, _)), Some((w_start, _)), Some((b_start, b_end))) = (
+            l1.contiguous_offsets(),
+            l2.contiguous_offsets(),
+            l3.contiguous_offsets(),
+        ) else {
             bail!("{}: contiguous inputs only", self.name())
         };
         let (m, k) = l1.shape().dims2()?;
         let (n, k_w) = l2.shape().dims2()?;
         if k != k_w || b_end - b_start != n {
-            bail!("{}: shapes [{m}, {k}] · [{n}, {k_w}]ᵀ + [{}] do not fit", self.name(), b_end - b_start);
+            bail!(
+                "{}: shapes [{m}, {k}] · [{n}, {k_w}]ᵀ + [{}] do not fit",
+                self.name(),
+                b_end - b_start
+            );
         }
         let bias = &b[b_start..b_end];
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -103,7 +109,8 @@ impl CustomOp3 for Affine {
 
 /// `x · wᵀ + b` through OpenBLAS (no gradient).
 pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
 }
 
 #[cfg(test)]
@@ -116,8 +123,19 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1., 3, &Device::Cpu).unwrap();
         let blas = super::affine(&x, &w, &b).unwrap();
-        let reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
-        let diff = (blas - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let reference = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let diff = (blas - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -18,7 +18,7 @@ fn erf(x: f32) -> f32 {
     p = p * x2 - 2.101_024e-6;
     p = p * x2 - 5.692_506_4e-5;
     p = p * x2 - 7.349_906_3e-4;
-    p = p * x2 - 2.954_600e-3;
+    p = p * x2 - 2.954_6e-3;
     p = p * x2 - 1.609_603_3e-2;
     let mut q = -1.456_607_2e-5_f32;
     q = q * x2 - 2.133_740_6e-4;
@@ -81,7 +81,14 @@ mod tests {
         let x = Tensor::randn(0f32, 3., (64, 33), &candle_core::Device::Cpu).unwrap();
         let fast = gelu_erf(&x).unwrap();
         let reference = x.gelu_erf().unwrap();
-        let diff = (fast - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (fast - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 2e-6, "{diff}");
     }
 

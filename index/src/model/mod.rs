@@ -41,7 +41,9 @@ impl std::str::FromStr for Pooling {
         match s {
             "mean" => Ok(Pooling::Mean),
             "cls" => Ok(Pooling::Cls),
-            other => Err(format!("unknown pooling {other:?} (expected \"mean\" or \"cls\")")),
+            other => Err(format!(
+                "unknown pooling {other:?} (expected \"mean\" or \"cls\")"
+            )),
         }
     }
 }
@@ -134,7 +136,11 @@ impl ModelDir {
     /// fingerprint produce the same embeddings.
     pub fn fingerprint(&self) -> Result<String> {
         let mut hasher = Sha256::new();
-        for path in [&self.dir.join("config.json"), &self.weights, &self.tokenizer] {
+        for path in [
+            &self.dir.join("config.json"),
+            &self.weights,
+            &self.tokenizer,
+        ] {
             let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
             // SAFETY: read-only map of a file we do not modify; a concurrent
             // writer could only make the hash stale, which the next open catches.
@@ -177,13 +183,15 @@ fn read_safetensors_header(path: &Path) -> Result<serde_json::Map<String, serde_
     };
     let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
     let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| bad("shorter than its header"))?;
+    file.read_exact(&mut len)
+        .map_err(|_| bad("shorter than its header"))?;
     let len = u64::from_le_bytes(len);
     if len > 100 << 20 {
         return Err(bad("header length is implausible"));
     }
     let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(|_| bad("truncated header"))?;
+    file.read_exact(&mut header)
+        .map_err(|_| bad("truncated header"))?;
     serde_json::from_slice(&header).map_err(|_| bad("header is not JSON"))
 }
 

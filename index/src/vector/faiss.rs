@@ -29,9 +29,12 @@ impl FaissIndex {
             .map_err(|e| faiss_err(format!("factory string {factory:?}: {e}")))?;
         let vectors = embeddings.to_f32();
         if !inner.is_trained() {
-            inner
-                .train(&vectors)
-                .map_err(|e| faiss_err(format!("training {factory:?} on {} vectors: {e}", embeddings.rows())))?;
+            inner.train(&vectors).map_err(|e| {
+                faiss_err(format!(
+                    "training {factory:?} on {} vectors: {e}",
+                    embeddings.rows()
+                ))
+            })?;
         }
         inner.add(&vectors).map_err(faiss_err)?;
         Ok(FaissIndex { inner })
@@ -40,8 +43,11 @@ impl FaissIndex {
     /// Reads `vectors.faiss` from `dir`, checking it agrees with the embeddings.
     pub fn open(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Self> {
         let path = dir.join(FILE_NAME);
-        let path_str = path.to_str().ok_or_else(|| faiss_err("index path is not UTF-8"))?;
-        let inner = ::faiss::read_index(path_str).map_err(|e| faiss_err(format!("reading {}: {e}", path.display())))?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| faiss_err("index path is not UTF-8"))?;
+        let inner = ::faiss::read_index(path_str)
+            .map_err(|e| faiss_err(format!("reading {}: {e}", path.display())))?;
         if inner.ntotal() as usize != embeddings.rows() || inner.d() as usize != embeddings.dim() {
             return Err(Error::BadFile {
                 path,
@@ -78,8 +84,11 @@ impl VectorIndex for FaissIndex {
 
     fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(FILE_NAME);
-        let path_str = path.to_str().ok_or_else(|| faiss_err("index path is not UTF-8"))?;
-        ::faiss::write_index(&self.inner, path_str).map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| faiss_err("index path is not UTF-8"))?;
+        ::faiss::write_index(&self.inner, path_str)
+            .map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(Error::io("sync", &path))

@@ -67,7 +67,8 @@ impl IndexKind {
                 factory: factory.to_string(),
             }),
             "faiss" => Err(Error::Invalid(
-                "this cpack was built without the `faiss` feature; use index.backend = \"exact\"".into(),
+                "this cpack was built without the `faiss` feature; use index.backend = \"exact\""
+                    .into(),
             )),
             other => Err(Error::Invalid(format!(
                 "unknown index backend {other:?} (expected \"faiss\" or \"exact\")"
@@ -84,7 +85,11 @@ impl IndexKind {
     }
 
     /// Opens an index saved in `dir` over `embeddings`.
-    pub fn open(&self, dir: &Path, embeddings: Arc<EmbeddingMatrix>) -> Result<Box<dyn VectorIndex>> {
+    pub fn open(
+        &self,
+        dir: &Path,
+        embeddings: Arc<EmbeddingMatrix>,
+    ) -> Result<Box<dyn VectorIndex>> {
         match self {
             IndexKind::Exact => Ok(Box::new(exact::ExactIndex::new(embeddings))),
             IndexKind::Faiss { .. } => open_faiss(dir, &embeddings),
@@ -113,12 +118,16 @@ fn open_faiss(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Box<dyn Vector
 
 #[cfg(not(feature = "faiss"))]
 fn build_faiss(_: &str, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
-    Err(Error::Invalid("this cpack was built without the `faiss` feature".into()))
+    Err(Error::Invalid(
+        "this cpack was built without the `faiss` feature".into(),
+    ))
 }
 
 #[cfg(not(feature = "faiss"))]
 fn open_faiss(_: &Path, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
-    Err(Error::Invalid("this index needs FAISS, and this cpack was built without the `faiss` feature".into()))
+    Err(Error::Invalid(
+        "this index needs FAISS, and this cpack was built without the `faiss` feature".into(),
+    ))
 }
 
 #[cfg(test)]

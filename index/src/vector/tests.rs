@@ -30,7 +30,10 @@ fn clustered(rows: usize, dim: usize, seed: u64) -> Vec<f32> {
         .enumerate()
         .flat_map(|(i, n)| {
             let c = &centres[(i % 8) * dim..(i % 8 + 1) * dim];
-            c.iter().zip(n).map(|(c, n)| c + 0.5 * n).collect::<Vec<f32>>()
+            c.iter()
+                .zip(n)
+                .map(|(c, n)| c + 0.5 * n)
+                .collect::<Vec<f32>>()
         })
         .collect();
     for row in v.chunks_mut(dim) {
@@ -51,7 +54,10 @@ fn brute_force(m: &EmbeddingMatrix, queries: &[f32], k: usize) -> Vec<Vec<usize>
     queries
         .chunks(m.dim())
         .map(|q| {
-            let scores: Vec<f32> = all.chunks(m.dim()).map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum()).collect();
+            let scores: Vec<f32> = all
+                .chunks(m.dim())
+                .map(|r| r.iter().zip(q).map(|(a, b)| a * b).sum())
+                .collect();
             top_k(&scores, k).into_iter().map(|(i, _)| i).collect()
         })
         .collect()
@@ -60,9 +66,24 @@ fn brute_force(m: &EmbeddingMatrix, queries: &[f32], k: usize) -> Vec<Vec<usize>
 fn kinds() -> Vec<(IndexKind, bool)> {
     let mut kinds = vec![(IndexKind::Exact, true)];
     if cfg!(feature = "faiss") {
-        kinds.push((IndexKind::Faiss { factory: "Flat".into() }, true));
-        kinds.push((IndexKind::Faiss { factory: "IVF4,Flat".into() }, false));
-        kinds.push((IndexKind::Faiss { factory: "HNSW16".into() }, false));
+        kinds.push((
+            IndexKind::Faiss {
+                factory: "Flat".into(),
+            },
+            true,
+        ));
+        kinds.push((
+            IndexKind::Faiss {
+                factory: "IVF4,Flat".into(),
+            },
+            false,
+        ));
+        kinds.push((
+            IndexKind::Faiss {
+                factory: "HNSW16".into(),
+            },
+            false,
+        ));
     }
     kinds
 }
@@ -83,7 +104,10 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
             for (q, want) in truth.iter().enumerate() {
                 let got: Vec<usize> = hits.of(q).map(|(r, _)| r).collect();
                 let scores: Vec<f32> = hits.of(q).map(|(_, s)| s).collect();
-                assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{kind}: scores not descending");
+                assert!(
+                    scores.windows(2).all(|w| w[0] >= w[1]),
+                    "{kind}: scores not descending"
+                );
                 if exact {
                     assert_eq!(&got, want, "{kind} ({precision:?}) query {q}");
                 }
@@ -94,7 +118,11 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
 
             index.save(dir.path()).unwrap();
             let mut reopened = kind.open(dir.path(), m).unwrap();
-            assert_eq!(reopened.search(&queries, k).unwrap(), hits, "{kind}: reopened index answers differently");
+            assert_eq!(
+                reopened.search(&queries, k).unwrap(),
+                hits,
+                "{kind}: reopened index answers differently"
+            );
         }
     }
 }
@@ -118,7 +146,12 @@ fn unknown_backends_and_bad_factories_are_errors() {
     if cfg!(feature = "faiss") {
         let dir = tempfile::tempdir().unwrap();
         let m = matrix(dir.path(), 10, 8, Precision::F32);
-        let err = IndexKind::Faiss { factory: "NoSuchThing".into() }.build(m).err().unwrap();
+        let err = IndexKind::Faiss {
+            factory: "NoSuchThing".into(),
+        }
+        .build(m)
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("NoSuchThing"), "{err}");
     }
 }
