@@ -54,6 +54,15 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Evaluate retrieval on a qrels split: nDCG@10, MRR@10, Recall@10/100.
     Eval(EvalArgs),
+    /// Mine hard negatives for a split's queries into .cpack/negatives (sled).
+    ///
+    /// Each run makes a new round (or resumes an interrupted one with the same
+    /// settings, or does nothing if the last round already matches). Per query:
+    /// search the top --topk passages, drop the first --skip raw ranks (as
+    /// FlagEmbedding's range_for_sampling 10-210: likely false negatives), the
+    /// positives of every qrels split, the query's own text and copies of a
+    /// positive, apply the optional score filters, then sample --negatives.
+    Mine(MineArgs),
 }
 
 #[derive(Args, Debug)]
@@ -183,4 +192,98 @@ pub struct EvalArgs {
     pub json: bool,
     #[command(flatten)]
     pub overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct MineArgs {
+    #[command(subcommand)]
+    pub action: Option<MineAction>,
+    #[command(flatten)]
+    pub run: MineRunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MineAction {
+    /// Write a round as FlagEmbedding JSONL, triplets or ids.
+    Export(MineExportArgs),
+    /// Summarise a round: coverage, shortages, filters, positive ranks, overlap with the previous round.
+    Stats(MineStatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MineRunArgs {
+    /// Qrels split whose queries are mined.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Passages retrieved per query (raw ranks).
+    #[arg(long, default_value_t = 200)]
+    pub topk: usize,
+    /// Drop the first N raw ranks, before any other filter (FlagEmbedding semantics).
+    #[arg(long, default_value_t = 10)]
+    pub skip: usize,
+    /// Count --skip among the candidates that survive the filters (sentence-transformers' range_min).
+    #[arg(long)]
+    pub skip_after_filter: bool,
+    /// Negatives stored per query (FlagEmbedding's train_group_size − 1).
+    #[arg(long, default_value_t = 7)]
+    pub negatives: usize,
+    /// How negatives are drawn from the survivors: random (seeded) or top.
+    #[arg(long, value_name = "HOW", default_value = "random")]
+    pub sample: String,
+    /// When fewer survive than --negatives: keep (store fewer), drop (store none) or pad (random passages).
+    #[arg(long, value_name = "WHAT", default_value = "keep")]
+    pub on_short: String,
+    /// Seed of the random sampling [cpack.toml: seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Drop candidates scoring above S (likely unlabelled positives).
+    #[arg(long, value_name = "S")]
+    pub max_score: Option<f32>,
+    /// Drop candidates scoring within M of the query's lowest positive.
+    #[arg(long, value_name = "M")]
+    pub margin: Option<f32>,
+    /// Drop candidates scoring above (1 − R) × the lowest positive's score (sign-aware).
+    #[arg(long, value_name = "R")]
+    pub relative_margin: Option<f32>,
+    /// Mine a new round even if the last one matches these settings.
+    #[arg(long)]
+    pub force: bool,
+    /// Queries per resumable chunk (a killed run redoes at most one chunk).
+    #[arg(long, default_value_t = 256, hide = true)]
+    pub chunk_queries: usize,
+    /// Instead of mining, delete all rounds but the newest --keep.
+    #[arg(long)]
+    pub gc: bool,
+    /// Rounds kept by --gc.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+pub struct MineExportArgs {
+    /// Round to export (default: the newest complete one).
+    #[arg(long)]
+    pub round: Option<u32>,
+    /// flag-embedding ({"query","pos","neg","pos_scores","neg_scores","prompt"}), triplets or ids.
+    #[arg(long, default_value = "flag-embedding")]
+    pub format: String,
+    /// Output file; `-` writes stdout.
+    #[arg(long, short, default_value = "-")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MineStatsArgs {
+    /// Round to describe (default: the newest complete one).
+    #[arg(long)]
+    pub round: Option<u32>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -26,6 +26,7 @@ pub const INSTRUCTION_PRESETS: [(&str, &str); 2] = [
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TomlFile {
+    pub seed: Option<u64>,
     pub data: Option<DataSection>,
     pub model: Option<ModelSection>,
     #[serde(default)]
@@ -81,6 +82,8 @@ pub struct Config {
     pub encoder: EncoderSettings,
     pub threads: usize,
     pub index: IndexConfig,
+    /// Seed of every random choice (negative sampling, later shuffling).
+    pub seed: u64,
 }
 
 impl Config {
@@ -151,6 +154,7 @@ impl Config {
             encoder,
             threads: overrides.threads.or(file.encode.threads).unwrap_or(0),
             index,
+            seed: file.seed.unwrap_or(42),
         })
     }
 
@@ -159,6 +163,10 @@ impl Config {
         self.data
             .as_ref()
             .with_context(|| format!("{FILE_NAME} has no [data] dir; this command needs a dataset"))
+    }
+
+    pub fn negatives_dir(&self) -> PathBuf {
+        self.workspace.join(".cpack").join("negatives")
     }
 
     pub fn index_dir(&self) -> IndexDir {
@@ -225,6 +233,9 @@ pub fn render_toml(
     format!(
         r#"# cpack workspace. Command-line flags override these keys for one run;
 # state (index, negatives, checkpoints) lives in .cpack/ beside this file.
+
+# Seed of every random choice (sampling negatives, later shuffling and dropout).
+seed = 42
 
 [data]
 # BEIR-layout dataset: corpus.jsonl (id, title, text), queries.jsonl (id, text),

@@ -4,30 +4,10 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn echo_workspace(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let data = tmp.join("data");
-    let passages = echo_dataset(&data);
-    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-    let model = tiny_model(&tmp.join("model"), &refs);
-    let ws = tmp.join("ws");
-    std::fs::create_dir(&ws).unwrap();
-    ok(
-        &ws,
-        &[
-            "init",
-            "--data",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-        ],
-    );
-    (ws, data)
-}
-
 #[test]
 fn malformed_corpus_names_file_and_line_and_publishes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ws, data) = echo_workspace(tmp.path());
+    let (ws, data, _) = echo_workspace(tmp.path());
     let corpus = data.join("corpus.jsonl");
     let mut text = std::fs::read_to_string(&corpus).unwrap();
     text = text
@@ -45,7 +25,7 @@ fn malformed_corpus_names_file_and_line_and_publishes_nothing() {
 #[test]
 fn duplicate_ids_and_unknown_qrels_ids_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ws, data) = echo_workspace(tmp.path());
+    let (ws, data, _) = echo_workspace(tmp.path());
     ok(&ws, &["index", "build"]);
     std::fs::write(
         data.join("qrels/test.tsv"),
@@ -69,7 +49,7 @@ fn duplicate_ids_and_unknown_qrels_ids_are_reported() {
 #[test]
 fn broken_model_folders_are_explained() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ws, _) = echo_workspace(tmp.path());
+    let (ws, _, _) = echo_workspace(tmp.path());
     let model = tmp.path().join("model");
 
     let config = std::fs::read_to_string(model.join("config.json")).unwrap();
@@ -106,7 +86,7 @@ fn workspace_misuse_gets_guidance() {
         "{err}"
     );
 
-    let (ws, data) = echo_workspace(tmp.path());
+    let (ws, data, _) = echo_workspace(tmp.path());
     let err = fails(
         &ws,
         &[
@@ -136,7 +116,7 @@ fn workspace_misuse_gets_guidance() {
 #[test]
 fn an_index_built_with_another_instruction_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ws, _) = echo_workspace(tmp.path());
+    let (ws, _, _) = echo_workspace(tmp.path());
     ok(&ws, &["index", "build"]);
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
     std::fs::write(
@@ -160,24 +140,12 @@ fn an_index_built_with_another_instruction_is_refused() {
 fn killed_build_resumes_to_the_same_index() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shared("data/cmrc2018");
-    let texts = dataset_texts(&data);
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let model = tiny_model(&tmp.path().join("model"), &refs);
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
     let workspaces: Vec<_> = ["killed", "clean"]
         .iter()
         .map(|name| {
             let ws = tmp.path().join(name);
-            std::fs::create_dir(&ws).unwrap();
-            ok(
-                &ws,
-                &[
-                    "init",
-                    "--data",
-                    data.to_str().unwrap(),
-                    "--model",
-                    model.to_str().unwrap(),
-                ],
-            );
+            init_workspace(&ws, &data, &model, &[]);
             ws
         })
         .collect();

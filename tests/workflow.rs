@@ -6,22 +6,7 @@ use common::*;
 #[test]
 fn echo_queries_find_their_own_passage() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let passages = echo_dataset(&data);
-    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
-    let model = tiny_model(&tmp.path().join("model"), &refs);
-    let ws = tmp.path().join("ws");
-    std::fs::create_dir(&ws).unwrap();
-    ok(
-        &ws,
-        &[
-            "init",
-            "--data",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-        ],
-    );
+    let (ws, _, passages) = echo_workspace(tmp.path());
 
     let built = json(&ok(&ws, &["index", "build", "--json"]));
     assert_eq!(built["status"], "built");
@@ -54,23 +39,9 @@ fn echo_queries_find_their_own_passage() {
 fn chinese_dataset_with_instruction_and_faiss_factories() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shared("data/cmrc2018");
-    let texts = dataset_texts(&data);
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let model = tiny_model(&tmp.path().join("model"), &refs);
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
     let ws = tmp.path().join("ws");
-    std::fs::create_dir(&ws).unwrap();
-    ok(
-        &ws,
-        &[
-            "init",
-            "--data",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--query-instruction",
-            "bge-zh",
-        ],
-    );
+    init_workspace(&ws, &data, &model, &["--query-instruction", "bge-zh"]);
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
     assert!(
         toml.contains("query_instruction = \"为这个句子生成表示以用于检索相关文章：\""),

@@ -73,6 +73,7 @@ fn main() -> Result<()> {
 fn encode(args: EncodeArgs) -> Result<()> {
     if args.threads > 0 {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
+        cpack_index::model::set_blas_threads(args.threads);
     }
     let threads = candle_core::utils::get_num_threads();
     let model = ModelDir::open(&args.model)?;

@@ -155,13 +155,26 @@ impl Encoder {
         kind: TextKind,
         on_batch: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<f32>> {
+        self.encode_in_batches_of(self.settings.batch_size, texts, kind, on_batch)
+    }
+
+    /// [`Encoder::encode`] with an explicit batch size. Floating-point sums
+    /// depend on which texts share a batch (their padded length), so callers
+    /// that promise bit-identical results across runs fix the batching here.
+    pub fn encode_in_batches_of(
+        &self,
+        batch_size: usize,
+        texts: &[&str],
+        kind: TextKind,
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<f32>> {
         let tokens = self.tokenize(texts, kind)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         // Longest first: the biggest batch shows up at once if memory is short.
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
         let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
-        for rows in order.chunks(self.settings.batch_size) {
+        for rows in order.chunks(batch_size.max(1)) {
             let seqs: Vec<&[u32]> = rows.iter().map(|&i| tokens[i].as_slice()).collect();
             let batch = TokenBatch::pad(&seqs);
             let embedded = self.backend.embed(&batch)?;

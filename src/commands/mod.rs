@@ -4,6 +4,7 @@ mod embed;
 mod eval;
 mod index;
 mod init;
+mod mine;
 mod search;
 
 use crate::cli::{Cli, Command, Overrides};
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Search(args) => search::run(&ctx, args),
         Command::Embed(args) => embed::run(&ctx, args),
         Command::Eval(args) => eval::run(&ctx, args),
+        Command::Mine(args) => mine::run(&ctx, args),
     }
 }
 
@@ -42,8 +44,9 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
     let config = Config::load(&ctx.workspace, overrides)?;
     if config.threads > 0 {
-        // candle's matrix kernels and rayon both read this before their pools start.
+        // candle's kernels and rayon both read this before their pools start.
         std::env::set_var("RAYON_NUM_THREADS", config.threads.to_string());
+        cpack_index::model::set_blas_threads(config.threads);
     }
     Ok(config)
 }

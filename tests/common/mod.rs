@@ -133,3 +133,35 @@ pub fn dataset_texts(dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Runs `cpack init` in a new workspace folder `ws`, with extra flags.
+pub fn init_workspace(ws: &Path, data: &Path, model: &Path, extra: &[&str]) {
+    std::fs::create_dir_all(ws).unwrap();
+    let mut args = vec![
+        "init",
+        "--data",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(ws, &args);
+}
+
+/// A workspace over [`echo_dataset`] with a tiny model: (workspace, dataset dir, passages).
+pub fn echo_workspace(tmp: &Path) -> (PathBuf, PathBuf, Vec<String>) {
+    let data = tmp.join("data");
+    let passages = echo_dataset(&data);
+    let refs: Vec<&str> = passages.iter().map(String::as_str).collect();
+    let model = tiny_model(&tmp.join("model"), &refs);
+    let ws = tmp.join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    (ws, data, passages)
+}
+
+/// A tiny model whose vocabulary covers a BEIR dataset.
+pub fn tiny_model_for(dataset: &Path, dir: &Path) -> PathBuf {
+    let texts = dataset_texts(dataset);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    tiny_model(dir, &refs)
+}

@@ -338,14 +338,7 @@ mod tests {
         let (ids, mask) = inputs();
         let fused = bert.forward(&ids, &mask, Mode::Inference).unwrap();
         let plain = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
-        let diff = (fused - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::model::max_abs_diff(&fused, &plain);
         assert!(diff < 1e-4, "max difference {diff}");
     }
 

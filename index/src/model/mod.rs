@@ -10,6 +10,15 @@ mod gelu;
 pub use bert::{BertModel, Mode};
 pub use config::{Activation, BertConfig};
 
+/// Caps the threads of the inference matrix kernels (OpenBLAS reads its
+/// environment only at start-up); candle's own kernels follow RAYON_NUM_THREADS.
+pub fn set_blas_threads(threads: usize) {
+    #[cfg(feature = "blas")]
+    blas::set_threads(threads);
+    #[cfg(not(feature = "blas"))]
+    let _ = threads;
+}
+
 use crate::error::{Error, Result};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
@@ -224,4 +233,17 @@ fn read_modules(dir: &Path) -> Result<(Option<Pooling>, bool)> {
         }
     }
     Ok((pooling, normalize))
+}
+
+/// Largest absolute element-wise difference of two tensors (test helper).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

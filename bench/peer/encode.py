@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""PyTorch peer of `cpack-bench encode`: sentence-transformers encoding
+throughput at a fixed batch shape (batch x max_len real tokens), same passages
+(the first corpus texts that fill max_len), median tokens/s over repetitions."""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=".cache/models/all-MiniLM-L6-v2")
+    ap.add_argument("--corpus", default=".cache/data/insuranceqa-en/corpus.jsonl")
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = SentenceTransformer(args.model, device="cpu")
+    model.max_seq_length = args.max_len
+    wanted = args.batch * args.batches
+    texts = []
+    with open(args.corpus, encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            text = f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"]
+            ids = model.tokenizer(text, truncation=True, max_length=args.max_len)["input_ids"]
+            if len(ids) == args.max_len:
+                texts.append(text)
+            if len(texts) == wanted:
+                break
+    model.encode(texts[: args.batch], batch_size=args.batch)  # warm-up
+    rates = []
+    with torch.inference_mode():
+        for _ in range(args.reps):
+            start = time.perf_counter()
+            model.encode(texts, batch_size=args.batch, normalize_embeddings=True)
+            rates.append(wanted * args.max_len / (time.perf_counter() - start))
+    report = {
+        "benchmark": "encode",
+        "backend": f"pytorch {torch.__version__} + sentence-transformers",
+        "max_len": args.max_len,
+        "batch": args.batch,
+        "texts": wanted,
+        "threads": torch.get_num_threads(),
+        "tokens_per_second_median": round(statistics.median(rates)),
+        "tokens_per_second_all": [round(r) for r in rates],
+    }
+    print(
+        f"encode {report['backend']} · {report['threads']} threads · batch {args.batch} × {args.max_len} tokens: "
+        f"median {report['tokens_per_second_median']} tokens/s (runs: {report['tokens_per_second_all']})"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+//! The one place values become bytes in the store: a format-version byte,
+//! then bincode (standard config) of the serde value. Changing the encoding
+//! means bumping [`FORMAT`] here, not touching callers.
+
+use crate::error::{Error, Result};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Version of the record encoding.
+pub const FORMAT: u8 = 1;
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![FORMAT];
+    bytes.extend(
+        bincode::serde::encode_to_vec(value, bincode::config::standard())
+            .expect("plain data encodes"),
+    );
+    bytes
+}
+
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(Error::Invalid(format!(
+            "negative store: empty {what} record"
+        )));
+    };
+    if version > FORMAT {
+        return Err(Error::NewerFormat {
+            what,
+            found: version,
+            supported: FORMAT,
+        });
+    }
+    bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map(|(value, _)| value)
+        .map_err(|source| Error::Decode { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_newer_formats() {
+        let value = (String::from("q1"), vec![1.5f32, -2.0], Some(3u32));
+        let bytes = encode(&value);
+        assert_eq!(bytes[0], FORMAT);
+        assert_eq!(
+            decode::<(String, Vec<f32>, Option<u32>)>("test", &bytes).unwrap(),
+            value
+        );
+        let mut newer = bytes.clone();
+        newer[0] = FORMAT + 1;
+        assert!(matches!(
+            decode::<(String, Vec<f32>, Option<u32>)>("test", &newer),
+            Err(Error::NewerFormat { .. })
+        ));
+        assert!(decode::<u32>("test", &[]).is_err());
+    }
+}

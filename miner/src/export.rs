@@ -1,0 +1,109 @@
+//! Writing a round out in the formats trainers read.
+
+use crate::error::{Error, Result};
+use crate::store::{QueryRecord, RoundManifest};
+use cpack_index::dataset::TextTable;
+use serde_json::json;
+
+/// Output formats of `cpack mine export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// FlagEmbedding's JSONL: query, pos, neg, pos_scores, neg_scores, prompt.
+    FlagEmbedding,
+    /// One (query, positive, negative) row per positive × negative.
+    Triplets,
+    /// Ids, ranks and scores only.
+    Ids,
+}
+
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "flag-embedding" => Ok(ExportFormat::FlagEmbedding),
+            "triplets" => Ok(ExportFormat::Triplets),
+            "ids" => Ok(ExportFormat::Ids),
+            other => Err(format!(
+                "unknown format {other:?} (flag-embedding, triplets, ids)"
+            )),
+        }
+    }
+}
+
+/// Renders `records` as JSONL lines.
+pub fn export(
+    records: &[(String, QueryRecord)],
+    manifest: &RoundManifest,
+    corpus: &TextTable,
+    queries: &TextTable,
+    format: ExportFormat,
+) -> Result<String> {
+    let text_of = |id: &str| -> Result<String> {
+        corpus
+            .position(id)
+            .map(|p| corpus.full_text(p))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "passage {id:?} of the round is not in the corpus any more"
+                ))
+            })
+    };
+    let query_of = |id: &str| -> Result<&str> {
+        queries
+            .position(id)
+            .map(|p| queries.texts[p].as_str())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "query {id:?} of the round is not in queries.jsonl any more"
+                ))
+            })
+    };
+    let mut out = String::new();
+    for (qid, record) in records.iter().filter(|(_, r)| !r.negatives.is_empty()) {
+        let pos: Vec<String> = record
+            .positives
+            .iter()
+            .map(|p| text_of(&p.id))
+            .collect::<Result<_>>()?;
+        let neg: Vec<String> = record
+            .negatives
+            .iter()
+            .map(|n| text_of(&n.id))
+            .collect::<Result<_>>()?;
+        let query = query_of(qid)?;
+        let lines: Vec<serde_json::Value> = match format {
+            ExportFormat::FlagEmbedding => vec![json!({
+                "query": query,
+                "pos": pos,
+                "neg": neg,
+                "pos_scores": record.positives.iter().map(|p| p.score).collect::<Vec<_>>(),
+                "neg_scores": record.negatives.iter().map(|n| finite(n.score)).collect::<Vec<_>>(),
+                "prompt": manifest.query_instruction,
+            })],
+            ExportFormat::Triplets => pos
+                .iter()
+                .flat_map(|p| {
+                    neg.iter()
+                        .map(move |n| json!({"query": query, "positive": p, "negative": n}))
+                })
+                .collect(),
+            ExportFormat::Ids => vec![json!({
+                "query_id": qid,
+                "pos": record.positives.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                "neg": record.negatives.iter().map(|n| &n.id).collect::<Vec<_>>(),
+                "neg_ranks": record.negatives.iter().map(|n| (n.rank != u32::MAX).then_some(n.rank)).collect::<Vec<_>>(),
+                "neg_scores": record.negatives.iter().map(|n| finite(n.score)).collect::<Vec<_>>(),
+            })],
+        };
+        for line in lines {
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// Padded negatives have no score (NaN), which JSON cannot hold: null.
+fn finite(score: f32) -> Option<f32> {
+    score.is_finite().then_some(score)
+}

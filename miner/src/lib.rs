@@ -1,0 +1,24 @@
+//! cpack-miner: ANCE-style hard negatives, mined from the persistent index
+//! and kept in sled.
+//!
+//! For every query of a training split it searches the current index,
+//! drops the top raw ranks (false-negative guard), the positives, the
+//! query's own text and copies of a positive, applies the optional score
+//! filters, samples the negatives ([`select`]), and stores them per mining
+//! round ([`store`]). Rounds resume after a crash at chunk granularity and
+//! are deterministic for a given seed. [`export`] writes FlagEmbedding JSONL,
+//! triplets or ids; [`stats`] summarises a round.
+
+pub mod codec;
+pub mod error;
+pub mod export;
+pub mod mine;
+pub mod params;
+pub mod select;
+pub mod stats;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use mine::{mine, MineOptions, MineOutcome, MiningInput};
+pub use params::{MiningParams, OnShort, Sampling};
+pub use store::NegativeStore;

@@ -1,0 +1,342 @@
+//! A mining round: encode the split's queries (with the instruction), search
+//! the index, select negatives per query, store them chunk by chunk.
+//!
+//! Encoding runs on its own thread one chunk ahead of search + selection +
+//! storage, so mining costs little more than encoding the queries.
+
+use crate::error::{Error, Result};
+use crate::params::MiningParams;
+use crate::select::{self, Candidate, QueryFacts, Rng};
+use crate::store::{NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
+use cpack_index::dataset::{Qrels, TextTable};
+use cpack_index::store::OpenIndex;
+use cpack_index::{Encoder, Progress, TextKind};
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// Queries per forward pass while mining. Fixed rather than taken from the
+/// encoder settings: which queries share a batch changes the last bits of
+/// their embeddings, and a round must not depend on `--batch-size`.
+pub const QUERY_BATCH: usize = 32;
+
+/// How a mining run proceeds (not part of what it produces).
+#[derive(Debug, Clone, Copy)]
+pub struct MineOptions {
+    /// Mine a new round even if the newest one matches.
+    pub force: bool,
+    /// Queries per resumable chunk of a new round.
+    pub chunk_queries: usize,
+}
+
+impl Default for MineOptions {
+    fn default() -> Self {
+        MineOptions {
+            force: false,
+            chunk_queries: 256,
+        }
+    }
+}
+
+/// What mining reads.
+pub struct MiningInput<'a> {
+    pub corpus: &'a TextTable,
+    pub queries: &'a TextTable,
+    /// Judgements of the mined split.
+    pub split_qrels: &'a Qrels,
+    /// Judgements of every split: all of a query's positives are excluded.
+    pub all_qrels: &'a [Qrels],
+    pub encoder: &'a Encoder,
+    pub index: &'a mut OpenIndex,
+}
+
+/// What `mine` did.
+#[derive(Debug)]
+pub enum MineOutcome {
+    UpToDate(RoundManifest),
+    Mined {
+        manifest: RoundManifest,
+        resumed: bool,
+        queries_without_positives: usize,
+        notes: Vec<String>,
+    },
+}
+
+/// Mines a round (resuming an unfinished one with the same parameters and index).
+pub fn mine(
+    store: &NegativeStore,
+    input: MiningInput,
+    params: MiningParams,
+    options: MineOptions,
+    progress: &dyn Progress,
+) -> Result<MineOutcome> {
+    let corpus_fingerprint = input.corpus.fingerprint();
+    let index_manifest = &input.index.manifest;
+    if index_manifest.plan.corpus_fingerprint != corpus_fingerprint {
+        return Err(Error::Invalid(
+            "the index was built from another version of the corpus; run `cpack index build` first"
+                .into(),
+        ));
+    }
+    let (params, clamp_note) = params
+        .validated(input.index.ids.len())
+        .map_err(Error::Invalid)?;
+    let stamp = &index_manifest.plan.stamp;
+    let fresh = RoundManifest {
+        round: 0,
+        params,
+        model_fingerprint: stamp.model_fingerprint.clone(),
+        corpus_fingerprint,
+        query_instruction: stamp.query_instruction.clone(),
+        index_generation: input.index.generation.clone(),
+        chunk_queries: options.chunk_queries.max(1),
+        total_queries: 0,
+        complete: false,
+        created_unix: now(),
+        seconds: 0.0,
+    };
+    let same_work = |m: &RoundManifest| {
+        m.params == fresh.params
+            && m.model_fingerprint == fresh.model_fingerprint
+            && m.corpus_fingerprint == fresh.corpus_fingerprint
+            && m.query_instruction == fresh.query_instruction
+            && m.index_generation == fresh.index_generation
+    };
+    let latest = store.rounds()?.pop();
+    let (mut manifest, resumed) = match latest {
+        Some(m) if same_work(&m) && m.complete && !options.force => {
+            return Ok(MineOutcome::UpToDate(m))
+        }
+        Some(m) if same_work(&m) && !m.complete => (m, true),
+        other => (
+            RoundManifest {
+                round: other.map_or(1, |m| m.round + 1),
+                ..fresh
+            },
+            false,
+        ),
+    };
+
+    let plan = QueryPlan::new(&input)?;
+    manifest.total_queries = plan.query_ids.len();
+    store.put_manifest(&manifest)?;
+    let started = Instant::now();
+    run_chunks(store, input, &plan, &manifest, progress)?;
+    manifest.complete = true;
+    manifest.seconds += started.elapsed().as_secs_f64();
+    store.put_manifest(&manifest)?;
+    Ok(MineOutcome::Mined {
+        manifest,
+        resumed,
+        queries_without_positives: plan.without_positives,
+        notes: clamp_note.into_iter().collect(),
+    })
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The split's queries that have positives, in id order, with their positive rows.
+struct QueryPlan {
+    query_ids: Vec<String>,
+    positives: HashMap<String, HashSet<usize>>,
+    without_positives: usize,
+}
+
+impl QueryPlan {
+    fn new(input: &MiningInput) -> Result<Self> {
+        let row_of: HashMap<&str, usize> = input
+            .index
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let mut positives: HashMap<String, HashSet<usize>> = HashMap::new();
+        let mut missing = Vec::new();
+        for qrels in input.all_qrels {
+            for (qid, docs) in &qrels.by_query {
+                for (doc, _) in docs.iter().filter(|(_, score)| *score > 0) {
+                    match row_of.get(doc.as_str()) {
+                        Some(&row) => {
+                            positives.entry(qid.clone()).or_default().insert(row);
+                        }
+                        None => missing.push(doc.clone()),
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.truncate(5);
+            return Err(Error::Invalid(format!(
+                "positives not in the index (first few: {}); rebuild it with `cpack index build`",
+                missing.join(", ")
+            )));
+        }
+        let mut query_ids = Vec::new();
+        let mut without_positives = 0;
+        for qid in input.split_qrels.by_query.keys() {
+            if positives.contains_key(qid) {
+                query_ids.push(qid.clone());
+            } else {
+                without_positives += 1;
+            }
+        }
+        Ok(QueryPlan {
+            query_ids,
+            positives,
+            without_positives,
+        })
+    }
+}
+
+fn run_chunks(
+    store: &NegativeStore,
+    input: MiningInput,
+    plan: &QueryPlan,
+    manifest: &RoundManifest,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let MiningInput {
+        corpus,
+        queries,
+        encoder,
+        index,
+        ..
+    } = input;
+    progress.stage("mining queries", plan.query_ids.len() as u64);
+    let mut todo = Vec::new();
+    for (chunk, ids) in plan.query_ids.chunks(manifest.chunk_queries).enumerate() {
+        if store.chunk_done(manifest.round, chunk as u32)? {
+            progress.advance(ids.len() as u64, 0);
+        } else {
+            todo.push((chunk as u32, ids));
+        }
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u32, &[String], Vec<f32>)>>(1);
+        scope.spawn(move || {
+            for (chunk, ids) in todo {
+                let texts: Vec<&str> = ids
+                    .iter()
+                    .map(|id| {
+                        queries.texts[queries.position(id).expect("qrels validated")].as_str()
+                    })
+                    .collect();
+                let encoded = encoder.encode_in_batches_of(
+                    QUERY_BATCH,
+                    &texts,
+                    TextKind::Query,
+                    &mut |_, _| {},
+                );
+                let failed = encoded.is_err();
+                let sent = tx.send(encoded.map(|v| (chunk, ids, v)).map_err(Error::from));
+                if sent.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for message in rx {
+            let (chunk, ids, vectors) = message?;
+            let records = select_chunk(corpus, queries, index, ids, &vectors, plan, manifest)?;
+            store.put_chunk(manifest.round, chunk, &records)?;
+            progress.advance(ids.len() as u64, 0);
+        }
+        Ok(())
+    })
+}
+
+/// Searches one chunk's query vectors and selects each query's negatives.
+fn select_chunk(
+    corpus: &TextTable,
+    queries: &TextTable,
+    index: &mut OpenIndex,
+    ids: &[String],
+    vectors: &[f32],
+    plan: &QueryPlan,
+    manifest: &RoundManifest,
+) -> Result<Vec<(String, QueryRecord)>> {
+    let params = &manifest.params;
+    let dim = index.embeddings.dim();
+    let hits = index.vectors.search(vectors, params.topk)?;
+    let normalized_text = |row: usize| select::normalize(&corpus.full_text(row));
+    let mut records = Vec::with_capacity(ids.len());
+    for (q, qid) in ids.iter().enumerate() {
+        let query_vector = &vectors[q * dim..(q + 1) * dim];
+        let candidates: Vec<Candidate> = hits
+            .of(q)
+            .enumerate()
+            .map(|(rank, (row, score))| Candidate {
+                row,
+                rank: rank as u32,
+                score,
+            })
+            .collect();
+        let positive_rows = &plan.positives[qid];
+        let positives = score_positives(index, positive_rows, query_vector, &candidates);
+        let facts = QueryFacts {
+            text: select::normalize(
+                &queries.texts[queries.position(qid).expect("qrels validated")],
+            ),
+            positive_rows,
+            positive_texts: positive_rows.iter().map(|&r| normalized_text(r)).collect(),
+            lowest_positive_score: positives.iter().map(|p| p.score).reduce(f32::min),
+        };
+        let mut rng = Rng::for_query(params.seed, qid);
+        let selection = select::select(
+            &candidates,
+            &normalized_text,
+            &facts,
+            params,
+            index.ids.len(),
+            &mut rng,
+        );
+        let negatives = selection
+            .chosen
+            .iter()
+            .map(|c| ScoredDoc {
+                id: index.ids[c.row].clone(),
+                rank: c.rank,
+                score: c.score,
+            })
+            .collect();
+        records.push((
+            qid.clone(),
+            QueryRecord {
+                negatives,
+                positives,
+                survivors: selection.survivors,
+                shortfall: selection.shortfall,
+                filtered: selection.filtered,
+            },
+        ));
+    }
+    Ok(records)
+}
+
+/// Each positive's score against the query and its rank in the top-k (if there).
+fn score_positives(
+    index: &OpenIndex,
+    rows: &HashSet<usize>,
+    query: &[f32],
+    candidates: &[Candidate],
+) -> Vec<ScoredDoc> {
+    let mut sorted: Vec<usize> = rows.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted
+        .into_iter()
+        .map(|row| {
+            let vector = index.embeddings.rows_f32(row, row + 1);
+            ScoredDoc {
+                id: index.ids[row].clone(),
+                rank: candidates
+                    .iter()
+                    .find(|c| c.row == row)
+                    .map_or(u32::MAX, |c| c.rank),
+                score: vector.iter().zip(query).map(|(a, b)| a * b).sum(),
+            }
+        })
+        .collect()
+}

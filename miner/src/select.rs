@@ -1,0 +1,424 @@
+//! Turning one query's ranked candidates into its stored negatives: the
+//! false-negative guards, the score filters, and sampling. Pure functions,
+//! so every rule is tested directly.
+
+use crate::params::{MiningParams, OnShort, Sampling};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// A search hit: corpus row, 0-based raw rank, inner-product score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub row: usize,
+    pub rank: u32,
+    pub score: f32,
+}
+
+/// What a query's candidates are checked against.
+pub struct QueryFacts<'a> {
+    /// Normalised query text (see [`normalize`]).
+    pub text: String,
+    pub positive_rows: &'a HashSet<usize>,
+    /// Normalised texts of the positives.
+    pub positive_texts: HashSet<String>,
+    /// Lowest score among the positives, for the margin filters.
+    pub lowest_positive_score: Option<f32>,
+}
+
+/// How many candidates each rule removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterCounts {
+    pub skipped: u32,
+    pub positives: u32,
+    pub query_text: u32,
+    pub duplicate_of_positive: u32,
+    pub max_score: u32,
+    pub margin: u32,
+    pub relative_margin: u32,
+}
+
+impl FilterCounts {
+    pub fn add(&mut self, other: &FilterCounts) {
+        self.skipped += other.skipped;
+        self.positives += other.positives;
+        self.query_text += other.query_text;
+        self.duplicate_of_positive += other.duplicate_of_positive;
+        self.max_score += other.max_score;
+        self.margin += other.margin;
+        self.relative_margin += other.relative_margin;
+    }
+}
+
+/// The outcome for one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Chosen negatives in rank order; padded ones have `rank == u32::MAX`.
+    pub chosen: Vec<Candidate>,
+    /// Candidates left after the filters.
+    pub survivors: u32,
+    /// How many negatives short of the target the query came out (before padding).
+    pub shortfall: u32,
+    pub filtered: FilterCounts,
+}
+
+/// Rank marker of padded negatives (they were never retrieved).
+pub const PADDED: u32 = u32::MAX;
+
+/// Lower case, whitespace collapsed: "same text" for the duplicate guards.
+pub fn normalize(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// SplitMix64, seeded per query so results do not depend on order or threads.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `query_id` under `seed` (FNV-1a of the id mixed in).
+    pub fn for_query(seed: u64, query_id: &str) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in query_id.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        Rng(seed ^ h)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Why a candidate cannot be a negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejection {
+    Positive,
+    QueryText,
+    DuplicateOfPositive,
+    MaxScore,
+    Margin,
+    RelativeMargin,
+}
+
+fn rejection(
+    c: &Candidate,
+    normalized_text_of: &dyn Fn(usize) -> String,
+    facts: &QueryFacts,
+    params: &MiningParams,
+) -> Option<Rejection> {
+    if facts.positive_rows.contains(&c.row) {
+        return Some(Rejection::Positive);
+    }
+    let text = normalized_text_of(c.row);
+    if text == facts.text {
+        return Some(Rejection::QueryText);
+    }
+    if facts.positive_texts.contains(&text) {
+        return Some(Rejection::DuplicateOfPositive);
+    }
+    if params.max_score.is_some_and(|max| c.score > max) {
+        return Some(Rejection::MaxScore);
+    }
+    if let Some(pos) = facts.lowest_positive_score {
+        if params.margin.is_some_and(|m| c.score > pos - m) {
+            return Some(Rejection::Margin);
+        }
+        // (1 − R)·pos for positive scores; pos − R·|pos| keeps the bound below pos when pos < 0.
+        if params
+            .relative_margin
+            .is_some_and(|r| c.score > pos - r * pos.abs())
+        {
+            return Some(Rejection::RelativeMargin);
+        }
+    }
+    None
+}
+
+impl FilterCounts {
+    fn count(&mut self, why: Rejection) {
+        match why {
+            Rejection::Positive => self.positives += 1,
+            Rejection::QueryText => self.query_text += 1,
+            Rejection::DuplicateOfPositive => self.duplicate_of_positive += 1,
+            Rejection::MaxScore => self.max_score += 1,
+            Rejection::Margin => self.margin += 1,
+            Rejection::RelativeMargin => self.relative_margin += 1,
+        }
+    }
+}
+
+/// Applies the guards and filters in order (raw-rank skip, positives, the
+/// query's own text, copies of a positive, score filters, skip among
+/// survivors), then samples `params.negatives`.
+pub fn select(
+    candidates: &[Candidate],
+    normalized_text_of: &dyn Fn(usize) -> String,
+    facts: &QueryFacts,
+    params: &MiningParams,
+    corpus_rows: usize,
+    rng: &mut Rng,
+) -> Selection {
+    let mut filtered = FilterCounts::default();
+    let mut survivors = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        if !params.skip_after_filter && (c.rank as usize) < params.skip {
+            filtered.skipped += 1;
+            continue;
+        }
+        match rejection(c, normalized_text_of, facts, params) {
+            Some(why) => filtered.count(why),
+            None => survivors.push(*c),
+        }
+    }
+    if params.skip_after_filter {
+        let skipped = params.skip.min(survivors.len());
+        filtered.skipped += skipped as u32;
+        survivors.drain(..skipped);
+    }
+    let want = params.negatives;
+    let shortfall = want.saturating_sub(survivors.len()) as u32;
+    let mut chosen = match params.sampling {
+        Sampling::Top => survivors.iter().take(want).copied().collect(),
+        Sampling::Random => sample(&survivors, want, rng),
+    };
+    if shortfall > 0 {
+        match params.on_short {
+            OnShort::Keep => {}
+            OnShort::Drop => chosen.clear(),
+            OnShort::Pad => pad(&mut chosen, want, facts, corpus_rows, rng),
+        }
+    }
+    Selection {
+        survivors: survivors.len() as u32,
+        chosen,
+        shortfall,
+        filtered,
+    }
+}
+
+/// `k` of `items` uniformly without replacement, returned in rank order.
+fn sample(items: &[Candidate], k: usize, rng: &mut Rng) -> Vec<Candidate> {
+    let mut idx: Vec<usize> = (0..items.len()).collect();
+    let k = k.min(items.len());
+    for i in 0..k {
+        let j = i + rng.below(idx.len() - i);
+        idx.swap(i, j);
+    }
+    let mut picked: Vec<usize> = idx[..k].to_vec();
+    picked.sort_unstable();
+    picked.into_iter().map(|i| items[i]).collect()
+}
+
+/// Fills `chosen` up to `want` with random passages that are neither
+/// positives nor already chosen (score unknown: NaN, rank [`PADDED`]).
+fn pad(
+    chosen: &mut Vec<Candidate>,
+    want: usize,
+    facts: &QueryFacts,
+    corpus_rows: usize,
+    rng: &mut Rng,
+) {
+    let mut taken: HashSet<usize> = chosen.iter().map(|c| c.row).collect();
+    let available = corpus_rows.saturating_sub(facts.positive_rows.len() + taken.len());
+    let mut attempts = 0;
+    while chosen.len() < want && taken.len() < available + chosen.len() && attempts < 100 * want {
+        attempts += 1;
+        let row = rng.below(corpus_rows);
+        if facts.positive_rows.contains(&row) || !taken.insert(row) {
+            continue;
+        }
+        chosen.push(Candidate {
+            row,
+            rank: PADDED,
+            score: f32::NAN,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> MiningParams {
+        MiningParams {
+            split: "train".into(),
+            topk: 10,
+            skip: 2,
+            skip_after_filter: false,
+            negatives: 3,
+            sampling: Sampling::Top,
+            on_short: OnShort::Keep,
+            seed: 1,
+            max_score: None,
+            margin: None,
+            relative_margin: None,
+        }
+    }
+
+    fn ranked(n: usize) -> Vec<Candidate> {
+        (0..n)
+            .map(|i| Candidate {
+                row: 100 + i,
+                rank: i as u32,
+                score: 1.0 - i as f32 * 0.1,
+            })
+            .collect()
+    }
+
+    fn texts(row: usize) -> String {
+        match row {
+            104 => "the query".into(),
+            105 => "positive text".into(),
+            _ => format!("passage {row}"),
+        }
+    }
+
+    fn run(p: &MiningParams, positives: &HashSet<usize>, lowest: Option<f32>) -> Selection {
+        let facts = QueryFacts {
+            text: "the query".into(),
+            positive_rows: positives,
+            positive_texts: ["positive text".to_string()].into_iter().collect(),
+            lowest_positive_score: lowest,
+        };
+        select(
+            &ranked(10),
+            &texts,
+            &facts,
+            p,
+            1000,
+            &mut Rng::for_query(p.seed, "q"),
+        )
+    }
+
+    #[test]
+    fn guards_apply_in_order_on_raw_ranks() {
+        let positives: HashSet<usize> = [101, 103].into_iter().collect();
+        let s = run(&params(), &positives, None);
+        // ranks 0,1 skipped; 103 positive; 104 = query text; 105 = copy of a positive.
+        assert_eq!(s.filtered.skipped, 2);
+        assert_eq!(
+            s.filtered.positives, 1,
+            "101 sits in the skipped ranks already"
+        );
+        assert_eq!(s.filtered.query_text, 1);
+        assert_eq!(s.filtered.duplicate_of_positive, 1);
+        assert_eq!(
+            s.chosen.iter().map(|c| c.row).collect::<Vec<_>>(),
+            [102, 106, 107]
+        );
+        assert_eq!(s.survivors, 5);
+    }
+
+    #[test]
+    fn skip_after_filter_counts_survivors() {
+        let positives: HashSet<usize> = [100].into_iter().collect();
+        let p = MiningParams {
+            skip_after_filter: true,
+            ..params()
+        };
+        let s = run(&p, &positives, None);
+        assert_eq!(
+            s.chosen.iter().map(|c| c.row).collect::<Vec<_>>(),
+            [103, 106, 107]
+        );
+        assert_eq!(s.filtered.skipped, 2);
+    }
+
+    #[test]
+    fn score_filters_use_the_lowest_positive() {
+        let none = HashSet::new();
+        let p = MiningParams {
+            skip: 0,
+            max_score: Some(0.85),
+            ..params()
+        };
+        let s = run(&p, &none, None);
+        assert_eq!(s.filtered.max_score, 2); // scores 1.0, 0.9
+        let p = MiningParams {
+            skip: 0,
+            margin: Some(0.1),
+            ..params()
+        };
+        let s = run(&p, &none, Some(0.75));
+        assert_eq!(s.filtered.margin, 4, "scores above 0.75 - 0.1 go");
+        assert_eq!(s.chosen[0].row, 106, "104 and 105 fall to the text guards");
+        let p = MiningParams {
+            skip: 0,
+            relative_margin: Some(0.5),
+            ..params()
+        };
+        let s = run(&p, &none, Some(-0.2));
+        // bound = -0.2 - 0.5*0.2 = -0.3: every candidate (scores 1.0 .. 0.1) is above it.
+        assert_eq!(s.filtered.relative_margin, 8);
+        assert_eq!(s.shortfall, 3);
+    }
+
+    #[test]
+    fn random_sampling_is_seeded_and_in_rank_order() {
+        let none = HashSet::new();
+        let p = MiningParams {
+            skip: 0,
+            sampling: Sampling::Random,
+            negatives: 4,
+            ..params()
+        };
+        let a = run(&p, &none, None);
+        let b = run(&p, &none, None);
+        assert_eq!(a, b);
+        assert_eq!(a.chosen.len(), 4);
+        assert!(a.chosen.windows(2).all(|w| w[0].rank < w[1].rank));
+        let other = run(
+            &MiningParams {
+                seed: 2,
+                ..p.clone()
+            },
+            &none,
+            None,
+        );
+        assert_ne!(a.chosen, other.chosen, "another seed draws other negatives");
+    }
+
+    #[test]
+    fn shortages_keep_drop_or_pad() {
+        let none = HashSet::new();
+        let base = MiningParams {
+            skip: 8,
+            negatives: 5,
+            ..params()
+        };
+        let keep = run(&base, &none, None);
+        assert_eq!((keep.chosen.len(), keep.shortfall), (2, 3));
+        let drop = run(
+            &MiningParams {
+                on_short: OnShort::Drop,
+                ..base.clone()
+            },
+            &none,
+            None,
+        );
+        assert!(drop.chosen.is_empty());
+        let positives: HashSet<usize> = (0..50).collect();
+        let pad = run(
+            &MiningParams {
+                on_short: OnShort::Pad,
+                ..base
+            },
+            &positives,
+            None,
+        );
+        assert_eq!(pad.chosen.len(), 5);
+        assert!(pad.chosen[2..]
+            .iter()
+            .all(|c| c.rank == PADDED && !positives.contains(&c.row)));
+    }
+}

@@ -1,0 +1,107 @@
+//! What a round looks like: coverage, shortages, what the filters removed,
+//! where the positives rank, and how much the negatives moved since the
+//! previous round (the sign that a refresh is doing something).
+
+use crate::select::FilterCounts;
+use crate::store::QueryRecord;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoundStats {
+    pub round: u32,
+    pub queries: usize,
+    pub queries_with_negatives: usize,
+    pub negatives_min: usize,
+    pub negatives_mean: f64,
+    /// Queries that came out short of the requested negatives.
+    pub short_queries: usize,
+    pub filtered: FilterCounts,
+    /// Positives by raw rank in the top-k: rank 1, 2–10, 11–100, 101+, not retrieved.
+    pub positive_ranks: [usize; 5],
+    pub positive_score_mean: f64,
+    pub negative_score_mean: f64,
+    /// Mean Jaccard overlap of each query's negatives with the previous round's.
+    pub overlap_with_previous: Option<f64>,
+}
+
+fn rank_bucket(rank: u32) -> usize {
+    match rank {
+        0 => 0,
+        1..=9 => 1,
+        10..=99 => 2,
+        u32::MAX => 4,
+        _ => 3,
+    }
+}
+
+fn mean(sum: f64, n: usize) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+pub fn round_stats(
+    round: u32,
+    records: &[(String, QueryRecord)],
+    previous: Option<&[(String, QueryRecord)]>,
+) -> RoundStats {
+    let mut filtered = FilterCounts::default();
+    let mut positive_ranks = [0usize; 5];
+    let (mut pos_sum, mut pos_n, mut neg_sum, mut neg_n) = (0f64, 0usize, 0f64, 0usize);
+    for (_, r) in records {
+        filtered.add(&r.filtered);
+        for p in &r.positives {
+            positive_ranks[rank_bucket(p.rank)] += 1;
+            pos_sum += p.score as f64;
+            pos_n += 1;
+        }
+        for n in r.negatives.iter().filter(|n| n.score.is_finite()) {
+            neg_sum += n.score as f64;
+            neg_n += 1;
+        }
+    }
+    let counts: Vec<usize> = records.iter().map(|(_, r)| r.negatives.len()).collect();
+    RoundStats {
+        round,
+        queries: records.len(),
+        queries_with_negatives: counts.iter().filter(|&&c| c > 0).count(),
+        negatives_min: counts.iter().copied().min().unwrap_or(0),
+        negatives_mean: mean(counts.iter().sum::<usize>() as f64, counts.len()),
+        short_queries: records.iter().filter(|(_, r)| r.shortfall > 0).count(),
+        filtered,
+        positive_ranks,
+        positive_score_mean: mean(pos_sum, pos_n),
+        negative_score_mean: mean(neg_sum, neg_n),
+        overlap_with_previous: previous.map(|prev| overlap(records, prev)),
+    }
+}
+
+/// Mean over shared queries of |A ∩ B| / |A ∪ B| of the negative ids.
+pub fn overlap(a: &[(String, QueryRecord)], b: &[(String, QueryRecord)]) -> f64 {
+    let earlier: HashMap<&str, HashSet<&str>> = b
+        .iter()
+        .map(|(q, r)| {
+            (
+                q.as_str(),
+                r.negatives.iter().map(|n| n.id.as_str()).collect(),
+            )
+        })
+        .collect();
+    let mut sum = 0.0;
+    let mut n = 0;
+    for (q, r) in a {
+        let Some(old) = earlier.get(q.as_str()) else {
+            continue;
+        };
+        let new: HashSet<&str> = r.negatives.iter().map(|n| n.id.as_str()).collect();
+        let union = new.union(old).count();
+        if union > 0 {
+            sum += new.intersection(old).count() as f64 / union as f64;
+            n += 1;
+        }
+    }
+    mean(sum, n)
+}

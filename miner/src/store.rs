@@ -1,0 +1,182 @@
+//! The sled store under `.cpack/negatives/`: mining rounds and, per round
+//! and query, the sampled negatives.
+//!
+//! Trees:
+//! - `rounds`: round number (u32, big-endian) → [`RoundManifest`]
+//! - `round-NNNNNN`: `q/<query id>` → [`QueryRecord`], and `c/<chunk>` → chunk-done
+//!   markers. A chunk's records and its marker go in one atomic batch, so a
+//!   killed run resumes at chunk granularity and never sees half a chunk.
+//!
+//! Every value goes through [`crate::codec`] (format byte + bincode).
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::params::MiningParams;
+use crate::select::FilterCounts;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One stored negative (or positive): corpus id, 0-based raw rank (`u32::MAX` if
+/// padded or not retrieved), inner-product score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredDoc {
+    pub id: String,
+    pub rank: u32,
+    pub score: f32,
+}
+
+/// What a round stores for one query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    pub negatives: Vec<ScoredDoc>,
+    /// Every positive, with its score and its rank within the top-k (`u32::MAX` if absent).
+    pub positives: Vec<ScoredDoc>,
+    pub survivors: u32,
+    pub shortfall: u32,
+    pub filtered: FilterCounts,
+}
+
+/// How a round came about, and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundManifest {
+    pub round: u32,
+    pub params: MiningParams,
+    /// Model fingerprint and corpus fingerprint of the index searched.
+    pub model_fingerprint: String,
+    pub corpus_fingerprint: String,
+    pub query_instruction: String,
+    pub index_generation: String,
+    /// Queries per resumable chunk (fixed for the round).
+    pub chunk_queries: usize,
+    pub total_queries: usize,
+    pub complete: bool,
+    pub created_unix: u64,
+    pub seconds: f64,
+}
+
+pub struct NegativeStore {
+    db: sled::Db,
+    rounds: sled::Tree,
+    path: PathBuf,
+}
+
+fn round_tree_name(round: u32) -> String {
+    format!("round-{round:06}")
+}
+
+fn query_key(id: &str) -> Vec<u8> {
+    [b"q/".as_slice(), id.as_bytes()].concat()
+}
+
+fn chunk_key(chunk: u32) -> Vec<u8> {
+    [b"c/".as_slice(), &chunk.to_be_bytes()].concat()
+}
+
+impl NegativeStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let err = |source| Error::Store {
+            path: path.to_path_buf(),
+            source,
+        };
+        let db = sled::open(path).map_err(err)?;
+        let rounds = db.open_tree("rounds").map_err(err)?;
+        Ok(NegativeStore {
+            db,
+            rounds,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self) -> impl Fn(sled::Error) -> Error + '_ {
+        move |source| Error::Store {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// All round manifests, oldest first.
+    pub fn rounds(&self) -> Result<Vec<RoundManifest>> {
+        self.rounds
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv.map_err(self.err())?;
+                codec::decode("round manifest", &v)
+            })
+            .collect()
+    }
+
+    pub fn round(&self, round: u32) -> Result<Option<RoundManifest>> {
+        match self.rounds.get(round.to_be_bytes()).map_err(self.err())? {
+            Some(v) => Ok(Some(codec::decode("round manifest", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_manifest(&self, manifest: &RoundManifest) -> Result<()> {
+        self.rounds
+            .insert(manifest.round.to_be_bytes(), codec::encode(manifest))
+            .map_err(self.err())?;
+        self.flush()
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(self.err())
+    }
+
+    fn tree(&self, round: u32) -> Result<sled::Tree> {
+        self.db
+            .open_tree(round_tree_name(round))
+            .map_err(self.err())
+    }
+
+    /// Whether chunk `chunk` of `round` is stored.
+    pub fn chunk_done(&self, round: u32, chunk: u32) -> Result<bool> {
+        self.tree(round)?
+            .contains_key(chunk_key(chunk))
+            .map_err(self.err())
+    }
+
+    /// Stores one chunk's records and its done-marker atomically, then flushes.
+    pub fn put_chunk(
+        &self,
+        round: u32,
+        chunk: u32,
+        records: &[(String, QueryRecord)],
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (id, record) in records {
+            batch.insert(query_key(id), codec::encode(record));
+        }
+        batch.insert(chunk_key(chunk), &[][..]);
+        self.tree(round)?.apply_batch(batch).map_err(self.err())?;
+        self.flush()
+    }
+
+    /// The records of a round in query-id byte order.
+    pub fn records(&self, round: u32) -> Result<Vec<(String, QueryRecord)>> {
+        self.tree(round)?
+            .scan_prefix(b"q/")
+            .map(|kv| {
+                let (k, v) = kv.map_err(self.err())?;
+                let id = String::from_utf8_lossy(&k[2..]).to_string();
+                Ok((id, codec::decode("query", &v)?))
+            })
+            .collect()
+    }
+
+    /// Deletes all but the newest `keep` rounds; returns the rounds removed.
+    pub fn gc(&self, keep: usize) -> Result<Vec<u32>> {
+        let rounds = self.rounds()?;
+        let doomed: Vec<u32> = rounds.iter().rev().skip(keep).map(|m| m.round).collect();
+        for &round in &doomed {
+            self.rounds
+                .remove(round.to_be_bytes())
+                .map_err(self.err())?;
+            self.db
+                .drop_tree(round_tree_name(round))
+                .map_err(self.err())?;
+        }
+        self.flush()?;
+        Ok(doomed)
+    }
+}

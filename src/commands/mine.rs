@@ -1,0 +1,277 @@
+//! `cpack mine`, `cpack mine export`, `cpack mine stats`.
+
+use super::{load_config, open_encoder, Context};
+use crate::cli::{MineAction, MineArgs, MineExportArgs, MineRunArgs, MineStatsArgs};
+use crate::config::Config;
+use anyhow::{bail, Context as _, Result};
+use cpack_index::dataset::{Dataset, Qrels};
+use cpack_miner::export::{self, ExportFormat};
+use cpack_miner::stats;
+use cpack_miner::store::RoundManifest;
+use cpack_miner::{
+    MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore, OnShort, Sampling,
+};
+use std::io::Write;
+
+pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
+    match args.action {
+        None => mine(ctx, args.run),
+        Some(MineAction::Export(export)) => export_round(ctx, export),
+        Some(MineAction::Stats(stats)) => round_stats(ctx, stats),
+    }
+}
+
+fn open_store(config: &Config) -> Result<NegativeStore> {
+    Ok(NegativeStore::open(&config.negatives_dir())?)
+}
+
+fn params(args: &MineRunArgs, config: &Config) -> Result<MiningParams> {
+    Ok(MiningParams {
+        split: args.split.clone(),
+        topk: args.topk,
+        skip: args.skip,
+        skip_after_filter: args.skip_after_filter,
+        negatives: args.negatives,
+        sampling: match args.sample.as_str() {
+            "random" => Sampling::Random,
+            "top" => Sampling::Top,
+            other => bail!("--sample {other:?}: expected random or top"),
+        },
+        on_short: match args.on_short.as_str() {
+            "keep" => OnShort::Keep,
+            "drop" => OnShort::Drop,
+            "pad" => OnShort::Pad,
+            other => bail!("--on-short {other:?}: expected keep, drop or pad"),
+        },
+        seed: args.seed.unwrap_or(config.seed),
+        max_score: args.max_score,
+        margin: args.margin,
+        relative_margin: args.relative_margin,
+    })
+}
+
+/// Judgements of every split in the qrels folder.
+fn all_qrels(dataset: &Dataset) -> Result<Vec<Qrels>> {
+    let dir = &dataset.paths.qrels_dir;
+    let mut splits: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".tsv")
+                .map(str::to_string)
+        })
+        .collect();
+    splits.sort();
+    splits.iter().map(|s| Ok(dataset.qrels(s)?)).collect()
+}
+
+fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
+    let config = load_config(ctx, &args.overrides)?;
+    let store = open_store(&config)?;
+    if args.gc {
+        let removed = store.gc(args.keep)?;
+        println!(
+            "removed {} round(s) {removed:?}; kept the newest {}",
+            removed.len(),
+            args.keep
+        );
+        return Ok(());
+    }
+    let params = params(&args, &config)?;
+    let dataset = Dataset::load(config.data()?.clone())?;
+    let split_qrels = dataset.qrels(&params.split)?;
+    let qrels = all_qrels(&dataset)?;
+    let encoder = open_encoder(&config)?;
+    let mut index = config
+        .index_dir()
+        .open(&config.embedding_stamp(encoder.backend_name())?)?;
+    let input = MiningInput {
+        corpus: &dataset.corpus,
+        queries: &dataset.queries,
+        split_qrels: &split_qrels,
+        all_qrels: &qrels,
+        encoder: &encoder,
+        index: &mut index,
+    };
+    let options = MineOptions {
+        force: args.force,
+        chunk_queries: args.chunk_queries,
+    };
+    let outcome = cpack_miner::mine(&store, input, params, options, &ctx.bars)?;
+    ctx.bars.finish();
+    match outcome {
+        MineOutcome::UpToDate(m) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"status": "up-to-date", "round": m.round})
+                );
+            } else {
+                println!(
+                    "round {} already holds these negatives (use --force to mine again)",
+                    m.round
+                );
+            }
+        }
+        MineOutcome::Mined {
+            manifest,
+            resumed,
+            queries_without_positives,
+            notes,
+        } => {
+            for note in &notes {
+                eprintln!("note: {note}");
+            }
+            let records = store.records(manifest.round)?;
+            let s = stats::round_stats(manifest.round, &records, None);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "status": "mined",
+                        "round": manifest.round,
+                        "resumed": resumed,
+                        "queries": s.queries,
+                        "queries_without_positives": queries_without_positives,
+                        "negatives_min": s.negatives_min,
+                        "negatives_mean": s.negatives_mean,
+                        "short_queries": s.short_queries,
+                        "seconds": manifest.seconds,
+                    })
+                );
+            } else {
+                println!(
+                    "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
+                    manifest.round,
+                    if resumed { " (resumed)" } else { "" },
+                    s.queries,
+                    s.negatives_mean,
+                    s.negatives_min,
+                    s.short_queries,
+                    queries_without_positives,
+                    manifest.seconds,
+                    s.queries as f64 / manifest.seconds.max(1e-9),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The requested round, or the newest complete one.
+fn pick_round(store: &NegativeStore, round: Option<u32>) -> Result<RoundManifest> {
+    let rounds = store.rounds()?;
+    let found = match round {
+        Some(n) => rounds.into_iter().find(|m| m.round == n),
+        None => rounds.into_iter().rev().find(|m| m.complete),
+    };
+    match (found, round) {
+        (Some(m), _) if m.complete => Ok(m),
+        (Some(m), _) => bail!(
+            "round {} is unfinished; run `cpack mine` again to complete it",
+            m.round
+        ),
+        (None, Some(n)) => bail!("there is no round {n}; `cpack mine stats` lists what there is"),
+        (None, None) => bail!("no complete mining round yet; run `cpack mine` first"),
+    }
+}
+
+fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
+    let format: ExportFormat = args.format.parse().map_err(anyhow::Error::msg)?;
+    let config = load_config(ctx, &Default::default())?;
+    let store = open_store(&config)?;
+    let manifest = pick_round(&store, args.round)?;
+    let dataset = Dataset::load(config.data()?.clone())?;
+    let records = store.records(manifest.round)?;
+    let body = export::export(
+        &records,
+        &manifest,
+        &dataset.corpus,
+        &dataset.queries,
+        format,
+    )?;
+    if args.output.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        out.write_all(body.as_bytes())?;
+        out.flush()?;
+    } else {
+        cpack_index::fsutil::atomic_write(&args.output, body.as_bytes())?;
+        eprintln!(
+            "wrote round {} to {}",
+            manifest.round,
+            args.output.display()
+        );
+    }
+    Ok(())
+}
+
+fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
+    let config = load_config(ctx, &Default::default())?;
+    let store = open_store(&config)?;
+    let manifest = pick_round(&store, args.round)?;
+    let records = store.records(manifest.round)?;
+    let previous = store
+        .rounds()?
+        .into_iter()
+        .rev()
+        .find(|m| m.round < manifest.round && m.complete)
+        .map(|m| store.records(m.round))
+        .transpose()?;
+    let s = stats::round_stats(manifest.round, &records, previous.as_deref());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"manifest": manifest, "stats": s}))?
+        );
+        return Ok(());
+    }
+    let p = &manifest.params;
+    println!(
+        "round {} · split {} · index {} · {:.1}s",
+        manifest.round, p.split, manifest.index_generation, manifest.seconds
+    );
+    println!(
+        "settings          topk {} · skip {}{} · {} negatives ({:?}) · seed {}",
+        p.topk,
+        p.skip,
+        if p.skip_after_filter {
+            " after filters"
+        } else {
+            " raw ranks"
+        },
+        p.negatives,
+        p.sampling,
+        p.seed
+    );
+    println!(
+        "queries           {} ({} with negatives)",
+        s.queries, s.queries_with_negatives
+    );
+    println!(
+        "negatives/query   min {} · mean {:.2} · {} queries short",
+        s.negatives_min, s.negatives_mean, s.short_queries
+    );
+    let f = &s.filtered;
+    println!(
+        "removed           skipped {} · positives {} · query text {} · copies of a positive {} · max-score {} · margin {} · relative margin {}",
+        f.skipped, f.positives, f.query_text, f.duplicate_of_positive, f.max_score, f.margin, f.relative_margin
+    );
+    let r = s.positive_ranks;
+    println!(
+        "positive ranks    1: {} · 2-10: {} · 11-100: {} · 101+: {} · not retrieved: {}",
+        r[0], r[1], r[2], r[3], r[4]
+    );
+    println!(
+        "mean scores       positives {:.4} · negatives {:.4}",
+        s.positive_score_mean, s.negative_score_mean
+    );
+    if let Some(o) = s.overlap_with_previous {
+        println!(
+            "overlap           {:.3} mean Jaccard with the previous round's negatives",
+            o
+        );
+    }
+    Ok(())
+}

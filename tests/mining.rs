@@ -1,0 +1,278 @@
+//! `cpack mine` through the real binary: the guards hold, exports are valid
+//! FlagEmbedding JSONL, results are deterministic, and `kill -9` resumes.
+
+mod common;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A cmrc2018 workspace with a tiny model and a built index.
+fn cmrc_workspace(tmp: &Path, name: &str) -> PathBuf {
+    let data = shared("data/cmrc2018");
+    let model = tmp.join("model");
+    if !model.exists() {
+        tiny_model_for(&data, &model);
+    }
+    let ws = tmp.join(name);
+    init_workspace(&ws, &data, &model, &["--query-instruction", "bge-zh"]);
+    ok(&ws, &["index", "build"]);
+    ws
+}
+
+/// query id → positive corpus ids, over every qrels split.
+fn positives() -> HashMap<String, HashSet<String>> {
+    let mut map: HashMap<String, HashSet<String>> = HashMap::new();
+    for split in ["train", "test"] {
+        let text =
+            std::fs::read_to_string(shared("data/cmrc2018/qrels").join(format!("{split}.tsv")))
+                .unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split('\t').collect();
+            map.entry(f[0].to_string())
+                .or_default()
+                .insert(f[1].to_string());
+        }
+    }
+    map
+}
+
+fn lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines().map(json).collect()
+}
+
+#[test]
+fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = cmrc_workspace(tmp.path(), "ws");
+    let mined = json(&ok(&ws, &["mine", "--topk", "50", "--skip", "5", "--json"]));
+    assert_eq!(mined["status"], "mined");
+    assert_eq!(mined["round"], 1);
+    let train_queries = positives()
+        .keys()
+        .filter(|q| q.starts_with("train-"))
+        .count();
+    assert_eq!(mined["queries"], train_queries);
+
+    let positives = positives();
+    let ids = lines(&ok(&ws, &["mine", "export", "--format", "ids"]));
+    assert_eq!(ids.len(), train_queries);
+    for row in &ids {
+        let qid = row["query_id"].as_str().unwrap();
+        let negs: Vec<&str> = row["neg"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(negs.len(), 7, "{row}");
+        assert_eq!(
+            negs.iter().collect::<HashSet<_>>().len(),
+            7,
+            "duplicates in {row}"
+        );
+        for neg in &negs {
+            assert!(
+                !positives[qid].contains(*neg),
+                "{qid}: positive {neg} stored as a negative"
+            );
+        }
+        for rank in row["neg_ranks"].as_array().unwrap() {
+            let rank = rank.as_u64().unwrap();
+            assert!(
+                (5..50).contains(&rank),
+                "{qid}: raw rank {rank} outside [skip, topk)"
+            );
+        }
+        let pos: HashSet<&str> = row["pos"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            pos,
+            positives[qid]
+                .iter()
+                .map(String::as_str)
+                .collect::<HashSet<_>>()
+        );
+    }
+
+    let corpus: HashMap<String, String> =
+        std::fs::read_to_string(shared("data/cmrc2018/corpus.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v = json(l);
+                let (title, body) = (v["title"].as_str().unwrap(), v["text"].as_str().unwrap());
+                let text = if title.is_empty() {
+                    body.to_string()
+                } else {
+                    format!("{title} {body}")
+                };
+                (v["id"].as_str().unwrap().to_string(), text)
+            })
+            .collect();
+    let flag = lines(&ok(&ws, &["mine", "export", "--format", "flag-embedding"]));
+    assert_eq!(flag.len(), ids.len());
+    for (row, id_row) in flag.iter().zip(&ids) {
+        let keys: HashSet<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["query", "pos", "neg", "pos_scores", "neg_scores", "prompt"]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(row["prompt"], "为这个句子生成表示以用于检索相关文章：");
+        assert!(
+            row["query"]
+                .as_str()
+                .is_some_and(|q| !q.starts_with("为这个句子")),
+            "the query is stored without its prompt"
+        );
+        let neg_texts: Vec<&str> = id_row["neg"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| corpus[id.as_str().unwrap()].as_str())
+            .collect();
+        assert_eq!(
+            row["neg"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect::<Vec<_>>(),
+            neg_texts
+        );
+        assert_eq!(row["neg_scores"].as_array().unwrap().len(), 7);
+        assert_eq!(
+            row["pos_scores"].as_array().unwrap().len(),
+            row["pos"].as_array().unwrap().len()
+        );
+    }
+
+    let triplets = lines(&ok(&ws, &["mine", "export", "--format", "triplets"]));
+    let pairs: usize = flag
+        .iter()
+        .map(|r| r["pos"].as_array().unwrap().len() * 7)
+        .sum();
+    assert_eq!(triplets.len(), pairs);
+
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    assert_eq!(stats["stats"]["negatives_min"], 7);
+    assert_eq!(stats["stats"]["filtered"]["skipped"], train_queries * 5);
+    assert_eq!(stats["manifest"]["params"]["topk"], 50);
+}
+
+#[test]
+fn same_seed_same_negatives_whatever_batch_size_or_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = cmrc_workspace(tmp.path(), "ws");
+    ok(
+        &ws,
+        &[
+            "mine",
+            "--topk",
+            "40",
+            "--seed",
+            "7",
+            "--batch-size",
+            "32",
+            "--threads",
+            "2",
+        ],
+    );
+    let again = json(&ok(&ws, &["mine", "--topk", "40", "--seed", "7", "--json"]));
+    assert_eq!(again["status"], "up-to-date");
+    ok(
+        &ws,
+        &[
+            "mine",
+            "--topk",
+            "40",
+            "--seed",
+            "7",
+            "--batch-size",
+            "5",
+            "--threads",
+            "1",
+            "--force",
+        ],
+    );
+    ok(&ws, &["mine", "--topk", "40", "--seed", "8", "--force"]);
+    let export = |round: &str| {
+        ok(
+            &ws,
+            &["mine", "export", "--format", "ids", "--round", round],
+        )
+    };
+    assert_eq!(
+        export("1"),
+        export("2"),
+        "batch size or threads changed the negatives"
+    );
+    assert_ne!(
+        export("1"),
+        export("3"),
+        "another seed must sample other negatives"
+    );
+    let stats = json(&ok(&ws, &["mine", "stats", "--json", "--round", "3"]));
+    let overlap = stats["stats"]["overlap_with_previous"].as_f64().unwrap();
+    assert!(overlap < 1.0 && overlap > 0.0, "{overlap}");
+    ok(&ws, &["mine", "--gc", "--keep", "1"]);
+    let err = fails(&ws, &["mine", "export", "--round", "1"]);
+    assert!(err.contains("no round 1"), "{err}");
+}
+
+#[test]
+fn killed_mining_resumes_to_the_same_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let killed = cmrc_workspace(tmp.path(), "killed");
+    let clean = cmrc_workspace(tmp.path(), "clean");
+    let args = ["mine", "--topk", "30", "--chunk-queries", "1"];
+
+    let mut child = cpack(&killed).args(args).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let finished_early = child.try_wait().unwrap().is_some();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!finished_early, "mining ended before it could be killed");
+    let err = fails(&killed, &["mine", "export"]);
+    assert!(
+        err.contains("unfinished") || err.contains("no complete"),
+        "{err}"
+    );
+
+    let resumed = json(&ok(&killed, &[&args[..], &["--json"]].concat()));
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    ok(&clean, &args);
+    let export = |ws: &Path| ok(ws, &["mine", "export"]);
+    assert_eq!(export(&killed), export(&clean));
+}
+
+#[test]
+fn bad_mining_requests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = cmrc_workspace(tmp.path(), "ws");
+    let err = fails(&ws, &["mine", "--topk", "10", "--skip", "10"]);
+    assert!(err.contains("skip must be smaller than topk"), "{err}");
+    let err = fails(&ws, &["mine", "--negatives", "0"]);
+    assert!(err.contains("--negatives"), "{err}");
+    let err = fails(&ws, &["mine", "--split", "nosuch"]);
+    assert!(err.contains("nosuch.tsv"), "{err}");
+    let err = fails(&ws, &["mine", "export"]);
+    assert!(err.contains("cpack mine"), "{err}");
+    // topk beyond the corpus is clamped, with a note.
+    let out = cpack(&ws)
+        .args(["mine", "--topk", "5000", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the corpus"));
+}
