@@ -71,11 +71,7 @@ fn main() -> Result<()> {
 }
 
 fn encode(args: EncodeArgs) -> Result<()> {
-    if args.threads > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
-        cpack_index::model::set_blas_threads(args.threads);
-    }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = cpack_index::model::configure_threads(args.threads);
     let model = ModelDir::open(&args.model)?;
     let settings = EncoderSettings {
         passage_max_len: args.max_len,
@@ -83,7 +79,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
         ..EncoderSettings::declared_by(&model)
     };
     let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
-    let encoder = Encoder::new(&model, settings, Box::new(backend))?;
+    let encoder = Encoder::new(&model, settings, Box::new(backend))?.with_workers(threads);
 
     // Passages long enough to fill max_len, so every batch is batch × max_len real tokens.
     let corpus = TextTable::load_jsonl(&args.corpus)?;

@@ -83,12 +83,16 @@ impl EncoderSettings {
     }
 }
 
+/// Receives each embedded batch: its text rows, their vectors, its real-token count.
+type BatchSink<'a> = dyn FnMut(&[usize], &[f32], usize) + 'a;
+
 /// A tokenizer pair plus a backend: the whole text → vector path.
 pub struct Encoder {
     backend: Box<dyn EncoderBackend>,
     query_tokenizer: TextTokenizer,
     passage_tokenizer: TextTokenizer,
     settings: EncoderSettings,
+    workers: usize,
 }
 
 impl Encoder {
@@ -113,7 +117,20 @@ impl Encoder {
             passage_tokenizer: TextTokenizer::load(&model.tokenizer, settings.passage_max_len)?,
             backend,
             settings,
+            workers: 1,
         })
+    }
+
+    /// Runs batches on `workers` threads at once, each batch on one thread.
+    ///
+    /// On a few cores this beats splitting every matrix product across
+    /// threads: no thread waits at a barrier between the many small ops of a
+    /// layer. Each batch is still computed as a whole by one thread, so results
+    /// are bit-identical to the sequential path. The caller should make the
+    /// kernels single-threaded (`CANDLE_NUM_THREADS=1`, one BLAS thread).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
     }
 
     pub fn dim(&self) -> usize {
@@ -172,18 +189,73 @@ impl Encoder {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         // Longest first: the biggest batch shows up at once if memory is short.
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+        let batches: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
         let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
-        for rows in order.chunks(batch_size.max(1)) {
-            let seqs: Vec<&[u32]> = rows.iter().map(|&i| tokens[i].as_slice()).collect();
-            let batch = TokenBatch::pad(&seqs);
-            let embedded = self.backend.embed(&batch)?;
+        self.embed_batches(&batches, &tokens, &mut |rows, embedded, real_tokens| {
             for (k, &row) in rows.iter().enumerate() {
                 out[row * dim..(row + 1) * dim].copy_from_slice(&embedded[k * dim..(k + 1) * dim]);
             }
-            on_batch(rows.len(), batch.real_tokens());
-        }
+            on_batch(rows.len(), real_tokens);
+        })?;
         Ok(out)
+    }
+
+    /// Embeds each batch (rows of `tokens`) and hands it to `sink` in the
+    /// calling thread, sequentially or from `self.workers` threads.
+    fn embed_batches(
+        &self,
+        batches: &[&[usize]],
+        tokens: &[Vec<u32>],
+        sink: &mut BatchSink,
+    ) -> Result<()> {
+        let pad = |rows: &[usize]| {
+            TokenBatch::pad(
+                &rows
+                    .iter()
+                    .map(|&i| tokens[i].as_slice())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let workers = self.workers.min(batches.len());
+        if workers <= 1 {
+            for rows in batches {
+                let batch = pad(rows);
+                sink(rows, &self.backend.embed(&batch)?, batch.real_tokens());
+            }
+            return Ok(());
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for _ in 0..workers {
+                let (tx, next, pad) = (tx.clone(), &next, &pad);
+                scope.spawn(move || {
+                    // A private one-thread pool: candle's rayon-parallel kernels run inline here.
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+                    let run = || loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(rows) = batches.get(i) else { break };
+                        let batch = pad(rows);
+                        let embedded = self.backend.embed(&batch).map(|e| (e, batch.real_tokens()));
+                        let failed = embedded.is_err();
+                        if tx.send((i, embedded)).is_err() || failed {
+                            break;
+                        }
+                    };
+                    match pool {
+                        Ok(pool) => pool.install(run),
+                        Err(_) => run(),
+                    }
+                });
+            }
+            drop(tx);
+            for (i, embedded) in rx {
+                let (vectors, real_tokens) = embedded?;
+                sink(batches[i], &vectors, real_tokens);
+            }
+            Ok(())
+        })
     }
 }
 

@@ -40,27 +40,20 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Loads the configuration and applies the thread setting before any pool starts.
+/// Loads the configuration and sets up threads before any pool starts.
 pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
-    let config = Config::load(&ctx.workspace, overrides)?;
-    if config.threads > 0 {
-        // candle's kernels and rayon both read this before their pools start.
-        std::env::set_var("RAYON_NUM_THREADS", config.threads.to_string());
-        cpack_index::model::set_blas_threads(config.threads);
-    }
+    let mut config = Config::load(&ctx.workspace, overrides)?;
+    config.threads = cpack_index::model::configure_threads(config.threads);
     Ok(config)
 }
 
-/// The encoder the configuration describes (candle backend).
+/// The encoder the configuration describes (candle backend), one worker per thread.
 pub fn open_encoder(config: &Config) -> Result<Encoder> {
     let backend = CandleBackend::load(
         &config.model,
         config.encoder.pooling,
         config.encoder.normalize,
     )?;
-    Ok(Encoder::new(
-        &config.model,
-        config.encoder.clone(),
-        Box::new(backend),
-    )?)
+    let encoder = Encoder::new(&config.model, config.encoder.clone(), Box::new(backend))?;
+    Ok(encoder.with_workers(config.threads))
 }
