@@ -209,6 +209,14 @@ pub enum MineAction {
     Export(MineExportArgs),
     /// Summarise a round: coverage, shortages, filters, positive ranks, overlap with the previous round.
     Stats(MineStatsArgs),
+    /// Store negatives mined elsewhere (FlagEmbedding JSONL: query, pos, neg texts) as a new round.
+    Import(MineImportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MineImportArgs {
+    /// FlagEmbedding JSONL; every query and passage text must occur in the dataset.
+    pub input: PathBuf,
 }
 
 #[derive(Args, Debug)]

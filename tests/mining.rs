@@ -164,7 +164,42 @@ fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
         .sum();
     assert_eq!(triplets.len(), pairs);
 
-    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    // FlagEmbedding JSONL goes back in as a new round that exports identically.
+    let exported = ws.join("round1.jsonl");
+    ok(
+        &ws,
+        &["mine", "export", "--output", exported.to_str().unwrap()],
+    );
+    let imported = ok(&ws, &["mine", "import", exported.to_str().unwrap()]);
+    assert!(imported.contains("as round 2"), "{imported}");
+    // Same lines; the order may differ where two query ids share one text.
+    let sorted = |text: String| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let (round2, round1) = (
+        sorted(ok(&ws, &["mine", "export", "--round", "2"])),
+        sorted(std::fs::read_to_string(&exported).unwrap()),
+    );
+    assert_eq!(round2.len(), round1.len());
+    let differing = round2.iter().zip(&round1).filter(|(a, b)| a != b).count();
+    assert_eq!(
+        differing, 0,
+        "{differing} exported lines differ after import"
+    );
+    std::fs::write(
+        &exported,
+        "{\"query\": \"nobody asked this\", \"pos\": [], \"neg\": []}\n",
+    )
+    .unwrap();
+    let err = fails(&ws, &["mine", "import", exported.to_str().unwrap()]);
+    assert!(
+        err.contains("round1.jsonl:1: query \"nobody asked this\" is not in queries.jsonl"),
+        "{err}"
+    );
+
+    let stats = json(&ok(&ws, &["mine", "stats", "--json", "--round", "1"]));
     assert_eq!(stats["stats"]["negatives_min"], 7);
     assert_eq!(stats["stats"]["filtered"]["skipped"], train_queries * 5);
     assert_eq!(stats["manifest"]["params"]["topk"], 50);

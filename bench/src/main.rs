@@ -5,12 +5,20 @@
 //! `encode`: corpus encoding throughput of an encoder backend at a fixed
 //! batch shape (every batch full: `batch × max_len` real tokens), reported
 //! as the median tokens/s over repetitions, with the thread count.
+//!
+//! `mine`: one mining round over a workspace's built index (into a scratch
+//! store), split into query encoding, search, and selection + storage, next
+//! to the floor: one plain FAISS search of the same query embeddings.
 
 use anyhow::{bail, Context, Result};
 use cpack_index::candle_backend::CandleBackend;
-use cpack_index::dataset::TextTable;
+use cpack_index::dataset::{Dataset, DatasetPaths, TextTable};
 use cpack_index::model::ModelDir;
+use cpack_index::store::IndexDir;
 use cpack_index::{Encoder, EncoderSettings, TextKind};
+use cpack_miner::{
+    MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore, OnShort, Sampling,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -66,7 +74,8 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("encode") => encode(parse(&args[1..])?),
-        _ => bail!("{}", usage()),
+        Some("mine") => mine(&args[1..]),
+        _ => bail!("{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]", usage()),
     }
 }
 
@@ -151,6 +160,143 @@ fn encode(args: EncodeArgs) -> Result<()> {
         rates.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
     );
     if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+fn mine(args: &[String]) -> Result<()> {
+    let (mut workspace, mut topk, mut skip, mut threads, mut json_out) =
+        (None, 200usize, 10usize, 0usize, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--workspace" => workspace = Some(PathBuf::from(value)),
+            "--topk" => topk = value.parse()?,
+            "--skip" => skip = value.parse()?,
+            "--threads" => threads = value.parse()?,
+            "--json" => json_out = Some(PathBuf::from(value)),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let workspace =
+        workspace.context("--workspace DIR (a workspace with a built index) is required")?;
+    let threads = cpack_index::model::configure_threads(threads);
+    let index_dir = IndexDir::new(workspace.join(".cpack/index"));
+    let (_, manifest) = index_dir
+        .current()?
+        .context("the workspace has no index; run `cpack index build`")?;
+    let stamp = manifest.plan.stamp.clone();
+    let model = ModelDir::open(std::path::Path::new(&manifest.model_path))?;
+    let settings = EncoderSettings {
+        pooling: stamp.pooling,
+        normalize: stamp.normalize,
+        query_max_len: stamp.query_max_len,
+        passage_max_len: stamp.passage_max_len,
+        query_instruction: stamp.query_instruction.clone(),
+        batch_size: 32,
+    };
+    let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
+    let encoder = Encoder::new(&model, settings, Box::new(backend))?.with_workers(threads);
+    let data_dir = std::path::Path::new(&manifest.corpus_path)
+        .parent()
+        .context("corpus path")?;
+    let dataset = Dataset::load(DatasetPaths::beir(data_dir))?;
+    let train = dataset.qrels("train")?;
+    let all: Vec<_> = ["train", "dev", "test"]
+        .iter()
+        .filter(|s| dataset.paths.qrels(s).exists())
+        .map(|s| dataset.qrels(s))
+        .collect::<Result<_, _>>()?;
+    let mut index = index_dir.open(&stamp)?;
+
+    // The floor: the same query embeddings, one plain search.
+    let texts: Vec<&str> = train
+        .by_query
+        .keys()
+        .map(|id| dataset.queries.texts[dataset.queries.position(id).expect("validated")].as_str())
+        .collect();
+    let started = Instant::now();
+    let vectors = encoder.encode_in_batches_of(
+        cpack_miner::mine::QUERY_BATCH,
+        &texts,
+        TextKind::Query,
+        &mut |_, _| {},
+    )?;
+    let floor_encode = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    index.vectors.search(&vectors, topk.min(index.ids.len()))?;
+    let floor_search = started.elapsed().as_secs_f64();
+
+    let scratch = tempfile::tempdir()?;
+    let store = NegativeStore::open(&scratch.path().join("negatives"))?;
+    let params = MiningParams {
+        split: "train".into(),
+        topk,
+        skip,
+        skip_after_filter: false,
+        negatives: 7,
+        sampling: Sampling::Random,
+        on_short: OnShort::Keep,
+        seed: 42,
+        max_score: None,
+        margin: None,
+        relative_margin: None,
+    };
+    let input = MiningInput {
+        corpus: &dataset.corpus,
+        queries: &dataset.queries,
+        split_qrels: &train,
+        all_qrels: &all,
+        encoder: &encoder,
+        index: &mut index,
+    };
+    let MineOutcome::Mined {
+        manifest: round, ..
+    } = cpack_miner::mine(
+        &store,
+        input,
+        params,
+        MineOptions::default(),
+        &cpack_index::Silent,
+    )?
+    else {
+        bail!("a scratch store cannot be up to date");
+    };
+    let t = &round.timings;
+    let after_encoding = t.search_seconds + t.select_store_seconds;
+    let report = serde_json::json!({
+        "benchmark": "mine",
+        "queries": round.total_queries,
+        "corpus": index.ids.len(),
+        "topk": topk,
+        "skip": skip,
+        "threads": threads,
+        "mining_seconds": round.seconds,
+        "queries_per_second": round.total_queries as f64 / round.seconds,
+        "encode_seconds": t.encode_seconds,
+        "search_seconds": t.search_seconds,
+        "select_store_seconds": t.select_store_seconds,
+        "floor_encode_seconds": floor_encode,
+        "floor_search_seconds": floor_search,
+        "search_select_store_over_floor": after_encoding / floor_search,
+    });
+    println!(
+        "mine · {} queries × top {topk} of {} · {threads} threads: {:.1}s ({:.0} queries/s) = encode {:.1}s ∥ search {:.2}s + select/store {:.2}s; \
+         floor: one FAISS search {:.2}s (encode {:.1}s); search+select+store / floor = {:.2}",
+        round.total_queries,
+        index.ids.len(),
+        round.seconds,
+        round.total_queries as f64 / round.seconds,
+        t.encode_seconds,
+        t.search_seconds,
+        t.select_store_seconds,
+        floor_search,
+        floor_encode,
+        after_encoding / floor_search
+    );
+    if let Some(path) = json_out {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     }
     Ok(())

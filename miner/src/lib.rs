@@ -7,11 +7,13 @@
 //! filters, samples the negatives ([`select`]), and stores them per mining
 //! round ([`store`]). Rounds resume after a crash at chunk granularity and
 //! are deterministic for a given seed. [`export`] writes FlagEmbedding JSONL,
-//! triplets or ids; [`stats`] summarises a round.
+//! triplets or ids, [`import`] reads FlagEmbedding JSONL back in, and
+//! [`stats`] summarises a round.
 
 pub mod codec;
 pub mod error;
 pub mod export;
+pub mod import;
 pub mod mine;
 pub mod params;
 pub mod select;

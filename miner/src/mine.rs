@@ -7,9 +7,10 @@
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::{self, Candidate, QueryFacts, Rng};
-use crate::store::{NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
+use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_index::store::OpenIndex;
+use cpack_index::vector::Hits;
 use cpack_index::{Encoder, Progress, TextKind};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -93,6 +94,7 @@ pub fn mine(
         complete: false,
         created_unix: now(),
         seconds: 0.0,
+        timings: MiningTimings::default(),
     };
     let same_work = |m: &RoundManifest| {
         m.params == fresh.params
@@ -120,7 +122,7 @@ pub fn mine(
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
     let started = Instant::now();
-    run_chunks(store, input, &plan, &manifest, progress)?;
+    run_chunks(store, input, &plan, &mut manifest, progress)?;
     manifest.complete = true;
     manifest.seconds += started.elapsed().as_secs_f64();
     store.put_manifest(&manifest)?;
@@ -196,7 +198,7 @@ fn run_chunks(
     store: &NegativeStore,
     input: MiningInput,
     plan: &QueryPlan,
-    manifest: &RoundManifest,
+    manifest: &mut RoundManifest,
     progress: &dyn Progress,
 ) -> Result<()> {
     let MiningInput {
@@ -216,7 +218,7 @@ fn run_chunks(
         }
     }
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(u32, &[String], Vec<f32>)>>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<EncodedChunk>>(1);
         scope.spawn(move || {
             for (chunk, ids) in todo {
                 let texts: Vec<&str> = ids
@@ -225,42 +227,69 @@ fn run_chunks(
                         queries.texts[queries.position(id).expect("qrels validated")].as_str()
                     })
                     .collect();
-                let encoded = encoder.encode_in_batches_of(
-                    QUERY_BATCH,
-                    &texts,
-                    TextKind::Query,
-                    &mut |_, _| {},
-                );
+                let started = Instant::now();
+                let encoded = encoder
+                    .encode_in_batches_of(QUERY_BATCH, &texts, TextKind::Query, &mut |_, _| {})
+                    .map(|vectors| EncodedChunk {
+                        chunk,
+                        ids,
+                        vectors,
+                        seconds: started.elapsed().as_secs_f64(),
+                    })
+                    .map_err(Error::from);
                 let failed = encoded.is_err();
-                let sent = tx.send(encoded.map(|v| (chunk, ids, v)).map_err(Error::from));
+                let sent = tx.send(encoded);
                 if sent.is_err() || failed {
                     break;
                 }
             }
         });
         for message in rx {
-            let (chunk, ids, vectors) = message?;
-            let records = select_chunk(corpus, queries, index, ids, &vectors, plan, manifest)?;
-            store.put_chunk(manifest.round, chunk, &records)?;
-            progress.advance(ids.len() as u64, 0);
+            let encoded = message?;
+            manifest.timings.encode_seconds += encoded.seconds;
+            let started = Instant::now();
+            let hits = index
+                .vectors
+                .search(&encoded.vectors, manifest.params.topk)?;
+            manifest.timings.search_seconds += started.elapsed().as_secs_f64();
+            let started = Instant::now();
+            let records = select_chunk(
+                corpus,
+                queries,
+                index,
+                &encoded,
+                &hits,
+                plan,
+                &manifest.params,
+            );
+            store.put_chunk(manifest.round, encoded.chunk, &records)?;
+            manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
+            progress.advance(encoded.ids.len() as u64, 0);
         }
         Ok(())
     })
 }
 
-/// Searches one chunk's query vectors and selects each query's negatives.
+/// One chunk's query vectors, as the encoding thread hands them over.
+struct EncodedChunk<'a> {
+    chunk: u32,
+    ids: &'a [String],
+    vectors: Vec<f32>,
+    seconds: f64,
+}
+
+/// Selects each query's negatives from the chunk's search hits.
 fn select_chunk(
     corpus: &TextTable,
     queries: &TextTable,
-    index: &mut OpenIndex,
-    ids: &[String],
-    vectors: &[f32],
+    index: &OpenIndex,
+    encoded: &EncodedChunk,
+    hits: &Hits,
     plan: &QueryPlan,
-    manifest: &RoundManifest,
-) -> Result<Vec<(String, QueryRecord)>> {
-    let params = &manifest.params;
+    params: &MiningParams,
+) -> Vec<(String, QueryRecord)> {
+    let (ids, vectors) = (encoded.ids, &encoded.vectors);
     let dim = index.embeddings.dim();
-    let hits = index.vectors.search(vectors, params.topk)?;
     let normalized_text = |row: usize| select::normalize(&corpus.full_text(row));
     let mut records = Vec::with_capacity(ids.len());
     for (q, qid) in ids.iter().enumerate() {
@@ -313,7 +342,7 @@ fn select_chunk(
             },
         ));
     }
-    Ok(records)
+    records
 }
 
 /// Each positive's score against the query and its rank in the top-k (if there).

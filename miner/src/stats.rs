@@ -21,6 +21,9 @@ pub struct RoundStats {
     pub positive_ranks: [usize; 5],
     pub positive_score_mean: f64,
     pub negative_score_mean: f64,
+    /// Score histograms over [-1, 1] in 20 bins of 0.1 (scores outside are clamped).
+    pub positive_score_histogram: Vec<usize>,
+    pub negative_score_histogram: Vec<usize>,
     /// Mean Jaccard overlap of each query's negatives with the previous round's.
     pub overlap_with_previous: Option<f64>,
 }
@@ -33,6 +36,13 @@ fn rank_bucket(rank: u32) -> usize {
         u32::MAX => 4,
         _ => 3,
     }
+}
+
+/// Histogram bins over [-1, 1].
+pub const BINS: usize = 20;
+
+fn bin(score: f32) -> usize {
+    (((score.clamp(-1.0, 1.0) + 1.0) / 2.0 * BINS as f32) as usize).min(BINS - 1)
 }
 
 fn mean(sum: f64, n: usize) -> f64 {
@@ -50,16 +60,20 @@ pub fn round_stats(
 ) -> RoundStats {
     let mut filtered = FilterCounts::default();
     let mut positive_ranks = [0usize; 5];
+    let mut positive_histogram = vec![0usize; BINS];
+    let mut negative_histogram = vec![0usize; BINS];
     let (mut pos_sum, mut pos_n, mut neg_sum, mut neg_n) = (0f64, 0usize, 0f64, 0usize);
     for (_, r) in records {
         filtered.add(&r.filtered);
         for p in &r.positives {
             positive_ranks[rank_bucket(p.rank)] += 1;
             pos_sum += p.score as f64;
+            positive_histogram[bin(p.score)] += 1;
             pos_n += 1;
         }
         for n in r.negatives.iter().filter(|n| n.score.is_finite()) {
             neg_sum += n.score as f64;
+            negative_histogram[bin(n.score)] += 1;
             neg_n += 1;
         }
     }
@@ -75,6 +89,8 @@ pub fn round_stats(
         positive_ranks,
         positive_score_mean: mean(pos_sum, pos_n),
         negative_score_mean: mean(neg_sum, neg_n),
+        positive_score_histogram: positive_histogram,
+        negative_score_histogram: negative_histogram,
         overlap_with_previous: previous.map(|prev| overlap(records, prev)),
     }
 }
@@ -104,4 +120,57 @@ pub fn overlap(a: &[(String, QueryRecord)], b: &[(String, QueryRecord)]) -> f64 
         }
     }
     mean(sum, n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ScoredDoc;
+
+    fn record(negatives: &[(&str, f32)], positive: (u32, f32), shortfall: u32) -> QueryRecord {
+        let doc = |id: &str, rank, score| ScoredDoc {
+            id: id.into(),
+            rank,
+            score,
+        };
+        QueryRecord {
+            negatives: negatives
+                .iter()
+                .enumerate()
+                .map(|(i, (id, s))| doc(id, 10 + i as u32, *s))
+                .collect(),
+            positives: vec![doc("p", positive.0, positive.1)],
+            survivors: negatives.len() as u32,
+            shortfall,
+            filtered: FilterCounts {
+                skipped: 10,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn summarises_counts_ranks_scores_and_overlap() {
+        let now = vec![
+            (
+                "q1".to_string(),
+                record(&[("a", 0.5), ("b", 0.45)], (0, 0.9), 0),
+            ),
+            ("q2".to_string(), record(&[("c", -0.2)], (u32::MAX, 0.1), 1)),
+        ];
+        let before = vec![(
+            "q1".to_string(),
+            record(&[("a", 0.5), ("z", 0.4)], (3, 0.8), 0),
+        )];
+        let s = round_stats(2, &now, Some(&before));
+        assert_eq!((s.queries, s.negatives_min, s.short_queries), (2, 1, 1));
+        assert_eq!(s.negatives_mean, 1.5);
+        assert_eq!(s.filtered.skipped, 20);
+        assert_eq!(s.positive_ranks, [1, 0, 0, 0, 1]);
+        assert_eq!(s.positive_score_histogram[bin(0.9)], 1);
+        assert_eq!(s.negative_score_histogram.iter().sum::<usize>(), 3);
+        assert_eq!(s.negative_score_histogram[bin(-0.2)], 1);
+        // q1: {a, b} vs {a, z} share 1 of 3; q2 has no previous round.
+        assert!((s.overlap_with_previous.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+    }
 }

@@ -52,6 +52,17 @@ pub struct RoundManifest {
     pub complete: bool,
     pub created_unix: u64,
     pub seconds: f64,
+    /// Where the time went, summed over resumed runs.
+    pub timings: MiningTimings,
+}
+
+/// Seconds spent per stage of mining. Encoding runs on its own thread,
+/// overlapping the others, so the stages add up to more than `seconds`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MiningTimings {
+    pub encode_seconds: f64,
+    pub search_seconds: f64,
+    pub select_store_seconds: f64,
 }
 
 pub struct NegativeStore {

@@ -1,7 +1,9 @@
 //! `cpack mine`, `cpack mine export`, `cpack mine stats`.
 
 use super::{load_config, open_encoder, Context};
-use crate::cli::{MineAction, MineArgs, MineExportArgs, MineRunArgs, MineStatsArgs};
+use crate::cli::{
+    MineAction, MineArgs, MineExportArgs, MineImportArgs, MineRunArgs, MineStatsArgs,
+};
 use crate::config::Config;
 use anyhow::{bail, Context as _, Result};
 use cpack_index::dataset::{Dataset, Qrels};
@@ -18,7 +20,27 @@ pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
         None => mine(ctx, args.run),
         Some(MineAction::Export(export)) => export_round(ctx, export),
         Some(MineAction::Stats(stats)) => round_stats(ctx, stats),
+        Some(MineAction::Import(import)) => import_round(ctx, import),
     }
+}
+
+fn import_round(ctx: &Context, args: MineImportArgs) -> Result<()> {
+    let config = load_config(ctx, &Default::default())?;
+    let store = open_store(&config)?;
+    let dataset = Dataset::load(config.data()?.clone())?;
+    let manifest = cpack_miner::import::import_flag_embedding(
+        &store,
+        &args.input,
+        &dataset.corpus,
+        &dataset.queries,
+    )?;
+    println!(
+        "imported {} queries from {} as round {}",
+        manifest.total_queries,
+        args.input.display(),
+        manifest.round
+    );
+    Ok(())
 }
 
 fn open_store(config: &Config) -> Result<NegativeStore> {
@@ -139,6 +161,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
                         "negatives_mean": s.negatives_mean,
                         "short_queries": s.short_queries,
                         "seconds": manifest.seconds,
+                        "timings": manifest.timings,
                     })
                 );
             } else {
