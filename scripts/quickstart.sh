@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The main job, end to end on a real dataset: set up, build cpack, then in a
 # workspace for InsuranceQA (English, 27,413 answers) with all-MiniLM-L6-v2:
-# init → index build → eval on the 2,000 test questions → a few searches.
+# init → index build → eval on the 2,000 test questions → a few searches →
+# mine hard negatives for the 12,889 training questions → export and check them.
 # Re-running resumes or skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$PWD"
 bash scripts/setup.sh
 cargo build --release --bin cpack
-CPACK="$PWD/target/release/cpack"
-WS="${CPACK_QUICKSTART_DIR:-$PWD/.cache/quickstart-insuranceqa}"
+CPACK="$ROOT/target/release/cpack"
+WS="${CPACK_QUICKSTART_DIR:-$ROOT/.cache/quickstart-insuranceqa}"
 mkdir -p "$WS"
 cd "$WS"
-[ -f cpack.toml ] || "$CPACK" init --data "$OLDPWD/.cache/data/insuranceqa-en" --model "$OLDPWD/.cache/models/all-MiniLM-L6-v2"
+[ -f cpack.toml ] || "$CPACK" init --data "$ROOT/.cache/data/insuranceqa-en" --model "$ROOT/.cache/models/all-MiniLM-L6-v2"
 "$CPACK" index build
 "$CPACK" eval --split test
 for q in "Does renters insurance cover theft from my car?" \
@@ -20,3 +22,9 @@ for q in "Does renters insurance cover theft from my car?" \
   echo "== $q"
   "$CPACK" search -k 3 "$q"
 done
+"$CPACK" mine --topk 200 --skip 10
+"$CPACK" mine stats
+"$CPACK" mine export --format ids --output negatives-ids.jsonl
+"$CPACK" mine export --format flag-embedding --output negatives-flag-embedding.jsonl
+python3 "$ROOT/scripts/check_mined.py" --ids negatives-ids.jsonl --flag negatives-flag-embedding.jsonl \
+  --qrels "$ROOT/.cache/data/insuranceqa-en/qrels" --skip 10 --topk 200

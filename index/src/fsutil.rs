@@ -8,7 +8,10 @@ use std::path::Path;
 /// Writes `bytes` to `path` so that a reader sees either the old content or the
 /// new one, never a torn file, whatever moment the process dies at.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy())

@@ -12,6 +12,7 @@ use cpack_index::dataset::{Qrels, TextTable};
 use cpack_index::store::OpenIndex;
 use cpack_index::vector::Hits;
 use cpack_index::{Encoder, Progress, TextKind};
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -145,6 +146,8 @@ struct QueryPlan {
     query_ids: Vec<String>,
     positives: HashMap<String, HashSet<usize>>,
     without_positives: usize,
+    /// [`select::text_key`] of every passage, by index row.
+    passage_keys: Vec<u64>,
 }
 
 impl QueryPlan {
@@ -186,10 +189,15 @@ impl QueryPlan {
                 without_positives += 1;
             }
         }
+        let passage_keys = (0..input.corpus.len())
+            .into_par_iter()
+            .map(|row| select::text_key(&input.corpus.full_text(row)))
+            .collect();
         Ok(QueryPlan {
             query_ids,
             positives,
             without_positives,
+            passage_keys,
         })
     }
 }
@@ -202,7 +210,6 @@ fn run_chunks(
     progress: &dyn Progress,
 ) -> Result<()> {
     let MiningInput {
-        corpus,
         queries,
         encoder,
         index,
@@ -253,15 +260,7 @@ fn run_chunks(
                 .search(&encoded.vectors, manifest.params.topk)?;
             manifest.timings.search_seconds += started.elapsed().as_secs_f64();
             let started = Instant::now();
-            let records = select_chunk(
-                corpus,
-                queries,
-                index,
-                &encoded,
-                &hits,
-                plan,
-                &manifest.params,
-            );
+            let records = select_chunk(queries, index, &encoded, &hits, plan, &manifest.params);
             store.put_chunk(manifest.round, encoded.chunk, &records)?;
             manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
             progress.advance(encoded.ids.len() as u64, 0);
@@ -280,7 +279,6 @@ struct EncodedChunk<'a> {
 
 /// Selects each query's negatives from the chunk's search hits.
 fn select_chunk(
-    corpus: &TextTable,
     queries: &TextTable,
     index: &OpenIndex,
     encoded: &EncodedChunk,
@@ -290,7 +288,7 @@ fn select_chunk(
 ) -> Vec<(String, QueryRecord)> {
     let (ids, vectors) = (encoded.ids, &encoded.vectors);
     let dim = index.embeddings.dim();
-    let normalized_text = |row: usize| select::normalize(&corpus.full_text(row));
+    let text_key_of = |row: usize| plan.passage_keys[row];
     let mut records = Vec::with_capacity(ids.len());
     for (q, qid) in ids.iter().enumerate() {
         let query_vector = &vectors[q * dim..(q + 1) * dim];
@@ -306,17 +304,15 @@ fn select_chunk(
         let positive_rows = &plan.positives[qid];
         let positives = score_positives(index, positive_rows, query_vector, &candidates);
         let facts = QueryFacts {
-            text: select::normalize(
-                &queries.texts[queries.position(qid).expect("qrels validated")],
-            ),
+            text: select::text_key(&queries.texts[queries.position(qid).expect("qrels validated")]),
             positive_rows,
-            positive_texts: positive_rows.iter().map(|&r| normalized_text(r)).collect(),
+            positive_texts: positive_rows.iter().map(|&r| text_key_of(r)).collect(),
             lowest_positive_score: positives.iter().map(|p| p.score).reduce(f32::min),
         };
         let mut rng = Rng::for_query(params.seed, qid);
         let selection = select::select(
             &candidates,
-            &normalized_text,
+            &text_key_of,
             &facts,
             params,
             index.ids.len(),

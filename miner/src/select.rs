@@ -16,11 +16,11 @@ pub struct Candidate {
 
 /// What a query's candidates are checked against.
 pub struct QueryFacts<'a> {
-    /// Normalised query text (see [`normalize`]).
-    pub text: String,
+    /// [`text_key`] of the query text.
+    pub text: u64,
     pub positive_rows: &'a HashSet<usize>,
-    /// Normalised texts of the positives.
-    pub positive_texts: HashSet<String>,
+    /// [`text_key`]s of the positives' texts.
+    pub positive_texts: HashSet<u64>,
     /// Lowest score among the positives, for the margin filters.
     pub lowest_positive_score: Option<f32>,
 }
@@ -64,12 +64,21 @@ pub struct Selection {
 /// Rank marker of padded negatives (they were never retrieved).
 pub const PADDED: u32 = u32::MAX;
 
-/// Lower case, whitespace collapsed: "same text" for the duplicate guards.
-pub fn normalize(text: &str) -> String {
-    text.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+/// A 64-bit hash of the text lower-cased with whitespace runs collapsed:
+/// "same text" for the duplicate guards, computed once per passage instead
+/// of comparing long strings for every candidate.
+pub fn text_key(text: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for (i, word) in text.split_whitespace().enumerate() {
+        if i > 0 {
+            hasher.write_u8(b' ');
+        }
+        for c in word.chars().flat_map(char::to_lowercase) {
+            hasher.write_u32(c as u32);
+        }
+    }
+    hasher.finish()
 }
 
 /// SplitMix64, seeded per query so results do not depend on order or threads.
@@ -112,14 +121,14 @@ enum Rejection {
 
 fn rejection(
     c: &Candidate,
-    normalized_text_of: &dyn Fn(usize) -> String,
+    text_key_of: &dyn Fn(usize) -> u64,
     facts: &QueryFacts,
     params: &MiningParams,
 ) -> Option<Rejection> {
     if facts.positive_rows.contains(&c.row) {
         return Some(Rejection::Positive);
     }
-    let text = normalized_text_of(c.row);
+    let text = text_key_of(c.row);
     if text == facts.text {
         return Some(Rejection::QueryText);
     }
@@ -162,7 +171,7 @@ impl FilterCounts {
 /// survivors), then samples `params.negatives`.
 pub fn select(
     candidates: &[Candidate],
-    normalized_text_of: &dyn Fn(usize) -> String,
+    text_key_of: &dyn Fn(usize) -> u64,
     facts: &QueryFacts,
     params: &MiningParams,
     corpus_rows: usize,
@@ -175,7 +184,7 @@ pub fn select(
             filtered.skipped += 1;
             continue;
         }
-        match rejection(c, normalized_text_of, facts, params) {
+        match rejection(c, text_key_of, facts, params) {
             Some(why) => filtered.count(why),
             None => survivors.push(*c),
         }
@@ -275,9 +284,10 @@ mod tests {
             .collect()
     }
 
+    /// Row 104 repeats the query (other case and spacing); 105 copies a positive.
     fn texts(row: usize) -> String {
         match row {
-            104 => "the query".into(),
+            104 => "the query ".into(),
             105 => "positive text".into(),
             _ => format!("passage {row}"),
         }
@@ -285,14 +295,14 @@ mod tests {
 
     fn run(p: &MiningParams, positives: &HashSet<usize>, lowest: Option<f32>) -> Selection {
         let facts = QueryFacts {
-            text: "the query".into(),
+            text: text_key("The  query"),
             positive_rows: positives,
-            positive_texts: ["positive text".to_string()].into_iter().collect(),
+            positive_texts: [text_key("positive text")].into_iter().collect(),
             lowest_positive_score: lowest,
         };
         select(
             &ranked(10),
-            &texts,
+            &|row| text_key(&texts(row)),
             &facts,
             p,
             1000,

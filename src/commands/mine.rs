@@ -250,23 +250,35 @@ fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
         );
         return Ok(());
     }
+    print_stats(&manifest, &s);
+    if let Some(o) = s.overlap_with_previous {
+        println!(
+            "overlap           {:.3} mean Jaccard with the previous round's negatives",
+            o
+        );
+    }
+    Ok(())
+}
+
+fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
     let p = &manifest.params;
+    let t = &manifest.timings;
     println!(
-        "round {} · split {} · index {} · {:.1}s",
-        manifest.round, p.split, manifest.index_generation, manifest.seconds
+        "round {} · split {} · index {}",
+        manifest.round, p.split, manifest.index_generation
     );
     println!(
-        "settings          topk {} · skip {}{} · {} negatives ({:?}) · seed {}",
-        p.topk,
-        p.skip,
-        if p.skip_after_filter {
-            " after filters"
-        } else {
-            " raw ranks"
-        },
-        p.negatives,
-        p.sampling,
-        p.seed
+        "time              {:.1}s: encode queries {:.1}s (alongside) · search {:.2}s · select + store {:.2}s",
+        manifest.seconds, t.encode_seconds, t.search_seconds, t.select_store_seconds
+    );
+    let skip_kind = if p.skip_after_filter {
+        "after filters"
+    } else {
+        "raw ranks"
+    };
+    println!(
+        "settings          topk {} · skip {} {skip_kind} · {} negatives ({:?}) · seed {}",
+        p.topk, p.skip, p.negatives, p.sampling, p.seed
     );
     println!(
         "queries           {} ({} with negatives)",
@@ -290,11 +302,30 @@ fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
         "mean scores       positives {:.4} · negatives {:.4}",
         s.positive_score_mean, s.negative_score_mean
     );
-    if let Some(o) = s.overlap_with_previous {
+    println!("score histogram   share of positives (P) and negatives (N) per 0.1-wide bin");
+    let share = |h: &[usize]| {
+        let total = h.iter().sum::<usize>().max(1) as f64;
+        h.iter().map(|&c| c as f64 / total).collect::<Vec<_>>()
+    };
+    let (pos, neg) = (
+        share(&s.positive_score_histogram),
+        share(&s.negative_score_histogram),
+    );
+    let bar = |x: f64| "#".repeat((x * 50.0).round() as usize);
+    for (i, (p, n)) in pos
+        .iter()
+        .zip(&neg)
+        .enumerate()
+        .filter(|(_, (p, n))| **p + **n > 0.0)
+    {
+        let low = -1.0 + i as f64 * 0.1;
         println!(
-            "overlap           {:.3} mean Jaccard with the previous round's negatives",
-            o
+            "  {low:+.1}..{:+.1}  P {:5.1}% {:<25} N {:5.1}% {}",
+            low + 0.1,
+            p * 100.0,
+            bar(*p),
+            n * 100.0,
+            bar(*n)
         );
     }
-    Ok(())
 }
