@@ -258,7 +258,7 @@ pub struct MineRunArgs {
     #[arg(long)]
     pub force: bool,
     /// Queries per resumable chunk (a killed run redoes at most one chunk).
-    #[arg(long, default_value_t = 256, hide = true)]
+    #[arg(long, default_value_t = 2048, hide = true)]
     pub chunk_queries: usize,
     /// Instead of mining, delete all rounds but the newest --keep.
     #[arg(long)]

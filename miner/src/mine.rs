@@ -34,7 +34,7 @@ impl Default for MineOptions {
     fn default() -> Self {
         MineOptions {
             force: false,
-            chunk_queries: 256,
+            chunk_queries: 2048,
         }
     }
 }
