@@ -5,6 +5,7 @@
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     // max/min rather than clamp: they map onto vector min/max instructions.
+    #[allow(clippy::manual_clamp)]
     let x = x.max(-4.0).min(4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
