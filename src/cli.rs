@@ -6,21 +6,22 @@ use std::path::PathBuf;
 /// cpack — hard-negative mining and retrieval for BGE-style embedders.
 ///
 /// cpack works inside a workspace: a directory holding `cpack.toml` (made by
-/// `cpack init`), the way cargo works on Cargo.toml. State (the index, later
-/// the mined negatives and checkpoints) lives under `.cpack/` beside it.
+/// `cpack init`), the way cargo works on Cargo.toml. State (the index, the
+/// mined negatives, later checkpoints) lives under `.cpack/` beside it.
 /// Every flag that mirrors a `cpack.toml` key overrides it for one run.
-///
-/// Typical session:
-///   cpack init --data ./my-beir-set --model ./all-MiniLM-L6-v2
-///   cpack index build
-///   cpack eval --split test
-///   cpack search "how do I file a claim?"
 #[derive(Parser, Debug)]
 #[command(
     name = "cpack",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = "Typical session:
+  cpack init --data ./my-beir-set --model ./all-MiniLM-L6-v2
+  cpack index build
+  cpack eval --split test
+  cpack search \"how do I file a claim?\"
+  cpack mine --topk 200 --skip 10
+  cpack mine export --format flag-embedding --output train.jsonl"
 )]
 pub struct Cli {
     /// Workspace directory (holding cpack.toml); default: the current directory.
