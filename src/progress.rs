@@ -55,7 +55,7 @@ impl Progress for Bars {
         let template = if total == 0 {
             "{spinner} {prefix} {elapsed}"
         } else {
-            "{prefix:>18} [{bar:30}] {pos}/{len} {per_sec} {msg} eta {eta}"
+            "{prefix:>18} [{bar:30}] {pos}/{len} {msg} eta {eta}"
         };
         bar.set_style(
             ProgressStyle::with_template(template)
@@ -73,11 +73,14 @@ impl Progress for Bars {
     fn advance(&self, items: u64, tokens: u64) {
         if let Some(stage) = self.current.lock().expect("progress lock").as_mut() {
             stage.bar.inc(items);
-            if tokens > 0 {
-                stage.tokens += tokens;
-                let rate = stage.tokens as f64 / stage.started.elapsed().as_secs_f64().max(1e-3);
-                stage.bar.set_message(format!("{rate:.0} tok/s"));
-            }
+            stage.tokens += tokens;
+            let seconds = stage.started.elapsed().as_secs_f64().max(1e-3);
+            let rate = stage.bar.position() as f64 / seconds;
+            stage.bar.set_message(if stage.tokens > 0 {
+                format!("{rate:.0}/s · {:.0} tok/s", stage.tokens as f64 / seconds)
+            } else {
+                format!("{rate:.0}/s")
+            });
         }
     }
 
