@@ -9,6 +9,7 @@
 //!     ids.json            corpus ids in row order
 //!     embeddings.f32      rows × dim (or embeddings.f16)
 //!     vectors.faiss       the FAISS index, when the backend is FAISS
+//!   LOCK                  held (flock) by the one build allowed at a time
 //!   build/                the build in progress, if any
 //!     state.json          its plan and the rows already encoded and synced
 //!     embeddings.f32      the rows encoded so far
@@ -182,6 +183,7 @@ const BUILD: &str = "build";
 const STATE: &str = "state.json";
 const MANIFEST: &str = "manifest.json";
 const IDS: &str = "ids.json";
+const LOCK: &str = "LOCK";
 
 impl IndexDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -275,6 +277,7 @@ impl IndexDir {
         progress: &dyn Progress,
     ) -> Result<BuildOutcome> {
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
+        let _lock = self.lock()?;
         if !options.force {
             if let Some((generation, manifest)) = self.current()? {
                 if manifest.plan == plan {
@@ -326,6 +329,26 @@ impl IndexDir {
             resumed_from_row,
             manifest: Box::new(manifest),
         })
+    }
+
+    /// Holds the workspace's build lock until dropped: two builds writing
+    /// `build/` at once would interleave their chunks.
+    fn lock(&self) -> Result<fs::File> {
+        let path = self.root.join(LOCK);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::BadFile {
+                path,
+                problem: "another cpack is building this index; wait for it or stop it".into(),
+            }),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
+        }
     }
 
     /// Picks up `build/` if it was started with the same plan, else clears it.
@@ -717,6 +740,34 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(embeddings_file(&dir), embeddings_file(&clean_dir));
+    }
+
+    #[test]
+    fn a_second_concurrent_build_is_refused() {
+        let f = fixture();
+        let enc = encoder(&f);
+        let p = plan(&f, &enc, IndexKind::Exact);
+        let dir = IndexDir::new(&f.root);
+        std::fs::create_dir_all(&f.root).unwrap();
+        let held = dir.lock().unwrap();
+        let err = dir
+            .build(
+                p.clone(),
+                provenance(),
+                &f.corpus,
+                &enc,
+                opts(4, false),
+                &Silent,
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("another cpack is building this index"),
+            "{err}"
+        );
+        drop(held);
+        dir.build(p, provenance(), &f.corpus, &enc, opts(4, false), &Silent)
+            .unwrap();
     }
 
     #[test]
