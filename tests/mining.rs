@@ -209,37 +209,16 @@ fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
 fn same_seed_same_negatives_whatever_batch_size_or_threads() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = cmrc_workspace(tmp.path(), "ws");
-    ok(
-        &ws,
-        &[
-            "mine",
-            "--topk",
-            "40",
-            "--seed",
-            "7",
-            "--batch-size",
-            "32",
-            "--threads",
-            "2",
-        ],
-    );
-    let again = json(&ok(&ws, &["mine", "--topk", "40", "--seed", "7", "--json"]));
+    let mine = |extra: &[&str]| {
+        ok(
+            &ws,
+            &[&["mine", "--topk", "40", "--seed", "7"], extra].concat(),
+        )
+    };
+    mine(&["--batch-size", "32", "--threads", "2"]);
+    let again = json(&mine(&["--json"]));
     assert_eq!(again["status"], "up-to-date");
-    ok(
-        &ws,
-        &[
-            "mine",
-            "--topk",
-            "40",
-            "--seed",
-            "7",
-            "--batch-size",
-            "5",
-            "--threads",
-            "1",
-            "--force",
-        ],
-    );
+    mine(&["--batch-size", "5", "--threads", "1", "--force"]);
     ok(&ws, &["mine", "--topk", "40", "--seed", "8", "--force"]);
     let export = |round: &str| {
         ok(

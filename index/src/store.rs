@@ -59,45 +59,23 @@ impl EmbeddingStamp {
         &self,
         other: &EmbeddingStamp,
     ) -> Option<(&'static str, String, String)> {
-        let fields: [(&'static str, String, String); 8] = [
-            (
-                "model fingerprint",
-                self.model_fingerprint.clone(),
-                other.model_fingerprint.clone(),
-            ),
-            ("dimension", self.dim.to_string(), other.dim.to_string()),
-            (
-                "query instruction",
-                format!("{:?}", self.query_instruction),
-                format!("{:?}", other.query_instruction),
-            ),
-            (
-                "pooling",
-                self.pooling.to_string(),
-                other.pooling.to_string(),
-            ),
-            (
-                "normalize",
-                self.normalize.to_string(),
-                other.normalize.to_string(),
-            ),
-            (
-                "passage max length",
-                self.passage_max_len.to_string(),
-                other.passage_max_len.to_string(),
-            ),
-            (
-                "query max length",
-                self.query_max_len.to_string(),
-                other.query_max_len.to_string(),
-            ),
-            (
-                "encoder backend",
-                self.encoder_backend.clone(),
-                other.encoder_backend.clone(),
-            ),
-        ];
-        fields.into_iter().find(|(_, a, b)| a != b)
+        let field = |name: &'static str, value: fn(&EmbeddingStamp) -> String| {
+            (name, value(self), value(other))
+        };
+        [
+            field("model fingerprint", |s| s.model_fingerprint.clone()),
+            field("dimension", |s| s.dim.to_string()),
+            field("query instruction", |s| {
+                format!("{:?}", s.query_instruction)
+            }),
+            field("pooling", |s| s.pooling.to_string()),
+            field("normalize", |s| s.normalize.to_string()),
+            field("passage max length", |s| s.passage_max_len.to_string()),
+            field("query max length", |s| s.query_max_len.to_string()),
+            field("encoder backend", |s| s.encoder_backend.clone()),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a != b)
     }
 }
 
