@@ -86,11 +86,54 @@ impl EncoderSettings {
 /// Receives each embedded batch: its text rows, their vectors, its real-token count.
 type BatchSink<'a> = dyn FnMut(&[usize], &[f32], usize) + 'a;
 
+/// Query and passage tokenizers with their own lengths; queries get the
+/// instruction, passages never do. Shared by the encoder and the trainer so
+/// both feed the model identical token ids.
+#[derive(Clone)]
+pub struct PairTokenizer {
+    query: TextTokenizer,
+    passage: TextTokenizer,
+    query_instruction: String,
+}
+
+impl PairTokenizer {
+    pub fn load(model: &ModelDir, settings: &EncoderSettings) -> Result<Self> {
+        let max_positions = model.config.max_position_embeddings;
+        for len in [settings.query_max_len, settings.passage_max_len] {
+            if len < 2 || len > max_positions {
+                return Err(Error::Invalid(format!(
+                    "max length {len} is outside 2..={max_positions} (the model's max_position_embeddings)"
+                )));
+            }
+        }
+        Ok(PairTokenizer {
+            query: TextTokenizer::load(&model.tokenizer, settings.query_max_len)?,
+            passage: TextTokenizer::load(&model.tokenizer, settings.passage_max_len)?,
+            query_instruction: settings.query_instruction.clone(),
+        })
+    }
+
+    /// Token ids exactly as the model will see them (instruction included for queries).
+    pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Vec<Vec<u32>>> {
+        match kind {
+            TextKind::Passage => self.passage.encode_batch(texts),
+            TextKind::Query if self.query_instruction.is_empty() => self.query.encode_batch(texts),
+            TextKind::Query => {
+                let prefixed: Vec<String> = texts
+                    .iter()
+                    .map(|t| format!("{}{t}", self.query_instruction))
+                    .collect();
+                let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+                self.query.encode_batch(&refs)
+            }
+        }
+    }
+}
+
 /// A tokenizer pair plus a backend: the whole text → vector path.
 pub struct Encoder {
     backend: Box<dyn EncoderBackend>,
-    query_tokenizer: TextTokenizer,
-    passage_tokenizer: TextTokenizer,
+    tokenizer: PairTokenizer,
     settings: EncoderSettings,
     workers: usize,
 }
@@ -101,20 +144,11 @@ impl Encoder {
         settings: EncoderSettings,
         backend: Box<dyn EncoderBackend>,
     ) -> Result<Self> {
-        let max_positions = model.config.max_position_embeddings;
-        for len in [settings.query_max_len, settings.passage_max_len] {
-            if len < 2 || len > max_positions {
-                return Err(Error::Invalid(format!(
-                    "max length {len} is outside 2..={max_positions} (the model's max_position_embeddings)"
-                )));
-            }
-        }
         if settings.batch_size == 0 {
             return Err(Error::Invalid("batch size must be at least 1".into()));
         }
         Ok(Encoder {
-            query_tokenizer: TextTokenizer::load(&model.tokenizer, settings.query_max_len)?,
-            passage_tokenizer: TextTokenizer::load(&model.tokenizer, settings.passage_max_len)?,
+            tokenizer: PairTokenizer::load(model, &settings)?,
             backend,
             settings,
             workers: 1,
@@ -147,20 +181,7 @@ impl Encoder {
 
     /// Token ids exactly as the model will see them (instruction included for queries).
     pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Vec<Vec<u32>>> {
-        match kind {
-            TextKind::Passage => self.passage_tokenizer.encode_batch(texts),
-            TextKind::Query if self.settings.query_instruction.is_empty() => {
-                self.query_tokenizer.encode_batch(texts)
-            }
-            TextKind::Query => {
-                let prefixed: Vec<String> = texts
-                    .iter()
-                    .map(|t| format!("{}{t}", self.settings.query_instruction))
-                    .collect();
-                let refs: Vec<&str> = prefixed.iter().map(String::as_str).collect();
-                self.query_tokenizer.encode_batch(&refs)
-            }
-        }
+        self.tokenizer.tokenize(texts, kind)
     }
 
     /// Embeds `texts` in order, `[texts.len(), dim]` row-major. Batches are

@@ -19,7 +19,7 @@ pub mod store;
 pub mod tokenize;
 pub mod vector;
 
-pub use encoder::{Encoder, EncoderBackend, EncoderSettings, TextKind, TokenBatch};
+pub use encoder::{Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch};
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};
 #[cfg(any(test, feature = "test-model"))]

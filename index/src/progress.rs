@@ -8,6 +8,8 @@ pub trait Progress: Sync {
     fn advance(&self, items: u64, tokens: u64);
     /// A line worth showing the user (resumed builds, skipped work).
     fn note(&self, message: &str);
+    /// A short running figure for the current stage (training loss).
+    fn detail(&self, _text: &str) {}
 }
 
 /// Discards all progress (tests, `--quiet`).

@@ -3,7 +3,8 @@
 //! Two forward flavours share the weights: [`Mode::Inference`] uses candle's
 //! fused layer-norm and softmax kernels (fast, but they have no backward and
 //! silently detach), [`Mode::Differentiable`] uses plain ops so gradients reach
-//! every weight. The trainer must use the latter.
+//! every weight. The trainer must use the latter, through
+//! [`BertModel::forward_train`], which also applies the config's dropout.
 
 use super::config::{Activation, BertConfig};
 use candle_core::{DType, Result, Tensor, D};
@@ -200,6 +201,80 @@ impl Layer {
     }
 }
 
+/// Batch geometry of one forward pass.
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    seq: usize,
+}
+
+/// Training-time dropout, as Hugging Face's BERT applies it: after the
+/// embeddings, on the attention probabilities, and on both sublayer outputs
+/// before their residual sums. Kept elements are scaled by 1/(1 − p).
+///
+/// Masks come from a seeded generator rather than candle's unseeded CPU
+/// random source, so a training step is reproducible from its seed.
+pub struct Dropout {
+    hidden: f32,
+    attention: f32,
+    state: std::sync::Mutex<u64>,
+}
+
+impl Dropout {
+    /// `hidden` and `attention` are the drop probabilities (`hidden_dropout_prob`,
+    /// `attention_probs_dropout_prob` in config.json).
+    pub fn new(hidden: f32, attention: f32, seed: u64) -> Self {
+        Dropout {
+            hidden,
+            attention,
+            state: std::sync::Mutex::new(seed),
+        }
+    }
+
+    fn hidden(dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
+        match dropout {
+            Some(d) => d.apply(x, d.hidden),
+            None => Ok(x.clone()),
+        }
+    }
+
+    fn attention(dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
+        match dropout {
+            Some(d) => d.apply(x, d.attention),
+            None => Ok(x.clone()),
+        }
+    }
+
+    fn apply(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let scale = 1.0 / (1.0 - p);
+        // Compare 24 random bits against p·2²⁴: exact enough for a keep test.
+        let threshold = (p * (1u32 << 24) as f32) as u64;
+        let mut state = self.state.lock().expect("dropout state lock");
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if splitmix64(&mut state) >> 40 < threshold {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect();
+        x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+    }
+}
+
+/// SplitMix64: a tiny, fast, well-mixed generator for dropout masks.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// BERT without its pooler: token ids in, last hidden states out.
 pub struct BertModel {
     embeddings: Embeddings,
@@ -233,13 +308,34 @@ impl BertModel {
         attention_mask: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
+        self.run(input_ids, attention_mask, mode, None)
+    }
+
+    /// The differentiable forward pass with training-time dropout (`None` = no dropout).
+    pub fn forward_train(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        self.run(input_ids, attention_mask, Mode::Differentiable, dropout)
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let key_bias =
             ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, seq))?;
-        let mut hidden = self.embeddings.forward(input_ids, mode)?;
+        let mut hidden = Dropout::hidden(dropout, &self.embeddings.forward(input_ids, mode)?)?;
+        let shape = Shape { batch, seq };
         for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &key_bias, batch, seq, mode)?;
+            hidden = self.layer_forward(layer, &hidden, &key_bias, shape, mode, dropout)?;
         }
         hidden.reshape((batch, seq, ()))
     }
@@ -249,15 +345,13 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        batch: usize,
-        seq: usize,
+        shape: Shape,
         mode: Mode,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let context = self.attention(layer, hidden, key_bias, batch, seq, mode)?;
-        let attended = layer.attention_norm.forward(
-            &(layer.attention_out.forward(&context, mode)? + hidden)?,
-            mode,
-        )?;
+        let context = self.attention(layer, hidden, key_bias, shape, mode, dropout)?;
+        let projected = Dropout::hidden(dropout, &layer.attention_out.forward(&context, mode)?)?;
+        let attended = layer.attention_norm.forward(&(projected + hidden)?, mode)?;
         let inner = layer.intermediate.forward(&attended, mode)?;
         let inner = match self.activation {
             Activation::Gelu if mode == Mode::Inference => super::gelu::gelu_erf(&inner)?,
@@ -265,9 +359,8 @@ impl BertModel {
             Activation::GeluNew => inner.gelu()?,
             Activation::Relu => inner.relu()?,
         };
-        layer
-            .output_norm
-            .forward(&(layer.output.forward(&inner, mode)? + attended)?, mode)
+        let projected = Dropout::hidden(dropout, &layer.output.forward(&inner, mode)?)?;
+        layer.output_norm.forward(&(projected + attended)?, mode)
     }
 
     /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`.
@@ -276,9 +369,9 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        batch: usize,
-        seq: usize,
+        Shape { batch, seq }: Shape,
         mode: Mode,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let qkv = layer
             .qkv
@@ -295,7 +388,7 @@ impl BertModel {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
             Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
         };
-        probs
+        Dropout::attention(dropout, &probs)?
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?

@@ -8,7 +8,7 @@ mod config;
 mod gelu;
 mod math;
 
-pub use bert::{BertModel, Mode};
+pub use bert::{BertModel, Dropout, Mode};
 pub use config::{Activation, BertConfig};
 
 /// Stops glibc from handing every freed buffer over 128 KiB back to the OS:

@@ -1,0 +1,280 @@
+//! Checkpoints in Hugging Face layout, written atomically.
+//!
+//! `epoch-N/` holds `model.safetensors` (every tensor of the base checkpoint
+//! under its original name, trained values in place of the variables,
+//! `{"format":"pt"}` metadata), `config.json`, the tokenizer files and the
+//! sentence-transformers module files, so `SentenceTransformer(path)` and
+//! `cpack init --model path` both load it. Beside the model it keeps what
+//! `--resume` needs: `optimizer.safetensors` (AdamW moments) and
+//! `trainer_state.json`. The folder is assembled as `.epoch-N.partial/`,
+//! every file fsynced, then renamed into place: a reader sees a whole
+//! checkpoint or none, and a crash never touches the previous one.
+
+use crate::error::{Error, Result};
+use crate::model::TrainableEncoder;
+use crate::optim::AdamW;
+use candle_core::{Device, Tensor};
+use cpack_index::fsutil;
+use cpack_index::model::{ModelDir, Pooling};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const FORMAT_VERSION: u32 = 1;
+
+/// Files copied unchanged from the base model when present.
+const COPIED: [&str; 7] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "added_tokens.json",
+    "config_sentence_transformers.json",
+];
+
+/// Where training stood when the checkpoint was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    pub format_version: u32,
+    /// Epochs completed (this checkpoint is `epoch-{epoch}`).
+    pub epoch: usize,
+    pub optimizer_steps: u64,
+    pub total_steps: u64,
+    /// Mining round the epoch trained on.
+    pub round: Option<u32>,
+    pub mean_loss: f64,
+}
+
+impl TrainerState {
+    pub fn new(
+        epoch: usize,
+        optimizer_steps: u64,
+        total_steps: u64,
+        round: Option<u32>,
+        mean_loss: f64,
+    ) -> Self {
+        TrainerState {
+            format_version: FORMAT_VERSION,
+            epoch,
+            optimizer_steps,
+            total_steps,
+            round,
+            mean_loss,
+        }
+    }
+}
+
+/// How the sentence-transformers module files describe the trained model.
+pub struct Modules {
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_seq_length: usize,
+}
+
+pub fn epoch_dir(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir.join(format!("epoch-{epoch}"))
+}
+
+/// Writes `epoch-{state.epoch}` under `run_dir`; fails (leaving older
+/// checkpoints as they were) if any write fails.
+pub fn save(
+    run_dir: &Path,
+    base: &ModelDir,
+    encoder: &TrainableEncoder,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    modules: &Modules,
+) -> Result<PathBuf> {
+    let target = epoch_dir(run_dir, state.epoch);
+    let partial = run_dir.join(format!(".epoch-{}.partial", state.epoch));
+    if partial.exists() {
+        fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
+    }
+    let written = write_all(&partial, base, encoder, optimizer, state, modules);
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&partial);
+        return Err(e);
+    }
+    if target.exists() {
+        fs::remove_dir_all(&target).map_err(Error::io("remove", &target))?;
+    }
+    fs::rename(&partial, &target).map_err(Error::io("rename into place", &target))?;
+    fsutil::sync_dir(run_dir)?;
+    Ok(target)
+}
+
+fn write_all(
+    dir: &Path,
+    base: &ModelDir,
+    encoder: &TrainableEncoder,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    modules: &Modules,
+) -> Result<()> {
+    fs::create_dir_all(dir.join("1_Pooling")).map_err(Error::io("create", dir))?;
+    for name in COPIED {
+        let from = base.dir.join(name);
+        if from.exists() {
+            write_synced(&dir.join(name), &fsutil::read(&from)?)?;
+        }
+    }
+    write_synced(&dir.join("model.safetensors"), &model_bytes(base, encoder)?)?;
+    write_modules(dir, modules, base.hidden_size())?;
+    let moments: Vec<(String, Tensor)> = optimizer.state();
+    let metadata = HashMap::from([("steps".to_string(), optimizer.steps().to_string())]);
+    write_synced(&dir.join(OPTIMIZER_FILE), &serialize(&moments, metadata)?)?;
+    write_synced(
+        &dir.join(STATE_FILE),
+        &serde_json::to_vec_pretty(state).expect("plain data"),
+    )?;
+    fsutil::sync_dir(dir)?;
+    Ok(fsutil::sync_dir(&dir.join("1_Pooling"))?)
+}
+
+/// Every tensor of the base weights file, with trained values for the variables.
+fn model_bytes(base: &ModelDir, encoder: &TrainableEncoder) -> Result<Vec<u8>> {
+    let raw = fsutil::read(&base.weights)?;
+    let original = SafeTensors::deserialize(&raw).map_err(|e| Error::Checkpoint {
+        path: base.weights.clone(),
+        problem: format!("cannot read the base weights: {e}"),
+    })?;
+    let trained: HashMap<String, Vec<u8>> = encoder
+        .vars()
+        .into_iter()
+        .map(|(name, var)| Ok((name, f32_bytes(var.as_tensor())?)))
+        .collect::<Result<_>>()?;
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    for (name, view) in original.tensors() {
+        let view = match trained.get(&name) {
+            Some(bytes) => TensorView::new(Dtype::F32, view.shape().to_vec(), bytes)
+                .expect("a variable has the shape of the tensor it was loaded from"),
+            None => view,
+        };
+        views.push((name, view));
+    }
+    safetensors::serialize(views, Some(pt_metadata())).map_err(|e| Error::Checkpoint {
+        path: base.weights.clone(),
+        problem: format!("cannot serialise weights: {e}"),
+    })
+}
+
+/// Hugging Face loaders check for this marker.
+fn pt_metadata() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string())])
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let values = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn serialize(
+    tensors: &[(String, Tensor)],
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    metadata.extend(pt_metadata());
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), f32_bytes(t)?, t.dims().to_vec())))
+        .collect::<Result<_>>()?;
+    let views = bytes.iter().map(|(n, b, shape)| {
+        (
+            n.as_str(),
+            TensorView::new(Dtype::F32, shape.clone(), b).expect("shape matches data"),
+        )
+    });
+    Ok(safetensors::serialize(views, Some(metadata)).expect("f32 views are valid"))
+}
+
+fn write_modules(dir: &Path, modules: &Modules, dim: usize) -> Result<()> {
+    let mut list = vec![
+        serde_json::json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
+        serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),
+    ];
+    if modules.normalize {
+        fs::create_dir_all(dir.join("2_Normalize")).map_err(Error::io("create", dir))?;
+        list.push(serde_json::json!({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}));
+    }
+    let pooling = serde_json::json!({
+        "word_embedding_dimension": dim,
+        "pooling_mode_cls_token": modules.pooling == Pooling::Cls,
+        "pooling_mode_mean_tokens": modules.pooling == Pooling::Mean,
+        "pooling_mode_max_tokens": false,
+        "pooling_mode_mean_sqrt_len_tokens": false,
+    });
+    let st_config =
+        serde_json::json!({"max_seq_length": modules.max_seq_length, "do_lower_case": false});
+    let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("plain data");
+    write_synced(
+        &dir.join("modules.json"),
+        &json(&serde_json::Value::Array(list)),
+    )?;
+    write_synced(&dir.join("1_Pooling").join("config.json"), &json(&pooling))?;
+    write_synced(&dir.join("sentence_bert_config.json"), &json(&st_config))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = fs::File::create(path).map_err(Error::io("create", path))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(Error::io("write", path))
+}
+
+/// A checkpoint read back for `--resume`.
+pub struct Saved {
+    pub model: ModelDir,
+    pub state: TrainerState,
+    pub moments: HashMap<String, Tensor>,
+}
+
+/// Reads `dir` (an `epoch-N` folder).
+pub fn load(dir: &Path) -> Result<Saved> {
+    let state: TrainerState = fsutil::read_json(&dir.join(STATE_FILE))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            problem: format!(
+                "format version {} is not {FORMAT_VERSION}",
+                state.format_version
+            ),
+        });
+    }
+    let path = dir.join(OPTIMIZER_FILE);
+    let moments =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| Error::Checkpoint {
+            path: path.clone(),
+            problem: format!("cannot read the optimizer state: {e}"),
+        })?;
+    Ok(Saved {
+        model: ModelDir::open(dir)?,
+        state,
+        moments,
+    })
+}
+
+/// The newest complete checkpoint of a run, if any.
+pub fn latest(run_dir: &Path) -> Result<Option<PathBuf>> {
+    if !run_dir.exists() {
+        return Ok(None);
+    }
+    let entries = fs::read_dir(run_dir).map_err(Error::io("list", run_dir))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let epoch: usize = name.strip_prefix("epoch-")?.parse().ok()?;
+            e.path()
+                .join(STATE_FILE)
+                .exists()
+                .then_some((epoch, e.path()))
+        })
+        .max_by_key(|(epoch, _)| *epoch)
+        .map(|(_, path)| path))
+}

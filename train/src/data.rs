@@ -1,0 +1,371 @@
+//! Training examples from a mining round, and the batches of one epoch.
+//!
+//! Each example is a query, its positives (from the training split) and the
+//! round's negatives for it. Every epoch draws, per query, one positive at
+//! random and `group_size − 1` negatives (FlagEmbedding's `train_group_size`),
+//! shuffles the queries and packs them into batches in which no text that
+//! is a positive of one member appears anywhere else: otherwise a passage
+//! would be both the target and a negative of the same softmax.
+//! Everything is a pure function of (seed, epoch), so a resumed run sees
+//! exactly the batches the killed one would have.
+
+use cpack_index::dataset::{Qrels, TextTable};
+use cpack_miner::select::{text_key, Rng};
+use cpack_miner::store::QueryRecord;
+use std::collections::{HashMap, HashSet};
+
+/// One training query with everything it can draw from (rows of the corpus).
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub query_id: String,
+    pub query_row: usize,
+    /// Positives of the training split: the targets.
+    pub positives: Vec<usize>,
+    /// Every judged positive of the query (any split): never a negative in its batch.
+    pub all_positive_keys: Vec<u64>,
+    pub negatives: Vec<usize>,
+}
+
+/// What a query was left out for.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub no_positive: usize,
+    pub not_in_round: usize,
+}
+
+/// The examples of a training run; passages are corpus rows, text keys cached.
+pub struct TrainingSet {
+    pub examples: Vec<Example>,
+    /// `text_key` of every corpus row.
+    pub passage_keys: Vec<u64>,
+    pub query_keys: HashMap<usize, u64>,
+    pub skipped: Skipped,
+}
+
+impl TrainingSet {
+    /// Examples for the queries of `split_qrels`, in query-id order, taking
+    /// negatives from `records` (a mining round; `None` = in-batch negatives
+    /// only). `limit` keeps the first N queries of a seeded shuffle.
+    pub fn build(
+        corpus: &TextTable,
+        queries: &TextTable,
+        split_qrels: &Qrels,
+        records: Option<&[(String, QueryRecord)]>,
+        limit: Option<usize>,
+        seed: u64,
+    ) -> Self {
+        let by_id: Option<HashMap<&str, &QueryRecord>> =
+            records.map(|r| r.iter().map(|(id, rec)| (id.as_str(), rec)).collect());
+        let passage_keys: Vec<u64> = (0..corpus.len())
+            .map(|i| text_key(&corpus.full_text(i)))
+            .collect();
+        let mut skipped = Skipped::default();
+        let mut examples = Vec::new();
+        for (query_id, judged) in &split_qrels.by_query {
+            let positives: Vec<usize> = judged
+                .iter()
+                .filter(|(_, score)| *score > 0)
+                .filter_map(|(doc, _)| corpus.position(doc))
+                .collect();
+            if positives.is_empty() {
+                skipped.no_positive += 1;
+                continue;
+            }
+            let (negatives, mut all_positive_keys) = match &by_id {
+                None => (Vec::new(), Vec::new()),
+                Some(by_id) => match by_id.get(query_id.as_str()) {
+                    None => {
+                        skipped.not_in_round += 1;
+                        continue;
+                    }
+                    Some(rec) => (
+                        rec.negatives
+                            .iter()
+                            .filter_map(|d| corpus.position(&d.id))
+                            .collect(),
+                        rec.positives
+                            .iter()
+                            .filter_map(|d| corpus.position(&d.id))
+                            .map(|row| passage_keys[row])
+                            .collect(),
+                    ),
+                },
+            };
+            all_positive_keys.extend(positives.iter().map(|&row| passage_keys[row]));
+            examples.push(Example {
+                query_id: query_id.clone(),
+                query_row: queries
+                    .position(query_id)
+                    .expect("qrels validated against queries"),
+                positives,
+                all_positive_keys,
+                negatives,
+            });
+        }
+        if let Some(limit) = limit {
+            if limit < examples.len() {
+                let mut rng = Rng::for_query(seed, "training-subset");
+                shuffle(&mut examples, &mut rng);
+                examples.truncate(limit);
+                examples.sort_by(|a, b| a.query_id.cmp(&b.query_id));
+            }
+        }
+        let query_keys = examples
+            .iter()
+            .map(|e| (e.query_row, text_key(&queries.texts[e.query_row])))
+            .collect();
+        TrainingSet {
+            examples,
+            passage_keys,
+            query_keys,
+            skipped,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.examples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.examples.is_empty()
+    }
+
+    /// The batches of `epoch` (1-based), each a list of groups.
+    pub fn epoch_batches(
+        &self,
+        group_size: usize,
+        batch_size: usize,
+        seed: u64,
+        epoch: usize,
+    ) -> Vec<Vec<Group>> {
+        let epoch_seed = seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+        let mut order: Vec<usize> = (0..self.examples.len()).collect();
+        shuffle(&mut order, &mut Rng::for_query(epoch_seed, "epoch-order"));
+        let groups: Vec<Group> = order
+            .into_iter()
+            .map(|i| self.draw_group(i, group_size, epoch_seed))
+            .collect();
+        self.pack(groups, batch_size)
+    }
+
+    /// One positive and `group_size − 1` negatives for example `i`. Short
+    /// negative lists are repeated before sampling (as FlagEmbedding does);
+    /// a query with none gets random passages that are not its positives.
+    fn draw_group(&self, i: usize, group_size: usize, epoch_seed: u64) -> Group {
+        let ex = &self.examples[i];
+        let mut rng = Rng::for_query(epoch_seed, &ex.query_id);
+        let mut passages = vec![ex.positives[rng.below(ex.positives.len())]];
+        let wanted = group_size - 1;
+        if wanted > 0 && !ex.negatives.is_empty() {
+            let mut pool: Vec<usize> = ex
+                .negatives
+                .iter()
+                .copied()
+                .cycle()
+                .take(wanted.max(ex.negatives.len()))
+                .collect();
+            shuffle(&mut pool, &mut rng);
+            passages.extend(pool.into_iter().take(wanted));
+        }
+        // A corpus made only of this query's positives would never yield a
+        // negative: after enough tries, take whatever comes.
+        let mut tries = 0;
+        while passages.len() < group_size {
+            let row = rng.below(self.passage_keys.len());
+            tries += 1;
+            if tries > 64 * group_size || !ex.all_positive_keys.contains(&self.passage_keys[row]) {
+                passages.push(row);
+            }
+        }
+        Group {
+            example: i,
+            query_row: ex.query_row,
+            passages,
+        }
+    }
+
+    /// Fills batches in order, deferring a group that clashes with the batch
+    /// being filled to the next one.
+    fn pack(&self, groups: Vec<Group>, batch_size: usize) -> Vec<Vec<Group>> {
+        let mut pending: Vec<Option<Group>> = groups.into_iter().map(Some).collect();
+        let mut batches = Vec::new();
+        let mut first_pending = 0;
+        while first_pending < pending.len() {
+            let mut batch = BatchTexts::default();
+            let mut members = Vec::new();
+            for slot in pending[first_pending..].iter_mut() {
+                if members.len() == batch_size {
+                    break;
+                }
+                let Some(group) = slot.as_ref() else { continue };
+                if batch.admits(self, group) {
+                    batch.add(self, group);
+                    members.push(slot.take().expect("checked above"));
+                }
+            }
+            while first_pending < pending.len() && pending[first_pending].is_none() {
+                first_pending += 1;
+            }
+            batches.push(members);
+        }
+        batches
+    }
+}
+
+/// The texts of a batch under construction, as text keys.
+#[derive(Default)]
+struct BatchTexts {
+    queries: HashSet<u64>,
+    passages: HashSet<u64>,
+    positives: HashSet<u64>,
+}
+
+impl BatchTexts {
+    fn admits(&self, set: &TrainingSet, group: &Group) -> bool {
+        let ex = &set.examples[group.example];
+        let query = set.query_keys[&group.query_row];
+        let keys: Vec<u64> = group
+            .passages
+            .iter()
+            .map(|&r| set.passage_keys[r])
+            .collect();
+        !self.queries.contains(&query)
+            && !ex
+                .all_positive_keys
+                .iter()
+                .any(|k| self.passages.contains(k))
+            && !keys.iter().any(|k| self.positives.contains(k))
+    }
+
+    fn add(&mut self, set: &TrainingSet, group: &Group) {
+        let ex = &set.examples[group.example];
+        self.queries.insert(set.query_keys[&group.query_row]);
+        self.passages
+            .extend(group.passages.iter().map(|&r| set.passage_keys[r]));
+        self.positives.extend(ex.all_positive_keys.iter().copied());
+    }
+}
+
+/// A query with its positive (first) and hard negatives, as corpus rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub example: usize,
+    pub query_row: usize,
+    pub passages: Vec<usize>,
+}
+
+fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i + 1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpack_miner::store::ScoredDoc;
+
+    fn table(prefix: &str, texts: &[&str]) -> TextTable {
+        TextTable::from_texts(
+            (0..texts.len()).map(|i| format!("{prefix}{i}")).collect(),
+            texts.iter().map(|t| t.to_string()).collect(),
+        )
+    }
+
+    fn doc(id: &str) -> ScoredDoc {
+        ScoredDoc {
+            id: id.into(),
+            rank: 0,
+            score: 0.0,
+        }
+    }
+
+    /// Six queries; query i's positive is passage i. Query 0's negatives
+    /// include passage 1, which is query 1's positive.
+    fn fixture() -> (TextTable, TextTable, Qrels, Vec<(String, QueryRecord)>) {
+        let corpus = table("d", &["p0", "p1", "p2", "p3", "p4", "p5", "n6", "n7", "n8"]);
+        let queries = table("q", &["q0", "q1", "q2", "q3", "q4", "q5"]);
+        let mut qrels = Qrels::default();
+        let mut records = Vec::new();
+        for i in 0..6 {
+            qrels
+                .by_query
+                .insert(format!("q{i}"), vec![(format!("d{i}"), 1)]);
+            let negatives = if i == 0 {
+                vec![doc("d1"), doc("n6")]
+            } else {
+                vec![doc("n6"), doc("n7"), doc("n8")]
+            };
+            records.push((
+                format!("q{i}"),
+                QueryRecord {
+                    negatives,
+                    positives: vec![doc(&format!("d{i}"))],
+                    survivors: 3,
+                    shortfall: 0,
+                    filtered: Default::default(),
+                },
+            ));
+        }
+        (corpus, queries, qrels, records)
+    }
+
+    #[test]
+    fn groups_have_the_positive_first_and_the_asked_size() {
+        let (corpus, queries, qrels, records) = fixture();
+        let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        assert_eq!(set.len(), 6);
+        let batches = set.epoch_batches(4, 3, 7, 1);
+        let groups: Vec<&Group> = batches.iter().flatten().collect();
+        assert_eq!(groups.len(), 6, "every query is trained once per epoch");
+        for g in groups {
+            assert_eq!(g.passages.len(), 4);
+            assert_eq!(g.passages[0], set.examples[g.example].positives[0]);
+            assert!(!g.passages[1..].contains(&g.passages[0]));
+        }
+    }
+
+    #[test]
+    fn a_positive_never_shares_a_batch_with_a_copy_elsewhere() {
+        let (corpus, queries, qrels, records) = fixture();
+        let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        for epoch in 1..20 {
+            for batch in set.epoch_batches(3, 6, 7, epoch) {
+                let has_q0 = batch
+                    .iter()
+                    .any(|g| g.query_row == 0 && g.passages.contains(&1));
+                let has_q1 = batch.iter().any(|g| g.query_row == 1);
+                assert!(
+                    !(has_q0 && has_q1),
+                    "epoch {epoch}: d1 is q1's target and q0's negative"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn epochs_are_reproducible_and_differ_from_each_other() {
+        let (corpus, queries, qrels, records) = fixture();
+        let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        assert_eq!(set.epoch_batches(3, 2, 7, 1), set.epoch_batches(3, 2, 7, 1));
+        let orders: HashSet<Vec<usize>> = (1..6)
+            .map(|e| {
+                set.epoch_batches(3, 2, 7, e)
+                    .iter()
+                    .flatten()
+                    .map(|g| g.example)
+                    .collect()
+            })
+            .collect();
+        assert!(orders.len() > 1, "the order must change between epochs");
+    }
+
+    #[test]
+    fn in_batch_only_and_subsets() {
+        let (corpus, queries, qrels, _) = fixture();
+        let set = TrainingSet::build(&corpus, &queries, &qrels, None, Some(4), 7);
+        assert_eq!(set.len(), 4);
+        let batches = set.epoch_batches(1, 4, 7, 1);
+        assert!(batches.iter().flatten().all(|g| g.passages.len() == 1));
+    }
+}

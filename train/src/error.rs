@@ -1,0 +1,57 @@
+//! The one error type of the train crate.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Index(#[from] cpack_index::Error),
+
+    #[error(transparent)]
+    Miner(#[from] cpack_miner::Error),
+
+    #[error("training computation failed")]
+    Candle(#[from] candle_core::Error),
+
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("checkpoint {path}: {problem}")]
+    Checkpoint { path: PathBuf, problem: String },
+
+    #[error(
+        "the loss became {value} at epoch {epoch}, batch {batch} (step {step}; queries {queries}); \
+         training stopped and the last good checkpoint was kept — try a lower --lr or a higher --temperature"
+    )]
+    NonFiniteLoss {
+        value: f32,
+        epoch: usize,
+        batch: usize,
+        step: u64,
+        queries: String,
+    },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

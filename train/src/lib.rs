@@ -1,0 +1,23 @@
+//! cpack-train: fine-tunes the encoder on mined hard negatives.
+//!
+//! [`model`] builds the index crate's BERT over a `VarMap` so every weight
+//! trains; [`data`] turns a mining round into per-epoch batches (one
+//! positive + `group_size − 1` negatives per query, no clashing texts);
+//! [`loss`] is InfoNCE over in-batch + hard negatives or GTE's variant;
+//! [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
+//! schedule; [`trainer`] runs steps and epochs; [`checkpoint`] writes
+//! Hugging Face folders atomically, with the state `--resume` needs;
+//! [`run`] closes the ANCE loop: train, re-encode the corpus with the new
+//! checkpoint, rebuild the index, re-mine, and record it all in a report.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod trainer;
+
+pub use error::{Error, Result};
+pub use loss::LossKind;
+pub use trainer::{TrainSettings, Trainer};

@@ -1,0 +1,81 @@
+//! The encoder as the trainer sees it: the same BERT code as inference, built
+//! over a `VarMap` so every weight is a trainable variable.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use cpack_index::candle_backend::pool;
+use cpack_index::model::{BertModel, Dropout, ModelDir, Pooling};
+use cpack_index::TokenBatch;
+
+pub struct TrainableEncoder {
+    varmap: VarMap,
+    bert: BertModel,
+    pooling: Pooling,
+    normalize: bool,
+    /// `hidden_dropout_prob`, `attention_probs_dropout_prob` from config.json.
+    dropout: (f32, f32),
+}
+
+impl TrainableEncoder {
+    /// Loads every weight of `model` into fresh f32 variables.
+    pub fn load(model: &ModelDir, pooling: Pooling, normalize: bool) -> Result<Self> {
+        let mut varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = if model.weight_prefix.is_empty() {
+            vb
+        } else {
+            vb.pp(&model.weight_prefix)
+        };
+        let bad = |e: candle_core::Error| Error::Checkpoint {
+            path: model.weights.clone(),
+            problem: format!("weights do not match config.json: {e}"),
+        };
+        let bert = BertModel::load(vb, &model.config).map_err(bad)?;
+        varmap.load(&model.weights).map_err(bad)?;
+        Ok(TrainableEncoder {
+            varmap,
+            bert,
+            pooling,
+            normalize,
+            dropout: (
+                model.config.hidden_dropout_prob as f32,
+                model.config.attention_probs_dropout_prob as f32,
+            ),
+        })
+    }
+
+    /// Trainable variables by tensor name, sorted, so every walk over them
+    /// (optimizer, checkpoints) has one fixed order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut vars: Vec<(String, Var)> =
+            data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// Dropout for one forward pass, as the model config sets it; `None` when disabled.
+    pub fn dropout(&self, enabled: bool, seed: u64) -> Option<Dropout> {
+        let (hidden, attention) = self.dropout;
+        (enabled && (hidden > 0.0 || attention > 0.0))
+            .then(|| Dropout::new(hidden, attention, seed))
+    }
+
+    /// Pooled (and, if configured, normalised) embeddings `[batch, dim]`, with gradients.
+    pub fn embed(&self, batch: &TokenBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
+        let shape = (batch.batch, batch.seq_len);
+        let ids = Tensor::from_slice(&batch.input_ids, shape, &Device::Cpu)?;
+        let mask = Tensor::from_slice(&batch.attention_mask, shape, &Device::Cpu)?;
+        let hidden = self.bert.forward_train(&ids, &mask, dropout)?;
+        Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn normalize(&self) -> bool {
+        self.normalize
+    }
+}

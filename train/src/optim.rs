@@ -1,0 +1,315 @@
+//! AdamW with PyTorch's semantics, the linear warm-up/decay schedule of
+//! Hugging Face's `get_linear_schedule_with_warmup`, and global-norm clipping.
+
+use crate::error::Result;
+use candle_core::{backprop::GradStore, Tensor, Var};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWParams {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWParams {
+    fn default() -> Self {
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+struct Param {
+    name: String,
+    var: Var,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    decay: bool,
+}
+
+/// Decoupled weight decay, as `torch.optim.AdamW`: the decay shrinks the
+/// weight directly and never enters the moment estimates.
+pub struct AdamW {
+    params: Vec<Param>,
+    hyper: AdamWParams,
+    /// Optimizer steps taken (PyTorch's per-parameter `step`, shared here).
+    steps: u64,
+}
+
+/// Biases and LayerNorm weights get no weight decay, as in Hugging Face's
+/// Trainer, sentence-transformers and FlagEmbedding.
+fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias")
+        || name.contains("LayerNorm")
+        || name.ends_with(".gamma")
+        || name.ends_with(".beta"))
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Var)>, hyper: AdamWParams) -> Result<Self> {
+        let params = vars
+            .into_iter()
+            .map(|(name, var)| {
+                Ok(Param {
+                    exp_avg: var.zeros_like()?,
+                    exp_avg_sq: var.zeros_like()?,
+                    decay: decays(&name),
+                    name,
+                    var,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AdamW {
+            params,
+            hyper,
+            steps: 0,
+        })
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One update at learning rate `lr`. Variables without a gradient are left
+    /// alone, as PyTorch skips parameters whose `.grad` is `None`.
+    pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+        self.steps += 1;
+        let h = self.hyper;
+        let t = self.steps as i32;
+        let bias_correction1 = 1.0 - h.beta1.powi(t);
+        let bias_correction2_sqrt = (1.0 - h.beta2.powi(t)).sqrt();
+        for p in &mut self.params {
+            let Some(grad) = grads.get(&p.var) else {
+                continue;
+            };
+            let mut weight = p.var.as_tensor().clone();
+            if p.decay && h.weight_decay != 0.0 {
+                weight = (weight * (1.0 - lr * h.weight_decay))?;
+            }
+            p.exp_avg = ((&p.exp_avg * h.beta1)? + (grad * (1.0 - h.beta1))?)?;
+            p.exp_avg_sq = ((&p.exp_avg_sq * h.beta2)? + (grad.sqr()? * (1.0 - h.beta2))?)?;
+            let denom = ((p.exp_avg_sq.sqrt()? / bias_correction2_sqrt)? + h.eps)?;
+            let update = ((&p.exp_avg / denom)? * (lr / bias_correction1))?;
+            p.var.set(&(weight - update)?)?;
+        }
+        Ok(())
+    }
+
+    /// Moment estimates by name, for checkpoints (`exp_avg.<name>`, `exp_avg_sq.<name>`).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .flat_map(|p| {
+                [
+                    (format!("exp_avg.{}", p.name), p.exp_avg.clone()),
+                    (format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores what [`AdamW::state`] saved after `steps` updates.
+    pub fn restore(
+        &mut self,
+        mut state: HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<(), String> {
+        for p in &mut self.params {
+            let mut take = |kind: &str| {
+                let key = format!("{kind}.{}", p.name);
+                let t = state
+                    .remove(&key)
+                    .ok_or_else(|| format!("optimizer state has no {key}"))?;
+                if t.shape() != p.var.shape() {
+                    return Err(format!(
+                        "{key} has shape {:?}, expected {:?}",
+                        t.shape(),
+                        p.var.shape()
+                    ));
+                }
+                Ok(t)
+            };
+            p.exp_avg = take("exp_avg")?;
+            p.exp_avg_sq = take("exp_avg_sq")?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// Gradients summed over the micro-batches of one optimizer step.
+#[derive(Default)]
+pub struct Gradients {
+    by_var: HashMap<candle_core::TensorId, Tensor>,
+}
+
+impl Gradients {
+    /// Adds `scale ·` each variable's gradient from one backward pass.
+    pub fn accumulate(
+        &mut self,
+        vars: &[(String, Var)],
+        grads: &GradStore,
+        scale: f64,
+    ) -> Result<()> {
+        for (_, var) in vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = if scale == 1.0 {
+                g.clone()
+            } else {
+                (g * scale)?
+            };
+            let id = var.as_tensor().id();
+            let sum = match self.by_var.remove(&id) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.by_var.insert(id, sum);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, var: &Var) -> Option<&Tensor> {
+        self.by_var.get(&var.as_tensor().id())
+    }
+
+    /// The global L2 norm of all gradients.
+    pub fn norm(&self) -> Result<f64> {
+        let mut total = 0f64;
+        for g in self.by_var.values() {
+            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Scales gradients down so their global norm is at most `max_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping.
+    pub fn clip(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for g in self.by_var.values_mut() {
+                *g = (&*g * coef)?;
+            }
+        }
+        Ok(norm)
+    }
+}
+
+/// Learning rate for optimizer step `step` (0-based) of `total`: linear
+/// warm-up over `warmup` steps from 0, then linear decay to 0 — exactly
+/// Hugging Face's `get_linear_schedule_with_warmup`.
+pub fn linear_schedule(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
+    if step < warmup {
+        return peak * step as f64 / warmup.max(1) as f64;
+    }
+    let remaining = total.saturating_sub(step) as f64;
+    peak * (remaining / total.saturating_sub(warmup).max(1) as f64).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// PyTorch's AdamW update for one scalar, written out.
+    fn torch_adamw(mut w: f64, grads: &[f64], lr: f64, h: AdamWParams) -> f64 {
+        let (mut m, mut v) = (0.0, 0.0);
+        for (i, g) in grads.iter().enumerate() {
+            let t = (i + 1) as i32;
+            w *= 1.0 - lr * h.weight_decay;
+            m = h.beta1 * m + (1.0 - h.beta1) * g;
+            v = h.beta2 * v + (1.0 - h.beta2) * g * g;
+            let denom = v.sqrt() / (1.0 - h.beta2.powi(t)).sqrt() + h.eps;
+            w -= lr / (1.0 - h.beta1.powi(t)) * m / denom;
+        }
+        w
+    }
+
+    #[test]
+    fn adamw_follows_torch_and_spares_biases_from_decay() {
+        let h = AdamWParams {
+            weight_decay: 0.1,
+            ..Default::default()
+        };
+        let weight = Var::new(&[0.5f32], &Device::Cpu).unwrap();
+        let bias = Var::new(&[0.5f32], &Device::Cpu).unwrap();
+        let vars = vec![
+            ("layer.bias".to_string(), bias.clone()),
+            ("layer.weight".to_string(), weight.clone()),
+        ];
+        let mut opt = AdamW::new(vars.clone(), h).unwrap();
+        let steps = [0.3, -0.2, 0.05];
+        for g in steps {
+            let loss = ((weight.as_tensor() * g).unwrap() + (bias.as_tensor() * g).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let mut grads = Gradients::default();
+            grads
+                .accumulate(&vars, &loss.backward().unwrap(), 1.0)
+                .unwrap();
+            opt.step(&grads, 0.01).unwrap();
+        }
+        let got = |v: &Var| v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        let decayed = torch_adamw(0.5, &steps, 0.01, h);
+        let undecayed = torch_adamw(
+            0.5,
+            &steps,
+            0.01,
+            AdamWParams {
+                weight_decay: 0.0,
+                ..h
+            },
+        );
+        assert!(
+            (got(&weight) - decayed).abs() < 1e-6,
+            "{} vs {decayed}",
+            got(&weight)
+        );
+        assert!(
+            (got(&bias) - undecayed).abs() < 1e-6,
+            "{} vs {undecayed}",
+            got(&bias)
+        );
+        assert_ne!(got(&weight), got(&bias));
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let lr = |s| linear_schedule(1.0, s, 10, 110);
+        assert_eq!(lr(0), 0.0);
+        assert!((lr(5) - 0.5).abs() < 1e-12);
+        assert!((lr(10) - 1.0).abs() < 1e-12);
+        assert!((lr(60) - 0.5).abs() < 1e-12);
+        assert_eq!(lr(110), 0.0);
+        assert_eq!(linear_schedule(2.0, 0, 0, 4), 2.0);
+    }
+
+    #[test]
+    fn clipping_caps_the_global_norm() {
+        let a = Var::new(&[3f32], &Device::Cpu).unwrap();
+        let b = Var::new(&[4f32], &Device::Cpu).unwrap();
+        let vars = vec![("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let loss = (a.as_tensor().sqr().unwrap() / 2.0)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + (b.as_tensor().sqr().unwrap() / 2.0)
+                .unwrap()
+                .sum_all()
+                .unwrap();
+        let mut grads = Gradients::default();
+        grads
+            .accumulate(&vars, &loss.unwrap().backward().unwrap(), 1.0)
+            .unwrap();
+        assert!((grads.clip(1.0).unwrap() - 5.0).abs() < 1e-5);
+        assert!((grads.norm().unwrap() - 1.0).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,242 @@
+//! One training step and one epoch: tokenise a batch, embed queries and
+//! passages with gradients, contrastive loss, backward, clip, AdamW.
+
+use crate::data::{Group, TrainingSet};
+use crate::error::{Error, Result};
+use crate::loss::{contrastive_loss, LossKind};
+use crate::model::TrainableEncoder;
+use crate::optim::{linear_schedule, AdamW, AdamWParams, Gradients};
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use cpack_index::dataset::TextTable;
+use cpack_index::model::Dropout;
+use cpack_index::{PairTokenizer, Progress, TextKind, TokenBatch};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// The recipe: everything that decides how the weights move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Queries per batch; every passage of the batch is a candidate for each.
+    pub batch_size: usize,
+    /// Passages per query: one positive and `group_size − 1` hard negatives.
+    pub group_size: usize,
+    pub temperature: f64,
+    pub loss: LossKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    /// Batches whose gradients are summed into one optimizer step.
+    pub grad_accum: usize,
+    /// Global gradient-norm cap; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Dropout as the model config sets it (off: deterministic forward passes).
+    pub dropout: bool,
+    pub seed: u64,
+}
+
+/// How one epoch went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    pub mean_loss: f64,
+    pub batches: usize,
+    pub optimizer_steps: u64,
+    pub tokens: u64,
+    pub seconds: f64,
+}
+
+pub struct Trainer {
+    encoder: TrainableEncoder,
+    vars: Vec<(String, Var)>,
+    optimizer: AdamW,
+    tokenizer: PairTokenizer,
+    settings: TrainSettings,
+}
+
+/// Loss, gradients and the real tokens of one batch.
+pub struct BatchPass {
+    pub loss: f32,
+    /// `None` when the loss is not finite (no backward is run).
+    pub grads: Option<GradStore>,
+    pub tokens: usize,
+}
+
+impl Trainer {
+    pub fn new(
+        encoder: TrainableEncoder,
+        tokenizer: PairTokenizer,
+        settings: TrainSettings,
+    ) -> Result<Self> {
+        if settings.batch_size == 0 || settings.group_size == 0 || settings.grad_accum == 0 {
+            return Err(Error::Invalid(
+                "batch size, group size and gradient accumulation must be at least 1".into(),
+            ));
+        }
+        if !(settings.temperature > 0.0) {
+            return Err(Error::Invalid(format!(
+                "temperature {} must be positive",
+                settings.temperature
+            )));
+        }
+        let vars = encoder.vars();
+        let adamw = AdamWParams {
+            weight_decay: settings.weight_decay,
+            ..Default::default()
+        };
+        Ok(Trainer {
+            optimizer: AdamW::new(vars.clone(), adamw)?,
+            vars,
+            encoder,
+            tokenizer,
+            settings,
+        })
+    }
+
+    pub fn encoder(&self) -> &TrainableEncoder {
+        &self.encoder
+    }
+
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optimizer
+    }
+
+    pub fn settings(&self) -> &TrainSettings {
+        &self.settings
+    }
+
+    /// Continues from a checkpoint's optimizer state.
+    pub fn restore(&mut self, moments: HashMap<String, Tensor>, steps: u64) -> Result<(), String> {
+        self.optimizer.restore(moments, steps)
+    }
+
+    /// Optimizer steps one epoch of `batches` batches takes.
+    pub fn steps_per_epoch(&self, batches: usize) -> u64 {
+        batches.div_ceil(self.settings.grad_accum) as u64
+    }
+
+    /// Forward and backward over one batch: `queries[i]`'s positive is
+    /// `passages[i · group_size]`.
+    pub fn pass(
+        &self,
+        queries: &[&str],
+        passages: &[&str],
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass> {
+        let group_size = passages.len() / queries.len().max(1);
+        let q_tokens = self.tokenizer.tokenize(queries, TextKind::Query)?;
+        let p_tokens = self.tokenizer.tokenize(passages, TextKind::Passage)?;
+        let q_batch = TokenBatch::pad(&q_tokens.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let p_batch = TokenBatch::pad(&p_tokens.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        let q = self.encoder.embed(&q_batch, dropout)?;
+        let p = self.encoder.embed(&p_batch, dropout)?;
+        let loss = contrastive_loss(
+            self.settings.loss,
+            &q,
+            &p,
+            group_size,
+            self.settings.temperature,
+        )?;
+        let value = loss.to_scalar::<f32>()?;
+        let grads = if value.is_finite() {
+            Some(loss.backward()?)
+        } else {
+            None
+        };
+        Ok(BatchPass {
+            loss: value,
+            grads,
+            tokens: q_batch.real_tokens() + p_batch.real_tokens(),
+        })
+    }
+
+    /// Clips the summed gradients and takes one AdamW step at `lr`; returns the norm before clipping.
+    pub fn apply(&mut self, mut grads: Gradients, lr: f64) -> Result<f64> {
+        let norm = if self.settings.max_grad_norm > 0.0 {
+            grads.clip(self.settings.max_grad_norm)?
+        } else {
+            grads.norm()?
+        };
+        self.optimizer.step(&grads, lr)?;
+        Ok(norm)
+    }
+
+    /// Trains one epoch (1-based) on `set`'s batches for it; the schedule
+    /// spans `total_steps` optimizer steps over the whole run.
+    pub fn train_epoch(
+        &mut self,
+        set: &TrainingSet,
+        texts: (&TextTable, &TextTable),
+        epoch: usize,
+        total_steps: u64,
+        progress: &dyn Progress,
+    ) -> Result<EpochStats> {
+        let (corpus, queries) = texts;
+        let s = self.settings.clone();
+        let batches = set.epoch_batches(s.group_size, s.batch_size, s.seed, epoch);
+        let warmup = (s.warmup_ratio * total_steps as f64).ceil() as u64;
+        let started = Instant::now();
+        let mut stats = EpochStats::default();
+        let mut loss_sum = 0f64;
+        let mut pending = Gradients::default();
+        let mut pending_batches = 0;
+        progress.stage(&format!("training epoch {epoch}"), batches.len() as u64);
+        for (b, batch) in batches.iter().enumerate() {
+            let (query_texts, passage_texts) = batch_texts(batch, corpus, queries);
+            let q: Vec<&str> = query_texts.iter().map(String::as_str).collect();
+            let p: Vec<&str> = passage_texts.iter().map(String::as_str).collect();
+            let step = self.optimizer.steps();
+            let dropout = self
+                .encoder
+                .dropout(s.dropout, s.seed ^ (step << 20) ^ b as u64);
+            let pass = self.pass(&q, &p, dropout.as_ref())?;
+            let Some(grads) = pass.grads.as_ref() else {
+                return Err(Error::NonFiniteLoss {
+                    value: pass.loss,
+                    epoch,
+                    batch: b + 1,
+                    step,
+                    queries: batch
+                        .iter()
+                        .map(|g| set.examples[g.example].query_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            pending.accumulate(&self.vars, grads, 1.0 / s.grad_accum as f64)?;
+            pending_batches += 1;
+            loss_sum += pass.loss as f64;
+            stats.tokens += pass.tokens as u64;
+            if pending_batches == s.grad_accum || b + 1 == batches.len() {
+                let lr = linear_schedule(s.lr, step, warmup, total_steps);
+                self.apply(std::mem::take(&mut pending), lr)?;
+                pending_batches = 0;
+                stats.optimizer_steps += 1;
+            }
+            progress.advance(1, pass.tokens as u64);
+            progress.detail(&format!("loss {:.4}", loss_sum / (b + 1) as f64));
+        }
+        stats.batches = batches.len();
+        stats.mean_loss = loss_sum / batches.len().max(1) as f64;
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+}
+
+/// Query texts and passage texts of a batch, groups in order.
+fn batch_texts(
+    batch: &[Group],
+    corpus: &TextTable,
+    queries: &TextTable,
+) -> (Vec<String>, Vec<String>) {
+    let q = batch
+        .iter()
+        .map(|g| queries.texts[g.query_row].clone())
+        .collect();
+    let p = batch
+        .iter()
+        .flat_map(|g| g.passages.iter().map(|&row| corpus.full_text(row)))
+        .collect();
+    (q, p)
+}

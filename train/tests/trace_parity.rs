@@ -1,0 +1,162 @@
+//! Numerical parity with PyTorch: ../shared/fixtures/train-trace holds the
+//! losses of 3 AdamW steps of all-MiniLM-L6-v2 on one fixed batch (InfoNCE
+//! over in-batch + hard negatives, dropout off, constant lr) and the
+//! embeddings of 4 probe texts afterwards. cpack's trainer must reproduce
+//! the losses (relative error ≤ 1e-3) and the probes (cosine ≥ 0.999).
+
+use cpack_index::candle_backend::CandleBackend;
+use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::{Encoder, EncoderSettings, PairTokenizer, TextKind};
+use cpack_train::model::TrainableEncoder;
+use cpack_train::optim::Gradients;
+use cpack_train::{LossKind, TrainSettings, Trainer};
+use std::path::PathBuf;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn required(path: PathBuf, hint: &str) -> PathBuf {
+    assert!(path.exists(), "{} is missing: {hint}", path.display());
+    path
+}
+
+#[derive(serde::Deserialize)]
+struct Trace {
+    hyperparameters: Hyper,
+    queries: Vec<String>,
+    passages: Vec<String>,
+    losses: Vec<f64>,
+    probes: Vec<String>,
+    probe_embeddings: Vec<Vec<f32>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Hyper {
+    query_max_len: usize,
+    passage_max_len: usize,
+    temperature: f64,
+    group_size: usize,
+    lr: f64,
+    betas: [f64; 2],
+    eps: f64,
+    weight_decay: f64,
+    steps: usize,
+    pooling: String,
+    normalize: bool,
+    dropout: f64,
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum();
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn three_adamw_steps_match_pytorch() {
+    let trace_path = required(
+        repo_root().join("../shared/fixtures/train-trace/minilm-infonce-adamw.json"),
+        "the shared fixtures must sit beside the checkout",
+    );
+    let model_dir = required(
+        repo_root().join(".cache/models/all-MiniLM-L6-v2"),
+        "run scripts/setup.sh first",
+    );
+    let trace: Trace = serde_json::from_str(&std::fs::read_to_string(trace_path).unwrap()).unwrap();
+    let h = &trace.hyperparameters;
+    assert_eq!(
+        (h.betas, h.eps, h.dropout),
+        ([0.9, 0.999], 1e-8, 0.0),
+        "the trainer's AdamW constants"
+    );
+    assert_eq!(trace.passages.len(), trace.queries.len() * h.group_size);
+    let pooling: Pooling = h.pooling.parse().unwrap();
+
+    let model = ModelDir::open(&model_dir).unwrap();
+    let settings = EncoderSettings {
+        pooling,
+        normalize: h.normalize,
+        query_max_len: h.query_max_len,
+        passage_max_len: h.passage_max_len,
+        query_instruction: String::new(),
+        batch_size: 8,
+    };
+    let encoder = TrainableEncoder::load(&model, pooling, h.normalize).unwrap();
+    let recipe = TrainSettings {
+        batch_size: trace.queries.len(),
+        group_size: h.group_size,
+        temperature: h.temperature,
+        loss: LossKind::InfoNce,
+        lr: h.lr,
+        weight_decay: h.weight_decay,
+        warmup_ratio: 0.0,
+        grad_accum: 1,
+        max_grad_norm: 0.0,
+        dropout: false,
+        seed: 0,
+    };
+    let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
+    let mut trainer = Trainer::new(encoder, tokenizer, recipe).unwrap();
+
+    let queries: Vec<&str> = trace.queries.iter().map(String::as_str).collect();
+    let passages: Vec<&str> = trace.passages.iter().map(String::as_str).collect();
+    for (step, expected) in trace.losses.iter().enumerate().take(h.steps) {
+        let pass = trainer.pass(&queries, &passages, None).unwrap();
+        let rel = (pass.loss as f64 - expected).abs() / expected.abs();
+        eprintln!(
+            "step {step}: loss {} (PyTorch {expected}, relative error {rel:.2e})",
+            pass.loss
+        );
+        assert!(
+            rel <= 1e-3,
+            "step {step}: loss {} vs PyTorch {expected}",
+            pass.loss
+        );
+        let mut grads = Gradients::default();
+        grads
+            .accumulate(&trainer.encoder().vars(), pass.grads.as_ref().unwrap(), 1.0)
+            .unwrap();
+        trainer.apply(grads, h.lr).unwrap();
+    }
+
+    // Probes through the inference path, from the trained weights as saved.
+    let run = tempfile::tempdir().unwrap();
+    let state =
+        cpack_train::checkpoint::TrainerState::new(1, h.steps as u64, h.steps as u64, None, 0.0);
+    let modules = cpack_train::checkpoint::Modules {
+        pooling,
+        normalize: h.normalize,
+        max_seq_length: h.passage_max_len,
+    };
+    let saved = cpack_train::checkpoint::save(
+        run.path(),
+        &model,
+        trainer.encoder(),
+        trainer.optimizer(),
+        &state,
+        &modules,
+    )
+    .unwrap();
+    let trained = ModelDir::open(&saved).unwrap();
+    let backend = CandleBackend::load(&trained, pooling, h.normalize).unwrap();
+    let encoder = Encoder::new(&trained, settings, Box::new(backend)).unwrap();
+    let probes: Vec<&str> = trace.probes.iter().map(String::as_str).collect();
+    let embedded = encoder
+        .encode(&probes, TextKind::Passage, &mut |_, _| {})
+        .unwrap();
+    let dim = trained.hidden_size();
+    for (i, expected) in trace.probe_embeddings.iter().enumerate() {
+        let cos = cosine(&embedded[i * dim..(i + 1) * dim], expected);
+        eprintln!("probe {i}: cosine {cos:.6}");
+        assert!(
+            cos >= 0.999,
+            "probe {i} {:?}: cosine {cos}",
+            trace.probes[i]
+        );
+    }
+}
