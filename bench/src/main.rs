@@ -9,6 +9,11 @@
 //! `mine`: one mining round over a workspace's built index (into a scratch
 //! store), split into query encoding, search, and selection + storage, next
 //! to the floor: one plain FAISS search of the same query embeddings.
+//!
+//! `train-step`: one training step (forward + backward + AdamW) at a fixed
+//! shape, median seconds and tokens/s.
+
+mod train_step;
 
 use anyhow::{bail, Context, Result};
 use cpack_index::candle_backend::CandleBackend;
@@ -75,6 +80,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("encode") => encode(parse(&args[1..])?),
         Some("mine") => mine(&args[1..]),
+        Some("train-step") => train_step::run(&args[1..]),
         _ => bail!("{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]", usage()),
     }
 }

@@ -54,8 +54,18 @@ fn affine(
 ) -> Result<Tensor> {
     match mode {
         Mode::Inference => inference_affine(x, weight, weight_t, bias),
-        Mode::Differentiable => x.matmul(weight_t)?.broadcast_add(bias),
+        Mode::Differentiable => trainable_affine(x, weight, weight_t, bias),
     }
+}
+
+#[cfg(feature = "blas")]
+fn trainable_affine(x: &Tensor, weight: &Tensor, _weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    super::blas::trainable_affine(x, weight, bias)
+}
+
+#[cfg(not(feature = "blas"))]
+fn trainable_affine(x: &Tensor, _weight: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.matmul(weight_t)?.broadcast_add(bias)
 }
 
 #[cfg(feature = "blas")]

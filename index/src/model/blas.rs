@@ -1,10 +1,11 @@
-//! Matrix products through the system BLAS (OpenBLAS), for the inference path.
+//! Matrix products through the system BLAS (OpenBLAS) for BERT's dense layers.
 //!
 //! candle's own CPU kernel reaches about half of what OpenBLAS does on the
-//! dense layers that dominate BERT's cost; FAISS links OpenBLAS anyway. These
-//! products have no backward, so only [`super::Mode::Inference`] uses them.
+//! dense layers that dominate BERT's cost; FAISS links OpenBLAS anyway.
+//! [`affine`] is the inference product; [`trainable_affine`] is the same
+//! product with a backward whose three gradients are sgemm calls too.
 
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::os::raw::c_int;
 
 const ROW_MAJOR: c_int = 101;
@@ -113,6 +114,109 @@ pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
 }
 
+/// `x · wᵀ + b` through OpenBLAS, differentiable in all three arguments.
+pub fn trainable_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainableAffine)
+}
+
+/// [`Affine`] plus its backward: for `y = x·wᵀ + b` and upstream `g`,
+/// `∂x = g·w`, `∂w = gᵀ·x`, `∂b = Σ_rows g`.
+struct TrainableAffine;
+
+impl CustomOp3 for TrainableAffine {
+    fn name(&self) -> &'static str {
+        "blas-trainable-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Affine.cpu_fwd(s1, l1, s2, l2, s3, l3)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad_x = grad.apply_op2_no_bwd(w, &Gemm { trans_a: false, trans_b: false })?;
+        let grad_w = grad.apply_op2_no_bwd(x, &Gemm { trans_a: true, trans_b: false })?;
+        let grad_b = grad.sum(0)?;
+        Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+/// `op(a) · op(b)` for contiguous row-major matrices, `op` = optional transpose.
+struct Gemm {
+    trans_a: bool,
+    trans_b: bool,
+}
+
+impl CustomOp2 for Gemm {
+    fn name(&self) -> &'static str {
+        "blas-gemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            bail!("{}: f32 inputs only", self.name())
+        };
+        let (Some((a_start, _)), Some((b_start, _))) =
+            (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            bail!("{}: contiguous inputs only", self.name())
+        };
+        let (a_rows, a_cols) = l1.shape().dims2()?;
+        let (b_rows, b_cols) = l2.shape().dims2()?;
+        let (m, k) = if self.trans_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
+        let (k_b, n) = if self.trans_b { (b_cols, b_rows) } else { (b_rows, b_cols) };
+        if k != k_b {
+            bail!("{}: inner dimensions {k} and {k_b} differ", self.name());
+        }
+        let mut out = vec![0f32; m * n];
+        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
+        // SAFETY: both inputs are contiguous from their start offsets with the
+        // row-major shapes checked above (leading dimension = stored columns),
+        // and `out` holds m·n elements with leading dimension n.
+        unsafe {
+            cblas_sgemm(
+                ROW_MAJOR,
+                flag(self.trans_a),
+                flag(self.trans_b),
+                m as c_int,
+                n as c_int,
+                k as c_int,
+                1.0,
+                a[a_start..].as_ptr(),
+                a_cols as c_int,
+                b[b_start..].as_ptr(),
+                b_cols as c_int,
+                0.0,
+                out.as_mut_ptr(),
+                n as c_int,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{Device, Tensor};
@@ -130,5 +234,28 @@ mod tests {
             .unwrap();
         let diff = crate::model::max_abs_diff(&blas, &reference);
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn trainable_gradients_agree_with_candle() {
+        use candle_core::Var;
+        let x = Var::randn(0f32, 1., (7, 5), &Device::Cpu).unwrap();
+        let w = Var::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
+        let b = Var::randn(0f32, 1., 3, &Device::Cpu).unwrap();
+        let probe = Tensor::randn(0f32, 1., (7, 3), &Device::Cpu).unwrap();
+        let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
+        let ours = loss(super::trainable_affine(&x, &w, &b).unwrap()).backward().unwrap();
+        let reference = loss(
+            x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap(),
+        )
+        .backward()
+        .unwrap();
+        for v in [&x, &w, &b] {
+            let diff = crate::model::max_abs_diff(
+                ours.get(v.as_tensor()).unwrap(),
+                reference.get(v.as_tensor()).unwrap(),
+            );
+            assert!(diff < 1e-5, "{diff}");
+        }
     }
 }

@@ -30,6 +30,7 @@ fn keep_freed_buffers() {
             // 32 MiB is glibc's ceiling for this threshold; larger values are refused.
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
+
         }
     }
 }
@@ -50,8 +51,28 @@ pub fn configure_threads(threads: usize) -> usize {
     std::env::set_var("CANDLE_NUM_THREADS", "1");
     keep_freed_buffers();
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    set_kernel_threads(1);
+    threads
+}
+
+/// Threads of the dense-layer kernels (OpenBLAS). Encoding runs one batch
+/// per worker on single-threaded kernels; training runs one big graph and
+/// wants every core inside each product.
+pub fn set_kernel_threads(threads: usize) {
     #[cfg(feature = "blas")]
-    blas::set_threads(1);
+    blas::set_threads(threads.max(1));
+    #[cfg(not(feature = "blas"))]
+    let _ = threads;
+}
+
+/// [`configure_threads`] for a process that trains as well as encodes:
+/// candle's element-wise kernels get every thread, since a training step is
+/// one big graph whose element-wise passes would otherwise run on one core
+/// (measured: a train step 1.3× faster, encoding ~3 % slower). Call
+/// [`set_kernel_threads`] with the thread count around training phases.
+pub fn configure_training_threads(threads: usize) -> usize {
+    let threads = configure_threads(threads);
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     threads
 }
 
