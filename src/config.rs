@@ -33,6 +33,32 @@ pub struct TomlFile {
     pub encode: EncodeSection,
     #[serde(default)]
     pub index: IndexSection,
+    #[serde(default)]
+    pub train: TrainSection,
+}
+
+/// `[train]`: defaults for `cpack train`, key for key the same as its flags.
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub epochs: Option<usize>,
+    pub refresh_every: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub group_size: Option<usize>,
+    pub temperature: Option<f64>,
+    pub loss: Option<String>,
+    pub lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub warmup_ratio: Option<f64>,
+    pub grad_accum: Option<usize>,
+    pub max_grad_norm: Option<f64>,
+    pub dropout: Option<bool>,
+    pub max_queries: Option<usize>,
+    pub split: Option<String>,
+    pub eval_split: Option<String>,
+    pub topk: Option<usize>,
+    pub skip: Option<usize>,
+    pub negatives: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,8 +108,10 @@ pub struct Config {
     pub encoder: EncoderSettings,
     pub threads: usize,
     pub index: IndexConfig,
-    /// Seed of every random choice (negative sampling, later shuffling).
+    /// Seed of every random choice (negative sampling, training order, dropout).
     pub seed: u64,
+    /// `[train]` as written; `cpack train` merges it with its flags.
+    pub train: TrainSection,
 }
 
 impl Config {
@@ -155,6 +183,7 @@ impl Config {
             threads: overrides.threads.or(file.encode.threads).unwrap_or(0),
             index,
             seed: file.seed.unwrap_or(42),
+            train: file.train,
         })
     }
 
@@ -173,18 +202,9 @@ impl Config {
         IndexDir::new(self.workspace.join(".cpack").join("index"))
     }
 
-    /// The stamp an index must carry to be searched with this configuration.
-    pub fn embedding_stamp(&self, encoder_backend: &str) -> Result<EmbeddingStamp> {
-        Ok(EmbeddingStamp {
-            model_fingerprint: self.model.fingerprint()?,
-            encoder_backend: encoder_backend.to_string(),
-            dim: self.model.hidden_size(),
-            pooling: self.encoder.pooling,
-            normalize: self.encoder.normalize,
-            query_max_len: self.encoder.query_max_len,
-            passage_max_len: self.encoder.passage_max_len,
-            query_instruction: self.encoder.query_instruction.clone(),
-        })
+    /// The stamp an index must carry to be searched with this configuration's encoder.
+    pub fn embedding_stamp(&self, encoder: &cpack_index::Encoder) -> Result<EmbeddingStamp> {
+        Ok(EmbeddingStamp::of(&self.model, encoder)?)
     }
 }
 

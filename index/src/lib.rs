@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
+pub mod evaluate;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;

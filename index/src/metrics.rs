@@ -1,11 +1,11 @@
 //! Retrieval metrics as C-MTEB / BEIR report them (pytrec_eval semantics):
 //! nDCG@k with linear graded gains, MRR@k, Recall@k.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Mean metrics over the judged queries of one split.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RetrievalMetrics {
     pub queries: usize,
     pub ndcg_at_10: f64,

@@ -54,6 +54,21 @@ pub struct EmbeddingStamp {
 }
 
 impl EmbeddingStamp {
+    /// The stamp of vectors `encoder` makes with the weights of `model`.
+    pub fn of(model: &crate::model::ModelDir, encoder: &Encoder) -> Result<Self> {
+        let s = encoder.settings();
+        Ok(EmbeddingStamp {
+            model_fingerprint: model.fingerprint()?,
+            encoder_backend: encoder.backend_name().to_string(),
+            dim: encoder.dim(),
+            pooling: s.pooling,
+            normalize: s.normalize,
+            query_max_len: s.query_max_len,
+            passage_max_len: s.passage_max_len,
+            query_instruction: s.query_instruction.clone(),
+        })
+    }
+
     /// The first field in which `self` (the index) differs from `other` (the workspace).
     pub fn first_difference(
         &self,

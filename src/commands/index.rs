@@ -39,7 +39,7 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
     let corpus = Dataset::load_corpus(&data)?;
     let encoder = open_encoder(&config)?;
     let plan = BuildPlan {
-        stamp: config.embedding_stamp(encoder.backend_name())?,
+        stamp: config.embedding_stamp(&encoder)?,
         corpus_fingerprint: corpus.fingerprint(),
         rows: corpus.len(),
         precision: config.index.precision,

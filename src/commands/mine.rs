@@ -73,7 +73,7 @@ fn params(args: &MineRunArgs, config: &Config) -> Result<MiningParams> {
 }
 
 /// Judgements of every split in the qrels folder.
-fn all_qrels(dataset: &Dataset) -> Result<Vec<Qrels>> {
+pub fn all_qrels(dataset: &Dataset) -> Result<Vec<Qrels>> {
     let dir = &dataset.paths.qrels_dir;
     let mut splits: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
@@ -108,7 +108,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let encoder = open_encoder(&config)?;
     let mut index = config
         .index_dir()
-        .open(&config.embedding_stamp(encoder.backend_name())?)?;
+        .open(&config.embedding_stamp(&encoder)?)?;
     let input = MiningInput {
         corpus: &dataset.corpus,
         queries: &dataset.queries,

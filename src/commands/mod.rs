@@ -5,7 +5,9 @@ mod eval;
 mod index;
 mod init;
 mod mine;
+mod report;
 mod search;
+mod train;
 
 use crate::cli::{Cli, Command, Overrides};
 use crate::config::Config;
@@ -37,6 +39,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => embed::run(&ctx, args),
         Command::Eval(args) => eval::run(&ctx, args),
         Command::Mine(args) => mine::run(&ctx, args),
+        Command::Train(args) => train::run(&ctx, args),
+        Command::Report(args) => report::run(&ctx, args),
     }
 }
 
@@ -44,6 +48,13 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
     let mut config = Config::load(&ctx.workspace, overrides)?;
     config.threads = cpack_index::model::configure_threads(config.threads);
+    Ok(config)
+}
+
+/// [`load_config`] for `cpack train`, whose process trains as well as encodes.
+pub fn load_training_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
+    let mut config = Config::load(&ctx.workspace, overrides)?;
+    config.threads = cpack_index::model::configure_training_threads(config.threads);
     Ok(config)
 }
 

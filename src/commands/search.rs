@@ -14,7 +14,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     let encoder = open_encoder(&config)?;
     let mut index = config
         .index_dir()
-        .open(&config.embedding_stamp(encoder.backend_name())?)?;
+        .open(&config.embedding_stamp(&encoder)?)?;
     let corpus = Dataset::load_corpus(config.data()?)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
     let hits = index.vectors.search(&query, args.k.min(index.ids.len()))?;

@@ -16,6 +16,7 @@ pub mod error;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod run;
 pub mod trainer;
 
 pub use error::{Error, Result};

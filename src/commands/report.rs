@@ -1,0 +1,143 @@
+//! `cpack report`: a training run's report as a table, JSON, or HTML curves.
+
+use super::train::{newest_run, runs_dir};
+use super::Context;
+use crate::cli::ReportArgs;
+use anyhow::{Context as _, Result};
+use cpack_train::run::{self, Report};
+use std::fmt::Write as _;
+
+pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
+    let runs = runs_dir(&ctx.workspace);
+    let name = match args.run {
+        Some(name) => name,
+        None => newest_run(&runs)?.context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
+    };
+    let report = run::load_report(&runs.join(&name))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    if let Some(path) = args.html {
+        std::fs::write(&path, html(&report)).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn metric(point: Option<&run::EvalPoint>, f: fn(&cpack_index::metrics::RetrievalMetrics) -> f64) -> String {
+    point.map_or("-".into(), |p| format!("{:.4}", f(&p.metrics)))
+}
+
+pub fn print_table(report: &Report) {
+    let s = &report.spec;
+    println!(
+        "run {} · {} epochs · refresh every {} · {} loss τ={} · batch {} × group {} · lr {} · {} training queries{}",
+        s.name,
+        s.epochs,
+        if s.refresh_every == 0 { "never (static)".to_string() } else { format!("{} epoch(s)", s.refresh_every) },
+        s.train.loss,
+        s.train.temperature,
+        s.train.batch_size,
+        s.train.group_size,
+        s.train.lr,
+        report.train_queries,
+        s.eval_split.as_ref().map_or(String::new(), |e| format!(" · eval on {e}")),
+    );
+    println!(
+        "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "epoch", "round", "loss", "nDCG@10", "MRR@10", "R@100", "train s", "encode s", "index s", "mine s", "eval s", "overlap"
+    );
+    if let Some(base) = &report.base {
+        println!(
+            "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7.0} {:>8}",
+            "base", "-", "-",
+            metric(Some(base), |m| m.ndcg_at_10),
+            metric(Some(base), |m| m.mrr_at_10),
+            metric(Some(base), |m| m.recall_at_100),
+            "-", "-", "-", "-", base.seconds, "-"
+        );
+    }
+    for e in &report.epochs {
+        println!(
+            "{:<6} {:>5} {:>8.4} {:>8} {:>8} {:>8} {:>8.0} {:>8.0} {:>8.1} {:>7.0} {:>7} {:>8}",
+            e.epoch,
+            e.round.map_or("-".into(), |r| r.to_string()),
+            e.mean_loss,
+            metric(e.eval.as_ref(), |m| m.ndcg_at_10),
+            metric(e.eval.as_ref(), |m| m.mrr_at_10),
+            metric(e.eval.as_ref(), |m| m.recall_at_100),
+            e.train_seconds,
+            e.encode_seconds,
+            e.index_seconds,
+            e.mine_seconds,
+            e.eval.as_ref().map_or("-".into(), |p| format!("{:.0}", p.seconds)),
+            e.negatives_overlap.map_or("-".into(), |o| format!("{o:.3}")),
+        );
+    }
+}
+
+/// One SVG line chart of `points` (x = epoch, base at 0).
+fn chart(title: &str, points: &[(f64, f64)]) -> String {
+    let (w, h, pad) = (420.0, 240.0, 40.0);
+    if points.is_empty() {
+        return format!("<p>{title}: no data yet</p>");
+    }
+    let xmax = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let span = (hi - lo).max(1e-9);
+    let x = |v: f64| pad + v / xmax * (w - 2.0 * pad);
+    let y = |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
+    let path: Vec<String> = points.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+    let mut svg = format!(
+        "<figure><figcaption>{title}</figcaption><svg width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\" stroke=\"#ccc\"/>\
+         <polyline fill=\"none\" stroke=\"#2563eb\" stroke-width=\"2\" points=\"{}\"/>",
+        path.join(" ")
+    );
+    for p in points {
+        let _ = write!(
+            svg,
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#2563eb\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{:.4}</text>\
+             <text x=\"{:.1}\" y=\"{}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            x(p.0), y(p.1), x(p.0) + 4.0, y(p.1) - 6.0, p.1, x(p.0), h - pad / 2.0,
+            if p.0 == 0.0 { "base".to_string() } else { format!("epoch {}", p.0) }
+        );
+    }
+    svg.push_str("</svg></figure>");
+    svg
+}
+
+fn html(report: &Report) -> String {
+    let mut ndcg = Vec::new();
+    if let Some(base) = &report.base {
+        ndcg.push((0.0, base.metrics.ndcg_at_10));
+    }
+    ndcg.extend(report.epochs.iter().filter_map(|e| Some((e.epoch as f64, e.eval.as_ref()?.metrics.ndcg_at_10))));
+    let loss: Vec<(f64, f64)> = report.epochs.iter().map(|e| (e.epoch as f64, e.mean_loss)).collect();
+    let mut rows = String::new();
+    for e in &report.epochs {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{:.4}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td></tr>",
+            e.epoch,
+            e.mean_loss,
+            metric(e.eval.as_ref(), |m| m.ndcg_at_10),
+            e.train_seconds,
+            e.encode_seconds,
+            e.mine_seconds
+        );
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>cpack run {name}</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}figure{{display:inline-block;margin:1em}}\
+         td,th{{padding:2px 10px;text-align:right}}</style></head><body><h1>cpack run {name}</h1>\
+         <pre>{spec}</pre>{c1}{c2}<table><tr><th>epoch</th><th>loss</th><th>nDCG@10</th><th>train s</th>\
+         <th>encode s</th><th>mine s</th></tr>{rows}</table></body></html>\n",
+        name = report.spec.name,
+        spec = serde_json::to_string_pretty(&report.spec).expect("plain data"),
+        c1 = chart(&format!("nDCG@10 on {}", report.spec.eval_split.as_deref().unwrap_or("-")), &ndcg),
+        c2 = chart("mean training loss", &loss),
+    )
+}

@@ -1,0 +1,398 @@
+//! The closed loop (ANCE, in-process): train N epochs on the current mining
+//! round, write the checkpoint, re-encode the corpus with it into the run's
+//! own index (a new generation beside the old one, swapped atomically),
+//! evaluate, re-mine with it, and go on.
+//!
+//! A run lives in `.cpack/runs/<name>/`: `run.json` (what was asked),
+//! `epoch-N/` checkpoints, `index/` (the corpus under the newest
+//! checkpoint) and `report.json`. Every piece is written atomically and every
+//! stage resumes, so `--resume` after a kill continues from the last
+//! checkpoint: the index build and mining pick up their own partial work,
+//! and the epoch's batches are a pure function of (seed, epoch).
+
+use crate::checkpoint::{self, Modules, TrainerState};
+use crate::data::{Skipped, TrainingSet};
+use crate::error::{Error, Result};
+use crate::model::TrainableEncoder;
+use crate::trainer::{TrainSettings, Trainer};
+use cpack_index::candle_backend::CandleBackend;
+use cpack_index::dataset::{Dataset, Qrels};
+use cpack_index::embeddings::Precision;
+use cpack_index::evaluate::evaluate_index;
+use cpack_index::metrics::RetrievalMetrics;
+use cpack_index::model::{set_kernel_threads, ModelDir};
+use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance};
+use cpack_index::vector::IndexKind;
+use cpack_index::{fsutil, Encoder, EncoderSettings, PairTokenizer, Progress};
+use cpack_miner::store::QueryRecord;
+use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub const SPEC_FILE: &str = "run.json";
+pub const REPORT_FILE: &str = "report.json";
+
+/// What a run was asked to do; stored in `run.json` so `--resume` repeats it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub name: String,
+    pub base_model: PathBuf,
+    pub encoder: EncoderSettings,
+    pub train: TrainSettings,
+    pub epochs: usize,
+    /// Re-encode, re-index and re-mine every this many epochs; 0 = static negatives.
+    pub refresh_every: usize,
+    /// Parameters of every mining round the run makes (split included).
+    pub mining: MiningParams,
+    /// Qrels split evaluated after each epoch; `None` = no evaluation.
+    pub eval_split: Option<String>,
+    /// Train on this many queries of the split (a seeded subset).
+    pub max_queries: Option<usize>,
+}
+
+impl RunSpec {
+    /// Hard negatives are used at all (group size 1 = in-batch negatives only).
+    fn uses_rounds(&self) -> bool {
+        self.train.group_size > 1
+    }
+
+    fn refresh_before(&self, epoch: usize) -> bool {
+        self.uses_rounds() && self.refresh_every > 0 && epoch > 1 && (epoch - 1) % self.refresh_every == 0
+    }
+}
+
+/// Retrieval quality of one model on the evaluation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub metrics: RetrievalMetrics,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    /// Mining round trained on (`None`: in-batch negatives only).
+    pub round: Option<u32>,
+    pub mean_loss: f64,
+    pub optimizer_steps: u64,
+    pub train_seconds: f64,
+    pub train_tokens: u64,
+    /// Mining that produced this epoch's round (0 when the round was reused).
+    pub mine_seconds: f64,
+    /// Jaccard overlap of this round's negatives with the previous epoch's round.
+    pub negatives_overlap: Option<f64>,
+    /// Re-encoding the corpus with this epoch's checkpoint, and indexing it.
+    pub encode_seconds: f64,
+    pub index_seconds: f64,
+    pub eval: Option<EvalPoint>,
+    pub checkpoint: PathBuf,
+}
+
+/// `report.json`: the run's curve, rewritten after every epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub spec: RunSpec,
+    pub train_queries: usize,
+    pub skipped_no_positive: usize,
+    pub skipped_not_in_round: usize,
+    pub base: Option<EvalPoint>,
+    pub epochs: Vec<EpochReport>,
+}
+
+/// The workspace a run reads and mines into.
+pub struct Workspace<'a> {
+    pub dataset: &'a Dataset,
+    /// Judgements of every split (a query's positives are never its negatives).
+    pub all_qrels: &'a [Qrels],
+    pub store: &'a NegativeStore,
+    /// The workspace's own index (the base model's corpus encoding).
+    pub base_index: &'a IndexDir,
+    pub index_kind: IndexKind,
+    pub precision: Precision,
+    pub threads: usize,
+}
+
+/// The model a phase of the run encodes with.
+struct Current {
+    model: ModelDir,
+    encoder: Encoder,
+}
+
+impl Current {
+    fn open(model: ModelDir, settings: &EncoderSettings, threads: usize) -> Result<Self> {
+        let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
+        let encoder = Encoder::new(&model, settings.clone(), Box::new(backend))?.with_workers(threads);
+        Ok(Current { model, encoder })
+    }
+
+    /// Builds (or finds up to date) the index of `dir` for this model, then opens it.
+    fn index(&self, ws: &Workspace, dir: &IndexDir, progress: &dyn Progress) -> Result<(OpenIndex, f64, f64)> {
+        set_kernel_threads(1);
+        let corpus = &ws.dataset.corpus;
+        let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
+        let plan = BuildPlan {
+            stamp: stamp.clone(),
+            corpus_fingerprint: corpus.fingerprint(),
+            rows: corpus.len(),
+            precision: ws.precision,
+            index: ws.index_kind.clone(),
+        };
+        let provenance = Provenance {
+            model_path: &self.model.dir,
+            corpus_path: &ws.dataset.paths.corpus,
+        };
+        let options = BuildOptions {
+            chunk_rows: 2048,
+            force: false,
+        };
+        let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
+        let (encode, index) = match outcome {
+            BuildOutcome::Built { manifest, .. } => (manifest.timings.encode_seconds, manifest.timings.index_seconds),
+            BuildOutcome::UpToDate { .. } => (0.0, 0.0),
+        };
+        Ok((dir.open(&stamp)?, encode, index))
+    }
+
+    fn evaluate(&self, ws: &Workspace, index: &mut OpenIndex, split: &str, progress: &dyn Progress) -> Result<EvalPoint> {
+        set_kernel_threads(1);
+        let qrels = ws.dataset.qrels(split)?;
+        let started = Instant::now();
+        let e = evaluate_index(&self.encoder, index, &ws.dataset.queries, &qrels, progress)?;
+        Ok(EvalPoint {
+            metrics: e.metrics,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The newest complete round mined by this model with `params`, mining it if there is none.
+    fn round(
+        &self,
+        ws: &Workspace,
+        index: &mut OpenIndex,
+        params: &MiningParams,
+        split_qrels: &Qrels,
+        progress: &dyn Progress,
+    ) -> Result<(u32, f64)> {
+        let fingerprint = self.model.fingerprint()?;
+        let (wanted, _) = params.clone().validated(ws.dataset.corpus.len()).map_err(Error::Invalid)?;
+        let instruction = &self.encoder.settings().query_instruction;
+        let existing = ws.store.rounds()?.into_iter().rev().find(|m| {
+            m.complete && m.model_fingerprint == fingerprint && m.params == wanted && &m.query_instruction == instruction
+        });
+        if let Some(m) = existing {
+            return Ok((m.round, 0.0));
+        }
+        set_kernel_threads(1);
+        let input = MiningInput {
+            corpus: &ws.dataset.corpus,
+            queries: &ws.dataset.queries,
+            split_qrels,
+            all_qrels: ws.all_qrels,
+            encoder: &self.encoder,
+            index,
+        };
+        let started = Instant::now();
+        let manifest = match cpack_miner::mine(ws.store, input, params.clone(), MineOptions::default(), progress)? {
+            MineOutcome::UpToDate(m) => m,
+            MineOutcome::Mined { manifest, .. } => manifest,
+        };
+        Ok((manifest.round, started.elapsed().as_secs_f64()))
+    }
+}
+
+/// Runs (or, with `resume`, continues) the run described by `spec` in `run_dir`.
+pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress: &dyn Progress) -> Result<Report> {
+    let spec = prepare_run_dir(run_dir, spec, resume)?;
+    let split_qrels = ws.dataset.qrels(&spec.mining.split)?;
+    if split_qrels.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} has no judgements to train on",
+            ws.dataset.paths.qrels(&spec.mining.split).display()
+        )));
+    }
+    let base = Current::open(ModelDir::open(&spec.base_model)?, &spec.encoder, ws.threads)?;
+    let mut report = read_report(run_dir)?.unwrap_or_else(|| Report {
+        spec: spec.clone(),
+        train_queries: 0,
+        skipped_no_positive: 0,
+        skipped_not_in_round: 0,
+        base: None,
+        epochs: Vec::new(),
+    });
+
+    // The base model's index and round: built or mined first if missing.
+    let needs_base_index = report.base.is_none() && spec.eval_split.is_some() || spec.uses_rounds();
+    let mut round = None;
+    let mut mine_seconds = 0.0;
+    if needs_base_index {
+        let (mut index, _, _) = base.index(ws, ws.base_index, progress)?;
+        if let (None, Some(split)) = (&report.base, &spec.eval_split) {
+            report.base = Some(base.evaluate(ws, &mut index, split, progress)?);
+            write_report(run_dir, &report)?;
+        }
+        if spec.uses_rounds() {
+            let (r, seconds) = base.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
+            round = Some(r);
+            mine_seconds = seconds;
+        }
+    }
+
+    let resumed = checkpoint::latest(run_dir)?.map(|dir| checkpoint::load(&dir)).transpose()?;
+    let start_epoch = resumed.as_ref().map_or(0, |s| s.state.epoch);
+    if let Some(saved) = &resumed {
+        progress.note(&format!("resuming after epoch {} of {}", saved.state.epoch, spec.epochs));
+        if saved.state.round.is_some() {
+            round = saved.state.round;
+        }
+    }
+    report.epochs.retain(|e| e.epoch <= start_epoch);
+    let model = resumed.as_ref().map_or_else(|| base.model.clone(), |s| s.model.clone());
+    let mut current = Current::open(model, &spec.encoder, ws.threads)?;
+    let encoder = TrainableEncoder::load(&current.model, spec.encoder.pooling, spec.encoder.normalize)?;
+    let tokenizer = PairTokenizer::load(&base.model, &spec.encoder)?;
+    let mut trainer = Trainer::new(encoder, tokenizer, spec.train.clone())?;
+    if let Some(saved) = resumed {
+        trainer.restore(saved.moments, saved.state.optimizer_steps).map_err(|problem| Error::Checkpoint {
+            path: saved.model.dir.clone(),
+            problem,
+        })?;
+    }
+
+    let run_index = IndexDir::new(run_dir.join("index"));
+    let mut records = load_records(ws.store, round)?;
+    let mut set = training_set(ws, &split_qrels, records.as_deref(), &spec);
+    note_skipped(&mut report, &set, progress);
+    let total_steps = total_steps(&spec, set.len());
+    for epoch in start_epoch + 1..=spec.epochs {
+        let mut overlap = None;
+        if spec.refresh_before(epoch) {
+            let (mut index, _, _) = current.index(ws, &run_index, progress)?;
+            let (r, seconds) = current.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
+            if Some(r) != round {
+                let fresh = load_records(ws.store, Some(r))?;
+                overlap = records.as_deref().zip(fresh.as_deref()).map(|(a, b)| cpack_miner::stats::overlap(b, a));
+                records = fresh;
+                set = training_set(ws, &split_qrels, records.as_deref(), &spec);
+                note_skipped(&mut report, &set, progress);
+                round = Some(r);
+            }
+            mine_seconds = seconds;
+        }
+        set_kernel_threads(ws.threads);
+        let stats = trainer.train_epoch(&set, (&ws.dataset.corpus, &ws.dataset.queries), epoch, total_steps, progress)?;
+        let state = TrainerState::new(epoch, trainer.optimizer().steps(), total_steps, round, stats.mean_loss);
+        let modules = Modules {
+            pooling: spec.encoder.pooling,
+            normalize: spec.encoder.normalize,
+            max_seq_length: spec.encoder.passage_max_len,
+        };
+        progress.stage(&format!("saving epoch-{epoch}"), 0);
+        let saved = checkpoint::save(run_dir, &base.model, trainer.encoder(), trainer.optimizer(), &state, &modules)?;
+        current = Current::open(ModelDir::open(&saved)?, &spec.encoder, ws.threads)?;
+
+        let mut entry = EpochReport {
+            epoch,
+            round,
+            mean_loss: stats.mean_loss,
+            optimizer_steps: stats.optimizer_steps,
+            train_seconds: stats.seconds,
+            train_tokens: stats.tokens,
+            mine_seconds: std::mem::take(&mut mine_seconds),
+            negatives_overlap: overlap,
+            encode_seconds: 0.0,
+            index_seconds: 0.0,
+            eval: None,
+            checkpoint: saved,
+        };
+        let refresh_next = epoch < spec.epochs && spec.refresh_before(epoch + 1);
+        if spec.eval_split.is_some() || refresh_next {
+            let (mut index, encode, indexing) = current.index(ws, &run_index, progress)?;
+            entry.encode_seconds = encode;
+            entry.index_seconds = indexing;
+            if let Some(split) = &spec.eval_split {
+                entry.eval = Some(current.evaluate(ws, &mut index, split, progress)?);
+            }
+        }
+        report.epochs.push(entry);
+        write_report(run_dir, &report)?;
+    }
+    Ok(report)
+}
+
+/// Creates the run folder and its `run.json`, or (resuming) reads the stored spec.
+fn prepare_run_dir(run_dir: &Path, spec: RunSpec, resume: bool) -> Result<RunSpec> {
+    let spec_path = run_dir.join(SPEC_FILE);
+    if resume {
+        if !spec_path.exists() {
+            return Err(Error::Invalid(format!(
+                "there is no run to resume at {} (no {SPEC_FILE})",
+                run_dir.display()
+            )));
+        }
+        let mut stored: RunSpec = fsutil::read_json(&spec_path)?;
+        // Only the length of the run may change on resume.
+        stored.epochs = spec.epochs.max(stored.epochs);
+        fsutil::write_json_atomic(&spec_path, &stored)?;
+        return Ok(stored);
+    }
+    if spec_path.exists() {
+        return Err(Error::Invalid(format!(
+            "run {} already exists at {}; continue it with --resume, or name a new one with --run",
+            spec.name,
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(run_dir).map_err(Error::io("create", run_dir))?;
+    fsutil::write_json_atomic(&spec_path, &spec)?;
+    Ok(spec)
+}
+
+fn read_report(run_dir: &Path) -> Result<Option<Report>> {
+    let path = run_dir.join(REPORT_FILE);
+    Ok(if path.exists() { Some(fsutil::read_json(&path)?) } else { None })
+}
+
+/// Reads a run's `report.json`.
+pub fn load_report(run_dir: &Path) -> Result<Report> {
+    read_report(run_dir)?.ok_or_else(|| {
+        Error::Invalid(format!("{} has no {REPORT_FILE} yet (no epoch has finished)", run_dir.display()))
+    })
+}
+
+fn write_report(run_dir: &Path, report: &Report) -> Result<()> {
+    Ok(fsutil::write_json_atomic(&run_dir.join(REPORT_FILE), report)?)
+}
+
+fn load_records(store: &NegativeStore, round: Option<u32>) -> Result<Option<Vec<(String, QueryRecord)>>> {
+    round.map(|r| Ok(store.records(r)?)).transpose()
+}
+
+fn training_set(ws: &Workspace, split_qrels: &Qrels, records: Option<&[(String, QueryRecord)]>, spec: &RunSpec) -> TrainingSet {
+    TrainingSet::build(
+        &ws.dataset.corpus,
+        &ws.dataset.queries,
+        split_qrels,
+        records,
+        spec.max_queries,
+        spec.train.seed,
+    )
+}
+
+fn note_skipped(report: &mut Report, set: &TrainingSet, progress: &dyn Progress) {
+    let Skipped { no_positive, not_in_round } = set.skipped.clone();
+    if no_positive + not_in_round > 0 {
+        progress.note(&format!(
+            "{no_positive} queries without a positive and {not_in_round} missing from the mining round are left out"
+        ));
+    }
+    report.train_queries = set.len();
+    report.skipped_no_positive = no_positive;
+    report.skipped_not_in_round = not_in_round;
+}
+
+/// Optimizer steps of the whole run, for the learning-rate schedule.
+fn total_steps(spec: &RunSpec, queries: usize) -> u64 {
+    let batches = queries.div_ceil(spec.train.batch_size);
+    (batches.div_ceil(spec.train.grad_accum) * spec.epochs) as u64
+}
