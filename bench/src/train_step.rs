@@ -24,7 +24,8 @@ struct Args {
     json: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: cpack-bench train-step [--model DIR] [--corpus corpus.jsonl] [--queries 16] \
+const USAGE: &str =
+    "usage: cpack-bench train-step [--model DIR] [--corpus corpus.jsonl] [--queries 16] \
     [--query-len 32] [--passages 32] [--passage-len 128] [--reps 5] [--threads N] [--json OUT]";
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -41,7 +42,10 @@ fn parse(args: &[String]) -> Result<Args> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
         match flag.as_str() {
             "--model" => a.model = value()?.into(),
             "--corpus" => a.corpus = value()?.into(),
@@ -87,7 +91,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .take(a.queries + a.passages)
         .collect();
     if long.len() < a.queries + a.passages {
-        bail!("the corpus has too few passages of {} tokens", a.passage_len);
+        bail!(
+            "the corpus has too few passages of {} tokens",
+            a.passage_len
+        );
     }
     let queries: Vec<&str> = long[..a.queries].iter().map(String::as_str).collect();
     let passages: Vec<&str> = long[a.queries..].iter().map(String::as_str).collect();
@@ -113,7 +120,11 @@ pub fn run(args: &[String]) -> Result<()> {
         let dropout = trainer.encoder().dropout(true, rep as u64);
         let pass = trainer.pass(&queries, &passages, dropout.as_ref())?;
         let mut grads = Gradients::default();
-        grads.accumulate(&trainer.encoder().vars(), pass.grads.as_ref().context("loss is not finite")?, 1.0)?;
+        grads.accumulate(
+            &trainer.encoder().vars(),
+            pass.grads.as_ref().context("loss is not finite")?,
+            1.0,
+        )?;
         trainer.apply(grads, 2e-5)?;
         let s = started.elapsed().as_secs_f64();
         // The first step warms allocators and caches.

@@ -11,7 +11,8 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
     let runs = runs_dir(&ctx.workspace);
     let name = match args.run {
         Some(name) => name,
-        None => newest_run(&runs)?.context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
+        None => newest_run(&runs)?
+            .context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
     };
     let report = run::load_report(&runs.join(&name))?;
     if args.json {
@@ -20,13 +21,17 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
         print_table(&report);
     }
     if let Some(path) = args.html {
-        std::fs::write(&path, html(&report)).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, html(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
 }
 
-fn metric(point: Option<&run::EvalPoint>, f: fn(&cpack_index::metrics::RetrievalMetrics) -> f64) -> String {
+fn metric(
+    point: Option<&run::EvalPoint>,
+    f: fn(&cpack_index::metrics::RetrievalMetrics) -> f64,
+) -> String {
     point.map_or("-".into(), |p| format!("{:.4}", f(&p.metrics)))
 }
 
@@ -47,16 +52,34 @@ pub fn print_table(report: &Report) {
     );
     println!(
         "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
-        "epoch", "round", "loss", "nDCG@10", "MRR@10", "R@100", "train s", "encode s", "index s", "mine s", "eval s", "overlap"
+        "epoch",
+        "round",
+        "loss",
+        "nDCG@10",
+        "MRR@10",
+        "R@100",
+        "train s",
+        "encode s",
+        "index s",
+        "mine s",
+        "eval s",
+        "overlap"
     );
     if let Some(base) = &report.base {
         println!(
             "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7.0} {:>8}",
-            "base", "-", "-",
+            "base",
+            "-",
+            "-",
             metric(Some(base), |m| m.ndcg_at_10),
             metric(Some(base), |m| m.mrr_at_10),
             metric(Some(base), |m| m.recall_at_100),
-            "-", "-", "-", "-", base.seconds, "-"
+            "-",
+            "-",
+            "-",
+            "-",
+            base.seconds,
+            "-"
         );
     }
     for e in &report.epochs {
@@ -72,8 +95,11 @@ pub fn print_table(report: &Report) {
             e.encode_seconds,
             e.index_seconds,
             e.mine_seconds,
-            e.eval.as_ref().map_or("-".into(), |p| format!("{:.0}", p.seconds)),
-            e.negatives_overlap.map_or("-".into(), |o| format!("{o:.3}")),
+            e.eval
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.0}", p.seconds)),
+            e.negatives_overlap
+                .map_or("-".into(), |o| format!("{o:.3}")),
         );
     }
 }
@@ -85,11 +111,16 @@ fn chart(title: &str, points: &[(f64, f64)]) -> String {
         return format!("<p>{title}: no data yet</p>");
     }
     let xmax = points.iter().map(|p| p.0).fold(1.0, f64::max);
-    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(p.1), hi.max(p.1)));
+    let (lo, hi) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
     let span = (hi - lo).max(1e-9);
     let x = |v: f64| pad + v / xmax * (w - 2.0 * pad);
     let y = |v: f64| h - pad - (v - lo) / span * (h - 2.0 * pad);
-    let path: Vec<String> = points.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+    let path: Vec<String> = points
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+        .collect();
     let mut svg = format!(
         "<figure><figcaption>{title}</figcaption><svg width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">\
          <rect width=\"100%\" height=\"100%\" fill=\"white\" stroke=\"#ccc\"/>\
@@ -114,8 +145,17 @@ fn html(report: &Report) -> String {
     if let Some(base) = &report.base {
         ndcg.push((0.0, base.metrics.ndcg_at_10));
     }
-    ndcg.extend(report.epochs.iter().filter_map(|e| Some((e.epoch as f64, e.eval.as_ref()?.metrics.ndcg_at_10))));
-    let loss: Vec<(f64, f64)> = report.epochs.iter().map(|e| (e.epoch as f64, e.mean_loss)).collect();
+    ndcg.extend(
+        report
+            .epochs
+            .iter()
+            .filter_map(|e| Some((e.epoch as f64, e.eval.as_ref()?.metrics.ndcg_at_10))),
+    );
+    let loss: Vec<(f64, f64)> = report
+        .epochs
+        .iter()
+        .map(|e| (e.epoch as f64, e.mean_loss))
+        .collect();
     let mut rows = String::new();
     for e in &report.epochs {
         let _ = write!(

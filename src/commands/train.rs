@@ -17,7 +17,9 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     let runs_dir = runs_dir(&config.workspace);
     let name = match (&args.run, args.resume) {
         (Some(name), _) => name.clone(),
-        (None, true) => newest_run(&runs_dir)?.context("there is no run to resume in .cpack/runs")?,
+        (None, true) => {
+            newest_run(&runs_dir)?.context("there is no run to resume in .cpack/runs")?
+        }
         (None, false) => next_run_name(&runs_dir)?,
     };
     let spec = spec(&args, &config, &dataset, &name)?;
@@ -66,7 +68,13 @@ pub fn newest_run(runs_dir: &Path) -> Result<Option<String>> {
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join(run::SPEC_FILE).exists())
         .filter_map(|e| {
-            let modified = e.path().join(run::SPEC_FILE).metadata().ok()?.modified().ok()?;
+            let modified = e
+                .path()
+                .join(run::SPEC_FILE)
+                .metadata()
+                .ok()?
+                .modified()
+                .ok()?;
             Some((modified, e.file_name().to_string_lossy().to_string()))
         })
         .collect();
@@ -113,7 +121,11 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         topk: pick(&args.topk, &file.topk, 200),
         skip: pick(&args.skip, &file.skip, 10),
         skip_after_filter: false,
-        negatives: pick(&args.negatives, &file.negatives, group_size.saturating_sub(1).max(1)),
+        negatives: pick(
+            &args.negatives,
+            &file.negatives,
+            group_size.saturating_sub(1).max(1),
+        ),
         sampling: Sampling::Random,
         on_short: OnShort::Keep,
         seed: config.seed,
@@ -151,7 +163,10 @@ fn validate(t: &TrainSettings) -> Result<()> {
         bail!("--train-batch-size, --group-size and --grad-accum must be at least 1");
     }
     if !(t.temperature > 0.0 && t.temperature.is_finite()) {
-        bail!("--temperature must be a positive number, not {}", t.temperature);
+        bail!(
+            "--temperature must be a positive number, not {}",
+            t.temperature
+        );
     }
     if !(t.lr > 0.0 && t.lr.is_finite()) {
         bail!("--lr must be a positive number, not {}", t.lr);
@@ -161,4 +176,3 @@ fn validate(t: &TrainSettings) -> Result<()> {
     }
     Ok(())
 }
-

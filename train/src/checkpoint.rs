@@ -13,6 +13,7 @@
 use crate::error::{Error, Result};
 use crate::model::TrainableEncoder;
 use crate::optim::AdamW;
+use crate::trainer::EpochStats;
 use candle_core::{Device, Tensor};
 use cpack_index::fsutil;
 use cpack_index::model::{ModelDir, Pooling};
@@ -49,24 +50,24 @@ pub struct TrainerState {
     pub total_steps: u64,
     /// Mining round the epoch trained on.
     pub round: Option<u32>,
-    pub mean_loss: f64,
+    /// How the epoch went, and the mining that preceded it: enough to
+    /// rebuild its report entry if the process dies before writing it.
+    pub stats: EpochStats,
+    pub mine_seconds: f64,
+    pub negatives_overlap: Option<f64>,
 }
 
 impl TrainerState {
-    pub fn new(
-        epoch: usize,
-        optimizer_steps: u64,
-        total_steps: u64,
-        round: Option<u32>,
-        mean_loss: f64,
-    ) -> Self {
+    pub fn new(epoch: usize, optimizer_steps: u64, total_steps: u64, round: Option<u32>) -> Self {
         TrainerState {
             format_version: FORMAT_VERSION,
             epoch,
             optimizer_steps,
             total_steps,
             round,
-            mean_loss,
+            stats: EpochStats::default(),
+            mine_seconds: 0.0,
+            negatives_overlap: None,
         }
     }
 }

@@ -21,7 +21,9 @@ use cpack_index::embeddings::Precision;
 use cpack_index::evaluate::evaluate_index;
 use cpack_index::metrics::RetrievalMetrics;
 use cpack_index::model::{set_kernel_threads, ModelDir};
-use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance};
+use cpack_index::store::{
+    BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance,
+};
 use cpack_index::vector::IndexKind;
 use cpack_index::{fsutil, Encoder, EncoderSettings, PairTokenizer, Progress};
 use cpack_miner::store::QueryRecord;
@@ -58,7 +60,10 @@ impl RunSpec {
     }
 
     fn refresh_before(&self, epoch: usize) -> bool {
-        self.uses_rounds() && self.refresh_every > 0 && epoch > 1 && (epoch - 1) % self.refresh_every == 0
+        self.uses_rounds()
+            && self.refresh_every > 0
+            && epoch > 1
+            && (epoch - 1) % self.refresh_every == 0
     }
 }
 
@@ -122,12 +127,18 @@ struct Current {
 impl Current {
     fn open(model: ModelDir, settings: &EncoderSettings, threads: usize) -> Result<Self> {
         let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
-        let encoder = Encoder::new(&model, settings.clone(), Box::new(backend))?.with_workers(threads);
+        let encoder =
+            Encoder::new(&model, settings.clone(), Box::new(backend))?.with_workers(threads);
         Ok(Current { model, encoder })
     }
 
     /// Builds (or finds up to date) the index of `dir` for this model, then opens it.
-    fn index(&self, ws: &Workspace, dir: &IndexDir, progress: &dyn Progress) -> Result<(OpenIndex, f64, f64)> {
+    fn index(
+        &self,
+        ws: &Workspace,
+        dir: &IndexDir,
+        progress: &dyn Progress,
+    ) -> Result<(OpenIndex, f64, f64)> {
         set_kernel_threads(1);
         let corpus = &ws.dataset.corpus;
         let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
@@ -148,13 +159,22 @@ impl Current {
         };
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
         let (encode, index) = match outcome {
-            BuildOutcome::Built { manifest, .. } => (manifest.timings.encode_seconds, manifest.timings.index_seconds),
+            BuildOutcome::Built { manifest, .. } => (
+                manifest.timings.encode_seconds,
+                manifest.timings.index_seconds,
+            ),
             BuildOutcome::UpToDate { .. } => (0.0, 0.0),
         };
         Ok((dir.open(&stamp)?, encode, index))
     }
 
-    fn evaluate(&self, ws: &Workspace, index: &mut OpenIndex, split: &str, progress: &dyn Progress) -> Result<EvalPoint> {
+    fn evaluate(
+        &self,
+        ws: &Workspace,
+        index: &mut OpenIndex,
+        split: &str,
+        progress: &dyn Progress,
+    ) -> Result<EvalPoint> {
         set_kernel_threads(1);
         let qrels = ws.dataset.qrels(split)?;
         let started = Instant::now();
@@ -175,10 +195,16 @@ impl Current {
         progress: &dyn Progress,
     ) -> Result<(u32, f64)> {
         let fingerprint = self.model.fingerprint()?;
-        let (wanted, _) = params.clone().validated(ws.dataset.corpus.len()).map_err(Error::Invalid)?;
+        let (wanted, _) = params
+            .clone()
+            .validated(ws.dataset.corpus.len())
+            .map_err(Error::Invalid)?;
         let instruction = &self.encoder.settings().query_instruction;
         let existing = ws.store.rounds()?.into_iter().rev().find(|m| {
-            m.complete && m.model_fingerprint == fingerprint && m.params == wanted && &m.query_instruction == instruction
+            m.complete
+                && m.model_fingerprint == fingerprint
+                && m.params == wanted
+                && &m.query_instruction == instruction
         });
         if let Some(m) = existing {
             return Ok((m.round, 0.0));
@@ -193,7 +219,13 @@ impl Current {
             index,
         };
         let started = Instant::now();
-        let manifest = match cpack_miner::mine(ws.store, input, params.clone(), MineOptions::default(), progress)? {
+        let manifest = match cpack_miner::mine(
+            ws.store,
+            input,
+            params.clone(),
+            MineOptions::default(),
+            progress,
+        )? {
             MineOutcome::UpToDate(m) => m,
             MineOutcome::Mined { manifest, .. } => manifest,
         };
@@ -202,8 +234,14 @@ impl Current {
 }
 
 /// Runs (or, with `resume`, continues) the run described by `spec` in `run_dir`.
-pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress: &dyn Progress) -> Result<Report> {
-    let spec = prepare_run_dir(run_dir, spec, resume)?;
+pub fn run(
+    ws: &Workspace,
+    spec: RunSpec,
+    run_dir: &Path,
+    resume: bool,
+    progress: &dyn Progress,
+) -> Result<Report> {
+    // Checked before anything is written, so a bad request leaves no run behind.
     let split_qrels = ws.dataset.qrels(&spec.mining.split)?;
     if split_qrels.is_empty() {
         return Err(Error::Invalid(format!(
@@ -211,6 +249,7 @@ pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress
             ws.dataset.paths.qrels(&spec.mining.split).display()
         )));
     }
+    let spec = prepare_run_dir(run_dir, spec, resume)?;
     let base = Current::open(ModelDir::open(&spec.base_model)?, &spec.encoder, ws.threads)?;
     let mut report = read_report(run_dir)?.unwrap_or_else(|| Report {
         spec: spec.clone(),
@@ -238,28 +277,43 @@ pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress
         }
     }
 
-    let resumed = checkpoint::latest(run_dir)?.map(|dir| checkpoint::load(&dir)).transpose()?;
+    let run_index = IndexDir::new(run_dir.join("index"));
+    let resumed = checkpoint::latest(run_dir)?
+        .map(|dir| checkpoint::load(&dir))
+        .transpose()?;
     let start_epoch = resumed.as_ref().map_or(0, |s| s.state.epoch);
+    let model = resumed
+        .as_ref()
+        .map_or_else(|| base.model.clone(), |s| s.model.clone());
+    let mut current = Current::open(model, &spec.encoder, ws.threads)?;
+    report.epochs.retain(|e| e.epoch <= start_epoch);
     if let Some(saved) = &resumed {
-        progress.note(&format!("resuming after epoch {} of {}", saved.state.epoch, spec.epochs));
-        if saved.state.round.is_some() {
-            round = saved.state.round;
+        progress.note(&format!(
+            "resuming after epoch {} of {}",
+            saved.state.epoch, spec.epochs
+        ));
+        round = saved.state.round.or(round);
+        // Killed between writing the checkpoint and its report entry: finish that epoch.
+        if report.epochs.last().map(|e| e.epoch) != Some(start_epoch) {
+            let entry = entry_from(&saved.state, saved.model.dir.clone());
+            let entry = finish_epoch(ws, &spec, &current, &run_index, entry, progress)?;
+            report.epochs.push(entry);
+            write_report(run_dir, &report)?;
         }
     }
-    report.epochs.retain(|e| e.epoch <= start_epoch);
-    let model = resumed.as_ref().map_or_else(|| base.model.clone(), |s| s.model.clone());
-    let mut current = Current::open(model, &spec.encoder, ws.threads)?;
-    let encoder = TrainableEncoder::load(&current.model, spec.encoder.pooling, spec.encoder.normalize)?;
+    let encoder =
+        TrainableEncoder::load(&current.model, spec.encoder.pooling, spec.encoder.normalize)?;
     let tokenizer = PairTokenizer::load(&base.model, &spec.encoder)?;
     let mut trainer = Trainer::new(encoder, tokenizer, spec.train.clone())?;
     if let Some(saved) = resumed {
-        trainer.restore(saved.moments, saved.state.optimizer_steps).map_err(|problem| Error::Checkpoint {
-            path: saved.model.dir.clone(),
-            problem,
-        })?;
+        trainer
+            .restore(saved.moments, saved.state.optimizer_steps)
+            .map_err(|problem| Error::Checkpoint {
+                path: saved.model.dir.clone(),
+                problem,
+            })?;
     }
 
-    let run_index = IndexDir::new(run_dir.join("index"));
     let mut records = load_records(ws.store, round)?;
     let mut set = training_set(ws, &split_qrels, records.as_deref(), &spec);
     note_skipped(&mut report, &set, progress);
@@ -268,10 +322,14 @@ pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress
         let mut overlap = None;
         if spec.refresh_before(epoch) {
             let (mut index, _, _) = current.index(ws, &run_index, progress)?;
-            let (r, seconds) = current.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
+            let (r, seconds) =
+                current.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
             if Some(r) != round {
                 let fresh = load_records(ws.store, Some(r))?;
-                overlap = records.as_deref().zip(fresh.as_deref()).map(|(a, b)| cpack_miner::stats::overlap(b, a));
+                overlap = records
+                    .as_deref()
+                    .zip(fresh.as_deref())
+                    .map(|(a, b)| cpack_miner::stats::overlap(b, a));
                 records = fresh;
                 set = training_set(ws, &split_qrels, records.as_deref(), &spec);
                 note_skipped(&mut report, &set, progress);
@@ -280,44 +338,86 @@ pub fn run(ws: &Workspace, spec: RunSpec, run_dir: &Path, resume: bool, progress
             mine_seconds = seconds;
         }
         set_kernel_threads(ws.threads);
-        let stats = trainer.train_epoch(&set, (&ws.dataset.corpus, &ws.dataset.queries), epoch, total_steps, progress)?;
-        let state = TrainerState::new(epoch, trainer.optimizer().steps(), total_steps, round, stats.mean_loss);
+        let stats = trainer.train_epoch(
+            &set,
+            (&ws.dataset.corpus, &ws.dataset.queries),
+            epoch,
+            total_steps,
+            progress,
+        )?;
+        let state = TrainerState {
+            stats,
+            mine_seconds: std::mem::take(&mut mine_seconds),
+            negatives_overlap: overlap,
+            ..TrainerState::new(epoch, trainer.optimizer().steps(), total_steps, round)
+        };
         let modules = Modules {
             pooling: spec.encoder.pooling,
             normalize: spec.encoder.normalize,
             max_seq_length: spec.encoder.passage_max_len,
         };
         progress.stage(&format!("saving epoch-{epoch}"), 0);
-        let saved = checkpoint::save(run_dir, &base.model, trainer.encoder(), trainer.optimizer(), &state, &modules)?;
+        let saved = checkpoint::save(
+            run_dir,
+            &base.model,
+            trainer.encoder(),
+            trainer.optimizer(),
+            &state,
+            &modules,
+        )?;
         current = Current::open(ModelDir::open(&saved)?, &spec.encoder, ws.threads)?;
-
-        let mut entry = EpochReport {
-            epoch,
-            round,
-            mean_loss: stats.mean_loss,
-            optimizer_steps: stats.optimizer_steps,
-            train_seconds: stats.seconds,
-            train_tokens: stats.tokens,
-            mine_seconds: std::mem::take(&mut mine_seconds),
-            negatives_overlap: overlap,
-            encode_seconds: 0.0,
-            index_seconds: 0.0,
-            eval: None,
-            checkpoint: saved,
-        };
-        let refresh_next = epoch < spec.epochs && spec.refresh_before(epoch + 1);
-        if spec.eval_split.is_some() || refresh_next {
-            let (mut index, encode, indexing) = current.index(ws, &run_index, progress)?;
-            entry.encode_seconds = encode;
-            entry.index_seconds = indexing;
-            if let Some(split) = &spec.eval_split {
-                entry.eval = Some(current.evaluate(ws, &mut index, split, progress)?);
-            }
-        }
+        let entry = finish_epoch(
+            ws,
+            &spec,
+            &current,
+            &run_index,
+            entry_from(&state, saved),
+            progress,
+        )?;
         report.epochs.push(entry);
         write_report(run_dir, &report)?;
     }
     Ok(report)
+}
+
+/// An epoch's report entry as its checkpoint state records it (before evaluation).
+fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
+    EpochReport {
+        epoch: state.epoch,
+        round: state.round,
+        mean_loss: state.stats.mean_loss,
+        optimizer_steps: state.stats.optimizer_steps,
+        train_seconds: state.stats.seconds,
+        train_tokens: state.stats.tokens,
+        mine_seconds: state.mine_seconds,
+        negatives_overlap: state.negatives_overlap,
+        encode_seconds: 0.0,
+        index_seconds: 0.0,
+        eval: None,
+        checkpoint,
+    }
+}
+
+/// After an epoch's checkpoint: re-encode the corpus with it into the run's
+/// index when the next epoch refreshes or an evaluation is asked, then evaluate.
+fn finish_epoch(
+    ws: &Workspace,
+    spec: &RunSpec,
+    current: &Current,
+    run_index: &IndexDir,
+    mut entry: EpochReport,
+    progress: &dyn Progress,
+) -> Result<EpochReport> {
+    let refresh_next = entry.epoch < spec.epochs && spec.refresh_before(entry.epoch + 1);
+    if spec.eval_split.is_some() || refresh_next {
+        let (mut index, encode, indexing) = current.index(ws, run_index, progress)?;
+        entry.encode_seconds = encode;
+        entry.index_seconds = indexing;
+        if let Some(split) = &spec.eval_split {
+            entry.eval = Some(current.evaluate(ws, &mut index, split, progress)?);
+        }
+    }
+    Ok(entry)
 }
 
 /// Creates the run folder and its `run.json`, or (resuming) reads the stored spec.
@@ -350,25 +450,43 @@ fn prepare_run_dir(run_dir: &Path, spec: RunSpec, resume: bool) -> Result<RunSpe
 
 fn read_report(run_dir: &Path) -> Result<Option<Report>> {
     let path = run_dir.join(REPORT_FILE);
-    Ok(if path.exists() { Some(fsutil::read_json(&path)?) } else { None })
+    Ok(if path.exists() {
+        Some(fsutil::read_json(&path)?)
+    } else {
+        None
+    })
 }
 
 /// Reads a run's `report.json`.
 pub fn load_report(run_dir: &Path) -> Result<Report> {
     read_report(run_dir)?.ok_or_else(|| {
-        Error::Invalid(format!("{} has no {REPORT_FILE} yet (no epoch has finished)", run_dir.display()))
+        Error::Invalid(format!(
+            "{} has no {REPORT_FILE} yet (no epoch has finished)",
+            run_dir.display()
+        ))
     })
 }
 
 fn write_report(run_dir: &Path, report: &Report) -> Result<()> {
-    Ok(fsutil::write_json_atomic(&run_dir.join(REPORT_FILE), report)?)
+    Ok(fsutil::write_json_atomic(
+        &run_dir.join(REPORT_FILE),
+        report,
+    )?)
 }
 
-fn load_records(store: &NegativeStore, round: Option<u32>) -> Result<Option<Vec<(String, QueryRecord)>>> {
+fn load_records(
+    store: &NegativeStore,
+    round: Option<u32>,
+) -> Result<Option<Vec<(String, QueryRecord)>>> {
     round.map(|r| Ok(store.records(r)?)).transpose()
 }
 
-fn training_set(ws: &Workspace, split_qrels: &Qrels, records: Option<&[(String, QueryRecord)]>, spec: &RunSpec) -> TrainingSet {
+fn training_set(
+    ws: &Workspace,
+    split_qrels: &Qrels,
+    records: Option<&[(String, QueryRecord)]>,
+    spec: &RunSpec,
+) -> TrainingSet {
     TrainingSet::build(
         &ws.dataset.corpus,
         &ws.dataset.queries,
@@ -380,7 +498,10 @@ fn training_set(ws: &Workspace, split_qrels: &Qrels, records: Option<&[(String, 
 }
 
 fn note_skipped(report: &mut Report, set: &TrainingSet, progress: &dyn Progress) {
-    let Skipped { no_positive, not_in_round } = set.skipped.clone();
+    let Skipped {
+        no_positive,
+        not_in_round,
+    } = set.skipped.clone();
     if no_positive + not_in_round > 0 {
         progress.note(&format!(
             "{no_positive} queries without a positive and {not_in_round} missing from the mining round are left out"

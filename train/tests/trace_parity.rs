@@ -126,8 +126,7 @@ fn three_adamw_steps_match_pytorch() {
 
     // Probes through the inference path, from the trained weights as saved.
     let run = tempfile::tempdir().unwrap();
-    let state =
-        cpack_train::checkpoint::TrainerState::new(1, h.steps as u64, h.steps as u64, None, 0.0);
+    let state = cpack_train::checkpoint::TrainerState::new(1, h.steps as u64, h.steps as u64, None);
     let modules = cpack_train::checkpoint::Modules {
         pooling,
         normalize: h.normalize,

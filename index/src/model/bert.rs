@@ -59,12 +59,22 @@ fn affine(
 }
 
 #[cfg(feature = "blas")]
-fn trainable_affine(x: &Tensor, weight: &Tensor, _weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+fn trainable_affine(
+    x: &Tensor,
+    weight: &Tensor,
+    _weight_t: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     super::blas::trainable_affine(x, weight, bias)
 }
 
 #[cfg(not(feature = "blas"))]
-fn trainable_affine(x: &Tensor, _weight: &Tensor, weight_t: &Tensor, bias: &Tensor) -> Result<Tensor> {
+fn trainable_affine(
+    x: &Tensor,
+    _weight: &Tensor,
+    weight_t: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
     x.matmul(weight_t)?.broadcast_add(bias)
 }
 

@@ -150,8 +150,20 @@ impl CustomOp3 for TrainableAffine {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let grad_x = grad.apply_op2_no_bwd(w, &Gemm { trans_a: false, trans_b: false })?;
-        let grad_w = grad.apply_op2_no_bwd(x, &Gemm { trans_a: true, trans_b: false })?;
+        let grad_x = grad.apply_op2_no_bwd(
+            w,
+            &Gemm {
+                trans_a: false,
+                trans_b: false,
+            },
+        )?;
+        let grad_w = grad.apply_op2_no_bwd(
+            x,
+            &Gemm {
+                trans_a: true,
+                trans_b: false,
+            },
+        )?;
         let grad_b = grad.sum(0)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
@@ -185,8 +197,16 @@ impl CustomOp2 for Gemm {
         };
         let (a_rows, a_cols) = l1.shape().dims2()?;
         let (b_rows, b_cols) = l2.shape().dims2()?;
-        let (m, k) = if self.trans_a { (a_cols, a_rows) } else { (a_rows, a_cols) };
-        let (k_b, n) = if self.trans_b { (b_cols, b_rows) } else { (b_rows, b_cols) };
+        let (m, k) = if self.trans_a {
+            (a_cols, a_rows)
+        } else {
+            (a_rows, a_cols)
+        };
+        let (k_b, n) = if self.trans_b {
+            (b_cols, b_rows)
+        } else {
+            (b_rows, b_cols)
+        };
         if k != k_b {
             bail!("{}: inner dimensions {k} and {k_b} differ", self.name());
         }
@@ -244,9 +264,14 @@ mod tests {
         let b = Var::randn(0f32, 1., 3, &Device::Cpu).unwrap();
         let probe = Tensor::randn(0f32, 1., (7, 3), &Device::Cpu).unwrap();
         let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
-        let ours = loss(super::trainable_affine(&x, &w, &b).unwrap()).backward().unwrap();
+        let ours = loss(super::trainable_affine(&x, &w, &b).unwrap())
+            .backward()
+            .unwrap();
         let reference = loss(
-            x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap(),
+            x.matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap(),
         )
         .backward()
         .unwrap();

@@ -30,7 +30,6 @@ fn keep_freed_buffers() {
             // 32 MiB is glibc's ceiling for this threshold; larger values are refused.
             mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, 1 << 30);
-
         }
     }
 }

@@ -1,0 +1,290 @@
+//! `cpack train` through the real binary, with a tiny random BERT on
+//! cmrc2018: the loop runs end to end and records itself, checkpoints are
+//! Hugging Face folders cpack can start from, static runs keep their round,
+//! `kill -9` resumes to the same weights, and bad input fails cleanly.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A cmrc2018 workspace with a tiny model (shared by the runs of one test).
+fn workspace(tmp: &Path, name: &str) -> PathBuf {
+    let data = shared("data/cmrc2018");
+    let model = tmp.join("model");
+    if !model.exists() {
+        tiny_model_for(&data, &model);
+    }
+    let ws = tmp.join(name);
+    init_workspace(&ws, &data, &model, &["--query-instruction", "bge-zh"]);
+    ws
+}
+
+/// Small, fast settings shared by the tests.
+const SMALL: [&str; 12] = [
+    "--max-queries",
+    "48",
+    "--train-batch-size",
+    "8",
+    "--passage-max-len",
+    "48",
+    "--query-max-len",
+    "24",
+    "--topk",
+    "30",
+    "--lr",
+    "1e-3",
+];
+
+fn train(ws: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["train", "--json"];
+    args.extend_from_slice(&SMALL);
+    args.extend_from_slice(extra);
+    json(&ok(ws, &args))
+}
+
+fn safetensors_header(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice(&bytes[8..8 + len]).unwrap()
+}
+
+#[test]
+fn refresh_loop_trains_reports_and_writes_hugging_face_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let report = train(
+        &ws,
+        &[
+            "--epochs",
+            "2",
+            "--group-size",
+            "3",
+            "--eval-split",
+            "test",
+            "--run",
+            "r",
+        ],
+    );
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert!(report["base"]["metrics"]["ndcg_at_10"].as_f64().is_some());
+    let (r1, r2) = (
+        epochs[0]["round"].as_u64().unwrap(),
+        epochs[1]["round"].as_u64().unwrap(),
+    );
+    assert_ne!(
+        r1, r2,
+        "refresh must mine a new round with the new checkpoint"
+    );
+    assert!(epochs[1]["negatives_overlap"].as_f64().is_some());
+    for e in epochs {
+        assert!(e["mean_loss"].as_f64().unwrap().is_finite());
+        assert!(e["eval"]["metrics"]["ndcg_at_10"].as_f64().is_some());
+        assert!(e["train_seconds"].as_f64().unwrap() > 0.0);
+    }
+    let loss = |i: usize| epochs[i]["mean_loss"].as_f64().unwrap();
+    assert!(
+        loss(1) < loss(0),
+        "the loss must fall: {} then {}",
+        loss(0),
+        loss(1)
+    );
+
+    // The checkpoint is a Hugging Face / sentence-transformers folder.
+    let ckpt = ws.join(".cpack/runs/r/epoch-2");
+    let base = safetensors_header(&tmp.path().join("model/model.safetensors"));
+    let trained = safetensors_header(&ckpt.join("model.safetensors"));
+    assert_eq!(trained["__metadata__"]["format"], "pt");
+    let names = |h: &serde_json::Value| {
+        let mut n: Vec<String> = h
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "__metadata__")
+            .cloned()
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&trained),
+        names(&base),
+        "every tensor keeps its original name"
+    );
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "sentence_bert_config.json",
+    ] {
+        assert!(ckpt.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    assert_ne!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+        std::fs::read(ws.join(".cpack/runs/r/epoch-1/model.safetensors")).unwrap()
+    );
+
+    // cpack starts from it, and `cpack report` reads the run back.
+    let next = tmp.path().join("next");
+    init_workspace(&next, &shared("data/cmrc2018"), &ckpt, &[]);
+    ok(&next, &["index", "build"]);
+    let table = ok(&ws, &["report"]);
+    assert!(
+        table.contains("base") && table.contains("nDCG@10"),
+        "{table}"
+    );
+    let html = tmp.path().join("curves.html");
+    ok(&ws, &["report", "--html", html.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(html).unwrap().contains("<svg"));
+}
+
+#[test]
+fn static_negatives_keep_the_base_round_and_in_batch_needs_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let fixed = train(
+        &ws,
+        &[
+            "--epochs",
+            "2",
+            "--group-size",
+            "3",
+            "--refresh-every",
+            "0",
+            "--eval-split",
+            "none",
+        ],
+    );
+    let rounds: Vec<u64> = fixed["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        rounds,
+        [1, 1],
+        "static negatives come from the base model's round"
+    );
+    assert!(
+        fixed["base"].is_null(),
+        "--eval-split none evaluates nothing"
+    );
+    let in_batch = train(&ws, &["--group-size", "1", "--eval-split", "none"]);
+    assert!(in_batch["epochs"][0]["round"].is_null());
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    assert_eq!(stats["stats"]["round"], 1, "no run mined another round");
+}
+
+/// Waits for `path` to exist while `child` runs.
+fn wait_for(path: &Path, child: &mut std::process::Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--epochs",
+        "3",
+        "--group-size",
+        "3",
+        "--eval-split",
+        "none",
+        "--run",
+        "k",
+    ];
+    let whole = workspace(tmp.path(), "whole");
+    train(&whole, &args);
+
+    let killed = workspace(tmp.path(), "killed");
+    let mut cmd_args = vec!["train", "--quiet"];
+    cmd_args.extend_from_slice(&SMALL);
+    cmd_args.extend_from_slice(&args);
+    let mut child = cpack(&killed)
+        .args(&cmd_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = killed.join(".cpack/runs/k/epoch-1/trainer_state.json");
+    assert!(
+        wait_for(&first, &mut child),
+        "the run ended before its first checkpoint"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !killed.join(".cpack/runs/k/epoch-3").exists(),
+        "killed too late to test anything"
+    );
+    fails(&killed, &[&["train"][..], &SMALL, &args].concat());
+    let resumed = json(&ok(
+        &killed,
+        &[&["train", "--json", "--resume"][..], &SMALL, &args].concat(),
+    ));
+    assert_eq!(resumed["epochs"].as_array().unwrap().len(), 3);
+    let weights =
+        |ws: &Path| std::fs::read(ws.join(".cpack/runs/k/epoch-3/model.safetensors")).unwrap();
+    assert!(
+        weights(&whole) == weights(&killed),
+        "resumed weights differ from an uninterrupted run"
+    );
+}
+
+#[test]
+fn bad_runs_fail_with_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The echo dataset has a test split only.
+    let (echo, _, _) = echo_workspace(tmp.path());
+    let err = fails(&echo, &["train"]);
+    assert!(err.contains("train.tsv"), "{err}");
+    let err = fails(&echo, &["train", "--resume"]);
+    assert!(err.contains("no run to resume"), "{err}");
+
+    let ws = workspace(tmp.path(), "cmrc");
+    let err = fails(&ws, &["train", "--temperature", "0"]);
+    assert!(err.contains("--temperature"), "{err}");
+    // A learning rate this large blows the weights up after one step.
+    let err = fails(
+        &ws,
+        &[
+            &["train"][..],
+            &SMALL[..10],
+            &[
+                "--lr",
+                "1e30",
+                "--warmup-ratio",
+                "0",
+                "--max-grad-norm",
+                "0",
+                "--run",
+                "nan",
+                "--eval-split",
+                "none",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("loss became") && err.contains("batch"),
+        "{err}"
+    );
+    assert!(
+        !ws.join(".cpack/runs/nan/epoch-1").exists(),
+        "no checkpoint from a diverged epoch"
+    );
+}
