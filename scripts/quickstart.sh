@@ -2,7 +2,10 @@
 # The main job, end to end on a real dataset: set up, build cpack, then in a
 # workspace for InsuranceQA (English, 27,413 answers) with all-MiniLM-L6-v2:
 # init → index build → eval on the 2,000 test questions → a few searches →
-# mine hard negatives for the 12,889 training questions → export and check them.
+# mine hard negatives for the 12,889 training questions → export and check them;
+# then, in a second workspace (passage length 128, to fit a CPU session), the
+# closed loop: `cpack train --refresh-every 1` on 500 training questions for
+# 2 epochs (re-encode, re-index, re-mine after each), evaluated on test.
 # Re-running resumes or skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +31,29 @@ done
 "$CPACK" mine export --format flag-embedding --output negatives-flag-embedding.jsonl
 python3 "$ROOT/scripts/check_mined.py" --ids negatives-ids.jsonl --flag negatives-flag-embedding.jsonl \
   --qrels "$ROOT/.cache/data/insuranceqa-en/qrels" --skip 10 --topk 200
+
+# The closed loop. [train] in cpack.toml holds the recipe; flags override it.
+TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
+mkdir -p "$TWS"
+cd "$TWS"
+if [ ! -f cpack.toml ]; then
+  "$CPACK" init --data "$ROOT/.cache/data/insuranceqa-en" --model "$ROOT/.cache/models/all-MiniLM-L6-v2"
+  sed -i 's/^passage_max_len = .*/passage_max_len = 128/; /^\[train\]/,$d' cpack.toml
+  cat >> cpack.toml <<'TOML'
+[train]
+epochs = 2
+refresh_every = 1
+max_queries = 500
+batch_size = 32
+group_size = 4
+temperature = 0.05
+lr = 5e-5
+eval_split = "test"
+TOML
+fi
+if [ -f .cpack/runs/refresh/run.json ]; then
+  "$CPACK" train --run refresh --resume
+else
+  "$CPACK" train --run refresh
+fi
+"$CPACK" report --run refresh --html refresh.html

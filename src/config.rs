@@ -290,6 +290,34 @@ backend = "faiss"
 factory = "Flat"
 # Precision of the stored embedding file: "f32" or "f16".
 precision = "f32"
+
+# `cpack train` defaults (each key is also a flag; uncomment to change).
+[train]
+# epochs = 1
+# Re-encode, re-index and re-mine every N epochs; 0 = static negatives.
+# refresh_every = 1
+# Queries per batch, and passages per query (1 positive + group_size - 1 negatives).
+# batch_size = 32
+# group_size = 8
+# 0.02 as BGE; MiniLM-style models do better around 0.05.
+# temperature = 0.02
+# "infonce" or "gte".
+# loss = "infonce"
+# lr = 2e-5
+# weight_decay = 0.01
+# warmup_ratio = 0.1
+# grad_accum = 1
+# max_grad_norm = 1.0
+# dropout = true
+# Train on a seeded subset of N queries.
+# max_queries = 2000
+# split = "train"
+# Evaluated after each epoch ("none" to skip); default dev if present, else test.
+# eval_split = "dev"
+# Mining of each round: retrieved, skipped raw ranks, stored negatives (default group_size - 1).
+# topk = 200
+# skip = 10
+# negatives = 7
 "#,
         data = q(&data.display().to_string()),
         model = q(&model.display().to_string()),

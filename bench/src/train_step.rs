@@ -59,7 +59,7 @@ fn parse(args: &[String]) -> Result<Args> {
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
     }
-    if a.passages % a.queries != 0 {
+    if a.queries == 0 || !a.passages.is_multiple_of(a.queries) {
         bail!("--passages must be a multiple of --queries (groups of equal size)");
     }
     Ok(a)

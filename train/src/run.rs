@@ -63,7 +63,7 @@ impl RunSpec {
         self.uses_rounds()
             && self.refresh_every > 0
             && epoch > 1
-            && (epoch - 1) % self.refresh_every == 0
+            && (epoch - 1).is_multiple_of(self.refresh_every)
     }
 }
 

@@ -74,7 +74,7 @@ impl Trainer {
                 "batch size, group size and gradient accumulation must be at least 1".into(),
             ));
         }
-        if !(settings.temperature > 0.0) {
+        if settings.temperature.is_nan() || settings.temperature <= 0.0 {
             return Err(Error::Invalid(format!(
                 "temperature {} must be positive",
                 settings.temperature

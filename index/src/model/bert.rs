@@ -456,6 +456,39 @@ mod tests {
     }
 
     #[test]
+    fn dropout_drops_at_its_rate_scales_survivors_and_repeats_per_seed() {
+        let x = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let masked = |seed| {
+            Dropout::new(0.1, 0.0, seed)
+                .apply(&x, 0.1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let a = masked(7);
+        let dropped = a.iter().filter(|&&v| v == 0.0).count();
+        assert!(
+            (800..1200).contains(&dropped),
+            "{dropped} of 10000 dropped at p = 0.1"
+        );
+        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        assert_eq!(a, masked(7), "same seed, same mask");
+        assert_ne!(a, masked(8));
+        let (_dir, model) = tiny();
+        let (_vars, bert) = trainable(&model);
+        let (ids, mask) = inputs();
+        let plain = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
+        let none = bert.forward_train(&ids, &mask, None).unwrap();
+        assert_eq!(crate::model::max_abs_diff(&plain, &none), 0.0);
+        let dropped = bert
+            .forward_train(&ids, &mask, Some(&Dropout::new(0.5, 0.5, 1)))
+            .unwrap();
+        assert!(crate::model::max_abs_diff(&plain, &dropped) > 1e-3);
+    }
+
+    #[test]
     fn differentiable_forward_reaches_every_weight() {
         let (_dir, model) = tiny();
         let (varmap, bert) = trainable(&model);
