@@ -7,7 +7,7 @@
 //! [`BertModel::forward_train`], which also applies the config's dropout.
 
 use super::config::{Activation, BertConfig};
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Which kernels the forward pass uses.
@@ -125,13 +125,7 @@ impl LayerNorm {
                 candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
             }
             Mode::Differentiable => {
-                let mean = x.mean_keepdim(D::Minus1)?;
-                let centered = x.broadcast_sub(&mean)?;
-                let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-                let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                normed
-                    .broadcast_mul(&self.weight)?
-                    .broadcast_add(&self.bias)
+                super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
             }
         }
     }
@@ -406,7 +400,7 @@ impl BertModel {
         let scores = q.matmul(&k.t()?)?.broadcast_add(key_bias)?;
         let probs = match mode {
             Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+            Mode::Differentiable => super::fused::softmax_last_dim(&scores)?,
         };
         Dropout::attention(dropout, &probs)?
             .matmul(&v)?

@@ -5,6 +5,7 @@ mod bert;
 #[cfg(feature = "blas")]
 pub mod blas;
 mod config;
+mod fused;
 mod gelu;
 mod math;
 

@@ -1,0 +1,264 @@
+//! Differentiable layer norm and softmax as single kernels with hand-written
+//! backwards, for training.
+//!
+//! Written with plain candle ops, a layer norm is nine element-wise passes
+//! forward and more backward, a softmax five; in a training step these passes
+//! cost about as much as the matrix products. Each op here is one pass over
+//! its rows forward and one backward (rows in parallel on the rayon pool).
+
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn f32_rows<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
+    let CpuStorage::F32(data) = s else {
+        bail!("{name}: f32 input only")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{name}: contiguous input only")
+    };
+    let cols = *l.dims().last().unwrap_or(&1);
+    Ok((&data[start..end], cols))
+}
+
+/// Mean and 1/σ of one row.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `(x − mean) / σ · γ + β` over the last dimension.
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cols) = f32_rows(self.name(), s1, l1)?;
+        let (gamma, _) = f32_rows(self.name(), s2, l2)?;
+        let (beta, _) = f32_rows(self.name(), s3, l3)?;
+        if gamma.len() != cols || beta.len() != cols {
+            bail!("{}: weight length differs from the row length {cols}", self.name());
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for i in 0..cols {
+                    o[i] = (row[i] - mean) * rstd * gamma[i] + beta[i];
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let normalized = x.apply_op1_no_bwd(&Normalize { eps: self.eps })?;
+        let rows = grad.elem_count() / gamma.elem_count();
+        let flat = |t: &Tensor| t.reshape((rows, gamma.elem_count()));
+        let grad_gamma = (flat(&grad)? * flat(&normalized)?)?.sum(0)?;
+        let grad_beta = flat(&grad)?.sum(0)?;
+        let grad_x = x.apply_op3_no_bwd(gamma, &grad, &LayerNormInputGrad { eps: self.eps })?;
+        Ok((Some(grad_x), Some(grad_gamma), Some(grad_beta)))
+    }
+}
+
+/// `(x − mean) / σ` per row (the backward's x̂).
+struct Normalize {
+    eps: f32,
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "fused-normalize"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, cols) = f32_rows(self.name(), s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, row)| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                for i in 0..cols {
+                    o[i] = (row[i] - mean) * rstd;
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// ∂x of a layer norm: with g = ∂y·γ, `∂x = (g − mean(g) − x̂·mean(g·x̂)) / σ`.
+struct LayerNormInputGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormInputGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cols) = f32_rows(self.name(), s1, l1)?;
+        let (gamma, _) = f32_rows(self.name(), s2, l2)?;
+        let (grad, _) = f32_rows(self.name(), s3, l3)?;
+        let n = cols as f32;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols).zip(grad.par_chunks(cols)))
+            .for_each(|(o, (row, dy))| {
+                let (mean, rstd) = row_stats(row, self.eps);
+                let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                for i in 0..cols {
+                    let g = dy[i] * gamma[i];
+                    sum_g += g;
+                    sum_gx += g * (row[i] - mean) * rstd;
+                }
+                let (mean_g, mean_gx) = (sum_g / n, sum_gx / n);
+                for i in 0..cols {
+                    let xhat = (row[i] - mean) * rstd;
+                    o[i] = rstd * (dy[i] * gamma[i] - mean_g - xhat * mean_gx);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, cols) = f32_rows(self.name(), s, l)?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(cols)
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, row)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for i in 0..cols {
+                    o[i] = (row[i] - max).exp();
+                    sum += o[i];
+                }
+                o.iter_mut().for_each(|v| *v /= sum);
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// ∂x of a softmax y: `y · (∂y − Σ ∂y·y)` per row.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, cols) = f32_rows(self.name(), s1, l1)?;
+        let (dy, _) = f32_rows(self.name(), s2, l2)?;
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(cols)
+            .zip(y.par_chunks(cols).zip(dy.par_chunks(cols)))
+            .for_each(|(o, (y, dy))| {
+                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+                for i in 0..cols {
+                    o[i] = y[i] * (dy[i] - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Differentiable layer norm over the last dimension of a contiguous `x`.
+pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &gamma.contiguous()?,
+        &beta.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+/// Differentiable softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor, Var, D};
+
+    fn plain_layer_norm(x: &Tensor, g: &Tensor, b: &Tensor) -> Tensor {
+        let mean = x.mean_keepdim(D::Minus1).unwrap();
+        let c = x.broadcast_sub(&mean).unwrap();
+        let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+        let n = c.broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap()).unwrap();
+        n.broadcast_mul(g).unwrap().broadcast_add(b).unwrap()
+    }
+
+    /// Values and every gradient agree with the same function in plain ops.
+    fn check(vars: &[&Var], fused: Tensor, plain: Tensor) {
+        let diff = crate::model::max_abs_diff(&fused, &plain);
+        assert!(diff < 1e-4, "forward differs by {diff}");
+        let probe = Tensor::randn(0f32, 1., fused.shape(), &Device::Cpu).unwrap();
+        let ours = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let theirs = (plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in vars {
+            let diff = crate::model::max_abs_diff(ours.get(v.as_tensor()).unwrap(), theirs.get(v.as_tensor()).unwrap());
+            assert!(diff < 1e-3, "gradient differs by {diff}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_plain_ops_and_their_gradients() {
+        let x = Var::randn(0.5f32, 2., (6, 16), &Device::Cpu).unwrap();
+        let g = Var::randn(1f32, 0.3, 16, &Device::Cpu).unwrap();
+        let b = Var::randn(0f32, 0.3, 16, &Device::Cpu).unwrap();
+        let fused = super::layer_norm(&x, &g, &b, 1e-12).unwrap();
+        check(&[&x, &g, &b], fused, plain_layer_norm(&x, &g, &b));
+    }
+
+    #[test]
+    fn softmax_matches_plain_ops_and_their_gradients() {
+        let x = Var::randn(0f32, 3., (2, 3, 9), &Device::Cpu).unwrap();
+        let fused = super::softmax_last_dim(&x).unwrap();
+        check(&[&x], fused, candle_nn::ops::softmax(&x, D::Minus1).unwrap());
+    }
+}
