@@ -369,7 +369,7 @@ impl BertModel {
         let inner = layer.intermediate.forward(&attended, mode)?;
         let inner = match self.activation {
             Activation::Gelu if mode == Mode::Inference => super::gelu::gelu_erf(&inner)?,
-            Activation::Gelu => inner.gelu_erf()?,
+            Activation::Gelu => super::gelu::trainable_gelu_erf(&inner)?,
             Activation::GeluNew => inner.gelu()?,
             Activation::Relu => inner.relu()?,
         };
