@@ -177,6 +177,24 @@ fn static_negatives_keep_the_base_round_and_in_batch_needs_none() {
     assert!(in_batch["epochs"][0]["round"].is_null());
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
     assert_eq!(stats["stats"]["round"], 1, "no run mined another round");
+
+    // Another model never trains on the first model's negatives: it mines its own.
+    let texts = dataset_texts(&shared("data/cmrc2018"));
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let other = tmp.path().join("other-model");
+    cpack_index::test_model::write_tiny_model(&other, &refs, 99).unwrap();
+    let other_run = train(
+        &ws,
+        &[
+            "--model",
+            other.to_str().unwrap(),
+            "--group-size",
+            "3",
+            "--eval-split",
+            "none",
+        ],
+    );
+    assert_eq!(other_run["epochs"][0]["round"], 2);
 }
 
 /// Waits for `path` to exist while `child` runs.

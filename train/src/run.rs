@@ -34,6 +34,8 @@ use std::time::Instant;
 
 pub const SPEC_FILE: &str = "run.json";
 pub const REPORT_FILE: &str = "report.json";
+/// Ids of the queries the run trains on (for peers reproducing the run).
+pub const QUERIES_FILE: &str = "queries.json";
 
 /// What a run was asked to do; stored in `run.json` so `--resume` repeats it exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +319,8 @@ pub fn run(
     let mut records = load_records(ws.store, round)?;
     let mut set = training_set(ws, &split_qrels, records.as_deref(), &spec);
     note_skipped(&mut report, &set, progress);
+    let ids: Vec<&str> = set.examples.iter().map(|e| e.query_id.as_str()).collect();
+    fsutil::write_json_atomic(&run_dir.join(QUERIES_FILE), &ids)?;
     let total_steps = total_steps(&spec, set.len());
     for epoch in start_epoch + 1..=spec.epochs {
         let mut overlap = None;

@@ -124,9 +124,7 @@ impl LayerNorm {
             Mode::Inference => {
                 candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
             }
-            Mode::Differentiable => {
-                super::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
-            }
+            Mode::Differentiable => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! cost about as much as the matrix products. Each op here is one pass over
 //! its rows forward and one backward (rows in parallel on the rayon pool).
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 fn f32_rows<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
@@ -51,7 +53,10 @@ impl CustomOp3 for LayerNorm {
         let (gamma, _) = f32_rows(self.name(), s2, l2)?;
         let (beta, _) = f32_rows(self.name(), s3, l3)?;
         if gamma.len() != cols || beta.len() != cols {
-            bail!("{}: weight length differs from the row length {cols}", self.name());
+            bail!(
+                "{}: weight length differs from the row length {cols}",
+                self.name()
+            );
         }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(cols)
@@ -179,7 +184,9 @@ impl CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?))
+        Ok(Some(
+            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+        ))
     }
 }
 
@@ -191,7 +198,13 @@ impl CustomOp2 for SoftmaxGrad {
         "fused-softmax-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (y, cols) = f32_rows(self.name(), s1, l1)?;
         let (dy, _) = f32_rows(self.name(), s2, l2)?;
         let mut out = vec![0f32; y.len()];
@@ -229,7 +242,9 @@ mod tests {
         let mean = x.mean_keepdim(D::Minus1).unwrap();
         let c = x.broadcast_sub(&mean).unwrap();
         let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let n = c.broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap()).unwrap();
+        let n = c
+            .broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap())
+            .unwrap();
         n.broadcast_mul(g).unwrap().broadcast_add(b).unwrap()
     }
 
@@ -238,10 +253,23 @@ mod tests {
         let diff = crate::model::max_abs_diff(&fused, &plain);
         assert!(diff < 1e-4, "forward differs by {diff}");
         let probe = Tensor::randn(0f32, 1., fused.shape(), &Device::Cpu).unwrap();
-        let ours = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let theirs = (plain * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = (fused * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let theirs = (plain * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         for v in vars {
-            let diff = crate::model::max_abs_diff(ours.get(v.as_tensor()).unwrap(), theirs.get(v.as_tensor()).unwrap());
+            let diff = crate::model::max_abs_diff(
+                ours.get(v.as_tensor()).unwrap(),
+                theirs.get(v.as_tensor()).unwrap(),
+            );
             assert!(diff < 1e-3, "gradient differs by {diff}");
         }
     }
@@ -259,6 +287,10 @@ mod tests {
     fn softmax_matches_plain_ops_and_their_gradients() {
         let x = Var::randn(0f32, 3., (2, 3, 9), &Device::Cpu).unwrap();
         let fused = super::softmax_last_dim(&x).unwrap();
-        check(&[&x], fused, candle_nn::ops::softmax(&x, D::Minus1).unwrap());
+        check(
+            &[&x],
+            fused,
+            candle_nn::ops::softmax(&x, D::Minus1).unwrap(),
+        );
     }
 }

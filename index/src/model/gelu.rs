@@ -98,11 +98,18 @@ impl CustomOp2 for GeluGrad {
         "fast-gelu-erf-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (CpuStorage::F32(x), CpuStorage::F32(dy)) = (s1, s2) else {
             bail!("{}: f32 only", self.name())
         };
-        let (Some((xs, xe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((xs, xe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             bail!("{}: contiguous inputs only", self.name())
         };
         let (x, dy) = (&x[xs..xe], &dy[gs..ge]);
@@ -112,7 +119,8 @@ impl CustomOp2 for GeluGrad {
             .zip(x.par_chunks(1 << 14).zip(dy.par_chunks(1 << 14)))
             .for_each(|(o, (x, dy))| {
                 for j in 0..o.len() {
-                    let cdf = 0.5 * (1.0 + super::math::erf(x[j] * std::f32::consts::FRAC_1_SQRT_2));
+                    let cdf =
+                        0.5 * (1.0 + super::math::erf(x[j] * std::f32::consts::FRAC_1_SQRT_2));
                     let pdf = (-0.5 * x[j] * x[j]).exp() * inv_sqrt_2pi;
                     o[j] = dy[j] * (cdf + x[j] * pdf);
                 }

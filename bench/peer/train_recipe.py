@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""PyTorch peer of a `cpack train` run: the same recipe on the same training
+queries and the same mined negatives, in plain PyTorch + transformers.
+
+Reads the run's run.json (recipe, lengths, instruction) and queries.json
+(training query ids), and a round exported with
+`cpack mine export --round N --format ids` (static negatives, or none with
+group size 1). Per epoch: for every query one random positive and
+group_size - 1 negatives sampled from its round (repeated when short), seeded
+shuffle, batches of batch_size; InfoNCE over all passages of the batch at the
+run's temperature; AdamW (no decay on biases and LayerNorm), linear warm-up
+then linear decay, gradient clipping, dropout as configured. After each epoch
+the corpus and the test queries are encoded and nDCG@10 computed by exact
+inner-product search. Prints one JSON line per epoch and a summary."""
+import argparse
+import json
+import math
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_qrels(path):
+    qrels = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            q, d, s = line.rstrip("\n").split("\t")
+            if i == 0 and q == "query-id":
+                continue
+            qrels.setdefault(q, {})[d] = int(s)
+    return qrels
+
+
+def ndcg_at_10(ranking, rel):
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranking[:10]) if rel.get(d, 0) > 0)
+    ideal = sorted((r for r in rel.values() if r > 0), reverse=True)[:10]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--run-dir", required=True, help=".cpack/runs/<run> of the cpack run to mirror")
+    ap.add_argument("--data", required=True, help="the BEIR dataset folder")
+    ap.add_argument("--round-ids", help="`cpack mine export --format ids` of the round to train on")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = json.load(open(f"{args.run_dir}/run.json"))
+    query_ids = json.load(open(f"{args.run_dir}/queries.json"))
+    enc, tr = spec["encoder"], spec["train"]
+    model_dir = spec["base_model"]
+    corpus = read_jsonl(f"{args.data}/corpus.jsonl")
+    doc_ids = [d.get("_id", d.get("id")) for d in corpus]
+    doc_text = {i: f"{d.get('title', '')} {d['text']}" for i, d in zip(doc_ids, corpus)}
+    queries = {q.get("_id", q.get("id")): q["text"] for q in read_jsonl(f"{args.data}/queries.jsonl")}
+    train_qrels = read_qrels(f"{args.data}/qrels/{spec['mining']['split']}.tsv")
+    eval_qrels = read_qrels(f"{args.data}/qrels/{args.eval_split}.tsv")
+    negatives = {}
+    if args.round_ids:
+        negatives = {r["query_id"]: r["neg"] for r in read_jsonl(args.round_ids)}
+
+    torch.manual_seed(tr["seed"])
+    rng = random.Random(tr["seed"])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir)
+    instruction = enc["query_instruction"]
+    group, batch_size, temperature = tr["group_size"], tr["batch_size"], tr["temperature"]
+
+    def embed(texts, max_len):
+        batch = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(pooled, dim=-1) if enc["normalize"] else pooled
+
+    no_decay = ["bias", "LayerNorm.weight", "LayerNorm.bias"]
+    params = [
+        {"params": [p for n, p in model.named_parameters() if not any(k in n for k in no_decay)], "weight_decay": tr["weight_decay"]},
+        {"params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(params, lr=tr["lr"])
+    steps_per_epoch = math.ceil(len(query_ids) / batch_size)
+    total = steps_per_epoch * spec["epochs"]
+    warmup = math.ceil(tr["warmup_ratio"] * total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+
+    def evaluate():
+        model.eval()
+        ids = list(eval_qrels)
+        with torch.inference_mode():
+            order = sorted(range(len(doc_ids)), key=lambda i: len(doc_text[doc_ids[i]]))
+            vecs = torch.zeros(len(doc_ids), model.config.hidden_size)
+            for s in range(0, len(order), 64):
+                rows = order[s : s + 64]
+                vecs[rows] = embed([doc_text[doc_ids[i]] for i in rows], enc["passage_max_len"])
+            qv = torch.cat([embed([instruction + queries[q] for q in ids[s : s + 64]], enc["query_max_len"]) for s in range(0, len(ids), 64)])
+            top = (qv @ vecs.T).topk(10, dim=1).indices
+        model.train(tr["dropout"])
+        return sum(ndcg_at_10([doc_ids[i] for i in top[k].tolist()], eval_qrels[q]) for k, q in enumerate(ids)) / len(ids)
+
+    results = []
+    model.train(tr["dropout"])
+    for epoch in range(1, spec["epochs"] + 1):
+        start = time.perf_counter()
+        order = query_ids[:]
+        rng.shuffle(order)
+        losses = []
+        for s in range(0, len(order), batch_size):
+            batch = order[s : s + batch_size]
+            q_texts, p_texts = [], []
+            for q in batch:
+                pos = [d for d, score in train_qrels[q].items() if score > 0]
+                p_texts.append(doc_text[rng.choice(pos)])
+                negs = negatives.get(q, [])
+                if group > 1:
+                    pool = (negs * math.ceil((group - 1) / max(1, len(negs)))) if negs else rng.sample(doc_ids, group - 1)
+                    p_texts.extend(doc_text[d] for d in rng.sample(pool, group - 1))
+                q_texts.append(instruction + queries[q])
+            scores = embed(q_texts, enc["query_max_len"]) @ embed(p_texts, enc["passage_max_len"]).T / temperature
+            loss = F.cross_entropy(scores, torch.arange(len(batch)) * group)
+            optimizer.zero_grad()
+            loss.backward()
+            if tr["max_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tr["max_grad_norm"])
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        train_seconds = time.perf_counter() - start
+        ndcg = evaluate()
+        row = {"epoch": epoch, "mean_loss": sum(losses) / len(losses), "train_seconds": train_seconds, "ndcg_at_10": ndcg}
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    summary = {"peer": f"pytorch {torch.__version__}", "run": spec["name"], "epochs": results}
+    print(json.dumps(summary))
+    if args.json:
+        json.dump(summary, open(args.json, "w"))
+
+
+if __name__ == "__main__":
+    main()
