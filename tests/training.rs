@@ -306,3 +306,57 @@ fn bad_runs_fail_with_one_clear_error() {
         "no checkpoint from a diverged epoch"
     );
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_leaves_the_previous_one_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let run = [
+        "--group-size",
+        "3",
+        "--refresh-every",
+        "0",
+        "--eval-split",
+        "none",
+        "--run",
+        "d",
+    ];
+    train(&ws, &[&["--epochs", "1"][..], &run].concat());
+    let first = ws.join(".cpack/runs/d/epoch-1/model.safetensors");
+    let weights = std::fs::read(&first).unwrap();
+
+    // A file-size cap makes every write past it fail (EFBIG) as a full disk
+    // would; SIGXFSZ is ignored so the write returns the error.
+    let limit_kb = weights.len() / 1024 / 2;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {limit_kb}; exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_cpack"))
+        .args([&["train", "--resume", "--epochs", "2"][..], &SMALL, &run].concat())
+        .current_dir(&ws)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write") && stderr.contains("model.safetensors"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let runs = ws.join(".cpack/runs/d");
+    assert!(!runs.join("epoch-2").exists());
+    assert!(
+        !runs.join(".epoch-2.partial").exists(),
+        "the partial checkpoint is cleaned up"
+    );
+    assert!(
+        std::fs::read(&first).unwrap() == weights,
+        "epoch-1 must be untouched"
+    );
+
+    let resumed = train(&ws, &[&["--resume", "--epochs", "2"][..], &run].concat());
+    assert_eq!(resumed["epochs"].as_array().unwrap().len(), 2);
+}
