@@ -44,56 +44,30 @@ impl Linear {
     }
 }
 
-/// `x · weightᵀ + bias`; `weight_t` is the transposed view of `weight`.
+/// `x · weightᵀ + bias` through OpenBLAS; `weight_t` is the transposed view
+/// of `weight`, used when cpack is built without BLAS.
+#[cfg(feature = "blas")]
 fn affine(
     x: &Tensor,
     weight: &Tensor,
-    weight_t: &Tensor,
+    _weight_t: &Tensor,
     bias: &Tensor,
     mode: Mode,
 ) -> Result<Tensor> {
     match mode {
-        Mode::Inference => inference_affine(x, weight, weight_t, bias),
-        Mode::Differentiable => trainable_affine(x, weight, weight_t, bias),
+        Mode::Inference => super::blas::affine(x, weight, bias),
+        Mode::Differentiable => super::blas::trainable_affine(x, weight, bias),
     }
 }
 
-#[cfg(feature = "blas")]
-fn trainable_affine(
-    x: &Tensor,
-    weight: &Tensor,
-    _weight_t: &Tensor,
-    bias: &Tensor,
-) -> Result<Tensor> {
-    super::blas::trainable_affine(x, weight, bias)
-}
-
+/// `x · weightᵀ + bias` with candle's own matrix product (differentiable in both modes).
 #[cfg(not(feature = "blas"))]
-fn trainable_affine(
+fn affine(
     x: &Tensor,
     _weight: &Tensor,
     weight_t: &Tensor,
     bias: &Tensor,
-) -> Result<Tensor> {
-    x.matmul(weight_t)?.broadcast_add(bias)
-}
-
-#[cfg(feature = "blas")]
-fn inference_affine(
-    x: &Tensor,
-    weight: &Tensor,
-    _weight_t: &Tensor,
-    bias: &Tensor,
-) -> Result<Tensor> {
-    super::blas::affine(x, weight, bias)
-}
-
-#[cfg(not(feature = "blas"))]
-fn inference_affine(
-    x: &Tensor,
-    _weight: &Tensor,
-    weight_t: &Tensor,
-    bias: &Tensor,
+    _mode: Mode,
 ) -> Result<Tensor> {
     x.matmul(weight_t)?.broadcast_add(bias)
 }

@@ -5,6 +5,7 @@
 //! [`affine`] is the inference product; [`trainable_affine`] is the same
 //! product with a backward whose three gradients are sgemm calls too.
 
+use super::kernel::f32_rows;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::os::raw::c_int;
 
@@ -59,26 +60,18 @@ impl CustomOp3 for Affine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) = (s1, s2, s3) else {
-            bail!("{}: f32 inputs only", self.name())
-        };
-        let (Some((x_start, _)), Some((w_start, _)), Some((b_start, b_end))) = (
-            l1.contiguous_offsets(),
-            l2.contiguous_offsets(),
-            l3.contiguous_offsets(),
-        ) else {
-            bail!("{}: contiguous inputs only", self.name())
-        };
+        let (x, _) = f32_rows(self.name(), s1, l1)?;
+        let (w, _) = f32_rows(self.name(), s2, l2)?;
+        let (bias, _) = f32_rows(self.name(), s3, l3)?;
         let (m, k) = l1.shape().dims2()?;
         let (n, k_w) = l2.shape().dims2()?;
-        if k != k_w || b_end - b_start != n {
+        if k != k_w || bias.len() != n {
             bail!(
                 "{}: shapes [{m}, {k}] · [{n}, {k_w}]ᵀ + [{}] do not fit",
                 self.name(),
-                b_end - b_start
+                bias.len()
             );
         }
-        let bias = &b[b_start..b_end];
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
         for _ in 0..m {
             out.extend_from_slice(bias);
@@ -95,9 +88,9 @@ impl CustomOp3 for Affine {
                 n as c_int,
                 k as c_int,
                 1.0,
-                x[x_start..].as_ptr(),
+                x.as_ptr(),
                 k as c_int,
-                w[w_start..].as_ptr(),
+                w.as_ptr(),
                 k as c_int,
                 1.0,
                 out.as_mut_ptr(),
@@ -187,14 +180,8 @@ impl CustomOp2 for Gemm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
-            bail!("{}: f32 inputs only", self.name())
-        };
-        let (Some((a_start, _)), Some((b_start, _))) =
-            (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            bail!("{}: contiguous inputs only", self.name())
-        };
+        let (a, _) = f32_rows(self.name(), s1, l1)?;
+        let (b, _) = f32_rows(self.name(), s2, l2)?;
         let (a_rows, a_cols) = l1.shape().dims2()?;
         let (b_rows, b_cols) = l2.shape().dims2()?;
         let (m, k) = if self.trans_a {
@@ -224,9 +211,9 @@ impl CustomOp2 for Gemm {
                 n as c_int,
                 k as c_int,
                 1.0,
-                a[a_start..].as_ptr(),
+                a.as_ptr(),
                 a_cols as c_int,
-                b[b_start..].as_ptr(),
+                b.as_ptr(),
                 b_cols as c_int,
                 0.0,
                 out.as_mut_ptr(),

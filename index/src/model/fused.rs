@@ -6,21 +6,11 @@
 //! cost about as much as the matrix products. Each op here is one pass over
 //! its rows forward and one backward (rows in parallel on the rayon pool).
 
+use super::kernel::f32_rows;
 use candle_core::{
     bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
 };
 use rayon::prelude::*;
-
-fn f32_rows<'a>(name: &str, s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], usize)> {
-    let CpuStorage::F32(data) = s else {
-        bail!("{name}: f32 input only")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        bail!("{name}: contiguous input only")
-    };
-    let cols = *l.dims().last().unwrap_or(&1);
-    Ok((&data[start..end], cols))
-}
 
 /// Mean and 1/σ of one row.
 fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {

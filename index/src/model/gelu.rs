@@ -4,7 +4,8 @@
 //! MiniLM forward pass here, and its backward is several more passes; this
 //! uses [`super::math::erf`], which the compiler vectorises.
 
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use super::kernel::f32_rows;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 #[inline(always)]
@@ -46,13 +47,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("{}: f32 only", self.name())
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("{}: contiguous input only", self.name())
-        };
-        let input = &data[start..end];
+        let (input, _) = f32_rows(self.name(), storage, layout)?;
         let mut out: Vec<f32> = Vec::with_capacity(input.len());
         out.spare_capacity_mut()
             .par_chunks_mut(1 << 14)
@@ -105,14 +100,8 @@ impl CustomOp2 for GeluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(dy)) = (s1, s2) else {
-            bail!("{}: f32 only", self.name())
-        };
-        let (Some((xs, xe)), Some((gs, ge))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            bail!("{}: contiguous inputs only", self.name())
-        };
-        let (x, dy) = (&x[xs..xe], &dy[gs..ge]);
+        let (x, _) = f32_rows(self.name(), s1, l1)?;
+        let (dy, _) = f32_rows(self.name(), s2, l2)?;
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(1 << 14)

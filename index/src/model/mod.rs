@@ -7,6 +7,7 @@ pub mod blas;
 mod config;
 mod fused;
 mod gelu;
+mod kernel;
 mod math;
 
 pub use bert::{BertModel, Dropout, Mode};
