@@ -52,8 +52,11 @@ pub struct TrainerState {
     pub round: Option<u32>,
     /// How the epoch went, and the mining that preceded it: enough to
     /// rebuild its report entry if the process dies before writing it.
+    #[serde(default)]
     pub stats: EpochStats,
+    #[serde(default)]
     pub mine_seconds: f64,
+    #[serde(default)]
     pub negatives_overlap: Option<f64>,
 }
 
