@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--round-ids", help="`cpack mine export --format ids` of the round to train on")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-split", default="test")
+    ap.add_argument("--seed", type=int, help="override the run's seed (to see run-to-run variance)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -60,6 +61,8 @@ def main():
     spec = json.load(open(f"{args.run_dir}/run.json"))
     query_ids = json.load(open(f"{args.run_dir}/queries.json"))
     enc, tr = spec["encoder"], spec["train"]
+    if args.seed is not None:
+        tr["seed"] = args.seed
     model_dir = spec["base_model"]
     corpus = read_jsonl(f"{args.data}/corpus.jsonl")
     doc_ids = [d.get("_id", d.get("id")) for d in corpus]
