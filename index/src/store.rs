@@ -104,6 +104,24 @@ pub struct BuildPlan {
     pub index: IndexKind,
 }
 
+impl BuildPlan {
+    /// The plan for encoding all of `corpus` under `stamp`.
+    pub fn new(
+        stamp: EmbeddingStamp,
+        corpus: &TextTable,
+        precision: Precision,
+        index: IndexKind,
+    ) -> Self {
+        BuildPlan {
+            stamp,
+            corpus_fingerprint: corpus.fingerprint(),
+            rows: corpus.len(),
+            precision,
+            index,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub encode_seconds: f64,

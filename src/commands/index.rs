@@ -38,13 +38,12 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
     ctx.bars.stage("loading corpus", 0);
     let corpus = Dataset::load_corpus(&data)?;
     let encoder = open_encoder(&config)?;
-    let plan = BuildPlan {
-        stamp: config.embedding_stamp(&encoder)?,
-        corpus_fingerprint: corpus.fingerprint(),
-        rows: corpus.len(),
-        precision: config.index.precision,
-        index: config.index.kind.clone(),
-    };
+    let plan = BuildPlan::new(
+        config.embedding_stamp(&encoder)?,
+        &corpus,
+        config.index.precision,
+        config.index.kind.clone(),
+    );
     let provenance = Provenance {
         model_path: &config.model.dir,
         corpus_path: &data.corpus,

@@ -13,14 +13,6 @@ pub enum Error {
     #[error("training computation failed")]
     Candle(#[from] candle_core::Error),
 
-    #[error("cannot {action} {path}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
     #[error("checkpoint {path}: {problem}")]
     Checkpoint { path: PathBuf, problem: String },
 
@@ -41,16 +33,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A file-system error naming the action and the path (the index crate's
+    /// I/O error, so every crate words these alike).
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
-        let path = path.into();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
+        let to_index_error = cpack_index::Error::io(action, path);
+        move |source| Error::Index(to_index_error(source))
     }
 }
 

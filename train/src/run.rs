@@ -144,13 +144,7 @@ impl Current {
         set_kernel_threads(1);
         let corpus = &ws.dataset.corpus;
         let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
-        let plan = BuildPlan {
-            stamp: stamp.clone(),
-            corpus_fingerprint: corpus.fingerprint(),
-            rows: corpus.len(),
-            precision: ws.precision,
-            index: ws.index_kind.clone(),
-        };
+        let plan = BuildPlan::new(stamp.clone(), corpus, ws.precision, ws.index_kind.clone());
         let provenance = Provenance {
             model_path: &self.model.dir,
             corpus_path: &ws.dataset.paths.corpus,
