@@ -47,6 +47,43 @@ pub trait EncoderBackend: Send + Sync {
     fn dim(&self) -> usize;
     /// Short name recorded in index manifests (`"candle"`, `"ort"`).
     fn name(&self) -> &'static str;
+    /// Precision of the weights the backend computes with.
+    fn precision(&self) -> WeightPrecision {
+        WeightPrecision::F32
+    }
+}
+
+/// Precision of an encoder's weights; recorded in index manifests, since
+/// int8 and f32 embeddings of one model must never share an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightPrecision {
+    #[default]
+    F32,
+    /// Per-column int8 weights, activations quantised at run time (ORT only).
+    Int8,
+}
+
+impl std::fmt::Display for WeightPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::Int8 => "int8",
+        })
+    }
+}
+
+impl std::str::FromStr for WeightPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(WeightPrecision::F32),
+            "int8" => Ok(WeightPrecision::Int8),
+            other => Err(format!(
+                "unknown encoder precision {other:?} (expected \"f32\" or \"int8\")"
+            )),
+        }
+    }
 }
 
 /// Whether a text is a query (gets the instruction) or a passage (never does).
@@ -173,6 +210,10 @@ impl Encoder {
 
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    pub fn precision(&self) -> WeightPrecision {
+        self.backend.precision()
     }
 
     pub fn settings(&self) -> &EncoderSettings {

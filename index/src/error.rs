@@ -66,6 +66,13 @@ pub enum Error {
     #[error("no index at {path}; build one with `cpack index build`")]
     NoIndex { path: PathBuf },
 
+    #[error("ONNX Runtime: cannot {action}")]
+    OnnxRuntime {
+        action: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -15,12 +15,18 @@ pub mod evaluate;
 pub mod fsutil;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "onnx")]
+pub mod onnx;
+#[cfg(feature = "ort")]
+pub mod ort_backend;
 pub mod progress;
 pub mod store;
 pub mod tokenize;
 pub mod vector;
 
-pub use encoder::{Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch};
+pub use encoder::{
+    Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch, WeightPrecision,
+};
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};
 #[cfg(any(test, feature = "test-model"))]

@@ -23,7 +23,7 @@
 
 use crate::dataset::TextTable;
 use crate::embeddings::{EmbeddingMatrix, Precision};
-use crate::encoder::{Encoder, TextKind};
+use crate::encoder::{Encoder, TextKind, WeightPrecision};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::Pooling;
@@ -45,6 +45,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct EmbeddingStamp {
     pub model_fingerprint: String,
     pub encoder_backend: String,
+    /// Absent in manifests written before int8 encoders existed: those were f32.
+    #[serde(default)]
+    pub encoder_precision: WeightPrecision,
     pub dim: usize,
     pub pooling: Pooling,
     pub normalize: bool,
@@ -60,6 +63,7 @@ impl EmbeddingStamp {
         Ok(EmbeddingStamp {
             model_fingerprint: model.fingerprint()?,
             encoder_backend: encoder.backend_name().to_string(),
+            encoder_precision: encoder.precision(),
             dim: encoder.dim(),
             pooling: s.pooling,
             normalize: s.normalize,
@@ -87,6 +91,7 @@ impl EmbeddingStamp {
             field("normalize", |s| s.normalize.to_string()),
             field("passage max length", |s| s.passage_max_len.to_string()),
             field("query max length", |s| s.query_max_len.to_string()),
+            field("encoder precision", |s| s.encoder_precision.to_string()),
             field("encoder backend", |s| s.encoder_backend.clone()),
         ]
         .into_iter()
@@ -543,18 +548,8 @@ mod tests {
     }
 
     fn plan(f: &Fixture, enc: &Encoder, index: IndexKind) -> BuildPlan {
-        let s = enc.settings();
         BuildPlan {
-            stamp: EmbeddingStamp {
-                model_fingerprint: f.model.fingerprint().unwrap(),
-                encoder_backend: enc.backend_name().into(),
-                dim: enc.dim(),
-                pooling: s.pooling,
-                normalize: s.normalize,
-                query_max_len: s.query_max_len,
-                passage_max_len: s.passage_max_len,
-                query_instruction: s.query_instruction.clone(),
-            },
+            stamp: EmbeddingStamp::of(&f.model, enc).unwrap(),
             corpus_fingerprint: f.corpus.fingerprint(),
             rows: f.corpus.len(),
             precision: Precision::F32,

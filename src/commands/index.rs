@@ -135,8 +135,8 @@ fn info(ctx: &Context, json: bool) -> Result<()> {
         manifest.model_path, p.stamp.model_fingerprint
     );
     println!(
-        "encoder           {} · {} pooling · normalize {}",
-        p.stamp.encoder_backend, p.stamp.pooling, p.stamp.normalize
+        "encoder           {} {} · {} pooling · normalize {}",
+        p.stamp.encoder_backend, p.stamp.encoder_precision, p.stamp.pooling, p.stamp.normalize
     );
     println!(
         "max lengths       query {} · passage {}",
