@@ -16,11 +16,12 @@
 mod train_step;
 
 use anyhow::{bail, Context, Result};
-use cpack_index::candle_backend::CandleBackend;
+use cpack_index::candle_backend::CandleLoader;
 use cpack_index::dataset::{Dataset, DatasetPaths, TextTable};
 use cpack_index::model::ModelDir;
+use cpack_index::ort_backend::{find_library, OrtLoader, OrtOptions};
 use cpack_index::store::IndexDir;
-use cpack_index::{Encoder, EncoderSettings, TextKind};
+use cpack_index::{BackendLoader, Encoder, EncoderSettings, TextKind, WeightPrecision};
 use cpack_miner::{
     MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore, OnShort, Sampling,
 };
@@ -35,12 +36,19 @@ struct EncodeArgs {
     batches: usize,
     reps: usize,
     threads: usize,
+    /// "candle" or "ort".
+    backend: String,
+    precision: WeightPrecision,
+    /// ORT intra-op threads per session (sessions = threads / this).
+    ort_threads: usize,
+    spin: bool,
     json: Option<PathBuf>,
 }
 
 fn usage() -> &'static str {
     "usage: cpack-bench encode --model DIR --corpus corpus.jsonl [--max-len 128] [--batch 32] \
-     [--batches 8] [--reps 5] [--threads N] [--json OUT]"
+     [--batches 8] [--reps 5] [--threads N] [--backend candle|ort] [--precision f32|int8] \
+     [--ort-threads 1] [--spin] [--json OUT]"
 }
 
 fn parse(args: &[String]) -> Result<EncodeArgs> {
@@ -52,6 +60,10 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
         batches: 8,
         reps: 5,
         threads: 0,
+        backend: "candle".into(),
+        precision: WeightPrecision::F32,
+        ort_threads: 1,
+        spin: false,
         json: None,
     };
     let mut it = args.iter();
@@ -68,6 +80,12 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
             "--batches" => parsed.batches = value()?.parse()?,
             "--reps" => parsed.reps = value()?.parse()?,
             "--threads" => parsed.threads = value()?.parse()?,
+            "--backend" => parsed.backend = value()?.clone(),
+            "--precision" => {
+                parsed.precision = value()?.parse().map_err(anyhow::Error::msg)?;
+            }
+            "--ort-threads" => parsed.ort_threads = value()?.parse()?,
+            "--spin" => parsed.spin = true,
             "--json" => parsed.json = Some(value()?.into()),
             other => bail!("unknown flag {other}\n{}", usage()),
         }
@@ -85,6 +103,25 @@ fn main() -> Result<()> {
     }
 }
 
+/// The backend `args` asks for; ORT gets one session per worker.
+fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLoader>> {
+    Ok(match args.backend.as_str() {
+        "candle" => Box::new(CandleLoader),
+        "ort" => Box::new(OrtLoader {
+            options: OrtOptions {
+                library: find_library(&[&std::env::current_dir()?])
+                    .context("no ONNX Runtime library: run scripts/setup.sh")?,
+                sessions: workers,
+                threads: args.ort_threads,
+                spinning: args.spin,
+            },
+            precision: args.precision,
+            cache_dir: PathBuf::from("target/bench/onnx"),
+        }),
+        other => bail!("unknown backend {other:?} (candle or ort)"),
+    })
+}
+
 fn encode(args: EncodeArgs) -> Result<()> {
     let threads = cpack_index::model::configure_threads(args.threads);
     let model = ModelDir::open(&args.model)?;
@@ -93,8 +130,12 @@ fn encode(args: EncodeArgs) -> Result<()> {
         batch_size: args.batch,
         ..EncoderSettings::declared_by(&model)
     };
-    let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
-    let encoder = Encoder::new(&model, settings, Box::new(backend))?.with_workers(threads);
+    let workers = match args.backend.as_str() {
+        "ort" => (threads / args.ort_threads.max(1)).max(1),
+        _ => threads,
+    };
+    let loader = backend_loader(&args, workers)?;
+    let encoder = Encoder::open(&model, &settings, loader.as_ref(), workers)?;
 
     // Passages long enough to fill max_len, so every batch is batch × max_len real tokens.
     let corpus = TextTable::load_jsonl(&args.corpus)?;
@@ -147,6 +188,8 @@ fn encode(args: EncodeArgs) -> Result<()> {
     let report = serde_json::json!({
         "benchmark": "encode",
         "backend": encoder.backend_name(),
+        "precision": encoder.precision().to_string(),
+        "workers": workers,
         "model": args.model.display().to_string(),
         "max_len": args.max_len,
         "batch": args.batch,
@@ -157,8 +200,9 @@ fn encode(args: EncodeArgs) -> Result<()> {
         "tokens_per_second_all": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
     });
     println!(
-        "encode {} · {} threads · batch {} × {} tokens: median {:.0} tokens/s (runs: {:?})",
+        "encode {} {} · {} threads · batch {} × {} tokens: median {:.0} tokens/s (runs: {:?})",
         encoder.backend_name(),
+        encoder.precision(),
         threads,
         args.batch,
         args.max_len,
@@ -203,8 +247,7 @@ fn mine(args: &[String]) -> Result<()> {
         query_instruction: stamp.query_instruction.clone(),
         batch_size: 32,
     };
-    let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
-    let encoder = Encoder::new(&model, settings, Box::new(backend))?.with_workers(threads);
+    let encoder = Encoder::open(&model, &settings, &CandleLoader, threads)?;
     let data_dir = std::path::Path::new(&manifest.corpus_path)
         .parent()
         .context("corpus path")?;

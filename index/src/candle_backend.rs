@@ -1,10 +1,16 @@
 //! The candle encoder backend: BERT forward, pooling, normalisation on the CPU.
 
-use crate::encoder::{EncoderBackend, TokenBatch};
+use crate::encoder::{BackendLoader, EncoderBackend, EncoderSettings, TokenBatch};
 use crate::error::Result;
 use crate::model::{BertModel, Mode, ModelDir, Pooling};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
+
+/// Padded tokens per forward pass; batches are run in slices of this size.
+/// Measured on a 2-core Xeon, batches of 32 × 128 tokens (cpack-bench
+/// encode): runs of 512 tokens 9.3k tokens/s, 256: 9.2k, 1024: 9.1k, whole
+/// batches (activations spilling out of L2): 7.8k.
+const TOKENS_PER_RUN: usize = 512;
 
 pub struct CandleBackend {
     model: BertModel,
@@ -38,6 +44,20 @@ impl CandleBackend {
             dim: model.hidden_size(),
             device,
         })
+    }
+}
+
+/// Loads [`CandleBackend`]s: the default, needing nothing beyond the weights.
+pub struct CandleLoader;
+
+impl BackendLoader for CandleLoader {
+    fn load(
+        &self,
+        model: &ModelDir,
+        settings: &EncoderSettings,
+    ) -> Result<Box<dyn EncoderBackend>> {
+        let backend = CandleBackend::load(model, settings.pooling, settings.normalize)?;
+        Ok(Box::new(backend))
     }
 }
 
@@ -85,5 +105,9 @@ impl EncoderBackend for CandleBackend {
 
     fn name(&self) -> &'static str {
         "candle"
+    }
+
+    fn tokens_per_run(&self) -> usize {
+        TOKENS_PER_RUN
     }
 }

@@ -38,6 +38,17 @@ impl TokenBatch {
     pub fn real_tokens(&self) -> usize {
         self.attention_mask.iter().filter(|&&m| m > 0.0).count()
     }
+
+    /// Rows `rows` of this batch, with the same padded length.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> TokenBatch {
+        let span = rows.start * self.seq_len..rows.end * self.seq_len;
+        TokenBatch {
+            input_ids: self.input_ids[span.clone()].to_vec(),
+            attention_mask: self.attention_mask[span].to_vec(),
+            batch: rows.len(),
+            seq_len: self.seq_len,
+        }
+    }
 }
 
 /// A model runtime that turns padded token batches into pooled embeddings.
@@ -47,10 +58,39 @@ pub trait EncoderBackend: Send + Sync {
     fn dim(&self) -> usize;
     /// Short name recorded in index manifests (`"candle"`, `"ort"`).
     fn name(&self) -> &'static str;
+    /// Padded tokens the backend runs at once. The encoder hands it each
+    /// batch in row slices of about this size: small enough that activations
+    /// stay in a core's L2 cache, large enough for efficient matrix products.
+    fn tokens_per_run(&self) -> usize {
+        usize::MAX
+    }
+
     /// Precision of the weights the backend computes with.
     fn precision(&self) -> WeightPrecision {
         WeightPrecision::F32
     }
+}
+
+/// Embeds `batch` in row slices of at most `backend.tokens_per_run()`
+/// tokens (at least one row each), concatenated in order.
+fn embed_in_runs(backend: &dyn EncoderBackend, batch: &TokenBatch) -> Result<Vec<f32>> {
+    let rows_per_run =
+        (backend.tokens_per_run() / batch.seq_len.max(1)).clamp(1, batch.batch.max(1));
+    if rows_per_run >= batch.batch {
+        return backend.embed(batch);
+    }
+    let mut out = Vec::with_capacity(batch.batch * backend.dim());
+    for start in (0..batch.batch).step_by(rows_per_run) {
+        out.extend(backend.embed(&batch.rows(start..(start + rows_per_run).min(batch.batch)))?);
+    }
+    Ok(out)
+}
+
+/// Opens a backend for a model folder. The training loop opens one per
+/// checkpoint, so it takes a loader rather than a backend.
+pub trait BackendLoader: Send + Sync {
+    fn load(&self, model: &ModelDir, settings: &EncoderSettings)
+        -> Result<Box<dyn EncoderBackend>>;
 }
 
 /// Precision of an encoder's weights; recorded in index manifests, since
@@ -192,6 +232,17 @@ impl Encoder {
         })
     }
 
+    /// The encoder of `model` through `loader`'s backend, on `workers` threads.
+    pub fn open(
+        model: &ModelDir,
+        settings: &EncoderSettings,
+        loader: &dyn BackendLoader,
+        workers: usize,
+    ) -> Result<Self> {
+        let backend = loader.load(model, settings)?;
+        Ok(Encoder::new(model, settings.clone(), backend)?.with_workers(workers))
+    }
+
     /// Runs batches on `workers` threads at once, each batch on one thread.
     ///
     /// On a few cores this beats splitting every matrix product across
@@ -283,7 +334,11 @@ impl Encoder {
         if workers <= 1 {
             for rows in batches {
                 let batch = pad(rows);
-                sink(rows, &self.backend.embed(&batch)?, batch.real_tokens());
+                sink(
+                    rows,
+                    &embed_in_runs(&*self.backend, &batch)?,
+                    batch.real_tokens(),
+                );
             }
             return Ok(());
         }
@@ -299,7 +354,8 @@ impl Encoder {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(rows) = batches.get(i) else { break };
                         let batch = pad(rows);
-                        let embedded = self.backend.embed(&batch).map(|e| (e, batch.real_tokens()));
+                        let embedded =
+                            embed_in_runs(&*self.backend, &batch).map(|e| (e, batch.real_tokens()));
                         let failed = embedded.is_err();
                         if tx.send((i, embedded)).is_err() || failed {
                             break;

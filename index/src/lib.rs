@@ -25,7 +25,8 @@ pub mod tokenize;
 pub mod vector;
 
 pub use encoder::{
-    Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch, WeightPrecision,
+    BackendLoader, Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch,
+    WeightPrecision,
 };
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};

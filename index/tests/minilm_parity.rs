@@ -38,10 +38,17 @@ fn candle_matches_sentence_transformers() {
     assert!(worst >= 0.9999, "worst cosine {worst}");
 }
 
-fn ort_backend(dir: &std::path::Path, precision: WeightPrecision) -> impl Fn(&ModelDir, &EncoderSettings) -> Box<dyn EncoderBackend> + '_ {
+fn ort_backend(
+    dir: &std::path::Path,
+    precision: WeightPrecision,
+) -> impl Fn(&ModelDir, &EncoderSettings) -> Box<dyn EncoderBackend> + '_ {
     move |model, s| {
         let path = dir.join(format!("minilm-{precision}.onnx"));
-        let export = ExportOptions { pooling: s.pooling, normalize: s.normalize, precision };
+        let export = ExportOptions {
+            pooling: s.pooling,
+            normalize: s.normalize,
+            precision,
+        };
         export_to(model, export, &path).unwrap();
         let options = OrtOptions {
             library: find_library(&[&repo_root()]).expect("run scripts/setup.sh first"),
@@ -64,7 +71,8 @@ fn ort_f32_matches_sentence_transformers() {
 #[test]
 fn ort_int8_stays_close_to_sentence_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    let worst = check_against_sentence_transformers(&ort_backend(dir.path(), WeightPrecision::Int8));
+    let worst =
+        check_against_sentence_transformers(&ort_backend(dir.path(), WeightPrecision::Int8));
     println!("int8 worst cosine against sentence-transformers: {worst}");
     assert!((0.95..0.99999).contains(&worst), "worst cosine {worst}");
 }

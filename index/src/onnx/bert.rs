@@ -1,6 +1,11 @@
 //! The BERT encoder as an ONNX graph: embeddings, layers, pooling and
 //! normalisation, computing what [`crate::model::BertModel`] plus
 //! [`crate::candle_backend::pool`] compute.
+//!
+//! Layers are written with ONNX Runtime's fused transformer kernels
+//! (`MultiHeadAttention`, `SkipLayerNormalization`, `BiasGelu`), as ORT's
+//! offline transformer optimizer would leave them: its in-session fusions
+//! need a fixed sequence length, and an encoder's is dynamic.
 
 use super::graph::{Attr, Dim, GraphBuilder};
 use crate::encoder::WeightPrecision;
@@ -81,58 +86,97 @@ struct BertGraph<'a> {
     precision: WeightPrecision,
 }
 
+/// Operator domain of ONNX Runtime's fused transformer kernels.
+const MS: &str = "com.microsoft";
+
 impl BertGraph<'_> {
-    /// `x · Wᵀ + bias` for the PyTorch linear layer at `prefix`.
-    fn dense(&mut self, x: &str, prefix: &str, in_dim: usize, out_dim: usize) -> Result<String> {
+    /// `x · W` for the PyTorch linear layer at `prefix` (weight `[out, in]`),
+    /// without its bias: the fused op that follows adds it.
+    fn project(&mut self, x: &str, prefix: &str, in_dim: usize, out_dim: usize) -> Result<String> {
         let w = self
             .weights
             .linear_weight(&format!("{prefix}.weight"), out_dim, in_dim)?;
-        let bias = self.weights.get(&format!("{prefix}.bias"), &[out_dim])?;
-        let bias = self.b.f32_tensor(&format!("{prefix}.bias"), &[out_dim], &bias);
+        self.matmul(x, prefix, &w, in_dim, out_dim)
+    }
+
+    /// `x · w` for a `[in_dim, out_dim]` weight, in the graph's precision.
+    fn matmul(
+        &mut self,
+        x: &str,
+        name: &str,
+        w: &[f32],
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<String> {
         Ok(match self.precision {
             WeightPrecision::F32 => {
                 let w = self
                     .b
-                    .f32_tensor(&format!("{prefix}.weight_t"), &[in_dim, out_dim], &w);
-                let product = self.b.node("MatMul", &[x, &w], &[]);
-                self.b.node("Add", &[&product, &bias], &[])
+                    .f32_tensor(&format!("{name}.weight_t"), &[in_dim, out_dim], w);
+                self.b.node("MatMul", &[x, &w], &[])
             }
             WeightPrecision::Int8 => {
-                let (q, scale) = quantize_columns(&w, in_dim, out_dim);
+                let (q, scale) = quantize_columns(w, in_dim, out_dim);
                 let q = self
                     .b
-                    .i8_tensor(&format!("{prefix}.weight_q"), &[in_dim, out_dim], &q);
+                    .i8_tensor(&format!("{name}.weight_q"), &[in_dim, out_dim], &q);
                 let scale = self
                     .b
-                    .f32_tensor(&format!("{prefix}.weight_scale"), &[out_dim], &scale);
+                    .f32_tensor(&format!("{name}.weight_scale"), &[out_dim], &scale);
                 let zero = self.b.i8_tensor(
-                    &format!("{prefix}.weight_zero"),
+                    &format!("{name}.weight_zero"),
                     &[out_dim],
                     &vec![0; out_dim],
                 );
-                // Activations are quantised per batch at run time; weights per column here.
-                self.b.node_in(
-                    "com.microsoft",
-                    "DynamicQuantizeMatMul",
-                    &[x, &q, &scale, &zero, &bias],
-                    &[],
-                )
+                // Activations are quantised per call at run time; weights per column here.
+                self.b
+                    .node_in(MS, "DynamicQuantizeMatMul", &[x, &q, &scale, &zero], &[])
             }
         })
     }
 
-    fn layer_norm(&mut self, x: &str, prefix: &str) -> Result<String> {
+    fn bias(&mut self, prefix: &str, dim: usize) -> Result<String> {
+        let name = format!("{prefix}.bias");
+        let bias = self.weights.get(&name, &[dim])?;
+        Ok(self.b.f32_tensor(&name, &[dim], &bias))
+    }
+
+    fn layer_norm_params(&mut self, prefix: &str) -> Result<(String, String)> {
         let h = self.cfg.hidden_size;
         let (gamma, beta) = self.weights.layer_norm(prefix, h)?;
-        let gamma = self.b.f32_tensor(&format!("{prefix}.weight"), &[h], &gamma);
-        let beta = self.b.f32_tensor(&format!("{prefix}.bias"), &[h], &beta);
-        Ok(self.b.node(
-            "LayerNormalization",
-            &[x, &gamma, &beta],
-            &[
-                ("axis", Attr::Int(-1)),
-                ("epsilon", Attr::Float(self.cfg.layer_norm_eps as f32)),
-            ],
+        Ok((
+            self.b.f32_tensor(&format!("{prefix}.weight"), &[h], &gamma),
+            self.b.f32_tensor(&format!("{prefix}.bias"), &[h], &beta),
+        ))
+    }
+
+    fn epsilon(&self) -> (&'static str, Attr) {
+        ("epsilon", Attr::Float(self.cfg.layer_norm_eps as f32))
+    }
+
+    fn layer_norm(&mut self, x: &str, prefix: &str) -> Result<String> {
+        let (gamma, beta) = self.layer_norm_params(prefix)?;
+        let attrs = [("axis", Attr::Int(-1)), self.epsilon()];
+        Ok(self
+            .b
+            .node("LayerNormalization", &[x, &gamma, &beta], &attrs))
+    }
+
+    /// `LayerNorm(x + residual + bias)` in one kernel.
+    fn skip_layer_norm(
+        &mut self,
+        x: &str,
+        residual: &str,
+        bias: &str,
+        prefix: &str,
+    ) -> Result<String> {
+        let (gamma, beta) = self.layer_norm_params(prefix)?;
+        let attrs = [self.epsilon()];
+        Ok(self.b.node_in(
+            MS,
+            "SkipLayerNormalization",
+            &[x, residual, &gamma, &beta, bias],
+            &attrs,
         ))
     }
 
@@ -153,9 +197,11 @@ impl BertGraph<'_> {
         let types = table(self, "token_type_embeddings.weight", cfg.type_vocab_size)?;
 
         let word = self.b.node("Gather", &[&words, ids], &[]);
-        let seq_len = self
-            .b
-            .node("Shape", &[ids], &[("start", Attr::Int(1)), ("end", Attr::Int(2))]);
+        let seq_len = self.b.node(
+            "Shape",
+            &[ids],
+            &[("start", Attr::Int(1)), ("end", Attr::Int(2))],
+        );
         let zero = self.b.i64_tensor("zero_1d", &[1], &[0]);
         let position = self
             .b
@@ -166,116 +212,75 @@ impl BertGraph<'_> {
         self.layer_norm(&sum, "embeddings.LayerNorm")
     }
 
-    /// `[batch, seq, hidden]` → `[batch, heads, seq, head_dim]`, or with
-    /// `keys_transposed`, `[batch, heads, head_dim, seq]`.
-    fn split_heads(&mut self, x: &str, shape: &str, keys_transposed: bool) -> String {
-        let split = self.b.node("Reshape", &[x, shape], &[]);
-        let perm = if keys_transposed {
-            vec![0, 2, 3, 1]
-        } else {
-            vec![0, 2, 1, 3]
-        };
-        self.b.node("Transpose", &[&split], &[("perm", Attr::Ints(perm))])
-    }
-
-    fn attention(&mut self, x: &str, key_bias: &str, prefix: &str) -> Result<String> {
+    /// Self-attention through ORT's `MultiHeadAttention` kernel: one matrix
+    /// product for Q, K and V, biases and padding mask applied inside.
+    fn attention(&mut self, x: &str, key_mask: &str, prefix: &str) -> Result<String> {
         let h = self.cfg.hidden_size;
-        let heads = self.cfg.num_attention_heads as i64;
-        let head_dim = self.cfg.head_dim();
-        let q = self.dense(x, &format!("{prefix}.self.query"), h, h)?;
-        let k = self.dense(x, &format!("{prefix}.self.key"), h, h)?;
-        let v = self.dense(x, &format!("{prefix}.self.value"), h, h)?;
-        let head_shape = self.b.i64_tensor(
-            &format!("{prefix}.head_shape"),
-            &[4],
-            &[0, 0, heads, head_dim as i64],
-        );
-        let scale = self.b.scalar(
-            &format!("{prefix}.scale"),
-            1.0 / (head_dim as f32).sqrt(),
-        );
-        let q = self.b.node("Mul", &[&q, &scale], &[]);
-        let q = self.split_heads(&q, &head_shape, false);
-        let k = self.split_heads(&k, &head_shape, true);
-        let v = self.split_heads(&v, &head_shape, false);
-        let scores = self.b.node("MatMul", &[&q, &k], &[]);
-        let scores = self.b.node("Add", &[&scores, key_bias], &[]);
-        let probs = self.b.node("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
-        let context = self.b.node("MatMul", &[&probs, &v], &[]);
-        let context = self
+        let mut qkv = vec![0f32; h * 3 * h];
+        let mut qkv_bias = Vec::with_capacity(3 * h);
+        for (part, name) in ["query", "key", "value"].iter().enumerate() {
+            let p = format!("{prefix}.self.{name}");
+            let w = self.weights.linear_weight(&format!("{p}.weight"), h, h)?;
+            for (row, chunk) in w.chunks_exact(h).enumerate() {
+                qkv[row * 3 * h + part * h..row * 3 * h + (part + 1) * h].copy_from_slice(chunk);
+            }
+            qkv_bias.extend(self.weights.get(&format!("{p}.bias"), &[h])?);
+        }
+        let projected = self.matmul(x, &format!("{prefix}.self.qkv"), &qkv, h, 3 * h)?;
+        let bias = self
             .b
-            .node("Transpose", &[&context], &[("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
-        let merged_shape = self
+            .f32_tensor(&format!("{prefix}.self.qkv.bias"), &[3 * h], &qkv_bias);
+        let sizes = self
             .b
-            .i64_tensor(&format!("{prefix}.merged_shape"), &[3], &[0, 0, h as i64]);
-        let context = self.b.node("Reshape", &[&context, &merged_shape], &[]);
-        self.dense(&context, &format!("{prefix}.output.dense"), h, h)
+            .i64_tensor(&format!("{prefix}.self.split"), &[3], &[h as i64; 3]);
+        let [q, k, v] = self.b.split3(&projected, &sizes);
+        let heads = Attr::Int(self.cfg.num_attention_heads as i64);
+        Ok(self.b.node_in(
+            MS,
+            "MultiHeadAttention",
+            &[&q, &k, &v, &bias, key_mask],
+            &[("num_heads", heads)],
+        ))
     }
 
-    fn activation(&mut self, x: &str, prefix: &str) -> String {
+    /// The feed-forward activation with the intermediate bias folded in.
+    fn biased_activation(&mut self, x: &str, bias: &str) -> String {
         match self.cfg.hidden_act {
-            // 0.5·x·(1 + erf(x/√2)); ORT fuses this pattern into one Gelu kernel.
-            Activation::Gelu => {
-                let inv_sqrt2 = self.b.scalar(&format!("{prefix}.inv_sqrt2"), 0.5f32.sqrt());
-                let one = self.b.scalar(&format!("{prefix}.one"), 1.0);
-                let half = self.b.scalar(&format!("{prefix}.half"), 0.5);
-                let scaled = self.b.node("Mul", &[x, &inv_sqrt2], &[]);
-                let erf = self.b.node("Erf", &[&scaled], &[]);
-                let erf1 = self.b.node("Add", &[&erf, &one], &[]);
-                let gated = self.b.node("Mul", &[x, &erf1], &[]);
-                self.b.node("Mul", &[&gated, &half], &[])
+            Activation::Gelu => self.b.node_in(MS, "BiasGelu", &[x, bias], &[]),
+            Activation::GeluNew => self.b.node_in(MS, "FastGelu", &[x, bias], &[]),
+            Activation::Relu => {
+                let biased = self.b.node("Add", &[x, bias], &[]);
+                self.b.node("Relu", &[&biased], &[])
             }
-            // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-            Activation::GeluNew => {
-                let c = self.b.scalar(
-                    &format!("{prefix}.sqrt_2_over_pi"),
-                    (2.0 / std::f32::consts::PI).sqrt(),
-                );
-                let k = self.b.scalar(&format!("{prefix}.cubic"), 0.044715);
-                let three = self.b.scalar(&format!("{prefix}.three"), 3.0);
-                let one = self.b.scalar(&format!("{prefix}.one"), 1.0);
-                let half = self.b.scalar(&format!("{prefix}.half"), 0.5);
-                let cube = self.b.node("Pow", &[x, &three], &[]);
-                let cube = self.b.node("Mul", &[&cube, &k], &[]);
-                let inner = self.b.node("Add", &[x, &cube], &[]);
-                let inner = self.b.node("Mul", &[&inner, &c], &[]);
-                let tanh = self.b.node("Tanh", &[&inner], &[]);
-                let tanh1 = self.b.node("Add", &[&tanh, &one], &[]);
-                let gated = self.b.node("Mul", &[x, &tanh1], &[]);
-                self.b.node("Mul", &[&gated, &half], &[])
-            }
-            Activation::Relu => self.b.node("Relu", &[x], &[]),
         }
     }
 
-    fn layer(&mut self, x: &str, key_bias: &str, index: usize) -> Result<String> {
+    fn layer(&mut self, x: &str, key_mask: &str, index: usize) -> Result<String> {
         let prefix = format!("encoder.layer.{index}");
         let (h, i) = (self.cfg.hidden_size, self.cfg.intermediate_size);
-        let attended = self.attention(x, key_bias, &format!("{prefix}.attention"))?;
-        let residual = self.b.node("Add", &[&attended, x], &[]);
-        let attended = self.layer_norm(&residual, &format!("{prefix}.attention.output.LayerNorm"))?;
-        let inner = self.dense(&attended, &format!("{prefix}.intermediate.dense"), h, i)?;
-        let inner = self.activation(&inner, &prefix);
-        let out = self.dense(&inner, &format!("{prefix}.output.dense"), i, h)?;
-        let residual = self.b.node("Add", &[&out, &attended], &[]);
-        self.layer_norm(&residual, &format!("{prefix}.output.LayerNorm"))
-    }
+        let attn = format!("{prefix}.attention");
+        let context = self.attention(x, key_mask, &attn)?;
+        let out = format!("{attn}.output");
+        let projected = self.project(&context, &format!("{out}.dense"), h, h)?;
+        let bias = self.bias(&format!("{out}.dense"), h)?;
+        let attended = self.skip_layer_norm(&projected, x, &bias, &format!("{out}.LayerNorm"))?;
 
-    /// `[batch, seq]` float mask → additive `[batch, 1, 1, seq]` key bias, as the candle model.
-    fn key_bias(&mut self, mask: &str) -> String {
-        let one = self.b.scalar("mask.one", 1.0);
-        let big = self.b.scalar("mask.big", 1e9);
-        let off = self.b.node("Sub", &[mask, &one], &[]);
-        let bias = self.b.node("Mul", &[&off, &big], &[]);
-        let axes = self.b.i64_tensor("mask.axes", &[2], &[1, 2]);
-        self.b.node("Unsqueeze", &[&bias, &axes], &[])
+        let inter = format!("{prefix}.intermediate.dense");
+        let inner = self.project(&attended, &inter, h, i)?;
+        let bias = self.bias(&inter, i)?;
+        let inner = self.biased_activation(&inner, &bias);
+        let out = format!("{prefix}.output");
+        let projected = self.project(&inner, &format!("{out}.dense"), i, h)?;
+        let bias = self.bias(&format!("{out}.dense"), h)?;
+        self.skip_layer_norm(&projected, &attended, &bias, &format!("{out}.LayerNorm"))
     }
 
     fn pool(&mut self, hidden: &str, mask: &str, pooling: Pooling, normalize: bool) -> String {
         let pooled = match pooling {
             Pooling::Cls => {
                 let first = self.b.i64_tensor("pool.first", &[], &[0]);
-                self.b.node("Gather", &[hidden, &first], &[("axis", Attr::Int(1))])
+                self.b
+                    .node("Gather", &[hidden, &first], &[("axis", Attr::Int(1))])
             }
             Pooling::Mean => {
                 let axis2 = self.b.i64_tensor("pool.axis2", &[1], &[2]);
@@ -283,8 +288,14 @@ impl BertGraph<'_> {
                 let floor = self.b.scalar("pool.min_count", 1e-9);
                 let mask3 = self.b.node("Unsqueeze", &[mask, &axis2], &[]);
                 let masked = self.b.node("Mul", &[hidden, &mask3], &[]);
-                let summed = self.b.node("ReduceSum", &[&masked, &axis1], &[("keepdims", Attr::Int(0))]);
-                let count = self.b.node("ReduceSum", &[mask, &axis1], &[("keepdims", Attr::Int(1))]);
+                let summed = self.b.node(
+                    "ReduceSum",
+                    &[&masked, &axis1],
+                    &[("keepdims", Attr::Int(0))],
+                );
+                let count =
+                    self.b
+                        .node("ReduceSum", &[mask, &axis1], &[("keepdims", Attr::Int(1))]);
                 let count = self.b.node("Max", &[&count, &floor], &[]);
                 self.b.node("Div", &[&summed, &count], &[])
             }
@@ -331,13 +342,14 @@ pub fn build(
     let mask = g.b.input("attention_mask", DataType::Int64, &tokens);
     let token_types = g.b.input("token_type_ids", DataType::Int64, &tokens);
 
-    let mask = g
-        .b
-        .node("Cast", &[&mask], &[("to", Attr::Int(DataType::Float as i64))]);
-    let key_bias = g.key_bias(&mask);
+    let cast = |g: &mut BertGraph, to: DataType| {
+        g.b.node("Cast", &[&mask], &[("to", Attr::Int(to as i64))])
+    };
+    let key_mask = cast(&mut g, DataType::Int32);
+    let mask = cast(&mut g, DataType::Float);
     let mut hidden = g.embeddings(&ids, &token_types)?;
     for index in 0..model.config.num_hidden_layers {
-        hidden = g.layer(&hidden, &key_bias, index)?;
+        hidden = g.layer(&hidden, &key_mask, index)?;
     }
     let pooled = g.pool(&hidden, &mask, pooling, normalize);
 

@@ -81,10 +81,28 @@ impl GraphBuilder {
             domain: domain.to_string(),
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: vec![output.clone()],
-            attribute: attrs.iter().map(|(name, value)| attribute(name, value)).collect(),
+            attribute: attrs
+                .iter()
+                .map(|(name, value)| attribute(name, value))
+                .collect(),
             ..Default::default()
         });
         output
+    }
+
+    /// Splits `value` along its last axis into three parts of `sizes`.
+    pub fn split3(&mut self, value: &str, sizes: &str) -> [String; 3] {
+        self.next_value += 1;
+        let outputs = [0, 1, 2].map(|i| format!("Split_{}_{i}", self.next_value));
+        self.graph.node.push(NodeProto {
+            name: outputs[0].clone(),
+            op_type: "Split".into(),
+            input: vec![value.to_string(), sizes.to_string()],
+            output: outputs.to_vec(),
+            attribute: vec![attribute("axis", &Attr::Int(-1))],
+            ..Default::default()
+        });
+        outputs
     }
 
     /// Publishes `value` under `name` (an `Identity` node, which ORT folds away).

@@ -93,7 +93,11 @@ pub fn export_to(model: &ModelDir, options: ExportOptions, out: &Path) -> Result
 /// The export of `model` under `cache_dir`, written on first use. The file
 /// name carries the weights' fingerprint, so a new checkpoint never reuses an
 /// old graph.
-pub fn cached_export(model: &ModelDir, options: ExportOptions, cache_dir: &Path) -> Result<PathBuf> {
+pub fn cached_export(
+    model: &ModelDir,
+    options: ExportOptions,
+    cache_dir: &Path,
+) -> Result<PathBuf> {
     let name = format!(
         "{}-{}{}-{}.onnx",
         model.fingerprint()?,
