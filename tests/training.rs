@@ -360,3 +360,78 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_previous_one_whole() {
     let resumed = train(&ws, &[&["--resume", "--epochs", "2"][..], &run].concat());
     assert_eq!(resumed["epochs"].as_array().unwrap().len(), 2);
 }
+
+/// With `--encoder ort` every checkpoint is exported to ONNX and the refresh
+/// re-encodes the corpus through ONNX Runtime; the trained weights give the
+/// same vectors through ORT as through candle.
+#[test]
+fn refresh_through_onnx_runtime_matches_candle_on_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let report = train(
+        &ws,
+        &[
+            "--epochs",
+            "2",
+            "--group-size",
+            "3",
+            "--eval-split",
+            "none",
+            "--run",
+            "r",
+            "--encoder",
+            "ort",
+        ],
+    );
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 2);
+    let run_index = ws.join(".cpack/runs/r/index");
+    let generation = std::fs::read_to_string(run_index.join("CURRENT")).unwrap();
+    let manifest = json(
+        &std::fs::read_to_string(run_index.join(generation.trim()).join("manifest.json")).unwrap(),
+    );
+    assert_eq!(manifest["plan"]["stamp"]["encoder_backend"], "ort");
+    let exports = std::fs::read_dir(ws.join(".cpack/onnx")).unwrap().count();
+    assert_eq!(
+        exports, 3,
+        "the base model and both checkpoints are exported"
+    );
+
+    let ckpt = ws.join(".cpack/runs/r/epoch-2");
+    let texts = ["第一个问题是什么", "保险", ""];
+    let input: String = texts
+        .iter()
+        .map(|t| format!("{}\n", serde_json::json!({ "text": t })))
+        .collect();
+    std::fs::write(tmp.path().join("texts.jsonl"), input).unwrap();
+    let vectors = |extra: &[&str]| -> Vec<Vec<f64>> {
+        let out = tmp.path().join("out.jsonl");
+        let mut args = vec![
+            "embed",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--input",
+            "texts.jsonl",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(tmp.path(), &args);
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_value(json(l)["embedding"].clone()).unwrap())
+            .collect()
+    };
+    let (candle, ort) = (vectors(&[]), vectors(&["--encoder", "ort"]));
+    for (a, b) in candle.iter().zip(&ort) {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max);
+        assert!(
+            worst < 1e-4,
+            "ORT and candle differ by {worst} on the checkpoint"
+        );
+    }
+}

@@ -110,11 +110,11 @@ impl OrtBackend {
     ) -> Result<Self> {
         let env = environment(&options.library)?;
         let open = || -> std::result::Result<Session, ort::Error> {
-            Ok(Session::builder(env)?
+            Session::builder(env)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)?
                 .with_intra_threads(options.threads.max(1))?
                 .with_intra_op_spinning(options.spinning)?
-                .commit_from_file(graph)?)
+                .commit_from_file(graph)
         };
         let sessions = (0..options.sessions.max(1))
             .map(|_| {

@@ -11,7 +11,7 @@ use cpack_index::Progress;
 
 pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
     match cmd {
-        IndexCommand::Build(args) => build(ctx, args),
+        IndexCommand::Build(args) => build(ctx, *args),
         IndexCommand::Info { json } => info(ctx, json),
     }
 }

@@ -2,6 +2,7 @@
 
 mod embed;
 mod eval;
+mod export;
 mod index;
 mod init;
 mod mine;
@@ -11,10 +12,11 @@ mod train;
 
 use crate::cli::{Cli, Command, Overrides};
 use crate::config::Config;
+use crate::config::{EncoderRuntime, OrtConfig};
 use crate::progress::Bars;
 use anyhow::Result;
-use cpack_index::candle_backend::CandleBackend;
-use cpack_index::Encoder;
+use cpack_index::candle_backend::CandleLoader;
+use cpack_index::{BackendLoader, Encoder};
 use std::path::PathBuf;
 
 /// What every command gets: where it runs and how chatty to be.
@@ -39,6 +41,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => embed::run(&ctx, args),
         Command::Eval(args) => eval::run(&ctx, args),
         Command::Mine(args) => mine::run(&ctx, args),
+        Command::Export(args) => export::run(&ctx, args),
         Command::Train(args) => train::run(&ctx, args),
         Command::Report(args) => report::run(&ctx, args),
     }
@@ -58,13 +61,56 @@ pub fn load_training_config(ctx: &Context, overrides: &Overrides) -> Result<Conf
     Ok(config)
 }
 
-/// The encoder the configuration describes (candle backend), one worker per thread.
+/// The encoder the configuration describes.
 pub fn open_encoder(config: &Config) -> Result<Encoder> {
-    let backend = CandleBackend::load(
+    let (loader, workers) = backend_loader(config)?;
+    Ok(Encoder::open(
         &config.model,
-        config.encoder.pooling,
-        config.encoder.normalize,
-    )?;
-    let encoder = Encoder::new(&config.model, config.encoder.clone(), Box::new(backend))?;
-    Ok(encoder.with_workers(config.threads))
+        &config.encoder,
+        loader.as_ref(),
+        workers,
+    )?)
+}
+
+/// The backend loader the configuration asks for, and the workers that feed it.
+pub fn backend_loader(config: &Config) -> Result<(Box<dyn BackendLoader>, usize)> {
+    match &config.runtime {
+        EncoderRuntime::Candle => Ok((Box::new(CandleLoader), config.threads)),
+        EncoderRuntime::Ort(ort) => {
+            let workers = (config.threads / ort.threads.max(1)).max(1);
+            Ok((ort_loader(config, ort, workers)?, workers))
+        }
+    }
+}
+
+#[cfg(feature = "ort")]
+fn ort_loader(config: &Config, ort: &OrtConfig, workers: usize) -> Result<Box<dyn BackendLoader>> {
+    use anyhow::Context as _;
+    use cpack_index::ort_backend::{find_library, OrtLoader, OrtOptions};
+    let library = match &ort.library {
+        Some(path) => path.clone(),
+        None => {
+            let exe = std::env::current_exe().unwrap_or_default();
+            find_library(&[&config.workspace, &exe]).context(
+                "no ONNX Runtime library found: run scripts/setup.sh, set CPACK_ORT_LIBRARY, \
+                 or set encode.ort_library in cpack.toml",
+            )?
+        }
+    };
+    Ok(Box::new(OrtLoader {
+        options: OrtOptions {
+            library,
+            sessions: workers,
+            threads: ort.threads,
+            spinning: ort.spinning,
+        },
+        precision: ort.precision,
+        // Exports of the workspace's models, named by their weights' fingerprint.
+        cache_dir: config.workspace.join(".cpack").join("onnx"),
+    }))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_loader(_: &Config, _: &OrtConfig, _: usize) -> Result<Box<dyn BackendLoader>> {
+    anyhow::bail!("this cpack was built without the `ort` feature; use encode.backend = \"candle\"")
 }

@@ -26,6 +26,7 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     let all_qrels = super::mine::all_qrels(&dataset)?;
     let store = NegativeStore::open(&config.negatives_dir())?;
     let base_index = config.index_dir();
+    let (backend, workers) = super::backend_loader(&config)?;
     let ws = Workspace {
         dataset: &dataset,
         all_qrels: &all_qrels,
@@ -33,7 +34,8 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         base_index: &base_index,
         index_kind: config.index.kind.clone(),
         precision: config.index.precision,
-        threads: config.threads,
+        backend: backend.as_ref(),
+        threads: workers,
     };
     let run_dir = runs_dir.join(&name);
     let report = run::run(&ws, spec, &run_dir, args.resume, &ctx.bars)?;

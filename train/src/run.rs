@@ -15,7 +15,6 @@ use crate::data::{Skipped, TrainingSet};
 use crate::error::{Error, Result};
 use crate::model::TrainableEncoder;
 use crate::trainer::{TrainSettings, Trainer};
-use cpack_index::candle_backend::CandleBackend;
 use cpack_index::dataset::{Dataset, Qrels};
 use cpack_index::embeddings::Precision;
 use cpack_index::evaluate::evaluate_index;
@@ -25,7 +24,7 @@ use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance,
 };
 use cpack_index::vector::IndexKind;
-use cpack_index::{fsutil, Encoder, EncoderSettings, PairTokenizer, Progress};
+use cpack_index::{fsutil, BackendLoader, Encoder, EncoderSettings, PairTokenizer, Progress};
 use cpack_miner::store::QueryRecord;
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore};
 use serde::{Deserialize, Serialize};
@@ -117,6 +116,9 @@ pub struct Workspace<'a> {
     pub base_index: &'a IndexDir,
     pub index_kind: IndexKind,
     pub precision: Precision,
+    /// The encoder runtime every phase encodes with (a backend per checkpoint).
+    pub backend: &'a dyn BackendLoader,
+    /// Workers feeding the backend.
     pub threads: usize,
 }
 
@@ -127,10 +129,8 @@ struct Current {
 }
 
 impl Current {
-    fn open(model: ModelDir, settings: &EncoderSettings, threads: usize) -> Result<Self> {
-        let backend = CandleBackend::load(&model, settings.pooling, settings.normalize)?;
-        let encoder =
-            Encoder::new(&model, settings.clone(), Box::new(backend))?.with_workers(threads);
+    fn open(model: ModelDir, settings: &EncoderSettings, ws: &Workspace) -> Result<Self> {
+        let encoder = Encoder::open(&model, settings, ws.backend, ws.threads)?;
         Ok(Current { model, encoder })
     }
 
@@ -246,7 +246,7 @@ pub fn run(
         )));
     }
     let spec = prepare_run_dir(run_dir, spec, resume)?;
-    let base = Current::open(ModelDir::open(&spec.base_model)?, &spec.encoder, ws.threads)?;
+    let base = Current::open(ModelDir::open(&spec.base_model)?, &spec.encoder, ws)?;
     let mut report = read_report(run_dir)?.unwrap_or_else(|| Report {
         spec: spec.clone(),
         train_queries: 0,
@@ -281,7 +281,7 @@ pub fn run(
     let model = resumed
         .as_ref()
         .map_or_else(|| base.model.clone(), |s| s.model.clone());
-    let mut current = Current::open(model, &spec.encoder, ws.threads)?;
+    let mut current = Current::open(model, &spec.encoder, ws)?;
     report.epochs.retain(|e| e.epoch <= start_epoch);
     if let Some(saved) = &resumed {
         progress.note(&format!(
@@ -363,7 +363,7 @@ pub fn run(
             &state,
             &modules,
         )?;
-        current = Current::open(ModelDir::open(&saved)?, &spec.encoder, ws.threads)?;
+        current = Current::open(ModelDir::open(&saved)?, &spec.encoder, ws)?;
         let entry = finish_epoch(
             ws,
             &spec,

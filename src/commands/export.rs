@@ -1,0 +1,68 @@
+//! `cpack export --onnx`: a checkpoint as one ONNX file.
+
+use super::Context;
+use crate::cli::ExportArgs;
+use anyhow::Result;
+
+#[cfg(feature = "ort")]
+pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
+    use anyhow::Context as _;
+    use cpack_index::model::{ModelDir, Pooling};
+    use cpack_index::onnx::{export_to, ExportOptions};
+    use cpack_index::WeightPrecision;
+    use std::time::Instant;
+    let model_dir = crate::config::locate_model(&ctx.workspace, &args.model)?;
+    let model = ModelDir::open(&model_dir)?;
+    let pooling = match &args.pooling {
+        Some(p) => p.parse::<Pooling>().map_err(anyhow::Error::msg)?,
+        None => model.declared_pooling.unwrap_or(Pooling::Mean),
+    };
+    let options = ExportOptions {
+        pooling,
+        normalize: model.declared_normalize,
+        precision: if args.int8 {
+            WeightPrecision::Int8
+        } else {
+            WeightPrecision::F32
+        },
+    };
+    let started = Instant::now();
+    export_to(&model, options, &args.output)
+        .with_context(|| format!("cannot export {}", model_dir.display()))?;
+    let bytes = std::fs::metadata(&args.output)
+        .with_context(|| format!("cannot stat {}", args.output.display()))?
+        .len();
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        let summary = serde_json::json!({
+            "model": model_dir.display().to_string(),
+            "output": args.output.display().to_string(),
+            "precision": options.precision.to_string(),
+            "pooling": pooling.to_string(),
+            "normalize": options.normalize,
+            "opset": cpack_index::onnx::OPSET,
+            "bytes": bytes,
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {} ({:.1} MB, {} weights, {pooling} pooling{}, opset {}) in {seconds:.1} s",
+            args.output.display(),
+            bytes as f64 / 1e6,
+            options.precision,
+            if options.normalize {
+                ", normalized"
+            } else {
+                ""
+            },
+            cpack_index::onnx::OPSET,
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "ort"))]
+pub fn run(_: &Context, _: ExportArgs) -> Result<()> {
+    anyhow::bail!("this cpack was built without the `ort` feature, which writes ONNX")
+}
