@@ -146,6 +146,7 @@ impl BackendLoader for OrtLoader {
         model: &ModelDir,
         settings: &EncoderSettings,
     ) -> Result<Box<dyn EncoderBackend>> {
+        environment(&self.options.library)?; // fail before spending time on an export
         let export = ExportOptions {
             pooling: settings.pooling,
             normalize: settings.normalize,

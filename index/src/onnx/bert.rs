@@ -3,7 +3,7 @@
 //! [`crate::candle_backend::pool`] compute.
 //!
 //! Layers are written with ONNX Runtime's fused transformer kernels
-//! (`MultiHeadAttention`, `SkipLayerNormalization`, `BiasGelu`), as ORT's
+//! (`Attention` / `QAttention`, `SkipLayerNormalization`, `BiasGelu`), as ORT's
 //! offline transformer optimizer would leave them: its in-session fusions
 //! need a fixed sequence length, and an encoder's is dynamic.
 
@@ -212,10 +212,12 @@ impl BertGraph<'_> {
         self.layer_norm(&sum, "embeddings.LayerNorm")
     }
 
-    /// Self-attention through ORT's `MultiHeadAttention` kernel: one matrix
-    /// product for Q, K and V, biases and padding mask applied inside.
+    /// Self-attention through ORT's `Attention` kernel (`QAttention` for
+    /// int8): the Q, K and V projections as one matrix product written
+    /// straight into per-head layout, biases and padding mask applied inside.
     fn attention(&mut self, x: &str, key_mask: &str, prefix: &str) -> Result<String> {
         let h = self.cfg.hidden_size;
+        // [h, 3h]: columns 0..h are Q, h..2h K, 2h..3h V, as the kernel expects.
         let mut qkv = vec![0f32; h * 3 * h];
         let mut qkv_bias = Vec::with_capacity(3 * h);
         for (part, name) in ["query", "key", "value"].iter().enumerate() {
@@ -226,21 +228,40 @@ impl BertGraph<'_> {
             }
             qkv_bias.extend(self.weights.get(&format!("{p}.bias"), &[h])?);
         }
-        let projected = self.matmul(x, &format!("{prefix}.self.qkv"), &qkv, h, 3 * h)?;
+        let name = format!("{prefix}.self.qkv");
         let bias = self
             .b
-            .f32_tensor(&format!("{prefix}.self.qkv.bias"), &[3 * h], &qkv_bias);
-        let sizes = self
-            .b
-            .i64_tensor(&format!("{prefix}.self.split"), &[3], &[h as i64; 3]);
-        let [q, k, v] = self.b.split3(&projected, &sizes);
-        let heads = Attr::Int(self.cfg.num_attention_heads as i64);
-        Ok(self.b.node_in(
-            MS,
-            "MultiHeadAttention",
-            &[&q, &k, &v, &bias, key_mask],
-            &[("num_heads", heads)],
-        ))
+            .f32_tensor(&format!("{name}.bias"), &[3 * h], &qkv_bias);
+        let heads = [("num_heads", Attr::Int(self.cfg.num_attention_heads as i64))];
+        Ok(match self.precision {
+            WeightPrecision::F32 => {
+                let w = self
+                    .b
+                    .f32_tensor(&format!("{name}.weight"), &[h, 3 * h], &qkv);
+                self.b
+                    .node_in(MS, "Attention", &[x, &w, &bias, key_mask], &heads)
+            }
+            WeightPrecision::Int8 => {
+                let (q, scale) = quantize_columns(&qkv, h, 3 * h);
+                let q = self
+                    .b
+                    .i8_tensor(&format!("{name}.weight_q"), &[h, 3 * h], &q);
+                let scale = self
+                    .b
+                    .f32_tensor(&format!("{name}.weight_scale"), &[3 * h], &scale);
+                let zero =
+                    self.b
+                        .i8_tensor(&format!("{name}.weight_zero"), &[3 * h], &vec![0; 3 * h]);
+                let [xq, x_scale, x_zero] =
+                    self.b.node_outputs("", "DynamicQuantizeLinear", &[x], &[]);
+                self.b.node_in(
+                    MS,
+                    "QAttention",
+                    &[&xq, &q, &bias, &x_scale, &scale, key_mask, &x_zero, &zero],
+                    &heads,
+                )
+            }
+        })
     }
 
     /// The feed-forward activation with the intermediate bias folded in.

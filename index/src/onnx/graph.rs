@@ -73,33 +73,34 @@ impl GraphBuilder {
         inputs: &[&str],
         attrs: &[(&str, Attr)],
     ) -> String {
+        let [output] = self.node_outputs(domain, op, inputs, attrs);
+        output
+    }
+
+    /// Adds a node with `N` outputs; returns their names.
+    pub fn node_outputs<const N: usize>(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> [String; N] {
         self.next_value += 1;
-        let output = format!("{op}_{}", self.next_value);
+        let id = self.next_value;
+        let outputs: [String; N] = std::array::from_fn(|i| match N {
+            1 => format!("{op}_{id}"),
+            _ => format!("{op}_{id}_{i}"),
+        });
         self.graph.node.push(NodeProto {
-            name: output.clone(),
+            name: format!("{op}_{id}"),
             op_type: op.to_string(),
             domain: domain.to_string(),
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.clone()],
+            output: outputs.to_vec(),
             attribute: attrs
                 .iter()
                 .map(|(name, value)| attribute(name, value))
                 .collect(),
-            ..Default::default()
-        });
-        output
-    }
-
-    /// Splits `value` along its last axis into three parts of `sizes`.
-    pub fn split3(&mut self, value: &str, sizes: &str) -> [String; 3] {
-        self.next_value += 1;
-        let outputs = [0, 1, 2].map(|i| format!("Split_{}_{i}", self.next_value));
-        self.graph.node.push(NodeProto {
-            name: outputs[0].clone(),
-            op_type: "Split".into(),
-            input: vec![value.to_string(), sizes.to_string()],
-            output: outputs.to_vec(),
-            attribute: vec![attribute("axis", &Attr::Int(-1))],
             ..Default::default()
         });
         outputs
