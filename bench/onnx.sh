@@ -45,7 +45,7 @@ if [ "$QUALITY" = 1 ]; then
     [ -f "$ws/cpack.toml" ] || ./target/release/cpack -C "$ws" init \
       --data "$ROOT/.cache/data/insuranceqa-en" --model "$ROOT/.cache/models/all-MiniLM-L6-v2" >/dev/null
     flags=(--encoder ort --encoder-precision "$precision" --passage-max-len 128 --threads "$THREADS")
-    ./target/release/cpack -C "$ws" -q index build "${flags[@]}" >/dev/null
+    ./target/release/cpack -C "$ws" -q index build --force "${flags[@]}" >/dev/null
     ./target/release/cpack -C "$ws" index info --json > "$OUT/build-$precision.json"
     ./target/release/cpack -C "$ws" -q eval --split test --json "${flags[@]}" > "$OUT/quality-$precision.json"
   done

@@ -25,6 +25,9 @@ use std::path::{Path, PathBuf};
 pub const OPSET: i64 = 17;
 /// ONNX IR version matching opset 17.
 const IR_VERSION: i64 = 8;
+/// Version of the graph cpack writes; part of cached exports' names, so a
+/// cpack that writes a different graph never reuses an older export.
+pub const GRAPH_VERSION: u32 = 2;
 /// Protobuf's hard limit on one message; larger models would need external data.
 const MAX_PROTO_BYTES: usize = 2 << 30;
 
@@ -54,6 +57,7 @@ pub fn export_bytes(model: &ModelDir, options: ExportOptions) -> Result<Vec<u8>>
         ("pooling", options.pooling.to_string()),
         ("normalize", options.normalize.to_string()),
         ("precision", options.precision.to_string()),
+        ("cpack_graph_version", GRAPH_VERSION.to_string()),
     ];
     let proto = ModelProto {
         ir_version: IR_VERSION,
@@ -99,7 +103,7 @@ pub fn cached_export(
     cache_dir: &Path,
 ) -> Result<PathBuf> {
     let name = format!(
-        "{}-{}{}-{}.onnx",
+        "{}-{}{}-{}-v{GRAPH_VERSION}.onnx",
         model.fingerprint()?,
         options.pooling,
         if options.normalize { "-norm" } else { "" },
