@@ -10,9 +10,13 @@
 //! store), split into query encoding, search, and selection + storage, next
 //! to the floor: one plain FAISS search of the same query embeddings.
 //!
+//! `scale`: index build, search and mining on synthetic vectors at growing
+//! corpus sizes, per FAISS factory, with peak memory (see `scale.rs`).
+//!
 //! `train-step`: one training step (forward + backward + AdamW) at a fixed
 //! shape, median seconds and tokens/s.
 
+mod scale;
 mod train_step;
 
 use anyhow::{bail, Context, Result};
@@ -99,8 +103,22 @@ fn main() -> Result<()> {
         Some("encode") => encode(parse(&args[1..])?),
         Some("mine") => mine(&args[1..]),
         Some("train-step") => train_step::run(&args[1..]),
+        Some("scale") => scale::run(&args[1..]),
+        Some("scale-case") => scale::case(&args[1..]),
         _ => bail!("{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]", usage()),
     }
+}
+
+/// The CPU's model name from /proc/cpuinfo (empty if unknown).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// The backend `args` asks for; ORT gets one session per worker.
@@ -177,14 +195,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
     }
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = cpu_model();
     let report = serde_json::json!({
         "benchmark": "encode",
         "backend": encoder.backend_name(),

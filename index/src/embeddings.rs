@@ -115,4 +115,44 @@ impl EmbeddingMatrix {
     pub fn to_f32(&self) -> Vec<f32> {
         self.rows_f32(0, self.rows)
     }
+
+    /// The mapped file itself as f32s, when it is stored as f32 on a
+    /// little-endian machine: no copy, so a FAISS build over a large corpus
+    /// holds the vectors twice (map + FAISS) instead of three times.
+    pub fn f32_view(&self) -> Option<&[f32]> {
+        if self.precision != Precision::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        // SAFETY: the map is page-aligned and immutable while `self` lives;
+        // every bit pattern is a valid f32.
+        let (head, floats, tail) = unsafe { self.map.align_to::<f32>() };
+        (head.is_empty() && tail.is_empty()).then_some(floats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(dir: &Path, precision: Precision, values: &[f32]) -> EmbeddingMatrix {
+        let path = dir.join(precision.file_name());
+        std::fs::write(&path, precision.encode(values)).unwrap();
+        EmbeddingMatrix::open(&path, values.len() / 2, 2, precision).unwrap()
+    }
+
+    #[test]
+    fn f32_files_are_viewed_in_place_and_f16_files_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = [0.5f32, -1.25, 3.0, 0.0, 7.5, -0.125];
+        let f32s = matrix(dir.path(), Precision::F32, &values);
+        assert_eq!(f32s.f32_view(), Some(&values[..]));
+        assert_eq!(f32s.to_f32(), values);
+        let f16s = matrix(dir.path(), Precision::F16, &values);
+        assert_eq!(
+            f16s.f32_view(),
+            None,
+            "f16 must be decoded, not reinterpreted"
+        );
+        assert_eq!(f16s.to_f32(), values, "these values are exact in f16");
+    }
 }

@@ -321,7 +321,12 @@ impl IndexDir {
             plan.stamp.dim,
             plan.precision,
         )?);
-        let vectors = plan.index.build(embeddings)?;
+        // Encoding is over: FAISS training (k-means) gets every BLAS thread,
+        // then the encoders' single-threaded kernels are restored.
+        crate::model::set_kernel_threads(rayon::current_num_threads());
+        let built = plan.index.build(embeddings);
+        crate::model::set_kernel_threads(1);
+        let vectors = built?;
         vectors.save(&build_dir)?;
         state.timings.index_seconds = started.elapsed().as_secs_f64();
 

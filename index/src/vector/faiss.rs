@@ -27,16 +27,23 @@ impl FaissIndex {
         let dim = embeddings.dim() as u32;
         let mut inner = ::faiss::index_factory(dim, factory, MetricType::InnerProduct)
             .map_err(|e| faiss_err(format!("factory string {factory:?}: {e}")))?;
-        let vectors = embeddings.to_f32();
+        let decoded;
+        let vectors = match embeddings.f32_view() {
+            Some(view) => view,
+            None => {
+                decoded = embeddings.to_f32();
+                &decoded
+            }
+        };
         if !inner.is_trained() {
-            inner.train(&vectors).map_err(|e| {
+            inner.train(vectors).map_err(|e| {
                 faiss_err(format!(
                     "training {factory:?} on {} vectors: {e}",
                     embeddings.rows()
                 ))
             })?;
         }
-        inner.add(&vectors).map_err(faiss_err)?;
+        inner.add(vectors).map_err(faiss_err)?;
         Ok(FaissIndex { inner })
     }
 
