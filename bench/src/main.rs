@@ -105,7 +105,11 @@ fn main() -> Result<()> {
         Some("train-step") => train_step::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-case") => scale::case(&args[1..]),
-        _ => bail!("{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]", usage()),
+        _ => bail!(
+            "{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]\n       {}\n       cpack-bench train-step [--threads N] [--reps N] [--json OUT]",
+            usage(),
+            scale::usage()
+        ),
     }
 }
 

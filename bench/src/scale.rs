@@ -26,7 +26,7 @@ const QUERIES: usize = 1000;
 const TOPK: usize = 200;
 const CHUNK: usize = 256;
 
-fn usage() -> &'static str {
+pub fn usage() -> &'static str {
     "usage: cpack-bench scale [--rows 100000,1000000] [--factory Flat --factory IVF1024,Flat \
      --factory HNSW32] [--threads N] [--json OUT]"
 }
