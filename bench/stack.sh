@@ -13,22 +13,24 @@
 #   scale        synthetic unit vectors at 100k and 1M passages: build, search,
 #                mining selection + store, peak RSS, per factory
 #
-#   bash bench/stack.sh [--rounds 2] [--threads 2] [--scale-rows 100000,1000000]
+#   bash bench/stack.sh [--rounds 2] [--threads 2] [--scale-rows 100000,1000000] [--no-peer]
 #
 # Writes target/bench/stack.json and target/bench/stack.md (the README's
-# tables). The peer needs .cache/bench-venv (bash bench/peer/setup.sh: torch,
-# sentence-transformers, faiss-cpu; several GB, never in CI); without it the
+# tables). The peer runs in .cache/bench-venv, which this script installs or
+# updates with pip (bench/peer/setup.sh: torch, sentence-transformers,
+# faiss-cpu; several GB, never in CI). With --no-peer, or when pip fails, the
 # peer cells read "peer not installed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-ROUNDS=2 THREADS=2 SCALE_ROWS=100000,1000000
+ROUNDS=2 THREADS=2 SCALE_ROWS=100000,1000000 PEER_SETUP=1
 FACTORIES=("Flat" "IVF1024,Flat" "HNSW32")
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --scale-rows) SCALE_ROWS=$2; shift 2 ;;
+    --no-peer) PEER_SETUP=0; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -38,6 +40,9 @@ cargo build --release -q --bin cpack
 CPACK="$ROOT/target/release/cpack"
 BENCH="$ROOT/target/release/cpack-bench"
 VENV="$ROOT/.cache/bench-venv/bin/python"
+if [ "$PEER_SETUP" = 1 ]; then
+  bash bench/peer/setup.sh || echo "bench: installing the Python peer failed; running cpack only" >&2
+fi
 PEER=0
 if [ -x "$VENV" ] && "$VENV" -c "import faiss, sentence_transformers" 2>/dev/null; then PEER=1; fi
 peer() { OMP_NUM_THREADS=$THREADS "$VENV" "$@"; }
