@@ -113,6 +113,23 @@ fn main() -> Result<()> {
     }
 }
 
+/// `cpack mine`'s defaults (7 random negatives, seed 42) at `topk` / `skip`.
+fn mining_params(topk: usize, skip: usize) -> MiningParams {
+    MiningParams {
+        split: "train".into(),
+        topk,
+        skip,
+        skip_after_filter: false,
+        negatives: 7,
+        sampling: Sampling::Random,
+        on_short: OnShort::Keep,
+        seed: 42,
+        max_score: None,
+        margin: None,
+        relative_margin: None,
+    }
+}
+
 /// The CPU's model name from /proc/cpuinfo (empty if unknown).
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -295,19 +312,7 @@ fn mine(args: &[String]) -> Result<()> {
 
     let scratch = tempfile::tempdir()?;
     let store = NegativeStore::open(&scratch.path().join("negatives"))?;
-    let params = MiningParams {
-        split: "train".into(),
-        topk,
-        skip,
-        skip_after_filter: false,
-        negatives: 7,
-        sampling: Sampling::Random,
-        on_short: OnShort::Keep,
-        seed: 42,
-        max_score: None,
-        margin: None,
-        relative_margin: None,
-    };
+    let params = mining_params(topk, skip);
     let input = MiningInput {
         corpus: &dataset.corpus,
         queries: &dataset.queries,

@@ -14,7 +14,7 @@ use cpack_index::embeddings::{EmbeddingMatrix, Precision};
 use cpack_index::vector::IndexKind;
 use cpack_miner::select::{self, Candidate, QueryFacts, Rng};
 use cpack_miner::store::{QueryRecord, ScoredDoc};
-use cpack_miner::{MiningParams, NegativeStore, OnShort, Sampling};
+use cpack_miner::NegativeStore;
 use std::collections::HashSet;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -203,19 +203,7 @@ fn mine_hits(
     dir: &Path,
 ) -> Result<()> {
     let store = NegativeStore::open(&dir.join("negatives"))?;
-    let params = MiningParams {
-        split: "train".into(),
-        topk: TOPK,
-        skip: 10,
-        skip_after_filter: false,
-        negatives: 7,
-        sampling: Sampling::Random,
-        on_short: OnShort::Keep,
-        seed: 42,
-        max_score: None,
-        margin: None,
-        relative_margin: None,
-    };
+    let params = crate::mining_params(TOPK, 10);
     let no_text = |_: usize| 0u64;
     for (chunk, batch) in (0..queries).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
         let mut records = Vec::with_capacity(batch.len());
