@@ -211,15 +211,7 @@ fn mine_hits(
             let qid = format!("q{q}");
             let mut rng = Rng::for_query(params.seed, &qid);
             let positive_rows: HashSet<usize> = [rng.below(rows)].into();
-            let candidates: Vec<Candidate> = hits
-                .of(q)
-                .enumerate()
-                .map(|(rank, (row, score))| Candidate {
-                    row,
-                    rank: rank as u32,
-                    score,
-                })
-                .collect();
+            let candidates = Candidate::from_hits(hits, q);
             let facts = QueryFacts {
                 text: 1,
                 positive_rows: &positive_rows,

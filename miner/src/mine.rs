@@ -292,15 +292,7 @@ fn select_chunk(
     let mut records = Vec::with_capacity(ids.len());
     for (q, qid) in ids.iter().enumerate() {
         let query_vector = &vectors[q * dim..(q + 1) * dim];
-        let candidates: Vec<Candidate> = hits
-            .of(q)
-            .enumerate()
-            .map(|(rank, (row, score))| Candidate {
-                row,
-                rank: rank as u32,
-                score,
-            })
-            .collect();
+        let candidates = Candidate::from_hits(hits, q);
         let positive_rows = &plan.positives[qid];
         let positives = score_positives(index, positive_rows, query_vector, &candidates);
         let facts = QueryFacts {

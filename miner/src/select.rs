@@ -14,6 +14,20 @@ pub struct Candidate {
     pub score: f32,
 }
 
+impl Candidate {
+    /// Query `q`'s search hits as candidates, raw ranks from 0.
+    pub fn from_hits(hits: &cpack_index::vector::Hits, q: usize) -> Vec<Candidate> {
+        hits.of(q)
+            .enumerate()
+            .map(|(rank, (row, score))| Candidate {
+                row,
+                rank: rank as u32,
+                score,
+            })
+            .collect()
+    }
+}
+
 /// What a query's candidates are checked against.
 pub struct QueryFacts<'a> {
     /// [`text_key`] of the query text.
