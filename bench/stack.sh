@@ -91,7 +91,7 @@ for round in $(seq "$ROUNDS"); do
   [ "$PEER" = 0 ] || peer bench/peer/stack.py refresh --threads "$THREADS" > "$OUT/refresh-pytorch-$round.json" 2>/dev/null
   refresh_cpack > "$OUT/refresh-candle-$round.json"  # last: the live index is candle's
   # Mining on its own, next to its floor (one plain FAISS search), on the live index.
-  "$BENCH" mine --workspace "$WS" --threads "$THREADS" --json "$OUT/mine-cpack-$round.json" >/dev/null
+  "$BENCH" mine --workspace "$WS" --threads "$THREADS" --rounds 1 --json "$OUT/mine-cpack-$round.json" >/dev/null
   # The index rows use the live index's embeddings (candle f32, length 128).
   gen=$(cat "$WS/.cpack/index/CURRENT")
   for f in "${FACTORIES[@]}"; do

@@ -397,6 +397,12 @@ pub struct MineRunArgs {
     /// Queries per resumable chunk (a killed run redoes at most one chunk).
     #[arg(long, default_value_t = 2048, hide = true)]
     pub chunk_queries: usize,
+    /// Run encoding, search and selection one after another on every core,
+    /// instead of encoding the next chunk of queries while this one is
+    /// searched. Slower on most machines, but `mine stats` then shows what
+    /// each stage costs on its own. The negatives are the same either way.
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Instead of mining, delete all rounds but the newest --keep.
     #[arg(long)]
     pub gc: bool,

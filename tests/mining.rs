@@ -206,7 +206,7 @@ fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
 }
 
 #[test]
-fn same_seed_same_negatives_whatever_batch_size_or_threads() {
+fn same_seed_same_negatives_whatever_batch_size_threads_or_overlap() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = cmrc_workspace(tmp.path(), "ws");
     let mine = |extra: &[&str]| {
@@ -220,6 +220,7 @@ fn same_seed_same_negatives_whatever_batch_size_or_threads() {
     assert_eq!(again["status"], "up-to-date");
     mine(&["--batch-size", "5", "--threads", "1", "--force"]);
     ok(&ws, &["mine", "--topk", "40", "--seed", "8", "--force"]);
+    mine(&["--no-overlap", "--threads", "2", "--force"]);
     let export = |round: &str| {
         ok(
             &ws,
@@ -230,6 +231,11 @@ fn same_seed_same_negatives_whatever_batch_size_or_threads() {
         export("1"),
         export("2"),
         "batch size or threads changed the negatives"
+    );
+    assert_eq!(
+        export("1"),
+        export("4"),
+        "mining stage by stage changed the negatives"
     );
     assert_ne!(
         export("1"),

@@ -6,9 +6,12 @@
 //! batch shape (every batch full: `batch × max_len` real tokens), reported
 //! as the median tokens/s over repetitions, with the thread count.
 //!
-//! `mine`: one mining round over a workspace's built index (into a scratch
-//! store), split into query encoding, search, and selection + storage, next
-//! to the floor: one plain FAISS search of the same query embeddings.
+//! `mine`: mining rounds over a workspace's built index (into scratch
+//! stores), next to two floors measured in the same round: the queries
+//! encoded alone, and one plain FAISS search of those embeddings. Each round
+//! mines twice: pipelined (the default; what it costs beyond encoding alone)
+//! and stage by stage (`--no-overlap`; encoding, search, and selection +
+//! storage each timed on its own). Medians over `--rounds`.
 //!
 //! `scale`: index build, search and mining on synthetic vectors at growing
 //! corpus sizes, per FAISS factory, with peak memory (see `scale.rs`).
@@ -247,9 +250,42 @@ fn encode(args: EncodeArgs) -> Result<()> {
     Ok(())
 }
 
+/// One mining round of the `mine` suite, into a scratch store.
+fn mine_round(
+    input: MiningInput,
+    topk: usize,
+    skip: usize,
+    chunk_queries: usize,
+    overlap_encoding: bool,
+) -> Result<cpack_miner::store::RoundManifest> {
+    let scratch = tempfile::tempdir()?;
+    let store = NegativeStore::open(&scratch.path().join("negatives"))?;
+    let options = MineOptions {
+        overlap_encoding,
+        chunk_queries,
+        ..MineOptions::default()
+    };
+    match cpack_miner::mine(
+        &store,
+        input,
+        mining_params(topk, skip),
+        options,
+        &cpack_index::Silent,
+    )? {
+        MineOutcome::Mined { manifest, .. } => Ok(manifest),
+        MineOutcome::UpToDate(_) => bail!("a scratch store cannot be up to date"),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 fn mine(args: &[String]) -> Result<()> {
-    let (mut workspace, mut topk, mut skip, mut threads, mut json_out) =
-        (None, 200usize, 10usize, 0usize, None);
+    let (mut workspace, mut topk, mut skip, mut threads, mut rounds, mut json_out) =
+        (None, 200usize, 10usize, 0usize, 3usize, None);
+    let mut chunk_queries = MineOptions::default().chunk_queries;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -258,6 +294,8 @@ fn mine(args: &[String]) -> Result<()> {
             "--topk" => topk = value.parse()?,
             "--skip" => skip = value.parse()?,
             "--threads" => threads = value.parse()?,
+            "--rounds" => rounds = value.parse::<usize>()?.max(1),
+            "--chunk-queries" => chunk_queries = value.parse()?,
             "--json" => json_out = Some(PathBuf::from(value)),
             other => bail!("unknown flag {other}"),
         }
@@ -291,79 +329,108 @@ fn mine(args: &[String]) -> Result<()> {
         .map(|s| dataset.qrels(s))
         .collect::<Result<_, _>>()?;
     let mut index = index_dir.open(&stamp)?;
-
-    // The floor: the same query embeddings, one plain search.
     let texts: Vec<&str> = train
         .by_query
         .keys()
         .map(|id| dataset.queries.texts[dataset.queries.position(id).expect("validated")].as_str())
         .collect();
-    let started = Instant::now();
-    let vectors = encoder.encode_in_batches_of(
-        cpack_miner::mine::QUERY_BATCH,
-        &texts,
-        TextKind::Query,
-        &mut |_, _| {},
-    )?;
-    let floor_encode = started.elapsed().as_secs_f64();
-    let started = Instant::now();
-    index.vectors.search(&vectors, topk.min(index.ids.len()))?;
-    let floor_search = started.elapsed().as_secs_f64();
+    let k = topk.min(index.ids.len());
 
-    let scratch = tempfile::tempdir()?;
-    let store = NegativeStore::open(&scratch.path().join("negatives"))?;
-    let params = mining_params(topk, skip);
-    let input = MiningInput {
-        corpus: &dataset.corpus,
-        queries: &dataset.queries,
-        split_qrels: &train,
-        all_qrels: &all,
-        encoder: &encoder,
-        index: &mut index,
+    let mut per_round = Vec::new();
+    for round in 1..=rounds {
+        // The floors: the queries encoded alone, then one plain FAISS search of
+        // those embeddings with every thread, as a FAISS user would run it.
+        let started = Instant::now();
+        let vectors = encoder.encode_in_batches_of(
+            cpack_miner::mine::QUERY_BATCH,
+            &texts,
+            TextKind::Query,
+            &mut |_, _| {},
+        )?;
+        let encode_alone = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        index.vectors.search(&vectors, k, threads)?;
+        let floor = started.elapsed().as_secs_f64();
+        let mut run = |overlap| {
+            let input = MiningInput {
+                corpus: &dataset.corpus,
+                queries: &dataset.queries,
+                split_qrels: &train,
+                all_qrels: &all,
+                encoder: &encoder,
+                index: &mut index,
+            };
+            mine_round(input, topk, skip, chunk_queries, overlap)
+        };
+        let (pipelined, staged) = if round % 2 == 1 {
+            let p = run(true)?;
+            (p, run(false)?)
+        } else {
+            let s = run(false)?;
+            (run(true)?, s)
+        };
+        let staged_after_encoding =
+            staged.timings.search_seconds + staged.timings.select_store_seconds;
+        let result = serde_json::json!({
+            "encode_alone_seconds": encode_alone,
+            "floor_search_seconds": floor,
+            "pipelined_seconds": pipelined.seconds,
+            "pipelined_beyond_encoding_seconds": pipelined.seconds - encode_alone,
+            "staged_seconds": staged.seconds,
+            "staged_encode_seconds": staged.timings.encode_seconds,
+            "staged_search_seconds": staged.timings.search_seconds,
+            "staged_select_store_seconds": staged.timings.select_store_seconds,
+            "staged_over_floor": staged_after_encoding / floor,
+            "pipelined_beyond_encoding_over_floor": (pipelined.seconds - encode_alone) / floor,
+        });
+        eprintln!(
+            "round {round}: encode alone {encode_alone:.2}s, floor {floor:.2}s; pipelined {:.2}s \
+             ({:.2}s beyond encoding); stage by stage: encode {:.2}s, search {:.2}s, select+store {:.2}s",
+            pipelined.seconds,
+            pipelined.seconds - encode_alone,
+            staged.timings.encode_seconds,
+            staged.timings.search_seconds,
+            staged.timings.select_store_seconds,
+        );
+        per_round.push(result);
+    }
+    let med = |key: &str| {
+        median(
+            per_round
+                .iter()
+                .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+                .collect(),
+        )
     };
-    let MineOutcome::Mined {
-        manifest: round, ..
-    } = cpack_miner::mine(
-        &store,
-        input,
-        params,
-        MineOptions::default(),
-        &cpack_index::Silent,
-    )?
-    else {
-        bail!("a scratch store cannot be up to date");
-    };
-    let t = &round.timings;
-    let after_encoding = t.search_seconds + t.select_store_seconds;
+    let queries = texts.len();
     let report = serde_json::json!({
         "benchmark": "mine",
-        "queries": round.total_queries,
+        "queries": queries,
         "corpus": index.ids.len(),
         "topk": topk,
         "skip": skip,
         "threads": threads,
-        "mining_seconds": round.seconds,
-        "queries_per_second": round.total_queries as f64 / round.seconds,
-        "encode_seconds": t.encode_seconds,
-        "search_seconds": t.search_seconds,
-        "select_store_seconds": t.select_store_seconds,
-        "floor_encode_seconds": floor_encode,
-        "floor_search_seconds": floor_search,
-        "search_select_store_over_floor": after_encoding / floor_search,
+        "rounds": per_round,
+        "queries_per_second": queries as f64 / med("pipelined_seconds"),
+        "floor_search_seconds": med("floor_search_seconds"),
+        "search_select_store_over_floor": med("staged_over_floor"),
+        "pipelined_beyond_encoding_over_floor": med("pipelined_beyond_encoding_over_floor"),
     });
     println!(
-        "mine · {} queries × top {topk} of {} · {threads} threads: {:.1}s ({:.0} queries/s) = encode {:.1}s ∥ search {:.2}s + select/store {:.2}s; \
-         floor: one FAISS search {:.2}s (encode {:.1}s); search+select+store / floor = {:.2}",
-        round.total_queries,
+        "mine · {queries} queries × top {topk} of {} · {threads} threads · medians of {rounds} rounds: \
+         pipelined round {:.2}s ({:.0} queries/s), {:.2}× the floor beyond encoding alone ({:.2}s); \
+         stage by stage: encode {:.2}s, search {:.2}s, select+store {:.2}s; \
+         search+select+store / floor ({:.2}s) = {:.2}",
         index.ids.len(),
-        round.seconds,
-        round.total_queries as f64 / round.seconds,
-        t.encode_seconds,
-        t.search_seconds,
-        t.select_store_seconds,
-        floor_search,
-        floor_encode,
-        after_encoding / floor_search
+        med("pipelined_seconds"),
+        queries as f64 / med("pipelined_seconds"),
+        med("pipelined_beyond_encoding_over_floor"),
+        med("encode_alone_seconds"),
+        med("staged_encode_seconds"),
+        med("staged_search_seconds"),
+        med("staged_select_store_seconds"),
+        med("floor_search_seconds"),
+        med("staged_over_floor"),
     );
     if let Some(path) = json_out {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;

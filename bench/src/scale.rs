@@ -132,13 +132,13 @@ pub fn case(args: &[String]) -> Result<()> {
 
     // As `IndexDir::build`: every BLAS thread for building, one afterwards.
     let started = Instant::now();
-    cpack_index::model::set_kernel_threads(threads);
-    let mut index = IndexKind::parse("faiss", factory)?.build(embeddings)?;
-    cpack_index::model::set_kernel_threads(1);
+    let mut index = cpack_index::model::with_kernel_threads(threads, || {
+        IndexKind::parse("faiss", factory)?.build(embeddings)
+    })?;
     let build_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let hits = index.search(&queries, TOPK)?;
+    let hits = index.search(&queries, TOPK, threads)?;
     let search_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

@@ -40,7 +40,10 @@ pub fn evaluate_index(
     let encode_seconds = started.elapsed().as_secs_f64();
     progress.stage("searching", 0);
     let started = Instant::now();
-    let hits = index.vectors.search(&vectors, DEPTH.min(index.ids.len()))?;
+    let threads = rayon::current_num_threads();
+    let hits = index
+        .vectors
+        .search(&vectors, DEPTH.min(index.ids.len()), threads)?;
     let search_seconds = started.elapsed().as_secs_f64();
     let runs = query_ids.iter().enumerate().map(|(q, id)| {
         let ranking: Vec<&str> = hits.of(q).map(|(row, _)| index.ids[row].as_str()).collect();

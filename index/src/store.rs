@@ -323,10 +323,8 @@ impl IndexDir {
         )?);
         // Encoding is over: FAISS training (k-means) gets every BLAS thread,
         // then the encoders' single-threaded kernels are restored.
-        crate::model::set_kernel_threads(rayon::current_num_threads());
-        let built = plan.index.build(embeddings);
-        crate::model::set_kernel_threads(1);
-        let vectors = built?;
+        let threads = rayon::current_num_threads();
+        let vectors = crate::model::with_kernel_threads(threads, || plan.index.build(embeddings))?;
         vectors.save(&build_dir)?;
         state.timings.index_seconds = started.elapsed().as_secs_f64();
 
@@ -640,7 +638,7 @@ mod tests {
             let mut index = dir.open(&p.stamp).unwrap();
             assert_eq!(index.ids, f.corpus.ids);
             let all = index.embeddings.to_f32();
-            let hits = index.vectors.search(&all, 3).unwrap();
+            let hits = index.vectors.search(&all, 3, 2).unwrap();
             for row in 0..f.corpus.len() {
                 let (best, score) = hits.of(row).next().unwrap();
                 assert_eq!(

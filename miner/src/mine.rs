@@ -9,6 +9,7 @@ use crate::params::MiningParams;
 use crate::select::{self, Candidate, QueryFacts, Rng};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
 use cpack_index::dataset::{Qrels, TextTable};
+use cpack_index::embeddings::EmbeddingMatrix;
 use cpack_index::store::OpenIndex;
 use cpack_index::vector::Hits;
 use cpack_index::{Encoder, Progress, TextKind};
@@ -28,6 +29,10 @@ pub struct MineOptions {
     pub force: bool,
     /// Queries per resumable chunk of a new round.
     pub chunk_queries: usize,
+    /// Encode the next chunk while this one is searched and stored (the
+    /// default). Off, each stage runs alone on every core, so the round's
+    /// per-stage timings are what each stage costs by itself.
+    pub overlap_encoding: bool,
 }
 
 impl Default for MineOptions {
@@ -35,6 +40,7 @@ impl Default for MineOptions {
         MineOptions {
             force: false,
             chunk_queries: 2048,
+            overlap_encoding: true,
         }
     }
 }
@@ -123,7 +129,7 @@ pub fn mine(
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
     let started = Instant::now();
-    run_chunks(store, input, &plan, &mut manifest, progress)?;
+    run_chunks(store, input, &plan, &mut manifest, options, progress)?;
     manifest.complete = true;
     manifest.seconds += started.elapsed().as_secs_f64();
     store.put_manifest(&manifest)?;
@@ -202,11 +208,12 @@ impl QueryPlan {
     }
 }
 
-fn run_chunks(
+fn run_chunks<'a>(
     store: &NegativeStore,
-    input: MiningInput,
-    plan: &QueryPlan,
+    input: MiningInput<'a>,
+    plan: &'a QueryPlan,
     manifest: &mut RoundManifest,
+    options: MineOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
     let MiningInput {
@@ -224,48 +231,59 @@ fn run_chunks(
             todo.push((chunk as u32, ids));
         }
     }
+    let encode = |(chunk, ids): (u32, &'a [String])| -> Result<EncodedChunk<'a>> {
+        let texts: Vec<&str> = ids
+            .iter()
+            .map(|id| queries.texts[queries.position(id).expect("qrels validated")].as_str())
+            .collect();
+        let started = Instant::now();
+        let vectors =
+            encoder.encode_in_batches_of(QUERY_BATCH, &texts, TextKind::Query, &mut |_, _| {})?;
+        Ok(EncodedChunk {
+            chunk,
+            ids,
+            vectors,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    };
+    let mut finish = |encoded: EncodedChunk, search_threads: usize| -> Result<()> {
+        manifest.timings.encode_seconds += encoded.seconds;
+        let started = Instant::now();
+        let hits = index
+            .vectors
+            .search(&encoded.vectors, manifest.params.topk, search_threads)?;
+        manifest.timings.search_seconds += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let corpus = IndexedCorpus {
+            ids: &index.ids,
+            embeddings: &index.embeddings,
+        };
+        let records = select_chunk(queries, corpus, &encoded, &hits, plan, &manifest.params);
+        store.put_chunk(manifest.round, encoded.chunk, &records)?;
+        manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
+        progress.advance(encoded.ids.len() as u64, 0);
+        Ok(())
+    };
+    if !options.overlap_encoding {
+        // Nothing else runs: the search gets every thread.
+        let threads = rayon::current_num_threads();
+        return todo
+            .into_iter()
+            .try_for_each(|chunk| finish(encode(chunk)?, threads));
+    }
     std::thread::scope(|scope| -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<EncodedChunk>>(1);
         scope.spawn(move || {
-            for (chunk, ids) in todo {
-                let texts: Vec<&str> = ids
-                    .iter()
-                    .map(|id| {
-                        queries.texts[queries.position(id).expect("qrels validated")].as_str()
-                    })
-                    .collect();
-                let started = Instant::now();
-                let encoded = encoder
-                    .encode_in_batches_of(QUERY_BATCH, &texts, TextKind::Query, &mut |_, _| {})
-                    .map(|vectors| EncodedChunk {
-                        chunk,
-                        ids,
-                        vectors,
-                        seconds: started.elapsed().as_secs_f64(),
-                    })
-                    .map_err(Error::from);
+            for chunk in todo {
+                let encoded = encode(chunk);
                 let failed = encoded.is_err();
-                let sent = tx.send(encoded);
-                if sent.is_err() || failed {
+                if tx.send(encoded).is_err() || failed {
                     break;
                 }
             }
         });
-        for message in rx {
-            let encoded = message?;
-            manifest.timings.encode_seconds += encoded.seconds;
-            let started = Instant::now();
-            let hits = index
-                .vectors
-                .search(&encoded.vectors, manifest.params.topk)?;
-            manifest.timings.search_seconds += started.elapsed().as_secs_f64();
-            let started = Instant::now();
-            let records = select_chunk(queries, index, &encoded, &hits, plan, &manifest.params);
-            store.put_chunk(manifest.round, encoded.chunk, &records)?;
-            manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
-            progress.advance(encoded.ids.len() as u64, 0);
-        }
-        Ok(())
+        // The encoders keep every core busy meanwhile: the search takes one.
+        rx.into_iter().try_for_each(|encoded| finish(encoded?, 1))
     })
 }
 
@@ -277,10 +295,17 @@ struct EncodedChunk<'a> {
     seconds: f64,
 }
 
+/// What selection reads of the index: the row ids and the stored vectors.
+#[derive(Clone, Copy)]
+struct IndexedCorpus<'a> {
+    ids: &'a [String],
+    embeddings: &'a EmbeddingMatrix,
+}
+
 /// Selects each query's negatives from the chunk's search hits.
 fn select_chunk(
     queries: &TextTable,
-    index: &OpenIndex,
+    index: IndexedCorpus,
     encoded: &EncodedChunk,
     hits: &Hits,
     plan: &QueryPlan,
@@ -289,53 +314,57 @@ fn select_chunk(
     let (ids, vectors) = (encoded.ids, &encoded.vectors);
     let dim = index.embeddings.dim();
     let text_key_of = |row: usize| plan.passage_keys[row];
-    let mut records = Vec::with_capacity(ids.len());
-    for (q, qid) in ids.iter().enumerate() {
-        let query_vector = &vectors[q * dim..(q + 1) * dim];
-        let candidates = Candidate::from_hits(hits, q);
-        let positive_rows = &plan.positives[qid];
-        let positives = score_positives(index, positive_rows, query_vector, &candidates);
-        let facts = QueryFacts {
-            text: select::text_key(&queries.texts[queries.position(qid).expect("qrels validated")]),
-            positive_rows,
-            positive_texts: positive_rows.iter().map(|&r| text_key_of(r)).collect(),
-            lowest_positive_score: positives.iter().map(|p| p.score).reduce(f32::min),
-        };
-        let mut rng = Rng::for_query(params.seed, qid);
-        let selection = select::select(
-            &candidates,
-            &text_key_of,
-            &facts,
-            params,
-            index.ids.len(),
-            &mut rng,
-        );
-        let negatives = selection
-            .chosen
-            .iter()
-            .map(|c| ScoredDoc {
-                id: index.ids[c.row].clone(),
-                rank: c.rank,
-                score: c.score,
-            })
-            .collect();
-        records.push((
-            qid.clone(),
-            QueryRecord {
-                negatives,
-                positives,
-                survivors: selection.survivors,
-                shortfall: selection.shortfall,
-                filtered: selection.filtered,
-            },
-        ));
-    }
-    records
+    // Each query's draw is seeded by its id, so the parallel order changes nothing.
+    ids.par_iter()
+        .enumerate()
+        .map(|(q, qid)| {
+            let query_vector = &vectors[q * dim..(q + 1) * dim];
+            let candidates = Candidate::from_hits(hits, q);
+            let positive_rows = &plan.positives[qid];
+            let positives = score_positives(index, positive_rows, query_vector, &candidates);
+            let facts = QueryFacts {
+                text: select::text_key(
+                    &queries.texts[queries.position(qid).expect("qrels validated")],
+                ),
+                positive_rows,
+                positive_texts: positive_rows.iter().map(|&r| text_key_of(r)).collect(),
+                lowest_positive_score: positives.iter().map(|p| p.score).reduce(f32::min),
+            };
+            let mut rng = Rng::for_query(params.seed, qid);
+            let selection = select::select(
+                &candidates,
+                &text_key_of,
+                &facts,
+                params,
+                index.ids.len(),
+                &mut rng,
+            );
+            let negatives = selection
+                .chosen
+                .iter()
+                .map(|c| ScoredDoc {
+                    id: index.ids[c.row].clone(),
+                    rank: c.rank,
+                    score: c.score,
+                })
+                .collect();
+            (
+                qid.clone(),
+                QueryRecord {
+                    negatives,
+                    positives,
+                    survivors: selection.survivors,
+                    shortfall: selection.shortfall,
+                    filtered: selection.filtered,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Each positive's score against the query and its rank in the top-k (if there).
 fn score_positives(
-    index: &OpenIndex,
+    index: IndexedCorpus,
     rows: &HashSet<usize>,
     query: &[f32],
     candidates: &[Candidate],

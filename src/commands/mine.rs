@@ -120,6 +120,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let options = MineOptions {
         force: args.force,
         chunk_queries: args.chunk_queries,
+        overlap_encoding: !args.no_overlap,
     };
     let outcome = cpack_miner::mine(&store, input, params, options, &ctx.bars)?;
     ctx.bars.finish();
@@ -268,7 +269,8 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
         manifest.round, p.split, manifest.index_generation
     );
     println!(
-        "time              {:.1}s: encode queries {:.1}s (alongside) · search {:.2}s · select + store {:.2}s",
+        "time              {:.1}s: encode queries {:.1}s · search {:.2}s · select + store {:.2}s \
+         (stages overlap unless mined with --no-overlap)",
         manifest.seconds, t.encode_seconds, t.search_seconds, t.select_store_seconds
     );
     let skip_kind = if p.skip_after_filter {

@@ -17,7 +17,9 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
         .open(&config.embedding_stamp(&encoder)?)?;
     let corpus = Dataset::load_corpus(config.data()?)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
-    let hits = index.vectors.search(&query, args.k.min(index.ids.len()))?;
+    let hits = index
+        .vectors
+        .search(&query, args.k.min(index.ids.len()), config.threads)?;
     let rows: Vec<(usize, f32)> = hits.of(0).collect();
     if args.json {
         let results: Vec<serde_json::Value> = rows

@@ -66,6 +66,16 @@ pub fn set_kernel_threads(threads: usize) {
     let _ = threads;
 }
 
+/// Runs `work` with `threads` dense-layer kernel threads, then restores the
+/// encoders' single thread: for phases where nothing else runs (FAISS
+/// training and searching use OpenBLAS as well).
+pub fn with_kernel_threads<T>(threads: usize, work: impl FnOnce() -> T) -> T {
+    set_kernel_threads(threads);
+    let out = work();
+    set_kernel_threads(1);
+    out
+}
+
 /// [`configure_threads`] for a process that trains as well as encodes:
 /// candle's element-wise kernels get every thread, since a training step is
 /// one big graph whose element-wise passes would otherwise run on one core

@@ -43,19 +43,21 @@ impl VectorIndex for ExactIndex {
         self.embeddings.rows()
     }
 
-    fn search(&mut self, queries: &[f32], k: usize) -> Result<Hits> {
+    fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits> {
         let dim = self.embeddings.dim();
-        let per_query: Vec<Vec<(usize, f32)>> = queries
-            .par_chunks(dim)
-            .map(|q| {
-                let scores: Vec<f32> = self
-                    .rows
-                    .chunks_exact(dim)
-                    .map(|row| row.iter().zip(q).map(|(a, b)| a * b).sum())
-                    .collect();
-                top_k(&scores, k)
-            })
-            .collect();
+        let best_of = |q: &[f32]| {
+            let scores: Vec<f32> = self
+                .rows
+                .chunks_exact(dim)
+                .map(|row| row.iter().zip(q).map(|(a, b)| a * b).sum())
+                .collect();
+            top_k(&scores, k)
+        };
+        let per_query: Vec<Vec<(usize, f32)>> = if threads > 1 {
+            queries.par_chunks(dim).map(best_of).collect()
+        } else {
+            queries.chunks(dim).map(best_of).collect()
+        };
         let mut hits = Hits {
             k,
             scores: vec![f32::NEG_INFINITY; per_query.len() * k],

@@ -42,8 +42,9 @@ pub trait VectorIndex: Send {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Searches `queries` (row-major, `dim` wide) for the top `k` rows each.
-    fn search(&mut self, queries: &[f32], k: usize) -> Result<Hits>;
+    /// Searches `queries` (row-major, `dim` wide) for the top `k` rows each,
+    /// on up to `threads` cores (1 while encoders run beside the search).
+    fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits>;
     /// Persists whatever this index keeps beyond the embedding file.
     fn save(&self, dir: &Path) -> Result<()>;
 }

@@ -99,7 +99,7 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
             let truth = brute_force(&m, &queries, k);
             let mut index = kind.build(m.clone()).unwrap();
             assert_eq!(index.len(), rows);
-            let hits = index.search(&queries, k).unwrap();
+            let hits = index.search(&queries, k, 2).unwrap();
             let mut found = 0;
             for (q, want) in truth.iter().enumerate() {
                 let got: Vec<usize> = hits.of(q).map(|(r, _)| r).collect();
@@ -119,9 +119,14 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
             index.save(dir.path()).unwrap();
             let mut reopened = kind.open(dir.path(), m).unwrap();
             assert_eq!(
-                reopened.search(&queries, k).unwrap(),
+                reopened.search(&queries, k, 2).unwrap(),
                 hits,
                 "{kind}: reopened index answers differently"
+            );
+            assert_eq!(
+                reopened.search(&queries, k, 1).unwrap(),
+                hits,
+                "{kind}: one thread answers differently from two"
             );
         }
     }
@@ -134,7 +139,7 @@ fn asking_for_more_than_exists_leaves_empty_slots() {
         let dir = tempfile::tempdir().unwrap();
         let m = matrix(dir.path(), 3, 8, Precision::F32);
         let mut index = kind.build(m).unwrap();
-        let hits = index.search(&unit_vectors(1, 8, 3), 5).unwrap();
+        let hits = index.search(&unit_vectors(1, 8, 3), 5, 1).unwrap();
         assert_eq!(hits.of(0).count(), 3, "{kind}");
         assert_eq!(hits.rows[3..], [-1, -1], "{kind}");
     }
