@@ -15,6 +15,15 @@ cd "$(dirname "$0")/.."
 CACHE="${CPACK_CACHE:-$PWD/.cache}"
 mkdir -p "$CACHE/downloads"
 
+# .cargo/config.toml compiles FAISS with AVX2 + FMA on x86-64: say so plainly
+# here rather than let the binary die of an illegal instruction later.
+if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo \
+  && grep -q '^CXXFLAGS_x86_64' .cargo/config.toml 2>/dev/null; then
+  echo "setup: this CPU has no AVX2, and .cargo/config.toml builds FAISS for AVX2." >&2
+  echo "setup: delete the CXXFLAGS_x86_64_unknown_linux_gnu line there, then run again." >&2
+  exit 1
+fi
+
 need_apt=()
 for pkg in cmake libopenblas-dev protobuf-compiler pkg-config; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
