@@ -4,8 +4,8 @@
 use super::{Hits, VectorIndex};
 use crate::embeddings::EmbeddingMatrix;
 use crate::error::{Error, Result};
-use ::faiss::index::IndexImpl;
-use ::faiss::{Index, MetricType};
+use ::faiss::index::{flat::FlatIndexImpl, IndexImpl, SearchResult};
+use ::faiss::{ConcurrentIndex, Index, MetricType};
 use std::os::raw::{c_int, c_void};
 use std::path::Path;
 
@@ -19,9 +19,13 @@ extern "C" {
 }
 
 pub struct FaissIndex {
-    inner: IndexImpl,
-    /// A flat (brute-force) index, whose search is BLAS products.
-    flat: bool,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Brute force: searched as slices of the queries side by side.
+    Flat(FlatIndexImpl),
+    Other(IndexImpl),
 }
 
 fn faiss_err(problem: impl std::fmt::Display) -> Error {
@@ -54,7 +58,7 @@ impl FaissIndex {
             })?;
         }
         inner.add(vectors).map_err(faiss_err)?;
-        Ok(FaissIndex::new(inner))
+        FaissIndex::new(inner)
     }
 
     /// Reads `vectors.faiss` from `dir`, checking it agrees with the embeddings.
@@ -77,41 +81,92 @@ impl FaissIndex {
                 ),
             });
         }
-        Ok(FaissIndex::new(inner))
+        FaissIndex::new(inner)
     }
 
-    fn new(inner: IndexImpl) -> Self {
+    fn new(index: IndexImpl) -> Result<Self> {
         // SAFETY: a dynamic cast of a live index pointer; null when not flat.
-        let flat = !unsafe { faiss_IndexFlat_cast(inner.inner_ptr().cast()) }.is_null();
-        FaissIndex { inner, flat }
+        let flat = !unsafe { faiss_IndexFlat_cast(index.inner_ptr().cast()) }.is_null();
+        let inner = if flat {
+            Inner::Flat(index.into_flat().map_err(faiss_err)?)
+        } else {
+            Inner::Other(index)
+        };
+        Ok(FaissIndex { inner })
+    }
+
+    /// A flat search on `threads` cores: the queries cut into one slice per
+    /// thread, each searched on single-threaded BLAS and OpenMP. FAISS's own
+    /// parallel flat search alternates one sgemm per block of rows (OpenBLAS's
+    /// pool) with an OpenMP pass keeping each query's best hits, and the idle
+    /// pool of each spins while the other works.
+    fn search_flat(
+        index: &FlatIndexImpl,
+        queries: &[f32],
+        k: usize,
+        threads: usize,
+    ) -> Result<SearchResult> {
+        let dim = index.d() as usize;
+        let rows = queries.len() / dim;
+        let per_thread = rows.div_ceil(threads.max(1)).max(MIN_QUERIES_PER_THREAD);
+        let search = |part: &[f32]| with_openmp_threads(1, || index.search(part, k));
+        if per_thread >= rows {
+            return search(queries).map_err(faiss_err);
+        }
+        let parts: Vec<_> = std::thread::scope(|scope| {
+            let running: Vec<_> = queries
+                .chunks(per_thread * dim)
+                .map(|part| scope.spawn(move || search(part)))
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().expect("a FAISS search thread panicked"))
+                .collect()
+        });
+        let mut all = SearchResult {
+            distances: Vec::with_capacity(rows * k),
+            labels: Vec::with_capacity(rows * k),
+        };
+        for part in parts {
+            let part = part.map_err(faiss_err)?;
+            all.distances.extend(part.distances);
+            all.labels.extend(part.labels);
+        }
+        Ok(all)
     }
 }
 
-/// Runs a search on `threads` cores. A flat search alternates one sgemm per
-/// block of rows (OpenBLAS's thread pool) with an OpenMP pass that keeps each
-/// query's best hits; with both pools active their idle workers spin while
-/// the other works, which cost a quarter of the time at 2,048-query batches
-/// (measured on 2 cores). So the flat index parallelises only inside BLAS,
-/// every other index only over queries (OpenMP).
-fn with_search_threads<T>(flat: bool, threads: usize, search: impl FnOnce() -> T) -> T {
-    let (blas, openmp) = if flat { (threads, 1) } else { (1, threads) };
+/// Fewer queries than this are not worth a thread of their own.
+const MIN_QUERIES_PER_THREAD: usize = 64;
+
+/// Runs `work` with the calling thread's OpenMP team size set to `threads`
+/// (FAISS parallelises over queries with OpenMP), then restores it.
+fn with_openmp_threads<T>(threads: usize, work: impl FnOnce() -> T) -> T {
     // SAFETY: plain getters/setters of the calling thread's OpenMP thread count.
     let previous = unsafe { omp_get_max_threads() };
-    unsafe { omp_set_num_threads(openmp.max(1) as c_int) };
-    let out = crate::model::with_kernel_threads(blas, search);
+    unsafe { omp_set_num_threads(threads.max(1) as c_int) };
+    let out = work();
     unsafe { omp_set_num_threads(previous) };
     out
 }
 
 impl VectorIndex for FaissIndex {
     fn len(&self) -> usize {
-        self.inner.ntotal() as usize
+        match &self.inner {
+            Inner::Flat(index) => index.ntotal() as usize,
+            Inner::Other(index) => index.ntotal() as usize,
+        }
     }
 
     fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits> {
-        let inner = &mut self.inner;
-        let result = with_search_threads(self.flat, threads, || inner.search(queries, k))
-            .map_err(faiss_err)?;
+        // One BLAS thread, as the encoders keep it: the flat index's products
+        // run per slice, other indexes' (IVF's quantizer) are small.
+        let result = crate::model::with_kernel_threads(1, || match &mut self.inner {
+            Inner::Flat(index) => Self::search_flat(index, queries, k, threads),
+            Inner::Other(index) => {
+                with_openmp_threads(threads, || index.search(queries, k)).map_err(faiss_err)
+            }
+        })?;
         Ok(Hits {
             k,
             scores: result.distances,
@@ -128,8 +183,11 @@ impl VectorIndex for FaissIndex {
         let path_str = path
             .to_str()
             .ok_or_else(|| faiss_err("index path is not UTF-8"))?;
-        ::faiss::write_index(&self.inner, path_str)
-            .map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
+        match &self.inner {
+            Inner::Flat(index) => ::faiss::write_index(index, path_str),
+            Inner::Other(index) => ::faiss::write_index(index, path_str),
+        }
+        .map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(Error::io("sync", &path))

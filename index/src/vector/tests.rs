@@ -128,6 +128,13 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
                 hits,
                 "{kind}: one thread answers differently from two"
             );
+            // Enough queries that a flat FAISS search is cut into slices per thread.
+            let many = clustered(300, dim, 11);
+            assert_eq!(
+                reopened.search(&many, k, 3).unwrap(),
+                reopened.search(&many, k, 1).unwrap(),
+                "{kind}: a search split over threads answers differently"
+            );
         }
     }
 }
