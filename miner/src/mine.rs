@@ -2,7 +2,8 @@
 //! the index, select negatives per query, store them chunk by chunk.
 //!
 //! Encoding runs on its own thread one chunk ahead of search + selection +
-//! storage, so mining costs little more than encoding the queries.
+//! storage, so mining costs little more than encoding the queries
+//! (`MineOptions::overlap_encoding` off runs the stages one at a time).
 
 use crate::error::{Error, Result};
 use crate::params::MiningParams;

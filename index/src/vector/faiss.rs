@@ -161,12 +161,13 @@ impl VectorIndex for FaissIndex {
     fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits> {
         // One BLAS thread, as the encoders keep it: the flat index's products
         // run per slice, other indexes' (IVF's quantizer) are small.
-        let result = crate::model::with_kernel_threads(1, || match &mut self.inner {
-            Inner::Flat(index) => Self::search_flat(index, queries, k, threads),
+        crate::model::set_kernel_threads(1);
+        let result = match &mut self.inner {
+            Inner::Flat(index) => Self::search_flat(index, queries, k, threads)?,
             Inner::Other(index) => {
-                with_openmp_threads(threads, || index.search(queries, k)).map_err(faiss_err)
+                with_openmp_threads(threads, || index.search(queries, k)).map_err(faiss_err)?
             }
-        })?;
+        };
         Ok(Hits {
             k,
             scores: result.distances,
