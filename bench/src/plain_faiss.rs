@@ -1,6 +1,8 @@
 //! The mining floor as a FAISS user would measure it: the index file read and
 //! searched by the FAISS library itself, not through cpack's index wrapper,
-//! with FAISS's own threading (OpenMP on every core) and every BLAS thread.
+//! with FAISS's own threading (OpenMP on every core) and every thread in its
+//! products (which run on cpack's kernel, as every FAISS product in this
+//! process does: see `cpack_index::vector::faiss_blas`).
 
 use anyhow::{Context, Result};
 use faiss::Index;
@@ -21,7 +23,7 @@ pub fn search_seconds(
     }
     let path = path.to_str().context("index path is not UTF-8")?;
     let mut index = faiss::read_index(path)?;
-    cpack_index::model::with_kernel_threads(threads, || {
+    cpack_index::vector::faiss_blas::with_threads(threads, || {
         let started = Instant::now();
         index.search(queries, k)?;
         Ok(Some(started.elapsed().as_secs_f64()))

@@ -130,11 +130,9 @@ pub fn case(args: &[String]) -> Result<()> {
         None => random_unit_vectors(QUERIES, 99),
     };
 
-    // As `IndexDir::build`: every BLAS thread for building, one afterwards.
+    // As `IndexDir::build`: every thread for building.
     let started = Instant::now();
-    let mut index = cpack_index::model::with_kernel_threads(threads, || {
-        IndexKind::parse("faiss", factory)?.build(embeddings)
-    })?;
+    let mut index = IndexKind::parse("faiss", factory)?.build(embeddings, threads)?;
     let build_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

@@ -68,7 +68,6 @@ fn parse(args: &[String]) -> Result<Args> {
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
     let threads = cpack_index::model::configure_training_threads(a.threads);
-    cpack_index::model::set_kernel_threads(threads);
     let model = ModelDir::open(&a.model)?;
     let settings = EncoderSettings {
         pooling: Pooling::Mean,

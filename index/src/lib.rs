@@ -13,6 +13,7 @@ pub mod encoder;
 pub mod error;
 pub mod evaluate;
 pub mod fsutil;
+pub mod matmul;
 pub mod metrics;
 pub mod model;
 #[cfg(feature = "onnx")]

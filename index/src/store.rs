@@ -321,10 +321,8 @@ impl IndexDir {
             plan.stamp.dim,
             plan.precision,
         )?);
-        // Encoding is over: FAISS training (k-means) gets every BLAS thread,
-        // then the encoders' single-threaded kernels are restored.
-        let threads = rayon::current_num_threads();
-        let vectors = crate::model::with_kernel_threads(threads, || plan.index.build(embeddings))?;
+        // Encoding is over: FAISS training (k-means) gets every thread.
+        let vectors = plan.index.build(embeddings, rayon::current_num_threads())?;
         vectors.save(&build_dir)?;
         state.timings.index_seconds = started.elapsed().as_secs_f64();
 

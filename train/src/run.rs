@@ -19,7 +19,7 @@ use cpack_index::dataset::{Dataset, Qrels};
 use cpack_index::embeddings::Precision;
 use cpack_index::evaluate::evaluate_index;
 use cpack_index::metrics::RetrievalMetrics;
-use cpack_index::model::{set_kernel_threads, ModelDir};
+use cpack_index::model::ModelDir;
 use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance,
 };
@@ -141,7 +141,6 @@ impl Current {
         dir: &IndexDir,
         progress: &dyn Progress,
     ) -> Result<(OpenIndex, f64, f64)> {
-        set_kernel_threads(1);
         let corpus = &ws.dataset.corpus;
         let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
         let plan = BuildPlan::new(stamp.clone(), corpus, ws.precision, ws.index_kind.clone());
@@ -171,7 +170,6 @@ impl Current {
         split: &str,
         progress: &dyn Progress,
     ) -> Result<EvalPoint> {
-        set_kernel_threads(1);
         let qrels = ws.dataset.qrels(split)?;
         let started = Instant::now();
         let e = evaluate_index(&self.encoder, index, &ws.dataset.queries, &qrels, progress)?;
@@ -205,7 +203,6 @@ impl Current {
         if let Some(m) = existing {
             return Ok((m.round, 0.0));
         }
-        set_kernel_threads(1);
         let input = MiningInput {
             corpus: &ws.dataset.corpus,
             queries: &ws.dataset.queries,
@@ -335,7 +332,6 @@ pub fn run(
             }
             mine_seconds = seconds;
         }
-        set_kernel_threads(ws.threads);
         let stats = trainer.train_epoch(
             &set,
             (&ws.dataset.corpus, &ws.dataset.queries),

@@ -1,9 +1,9 @@
 //! A BERT encoder written with candle ops, under Hugging Face tensor names.
 //!
-//! Two forward flavours share the weights: [`Mode::Inference`] uses candle's
-//! fused layer-norm and softmax kernels (fast, but they have no backward and
-//! silently detach), [`Mode::Differentiable`] uses plain ops so gradients reach
-//! every weight. The trainer must use the latter, through
+//! Two forward flavours share the weights: [`Mode::Inference`] uses kernels
+//! without a backward (candle's fused layer norm, which silently detaches,
+//! and cpack's one-kernel attention), [`Mode::Differentiable`] uses ops with
+//! backwards so gradients reach every weight. The trainer must use the latter, through
 //! [`BertModel::forward_train`], which also applies the config's dropout.
 
 use super::config::{Activation, BertConfig};
@@ -22,54 +22,29 @@ pub enum Mode {
 struct Linear {
     /// `[out, in]`, as stored.
     weight: Tensor,
-    /// `[in, out]` view of `weight`.
-    weight_t: Tensor,
     bias: Tensor,
 }
 
 impl Linear {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = vb.get(out_dim, "bias")?;
         Ok(Linear {
-            weight_t: weight.t()?,
-            weight,
-            bias,
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias: vb.get(out_dim, "bias")?,
         })
     }
 
     /// `x` is `[rows, in]`.
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        affine(x, &self.weight, &self.weight_t, &self.bias, mode)
+        affine(x, &self.weight, &self.bias, mode)
     }
 }
 
-/// `x · weightᵀ + bias` through OpenBLAS; `weight_t` is the transposed view
-/// of `weight`, used when cpack is built without BLAS.
-#[cfg(feature = "blas")]
-fn affine(
-    x: &Tensor,
-    weight: &Tensor,
-    _weight_t: &Tensor,
-    bias: &Tensor,
-    mode: Mode,
-) -> Result<Tensor> {
+/// `x · weightᵀ + bias` as one matrix product.
+fn affine(x: &Tensor, weight: &Tensor, bias: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Inference => super::blas::affine(x, weight, bias),
-        Mode::Differentiable => super::blas::trainable_affine(x, weight, bias),
+        Mode::Inference => super::dense::affine(x, weight, bias),
+        Mode::Differentiable => super::dense::trainable_affine(x, weight, bias),
     }
-}
-
-/// `x · weightᵀ + bias` with candle's own matrix product (differentiable in both modes).
-#[cfg(not(feature = "blas"))]
-fn affine(
-    x: &Tensor,
-    _weight: &Tensor,
-    weight_t: &Tensor,
-    bias: &Tensor,
-    _mode: Mode,
-) -> Result<Tensor> {
-    x.matmul(weight_t)?.broadcast_add(bias)
 }
 
 struct LayerNorm {
@@ -151,7 +126,7 @@ impl QkvProjection {
         let [q, k, v] = &self.parts;
         let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
         let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?;
-        affine(x, &weight, &weight.t()?, &bias, mode)
+        affine(x, &weight, &bias, mode)
     }
 }
 
@@ -316,8 +291,7 @@ impl BertModel {
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         // Padding keys get a large negative score, so softmax gives them zero weight.
-        let key_bias =
-            ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((batch, 1, 1, seq))?;
+        let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?;
         let mut hidden = Dropout::hidden(dropout, &self.embeddings.forward(input_ids, mode)?)?;
         let shape = Shape { batch, seq };
         for layer in &self.layers {
@@ -349,7 +323,8 @@ impl BertModel {
         layer.output_norm.forward(&(projected + attended)?, mode)
     }
 
-    /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`.
+    /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`,
+    /// `key_bias` `[batch, seq]`.
     fn attention(
         &self,
         layer: &Layer,
@@ -359,9 +334,11 @@ impl BertModel {
         mode: Mode,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let qkv = layer
-            .qkv
-            .forward(hidden, mode)?
+        let qkv = layer.qkv.forward(hidden, mode)?;
+        if mode == Mode::Inference {
+            return super::attention::attention(&qkv, key_bias, self.heads, self.head_dim);
+        }
+        let qkv = qkv
             .reshape((batch, seq, 3, self.heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -369,11 +346,10 @@ impl BertModel {
         let q = (qkv.get(0)? * scale)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(key_bias)?;
-        let probs = match mode {
-            Mode::Inference => candle_nn::ops::softmax_last_dim(&scores)?,
-            Mode::Differentiable => super::fused::softmax_last_dim(&scores)?,
-        };
+        let scores = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&key_bias.reshape((batch, 1, 1, seq))?)?;
+        let probs = super::fused::softmax_last_dim(&scores)?;
         Dropout::attention(dropout, &probs)?
             .matmul(&v)?
             .transpose(1, 2)?

@@ -1,10 +1,10 @@
 //! Hugging Face model folders: config, weights, tokenizer and the
 //! sentence-transformers module files that choose pooling and normalisation.
 
+mod attention;
 mod bert;
-#[cfg(feature = "blas")]
-pub mod blas;
 mod config;
+mod dense;
 mod fused;
 mod gelu;
 mod kernel;
@@ -20,8 +20,6 @@ pub use config::{Activation, BertConfig};
 /// — so no block is mapped on its own (`M_MMAP_MAX` 0); and a heap whose free
 /// top passes the trim threshold is cut back to almost nothing — a step frees
 /// a gigabyte of activations after every backward — so it is never trimmed.
-/// Measured on the train-step bench: ~210,000 page faults per step before,
-/// ~1,000 after, steps 0.87–0.99× the time.
 fn keep_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -45,9 +43,9 @@ fn keep_freed_buffers() {
 /// how many encoder workers to run (see [`crate::Encoder::with_workers`]).
 ///
 /// With several workers every kernel is made single-threaded (candle's
-/// `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`, one OpenBLAS thread) and the
-/// workers run whole batches side by side. Call it before any model runs:
-/// candle reads its thread count once.
+/// `CANDLE_NUM_THREADS`; each worker runs in a one-thread rayon pool, which
+/// the dense layers' products follow) and the workers run whole batches side
+/// by side. Call it before any model runs: candle reads its thread count once.
 pub fn configure_threads(threads: usize) -> usize {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -57,35 +55,14 @@ pub fn configure_threads(threads: usize) -> usize {
     std::env::set_var("CANDLE_NUM_THREADS", "1");
     keep_freed_buffers();
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    set_kernel_threads(1);
     threads
-}
-
-/// Threads of the dense-layer kernels (OpenBLAS). Encoding runs one batch
-/// per worker on single-threaded kernels; training runs one big graph and
-/// wants every core inside each product.
-pub fn set_kernel_threads(threads: usize) {
-    #[cfg(feature = "blas")]
-    blas::set_threads(threads.max(1));
-    #[cfg(not(feature = "blas"))]
-    let _ = threads;
-}
-
-/// Runs `work` with `threads` dense-layer kernel threads, then restores the
-/// encoders' single thread: for phases where nothing else runs (FAISS
-/// training and searching use OpenBLAS as well).
-pub fn with_kernel_threads<T>(threads: usize, work: impl FnOnce() -> T) -> T {
-    set_kernel_threads(threads);
-    let out = work();
-    set_kernel_threads(1);
-    out
 }
 
 /// [`configure_threads`] for a process that trains as well as encodes:
 /// candle's element-wise kernels get every thread, since a training step is
-/// one big graph whose element-wise passes would otherwise run on one core
-/// (measured: a train step 1.3× faster, encoding ~3 % slower). Call
-/// [`set_kernel_threads`] with the thread count around training phases.
+/// one big graph whose element-wise passes would otherwise run on one core.
+/// The training
+/// step's matrix products use the global rayon pool, which has every thread.
 pub fn configure_training_threads(threads: usize) -> usize {
     let threads = configure_threads(threads);
     std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());

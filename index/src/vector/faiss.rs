@@ -36,8 +36,13 @@ fn faiss_err(problem: impl std::fmt::Display) -> Error {
 }
 
 impl FaissIndex {
-    /// Creates the index from `factory`, trains it if it needs training, and adds every row.
-    pub fn build(factory: &str, embeddings: &EmbeddingMatrix) -> Result<Self> {
+    /// Creates the index from `factory`, trains it if it needs training, and
+    /// adds every row; its products (k-means) run on `threads` threads.
+    pub fn build(factory: &str, embeddings: &EmbeddingMatrix, threads: usize) -> Result<Self> {
+        super::faiss_blas::with_threads(threads, || Self::build_inner(factory, embeddings))
+    }
+
+    fn build_inner(factory: &str, embeddings: &EmbeddingMatrix) -> Result<Self> {
         let dim = embeddings.dim() as u32;
         let mut inner = ::faiss::index_factory(dim, factory, MetricType::InnerProduct)
             .map_err(|e| faiss_err(format!("factory string {factory:?}: {e}")))?;
@@ -96,10 +101,10 @@ impl FaissIndex {
     }
 
     /// A flat search on `threads` cores: the queries cut into one slice per
-    /// thread, each searched on single-threaded BLAS and OpenMP. FAISS's own
-    /// parallel flat search alternates one sgemm per block of rows (OpenBLAS's
-    /// pool) with an OpenMP pass keeping each query's best hits, and the idle
-    /// pool of each spins while the other works.
+    /// thread, each searched with single-threaded products and OpenMP. FAISS's
+    /// own parallel flat search alternates one product per block of rows (on
+    /// a BLAS thread pool) with an OpenMP pass keeping each query's best hits,
+    /// and the idle pool of each spins while the other works.
     fn search_flat(
         index: &FlatIndexImpl,
         queries: &[f32],
@@ -159,9 +164,8 @@ impl VectorIndex for FaissIndex {
     }
 
     fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits> {
-        // One BLAS thread, as the encoders keep it: the flat index's products
-        // run per slice, other indexes' (IVF's quantizer) are small.
-        crate::model::set_kernel_threads(1);
+        // Products run on one thread (see `faiss_blas`): the flat index's run
+        // per slice, other indexes' (IVF's quantizer) are small.
         let result = match &mut self.inner {
             Inner::Flat(index) => Self::search_flat(index, queries, k, threads)?,
             Inner::Other(index) => {

@@ -7,6 +7,8 @@
 pub mod exact;
 #[cfg(feature = "faiss")]
 pub mod faiss;
+#[cfg(feature = "faiss")]
+pub mod faiss_blas;
 
 use crate::embeddings::EmbeddingMatrix;
 use crate::error::{Error, Result};
@@ -77,11 +79,16 @@ impl IndexKind {
         }
     }
 
-    /// Builds an index over all rows of `embeddings`.
-    pub fn build(&self, embeddings: Arc<EmbeddingMatrix>) -> Result<Box<dyn VectorIndex>> {
+    /// Builds an index over all rows of `embeddings` on up to `threads` cores
+    /// (FAISS trains k-means with them).
+    pub fn build(
+        &self,
+        embeddings: Arc<EmbeddingMatrix>,
+        threads: usize,
+    ) -> Result<Box<dyn VectorIndex>> {
         match self {
             IndexKind::Exact => Ok(Box::new(exact::ExactIndex::new(embeddings))),
-            IndexKind::Faiss { factory } => build_faiss(factory, &embeddings),
+            IndexKind::Faiss { factory } => build_faiss(factory, &embeddings, threads),
         }
     }
 
@@ -108,8 +115,14 @@ impl std::fmt::Display for IndexKind {
 }
 
 #[cfg(feature = "faiss")]
-fn build_faiss(factory: &str, embeddings: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
-    Ok(Box::new(faiss::FaissIndex::build(factory, embeddings)?))
+fn build_faiss(
+    factory: &str,
+    embeddings: &EmbeddingMatrix,
+    threads: usize,
+) -> Result<Box<dyn VectorIndex>> {
+    Ok(Box::new(faiss::FaissIndex::build(
+        factory, embeddings, threads,
+    )?))
 }
 
 #[cfg(feature = "faiss")]
@@ -118,7 +131,7 @@ fn open_faiss(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Box<dyn Vector
 }
 
 #[cfg(not(feature = "faiss"))]
-fn build_faiss(_: &str, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+fn build_faiss(_: &str, _: &EmbeddingMatrix, _: usize) -> Result<Box<dyn VectorIndex>> {
     Err(Error::Invalid(
         "this cpack was built without the `faiss` feature".into(),
     ))

@@ -97,7 +97,7 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
             let m = matrix(dir.path(), rows, dim, precision);
             let queries = clustered(25, dim, 7);
             let truth = brute_force(&m, &queries, k);
-            let mut index = kind.build(m.clone()).unwrap();
+            let mut index = kind.build(m.clone(), 2).unwrap();
             assert_eq!(index.len(), rows);
             let hits = index.search(&queries, k, 2).unwrap();
             let mut found = 0;
@@ -145,7 +145,7 @@ fn asking_for_more_than_exists_leaves_empty_slots() {
     for (kind, _) in kinds().into_iter().filter(|(_, exact)| *exact) {
         let dir = tempfile::tempdir().unwrap();
         let m = matrix(dir.path(), 3, 8, Precision::F32);
-        let mut index = kind.build(m).unwrap();
+        let mut index = kind.build(m, 1).unwrap();
         let hits = index.search(&unit_vectors(1, 8, 3), 5, 1).unwrap();
         assert_eq!(hits.of(0).count(), 3, "{kind}");
         assert_eq!(hits.rows[3..], [-1, -1], "{kind}");
@@ -161,9 +161,28 @@ fn unknown_backends_and_bad_factories_are_errors() {
         let err = IndexKind::Faiss {
             factory: "NoSuchThing".into(),
         }
-        .build(m)
+        .build(m, 1)
         .err()
         .unwrap();
         assert!(err.to_string().contains("NoSuchThing"), "{err}");
+    }
+}
+
+/// FAISS's products (k-means while building IVF, every flat search of more
+/// than 20 queries) go through cpack's `sgemm_`, not the system BLAS's.
+#[cfg(feature = "faiss")]
+#[test]
+fn faiss_multiplies_on_cpacks_kernel() {
+    use super::faiss_blas::calls;
+    let dir = tempfile::tempdir().unwrap();
+    let m = matrix(dir.path(), 600, 16, Precision::F32);
+    for factory in ["IVF4,Flat", "Flat"] {
+        let before = calls();
+        let kind = IndexKind::Faiss {
+            factory: factory.into(),
+        };
+        let mut index = kind.build(m.clone(), 2).unwrap();
+        index.search(&clustered(64, 16, 5), 5, 1).unwrap();
+        assert!(calls() > before, "{factory}: FAISS multiplied elsewhere");
     }
 }

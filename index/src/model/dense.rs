@@ -1,54 +1,29 @@
-//! Matrix products through the system BLAS (OpenBLAS) for BERT's dense layers.
-//!
-//! candle's own CPU kernel reaches about half of what OpenBLAS does on the
-//! dense layers that dominate BERT's cost; FAISS links OpenBLAS anyway.
-//! [`affine`] is the inference product; [`trainable_affine`] is the same
-//! product with a backward whose three gradients are sgemm calls too.
+//! BERT's dense layers as single matrix products ([`crate::matmul`]), bias
+//! included: [`affine`] for inference, [`trainable_affine`] with a backward
+//! whose three gradients are matrix products too.
 
 use super::kernel::f32_rows;
+use crate::matmul::{gemm, MatMut, MatRef};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use std::os::raw::c_int;
 
-const ROW_MAJOR: c_int = 101;
-const NO_TRANS: c_int = 111;
-const TRANS: c_int = 112;
-
-#[link(name = "openblas")]
-extern "C" {
-    #[allow(clippy::too_many_arguments)]
-    fn cblas_sgemm(
-        layout: c_int,
-        trans_a: c_int,
-        trans_b: c_int,
-        m: c_int,
-        n: c_int,
-        k: c_int,
-        alpha: f32,
-        a: *const f32,
-        lda: c_int,
-        b: *const f32,
-        ldb: c_int,
-        beta: f32,
-        c: *mut f32,
-        ldc: c_int,
-    );
-    fn openblas_set_num_threads(threads: c_int);
+/// Threads for a product: those of the rayon pool the op runs in. Encoder
+/// workers each run in a one-thread pool; training runs in the global pool.
+fn pool_threads() -> usize {
+    rayon::current_num_threads()
 }
 
-/// Sets OpenBLAS's thread count (it reads OPENBLAS_NUM_THREADS only at start-up).
-pub fn set_threads(threads: usize) {
-    // SAFETY: plain setter of OpenBLAS's global thread count.
-    unsafe { openblas_set_num_threads(threads as c_int) }
+fn shape_err(op: &str, e: crate::matmul::ShapeError) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: {e}"))
 }
 
 /// `x · wᵀ + b` for `x` `[m, k]`, a weight `w` `[n, k]` as stored by Hugging
-/// Face, and a bias `b` `[n]`: the bias rows are written first and sgemm
-/// accumulates onto them (beta = 1), saving a separate broadcast pass.
+/// Face, and a bias `b` `[n]`: the bias rows are written first and the
+/// product accumulates onto them (beta = 1), saving a separate broadcast pass.
 struct Affine;
 
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
-        "blas-affine"
+        "dense-affine"
     }
 
     fn cpu_fwd(
@@ -76,38 +51,22 @@ impl CustomOp3 for Affine {
         for _ in 0..m {
             out.extend_from_slice(bias);
         }
-        // SAFETY: both inputs are contiguous with at least m·k and n·k elements
-        // from their start offsets (checked above through their layouts), and
-        // `out` holds m·n initialised elements with leading dimension n.
-        unsafe {
-            cblas_sgemm(
-                ROW_MAJOR,
-                NO_TRANS,
-                TRANS,
-                m as c_int,
-                n as c_int,
-                k as c_int,
-                1.0,
-                x.as_ptr(),
-                k as c_int,
-                w.as_ptr(),
-                k as c_int,
-                1.0,
-                out.as_mut_ptr(),
-                n as c_int,
-            );
-        }
+        let err = |e| shape_err(self.name(), e);
+        let x = MatRef::row_major(x, m, k).map_err(err)?;
+        let w = MatRef::row_major(w, n, k).map_err(err)?;
+        let mut y = MatMut::row_major(&mut out, m, n).map_err(err)?;
+        gemm(x, w.t(), &mut y, 1.0, 1.0, pool_threads()).map_err(err)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-/// `x · wᵀ + b` through OpenBLAS (no gradient).
+/// `x · wᵀ + b` (no gradient).
 pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?
         .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
 }
 
-/// `x · wᵀ + b` through OpenBLAS, differentiable in all three arguments.
+/// `x · wᵀ + b`, differentiable in all three arguments.
 pub fn trainable_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainableAffine)
@@ -119,7 +78,7 @@ struct TrainableAffine;
 
 impl CustomOp3 for TrainableAffine {
     fn name(&self) -> &'static str {
-        "blas-trainable-affine"
+        "dense-trainable-affine"
     }
 
     fn cpu_fwd(
@@ -170,7 +129,7 @@ struct Gemm {
 
 impl CustomOp2 for Gemm {
     fn name(&self) -> &'static str {
-        "blas-gemm"
+        "dense-gemm"
     }
 
     fn cpu_fwd(
@@ -198,28 +157,14 @@ impl CustomOp2 for Gemm {
             bail!("{}: inner dimensions {k} and {k_b} differ", self.name());
         }
         let mut out = vec![0f32; m * n];
-        let flag = |t: bool| if t { TRANS } else { NO_TRANS };
-        // SAFETY: both inputs are contiguous from their start offsets with the
-        // row-major shapes checked above (leading dimension = stored columns),
-        // and `out` holds m·n elements with leading dimension n.
-        unsafe {
-            cblas_sgemm(
-                ROW_MAJOR,
-                flag(self.trans_a),
-                flag(self.trans_b),
-                m as c_int,
-                n as c_int,
-                k as c_int,
-                1.0,
-                a.as_ptr(),
-                a_cols as c_int,
-                b.as_ptr(),
-                b_cols as c_int,
-                0.0,
-                out.as_mut_ptr(),
-                n as c_int,
-            );
-        }
+        let err = |e| shape_err(self.name(), e);
+        let view = |data, rows, cols, trans| {
+            MatRef::row_major(data, rows, cols).map(|v| if trans { v.t() } else { v })
+        };
+        let a = view(a, a_rows, a_cols, self.trans_a).map_err(err)?;
+        let b = view(b, b_rows, b_cols, self.trans_b).map_err(err)?;
+        let mut c = MatMut::row_major(&mut out, m, n).map_err(err)?;
+        gemm(a, b, &mut c, 1.0, 0.0, pool_threads()).map_err(err)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -233,13 +178,13 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (7, 5), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1., 3, &Device::Cpu).unwrap();
-        let blas = super::affine(&x, &w, &b).unwrap();
+        let ours = super::affine(&x, &w, &b).unwrap();
         let reference = x
             .matmul(&w.t().unwrap())
             .unwrap()
             .broadcast_add(&b)
             .unwrap();
-        let diff = crate::model::max_abs_diff(&blas, &reference);
+        let diff = crate::model::max_abs_diff(&ours, &reference);
         assert!(diff < 1e-5, "{diff}");
     }
 
