@@ -61,7 +61,7 @@ rows = [("candle f32", "candle-f32"), ("ort f32", "ort-f32"), ("ort int8", "ort-
         ("pytorch + sentence-transformers", "pytorch")]
 rates = {key: [r["tokens_per_second_median"] for i in range(1, rounds + 1)
                if (r := load(f"{key}-{i}.json"))] for _, key in rows}
-cpu = (load("candle-f32-1.json") or {}).get("cpu", platform.processor())
+cpu = (load("candle-f32-1.json") or {}).get("machine", {}).get("cpu", platform.processor())
 summary = {"date": datetime.date.today().isoformat(), "cpu": cpu, "threads": int(threads),
            "rounds": rounds, "max_len": 128, "batch": 32, "encode": {}, "quality": {}}
 lines = [f"Encode, InsuranceQA answers at max length 128, batches of 32, {threads} threads, "

@@ -280,7 +280,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "P")]
     pub precision: Option<String>,
     /// Passages encoded between two resumable checkpoints of the build.
-    #[arg(long, value_name = "N", default_value_t = 2048)]
+    #[arg(long, value_name = "N", default_value_t = cpack_index::store::BuildOptions::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: usize,
     /// Rebuild even if the live index already matches model, corpus and settings.
     #[arg(long)]

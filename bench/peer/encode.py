@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch peer of `cpack-bench encode`: sentence-transformers encoding
-throughput at a fixed batch shape (batch x max_len real tokens), same passages
-(the first corpus texts that fill max_len), median tokens/s over repetitions."""
+throughput, median over repetitions. By default at a fixed batch shape
+(batch x max_len real tokens; the first corpus texts that fill max_len); with
+--real N, the same evenly spaced sample of N passages cpack-bench takes, at
+their real lengths, through one `model.encode` call (which sorts by length),
+in passages/s and real tokens/s."""
 import argparse
 import json
 import statistics
@@ -20,43 +23,64 @@ def main():
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--real", type=int, help="encode N real passages instead of full batches")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = SentenceTransformer(args.model, device="cpu")
     model.max_seq_length = args.max_len
-    wanted = args.batch * args.batches
-    texts = []
+    docs = []
     with open(args.corpus, encoding="utf-8") as f:
         for line in f:
             doc = json.loads(line)
-            text = f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"]
+            docs.append(f"{doc['title']} {doc['text']}" if doc.get("title") else doc["text"])
+    if args.real:
+        n = min(args.real, len(docs))
+        texts = [docs[i * len(docs) // n] for i in range(n)]
+    else:
+        wanted = args.batch * args.batches
+        texts = []
+        for text in docs:
             ids = model.tokenizer(text, truncation=True, max_length=args.max_len)["input_ids"]
             if len(ids) == args.max_len:
                 texts.append(text)
             if len(texts) == wanted:
                 break
+    tokens = sum(
+        len(ids)
+        for ids in model.tokenizer(texts, truncation=True, max_length=args.max_len)["input_ids"]
+    )
     model.encode(texts[: args.batch], batch_size=args.batch)  # warm-up
     rates = []
     with torch.inference_mode():
         for _ in range(args.reps):
             start = time.perf_counter()
             model.encode(texts, batch_size=args.batch, normalize_embeddings=True)
-            rates.append(wanted * args.max_len / (time.perf_counter() - start))
+            rates.append(tokens / (time.perf_counter() - start))
+    median = statistics.median(rates)
     report = {
         "benchmark": "encode",
+        "mode": "real" if args.real else "full-batches",
         "backend": f"pytorch {torch.__version__} + sentence-transformers",
         "max_len": args.max_len,
         "batch": args.batch,
-        "texts": wanted,
+        "texts": len(texts),
+        "real_tokens": tokens,
         "threads": torch.get_num_threads(),
-        "tokens_per_second_median": round(statistics.median(rates)),
+        "tokens_per_second_median": round(median),
+        "passages_per_second_median": round(median * len(texts) / tokens, 1),
         "tokens_per_second_all": [round(r) for r in rates],
     }
+    shape = (
+        f"{len(texts)} real passages ({tokens} tokens) at max {args.max_len}"
+        if args.real
+        else f"batch {args.batch} × {args.max_len} tokens"
+    )
     print(
-        f"encode {report['backend']} · {report['threads']} threads · batch {args.batch} × {args.max_len} tokens: "
-        f"median {report['tokens_per_second_median']} tokens/s (runs: {report['tokens_per_second_all']})"
+        f"encode {report['backend']} · {report['threads']} threads · {shape}: "
+        f"median {report['tokens_per_second_median']} tokens/s, "
+        f"{report['passages_per_second_median']} passages/s (runs: {report['tokens_per_second_all']})"
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -2,9 +2,12 @@
 //! figures are printed (and written as JSON) for the README and for
 //! comparison against peers measured in the same run.
 //!
-//! `encode`: corpus encoding throughput of an encoder backend at a fixed
-//! batch shape (every batch full: `batch × max_len` real tokens), reported
-//! as the median tokens/s over repetitions, with the thread count.
+//! `encode`: corpus encoding throughput of an encoder backend, median over
+//! repetitions, with the thread count. By default at a fixed batch shape
+//! (every batch full: `batch × max_len` real tokens); with `--real N`, an
+//! evenly spaced sample of N corpus passages at their real lengths, encoded
+//! as `cpack index build` encodes them (chunks of the build's size,
+//! length-sorted batches), in passages/s and real tokens/s.
 //!
 //! `mine`: mining rounds over a workspace's built index (into scratch
 //! stores), next to two floors measured in the same round: the queries
@@ -19,6 +22,7 @@
 //! `train-step`: one training step (forward + backward + AdamW) at a fixed
 //! shape, median seconds and tokens/s.
 
+mod facts;
 #[cfg(feature = "faiss")]
 mod plain_faiss;
 mod scale;
@@ -34,6 +38,10 @@ mod plain_faiss {
         _: usize,
     ) -> anyhow::Result<Option<f64>> {
         Ok(None)
+    }
+
+    pub fn products_on_cpack_kernel() -> u64 {
+        0
     }
 }
 
@@ -64,13 +72,15 @@ struct EncodeArgs {
     /// ORT intra-op threads per session (sessions = threads / this).
     ort_threads: usize,
     spin: bool,
+    /// Encode this many real passages as the index build does, instead of full batches.
+    real: Option<usize>,
     json: Option<PathBuf>,
 }
 
 fn usage() -> &'static str {
     "usage: cpack-bench encode --model DIR --corpus corpus.jsonl [--max-len 128] [--batch 32] \
      [--batches 8] [--reps 5] [--threads N] [--backend candle|ort] [--precision f32|int8] \
-     [--ort-threads 1] [--spin] [--json OUT]"
+     [--ort-threads 1] [--spin] [--real N] [--json OUT]"
 }
 
 fn parse(args: &[String]) -> Result<EncodeArgs> {
@@ -86,6 +96,7 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
         precision: WeightPrecision::F32,
         ort_threads: 1,
         spin: false,
+        real: None,
         json: None,
     };
     let mut it = args.iter();
@@ -108,6 +119,7 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
             }
             "--ort-threads" => parsed.ort_threads = value()?.parse()?,
             "--spin" => parsed.spin = true,
+            "--real" => parsed.real = Some(value()?.parse()?),
             "--json" => parsed.json = Some(value()?.into()),
             other => bail!("unknown flag {other}\n{}", usage()),
         }
@@ -148,18 +160,6 @@ fn mining_params(topk: usize, skip: usize) -> MiningParams {
     }
 }
 
-/// The CPU's model name from /proc/cpuinfo (empty if unknown).
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default()
-}
-
 /// The backend `args` asks for; ORT gets one session per worker.
 fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLoader>> {
     Ok(match args.backend.as_str() {
@@ -179,23 +179,12 @@ fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLo
     })
 }
 
-fn encode(args: EncodeArgs) -> Result<()> {
-    let threads = cpack_index::model::configure_threads(args.threads);
-    let model = ModelDir::open(&args.model)?;
-    let settings = EncoderSettings {
-        passage_max_len: args.max_len,
-        batch_size: args.batch,
-        ..EncoderSettings::declared_by(&model)
-    };
-    let workers = match args.backend.as_str() {
-        "ort" => (threads / args.ort_threads.max(1)).max(1),
-        _ => threads,
-    };
-    let loader = backend_loader(&args, workers)?;
-    let encoder = Encoder::open(&model, &settings, loader.as_ref(), workers)?;
-
-    // Passages long enough to fill max_len, so every batch is batch × max_len real tokens.
-    let corpus = TextTable::load_jsonl(&args.corpus)?;
+/// `batch × batches` passages that each fill `max_len` tokens.
+fn full_length_texts(
+    encoder: &Encoder,
+    corpus: &TextTable,
+    args: &EncodeArgs,
+) -> Result<Vec<String>> {
     let wanted = args.batch * args.batches;
     let mut texts = Vec::with_capacity(wanted);
     for chunk in (0..corpus.len()).collect::<Vec<_>>().chunks(512) {
@@ -210,53 +199,106 @@ fn encode(args: EncodeArgs) -> Result<()> {
                 .map(|(t, _)| t),
         );
         if texts.len() >= wanted {
-            break;
+            texts.truncate(wanted);
+            return Ok(texts);
         }
     }
-    if texts.len() < wanted {
-        bail!(
-            "only {} passages of {} fill {} tokens",
-            texts.len(),
-            args.corpus.display(),
-            args.max_len
-        );
+    bail!(
+        "only {} passages of {} fill {} tokens",
+        texts.len(),
+        args.corpus.display(),
+        args.max_len
+    )
+}
+
+/// `n` passages spread evenly over the corpus (every one when `n` ≥ its size).
+pub fn evenly_spaced(corpus: &TextTable, n: usize) -> Vec<String> {
+    let n = n.min(corpus.len());
+    (0..n).map(|i| corpus.full_text(i * corpus.len() / n)).collect()
+}
+
+/// Encodes `texts` as `cpack index build` does (in chunks of its size) or,
+/// for full batches, in one call; returns the real tokens encoded.
+fn encode_once(encoder: &Encoder, texts: &[&str], as_index_build: bool) -> Result<usize> {
+    let chunk = if as_index_build {
+        cpack_index::store::BuildOptions::DEFAULT_CHUNK_ROWS
+    } else {
+        texts.len().max(1)
+    };
+    let mut tokens = 0usize;
+    for part in texts.chunks(chunk) {
+        encoder.encode(part, TextKind::Passage, &mut |_, t| tokens += t)?;
     }
-    texts.truncate(wanted);
+    Ok(tokens)
+}
+
+fn encode(args: EncodeArgs) -> Result<()> {
+    let threads = cpack_index::model::configure_threads(args.threads);
+    facts::print();
+    let model = ModelDir::open(&args.model)?;
+    let settings = EncoderSettings {
+        passage_max_len: args.max_len,
+        batch_size: args.batch,
+        ..EncoderSettings::declared_by(&model)
+    };
+    let workers = match args.backend.as_str() {
+        "ort" => (threads / args.ort_threads.max(1)).max(1),
+        _ => threads,
+    };
+    let loader = backend_loader(&args, workers)?;
+    let encoder = Encoder::open(&model, &settings, loader.as_ref(), workers)?;
+    let corpus = TextTable::load_jsonl(&args.corpus)?;
+    let texts = match args.real {
+        Some(n) => evenly_spaced(&corpus, n),
+        None => full_length_texts(&encoder, &corpus, &args)?,
+    };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
-    encoder.encode(&refs[..args.batch], TextKind::Passage, &mut |_, _| {})?; // warm-up
-    let mut rates = Vec::with_capacity(args.reps);
+    encoder.encode(&refs[..args.batch.min(refs.len())], TextKind::Passage, &mut |_, _| {})?; // warm-up
+    let mut runs = Vec::with_capacity(args.reps);
     for _ in 0..args.reps {
         let started = Instant::now();
-        let mut tokens = 0usize;
-        encoder.encode(&refs, TextKind::Passage, &mut |_, t| tokens += t)?;
-        rates.push(tokens as f64 / started.elapsed().as_secs_f64());
+        let tokens = encode_once(&encoder, &refs, args.real.is_some())?;
+        runs.push((tokens, started.elapsed().as_secs_f64()));
     }
+    let tokens = runs[0].0;
+    let mut rates: Vec<f64> = runs.iter().map(|(t, s)| *t as f64 / s).collect();
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
-    let cpu = cpu_model();
+    let passages_per_second = median * texts.len() as f64 / tokens.max(1) as f64;
     let report = serde_json::json!({
         "benchmark": "encode",
+        "mode": if args.real.is_some() { "real" } else { "full-batches" },
         "backend": encoder.backend_name(),
         "precision": encoder.precision().to_string(),
         "workers": workers,
         "model": args.model.display().to_string(),
         "max_len": args.max_len,
         "batch": args.batch,
-        "texts": wanted,
+        "texts": texts.len(),
+        "real_tokens": tokens,
         "threads": threads,
-        "cpu": cpu,
+        "machine": facts::machine(),
         "tokens_per_second_median": median.round(),
+        "passages_per_second_median": (passages_per_second * 10.0).round() / 10.0,
         "tokens_per_second_all": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
     });
+    let shape = match args.real {
+        Some(_) => format!(
+            "{} real passages ({} tokens) at max {}",
+            texts.len(),
+            tokens,
+            args.max_len
+        ),
+        None => format!("batch {} × {} tokens", args.batch, args.max_len),
+    };
     println!(
-        "encode {} {} · {} threads · batch {} × {} tokens: median {:.0} tokens/s (runs: {:?})",
+        "encode {} {} · {} threads · {shape}: median {:.0} tokens/s, {:.1} passages/s (runs: {:?})",
         encoder.backend_name(),
         encoder.precision(),
         threads,
-        args.batch,
-        args.max_len,
         median,
+        passages_per_second,
         rates.iter().map(|r| r.round() as u64).collect::<Vec<_>>()
     );
     if let Some(path) = args.json {
@@ -318,6 +360,7 @@ fn mine(args: &[String]) -> Result<()> {
     let workspace =
         workspace.context("--workspace DIR (a workspace with a built index) is required")?;
     let threads = cpack_index::model::configure_threads(threads);
+    facts::print();
     let index_root = workspace.join(".cpack/index");
     let index_dir = IndexDir::new(index_root.clone());
     let (generation, manifest) = index_dir
@@ -433,6 +476,8 @@ fn mine(args: &[String]) -> Result<()> {
         "topk": topk,
         "skip": skip,
         "threads": threads,
+        "machine": facts::machine(),
+        "faiss_products_on_cpack_kernel": plain_faiss::products_on_cpack_kernel(),
         "rounds": per_round,
         "queries_per_second": queries as f64 / med("pipelined_seconds"),
         "floor_search_seconds": med("floor_search_seconds"),

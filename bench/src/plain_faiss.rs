@@ -29,3 +29,8 @@ pub fn search_seconds(
         Ok(Some(started.elapsed().as_secs_f64()))
     })
 }
+
+/// FAISS products this process has run through cpack's `sgemm_`.
+pub fn products_on_cpack_kernel() -> u64 {
+    cpack_index::vector::faiss_blas::calls()
+}

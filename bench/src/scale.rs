@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "dim": DIM,
             "queries": QUERIES,
             "topk": TOPK,
-            "cpu": crate::cpu_model(),
+            "machine": crate::facts::machine(),
             "cases": results,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;

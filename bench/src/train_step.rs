@@ -68,6 +68,7 @@ fn parse(args: &[String]) -> Result<Args> {
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
     let threads = cpack_index::model::configure_training_threads(a.threads);
+    crate::facts::print();
     let model = ModelDir::open(&a.model)?;
     let settings = EncoderSettings {
         pooling: Pooling::Mean,
@@ -137,6 +138,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let result = serde_json::json!({
         "bench": "train-step",
         "threads": threads,
+        "machine": crate::facts::machine(),
         "queries": a.queries, "query_len": a.query_len,
         "passages": a.passages, "passage_len": a.passage_len,
         "tokens_per_step": tokens,

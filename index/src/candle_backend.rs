@@ -7,10 +7,10 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 /// Padded tokens per forward pass; batches are run in slices of this size.
-/// Measured on a 2-core Xeon, batches of 32 × 128 tokens (cpack-bench
-/// encode): runs of 512 tokens 9.3k tokens/s, 256: 9.2k, 1024: 9.1k, whole
-/// batches (activations spilling out of L2): 7.8k.
-const TOKENS_PER_RUN: usize = 512;
+/// The matrix kernel packs each weight matrix once per product, so longer
+/// runs amortise that; much longer ones spill the activations out of cache.
+/// Chosen with `cpack-bench encode --real` at lengths 128 and 256.
+const TOKENS_PER_RUN: usize = 2048;
 
 pub struct CandleBackend {
     model: BertModel,

@@ -188,9 +188,8 @@ impl EncoderBackend for OrtBackend {
     }
 
     fn tokens_per_run(&self) -> usize {
-        // Measured at length 128, batches of 32 (cpack-bench encode --backend
-        // ort --batch N): 256-token runs beat whole batches by 15 % (f32) and
-        // 45 % (int8); 128 and 512 were slower again.
+        // Short runs keep ORT's activations in cache; chosen with
+        // `cpack-bench encode --backend ort` (README, encoder runtimes).
         256
     }
 

@@ -168,6 +168,11 @@ pub struct BuildOptions {
     pub force: bool,
 }
 
+impl BuildOptions {
+    /// Passages per resumable chunk unless the user asks otherwise.
+    pub const DEFAULT_CHUNK_ROWS: usize = 2048;
+}
+
 /// What `build` did.
 #[derive(Debug)]
 pub enum BuildOutcome {

@@ -149,7 +149,7 @@ impl Current {
             corpus_path: &ws.dataset.paths.corpus,
         };
         let options = BuildOptions {
-            chunk_rows: 2048,
+            chunk_rows: BuildOptions::DEFAULT_CHUNK_ROWS,
             force: false,
         };
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;

@@ -1,8 +1,8 @@
 //! Exact GELU, vectorisable and parallel, with a one-pass backward for training.
 //!
-//! candle's `gelu_erf` calls a scalar `erf` per element, which cost ~15 % of a
-//! MiniLM forward pass here, and its backward is several more passes; this
-//! uses [`super::math::erf`], which the compiler vectorises.
+//! candle's `gelu_erf` calls a scalar `erf` per element, a large share of a
+//! MiniLM forward pass, and its backward is several more passes; this uses
+//! [`super::math::erf`], which the compiler vectorises.
 
 use super::kernel::f32_rows;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -13,14 +13,26 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + super::math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Writes `gelu(i[j])` into `o[j]`, with AVX2 + FMA when the CPU has them
+/// Writes `gelu(i[j])` into `o[j]`, with the widest vector unit the CPU has
 /// (the default x86-64 target only assumes SSE2).
 fn gelu_slice(o: &mut [std::mem::MaybeUninit<f32>], i: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { gelu_slice_avx2(o, i) };
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { gelu_slice_avx512(o, i) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { gelu_slice_avx2(o, i) };
+        }
     }
+    gelu_slice_portable(o, i)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_slice_avx512(o: &mut [std::mem::MaybeUninit<f32>], i: &[f32]) {
     gelu_slice_portable(o, i)
 }
 
