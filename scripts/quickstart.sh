@@ -34,23 +34,8 @@ python3 "$ROOT/scripts/check_mined.py" --ids negatives-ids.jsonl --flag negative
 
 # The closed loop. [train] in cpack.toml holds the recipe; flags override it.
 TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
-mkdir -p "$TWS"
+bash "$ROOT/scripts/train_workspace.sh" "$TWS"
 cd "$TWS"
-if [ ! -f cpack.toml ]; then
-  "$CPACK" init --data "$ROOT/.cache/data/insuranceqa-en" --model "$ROOT/.cache/models/all-MiniLM-L6-v2"
-  sed -i 's/^passage_max_len = .*/passage_max_len = 128/; /^\[train\]/,$d' cpack.toml
-  cat >> cpack.toml <<'TOML'
-[train]
-epochs = 2
-refresh_every = 1
-max_queries = 500
-batch_size = 32
-group_size = 4
-temperature = 0.05
-lr = 5e-5
-eval_split = "test"
-TOML
-fi
 if [ -f .cpack/runs/refresh/run.json ]; then
   "$CPACK" train --run refresh --resume
 else

@@ -219,7 +219,9 @@ pub struct Overrides {
     /// Compute threads, 0 = all cores [encode.threads]. On a busy 2-core box, 1 can beat 2.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Encoder runtime: candle, or ort (ONNX Runtime on cpack's ONNX export) [encode.backend].
+    /// Encoder runtime: candle (default: cpack's own BERT, the fastest exact one; its matrix
+    /// kernel follows the CPU's AVX-512 / AVX2 / NEON flags), or ort (ONNX Runtime on
+    /// cpack's ONNX export; with --encoder-precision int8 the fastest overall) [encode.backend].
     #[arg(long, value_name = "BACKEND")]
     pub encoder: Option<String>,
     /// Encoder weights: f32, or int8 with --encoder ort [encode.precision].

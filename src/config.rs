@@ -343,10 +343,11 @@ query_instruction = {instruction}
 batch_size = 32
 # Compute threads; 0 = all cores.
 threads = 0
-# "candle" (cpack's own BERT) or "ort" (ONNX Runtime on cpack's ONNX export of
-# the model, made on first use under .cpack/onnx/).
+# "candle" (cpack's own BERT: the fastest exact encoder, on a matrix kernel
+# chosen from the CPU's own AVX-512 / AVX2 / NEON flags) or "ort" (ONNX
+# Runtime on cpack's ONNX export of the model, made under .cpack/onnx/).
 backend = "candle"
-# "f32", or "int8" with ort: int8 weights, ~2x faster, slightly different vectors.
+# "f32", or "int8" with ort: int8 weights, much faster, slightly different vectors.
 # precision = "f32"
 # libonnxruntime.so; default: $CPACK_ORT_LIBRARY, else what scripts/setup.sh fetched.
 # ort_library = "/path/to/libonnxruntime.so.1.32.0"

@@ -435,3 +435,132 @@ fn refresh_through_onnx_runtime_matches_candle_on_the_checkpoint() {
         );
     }
 }
+
+/// A training set whose 40 queries share 6 positives: clash-free packing
+/// cannot fill batches of 8, so an epoch takes more than its nominal 5 steps.
+fn shared_positive_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir.join("qrels")).unwrap();
+    let topics = [
+        "claims",
+        "premiums",
+        "annuities",
+        "medicare",
+        "renters",
+        "disability",
+    ];
+    let corpus: String = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let doc = serde_json::json!({"id": format!("p{i}"), "title": "", "text": format!("all about {t}")});
+            format!("{doc}\n")
+        })
+        .collect();
+    let mut queries = String::new();
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for q in 0..40 {
+        let topic = q % topics.len();
+        let text = format!("question {q} on {}", topics[topic]);
+        queries += &format!(
+            "{}\n",
+            serde_json::json!({"id": format!("q{q:02}"), "text": text})
+        );
+        qrels += &format!("q{q:02}\tp{topic}\t1\n");
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("queries.jsonl"), queries).unwrap();
+    std::fs::write(dir.join("qrels/train.tsv"), qrels).unwrap();
+}
+
+#[test]
+fn the_schedule_spans_the_real_steps_when_packing_adds_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    shared_positive_dataset(&data);
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
+    let ws = tmp.path().join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    let args = [
+        "train",
+        "--json",
+        "--run",
+        "s",
+        "--epochs",
+        "2",
+        "--group-size",
+        "1",
+        "--train-batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup-ratio",
+        "0.1",
+        "--eval-split",
+        "none",
+    ];
+    let report = json(&ok(&ws, &args));
+    let run = ws.join(".cpack/runs/s");
+    let steps = std::fs::read_to_string(run.join("steps.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = steps.lines().map(json).collect();
+    let per_epoch = |e: u64| steps.iter().filter(|s| s["epoch"] == e).count();
+    assert!(
+        per_epoch(1) > 5 && per_epoch(2) > 5,
+        "packing added no batch: {} and {}",
+        per_epoch(1),
+        per_epoch(2)
+    );
+    for (i, s) in steps.iter().enumerate() {
+        assert_eq!(s["step"], i as u64 + 1);
+        let queries: Vec<&str> = s["batches"][0]["queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q.as_str().unwrap())
+            .collect();
+        let mut topics: Vec<u32> = queries
+            .iter()
+            .map(|q| q[1..].parse::<u32>().unwrap() % 6)
+            .collect();
+        topics.sort();
+        topics.dedup();
+        assert_eq!(
+            topics.len(),
+            queries.len(),
+            "step {}: two queries share a positive",
+            i + 1
+        );
+    }
+    let lr: Vec<f64> = steps.iter().map(|s| s["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lr[0], 0.0, "warm-up starts at 0, as Hugging Face's");
+    assert!(
+        lr[1..].iter().all(|&r| r > 0.0),
+        "a step trained at rate 0: {lr:?}"
+    );
+    let peak = lr.iter().cloned().fold(0.0, f64::max);
+    assert!((peak - 1e-3).abs() < 1e-4, "peak {peak}");
+    let top = lr.iter().position(|&r| r == peak).unwrap();
+    assert!(
+        lr[top..].windows(2).all(|w| w[1] < w[0]),
+        "not decaying: {lr:?}"
+    );
+    // The decay ends at 0 one step after the last: the last step is one
+    // (real) step's share of the way from 0, never clamped at 0 before it.
+    let last_share = 5.0 / per_epoch(2) as f64;
+    let expected_last = 1e-3 * last_share / (10.0 - 1.0);
+    assert!(
+        (lr[lr.len() - 1] - expected_last).abs() < 1e-9,
+        "{} vs {expected_last}",
+        lr[lr.len() - 1]
+    );
+
+    let state = json(&std::fs::read_to_string(run.join("epoch-2/trainer_state.json")).unwrap());
+    assert_eq!(state["optimizer_steps"], steps.len() as u64);
+    assert_eq!(state["schedule_steps"], 10);
+    let reported: u64 = report["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["optimizer_steps"].as_u64().unwrap())
+        .sum();
+    assert_eq!(reported, steps.len() as u64);
+}

@@ -11,7 +11,13 @@ shuffle, batches of batch_size; InfoNCE over all passages of the batch at the
 run's temperature; AdamW (no decay on biases and LayerNorm), linear warm-up
 then linear decay, gradient clipping, dropout as configured. After each epoch
 the corpus and the test queries are encoded and nDCG@10 computed by exact
-inner-product search. Prints one JSON line per epoch and a summary."""
+inner-product search. Prints one JSON line per epoch and a summary.
+
+With --replay STEPS (a run's steps.jsonl), it trains instead on exactly the
+batches cpack trained on, at cpack's learning rate for each step, and prints
+per step its own loss and gradient norm (before clipping) beside cpack's,
+with their relative differences: the step-by-step check of cpack's
+training (run with dropout off, `cpack train --no-dropout`)."""
 import argparse
 import json
 import math
@@ -54,6 +60,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--seed", type=int, help="override the run's seed (to see run-to-run variance)")
+    ap.add_argument("--replay", help="a run's steps.jsonl: train on exactly its batches and rates")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -115,8 +122,60 @@ def main():
         model.train(tr["dropout"])
         return sum(ndcg_at_10([doc_ids[i] for i in top[k].tolist()], eval_qrels[q]) for k, q in enumerate(ids)) / len(ids)
 
+    def step(batches, lr):
+        """One optimizer step over `batches` [(query ids, passage ids)]; returns losses and the norm before clipping."""
+        losses = []
+        for q_ids, p_ids in batches:
+            g = len(p_ids) // len(q_ids)
+            q = embed([instruction + queries[i] for i in q_ids], enc["query_max_len"])
+            p = embed([doc_text[i] for i in p_ids], enc["passage_max_len"])
+            loss = F.cross_entropy(q @ p.T / temperature, torch.arange(len(q_ids)) * g)
+            (loss / tr["grad_accum"]).backward()
+            losses.append(loss.item())
+        cap = tr["max_grad_norm"] if tr["max_grad_norm"] > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cap).item()
+        for group_ in optimizer.param_groups:
+            group_["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad()
+        return losses, norm
+
     results = []
     model.train(tr["dropout"])
+    if args.replay:
+        if tr["dropout"]:
+            raise SystemExit("replay needs a run trained with dropout off (cpack train --no-dropout)")
+        if tr["loss"] != "infonce":
+            raise SystemExit(f"the replay implements InfoNCE only, the run used {tr['loss']}")
+        records = read_jsonl(args.replay)
+        worst = {"loss": 0.0, "grad_norm": 0.0}
+        for epoch in range(1, spec["epochs"] + 1):
+            start = time.perf_counter()
+            mine = [r for r in records if r["epoch"] == epoch]
+            epoch_losses = []
+            for r in mine:
+                losses, norm = step([(b["queries"], b["passages"]) for b in r["batches"]], r["lr"])
+                epoch_losses.extend(losses)
+                theirs = [b["loss"] for b in r["batches"]]
+                d_loss = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, theirs))
+                d_norm = abs(norm - r["grad_norm"]) / max(abs(r["grad_norm"]), 1e-12)
+                worst["loss"], worst["grad_norm"] = max(worst["loss"], d_loss), max(worst["grad_norm"], d_norm)
+                print(json.dumps({"epoch": epoch, "step": r["step"], "lr": r["lr"],
+                                  "loss": losses, "cpack_loss": theirs, "loss_rel_diff": d_loss,
+                                  "grad_norm": norm, "cpack_grad_norm": r["grad_norm"],
+                                  "grad_norm_rel_diff": d_norm}), flush=True)
+            row = {"epoch": epoch, "steps": len(mine),
+                   "mean_loss": sum(epoch_losses) / max(1, len(epoch_losses)),
+                   "train_seconds": time.perf_counter() - start, "ndcg_at_10": evaluate()}
+            print(json.dumps(row), flush=True)
+            results.append(row)
+        summary = {"peer": f"pytorch {torch.__version__}", "run": spec["name"], "replay": args.replay,
+                   "max_loss_rel_diff": worst["loss"], "max_grad_norm_rel_diff": worst["grad_norm"],
+                   "epochs": results}
+        print(json.dumps(summary))
+        if args.json:
+            json.dump(summary, open(args.json, "w"))
+        return
     for epoch in range(1, spec["epochs"] + 1):
         start = time.perf_counter()
         order = query_ids[:]

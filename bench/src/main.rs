@@ -214,7 +214,9 @@ fn full_length_texts(
 /// `n` passages spread evenly over the corpus (every one when `n` ≥ its size).
 pub fn evenly_spaced(corpus: &TextTable, n: usize) -> Vec<String> {
     let n = n.min(corpus.len());
-    (0..n).map(|i| corpus.full_text(i * corpus.len() / n)).collect()
+    (0..n)
+        .map(|i| corpus.full_text(i * corpus.len() / n))
+        .collect()
 }
 
 /// Encodes `texts` as `cpack index build` does (in chunks of its size) or,
@@ -254,7 +256,11 @@ fn encode(args: EncodeArgs) -> Result<()> {
     };
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
-    encoder.encode(&refs[..args.batch.min(refs.len())], TextKind::Passage, &mut |_, _| {})?; // warm-up
+    encoder.encode(
+        &refs[..args.batch.min(refs.len())],
+        TextKind::Passage,
+        &mut |_, _| {},
+    )?; // warm-up
     let mut runs = Vec::with_capacity(args.reps);
     for _ in 0..args.reps {
         let started = Instant::now();

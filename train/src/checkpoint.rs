@@ -47,7 +47,10 @@ pub struct TrainerState {
     /// Epochs completed (this checkpoint is `epoch-{epoch}`).
     pub epoch: usize,
     pub optimizer_steps: u64,
-    pub total_steps: u64,
+    /// Steps the learning-rate schedule spans: epochs × the steps an epoch of
+    /// full batches takes (each epoch's real steps are in `stats`).
+    #[serde(default, alias = "total_steps")]
+    pub schedule_steps: u64,
     /// Mining round the epoch trained on.
     pub round: Option<u32>,
     /// How the epoch went, and the mining that preceded it: enough to
@@ -61,12 +64,17 @@ pub struct TrainerState {
 }
 
 impl TrainerState {
-    pub fn new(epoch: usize, optimizer_steps: u64, total_steps: u64, round: Option<u32>) -> Self {
+    pub fn new(
+        epoch: usize,
+        optimizer_steps: u64,
+        schedule_steps: u64,
+        round: Option<u32>,
+    ) -> Self {
         TrainerState {
             format_version: FORMAT_VERSION,
             epoch,
             optimizer_steps,
-            total_steps,
+            schedule_steps,
             round,
             stats: EpochStats::default(),
             mine_seconds: 0.0,

@@ -17,6 +17,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod run;
+pub mod steps;
 pub mod trainer;
 
 pub use error::{Error, Result};

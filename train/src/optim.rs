@@ -1,5 +1,5 @@
 //! AdamW with PyTorch's semantics, the linear warm-up/decay schedule of
-//! Hugging Face's `get_linear_schedule_with_warmup`, and global-norm clipping.
+//! Hugging Face's `get_linear_schedule_with_warmup` over a run's epochs, and global-norm clipping.
 
 use crate::error::Result;
 use candle_core::{backprop::GradStore, Tensor, Var};
@@ -202,15 +202,42 @@ impl Gradients {
     }
 }
 
-/// Learning rate for optimizer step `step` (0-based) of `total`: linear
-/// warm-up over `warmup` steps from 0, then linear decay to 0 — exactly
-/// Hugging Face's `get_linear_schedule_with_warmup`.
-pub fn linear_schedule(peak: f64, step: u64, warmup: u64, total: u64) -> f64 {
-    if step < warmup {
-        return peak * step as f64 / warmup.max(1) as f64;
+/// The learning rate through a run: Hugging Face's
+/// `get_linear_schedule_with_warmup` (linear warm-up from 0, then linear
+/// decay to 0) over `epochs × nominal` steps, where `nominal` is the steps
+/// an epoch of full batches takes. An epoch's real steps — clash-free packing
+/// can add batches, and a refreshed round changes how many — are spread
+/// evenly over its share, so the rate never reaches 0 before the run's last
+/// step and reaches it just after, whatever each epoch's count. When an
+/// epoch takes exactly `nominal` steps this is Hugging Face's schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    peak: f64,
+    nominal: f64,
+    warmup: f64,
+    total: f64,
+}
+
+impl Schedule {
+    pub fn new(peak: f64, warmup_ratio: f64, epochs: usize, nominal_steps_per_epoch: u64) -> Self {
+        let total = (epochs as u64 * nominal_steps_per_epoch.max(1)) as f64;
+        Schedule {
+            peak,
+            nominal: nominal_steps_per_epoch.max(1) as f64,
+            warmup: (warmup_ratio * total).ceil(),
+            total,
+        }
     }
-    let remaining = total.saturating_sub(step) as f64;
-    peak * (remaining / total.saturating_sub(warmup).max(1) as f64).max(0.0)
+
+    /// The rate for step `step` (0-based) of the `steps` of `epoch` (1-based).
+    pub fn lr(&self, epoch: usize, step: u64, steps: u64) -> f64 {
+        let at = (epoch.max(1) - 1) as f64 * self.nominal
+            + step as f64 * self.nominal / steps.max(1) as f64;
+        if at < self.warmup {
+            return self.peak * at / self.warmup;
+        }
+        self.peak * ((self.total - at) / (self.total - self.warmup).max(1.0)).max(0.0)
+    }
 }
 
 #[cfg(test)]
@@ -282,14 +309,38 @@ mod tests {
     }
 
     #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        let lr = |s| linear_schedule(1.0, s, 10, 110);
-        assert_eq!(lr(0), 0.0);
-        assert!((lr(5) - 0.5).abs() < 1e-12);
-        assert!((lr(10) - 1.0).abs() < 1e-12);
-        assert!((lr(60) - 0.5).abs() < 1e-12);
-        assert_eq!(lr(110), 0.0);
-        assert_eq!(linear_schedule(2.0, 0, 0, 4), 2.0);
+    fn schedule_is_hugging_faces_when_epochs_take_their_nominal_steps() {
+        // 2 epochs of 55 steps, warm-up 10 % = 11 steps.
+        let schedule = Schedule::new(1.0, 0.1, 2, 55);
+        let lr = |global: u64| schedule.lr(1 + (global / 55) as usize, global % 55, 55);
+        let hf = |step: u64| {
+            if step < 11 {
+                step as f64 / 11.0
+            } else {
+                (110 - step) as f64 / 99.0
+            }
+        };
+        for step in 0..110 {
+            assert!((lr(step) - hf(step)).abs() < 1e-12, "step {step}");
+        }
+        assert_eq!(Schedule::new(2.0, 0.0, 1, 4).lr(1, 0, 4), 2.0);
+    }
+
+    #[test]
+    fn extra_steps_in_an_epoch_never_train_at_rate_zero() {
+        // Nominally 5 steps an epoch; packing made 7 and then 6.
+        let schedule = Schedule::new(1.0, 0.1, 2, 5);
+        let rates: Vec<f64> = (0..7)
+            .map(|s| schedule.lr(1, s, 7))
+            .chain((0..6).map(|s| schedule.lr(2, s, 6)))
+            .collect();
+        assert_eq!(rates[0], 0.0, "warm-up starts at 0");
+        assert!(rates[1..].iter().all(|&r| r > 0.0), "{rates:?}");
+        let peak = rates.iter().cloned().fold(0.0, f64::max);
+        let after_peak = rates.iter().position(|&r| r == peak).unwrap();
+        assert!(rates[after_peak..].windows(2).all(|w| w[1] < w[0]));
+        // One step past the end the schedule is at 0.
+        assert_eq!(schedule.lr(2, 6, 6), 0.0);
     }
 
     #[test]

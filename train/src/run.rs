@@ -5,7 +5,8 @@
 //!
 //! A run lives in `.cpack/runs/<name>/`: `run.json` (what was asked),
 //! `epoch-N/` checkpoints, `index/` (the corpus under the newest
-//! checkpoint) and `report.json`. Every piece is written atomically and every
+//! checkpoint), `report.json`, and `steps.jsonl` (every optimizer step: its
+//! batches by id, learning rate, losses and gradient norm). Every piece is written atomically and every
 //! stage resumes, so `--resume` after a kill continues from the last
 //! checkpoint: the index build and mining pick up their own partial work,
 //! and the epoch's batches are a pure function of (seed, epoch).
@@ -14,6 +15,8 @@ use crate::checkpoint::{self, Modules, TrainerState};
 use crate::data::{Skipped, TrainingSet};
 use crate::error::{Error, Result};
 use crate::model::TrainableEncoder;
+use crate::optim::Schedule;
+use crate::steps::StepLog;
 use crate::trainer::{TrainSettings, Trainer};
 use cpack_index::dataset::{Dataset, Qrels};
 use cpack_index::embeddings::Precision;
@@ -312,7 +315,14 @@ pub fn run(
     note_skipped(&mut report, &set, progress);
     let ids: Vec<&str> = set.examples.iter().map(|e| e.query_id.as_str()).collect();
     fsutil::write_json_atomic(&run_dir.join(QUERIES_FILE), &ids)?;
-    let total_steps = total_steps(&spec, set.len());
+    let mut step_log = StepLog::open(run_dir, start_epoch)?;
+    let schedule_steps = nominal_steps(&spec, set.len());
+    let schedule = Schedule::new(
+        spec.train.lr,
+        spec.train.warmup_ratio,
+        spec.epochs,
+        schedule_steps / spec.epochs.max(1) as u64,
+    );
     for epoch in start_epoch + 1..=spec.epochs {
         let mut overlap = None;
         if spec.refresh_before(epoch) {
@@ -336,14 +346,16 @@ pub fn run(
             &set,
             (&ws.dataset.corpus, &ws.dataset.queries),
             epoch,
-            total_steps,
+            &schedule,
             progress,
+            &mut |record| step_log.append(&record),
         )?;
+        step_log.sync()?;
         let state = TrainerState {
             stats,
             mine_seconds: std::mem::take(&mut mine_seconds),
             negatives_overlap: overlap,
-            ..TrainerState::new(epoch, trainer.optimizer().steps(), total_steps, round)
+            ..TrainerState::new(epoch, trainer.optimizer().steps(), schedule_steps, round)
         };
         let modules = Modules {
             pooling: spec.encoder.pooling,
@@ -506,8 +518,9 @@ fn note_skipped(report: &mut Report, set: &TrainingSet, progress: &dyn Progress)
     report.skipped_not_in_round = not_in_round;
 }
 
-/// Optimizer steps of the whole run, for the learning-rate schedule.
-fn total_steps(spec: &RunSpec, queries: usize) -> u64 {
+/// Optimizer steps of the whole run if every batch were full: the span of
+/// the learning-rate schedule.
+fn nominal_steps(spec: &RunSpec, queries: usize) -> u64 {
     let batches = queries.div_ceil(spec.train.batch_size);
     (batches.div_ceil(spec.train.grad_accum) * spec.epochs) as u64
 }

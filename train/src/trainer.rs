@@ -5,7 +5,8 @@ use crate::data::{Group, TrainingSet};
 use crate::error::{Error, Result};
 use crate::loss::{contrastive_loss, LossKind};
 use crate::model::TrainableEncoder;
-use crate::optim::{linear_schedule, AdamW, AdamWParams, Gradients};
+use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
+use crate::steps::{BatchRecord, StepRecord};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use cpack_index::dataset::TextTable;
@@ -162,25 +163,26 @@ impl Trainer {
         Ok(norm)
     }
 
-    /// Trains one epoch (1-based) on `set`'s batches for it; the schedule
-    /// spans `total_steps` optimizer steps over the whole run.
+    /// Trains one epoch (1-based) on `set`'s batches for it, at the rates
+    /// `schedule` gives this epoch's steps; `on_step` gets each step's record.
     pub fn train_epoch(
         &mut self,
         set: &TrainingSet,
         texts: (&TextTable, &TextTable),
         epoch: usize,
-        total_steps: u64,
+        schedule: &Schedule,
         progress: &dyn Progress,
+        on_step: &mut dyn FnMut(StepRecord) -> Result<()>,
     ) -> Result<EpochStats> {
         let (corpus, queries) = texts;
         let s = self.settings.clone();
         let batches = set.epoch_batches(s.group_size, s.batch_size, s.seed, epoch);
-        let warmup = (s.warmup_ratio * total_steps as f64).ceil() as u64;
+        let epoch_steps = self.steps_per_epoch(batches.len());
         let started = Instant::now();
         let mut stats = EpochStats::default();
         let mut loss_sum = 0f64;
         let mut pending = Gradients::default();
-        let mut pending_batches = 0;
+        let mut pending_batches = Vec::new();
         progress.stage(&format!("training epoch {epoch}"), batches.len() as u64);
         for (b, batch) in batches.iter().enumerate() {
             let (query_texts, passage_texts) = batch_texts(batch, corpus, queries);
@@ -205,14 +207,20 @@ impl Trainer {
                 });
             };
             pending.accumulate(&self.vars, grads, 1.0 / s.grad_accum as f64)?;
-            pending_batches += 1;
+            pending_batches.push(batch_record(set, corpus, batch, pass.loss));
             loss_sum += pass.loss as f64;
             stats.tokens += pass.tokens as u64;
-            if pending_batches == s.grad_accum || b + 1 == batches.len() {
-                let lr = linear_schedule(s.lr, step, warmup, total_steps);
-                self.apply(std::mem::take(&mut pending), lr)?;
-                pending_batches = 0;
+            if pending_batches.len() == s.grad_accum || b + 1 == batches.len() {
+                let lr = schedule.lr(epoch, stats.optimizer_steps, epoch_steps);
+                let grad_norm = self.apply(std::mem::take(&mut pending), lr)?;
                 stats.optimizer_steps += 1;
+                on_step(StepRecord {
+                    epoch,
+                    step: self.optimizer.steps(),
+                    lr,
+                    grad_norm,
+                    batches: std::mem::take(&mut pending_batches),
+                })?;
             }
             progress.advance(1, pass.tokens as u64);
             progress.detail(&format!("loss {:.4}", loss_sum / (b + 1) as f64));
@@ -221,6 +229,21 @@ impl Trainer {
         stats.mean_loss = loss_sum / batches.len().max(1) as f64;
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
+    }
+}
+
+/// What a batch trained on, by id, for the step log.
+fn batch_record(set: &TrainingSet, corpus: &TextTable, batch: &[Group], loss: f32) -> BatchRecord {
+    BatchRecord {
+        queries: batch
+            .iter()
+            .map(|g| set.examples[g.example].query_id.clone())
+            .collect(),
+        passages: batch
+            .iter()
+            .flat_map(|g| g.passages.iter().map(|&row| corpus.ids[row].clone()))
+            .collect(),
+        loss,
     }
 }
 
