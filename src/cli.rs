@@ -124,6 +124,19 @@ pub struct TrainArgs {
     /// Batches whose gradients are summed into one optimizer step [default: 1].
     #[arg(long, value_name = "N")]
     pub grad_accum: Option<usize>,
+    /// Gradient caching: run the model on N texts at a time, so the memory of
+    /// a step no longer grows with the batch; same gradients as the whole
+    /// batch, at the cost of a second forward pass [train.mini_batch; 0 = off].
+    #[arg(long, value_name = "N")]
+    pub mini_batch: Option<usize>,
+    /// How batches are formed: clash-free (no passage that is one query's positive
+    /// anywhere else in its batch) or plain (shuffled order, as FlagEmbedding) [default: clash-free].
+    #[arg(long, value_enum)]
+    pub batching: Option<cpack_train::data::Batching>,
+    /// Seed of the training draws (order, positives, negatives, dropout); the
+    /// query subset and the mining keep the workspace's seed [train.seed; default: cpack.toml seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Clip the global gradient norm to this; 0 disables [default: 1.0].
     #[arg(long)]
     pub max_grad_norm: Option<f64>,

@@ -51,6 +51,9 @@ pub struct TrainSection {
     pub weight_decay: Option<f64>,
     pub warmup_ratio: Option<f64>,
     pub grad_accum: Option<usize>,
+    pub mini_batch: Option<usize>,
+    pub batching: Option<cpack_train::data::Batching>,
+    pub seed: Option<u64>,
     pub max_grad_norm: Option<f64>,
     pub dropout: Option<bool>,
     pub max_queries: Option<usize>,
@@ -380,6 +383,13 @@ precision = "f32"
 # weight_decay = 0.01
 # warmup_ratio = 0.1
 # grad_accum = 1
+# Gradient caching: the model runs on this many texts at a time (0 = off).
+# mini_batch = 32
+# "clash-free" (no passage that is one query's positive elsewhere in its batch)
+# or "plain" (shuffled order, as FlagEmbedding).
+# batching = "clash-free"
+# Seed of the training draws; defaults to the workspace's seed above.
+# seed = 42
 # max_grad_norm = 1.0
 # dropout = true
 # Train on a seeded subset of N queries.

@@ -3,6 +3,7 @@
 //! linked, for FAISS's LAPACK routines) would pick, so a figure can be read
 //! against the kernel that produced it.
 
+use anyhow::Context;
 use std::ffi::{c_char, c_void, CStr};
 
 /// The CPU's model name from /proc/cpuinfo (empty if unknown).
@@ -61,4 +62,15 @@ pub fn print() {
             .as_str()
             .map_or(String::new(), |c| format!(" (OPENBLAS_CORETYPE={c})")),
     );
+}
+
+/// The process's peak resident set so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib / 1024.0)
 }

@@ -152,7 +152,7 @@ pub fn case(args: &[String]) -> Result<()> {
         "search_queries_per_second": (queries.len() / DIM) as f64 / search_seconds,
         "select_store_seconds": select_store_seconds,
         "embeddings_mib": (rows * DIM * 4) as f64 / (1 << 20) as f64,
-        "peak_rss_mib": peak_rss_mib()?,
+        "peak_rss_mib": crate::facts::peak_rss_mib()?,
     });
     println!("{report}");
     Ok(())
@@ -236,15 +236,4 @@ fn mine_hits(
         store.put_chunk(1, chunk as u32, &records)?;
     }
     Ok(())
-}
-
-/// This process's peak resident set (`VmHWM`), in MiB.
-fn peak_rss_mib() -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM in /proc/self/status")?;
-    Ok(kib / 1024.0)
 }

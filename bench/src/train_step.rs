@@ -1,13 +1,14 @@
 //! `train-step`: one training step (forward + backward + AdamW) at a fixed
 //! shape — `queries × query_len` and `passages × passage_len` real tokens,
-//! every text long enough to fill its length — timed over repetitions.
+//! every text long enough to fill its length — timed over repetitions, with
+//! the process's peak resident memory. `--mini-batch N` runs the step with
+//! gradient caching.
 
 use anyhow::{bail, Context, Result};
 use cpack_index::dataset::TextTable;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::{EncoderSettings, PairTokenizer, TextKind};
 use cpack_train::model::TrainableEncoder;
-use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,12 +22,14 @@ struct Args {
     passage_len: usize,
     reps: usize,
     threads: usize,
+    mini_batch: usize,
     json: Option<PathBuf>,
 }
 
 const USAGE: &str =
     "usage: cpack-bench train-step [--model DIR] [--corpus corpus.jsonl] [--queries 16] \
-    [--query-len 32] [--passages 32] [--passage-len 128] [--reps 5] [--threads N] [--json OUT]";
+    [--query-len 32] [--passages 32] [--passage-len 128] [--reps 5] [--threads N] \
+    [--mini-batch N] [--json OUT]";
 
 fn parse(args: &[String]) -> Result<Args> {
     let mut a = Args {
@@ -38,6 +41,7 @@ fn parse(args: &[String]) -> Result<Args> {
         passage_len: 128,
         reps: 5,
         threads: 0,
+        mini_batch: 0,
         json: None,
     };
     let mut it = args.iter();
@@ -55,6 +59,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--passage-len" => a.passage_len = value()?.parse()?,
             "--reps" => a.reps = value()?.parse()?,
             "--threads" => a.threads = value()?.parse()?,
+            "--mini-batch" => a.mini_batch = value()?.parse()?,
             "--json" => a.json = Some(value()?.into()),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -110,6 +115,8 @@ pub fn run(args: &[String]) -> Result<()> {
         max_grad_norm: 1.0,
         dropout: true,
         seed: 1,
+        mini_batch: a.mini_batch,
+        ..TrainSettings::default()
     };
     let encoder = TrainableEncoder::load(&model, Pooling::Mean, true)?;
     let mut trainer = Trainer::new(encoder, tokenizer, recipe)?;
@@ -119,13 +126,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let started = Instant::now();
         let dropout = trainer.encoder().dropout(true, rep as u64);
         let pass = trainer.pass(&queries, &passages, dropout.as_ref())?;
-        let mut grads = Gradients::default();
-        grads.accumulate(
-            &trainer.encoder().vars(),
-            pass.grads.as_ref().context("loss is not finite")?,
-            1.0,
-        )?;
-        trainer.apply(grads, 2e-5)?;
+        trainer.apply(pass.grads.context("loss is not finite")?, 2e-5)?;
         let s = started.elapsed().as_secs_f64();
         // The first step warms allocators and caches.
         if rep > 0 {
@@ -144,6 +145,8 @@ pub fn run(args: &[String]) -> Result<()> {
         "tokens_per_step": tokens,
         "median_seconds": median,
         "tokens_per_second": tokens as f64 / median,
+        "mini_batch": a.mini_batch,
+        "peak_rss_mib": crate::facts::peak_rss_mib()?,
         "seconds": seconds,
     });
     println!("{result}");

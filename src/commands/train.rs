@@ -99,22 +99,26 @@ fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: T) -> T {
 
 fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Result<RunSpec> {
     let file: &TrainSection = &config.train;
-    let group_size = pick(&args.group_size, &file.group_size, 8);
-    let loss: LossKind = pick(&args.loss, &file.loss, "infonce".into())
-        .parse()
-        .map_err(anyhow::Error::msg)?;
+    let d = TrainSettings::default();
+    let group_size = pick(&args.group_size, &file.group_size, d.group_size);
+    let loss: LossKind = match args.loss.as_ref().or(file.loss.as_ref()) {
+        Some(name) => name.parse().map_err(anyhow::Error::msg)?,
+        None => d.loss,
+    };
     let train = TrainSettings {
-        batch_size: pick(&args.train_batch_size, &file.batch_size, 32),
+        batch_size: pick(&args.train_batch_size, &file.batch_size, d.batch_size),
         group_size,
-        temperature: pick(&args.temperature, &file.temperature, 0.02),
+        temperature: pick(&args.temperature, &file.temperature, d.temperature),
         loss,
-        lr: pick(&args.lr, &file.lr, 2e-5),
-        weight_decay: pick(&args.weight_decay, &file.weight_decay, 0.01),
-        warmup_ratio: pick(&args.warmup_ratio, &file.warmup_ratio, 0.1),
-        grad_accum: pick(&args.grad_accum, &file.grad_accum, 1),
-        max_grad_norm: pick(&args.max_grad_norm, &file.max_grad_norm, 1.0),
-        dropout: !args.no_dropout && file.dropout.unwrap_or(true),
-        seed: config.seed,
+        lr: pick(&args.lr, &file.lr, d.lr),
+        weight_decay: pick(&args.weight_decay, &file.weight_decay, d.weight_decay),
+        warmup_ratio: pick(&args.warmup_ratio, &file.warmup_ratio, d.warmup_ratio),
+        grad_accum: pick(&args.grad_accum, &file.grad_accum, d.grad_accum),
+        max_grad_norm: pick(&args.max_grad_norm, &file.max_grad_norm, d.max_grad_norm),
+        dropout: !args.no_dropout && file.dropout.unwrap_or(d.dropout),
+        seed: pick(&args.seed, &file.seed, config.seed),
+        mini_batch: pick(&args.mini_batch, &file.mini_batch, d.mini_batch),
+        batching: pick(&args.batching, &file.batching, d.batching),
     };
     validate(&train)?;
     let split = pick(&args.split, &file.split, "train".into());

@@ -3,16 +3,31 @@
 //! Each example is a query, its positives (from the training split) and the
 //! round's negatives for it. Every epoch draws, per query, one positive at
 //! random and `group_size − 1` negatives (FlagEmbedding's `train_group_size`),
-//! shuffles the queries and packs them into batches in which no text that
-//! is a positive of one member appears anywhere else: otherwise a passage
-//! would be both the target and a negative of the same softmax.
+//! shuffles the queries and packs them into batches ([`Batching`]): by
+//! default so that no text that is a positive of one member appears anywhere
+//! else (otherwise a passage would be both the target and a negative of the
+//! same softmax), or in plain shuffled order as FlagEmbedding and
+//! sentence-transformers do.
 //! Everything is a pure function of (seed, epoch), so a resumed run sees
 //! exactly the batches the killed one would have.
 
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_miner::select::{text_key, Rng};
 use cpack_miner::store::QueryRecord;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+
+/// How an epoch's shuffled groups become batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Batching {
+    /// Fill batches in order, deferring a group that clashes with the batch
+    /// (a positive of one member among another's passages, or a repeated query).
+    #[default]
+    ClashFree,
+    /// Consecutive groups of the shuffled order, clashes and all (FlagEmbedding's way).
+    Plain,
+}
 
 /// One training query with everything it can draw from (rows of the corpus).
 #[derive(Debug, Clone)]
@@ -135,6 +150,7 @@ impl TrainingSet {
         &self,
         group_size: usize,
         batch_size: usize,
+        batching: Batching,
         seed: u64,
         epoch: usize,
     ) -> Vec<Vec<Group>> {
@@ -145,7 +161,13 @@ impl TrainingSet {
             .into_iter()
             .map(|i| self.draw_group(i, group_size, epoch_seed))
             .collect();
-        self.pack(groups, batch_size)
+        match batching {
+            Batching::ClashFree => self.pack(groups, batch_size),
+            Batching::Plain => groups
+                .chunks(batch_size.max(1))
+                .map(<[Group]>::to_vec)
+                .collect(),
+        }
     }
 
     /// One positive and `group_size − 1` negatives for example `i`. Short
@@ -315,7 +337,7 @@ mod tests {
         let (corpus, queries, qrels, records) = fixture();
         let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
         assert_eq!(set.len(), 6);
-        let batches = set.epoch_batches(4, 3, 7, 1);
+        let batches = set.epoch_batches(4, 3, Batching::ClashFree, 7, 1);
         let groups: Vec<&Group> = batches.iter().flatten().collect();
         assert_eq!(groups.len(), 6, "every query is trained once per epoch");
         for g in groups {
@@ -330,7 +352,7 @@ mod tests {
         let (corpus, queries, qrels, records) = fixture();
         let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
         for epoch in 1..20 {
-            for batch in set.epoch_batches(3, 6, 7, epoch) {
+            for batch in set.epoch_batches(3, 6, Batching::ClashFree, 7, epoch) {
                 let has_q0 = batch
                     .iter()
                     .any(|g| g.query_row == 0 && g.passages.contains(&1));
@@ -347,10 +369,13 @@ mod tests {
     fn epochs_are_reproducible_and_differ_from_each_other() {
         let (corpus, queries, qrels, records) = fixture();
         let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
-        assert_eq!(set.epoch_batches(3, 2, 7, 1), set.epoch_batches(3, 2, 7, 1));
+        assert_eq!(
+            set.epoch_batches(3, 2, Batching::ClashFree, 7, 1),
+            set.epoch_batches(3, 2, Batching::ClashFree, 7, 1)
+        );
         let orders: HashSet<Vec<usize>> = (1..6)
             .map(|e| {
-                set.epoch_batches(3, 2, 7, e)
+                set.epoch_batches(3, 2, Batching::ClashFree, 7, e)
                     .iter()
                     .flatten()
                     .map(|g| g.example)
@@ -365,7 +390,27 @@ mod tests {
         let (corpus, queries, qrels, _) = fixture();
         let set = TrainingSet::build(&corpus, &queries, &qrels, None, Some(4), 7);
         assert_eq!(set.len(), 4);
-        let batches = set.epoch_batches(1, 4, 7, 1);
+        let batches = set.epoch_batches(1, 4, Batching::ClashFree, 7, 1);
         assert!(batches.iter().flatten().all(|g| g.passages.len() == 1));
+    }
+
+    #[test]
+    fn plain_batches_keep_the_shuffled_order_and_the_same_draws() {
+        let (corpus, queries, qrels, records) = fixture();
+        let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        for epoch in 1..10 {
+            let plain = set.epoch_batches(3, 4, Batching::Plain, 7, epoch);
+            let sizes: Vec<usize> = plain.iter().map(Vec::len).collect();
+            assert_eq!(sizes, [4, 2], "consecutive full batches");
+            let clash_free = set.epoch_batches(3, 4, Batching::ClashFree, 7, epoch);
+            let mut a: Vec<Group> = plain.into_iter().flatten().collect();
+            let mut b: Vec<Group> = clash_free.into_iter().flatten().collect();
+            a.sort_by_key(|g| g.example);
+            b.sort_by_key(|g| g.example);
+            assert_eq!(
+                a, b,
+                "the two batchings differ only in how groups are packed"
+            );
+        }
     }
 }

@@ -175,6 +175,19 @@ impl Gradients {
         Ok(())
     }
 
+    /// Adds `scale ·` another sum of gradients (one batch's, into a step's).
+    pub fn merge(&mut self, other: Gradients, scale: f64) -> Result<()> {
+        for (id, g) in other.by_var {
+            let g = if scale == 1.0 { g } else { (g * scale)? };
+            let sum = match self.by_var.remove(&id) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.by_var.insert(id, sum);
+        }
+        Ok(())
+    }
+
     pub fn get(&self, var: &Var) -> Option<&Tensor> {
         self.by_var.get(&var.as_tensor().id())
     }

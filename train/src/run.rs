@@ -499,7 +499,9 @@ fn training_set(
         split_qrels,
         records,
         spec.max_queries,
-        spec.train.seed,
+        // The subset follows the workspace's seed, not the training seed, so
+        // runs that differ only in `--seed` train on the same queries.
+        spec.mining.seed,
     )
 }
 

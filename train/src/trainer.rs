@@ -1,13 +1,12 @@
 //! One training step and one epoch: tokenise a batch, embed queries and
 //! passages with gradients, contrastive loss, backward, clip, AdamW.
 
-use crate::data::{Group, TrainingSet};
+use crate::data::{Batching, Group, TrainingSet};
 use crate::error::{Error, Result};
 use crate::loss::{contrastive_loss, LossKind};
 use crate::model::TrainableEncoder;
 use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
 use crate::steps::{BatchRecord, StepRecord};
-use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use cpack_index::dataset::TextTable;
 use cpack_index::model::Dropout;
@@ -36,6 +35,34 @@ pub struct TrainSettings {
     /// Dropout as the model config sets it (off: deterministic forward passes).
     pub dropout: bool,
     pub seed: u64,
+    /// Texts per forward pass that keeps a graph (gradient caching); 0 runs
+    /// each side of the batch as one pass. See [`Trainer::pass`].
+    #[serde(default)]
+    pub mini_batch: usize,
+    #[serde(default)]
+    pub batching: Batching,
+}
+
+impl Default for TrainSettings {
+    /// FlagEmbedding's recipe for BGE (batch 32 × group 8, τ 0.02, lr 2e-5,
+    /// 10 % warm-up), dropout on, no gradient caching.
+    fn default() -> Self {
+        TrainSettings {
+            batch_size: 32,
+            group_size: 8,
+            temperature: 0.02,
+            loss: LossKind::InfoNce,
+            lr: 2e-5,
+            weight_decay: 0.01,
+            warmup_ratio: 0.1,
+            grad_accum: 1,
+            max_grad_norm: 1.0,
+            dropout: true,
+            seed: 42,
+            mini_batch: 0,
+            batching: Batching::ClashFree,
+        }
+    }
 }
 
 /// How one epoch went.
@@ -60,7 +87,7 @@ pub struct Trainer {
 pub struct BatchPass {
     pub loss: f32,
     /// `None` when the loss is not finite (no backward is run).
-    pub grads: Option<GradStore>,
+    pub grads: Option<Gradients>,
     pub tokens: usize,
 }
 
@@ -119,6 +146,16 @@ impl Trainer {
 
     /// Forward and backward over one batch: `queries[i]`'s positive is
     /// `passages[i · group_size]`.
+    ///
+    /// With `mini_batch` set (and smaller than a side of the batch), the
+    /// gradients are cached (Gao et al.'s GradCache, as sentence-transformers'
+    /// Cached losses): every embedding is first computed without keeping its
+    /// graph, the loss and its gradients with respect to the embeddings come
+    /// from those, then each mini-batch is run again with its graph and
+    /// back-propagated with its slice of those gradients. The weights get the
+    /// whole batch's gradients while only one mini-batch's activations are
+    /// alive at a time. Each mini-batch draws its own dropout masks, the same
+    /// in both of its passes.
     pub fn pass(
         &self,
         queries: &[&str],
@@ -128,28 +165,94 @@ impl Trainer {
         let group_size = passages.len() / queries.len().max(1);
         let q_tokens = self.tokenizer.tokenize(queries, TextKind::Query)?;
         let p_tokens = self.tokenizer.tokenize(passages, TextKind::Passage)?;
-        let q_batch = TokenBatch::pad(&q_tokens.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        let p_batch = TokenBatch::pad(&p_tokens.iter().map(Vec::as_slice).collect::<Vec<_>>());
-        let q = self.encoder.embed(&q_batch, dropout)?;
-        let p = self.encoder.embed(&p_batch, dropout)?;
-        let loss = contrastive_loss(
-            self.settings.loss,
-            &q,
-            &p,
-            group_size,
-            self.settings.temperature,
-        )?;
-        let value = loss.to_scalar::<f32>()?;
-        let grads = if value.is_finite() {
-            Some(loss.backward()?)
+        let tokens = real_tokens(&q_tokens) + real_tokens(&p_tokens);
+        let mini = self.settings.mini_batch;
+        let cached = mini > 0 && (mini < q_tokens.len() || mini < p_tokens.len());
+        let (loss, grads) = if cached {
+            self.cached_pass(&q_tokens, &p_tokens, group_size, dropout)?
         } else {
-            None
+            self.whole_pass(&q_tokens, &p_tokens, group_size, dropout)?
         };
         Ok(BatchPass {
-            loss: value,
+            loss,
             grads,
-            tokens: q_batch.real_tokens() + p_batch.real_tokens(),
+            tokens,
         })
+    }
+
+    fn loss(&self, q: &Tensor, p: &Tensor, group_size: usize) -> Result<Tensor> {
+        contrastive_loss(
+            self.settings.loss,
+            q,
+            p,
+            group_size,
+            self.settings.temperature,
+        )
+    }
+
+    /// Each side of the batch as one forward pass with its graph.
+    fn whole_pass(
+        &self,
+        q_tokens: &[Vec<u32>],
+        p_tokens: &[Vec<u32>],
+        group_size: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<(f32, Option<Gradients>)> {
+        let q = self.encoder.embed(&pad(q_tokens), dropout)?;
+        let p = self.encoder.embed(&pad(p_tokens), dropout)?;
+        let loss = self.loss(&q, &p, group_size)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Ok((value, None));
+        }
+        let mut grads = Gradients::default();
+        grads.accumulate(&self.vars, &loss.backward()?, 1.0)?;
+        Ok((value, Some(grads)))
+    }
+
+    /// [`Trainer::pass`] with cached gradients, `mini_batch` texts at a time.
+    fn cached_pass(
+        &self,
+        q_tokens: &[Vec<u32>],
+        p_tokens: &[Vec<u32>],
+        group_size: usize,
+        dropout: Option<&Dropout>,
+    ) -> Result<(f32, Option<Gradients>)> {
+        let mini = self.settings.mini_batch;
+        let sides = [q_tokens, p_tokens];
+        // Mini-batch `c` of side `s` always draws the masks of fork 2c + s.
+        let masks = |side: usize, chunk: usize| dropout.map(|d| d.fork((2 * chunk + side) as u64));
+        let mut leaves = Vec::with_capacity(2);
+        for (side, tokens) in sides.iter().enumerate() {
+            let parts = tokens
+                .chunks(mini)
+                .enumerate()
+                .map(|(c, chunk)| {
+                    let embedded = self.encoder.embed(&pad(chunk), masks(side, c).as_ref())?;
+                    Ok(embedded.detach())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            leaves.push(Var::from_tensor(&Tensor::cat(&parts, 0)?)?);
+        }
+        let loss = self.loss(leaves[0].as_tensor(), leaves[1].as_tensor(), group_size)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Ok((value, None));
+        }
+        let embedding_grads = loss.backward()?;
+        let mut grads = Gradients::default();
+        for (side, tokens) in sides.iter().enumerate() {
+            let upstream = embedding_grads
+                .get(leaves[side].as_tensor())
+                .ok_or_else(|| Error::Invalid("the loss does not reach the embeddings".into()))?;
+            for (c, chunk) in tokens.chunks(mini).enumerate() {
+                let embedded = self.encoder.embed(&pad(chunk), masks(side, c).as_ref())?;
+                let slice = upstream.narrow(0, c * mini, chunk.len())?;
+                let surrogate = (embedded * slice)?.sum_all()?;
+                grads.accumulate(&self.vars, &surrogate.backward()?, 1.0)?;
+            }
+        }
+        Ok((value, Some(grads)))
     }
 
     /// Clips the summed gradients and takes one AdamW step at `lr`; returns the norm before clipping.
@@ -176,7 +279,7 @@ impl Trainer {
     ) -> Result<EpochStats> {
         let (corpus, queries) = texts;
         let s = self.settings.clone();
-        let batches = set.epoch_batches(s.group_size, s.batch_size, s.seed, epoch);
+        let batches = set.epoch_batches(s.group_size, s.batch_size, s.batching, s.seed, epoch);
         let epoch_steps = self.steps_per_epoch(batches.len());
         let started = Instant::now();
         let mut stats = EpochStats::default();
@@ -193,7 +296,7 @@ impl Trainer {
                 .encoder
                 .dropout(s.dropout, s.seed ^ (step << 20) ^ b as u64);
             let pass = self.pass(&q, &p, dropout.as_ref())?;
-            let Some(grads) = pass.grads.as_ref() else {
+            let Some(grads) = pass.grads else {
                 return Err(Error::NonFiniteLoss {
                     value: pass.loss,
                     epoch,
@@ -206,7 +309,7 @@ impl Trainer {
                         .join(", "),
                 });
             };
-            pending.accumulate(&self.vars, grads, 1.0 / s.grad_accum as f64)?;
+            pending.merge(grads, 1.0 / s.grad_accum as f64)?;
             pending_batches.push(batch_record(set, corpus, batch, pass.loss));
             loss_sum += pass.loss as f64;
             stats.tokens += pass.tokens as u64;
@@ -230,6 +333,15 @@ impl Trainer {
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
+}
+
+/// Token ids padded into one batch.
+fn pad(tokens: &[Vec<u32>]) -> TokenBatch {
+    TokenBatch::pad(&tokens.iter().map(Vec::as_slice).collect::<Vec<_>>())
+}
+
+fn real_tokens(tokens: &[Vec<u32>]) -> usize {
+    tokens.iter().map(Vec::len).sum()
 }
 
 /// What a batch trained on, by id, for the step log.

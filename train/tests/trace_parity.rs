@@ -8,7 +8,6 @@ use cpack_index::candle_backend::CandleBackend;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::{Encoder, EncoderSettings, PairTokenizer, TextKind};
 use cpack_train::model::TrainableEncoder;
-use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::PathBuf;
 
@@ -99,6 +98,7 @@ fn three_adamw_steps_match_pytorch() {
         max_grad_norm: 0.0,
         dropout: false,
         seed: 0,
+        ..TrainSettings::default()
     };
     let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
     let mut trainer = Trainer::new(encoder, tokenizer, recipe).unwrap();
@@ -117,11 +117,7 @@ fn three_adamw_steps_match_pytorch() {
             "step {step}: loss {} vs PyTorch {expected}",
             pass.loss
         );
-        let mut grads = Gradients::default();
-        grads
-            .accumulate(&trainer.encoder().vars(), pass.grads.as_ref().unwrap(), 1.0)
-            .unwrap();
-        trainer.apply(grads, h.lr).unwrap();
+        trainer.apply(pass.grads.unwrap(), h.lr).unwrap();
     }
 
     // Probes through the inference path, from the trained weights as saved.

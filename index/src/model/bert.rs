@@ -178,6 +178,7 @@ struct Shape {
 pub struct Dropout {
     hidden: f32,
     attention: f32,
+    seed: u64,
     state: std::sync::Mutex<u64>,
 }
 
@@ -188,8 +189,17 @@ impl Dropout {
         Dropout {
             hidden,
             attention,
+            seed,
             state: std::sync::Mutex::new(seed),
         }
+    }
+
+    /// An independent dropout stream at the same rates, a pure function of
+    /// this one's seed and `salt`: for forward passes that must be repeated
+    /// with the same masks (gradient caching runs each mini-batch twice).
+    pub fn fork(&self, salt: u64) -> Dropout {
+        let mut state = self.seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        Dropout::new(self.hidden, self.attention, splitmix64(&mut state))
     }
 
     fn hidden(dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
