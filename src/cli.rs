@@ -40,6 +40,11 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
+    /// When stderr is not a terminal (a log file, CI), print a progress line
+    /// this often during long stages (done/total, rate, ETA).
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 5.0)]
+    pub progress_every: f64,
+
     #[command(subcommand)]
     pub command: Command,
 }

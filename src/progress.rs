@@ -1,53 +1,129 @@
-//! Terminal progress bars (indicatif) behind the library's `Progress` trait.
+//! Progress behind the library's `Progress` trait: indicatif bars on a
+//! terminal; plain lines when stderr is a file or a pipe (CI logs, `nohup`),
+//! one when a stage starts, one every few seconds while it runs (done /
+//! total, rate, ETA) and one when it ends; nothing with `--quiet`.
 
 use cpack_index::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// One bar per stage, with items/s and tokens/s; hidden when `quiet` or
-/// when stderr is not a terminal (indicatif's default).
-pub struct Bars {
-    quiet: bool,
+/// Where progress goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Output {
+    Bars,
+    /// A plain line at least this often while a stage runs.
+    Lines(Duration),
+    Quiet,
+}
+
+impl Output {
+    /// Bars on a terminal, lines every `every` otherwise, or nothing.
+    pub fn for_stderr(quiet: bool, every: Duration) -> Self {
+        if quiet {
+            Output::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Output::Bars
+        } else {
+            Output::Lines(every)
+        }
+    }
+}
+
+pub struct Reporter {
+    output: Output,
     current: Mutex<Option<Stage>>,
 }
 
 struct Stage {
-    bar: ProgressBar,
-    started: Instant,
+    name: String,
+    total: u64,
+    done: u64,
     tokens: u64,
+    detail: String,
+    started: Instant,
+    last_line: Instant,
+    bar: Option<ProgressBar>,
 }
 
-impl Bars {
-    pub fn new(quiet: bool) -> Self {
-        Bars {
-            quiet,
+impl Stage {
+    fn rates(&self) -> String {
+        let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = self.done as f64 / seconds;
+        let mut text = format!("{rate:.1}/s");
+        if self.tokens > 0 {
+            text += &format!(" · {:.0} tokens/s", self.tokens as f64 / seconds);
+        }
+        if !self.detail.is_empty() {
+            text += &format!(" · {}", self.detail);
+        }
+        text
+    }
+
+    /// `name: done/total (pct) · rates · eta`, for the line output.
+    fn line(&self) -> String {
+        let seconds = self.started.elapsed().as_secs_f64();
+        if self.total == 0 {
+            return format!("{}: {} · {}", self.name, clock(seconds), self.rates());
+        }
+        let share = self.done as f64 / self.total as f64;
+        let eta = if self.done > 0 {
+            format!(" · eta {}", clock(seconds * (1.0 - share) / share))
+        } else {
+            String::new()
+        };
+        format!(
+            "{}: {}/{} ({:.0} %) · {}{eta}",
+            self.name,
+            self.done,
+            self.total,
+            share * 100.0,
+            self.rates()
+        )
+    }
+}
+
+/// `1h02m03s`, `4m05s` or `6s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+impl Reporter {
+    pub fn new(output: Output) -> Self {
+        Reporter {
+            output,
             current: Mutex::new(None),
         }
     }
 
-    /// Ends the current stage's bar.
+    /// Ends the current stage (its bar, or its closing line).
     pub fn finish(&self) {
-        if let Some(stage) = self.current.lock().expect("progress lock").take() {
-            stage.bar.finish();
+        let Some(stage) = self.current.lock().expect("progress lock").take() else {
+            return;
+        };
+        match (&self.output, &stage.bar) {
+            (_, Some(bar)) => bar.finish(),
+            (Output::Lines(_), None) => eprintln!(
+                "{}: done {} in {} · {}",
+                stage.name,
+                stage.done,
+                clock(stage.started.elapsed().as_secs_f64()),
+                stage.rates()
+            ),
+            _ => {}
         }
     }
-}
 
-impl Drop for Bars {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-impl Progress for Bars {
-    fn stage(&self, name: &str, total: u64) {
-        self.finish();
-        let bar = if self.quiet {
-            ProgressBar::hidden()
-        } else if total == 0 {
+    fn bar(name: &str, total: u64) -> ProgressBar {
+        let bar = if total == 0 {
             let bar = ProgressBar::new_spinner();
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar.enable_steady_tick(Duration::from_millis(120));
             bar
         } else {
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
@@ -63,30 +139,99 @@ impl Progress for Bars {
                 .progress_chars("=> "),
         );
         bar.set_prefix(name.to_string());
+        bar
+    }
+
+    /// Draws the current stage's state after a change.
+    fn show(&self, stage: &mut Stage) {
+        match self.output {
+            Output::Bars => {
+                if let Some(bar) = &stage.bar {
+                    bar.set_position(stage.done);
+                    bar.set_message(stage.rates());
+                }
+            }
+            Output::Lines(every) if stage.last_line.elapsed() >= every => {
+                stage.last_line = Instant::now();
+                eprintln!("{}", stage.line());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Progress for Reporter {
+    fn stage(&self, name: &str, total: u64) {
+        self.finish();
+        let bar = matches!(self.output, Output::Bars).then(|| Self::bar(name, total));
+        if let Output::Lines(_) = self.output {
+            match total {
+                0 => eprintln!("{name}…"),
+                n => eprintln!("{name}: {n} to do"),
+            }
+        }
         *self.current.lock().expect("progress lock") = Some(Stage {
-            bar,
-            started: Instant::now(),
+            name: name.to_string(),
+            total,
+            done: 0,
             tokens: 0,
+            detail: String::new(),
+            started: Instant::now(),
+            last_line: Instant::now(),
+            bar,
         });
     }
 
     fn advance(&self, items: u64, tokens: u64) {
         if let Some(stage) = self.current.lock().expect("progress lock").as_mut() {
-            stage.bar.inc(items);
+            stage.done += items;
             stage.tokens += tokens;
-            let seconds = stage.started.elapsed().as_secs_f64().max(1e-3);
-            let rate = stage.bar.position() as f64 / seconds;
-            stage.bar.set_message(if stage.tokens > 0 {
-                format!("{rate:.0}/s · {:.0} tok/s", stage.tokens as f64 / seconds)
-            } else {
-                format!("{rate:.0}/s")
-            });
+            self.show(stage);
+        }
+    }
+
+    fn detail(&self, text: &str) {
+        if let Some(stage) = self.current.lock().expect("progress lock").as_mut() {
+            stage.detail = text.to_string();
         }
     }
 
     fn note(&self, message: &str) {
-        if !self.quiet {
+        if !matches!(self.output, Output::Quiet) {
             eprintln!("note: {message}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_name_the_stage_count_and_eta() {
+        let stage = Stage {
+            name: "encoding passages".into(),
+            total: 200,
+            done: 50,
+            tokens: 5000,
+            detail: String::new(),
+            started: Instant::now() - Duration::from_secs(10),
+            last_line: Instant::now(),
+            bar: None,
+        };
+        let line = stage.line();
+        assert!(
+            line.starts_with("encoding passages: 50/200 (25 %) · 5.0/s · 500 tokens/s"),
+            "{line}"
+        );
+        assert!(line.ends_with("eta 30s"), "{line}");
+        assert_eq!(clock(3723.0), "1h02m03s");
+        assert_eq!(clock(65.0), "1m05s");
     }
 }

@@ -73,6 +73,13 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    #[error("{what} is in use by another cpack process{}; wait for it to finish or stop it ({path})", pid.map_or(String::new(), |p| format!(", pid {p}")))]
+    InUse {
+        what: &'static str,
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -57,3 +57,43 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
     bytes.push(b'\n');
     atomic_write(path, &bytes)
 }
+
+/// An advisory lock (`flock`) on a file that names its holder: held until
+/// dropped, released by the kernel if the process dies.
+pub struct ProcessLock {
+    _file: File,
+}
+
+impl ProcessLock {
+    /// Takes the lock at `path` without waiting, writing this process's id
+    /// into the file; if another process holds it, the error names `what`
+    /// and that process's id.
+    pub fn acquire(path: &Path, what: &'static str) -> Result<Self> {
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(Error::io("open", path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let pid = fs::read_to_string(path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(Error::InUse {
+                    what,
+                    path: path.to_path_buf(),
+                    pid,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
+        }
+        file.set_len(0)
+            .and_then(|_| write!(file, "{}", std::process::id()))
+            .and_then(|_| file.flush())
+            .map_err(Error::io("write", path))?;
+        Ok(ProcessLock { _file: file })
+    }
+}

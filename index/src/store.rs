@@ -355,22 +355,8 @@ impl IndexDir {
 
     /// Holds the workspace's build lock until dropped: two builds writing
     /// `build/` at once would interleave their chunks.
-    fn lock(&self) -> Result<fs::File> {
-        let path = self.root.join(LOCK);
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("open", &path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::BadFile {
-                path,
-                problem: "another cpack is building this index; wait for it or stop it".into(),
-            }),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
-        }
+    fn lock(&self) -> Result<fsutil::ProcessLock> {
+        fsutil::ProcessLock::acquire(&self.root.join(LOCK), "the index build")
     }
 
     /// Picks up `build/` if it was started with the same plan, else clears it.

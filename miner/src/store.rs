@@ -13,6 +13,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::FilterCounts;
+use cpack_index::fsutil::ProcessLock;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,8 @@ pub struct NegativeStore {
     db: sled::Db,
     rounds: sled::Tree,
     path: PathBuf,
+    /// Released last, after sled has closed.
+    _lock: ProcessLock,
 }
 
 fn round_tree_name(round: u32) -> String {
@@ -89,12 +92,18 @@ impl NegativeStore {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(cpack_index::Error::io("create", parent))?;
+        }
+        // sled's own lock says only "WouldBlock"; this one names the holder.
+        let lock = ProcessLock::acquire(&path.with_extension("lock"), "the negatives store")?;
         let db = sled::open(path).map_err(err)?;
         let rounds = db.open_tree("rounds").map_err(err)?;
         Ok(NegativeStore {
             db,
             rounds,
             path: path.to_path_buf(),
+            _lock: lock,
         })
     }
 

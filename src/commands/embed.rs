@@ -25,11 +25,11 @@ pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
     } else {
         TextKind::Passage
     };
-    ctx.bars.stage("embedding", texts.len() as u64);
+    ctx.progress.stage("embedding", texts.len() as u64);
     let vectors = encoder.encode(&texts, kind, &mut |n, t| {
-        ctx.bars.advance(n as u64, t as u64)
+        ctx.progress.advance(n as u64, t as u64)
     })?;
-    ctx.bars.finish();
+    ctx.progress.finish();
 
     let output_name = args.output.display().to_string();
     let mut lines = Vec::with_capacity(records.len());

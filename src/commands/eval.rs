@@ -24,14 +24,14 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
         &mut index,
         &dataset.queries,
         &qrels,
-        &ctx.bars,
+        &ctx.progress,
     )?;
     let (m, encode_seconds, search_seconds) = (
         evaluation.metrics,
         evaluation.encode_seconds,
         evaluation.search_seconds,
     );
-    ctx.bars.finish();
+    ctx.progress.finish();
     if args.json {
         println!(
             "{}",

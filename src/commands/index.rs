@@ -35,7 +35,7 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
         bail!("--chunk-rows must be at least 1");
     }
     let data = config.data()?.clone();
-    ctx.bars.stage("loading corpus", 0);
+    ctx.progress.stage("loading corpus", 0);
     let corpus = Dataset::load_corpus(&data)?;
     let encoder = open_encoder(&config)?;
     let plan = BuildPlan::new(
@@ -57,9 +57,9 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
             chunk_rows: args.chunk_rows,
             force: args.force,
         },
-        &ctx.bars,
+        &ctx.progress,
     )?;
-    ctx.bars.finish();
+    ctx.progress.finish();
     report(&outcome, args.json)
 }
 

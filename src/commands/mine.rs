@@ -122,8 +122,8 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
         chunk_queries: args.chunk_queries,
         overlap_encoding: !args.no_overlap,
     };
-    let outcome = cpack_miner::mine(&store, input, params, options, &ctx.bars)?;
-    ctx.bars.finish();
+    let outcome = cpack_miner::mine(&store, input, params, options, &ctx.progress)?;
+    ctx.progress.finish();
     match outcome {
         MineOutcome::UpToDate(m) => {
             if args.json {

@@ -13,7 +13,7 @@ mod train;
 use crate::cli::{Cli, Command, Overrides};
 use crate::config::Config;
 use crate::config::{EncoderRuntime, OrtConfig};
-use crate::progress::Bars;
+use crate::progress::{Output, Reporter};
 use anyhow::Result;
 use cpack_index::candle_backend::CandleLoader;
 use cpack_index::{BackendLoader, Encoder};
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 /// What every command gets: where it runs and how chatty to be.
 pub struct Context {
     pub workspace: PathBuf,
-    pub bars: Bars,
+    pub progress: Reporter,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -32,7 +32,10 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let ctx = Context {
         workspace,
-        bars: Bars::new(cli.quiet),
+        progress: Reporter::new(Output::for_stderr(
+            cli.quiet,
+            std::time::Duration::from_secs_f64(cli.progress_every.max(0.0)),
+        )),
     };
     match cli.command {
         Command::Init(args) => init::run(&ctx, args),

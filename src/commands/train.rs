@@ -38,8 +38,8 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         threads: workers,
     };
     let run_dir = runs_dir.join(&name);
-    let report = run::run(&ws, spec, &run_dir, args.resume, &ctx.bars)?;
-    ctx.bars.finish();
+    let report = run::run(&ws, spec, &run_dir, args.resume, &ctx.progress)?;
+    ctx.progress.finish();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Training quality against PyTorch over seeds, at the quickstart's size
+# (InsuranceQA, 500 questions, 2 epochs, batch 32 × group 4, τ 0.05, lr 5e-5,
+# passages at 128; the training workspace of scripts/quickstart.sh, made here
+# if missing). For each seed: cpack static (--refresh-every 0), cpack refresh
+# (every epoch), and the PyTorch peer of the static recipe on the same
+# questions and the same mined negatives with its own draws
+# (bench/peer/train_recipe.py --seed), dropout on everywhere. With --batching
+# plain, cpack's runs also repeat with plain (FlagEmbedding-style) batches.
+# nDCG@10 on the 2,000 test questions after each epoch, per seed and mean.
+#
+#   bash bench/train_seeds.sh [--seeds "1 2 3"] [--batching plain]
+#
+# Writes target/bench/train-seeds.json and .md; runs already complete are
+# reused. The peer needs .cache/bench-venv (bash bench/peer/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+SEEDS="1 2 3" EXTRA=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --batching) EXTRA=$2; shift 2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+bash scripts/setup.sh >/dev/null
+cargo build --release -q --bin cpack
+CPACK="$ROOT/target/release/cpack"
+VENV="$ROOT/.cache/bench-venv/bin/python"
+TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
+bash scripts/train_workspace.sh "$TWS" >/dev/null
+cd "$TWS"
+train() {  # run name, flags...
+  local name=$1; shift
+  if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
+    return
+  fi
+  if [ -f ".cpack/runs/$name/run.json" ]; then
+    "$CPACK" train --run "$name" --resume "$@" >/dev/null
+  else
+    "$CPACK" train --run "$name" "$@" >/dev/null
+  fi
+}
+for seed in $SEEDS; do
+  echo "seed $seed" >&2
+  train "static-s$seed" --seed "$seed" --refresh-every 0
+  train "refresh-s$seed" --seed "$seed" --refresh-every 1
+  if [ -n "$EXTRA" ]; then
+    train "static-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA"
+  fi
+  if [ -x "$VENV" ] && [ ! -f ".cpack/runs/static-s$seed/pytorch.json" ]; then
+    round=$(python3 -c "import json;print(json.load(open('.cpack/runs/static-s$seed/report.json'))['epochs'][0]['round'])")
+    "$CPACK" -q mine export --round "$round" --format ids --output ".cpack/runs/static-s$seed/round-ids.jsonl"
+    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/train_recipe.py" --run-dir ".cpack/runs/static-s$seed" \
+      --data "$ROOT/.cache/data/insuranceqa-en" --round-ids ".cpack/runs/static-s$seed/round-ids.jsonl" \
+      --seed "$seed" --threads 2 --json ".cpack/runs/static-s$seed/pytorch.json" >/dev/null
+  fi
+done
+mkdir -p "$ROOT/target/bench"
+python3 - "$ROOT/target/bench/train-seeds" "$EXTRA" $SEEDS <<'PY'
+import json, os, statistics, sys
+stem, extra, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
+def cpack(name):
+    path = f".cpack/runs/{name}/report.json"
+    if not os.path.exists(path):
+        return None
+    return [e["eval"]["metrics"]["ndcg_at_10"] for e in json.load(open(path))["epochs"]]
+def peer(seed):
+    path = f".cpack/runs/static-s{seed}/pytorch.json"
+    return [e["ndcg_at_10"] for e in json.load(open(path))["epochs"]] if os.path.exists(path) else None
+rows = [("cpack static", lambda s: cpack(f"static-s{s}")),
+        ("cpack refresh", lambda s: cpack(f"refresh-s{s}"))]
+if extra:
+    rows.append((f"cpack static, --batching {extra}", lambda s: cpack(f"static-{extra}-s{s}")))
+rows.append(("PyTorch static (same questions and negatives, own draws)", peer))
+summary, lines = {}, ["| run | seed | epoch 1 | epoch 2 |", "|---|---|---:|---:|"]
+for label, get in rows:
+    per_seed = {s: get(s) for s in seeds}
+    got = {s: v for s, v in per_seed.items() if v}
+    for s, v in got.items():
+        lines.append(f"| {label} | {s} | {v[0]:.4f} | {v[1]:.4f} |")
+    if got:
+        means = [statistics.mean(v[e] for v in got.values()) for e in range(2)]
+        spread = [max(v[e] for v in got.values()) - min(v[e] for v in got.values()) for e in range(2)]
+        lines.append(f"| **{label}, mean (spread)** | {len(got)} seeds | **{means[0]:.4f}** ({spread[0]:.4f}) | **{means[1]:.4f}** ({spread[1]:.4f}) |")
+        summary[label] = {"per_seed": got, "mean": means, "spread": spread}
+json.dump(summary, open(stem + ".json", "w"), indent=2)
+open(stem + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY

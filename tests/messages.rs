@@ -1,0 +1,85 @@
+//! What a user sees on stderr when it is not a terminal (CI logs, `nohup`):
+//! long stages print plain progress lines, and everyday snags get plain words.
+
+mod common;
+use common::*;
+
+/// Runs `cpack args…` with stderr captured (a pipe, not a terminal); returns stderr.
+fn stderr_of(ws: &std::path::Path, args: &[&str]) -> String {
+    let out = cpack(ws).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "cpack {args:?} failed: {stderr}");
+    stderr
+}
+
+#[test]
+fn long_stages_print_progress_lines_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shared("data/cmrc2018");
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
+    let ws = tmp.path().join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    let stderr = stderr_of(
+        &ws,
+        &[
+            "--progress-every",
+            "0",
+            "index",
+            "build",
+            "--chunk-rows",
+            "256",
+        ],
+    );
+    assert!(stderr.contains("encoding passages: 1104 to do"), "{stderr}");
+    let running: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("encoding passages: ") && l.contains(" eta "))
+        .collect();
+    assert!(!running.is_empty(), "no running line: {stderr}");
+    assert!(
+        running[0].contains("/1104 (") && running[0].contains("/s"),
+        "{}",
+        running[0]
+    );
+    assert!(
+        stderr.contains("encoding passages: done 1104 in "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r') && !stderr.contains("\u{1b}["),
+        "terminal control codes in a log: {stderr:?}"
+    );
+
+    // The default interval keeps a short job to its start and end lines.
+    let stderr = stderr_of(&ws, &["eval", "--split", "test"]);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("encoding queries"))
+        .collect();
+    assert!(lines.len() <= 3, "{stderr}");
+    // --quiet prints nothing at all.
+    assert_eq!(stderr_of(&ws, &["-q", "eval", "--split", "test"]), "");
+}
+
+#[test]
+fn a_store_held_by_another_process_is_named_with_its_pid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build"]);
+    // This test process holds the lock, as a running `cpack train` would.
+    let lock_path = ws.join(".cpack/negatives.lock");
+    std::fs::write(&lock_path, "4242").unwrap();
+    let held = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    held.try_lock().unwrap();
+    let err = fails(&ws, &["mine", "stats"]);
+    drop(held);
+    assert!(
+        err.contains("the negatives store is in use by another cpack process, pid 4242"),
+        "{err}"
+    );
+    assert!(!err.contains("WouldBlock"), "{err}");
+}
