@@ -26,7 +26,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("write", &tmp)(e));
     }
-    fs::rename(&tmp, path).map_err(Error::io("rename into place", path))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("rename into place", path)(e));
+    }
     sync_dir(dir)
 }
 

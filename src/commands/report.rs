@@ -10,7 +10,10 @@ use std::fmt::Write as _;
 pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
     let runs = runs_dir(&ctx.workspace);
     let name = match args.run {
-        Some(name) => name,
+        Some(name) => {
+            run::validate_run_name(&name)?;
+            name
+        }
         None => newest_run(&runs)?
             .context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
     };

@@ -22,6 +22,7 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         }
         (None, false) => next_run_name(&runs_dir)?,
     };
+    run::validate_run_name(&name)?;
     let spec = spec(&args, &config, &dataset, &name)?;
     let all_qrels = super::mine::all_qrels(&dataset)?;
     let store = NegativeStore::open(&config.negatives_dir())?;

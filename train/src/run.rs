@@ -464,7 +464,30 @@ fn read_report(run_dir: &Path) -> Result<Option<Report>> {
 }
 
 /// Reads a run's `report.json`.
+/// Refuses a run name that is not one plain path component: letters,
+/// digits, `.`, `_` and `-`, not starting with `.`, at most 64 characters.
+/// Checked before anything is written, so no name can place a run outside
+/// `.cpack/runs/` or straight into it.
+pub fn validate_run_name(name: &str) -> Result<()> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > 64 || name.starts_with('.') || !name.chars().all(plain) {
+        return Err(Error::Invalid(format!(
+            "run name {name:?} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', \
+             not starting with '.' (it names a folder under .cpack/runs/)"
+        )));
+    }
+    Ok(())
+}
+
+/// The report of the run in `run_dir`; an error names a missing run, or a
+/// run whose first epoch has not finished.
 pub fn load_report(run_dir: &Path) -> Result<Report> {
+    if !run_dir.join(SPEC_FILE).exists() {
+        return Err(Error::Invalid(format!(
+            "there is no training run at {} (no {SPEC_FILE}); `cpack report` without --run shows the newest",
+            run_dir.display()
+        )));
+    }
     read_report(run_dir)?.ok_or_else(|| {
         Error::Invalid(format!(
             "{} has no {REPORT_FILE} yet (no epoch has finished)",

@@ -7,6 +7,7 @@
 //! [`BertModel::forward_train`], which also applies the config's dropout.
 
 use super::config::{Activation, BertConfig};
+use super::dropout::Dropout;
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -162,90 +163,6 @@ impl Layer {
     }
 }
 
-/// Batch geometry of one forward pass.
-#[derive(Clone, Copy)]
-struct Shape {
-    batch: usize,
-    seq: usize,
-}
-
-/// Training-time dropout, as Hugging Face's BERT applies it: after the
-/// embeddings, on the attention probabilities, and on both sublayer outputs
-/// before their residual sums. Kept elements are scaled by 1/(1 − p).
-///
-/// Masks come from a seeded generator rather than candle's unseeded CPU
-/// random source, so a training step is reproducible from its seed.
-pub struct Dropout {
-    hidden: f32,
-    attention: f32,
-    seed: u64,
-    state: std::sync::Mutex<u64>,
-}
-
-impl Dropout {
-    /// `hidden` and `attention` are the drop probabilities (`hidden_dropout_prob`,
-    /// `attention_probs_dropout_prob` in config.json).
-    pub fn new(hidden: f32, attention: f32, seed: u64) -> Self {
-        Dropout {
-            hidden,
-            attention,
-            seed,
-            state: std::sync::Mutex::new(seed),
-        }
-    }
-
-    /// An independent dropout stream at the same rates, a pure function of
-    /// this one's seed and `salt`: for forward passes that must be repeated
-    /// with the same masks (gradient caching runs each mini-batch twice).
-    pub fn fork(&self, salt: u64) -> Dropout {
-        let mut state = self.seed ^ salt.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        Dropout::new(self.hidden, self.attention, splitmix64(&mut state))
-    }
-
-    fn hidden(dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
-        match dropout {
-            Some(d) => d.apply(x, d.hidden),
-            None => Ok(x.clone()),
-        }
-    }
-
-    fn attention(dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
-        match dropout {
-            Some(d) => d.apply(x, d.attention),
-            None => Ok(x.clone()),
-        }
-    }
-
-    fn apply(&self, x: &Tensor, p: f32) -> Result<Tensor> {
-        if p <= 0.0 {
-            return Ok(x.clone());
-        }
-        let scale = 1.0 / (1.0 - p);
-        // Compare 24 random bits against p·2²⁴: exact enough for a keep test.
-        let threshold = (p * (1u32 << 24) as f32) as u64;
-        let mut state = self.state.lock().expect("dropout state lock");
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if splitmix64(&mut state) >> 40 < threshold {
-                    0.0
-                } else {
-                    scale
-                }
-            })
-            .collect();
-        x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
-    }
-}
-
-/// SplitMix64: a tiny, fast, well-mixed generator for dropout masks.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// BERT without its pooler: token ids in, last hidden states out.
 pub struct BertModel {
     embeddings: Embeddings,
@@ -303,9 +220,8 @@ impl BertModel {
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?;
         let mut hidden = Dropout::hidden(dropout, &self.embeddings.forward(input_ids, mode)?)?;
-        let shape = Shape { batch, seq };
         for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &key_bias, shape, mode, dropout)?;
+            hidden = self.layer_forward(layer, &hidden, &key_bias, mode, dropout)?;
         }
         hidden.reshape((batch, seq, ()))
     }
@@ -315,11 +231,10 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        shape: Shape,
         mode: Mode,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let context = self.attention(layer, hidden, key_bias, shape, mode, dropout)?;
+        let context = self.attention(layer, hidden, key_bias, mode, dropout)?;
         let projected = Dropout::hidden(dropout, &layer.attention_out.forward(&context, mode)?)?;
         let attended = layer.attention_norm.forward(&(projected + hidden)?, mode)?;
         let inner = layer.intermediate.forward(&attended, mode)?;
@@ -340,31 +255,22 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        Shape { batch, seq }: Shape,
         mode: Mode,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let qkv = layer.qkv.forward(hidden, mode)?;
-        if mode == Mode::Inference {
-            return super::attention::attention(&qkv, key_bias, self.heads, self.head_dim);
+        match mode {
+            Mode::Inference => {
+                super::attention::attention(&qkv, key_bias, self.heads, self.head_dim)
+            }
+            Mode::Differentiable => super::attention::trainable_attention(
+                &qkv,
+                key_bias,
+                self.heads,
+                self.head_dim,
+                Dropout::attention_mask(dropout),
+            ),
         }
-        let qkv = qkv
-            .reshape((batch, seq, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = (qkv.get(0)? * scale)?;
-        let k = qkv.get(1)?;
-        let v = qkv.get(2)?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&key_bias.reshape((batch, 1, 1, seq))?)?;
-        let probs = super::fused::softmax_last_dim(&scores)?;
-        Dropout::attention(dropout, &probs)?
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((batch * seq, self.heads * self.head_dim))
     }
 }
 
@@ -408,36 +314,19 @@ mod tests {
     }
 
     #[test]
-    fn dropout_drops_at_its_rate_scales_survivors_and_repeats_per_seed() {
-        let x = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
-        let masked = |seed| {
-            Dropout::new(0.1, 0.0, seed)
-                .apply(&x, 0.1)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        let a = masked(7);
-        let dropped = a.iter().filter(|&&v| v == 0.0).count();
-        assert!(
-            (800..1200).contains(&dropped),
-            "{dropped} of 10000 dropped at p = 0.1"
-        );
-        assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
-        assert_eq!(a, masked(7), "same seed, same mask");
-        assert_ne!(a, masked(8));
+    fn dropout_changes_the_training_forward_and_none_leaves_it_alone() {
         let (_dir, model) = tiny();
         let (_vars, bert) = trainable(&model);
         let (ids, mask) = inputs();
         let plain = bert.forward(&ids, &mask, Mode::Differentiable).unwrap();
         let none = bert.forward_train(&ids, &mask, None).unwrap();
         assert_eq!(crate::model::max_abs_diff(&plain, &none), 0.0);
-        let dropped = bert
-            .forward_train(&ids, &mask, Some(&Dropout::new(0.5, 0.5, 1)))
-            .unwrap();
-        assert!(crate::model::max_abs_diff(&plain, &dropped) > 1e-3);
+        let dropped = |seed| {
+            bert.forward_train(&ids, &mask, Some(&Dropout::new(0.5, 0.5, seed)))
+                .unwrap()
+        };
+        assert!(crate::model::max_abs_diff(&plain, &dropped(1)) > 1e-3);
+        assert_eq!(crate::model::max_abs_diff(&dropped(1), &dropped(1)), 0.0);
     }
 
     #[test]

@@ -1,15 +1,13 @@
-//! Differentiable layer norm and softmax as single kernels with hand-written
-//! backwards, for training.
+//! A differentiable layer norm as a single kernel with a hand-written
+//! backward, for training.
 //!
 //! Written with plain candle ops, a layer norm is nine element-wise passes
-//! forward and more backward, a softmax five; in a training step these passes
-//! cost about as much as the matrix products. Each op here is one pass over
-//! its rows forward and one backward (rows in parallel on the rayon pool).
+//! forward and more backward; in a training step such passes cost about as
+//! much as the matrix products. This is one pass over its rows forward and
+//! one backward (rows in parallel on the rayon pool).
 
 use super::kernel::f32_rows;
-use candle_core::{
-    bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor,
-};
+use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Mean and 1/σ of one row.
@@ -148,68 +146,6 @@ impl CustomOp3 for LayerNormInputGrad {
     }
 }
 
-/// Softmax over the last dimension.
-struct Softmax;
-
-impl CustomOp1 for Softmax {
-    fn name(&self) -> &'static str {
-        "fused-softmax"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, cols) = f32_rows(self.name(), s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(cols)
-            .zip(x.par_chunks(cols))
-            .for_each(|(o, row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for i in 0..cols {
-                    o[i] = (row[i] - max).exp();
-                    sum += o[i];
-                }
-                o.iter_mut().for_each(|v| *v /= sum);
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
-        ))
-    }
-}
-
-/// ∂x of a softmax y: `y · (∂y − Σ ∂y·y)` per row.
-struct SoftmaxGrad;
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "fused-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (y, cols) = f32_rows(self.name(), s1, l1)?;
-        let (dy, _) = f32_rows(self.name(), s2, l2)?;
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(cols)
-            .zip(y.par_chunks(cols).zip(dy.par_chunks(cols)))
-            .for_each(|(o, (y, dy))| {
-                let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-                for i in 0..cols {
-                    o[i] = y[i] * (dy[i] - dot);
-                }
-            });
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-}
-
 /// Differentiable layer norm over the last dimension of a contiguous `x`.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
@@ -217,11 +153,6 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
         &beta.contiguous()?,
         LayerNorm { eps: eps as f32 },
     )
-}
-
-/// Differentiable softmax over the last dimension.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Softmax)
 }
 
 #[cfg(test)]
@@ -271,16 +202,5 @@ mod tests {
         let b = Var::randn(0f32, 0.3, 16, &Device::Cpu).unwrap();
         let fused = super::layer_norm(&x, &g, &b, 1e-12).unwrap();
         check(&[&x, &g, &b], fused, plain_layer_norm(&x, &g, &b));
-    }
-
-    #[test]
-    fn softmax_matches_plain_ops_and_their_gradients() {
-        let x = Var::randn(0f32, 3., (2, 3, 9), &Device::Cpu).unwrap();
-        let fused = super::softmax_last_dim(&x).unwrap();
-        check(
-            &[&x],
-            fused,
-            candle_nn::ops::softmax(&x, D::Minus1).unwrap(),
-        );
     }
 }

@@ -5,13 +5,15 @@ mod attention;
 mod bert;
 mod config;
 mod dense;
+mod dropout;
 mod fused;
 mod gelu;
 mod kernel;
 mod math;
 
-pub use bert::{BertModel, Dropout, Mode};
+pub use bert::{BertModel, Mode};
 pub use config::{Activation, BertConfig};
+pub use dropout::Dropout;
 
 /// Stops glibc from handing freed buffers back to the OS: every fresh
 /// mapping costs page faults and zeroing. Blocks over glibc's mmap threshold
