@@ -26,17 +26,44 @@ fn tree(dir: &Path) -> Vec<String> {
 fn run_names_cannot_leave_the_runs_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, _, _) = echo_workspace(tmp.path());
-    std::fs::write(ws.join("../data/qrels/train.tsv"), "query-id\tcorpus-id\tscore\nq0\tp0\t1\nq1\tp1\t1\n").unwrap();
+    std::fs::write(
+        ws.join("../data/qrels/train.tsv"),
+        "query-id\tcorpus-id\tscore\nq0\tp0\t1\nq1\tp1\t1\n",
+    )
+    .unwrap();
     let before = tree(tmp.path());
-    for bad in ["../../../escape", "/an/absolute/path", "", "..", ".", "a/b", ".hidden", "sp ace"] {
-        let err = fails(&ws, &["train", "--run", bad, "--group-size", "1", "--eval-split", "none"]);
+    for bad in [
+        "../../../escape",
+        "/an/absolute/path",
+        "",
+        "..",
+        ".",
+        "a/b",
+        ".hidden",
+        "sp ace",
+    ] {
+        let err = fails(
+            &ws,
+            &[
+                "train",
+                "--run",
+                bad,
+                "--group-size",
+                "1",
+                "--eval-split",
+                "none",
+            ],
+        );
         assert!(err.contains("run name"), "{bad:?}: {err}");
         let err = fails(&ws, &["report", "--run", bad]);
         assert!(err.contains("run name"), "{bad:?}: {err}");
     }
     assert_eq!(tree(tmp.path()), before, "a refused run wrote something");
     let err = fails(&ws, &["report", "--run", "nosuch"]);
-    assert!(err.contains("there is no training run") && err.contains("nosuch"), "{err}");
+    assert!(
+        err.contains("there is no training run") && err.contains("nosuch"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -47,7 +74,155 @@ fn an_export_onto_a_directory_fails_and_leaves_no_temp_file() {
     std::fs::create_dir(&target).unwrap();
     let before = tree(tmp.path());
     let model = tmp.path().join("model");
-    let err = fails(&ws, &["export", "--onnx", model.to_str().unwrap(), target.to_str().unwrap()]);
+    let err = fails(
+        &ws,
+        &[
+            "export",
+            "--onnx",
+            model.to_str().unwrap(),
+            target.to_str().unwrap(),
+        ],
+    );
     assert!(err.contains("some-dir"), "{err}");
-    assert_eq!(tree(tmp.path()), before, "the failed export left files behind");
+    assert_eq!(
+        tree(tmp.path()),
+        before,
+        "the failed export left files behind"
+    );
+}
+
+#[test]
+fn empty_rounds_and_non_finite_filters_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, data, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build"]);
+    for flag in ["--max-score", "--margin", "--relative-margin"] {
+        for value in ["NaN", "inf"] {
+            let err = fails(&ws, &["mine", "--split", "test", flag, value]);
+            assert!(err.contains(flag) && err.contains("finite"), "{err}");
+        }
+    }
+    std::fs::write(data.join("qrels/train.tsv"), "query-id\tcorpus-id\tscore\n").unwrap();
+    let err = fails(&ws, &["mine", "--split", "train"]);
+    assert!(err.contains("no judged queries"), "{err}");
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "\n").unwrap();
+    let err = fails(&ws, &["mine", "import", empty.to_str().unwrap()]);
+    assert!(err.contains("nothing to import"), "{err}");
+    let err = fails(&ws, &["mine", "import", "/nonexistent.jsonl"]);
+    assert!(err.contains("cannot read /nonexistent.jsonl"), "{err}");
+    let stats = fails(&ws, &["mine", "stats"]);
+    assert!(
+        !stats.contains("round 1"),
+        "an empty round was recorded: {stats}"
+    );
+}
+
+/// A cmrc2018 workspace with a tiny model and small training settings.
+fn training_workspace(tmp: &Path) -> (std::path::PathBuf, Vec<&'static str>) {
+    let data = shared("data/cmrc2018");
+    let model = tiny_model_for(&data, &tmp.join("model"));
+    let ws = tmp.join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    let small = vec![
+        "--max-queries",
+        "24",
+        "--train-batch-size",
+        "8",
+        "--passage-max-len",
+        "32",
+        "--query-max-len",
+        "16",
+        "--topk",
+        "20",
+        "--group-size",
+        "3",
+        "--eval-split",
+        "none",
+        "--refresh-every",
+        "0",
+    ];
+    (ws, small)
+}
+
+#[test]
+fn rounds_a_run_resumes_from_survive_gc_and_numbers_are_never_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, small) = training_workspace(tmp.path());
+    ok(
+        &ws,
+        &[&["train", "--run", "g", "--epochs", "1"][..], &small].concat(),
+    );
+    let round_of = |ws: &Path| {
+        let state = json(
+            &std::fs::read_to_string(ws.join(".cpack/runs/g/epoch-1/trainer_state.json")).unwrap(),
+        );
+        state["round"].as_u64().unwrap()
+    };
+    let r = round_of(&ws);
+    let out = ok(&ws, &["mine", "--gc", "--keep", "0"]);
+    assert!(out.contains(&format!("resume from [{r}]")), "{out}");
+    let report = json(&ok(
+        &ws,
+        &[
+            &["train", "--json", "--run", "g", "--resume", "--epochs", "2"][..],
+            &small,
+        ]
+        .concat(),
+    ));
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert!(
+        epochs[1]["optimizer_steps"].as_u64().unwrap() > 0,
+        "epoch 2 trained on nothing"
+    );
+    assert_eq!(epochs[1]["round"], r);
+    assert_eq!(report["train_queries"], 24);
+
+    // A round mined after others were removed gets a new number.
+    ok(&ws, &["mine", "--gc", "--keep", "0"]);
+    std::fs::remove_dir_all(ws.join(".cpack/runs")).unwrap();
+    ok(&ws, &["mine", "--gc", "--keep", "0"]);
+    ok(
+        &ws,
+        &[
+            "mine",
+            "--topk",
+            "20",
+            "--passage-max-len",
+            "32",
+            "--query-max-len",
+            "16",
+        ],
+    );
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    assert!(
+        stats["stats"]["round"].as_u64().unwrap() > r,
+        "round number reused: {stats}"
+    );
+}
+
+#[test]
+fn an_edited_trainer_state_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, small) = training_workspace(tmp.path());
+    ok(
+        &ws,
+        &[&["train", "--run", "e", "--epochs", "2"][..], &small].concat(),
+    );
+    std::fs::remove_dir_all(ws.join(".cpack/runs/e/epoch-2")).unwrap();
+    let path = ws.join(".cpack/runs/e/epoch-1/trainer_state.json");
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"epoch\": 1", "\"epoch\": 5");
+    assert!(edited.contains("\"epoch\": 5"), "{edited}");
+    std::fs::write(&path, edited).unwrap();
+    let err = fails(
+        &ws,
+        &[&["train", "--run", "e", "--resume"][..], &small].concat(),
+    );
+    assert!(
+        err.contains("trainer_state.json") && err.contains("epoch 5"),
+        "{err}"
+    );
 }

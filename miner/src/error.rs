@@ -27,13 +27,6 @@ pub enum Error {
         supported: u8,
     },
 
-    #[error("cannot write {path}")]
-    Write {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
     #[error("{0}")]
     Invalid(String),
 }

@@ -44,10 +44,8 @@ pub fn import_flag_embedding(
     corpus: &TextTable,
     queries: &TextTable,
 ) -> Result<RoundManifest> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| Error::Index(cpack_index::Error::io("read", path)(source)))?;
     let passage_ids = by_text(corpus, true);
     // Several queries can share one text: successive lines take successive ids.
     let mut query_ids: HashMap<&str, std::collections::VecDeque<usize>> = HashMap::new();
@@ -125,8 +123,14 @@ pub fn import_flag_embedding(
             },
         ));
     }
+    if records.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} holds no FlagEmbedding records: nothing to import (no round was made)",
+            path.display()
+        )));
+    }
     records.sort_by(|a, b| a.0.cmp(&b.0));
-    let round = store.rounds()?.last().map_or(1, |m| m.round + 1);
+    let round = store.next_round()?;
     let manifest = RoundManifest {
         round,
         params: MiningParams {

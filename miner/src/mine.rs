@@ -117,9 +117,9 @@ pub fn mine(
             return Ok(MineOutcome::UpToDate(m))
         }
         Some(m) if same_work(&m) && !m.complete => (m, true),
-        other => (
+        _ => (
             RoundManifest {
-                round: other.map_or(1, |m| m.round + 1),
+                round: store.next_round()?,
                 ..fresh
             },
             false,
@@ -127,6 +127,12 @@ pub fn mine(
     };
 
     let plan = QueryPlan::new(&input)?;
+    if plan.query_ids.is_empty() {
+        return Err(Error::Invalid(format!(
+            "split {:?} has no judged queries to mine (no round was made)",
+            manifest.params.split
+        )));
+    }
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
     let started = Instant::now();

@@ -59,6 +59,15 @@ impl MiningParams {
                 self.skip, self.topk
             ));
         }
+        for (flag, value) in [
+            ("--max-score", self.max_score),
+            ("--margin", self.margin),
+            ("--relative-margin", self.relative_margin),
+        ] {
+            if let Some(v) = value.filter(|v| !v.is_finite()) {
+                return Err(format!("{flag} {v} is not a finite number"));
+            }
+        }
         if let Some(r) = self.relative_margin {
             if !(0.0..1.0).contains(&r) {
                 return Err(format!("--relative-margin {r} must be in [0, 1)"));

@@ -74,6 +74,10 @@ pub struct NegativeStore {
     _lock: ProcessLock,
 }
 
+/// Store-wide facts: the highest round number ever used.
+const META_TREE: &str = "meta";
+const HIGHEST_ROUND: &[u8] = b"highest-round";
+
 fn round_tree_name(round: u32) -> String {
     format!("round-{round:06}")
 }
@@ -184,10 +188,39 @@ impl NegativeStore {
             .collect()
     }
 
-    /// Deletes all but the newest `keep` rounds; returns the rounds removed.
-    pub fn gc(&self, keep: usize) -> Result<Vec<u32>> {
+    /// The number the next round gets: one past every round this store has
+    /// ever held, so numbers are never reused after a `gc`.
+    pub fn next_round(&self) -> Result<u32> {
+        let newest = self.rounds()?.last().map_or(0, |m| m.round);
+        Ok(newest.max(self.highest_recorded()?) + 1)
+    }
+
+    fn highest_recorded(&self) -> Result<u32> {
+        let meta = self.db.open_tree(META_TREE).map_err(self.err())?;
+        Ok(match meta.get(HIGHEST_ROUND).map_err(self.err())? {
+            Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+            _ => 0,
+        })
+    }
+
+    /// Deletes all but the newest `keep` rounds, never one in `protected`
+    /// (rounds training runs depend on); returns the rounds removed.
+    pub fn gc(&self, keep: usize, protected: &[u32]) -> Result<Vec<u32>> {
         let rounds = self.rounds()?;
-        let doomed: Vec<u32> = rounds.iter().rev().skip(keep).map(|m| m.round).collect();
+        let doomed: Vec<u32> = rounds
+            .iter()
+            .rev()
+            .skip(keep)
+            .map(|m| m.round)
+            .filter(|r| !protected.contains(r))
+            .collect();
+        let highest = rounds.last().map_or(0, |m| m.round);
+        if highest > self.highest_recorded()? {
+            self.db
+                .open_tree(META_TREE)
+                .and_then(|t| t.insert(HIGHEST_ROUND, &highest.to_be_bytes()[..]))
+                .map_err(self.err())?;
+        }
         for &round in &doomed {
             self.rounds
                 .remove(round.to_be_bytes())

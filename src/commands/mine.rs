@@ -93,11 +93,17 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let config = load_config(ctx, &args.overrides)?;
     let store = open_store(&config)?;
     if args.gc {
-        let removed = store.gc(args.keep)?;
+        let in_use = cpack_train::run::rounds_in_use(&super::train::runs_dir(&config.workspace))?;
+        let removed = store.gc(args.keep, &in_use)?;
         println!(
-            "removed {} round(s) {removed:?}; kept the newest {}",
+            "removed {} round(s) {removed:?}; kept the newest {}{}",
             removed.len(),
-            args.keep
+            args.keep,
+            if in_use.is_empty() {
+                String::new()
+            } else {
+                format!(" and the rounds training runs resume from {in_use:?}")
+            }
         );
         return Ok(());
     }

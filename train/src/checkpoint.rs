@@ -249,6 +249,19 @@ pub struct Saved {
 /// Reads `dir` (an `epoch-N` folder).
 pub fn load(dir: &Path) -> Result<Saved> {
     let state: TrainerState = fsutil::read_json(&dir.join(STATE_FILE))?;
+    let named_epoch = dir
+        .file_name()
+        .and_then(|n| n.to_str()?.strip_prefix("epoch-")?.parse::<usize>().ok());
+    if named_epoch != Some(state.epoch) {
+        return Err(Error::Checkpoint {
+            path: dir.join(STATE_FILE),
+            problem: format!(
+                "says epoch {} but sits in {}; the checkpoint is damaged (delete this folder to resume from the one before)",
+                state.epoch,
+                dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned())
+            ),
+        });
+    }
     if state.format_version != FORMAT_VERSION {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),

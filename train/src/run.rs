@@ -277,6 +277,9 @@ pub fn run(
     let resumed = checkpoint::latest(run_dir)?
         .map(|dir| checkpoint::load(&dir))
         .transpose()?;
+    if let Some(saved) = &resumed {
+        check_resumable(saved, &spec, ws)?;
+    }
     let start_epoch = resumed.as_ref().map_or(0, |s| s.state.epoch);
     let model = resumed
         .as_ref()
@@ -386,6 +389,30 @@ pub fn run(
     Ok(report)
 }
 
+/// Refuses a checkpoint that cannot have come from this run, or whose
+/// mining round is gone.
+fn check_resumable(saved: &checkpoint::Saved, spec: &RunSpec, ws: &Workspace) -> Result<()> {
+    if saved.state.epoch > spec.epochs {
+        return Err(Error::Checkpoint {
+            path: saved.model.dir.join(checkpoint::STATE_FILE),
+            problem: format!(
+                "says epoch {} of a {}-epoch run; the checkpoint is damaged",
+                saved.state.epoch, spec.epochs
+            ),
+        });
+    }
+    if let Some(r) = saved.state.round {
+        if ws.store.round(r)?.is_none() {
+            return Err(Error::Invalid(format!(
+                "run {} trained on mining round {r}, which the negatives store no longer holds \
+                 (removed by `cpack mine --gc`?); it cannot resume: start a new run",
+                spec.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// An epoch's report entry as its checkpoint state records it (before evaluation).
 fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
     EpochReport {
@@ -463,7 +490,25 @@ fn read_report(run_dir: &Path) -> Result<Option<Report>> {
     })
 }
 
-/// Reads a run's `report.json`.
+/// The mining rounds the newest checkpoint of each run in `runs_dir` trained
+/// on: a resumed run needs its round again, so `mine --gc` keeps them.
+pub fn rounds_in_use(runs_dir: &Path) -> Result<Vec<u32>> {
+    if !runs_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut rounds = Vec::new();
+    for entry in std::fs::read_dir(runs_dir).map_err(Error::io("list", runs_dir))? {
+        let entry = entry.map_err(Error::io("list", runs_dir))?;
+        if let Some(newest) = checkpoint::latest(&entry.path())? {
+            let state: TrainerState = fsutil::read_json(&newest.join(checkpoint::STATE_FILE))?;
+            rounds.extend(state.round);
+        }
+    }
+    rounds.sort_unstable();
+    rounds.dedup();
+    Ok(rounds)
+}
+
 /// Refuses a run name that is not one plain path component: letters,
 /// digits, `.`, `_` and `-`, not starting with `.`, at most 64 characters.
 /// Checked before anything is written, so no name can place a run outside
