@@ -226,3 +226,109 @@ fn an_edited_trainer_state_is_refused_on_resume() {
         "{err}"
     );
 }
+
+/// The live generation's folder.
+fn generation(ws: &Path) -> std::path::PathBuf {
+    let index = ws.join(".cpack/index");
+    index.join(
+        std::fs::read_to_string(index.join("CURRENT"))
+            .unwrap()
+            .trim(),
+    )
+}
+
+fn flip_bytes(path: &Path, from: usize, every: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    for b in bytes.iter_mut().skip(from).step_by(every) {
+        *b ^= 0x55;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn damaged_index_files_are_refused_and_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shared("data/cmrc2018");
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
+    let ws = tmp.path().join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    ok(&ws, &["index", "build"]);
+    let good = json(&ok(&ws, &["eval", "--split", "test", "--json"]));
+    let damage: [(&str, Box<dyn Fn(&Path)>); 4] = [
+        ("embeddings.f32", Box::new(|p: &Path| flip_bytes(p, 0, 7))),
+        ("vectors.faiss", Box::new(|p: &Path| flip_bytes(p, 200, 5))),
+        (
+            "ids.json",
+            Box::new(|p: &Path| {
+                let mut ids: Vec<String> =
+                    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+                ids.swap(0, 1);
+                std::fs::write(p, serde_json::to_string(&ids).unwrap()).unwrap();
+            }),
+        ),
+        (
+            "embeddings.f32",
+            Box::new(|p: &Path| {
+                let len = std::fs::metadata(p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(len - 100)
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (file, harm) in damage {
+        harm(&generation(&ws).join(file));
+        for cmd in [
+            &["eval", "--split", "test"][..],
+            &["search", "问题"][..],
+            &["mine"][..],
+        ] {
+            let err = fails(&ws, cmd);
+            assert!(
+                err.contains(file) && err.contains("damaged") && err.contains("cpack index build"),
+                "{cmd:?} after damaging {file}: {err}"
+            );
+        }
+        let out = ok(&ws, &["index", "build"]);
+        assert!(
+            !out.contains("up to date"),
+            "a damaged index counted as built: {out}"
+        );
+        let again = json(&ok(&ws, &["eval", "--split", "test", "--json"]));
+        assert_eq!(
+            again["metrics"], good["metrics"],
+            "the rebuilt index answers differently"
+        );
+    }
+}
+
+#[test]
+fn an_index_of_another_corpus_version_is_refused_by_every_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, data, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build"]);
+    let corpus = data.join("corpus.jsonl");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    std::fs::write(&corpus, text.replacen("term life", "whole life", 1)).unwrap();
+    for cmd in [
+        &["eval", "--split", "test"][..],
+        &["search", "life insurance"][..],
+        &["mine", "--split", "test"][..],
+    ] {
+        let err = fails(&ws, cmd);
+        assert!(
+            err.contains("another version of the corpus"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let added = format!(
+        "{text}{}\n",
+        serde_json::json!({"id": "extra", "title": "", "text": "a new passage"})
+    );
+    std::fs::write(&corpus, added).unwrap();
+    let err = fails(&ws, &["eval", "--split", "test"]);
+    assert!(err.contains("another version of the corpus"), "{err}");
+}

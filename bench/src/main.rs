@@ -393,7 +393,7 @@ fn mine(args: &[String]) -> Result<()> {
         .filter(|s| dataset.paths.qrels(s).exists())
         .map(|s| dataset.qrels(s))
         .collect::<Result<_, _>>()?;
-    let mut index = index_dir.open(&stamp)?;
+    let mut index = index_dir.open(&stamp, &dataset.corpus)?;
     let texts: Vec<&str> = train
         .by_query
         .keys()

@@ -63,6 +63,12 @@ pub enum Error {
         workspace_value: String,
     },
 
+    #[error(
+        "the index at {path} was built from another version of the corpus \
+         (passages changed, added or removed since); rebuild it with `cpack index build`"
+    )]
+    StaleIndex { path: PathBuf },
+
     #[error("no index at {path}; build one with `cpack index build`")]
     NoIndex { path: PathBuf },
 

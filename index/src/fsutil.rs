@@ -100,3 +100,53 @@ impl ProcessLock {
         Ok(ProcessLock { _file: file })
     }
 }
+
+/// Size and CRC-32 of a file, recorded when it is written and compared when
+/// it is read back: a flipped, truncated or swapped file is caught before
+/// anything uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileSum {
+    pub bytes: u64,
+    pub crc32: u32,
+}
+
+impl FileSum {
+    /// Reads `path` through once.
+    pub fn of(path: &Path) -> Result<Self> {
+        use std::io::Read;
+        let mut file = File::open(path).map_err(Error::io("open", path))?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buffer).map_err(Error::io("read", path))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            bytes += n as u64;
+        }
+        Ok(FileSum {
+            bytes,
+            crc32: hasher.finalize(),
+        })
+    }
+
+    /// Fails unless `path` still has this size and checksum; the error says
+    /// which file and how to get a good one back (`recovery`).
+    pub fn verify(&self, path: &Path, recovery: &str) -> Result<()> {
+        let found = FileSum::of(path)?;
+        if found == *self {
+            return Ok(());
+        }
+        let problem = if found.bytes != self.bytes {
+            format!("is {} bytes, {} were written", found.bytes, self.bytes)
+        } else {
+            format!("does not match the checksum recorded when it was written (crc32 {:08x}, expected {:08x})", found.crc32, self.crc32)
+        };
+        Err(Error::BadFile {
+            path: path.to_path_buf(),
+            problem: format!("{problem}: the file is damaged; {recovery}"),
+        })
+    }
+}

@@ -37,7 +37,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Version of the on-disk layout; bumped on any incompatible change.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the checksums of every file of a generation.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// What to do about a damaged or stale generation.
+const REBUILD: &str =
+    "rebuild it with `cpack index build` (it builds anew when the live index is damaged)";
 
 /// Everything that decides which vector a text gets. An index may only be
 /// searched with queries encoded under the same stamp.
@@ -143,6 +148,21 @@ pub struct Manifest {
     pub corpus_path: String,
     pub created_unix: u64,
     pub timings: Timings,
+    /// Size and checksum of each file of the generation, by name. Empty in
+    /// format 1, which had none.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, fsutil::FileSum>,
+}
+
+impl Manifest {
+    /// Checks every file of the generation in `dir` against its recorded
+    /// checksum (format 1 generations have none to check).
+    fn verify_files(&self, dir: &Path) -> Result<()> {
+        for (name, sum) in &self.files {
+            sum.verify(&dir.join(name), REBUILD)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -206,6 +226,24 @@ const MANIFEST: &str = "manifest.json";
 const IDS: &str = "ids.json";
 const LOCK: &str = "LOCK";
 
+/// The files of a finished generation in `dir`, by name: ids, embeddings,
+/// and whatever the vector index saved beside them.
+fn generation_files(dir: &Path, precision: Precision) -> Result<Vec<String>> {
+    let mut names = vec![IDS.to_string(), precision.file_name().to_string()];
+    for entry in fs::read_dir(dir).map_err(Error::io("list", dir))? {
+        let name = entry
+            .map_err(Error::io("list", dir))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if !names.contains(&name) && name != STATE && name != MANIFEST && !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl IndexDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         IndexDir { root: root.into() }
@@ -238,12 +276,16 @@ impl IndexDir {
         Ok(Some((name, manifest)))
     }
 
-    /// Opens the live generation, refusing it if it was embedded differently from `expect`.
-    pub fn open(&self, expect: &EmbeddingStamp) -> Result<OpenIndex> {
+    /// Opens the live generation, refusing it if it was embedded differently
+    /// from `expect`, built from another version of `corpus`, or damaged.
+    pub fn open(&self, expect: &EmbeddingStamp, corpus: &TextTable) -> Result<OpenIndex> {
         let (generation, manifest) = self.current()?.ok_or_else(|| Error::NoIndex {
             path: self.root.clone(),
         })?;
         let dir = self.root.join(&generation);
+        if manifest.plan.corpus_fingerprint != corpus.fingerprint() {
+            return Err(Error::StaleIndex { path: dir });
+        }
         if let Some((field, index_value, workspace_value)) =
             manifest.plan.stamp.first_difference(expect)
         {
@@ -259,6 +301,9 @@ impl IndexDir {
 
     fn open_generation(&self, generation: String, manifest: Manifest) -> Result<OpenIndex> {
         let dir = self.root.join(&generation);
+        // Before anything reads them: FAISS trusts its file, the embeddings
+        // are mapped as they are.
+        manifest.verify_files(&dir)?;
         let plan = &manifest.plan;
         let ids: Vec<String> = fsutil::read_json(&dir.join(IDS))?;
         if ids.len() != plan.rows {
@@ -301,7 +346,11 @@ impl IndexDir {
         let _lock = self.lock()?;
         if !options.force {
             if let Some((generation, manifest)) = self.current()? {
-                if manifest.plan == plan {
+                let intact = || {
+                    manifest.format_version == FORMAT_VERSION
+                        && manifest.verify_files(&self.root.join(&generation)).is_ok()
+                };
+                if manifest.plan == plan && intact() {
                     return Ok(BuildOutcome::UpToDate { generation });
                 }
             }
@@ -332,6 +381,10 @@ impl IndexDir {
         state.timings.index_seconds = started.elapsed().as_secs_f64();
 
         fsutil::write_json_atomic(&build_dir.join(IDS), &corpus.ids)?;
+        let mut files = std::collections::BTreeMap::new();
+        for name in generation_files(&build_dir, plan.precision)? {
+            files.insert(name.clone(), fsutil::FileSum::of(&build_dir.join(&name))?);
+        }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             plan,
@@ -341,6 +394,7 @@ impl IndexDir {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             timings: state.timings.clone(),
+            files,
         };
         fsutil::write_json_atomic(&build_dir.join(MANIFEST), &manifest)?;
         fs::remove_file(build_dir.join(STATE))
@@ -356,7 +410,7 @@ impl IndexDir {
     /// Holds the workspace's build lock until dropped: two builds writing
     /// `build/` at once would interleave their chunks.
     fn lock(&self) -> Result<fsutil::ProcessLock> {
-        fsutil::ProcessLock::acquire(&self.root.join(LOCK), "the index build")
+        fsutil::ProcessLock::acquire(&self.root.join(LOCK), "the index")
     }
 
     /// Picks up `build/` if it was started with the same plan, else clears it.
@@ -624,7 +678,7 @@ mod tests {
                     ..
                 }
             ));
-            let mut index = dir.open(&p.stamp).unwrap();
+            let mut index = dir.open(&p.stamp, &f.corpus).unwrap();
             assert_eq!(index.ids, f.corpus.ids);
             let all = index.embeddings.to_f32();
             let hits = index.vectors.search(&all, 3, 2).unwrap();
@@ -722,7 +776,10 @@ mod tests {
             dir.current().unwrap().is_none(),
             "a failed build must not publish an index"
         );
-        assert!(matches!(dir.open(&p.stamp), Err(Error::NoIndex { .. })));
+        assert!(matches!(
+            dir.open(&p.stamp, &f.corpus),
+            Err(Error::NoIndex { .. })
+        ));
 
         let out = dir
             .build(p, provenance(), &f.corpus, &enc, opts(4, false), &Silent)
@@ -760,7 +817,7 @@ mod tests {
             .unwrap_err();
         assert!(
             err.to_string()
-                .contains("another cpack is building this index"),
+                .contains("the index is in use by another cpack process, pid"),
             "{err}"
         );
         drop(held);
@@ -785,7 +842,7 @@ mod tests {
         .unwrap();
         let mut other = p.stamp.clone();
         other.query_instruction = "Represent this: ".into();
-        let err = dir.open(&other).err().expect("mismatch");
+        let err = dir.open(&other, &f.corpus).err().expect("mismatch");
         assert!(
             matches!(
                 err,
@@ -798,7 +855,7 @@ mod tests {
         );
         let mut other = p.stamp.clone();
         other.model_fingerprint = "0000".into();
-        let err = dir.open(&other).err().expect("mismatch");
+        let err = dir.open(&other, &f.corpus).err().expect("mismatch");
         assert!(err.to_string().contains("model fingerprint"), "{err}");
     }
 }

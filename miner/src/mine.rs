@@ -78,14 +78,9 @@ pub fn mine(
     options: MineOptions,
     progress: &dyn Progress,
 ) -> Result<MineOutcome> {
-    let corpus_fingerprint = input.corpus.fingerprint();
+    // `IndexDir::open` checked that the index was built from this corpus.
     let index_manifest = &input.index.manifest;
-    if index_manifest.plan.corpus_fingerprint != corpus_fingerprint {
-        return Err(Error::Invalid(
-            "the index was built from another version of the corpus; run `cpack index build` first"
-                .into(),
-        ));
-    }
+    let corpus_fingerprint = index_manifest.plan.corpus_fingerprint.clone();
     let (params, clamp_note) = params
         .validated(input.index.ids.len())
         .map_err(Error::Invalid)?;

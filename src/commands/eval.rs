@@ -17,7 +17,7 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     }
     let encoder = open_encoder(&config)?;
     let stamp = config.embedding_stamp(&encoder)?;
-    let mut index = config.index_dir().open(&stamp)?;
+    let mut index = config.index_dir().open(&stamp, &dataset.corpus)?;
 
     let evaluation = cpack_index::evaluate::evaluate_index(
         &encoder,

@@ -114,7 +114,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let encoder = open_encoder(&config)?;
     let mut index = config
         .index_dir()
-        .open(&config.embedding_stamp(&encoder)?)?;
+        .open(&config.embedding_stamp(&encoder)?, &dataset.corpus)?;
     let input = MiningInput {
         corpus: &dataset.corpus,
         queries: &dataset.queries,

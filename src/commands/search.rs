@@ -12,10 +12,10 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     }
     let config = load_config(ctx, &args.overrides)?;
     let encoder = open_encoder(&config)?;
+    let corpus = Dataset::load_corpus(config.data()?)?;
     let mut index = config
         .index_dir()
-        .open(&config.embedding_stamp(&encoder)?)?;
-    let corpus = Dataset::load_corpus(config.data()?)?;
+        .open(&config.embedding_stamp(&encoder)?, &corpus)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
     let hits = index
         .vectors

@@ -163,7 +163,7 @@ impl Current {
             ),
             BuildOutcome::UpToDate { .. } => (0.0, 0.0),
         };
-        Ok((dir.open(&stamp)?, encode, index))
+        Ok((dir.open(&stamp, corpus)?, encode, index))
     }
 
     fn evaluate(
