@@ -237,6 +237,9 @@ fn generation(ws: &Path) -> std::path::PathBuf {
     )
 }
 
+/// Something done to a file.
+type Harm = Box<dyn Fn(&Path)>;
+
 fn flip_bytes(path: &Path, from: usize, every: usize) {
     let mut bytes = std::fs::read(path).unwrap();
     for b in bytes.iter_mut().skip(from).step_by(every) {
@@ -254,7 +257,7 @@ fn damaged_index_files_are_refused_and_rebuilt() {
     init_workspace(&ws, &data, &model, &[]);
     ok(&ws, &["index", "build"]);
     let good = json(&ok(&ws, &["eval", "--split", "test", "--json"]));
-    let damage: [(&str, Box<dyn Fn(&Path)>); 4] = [
+    let damage: [(&str, Harm); 4] = [
         ("embeddings.f32", Box::new(|p: &Path| flip_bytes(p, 0, 7))),
         ("vectors.faiss", Box::new(|p: &Path| flip_bytes(p, 200, 5))),
         (
