@@ -335,3 +335,54 @@ fn an_index_of_another_corpus_version_is_refused_by_every_reader() {
     let err = fails(&ws, &["eval", "--split", "test"]);
     assert!(err.contains("another version of the corpus"), "{err}");
 }
+
+/// Overwrites the data of tensor `name` in a safetensors file with 0xFF bytes (NaN).
+fn poison_tensor(path: &Path, name: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let offsets = &header[name]["data_offsets"];
+    let (start, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
+    bytes[8 + len + start..8 + len + end].fill(0xFF);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn weights_with_nan_or_a_config_that_does_not_fit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build"]);
+    let live = std::fs::read_to_string(ws.join(".cpack/index/CURRENT")).unwrap();
+    let model = tmp.path().join("model");
+    let copy = |name: &str| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&model).unwrap().flatten() {
+            if e.path().is_file() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        dir
+    };
+    let poisoned = copy("poisoned");
+    poison_tensor(&poisoned.join("model.safetensors"), "bert.encoder.layer.0.output.dense.weight");
+    let layers = copy("fewer-layers");
+    let config = std::fs::read_to_string(layers.join("config.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let n = cfg["num_hidden_layers"].as_u64().unwrap();
+    assert!(n >= 2, "the tiny model needs two layers for this test");
+    std::fs::write(layers.join("config.json"), config.replace(&format!("\"num_hidden_layers\": {n}"), "\"num_hidden_layers\": 1")).unwrap();
+    std::fs::write(tmp.path().join("texts.jsonl"), "{\"text\": \"car insurance\"}\n").unwrap();
+    let out = tmp.path().join("out.jsonl");
+    for (dir, expect) in [(&poisoned, "NaN"), (&layers, "num_hidden_layers = 1")] {
+        let m = dir.to_str().unwrap();
+        let err = fails(&ws, &["embed", "--model", m, "--input", "../texts.jsonl", "--output", out.to_str().unwrap()]);
+        assert!(err.contains(expect), "{err}");
+        let err = fails(&ws, &["export", "--onnx", m, tmp.path().join("x.onnx").to_str().unwrap()]);
+        assert!(err.contains(expect), "{err}");
+        let err = fails(&ws, &["index", "build", "--model", m]);
+        assert!(err.contains(expect), "{err}");
+    }
+    assert!(!out.exists() && !tmp.path().join("x.onnx").exists());
+    assert_eq!(std::fs::read_to_string(ws.join(".cpack/index/CURRENT")).unwrap(), live, "the good index was replaced");
+}

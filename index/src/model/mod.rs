@@ -173,7 +173,10 @@ impl ModelDir {
         if !tokenizer.exists() {
             return Err(model_err("tokenizer.json is missing".into()));
         }
-        let weight_prefix = detect_prefix(&weights)?;
+        let header = read_safetensors_header(&weights)?;
+        let weight_prefix = detect_prefix(&weights, &header)?;
+        check_layers(&weights, &header, &weight_prefix, config.num_hidden_layers)?;
+        check_finite(&weights)?;
         let (declared_pooling, declared_normalize) = read_modules(dir)?;
         let st_config = dir.join("sentence_bert_config.json");
         let declared_max_len = if st_config.exists() {
@@ -217,8 +220,10 @@ impl ModelDir {
     }
 }
 
-fn detect_prefix(weights: &Path) -> Result<String> {
-    let header = read_safetensors_header(weights)?;
+fn detect_prefix(
+    weights: &Path,
+    header: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
     let has = |name: &str| header.contains_key(name);
     if has("embeddings.word_embeddings.weight") {
         Ok(String::new())
@@ -232,6 +237,77 @@ fn detect_prefix(weights: &Path) -> Result<String> {
                 .into(),
         })
     }
+}
+
+/// Refuses weights whose encoder layers are not the ones config.json asks
+/// for: a config that says fewer layers than the weights hold would load
+/// part of the model and embed differently without a word.
+fn check_layers(
+    weights: &Path,
+    header: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    layers: usize,
+) -> Result<()> {
+    let stem = if prefix.is_empty() {
+        "encoder.layer.".to_string()
+    } else {
+        format!("{prefix}.encoder.layer.")
+    };
+    let mut held: Vec<usize> = header
+        .keys()
+        .filter_map(|k| k.strip_prefix(&stem)?.split('.').next()?.parse().ok())
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    if held != (0..layers).collect::<Vec<_>>() {
+        return Err(Error::Model {
+            path: weights.to_path_buf(),
+            problem: format!(
+                "holds encoder layers {} but config.json says num_hidden_layers = {layers}; \
+                 the weights and the config are from different models",
+                match (held.first(), held.last()) {
+                    (Some(a), Some(b)) => format!("{a}..={b} ({} in all)", held.len()),
+                    _ => "none".into(),
+                }
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses weights holding NaN or infinity: they would embed every text as
+/// NaN (or train from garbage) instead of failing.
+fn check_finite(weights: &Path) -> Result<()> {
+    let bad = |problem: String| Error::Model {
+        path: weights.to_path_buf(),
+        problem,
+    };
+    let file = std::fs::File::open(weights).map_err(Error::io("open", weights))?;
+    // SAFETY: read-only map of a file cpack does not modify while reading it.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Error::io("map", weights))?;
+    let tensors = safetensors::SafeTensors::deserialize(&map)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    for (name, view) in tensors.tensors() {
+        let data = view.data();
+        let finite = match view.dtype() {
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .all(|b| half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+            safetensors::Dtype::BF16 => data
+                .chunks_exact(2)
+                .all(|b| half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
+            _ => true,
+        };
+        if !finite {
+            return Err(bad(format!(
+                "tensor {name} holds NaN or infinite values; the checkpoint is damaged"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The JSON header of a safetensors file (tensor name → dtype/shape/offsets),
