@@ -107,8 +107,17 @@ impl Reporter {
         let Some(stage) = self.current.lock().expect("progress lock").take() else {
             return;
         };
-        match (&self.output, &stage.bar) {
+        Self::close(&self.output, stage);
+    }
+
+    fn close(output: &Output, stage: Stage) {
+        match (output, &stage.bar) {
             (_, Some(bar)) => bar.finish(),
+            (Output::Lines(_), None) if stage.total == 0 => eprintln!(
+                "{}: done in {}",
+                stage.name,
+                clock(stage.started.elapsed().as_secs_f64())
+            ),
             (Output::Lines(_), None) => eprintln!(
                 "{}: done {} in {} · {}",
                 stage.name,
@@ -161,8 +170,14 @@ impl Reporter {
 }
 
 impl Drop for Reporter {
+    /// A stage still open here ended with an error: its bar is cleared and
+    /// no "done" line is printed.
     fn drop(&mut self) {
-        self.finish();
+        if let Some(stage) = self.current.lock().expect("progress lock").take() {
+            if let Some(bar) = stage.bar {
+                bar.finish_and_clear();
+            }
+        }
     }
 }
 

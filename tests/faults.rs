@@ -18,7 +18,10 @@ fn malformed_corpus_names_file_and_line_and_publishes_nothing() {
         .join("\n");
     std::fs::write(&corpus, text).unwrap();
     let err = fails(&ws, &["index", "build"]);
-    assert!(err.contains("corpus.jsonl:8: malformed record"), "{err}");
+    assert!(
+        err.contains("corpus.jsonl:8: the record has no \"text\" field"),
+        "{err}"
+    );
     assert!(!ws.join(".cpack/index/CURRENT").exists());
 }
 

@@ -342,7 +342,10 @@ fn poison_tensor(path: &Path, name: &str) {
     let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
     let offsets = &header[name]["data_offsets"];
-    let (start, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
+    let (start, end) = (
+        offsets[0].as_u64().unwrap() as usize,
+        offsets[1].as_u64().unwrap() as usize,
+    );
     bytes[8 + len + start..8 + len + end].fill(0xFF);
     std::fs::write(path, bytes).unwrap();
 }
@@ -365,24 +368,109 @@ fn weights_with_nan_or_a_config_that_does_not_fit_are_refused() {
         dir
     };
     let poisoned = copy("poisoned");
-    poison_tensor(&poisoned.join("model.safetensors"), "bert.encoder.layer.0.output.dense.weight");
+    poison_tensor(
+        &poisoned.join("model.safetensors"),
+        "bert.encoder.layer.0.output.dense.weight",
+    );
     let layers = copy("fewer-layers");
     let config = std::fs::read_to_string(layers.join("config.json")).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
     let n = cfg["num_hidden_layers"].as_u64().unwrap();
     assert!(n >= 2, "the tiny model needs two layers for this test");
-    std::fs::write(layers.join("config.json"), config.replace(&format!("\"num_hidden_layers\": {n}"), "\"num_hidden_layers\": 1")).unwrap();
-    std::fs::write(tmp.path().join("texts.jsonl"), "{\"text\": \"car insurance\"}\n").unwrap();
+    std::fs::write(
+        layers.join("config.json"),
+        config.replace(
+            &format!("\"num_hidden_layers\": {n}"),
+            "\"num_hidden_layers\": 1",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("texts.jsonl"),
+        "{\"text\": \"car insurance\"}\n",
+    )
+    .unwrap();
     let out = tmp.path().join("out.jsonl");
     for (dir, expect) in [(&poisoned, "NaN"), (&layers, "num_hidden_layers = 1")] {
         let m = dir.to_str().unwrap();
-        let err = fails(&ws, &["embed", "--model", m, "--input", "../texts.jsonl", "--output", out.to_str().unwrap()]);
+        let err = fails(
+            &ws,
+            &[
+                "embed",
+                "--model",
+                m,
+                "--input",
+                "../texts.jsonl",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
         assert!(err.contains(expect), "{err}");
-        let err = fails(&ws, &["export", "--onnx", m, tmp.path().join("x.onnx").to_str().unwrap()]);
+        let err = fails(
+            &ws,
+            &[
+                "export",
+                "--onnx",
+                m,
+                tmp.path().join("x.onnx").to_str().unwrap(),
+            ],
+        );
         assert!(err.contains(expect), "{err}");
         let err = fails(&ws, &["index", "build", "--model", m]);
         assert!(err.contains(expect), "{err}");
     }
     assert!(!out.exists() && !tmp.path().join("x.onnx").exists());
-    assert_eq!(std::fs::read_to_string(ws.join(".cpack/index/CURRENT")).unwrap(), live, "the good index was replaced");
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".cpack/index/CURRENT")).unwrap(),
+        live,
+        "the good index was replaced"
+    );
+}
+
+#[test]
+fn byte_order_marks_bad_utf8_and_odd_ids_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, data, _) = echo_workspace(tmp.path());
+    let qrels = data.join("qrels/test.tsv");
+    let body = std::fs::read(&qrels).unwrap();
+    // A BOM (editors on Windows add one) is skipped: the header is still a header.
+    std::fs::write(&qrels, [&b"\xEF\xBB\xBF"[..], &body].concat()).unwrap();
+    ok(&ws, &["index", "build"]);
+    let eval = json(&ok(&ws, &["eval", "--split", "test", "--json"]));
+    assert!(eval["metrics"]["ndcg_at_10"].as_f64().unwrap() > 0.0);
+    // Invalid UTF-8 on line 3 of the qrels.
+    let mut broken = body.clone();
+    let third = broken
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    broken.insert(third, 0xFF);
+    std::fs::write(&qrels, &broken).unwrap();
+    let err = fails(&ws, &["eval", "--split", "test"]);
+    assert!(err.contains("test.tsv:3: not valid UTF-8"), "{err}");
+    std::fs::write(&qrels, &body).unwrap();
+    let queries = data.join("queries.jsonl");
+    let original = std::fs::read_to_string(&queries).unwrap();
+    for (id, kind) in [
+        ("null", "null"),
+        ("[1, 2]", "a list"),
+        ("true", "a boolean"),
+    ] {
+        std::fs::write(
+            &queries,
+            format!("{original}{{\"id\": {id}, \"text\": \"x\"}}\n"),
+        )
+        .unwrap();
+        let err = fails(&ws, &["eval", "--split", "test"]);
+        assert!(
+            err.contains("queries.jsonl:9: id must be a string or a number, not ")
+                && err.contains(kind),
+            "{err}"
+        );
+        assert!(!err.contains("untagged"), "{err}");
+    }
 }

@@ -62,6 +62,17 @@ fn long_stages_print_progress_lines_when_stderr_is_not_a_terminal() {
 }
 
 #[test]
+fn a_stage_that_fails_is_not_reported_done() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, data, _) = echo_workspace(tmp.path());
+    std::fs::write(data.join("corpus.jsonl"), "{\"id\": 1}\n").unwrap();
+    let err = fails(&ws, &["index", "build"]);
+    assert!(err.contains("loading corpus"), "{err}");
+    assert!(!err.contains("loading corpus: done"), "{err}");
+    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
+}
+
+#[test]
 fn a_store_held_by_another_process_is_named_with_its_pid() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, _, _) = echo_workspace(tmp.path());

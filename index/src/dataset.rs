@@ -4,10 +4,8 @@
 //! qrels naming unknown ids, malformed lines) and reports it as `file:line: problem`.
 
 use crate::error::{Error, Result};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 /// Where the three parts of a dataset live.
@@ -33,30 +31,83 @@ impl DatasetPaths {
     }
 }
 
-/// An id as found in JSONL: BEIR sets use strings, some exports use numbers.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawId {
-    Text(String),
-    Number(serde_json::Number),
+/// One JSONL record: `{"id" | "_id": string or number, "title"?: string, "text": string}`.
+struct Record {
+    id: String,
+    title: String,
+    text: String,
 }
 
-impl RawId {
-    fn into_string(self) -> String {
-        match self {
-            RawId::Text(s) => s,
-            RawId::Number(n) => n.to_string(),
-        }
+/// The JSON type of `v`, for error messages.
+fn kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
-#[derive(Deserialize)]
-struct RawRecord {
-    #[serde(alias = "_id")]
-    id: RawId,
-    #[serde(default)]
-    title: Option<String>,
-    text: String,
+impl Record {
+    /// Parses one line, naming the field and what is wrong with it.
+    fn parse(line: &str) -> std::result::Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON record: {e}"))?;
+        let serde_json::Value::Object(fields) = value else {
+            return Err(format!(
+                "a record must be a JSON object, not {}",
+                kind(&value)
+            ));
+        };
+        let id = match fields.get("id").or_else(|| fields.get("_id")) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            // BEIR sets use strings; some exports use numbers.
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "id must be a string or a number, not {}",
+                    kind(other)
+                ))
+            }
+            None => return Err("the record has no \"id\" (or \"_id\") field".into()),
+        };
+        let text = match fields.get("text") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => return Err(format!("text must be a string, not {}", kind(other))),
+            None => return Err("the record has no \"text\" field".into()),
+        };
+        let title = match fields.get("title") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => return Err(format!("title must be a string, not {}", kind(other))),
+        };
+        Ok(Record { id, title, text })
+    }
+}
+
+/// The non-empty lines of a text file with their 1-based numbers. A UTF-8
+/// byte-order mark at the start is skipped (editors add it); invalid UTF-8
+/// is an error naming its line.
+pub fn text_lines(path: &Path) -> Result<Vec<(usize, String)>> {
+    let bytes = std::fs::read(path).map_err(Error::io("read", path))?;
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut lines = Vec::new();
+    for (n, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            bad_line(
+                path,
+                n + 1,
+                format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1),
+            )
+        })?;
+        if !line.trim().is_empty() {
+            lines.push((n + 1, line.to_string()));
+        }
+    }
+    Ok(lines)
 }
 
 /// Texts with unique ids, in file order.
@@ -71,28 +122,16 @@ pub struct TextTable {
 impl TextTable {
     /// Reads a JSONL file of `{"id", "title"?, "text"}` records (`_id` accepted too).
     pub fn load_jsonl(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
         let mut table = TextTable::default();
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line_no = n + 1;
-            let line = line.map_err(|e| match e.kind() {
-                std::io::ErrorKind::InvalidData => {
-                    bad_line(path, line_no, "not valid UTF-8".into())
-                }
-                _ => Error::io("read", path)(e),
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record: RawRecord = serde_json::from_str(&line)
-                .map_err(|e| bad_line(path, line_no, format!("malformed record: {e}")))?;
-            let id = record.id.into_string();
+        for (line_no, line) in text_lines(path)? {
+            let record = Record::parse(&line).map_err(|p| bad_line(path, line_no, p))?;
+            let id = record.id;
             if table.positions.contains_key(&id) {
                 return Err(bad_line(path, line_no, format!("duplicate id {id:?}")));
             }
             table.positions.insert(id.clone(), table.ids.len());
             table.ids.push(id);
-            table.titles.push(record.title.unwrap_or_default());
+            table.titles.push(record.title);
             table.texts.push(record.text);
         }
         Ok(table)
@@ -159,14 +198,8 @@ impl Qrels {
     /// Reads a BEIR qrels TSV (`query-id corpus-id score` header), checking
     /// that every id names a query and a passage that exist.
     pub fn load_tsv(path: &Path, queries: &TextTable, corpus: &TextTable) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
         let mut qrels = Qrels::default();
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line_no = n + 1;
-            let line = line.map_err(Error::io("read", path))?;
-            if line.trim().is_empty() {
-                continue;
-            }
+        for (line_no, line) in text_lines(path)? {
             let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
             if line_no == 1 && fields.first() == Some(&"query-id") {
                 continue;

@@ -65,7 +65,12 @@ pub fn fails(workspace: &Path, args: &[&str]) -> String {
         !stderr.contains("panicked"),
         "cpack {args:?} panicked: {stderr}"
     );
-    assert!(stderr.starts_with("error: "), "cpack {args:?}: {stderr}");
+    let errors = stderr.lines().filter(|l| l.starts_with("error: ")).count();
+    assert_eq!(
+        errors, 1,
+        "cpack {args:?}: one error line expected: {stderr}"
+    );
+
     stderr
 }
 
