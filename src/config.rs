@@ -176,10 +176,30 @@ pub struct Config {
     pub train: TrainSection,
 }
 
+/// The workspace's state folder, beside cpack.toml.
+pub const STATE_DIR: &str = ".cpack";
+
+/// `workspace/.cpack`, refusing a symbolic link that leads nowhere (every
+/// write under it would fail with a puzzling "File exists").
+pub fn state_dir(workspace: &Path) -> Result<PathBuf> {
+    let dir = workspace.join(STATE_DIR);
+    if let Ok(link) = std::fs::read_link(&dir) {
+        if !dir.exists() {
+            bail!(
+                "{} is a symbolic link to {}, which does not exist; create that folder or remove the link",
+                dir.display(),
+                link.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
 impl Config {
     /// Reads `cpack.toml` in `workspace` (if present) and applies `overrides`.
     /// A workspace without cpack.toml is allowed when `--model` names the model.
     pub fn load(workspace: &Path, overrides: &Overrides) -> Result<Self> {
+        state_dir(workspace)?;
         let toml_path = workspace.join(FILE_NAME);
         let file = if toml_path.exists() {
             let text = std::fs::read_to_string(&toml_path)
@@ -259,11 +279,11 @@ impl Config {
     }
 
     pub fn negatives_dir(&self) -> PathBuf {
-        self.workspace.join(".cpack").join("negatives")
+        self.workspace.join(STATE_DIR).join("negatives")
     }
 
     pub fn index_dir(&self) -> IndexDir {
-        IndexDir::new(self.workspace.join(".cpack").join("index"))
+        IndexDir::new(self.workspace.join(STATE_DIR).join("index"))
     }
 
     /// The stamp an index must carry to be searched with this configuration's encoder.

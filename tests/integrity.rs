@@ -474,3 +474,35 @@ fn byte_order_marks_bad_utf8_and_odd_ids_are_named() {
         assert!(!err.contains("untagged"), "{err}");
     }
 }
+
+#[test]
+fn a_bad_factory_fails_before_encoding_and_a_dangling_state_link_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    let err = fails(&ws, &["index", "build", "--factory", "NoSuchThing"]);
+    assert!(
+        err.contains("FAISS cannot build index.factory = \"NoSuchThing\""),
+        "{err}"
+    );
+    assert!(
+        !err.contains("encoding passages"),
+        "the corpus was encoded first: {err}"
+    );
+    assert!(
+        !err.contains("Error in"),
+        "FAISS's raw C++ text leaked: {err}"
+    );
+
+    std::os::unix::fs::symlink(tmp.path().join("gone"), ws.join(".cpack")).unwrap();
+    for cmd in [
+        &["index", "build"][..],
+        &["report"][..],
+        &["index", "info"][..],
+    ] {
+        let err = fails(&ws, cmd);
+        assert!(
+            err.contains(".cpack is a symbolic link") && err.contains("does not exist"),
+            "{cmd:?}: {err}"
+        );
+    }
+}

@@ -342,6 +342,7 @@ impl IndexDir {
         options: BuildOptions,
         progress: &dyn Progress,
     ) -> Result<BuildOutcome> {
+        plan.index.check(plan.stamp.dim)?;
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
         let _lock = self.lock()?;
         if !options.force {

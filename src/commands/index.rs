@@ -116,7 +116,8 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
 }
 
 fn info(ctx: &Context, json: bool) -> Result<()> {
-    let dir = cpack_index::store::IndexDir::new(ctx.workspace.join(".cpack").join("index"));
+    let dir =
+        cpack_index::store::IndexDir::new(crate::config::state_dir(&ctx.workspace)?.join("index"));
     let Some((generation, manifest)) = dir.current()? else {
         bail!(
             "no index in {}; build one with `cpack index build`",

@@ -109,7 +109,7 @@ fn ort_loader(config: &Config, ort: &OrtConfig, workers: usize) -> Result<Box<dy
         },
         precision: ort.precision,
         // Exports of the workspace's models, named by their weights' fingerprint.
-        cache_dir: config.workspace.join(".cpack").join("onnx"),
+        cache_dir: config.workspace.join(crate::config::STATE_DIR).join("onnx"),
     }))
 }
 

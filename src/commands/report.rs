@@ -8,6 +8,7 @@ use cpack_train::run::{self, Report};
 use std::fmt::Write as _;
 
 pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
+    crate::config::state_dir(&ctx.workspace)?;
     let runs = runs_dir(&ctx.workspace);
     let name = match args.run {
         Some(name) => {

@@ -58,7 +58,7 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
 }
 
 pub fn runs_dir(workspace: &Path) -> PathBuf {
-    workspace.join(".cpack").join("runs")
+    workspace.join(crate::config::STATE_DIR).join("runs")
 }
 
 /// The most recently modified run folder.

@@ -66,6 +66,29 @@ impl FaissIndex {
         FaissIndex::new(inner)
     }
 
+    /// Whether FAISS can make an index from `factory` for `dim`-wide vectors;
+    /// the error quotes the factory and the first line of FAISS's reason.
+    pub fn check_factory(factory: &str, dim: usize) -> Result<()> {
+        ::faiss::index_factory(dim as u32, factory, MetricType::InnerProduct)
+            .map(drop)
+            .map_err(|e| {
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("rejected")
+                    .rsplit(": ")
+                    .next()
+                    .unwrap_or("rejected")
+                    .to_string();
+                Error::Invalid(format!(
+                    "FAISS cannot build index.factory = {factory:?} for {dim}-dimensional vectors ({reason}); \
+                     see https://github.com/facebookresearch/faiss/wiki/The-index-factory"
+                ))
+            })
+    }
+
     /// Reads `vectors.faiss` from `dir`, checking it agrees with the embeddings.
     pub fn open(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Self> {
         let path = dir.join(FILE_NAME);

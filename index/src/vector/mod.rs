@@ -79,6 +79,15 @@ impl IndexKind {
         }
     }
 
+    /// Fails now, before any encoding, if vectors of `dim` dimensions cannot
+    /// be indexed this way (an unknown FAISS factory string).
+    pub fn check(&self, dim: usize) -> Result<()> {
+        match self {
+            IndexKind::Exact => Ok(()),
+            IndexKind::Faiss { factory } => check_faiss(factory, dim),
+        }
+    }
+
     /// Builds an index over all rows of `embeddings` on up to `threads` cores
     /// (FAISS trains k-means with them).
     pub fn build(
@@ -126,12 +135,24 @@ fn build_faiss(
 }
 
 #[cfg(feature = "faiss")]
+fn check_faiss(factory: &str, dim: usize) -> Result<()> {
+    faiss::FaissIndex::check_factory(factory, dim)
+}
+
+#[cfg(feature = "faiss")]
 fn open_faiss(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
     Ok(Box::new(faiss::FaissIndex::open(dir, embeddings)?))
 }
 
 #[cfg(not(feature = "faiss"))]
 fn build_faiss(_: &str, _: &EmbeddingMatrix, _: usize) -> Result<Box<dyn VectorIndex>> {
+    Err(Error::Invalid(
+        "this cpack was built without the `faiss` feature".into(),
+    ))
+}
+
+#[cfg(not(feature = "faiss"))]
+fn check_faiss(_: &str, _: usize) -> Result<()> {
     Err(Error::Invalid(
         "this cpack was built without the `faiss` feature".into(),
     ))
