@@ -506,3 +506,20 @@ fn a_bad_factory_fails_before_encoding_and_a_dangling_state_link_is_named() {
         );
     }
 }
+
+#[test]
+fn a_damaged_checkpoint_is_refused_on_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, small) = training_workspace(tmp.path());
+    ok(&ws, &[&["train", "--run", "d", "--epochs", "1"][..], &small].concat());
+    for file in ["optimizer.safetensors", "model.safetensors"] {
+        let path = ws.join(".cpack/runs/d/epoch-1").join(file);
+        let good = std::fs::read(&path).unwrap();
+        flip_bytes(&path, good.len() - 64, 16);
+        let err = fails(&ws, &[&["train", "--run", "d", "--resume", "--epochs", "2"][..], &small].concat());
+        assert!(err.contains(file) && err.contains("damaged"), "{err}");
+        std::fs::write(&path, good).unwrap();
+    }
+    assert!(!ws.join(".cpack/runs/d/epoch-2").exists());
+    ok(&ws, &[&["train", "--run", "d", "--resume", "--epochs", "2"][..], &small].concat());
+}

@@ -26,6 +26,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "trainer_state.json";
+const WEIGHTS_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const FORMAT_VERSION: u32 = 1;
 
@@ -61,6 +62,11 @@ pub struct TrainerState {
     pub mine_seconds: f64,
     #[serde(default)]
     pub negatives_overlap: Option<f64>,
+    /// Size and checksum of the weights and optimizer files, by name, taken
+    /// when they were written; `--resume` verifies them (absent in
+    /// checkpoints from before they were recorded).
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, fsutil::FileSum>,
 }
 
 impl TrainerState {
@@ -79,6 +85,7 @@ impl TrainerState {
             stats: EpochStats::default(),
             mine_seconds: 0.0,
             negatives_overlap: None,
+            files: Default::default(),
         }
     }
 }
@@ -137,14 +144,20 @@ fn write_all(
             write_synced(&dir.join(name), &fsutil::read(&from)?)?;
         }
     }
-    write_synced(&dir.join("model.safetensors"), &model_bytes(base, encoder)?)?;
+    write_synced(&dir.join(WEIGHTS_FILE), &model_bytes(base, encoder)?)?;
     write_modules(dir, modules, base.hidden_size())?;
     let moments: Vec<(String, Tensor)> = optimizer.state();
     let metadata = HashMap::from([("steps".to_string(), optimizer.steps().to_string())]);
     write_synced(&dir.join(OPTIMIZER_FILE), &serialize(&moments, metadata)?)?;
+    let mut state = state.clone();
+    for name in [WEIGHTS_FILE, OPTIMIZER_FILE] {
+        state
+            .files
+            .insert(name.to_string(), fsutil::FileSum::of(&dir.join(name))?);
+    }
     write_synced(
         &dir.join(STATE_FILE),
-        &serde_json::to_vec_pretty(state).expect("plain data"),
+        &serde_json::to_vec_pretty(&state).expect("plain data"),
     )?;
     fsutil::sync_dir(dir)?;
     Ok(fsutil::sync_dir(&dir.join("1_Pooling"))?)
@@ -261,6 +274,12 @@ pub fn load(dir: &Path) -> Result<Saved> {
                 dir.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned())
             ),
         });
+    }
+    for (name, sum) in &state.files {
+        sum.verify(
+            &dir.join(name),
+            "delete this checkpoint folder to resume from the one before, or start a new run",
+        )?;
     }
     if state.format_version != FORMAT_VERSION {
         return Err(Error::Checkpoint {
