@@ -511,15 +511,117 @@ fn a_bad_factory_fails_before_encoding_and_a_dangling_state_link_is_named() {
 fn a_damaged_checkpoint_is_refused_on_resume() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, small) = training_workspace(tmp.path());
-    ok(&ws, &[&["train", "--run", "d", "--epochs", "1"][..], &small].concat());
+    ok(
+        &ws,
+        &[&["train", "--run", "d", "--epochs", "1"][..], &small].concat(),
+    );
     for file in ["optimizer.safetensors", "model.safetensors"] {
         let path = ws.join(".cpack/runs/d/epoch-1").join(file);
         let good = std::fs::read(&path).unwrap();
         flip_bytes(&path, good.len() - 64, 16);
-        let err = fails(&ws, &[&["train", "--run", "d", "--resume", "--epochs", "2"][..], &small].concat());
+        let err = fails(
+            &ws,
+            &[
+                &["train", "--run", "d", "--resume", "--epochs", "2"][..],
+                &small,
+            ]
+            .concat(),
+        );
         assert!(err.contains(file) && err.contains("damaged"), "{err}");
         std::fs::write(&path, good).unwrap();
     }
     assert!(!ws.join(".cpack/runs/d/epoch-2").exists());
-    ok(&ws, &[&["train", "--run", "d", "--resume", "--epochs", "2"][..], &small].concat());
+    ok(
+        &ws,
+        &[
+            &["train", "--run", "d", "--resume", "--epochs", "2"][..],
+            &small,
+        ]
+        .concat(),
+    );
+}
+
+/// Runs cpack under a file-size limit (KiB): writes past it fail with EFBIG,
+/// as a full disk fails them with ENOSPC.
+fn cpack_with_file_limit(ws: &Path, kib: u64, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_cpack"))
+        .args(args)
+        .current_dir(ws)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_negatives_store_survives_a_full_disk_at_any_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = shared("data/cmrc2018");
+    let model = tiny_model_for(&data, &tmp.path().join("model"));
+    let ws = tmp.path().join("ws");
+    init_workspace(&ws, &data, &model, &[]);
+    ok(&ws, &["index", "build"]);
+    ok(&ws, &["mine", "--topk", "30"]);
+    let reference = tmp.path().join("reference.jsonl");
+    ok(
+        &ws,
+        &[
+            "mine",
+            "export",
+            "--format",
+            "ids",
+            "--output",
+            reference.to_str().unwrap(),
+        ],
+    );
+    let store = ws.join(".cpack/negatives");
+    let db_kib = std::fs::metadata(store.join("db")).unwrap().len() / 1024;
+    let mut failures = 0;
+    for kib in [4, 64, db_kib, db_kib + 64, db_kib + 512, db_kib + 2048] {
+        let out = cpack_with_file_limit(&ws, kib, &["mine", "--topk", "30", "--force"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "limit {kib} KiB: {stderr}");
+        if !out.status.success() {
+            failures += 1;
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+        }
+        // Whatever happened, the store still opens and answers.
+        let stats = ok(&ws, &["mine", "stats"]);
+        assert!(stats.contains("round"), "{stats}");
+        let out = tmp.path().join("out.jsonl");
+        ok(
+            &ws,
+            &[
+                "mine",
+                "export",
+                "--format",
+                "ids",
+                "--output",
+                out.to_str().unwrap(),
+            ],
+        );
+    }
+    assert!(failures > 0, "no limit made a write fail");
+    // A snapshot left half-written by a full disk does not break the store.
+    std::fs::write(store.join("snap.00000000FFFFFFFF.generating"), [1u8; 100]).unwrap();
+    ok(&ws, &["mine", "stats"]);
+    std::fs::write(store.join("snap.00000000FFFFFFFF"), [1u8; 100]).unwrap();
+    ok(&ws, &["mine", "stats"]);
+    // And a full mine afterwards gives the same negatives as before.
+    ok(&ws, &["mine", "--topk", "30", "--force"]);
+    let again = tmp.path().join("again.jsonl");
+    ok(
+        &ws,
+        &[
+            "mine",
+            "export",
+            "--format",
+            "ids",
+            "--output",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&reference).unwrap());
 }

@@ -74,6 +74,52 @@ pub struct NegativeStore {
     _lock: ProcessLock,
 }
 
+/// Opens the sled database at `path`, surviving what a full disk leaves
+/// behind. sled writes its snapshot (a cache of its log's index) as
+/// `snap.N.generating` and renames it when complete, yet reads a leftover
+/// one as the newest snapshot and fails with "Read corrupted data"; such
+/// files are removed first. If a snapshot is still unreadable, the
+/// snapshots are removed and sled rebuilds them from its log, which holds
+/// the data.
+fn open_sled(path: &Path) -> sled::Result<sled::Db> {
+    for leftover in snapshots(path)
+        .into_iter()
+        .filter(|p| has_extension(p, "generating"))
+    {
+        let _ = std::fs::remove_file(leftover);
+    }
+    match sled::open(path) {
+        Err(sled::Error::Corruption { .. }) if !snapshots(path).is_empty() => {
+            for snapshot in snapshots(path) {
+                std::fs::remove_file(snapshot)?;
+            }
+            sled::open(path)
+        }
+        other => other,
+    }
+}
+
+fn has_extension(path: &Path, extension: &str) -> bool {
+    path.extension().is_some_and(|e| e == extension)
+}
+
+/// sled's snapshot files in `dir` (`snap.*`, finished or not).
+fn snapshots(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("snap."))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Store-wide facts: the highest round number ever used.
 const META_TREE: &str = "meta";
 const HIGHEST_ROUND: &[u8] = b"highest-round";
@@ -101,7 +147,7 @@ impl NegativeStore {
         }
         // sled's own lock says only "WouldBlock"; this one names the holder.
         let lock = ProcessLock::acquire(&path.with_extension("lock"), "the negatives store")?;
-        let db = sled::open(path).map_err(err)?;
+        let db = open_sled(path).map_err(err)?;
         let rounds = db.open_tree("rounds").map_err(err)?;
         Ok(NegativeStore {
             db,
