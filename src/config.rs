@@ -37,6 +37,13 @@ pub struct TomlFile {
     pub train: TrainSection,
 }
 
+impl TomlFile {
+    /// Reads the text of a `cpack.toml`; unknown keys are errors.
+    pub fn parse(text: &str) -> std::result::Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
 /// `[train]`: defaults for `cpack train`, key for key the same as its flags.
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -204,7 +211,7 @@ impl Config {
         let file = if toml_path.exists() {
             let text = std::fs::read_to_string(&toml_path)
                 .with_context(|| format!("cannot read {}", toml_path.display()))?;
-            toml::from_str::<TomlFile>(&text)
+            TomlFile::parse(&text)
                 .with_context(|| format!("{} is not a valid cpack.toml", toml_path.display()))?
         } else if overrides.model.is_some() {
             TomlFile::default()

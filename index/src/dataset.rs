@@ -87,12 +87,11 @@ impl Record {
     }
 }
 
-/// The non-empty lines of a text file with their 1-based numbers. A UTF-8
-/// byte-order mark at the start is skipped (editors add it); invalid UTF-8
-/// is an error naming its line.
-pub fn text_lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let bytes = std::fs::read(path).map_err(Error::io("read", path))?;
-    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+/// The non-empty lines of a text file's bytes with their 1-based numbers;
+/// `path` names them in errors. A UTF-8 byte-order mark at the start is
+/// skipped (editors add it); invalid UTF-8 is an error naming its line.
+fn lines_of(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, String)>> {
+    let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut lines = Vec::new();
     for (n, raw) in body.split(|&b| b == b'\n').enumerate() {
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -122,8 +121,13 @@ pub struct TextTable {
 impl TextTable {
     /// Reads a JSONL file of `{"id", "title"?, "text"}` records (`_id` accepted too).
     pub fn load_jsonl(path: &Path) -> Result<Self> {
+        Self::parse_jsonl(path, &std::fs::read(path).map_err(Error::io("read", path))?)
+    }
+
+    /// [`TextTable::load_jsonl`] of bytes already read; `path` names them in errors.
+    pub fn parse_jsonl(path: &Path, bytes: &[u8]) -> Result<Self> {
         let mut table = TextTable::default();
-        for (line_no, line) in text_lines(path)? {
+        for (line_no, line) in lines_of(path, bytes)? {
             let record = Record::parse(&line).map_err(|p| bad_line(path, line_no, p))?;
             let id = record.id;
             if table.positions.contains_key(&id) {
@@ -198,8 +202,19 @@ impl Qrels {
     /// Reads a BEIR qrels TSV (`query-id corpus-id score` header), checking
     /// that every id names a query and a passage that exist.
     pub fn load_tsv(path: &Path, queries: &TextTable, corpus: &TextTable) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(Error::io("read", path))?;
+        Self::parse_tsv(path, &bytes, queries, corpus)
+    }
+
+    /// [`Qrels::load_tsv`] of bytes already read; `path` names them in errors.
+    pub fn parse_tsv(
+        path: &Path,
+        bytes: &[u8],
+        queries: &TextTable,
+        corpus: &TextTable,
+    ) -> Result<Self> {
         let mut qrels = Qrels::default();
-        for (line_no, line) in text_lines(path)? {
+        for (line_no, line) in lines_of(path, bytes)? {
             let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
             if line_no == 1 && fields.first() == Some(&"query-id") {
                 continue;

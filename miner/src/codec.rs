@@ -8,6 +8,9 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Version of the record encoding.
 pub const FORMAT: u8 = 1;
 
+/// More than any record holds (a query's few hundred candidates, a round's manifest).
+const MAX_RECORD_BYTES: usize = 64 << 20;
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut bytes = vec![FORMAT];
     bytes.extend(
@@ -30,7 +33,10 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
             supported: FORMAT,
         });
     }
-    bincode::serde::decode_from_slice(body, bincode::config::standard())
+    // The limit bounds what a length prefix may make bincode allocate: a
+    // damaged record must fail, not claim gigabytes.
+    let config = bincode::config::standard().with_limit::<MAX_RECORD_BYTES>();
+    bincode::serde::decode_from_slice(body, config)
         .map(|(value, _)| value)
         .map_err(|source| Error::Decode { what, source })
 }
@@ -55,5 +61,8 @@ mod tests {
             Err(Error::NewerFormat { .. })
         ));
         assert!(decode::<u32>("test", &[]).is_err());
+        // A length prefix claiming 4 GiB is refused, not allocated.
+        let huge = [FORMAT, 0xFC, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(decode::<Vec<u8>>("test", &huge).is_err());
     }
 }

@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 pub const STEPS_FILE: &str = "steps.jsonl";
@@ -88,11 +88,13 @@ impl StepLog {
 /// The records of a `steps.jsonl`; a torn last line (a kill mid-write) is
 /// dropped, any other bad line is an error naming it.
 pub fn read(path: &Path) -> Result<Vec<StepRecord>> {
-    let file = File::open(path).map_err(Error::io("open", path))?;
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(Error::io("read", path))?;
+    parse(path, &std::fs::read(path).map_err(Error::io("read", path))?)
+}
+
+/// [`read`] of bytes already read; `path` names them in errors.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<StepRecord>> {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
     let mut records = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
