@@ -564,3 +564,43 @@ fn the_schedule_spans_the_real_steps_when_packing_adds_batches() {
         .sum();
     assert_eq!(reported, steps.len() as u64);
 }
+
+#[test]
+fn a_step_that_cannot_fit_is_refused_before_anything_runs_with_a_mini_batch_that_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    init_workspace(&ws, &shared("data/cmrc2018"), &minilm(), &[]);
+    let args = [
+        "train",
+        "--run",
+        "big",
+        "--train-batch-size",
+        "1024",
+        "--group-size",
+        "8",
+        "--passage-max-len",
+        "256",
+        "--eval-split",
+        "none",
+    ];
+    let err = fails(&ws, &args);
+    assert!(
+        err.contains("needs about") && err.contains("is available"),
+        "{err}"
+    );
+    let n: usize = err
+        .split("--mini-batch ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no --mini-batch suggested: {err}"));
+    assert!(n >= 1);
+    assert!(
+        !ws.join(".cpack/runs/big").exists(),
+        "a refused run left a folder"
+    );
+    assert!(
+        !ws.join(".cpack/index").exists(),
+        "the corpus was encoded first"
+    );
+}

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod run;

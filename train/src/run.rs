@@ -14,6 +14,7 @@
 use crate::checkpoint::{self, Modules, TrainerState};
 use crate::data::{Skipped, TrainingSet};
 use crate::error::{Error, Result};
+use crate::memory;
 use crate::model::TrainableEncoder;
 use crate::optim::Schedule;
 use crate::steps::StepLog;
@@ -245,7 +246,13 @@ pub fn run(
             ws.dataset.paths.qrels(&spec.mining.split).display()
         )));
     }
+    if !resume {
+        check_memory(&spec, &ModelDir::open(&spec.base_model)?.config)?;
+    }
     let spec = prepare_run_dir(run_dir, spec, resume)?;
+    if resume {
+        check_memory(&spec, &ModelDir::open(&spec.base_model)?.config)?;
+    }
     let base = Current::open(ModelDir::open(&spec.base_model)?, &spec.encoder, ws)?;
     let mut report = read_report(run_dir)?.unwrap_or_else(|| Report {
         spec: spec.clone(),
@@ -387,6 +394,41 @@ pub fn run(
         write_report(run_dir, &report)?;
     }
     Ok(report)
+}
+
+/// Refuses a recipe whose step cannot fit in the memory available now,
+/// naming a `--mini-batch` that would.
+fn check_memory(spec: &RunSpec, cfg: &cpack_index::model::BertConfig) -> Result<()> {
+    let Some(available) = memory::available_bytes() else {
+        return Ok(());
+    };
+    let t = &spec.train;
+    let shape = memory::StepShape {
+        queries: t.batch_size,
+        query_len: spec.encoder.query_max_len,
+        passages: t.batch_size * t.group_size,
+        passage_len: spec.encoder.passage_max_len,
+    };
+    let needed = memory::step_bytes(cfg, shape, t.mini_batch);
+    if needed <= available {
+        return Ok(());
+    }
+    let advice = match memory::mini_batch_within(cfg, shape, available * 4 / 5) {
+        Some(n) => format!(
+            "pass --mini-batch {n} (gradient caching: the same gradients, about {} per step)",
+            memory::gigabytes(memory::step_bytes(cfg, shape, n))
+        ),
+        None => "lower --train-batch-size, --group-size or --passage-max-len".into(),
+    };
+    Err(Error::Invalid(format!(
+        "a training step of batch {} × group {} at {} passage tokens needs about {}, \
+         and {} is available; {advice}",
+        t.batch_size,
+        t.group_size,
+        spec.encoder.passage_max_len,
+        memory::gigabytes(needed),
+        memory::gigabytes(available)
+    )))
 }
 
 /// Refuses a checkpoint that cannot have come from this run, or whose
