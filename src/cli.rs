@@ -95,6 +95,30 @@ pub enum Command {
     Train(TrainArgs),
     /// Show a training run's report: per-epoch loss, metrics and timings.
     Report(ReportArgs),
+    /// Serve the encoder and index over HTTP (search, embed, health, info).
+    ///
+    /// POST /search {"query": "…", "k": 10} or {"queries": […]} returns ids,
+    /// scores, titles and texts (the workspace's query instruction applied);
+    /// POST /embed {"inputs": "…" | […], "kind": "passage" | "query"} returns
+    /// one vector per input, as text-embeddings-inference; GET /health and
+    /// GET /info (model fingerprint, index generation, dimension, instruction,
+    /// backend). Requests arriving together are encoded as one batch. When
+    /// `cpack index build` (or, with --run, a training refresh) publishes a new
+    /// generation, the server switches to it between two batches.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Address to listen on (port 0 picks a free one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Serve a training run's newest checkpoint and its index instead of the
+    /// workspace's model and index.
+    #[arg(long, value_name = "RUN", conflicts_with = "model")]
+    pub run: Option<String>,
 }
 
 #[derive(Args, Debug, Default)]
@@ -190,6 +214,9 @@ pub struct ReportArgs {
     /// Also write the curves (metrics and loss per epoch) as an HTML page with SVG charts.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// Also draw the curves (nDCG@10 and loss per epoch) as a PNG picture.
+    #[arg(long, value_name = "FILE")]
+    pub png: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

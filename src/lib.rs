@@ -9,6 +9,7 @@ mod commands;
 pub mod config;
 mod hub;
 mod progress;
+mod serve;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -139,6 +139,29 @@ fn refresh_loop_trains_reports_and_writes_hugging_face_checkpoints() {
     let html = tmp.path().join("curves.html");
     ok(&ws, &["report", "--html", html.to_str().unwrap()]);
     assert!(std::fs::read_to_string(html).unwrap().contains("<svg"));
+
+    // The same curves as a picture: a real PNG with both charts drawn.
+    let png = tmp.path().join("curves.png");
+    ok(&ws, &["report", "--png", png.to_str().unwrap()]);
+    let picture = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), (1000, 420));
+    let half = picture.width() / 2;
+    let line = image::Rgb([37, 99, 235]);
+    let lines_in = |left: bool| {
+        picture
+            .enumerate_pixels()
+            .filter(|(x, _, p)| (*x < half) == left && **p == line)
+            .count()
+    };
+    assert!(
+        lines_in(true) > 50 && lines_in(false) > 50,
+        "a chart has no curve"
+    );
+    let text = picture
+        .pixels()
+        .filter(|p| p.0.iter().all(|&c| c < 80))
+        .count();
+    assert!(text > 500, "no labels were drawn ({text} dark pixels)");
 }
 
 #[test]

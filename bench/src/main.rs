@@ -19,6 +19,10 @@
 //! `scale`: index build, search and mining on synthetic vectors at growing
 //! corpus sizes, per FAISS factory, with peak memory (see `scale.rs`).
 //!
+//! `serve-load`: `/search` requests against a running `cpack serve` from
+//! concurrent loopback clients (requests/s, p50/p99), beside the same
+//! queries through `cpack search`'s in-process path (see `serve_load.rs`).
+//!
 //! `train-step`: one training step (forward + backward + AdamW) at a fixed
 //! shape, median seconds and tokens/s.
 
@@ -26,6 +30,7 @@ mod facts;
 #[cfg(feature = "faiss")]
 mod plain_faiss;
 mod scale;
+mod serve_load;
 mod train_step;
 
 #[cfg(not(feature = "faiss"))]
@@ -135,11 +140,56 @@ fn main() -> Result<()> {
         Some("train-step") => train_step::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-case") => scale::case(&args[1..]),
+        Some("serve-load") => serve_load::run(&args[1..]),
         _ => bail!(
-            "{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]\n       {}\n       cpack-bench train-step [--threads N] [--reps N] [--json OUT]",
+            "{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]\n       {}\n       cpack-bench train-step [--threads N] [--reps N] [--json OUT]\n       {}",
             usage(),
-            scale::usage()
+            scale::usage(),
+            serve_load::USAGE
         ),
+    }
+}
+
+/// A workspace's live index with the encoder and dataset it was built from.
+pub struct Workspace {
+    pub index_root: PathBuf,
+    pub generation: String,
+    pub encoder: Encoder,
+    pub dataset: Dataset,
+    pub index: cpack_index::store::OpenIndex,
+}
+
+impl Workspace {
+    /// Opens `workspace`'s live generation and a candle encoder with its settings.
+    pub fn open(workspace: &std::path::Path, threads: usize) -> Result<Workspace> {
+        let index_root = workspace.join(".cpack/index");
+        let index_dir = IndexDir::new(index_root.clone());
+        let (generation, manifest) = index_dir
+            .current()?
+            .context("the workspace has no index; run `cpack index build`")?;
+        let stamp = manifest.plan.stamp.clone();
+        let model = ModelDir::open(std::path::Path::new(&manifest.model_path))?;
+        let settings = EncoderSettings {
+            pooling: stamp.pooling,
+            normalize: stamp.normalize,
+            query_max_len: stamp.query_max_len,
+            passage_max_len: stamp.passage_max_len,
+            query_instruction: stamp.query_instruction.clone(),
+            batch_size: 32,
+        };
+        let encoder = Encoder::open(&model, &settings, &CandleLoader, threads)?;
+        let data_dir = std::path::Path::new(&manifest.corpus_path)
+            .parent()
+            .context("corpus path")?;
+        let dataset = Dataset::load(DatasetPaths::beir(data_dir))?;
+        let index = index_dir.open(&stamp, &dataset.corpus)?;
+        Ok(Workspace {
+            index_root,
+            generation,
+            encoder,
+            dataset,
+            index,
+        })
     }
 }
 
@@ -367,33 +417,19 @@ fn mine(args: &[String]) -> Result<()> {
         workspace.context("--workspace DIR (a workspace with a built index) is required")?;
     let threads = cpack_index::model::configure_threads(threads);
     facts::print();
-    let index_root = workspace.join(".cpack/index");
-    let index_dir = IndexDir::new(index_root.clone());
-    let (generation, manifest) = index_dir
-        .current()?
-        .context("the workspace has no index; run `cpack index build`")?;
-    let stamp = manifest.plan.stamp.clone();
-    let model = ModelDir::open(std::path::Path::new(&manifest.model_path))?;
-    let settings = EncoderSettings {
-        pooling: stamp.pooling,
-        normalize: stamp.normalize,
-        query_max_len: stamp.query_max_len,
-        passage_max_len: stamp.passage_max_len,
-        query_instruction: stamp.query_instruction.clone(),
-        batch_size: 32,
-    };
-    let encoder = Encoder::open(&model, &settings, &CandleLoader, threads)?;
-    let data_dir = std::path::Path::new(&manifest.corpus_path)
-        .parent()
-        .context("corpus path")?;
-    let dataset = Dataset::load(DatasetPaths::beir(data_dir))?;
+    let Workspace {
+        index_root,
+        generation,
+        encoder,
+        dataset,
+        mut index,
+    } = Workspace::open(&workspace, threads)?;
     let train = dataset.qrels("train")?;
     let all: Vec<_> = ["train", "dev", "test"]
         .iter()
         .filter(|s| dataset.paths.qrels(s).exists())
         .map(|s| dataset.qrels(s))
         .collect::<Result<_, _>>()?;
-    let mut index = index_dir.open(&stamp, &dataset.corpus)?;
     let texts: Vec<&str> = train
         .by_query
         .keys()

@@ -8,7 +8,7 @@ mod init;
 mod mine;
 mod report;
 mod search;
-mod train;
+pub(crate) mod train;
 
 use crate::cli::{Cli, Command, Overrides};
 use crate::config::Config;
@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(args) => export::run(&ctx, args),
         Command::Train(args) => train::run(&ctx, args),
         Command::Report(args) => report::run(&ctx, args),
+        Command::Serve(args) => crate::serve::run(&ctx, args),
     }
 }
 

@@ -1,4 +1,6 @@
-//! `cpack report`: a training run's report as a table, JSON, or HTML curves.
+//! `cpack report`: a training run's report as a table, JSON, HTML curves or a PNG.
+
+mod png;
 
 use super::train::{newest_run, runs_dir};
 use super::Context;
@@ -26,6 +28,11 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
     }
     if let Some(path) = args.html {
         std::fs::write(&path, html(&report))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = args.png {
+        png::write(&Curves::of(&report), &path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -144,22 +151,39 @@ fn chart(title: &str, points: &[(f64, f64)]) -> String {
     svg
 }
 
-fn html(report: &Report) -> String {
-    let mut ndcg = Vec::new();
-    if let Some(base) = &report.base {
-        ndcg.push((0.0, base.metrics.ndcg_at_10));
-    }
-    ndcg.extend(
-        report
+/// The per-epoch series both pictures draw.
+pub struct Curves {
+    /// nDCG@10 per epoch, the base model at epoch 0.
+    pub ndcg: Vec<(f64, f64)>,
+    pub metric_title: String,
+    /// Mean training loss per epoch.
+    pub loss: Vec<(f64, f64)>,
+}
+
+impl Curves {
+    fn of(report: &Report) -> Curves {
+        let base = report.base.iter().map(|b| (0.0, b.metrics.ndcg_at_10));
+        let epochs = report
             .epochs
             .iter()
-            .filter_map(|e| Some((e.epoch as f64, e.eval.as_ref()?.metrics.ndcg_at_10))),
-    );
-    let loss: Vec<(f64, f64)> = report
-        .epochs
-        .iter()
-        .map(|e| (e.epoch as f64, e.mean_loss))
-        .collect();
+            .filter_map(|e| Some((e.epoch as f64, e.eval.as_ref()?.metrics.ndcg_at_10)));
+        Curves {
+            ndcg: base.chain(epochs).collect(),
+            metric_title: format!(
+                "nDCG@10 on {}",
+                report.spec.eval_split.as_deref().unwrap_or("-")
+            ),
+            loss: report
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.mean_loss))
+                .collect(),
+        }
+    }
+}
+
+fn html(report: &Report) -> String {
+    let curves = Curves::of(report);
     let mut rows = String::new();
     for e in &report.epochs {
         let _ = write!(
@@ -181,7 +205,7 @@ fn html(report: &Report) -> String {
          <th>encode s</th><th>mine s</th></tr>{rows}</table></body></html>\n",
         name = report.spec.name,
         spec = serde_json::to_string_pretty(&report.spec).expect("plain data"),
-        c1 = chart(&format!("nDCG@10 on {}", report.spec.eval_split.as_deref().unwrap_or("-")), &ndcg),
-        c2 = chart("mean training loss", &loss),
+        c1 = chart(&curves.metric_title, &curves.ndcg),
+        c2 = chart("mean training loss", &curves.loss),
     )
 }

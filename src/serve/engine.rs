@@ -1,0 +1,296 @@
+//! The model and index behind `cpack serve`, on a thread of their own.
+//!
+//! HTTP handlers never encode: they send a [`Job`] and await its reply. The
+//! engine thread takes every job waiting (up to [`MAX_BATCH_TEXTS`] texts),
+//! encodes all their texts in one go and searches all their queries at
+//! once, the way text-embeddings-inference batches requests that arrive
+//! together. Before each batch it looks at the index's `CURRENT`: when a
+//! build (or a training run's refresh) has published a new generation, it
+//! opens it — and, for a training run, the newest checkpoint — and swaps
+//! them in between two batches, so no request sees half of each.
+
+use crate::config::Config;
+use anyhow::{Context as _, Result};
+use cpack_index::dataset::{DatasetPaths, TextTable};
+use cpack_index::store::{EmbeddingStamp, IndexDir, OpenIndex};
+use cpack_index::{Encoder, TextKind};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Texts the engine encodes in one batch at most.
+pub const MAX_BATCH_TEXTS: usize = 256;
+
+/// One hit of a search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub rank: usize,
+    pub id: String,
+    pub score: f32,
+    pub title: String,
+    pub text: String,
+}
+
+/// What a handler asks of the engine.
+pub enum Job {
+    Search {
+        queries: Vec<String>,
+        k: usize,
+        reply: oneshot::Sender<Result<SearchAnswer, String>>,
+    },
+    Embed {
+        inputs: Vec<String>,
+        kind: TextKind,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    },
+}
+
+impl Job {
+    fn texts(&self) -> usize {
+        match self {
+            Job::Search { queries, .. } => queries.len(),
+            Job::Embed { inputs, .. } => inputs.len(),
+        }
+    }
+}
+
+/// Hits per query, and the generation that answered.
+#[derive(Debug, Serialize)]
+pub struct SearchAnswer {
+    pub generation: String,
+    pub results: Vec<Vec<Hit>>,
+}
+
+/// What `GET /info` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    pub model: String,
+    pub model_fingerprint: String,
+    pub backend: String,
+    pub precision: String,
+    pub dim: usize,
+    pub pooling: String,
+    pub normalize: bool,
+    pub query_instruction: String,
+    pub query_max_len: usize,
+    pub passage_max_len: usize,
+    pub index: String,
+    pub generation: String,
+    pub passages: usize,
+    pub max_batch_texts: usize,
+}
+
+/// Where the engine's model comes from: fixed, or a training run's newest checkpoint.
+pub enum ModelSource {
+    Fixed,
+    Run(PathBuf),
+}
+
+pub struct Engine {
+    config: Config,
+    source: ModelSource,
+    encoder: Encoder,
+    stamp: EmbeddingStamp,
+    index_dir: IndexDir,
+    corpus_path: DatasetPaths,
+    corpus: TextTable,
+    live: OpenIndex,
+}
+
+impl Engine {
+    /// Opens the encoder the configuration describes and the live generation of `index_dir`.
+    pub fn open(config: Config, source: ModelSource, index_dir: IndexDir) -> Result<Self> {
+        let corpus_path = config.data()?.clone();
+        let corpus = cpack_index::dataset::Dataset::load_corpus(&corpus_path)?;
+        let encoder = crate::commands::open_encoder(&config)?;
+        let stamp = config.embedding_stamp(&encoder)?;
+        let live = index_dir.open(&stamp, &corpus)?;
+        Ok(Engine {
+            config,
+            source,
+            encoder,
+            stamp,
+            index_dir,
+            corpus_path,
+            corpus,
+            live,
+        })
+    }
+
+    pub fn info(&self) -> Info {
+        let s = &self.stamp;
+        Info {
+            model: self.config.model.dir.display().to_string(),
+            model_fingerprint: s.model_fingerprint.clone(),
+            backend: self.encoder.backend_name().to_string(),
+            precision: self.encoder.precision().to_string(),
+            dim: s.dim,
+            pooling: s.pooling.to_string(),
+            normalize: s.normalize,
+            query_instruction: s.query_instruction.clone(),
+            query_max_len: s.query_max_len,
+            passage_max_len: s.passage_max_len,
+            index: self.live.manifest.plan.index.to_string(),
+            generation: self.live.generation.clone(),
+            passages: self.live.ids.len(),
+            max_batch_texts: MAX_BATCH_TEXTS,
+        }
+    }
+
+    /// Swaps in a newly published generation (and, for a run, its
+    /// checkpoint); on failure keeps serving the current one and says why.
+    fn refresh(&mut self, info: &std::sync::Mutex<Info>) {
+        let published = match self.index_dir.current() {
+            Ok(Some((generation, _))) => generation,
+            _ => return,
+        };
+        if published == self.live.generation {
+            return;
+        }
+        match self.reopen() {
+            Ok(()) => {
+                eprintln!("cpack serve: now serving index {}", self.live.generation);
+                *info.lock().expect("info lock") = self.info();
+            }
+            Err(e) => eprintln!(
+                "cpack serve: index {published} was published but cannot be served ({e:#}); still serving {}",
+                self.live.generation
+            ),
+        }
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        let corpus = cpack_index::dataset::Dataset::load_corpus(&self.corpus_path)?;
+        let (encoder, stamp, model) = match &self.source {
+            ModelSource::Fixed => (None, self.stamp.clone(), None),
+            ModelSource::Run(run_dir) => {
+                let newest = cpack_train::checkpoint::latest(run_dir)?
+                    .context("the run has no checkpoint any more")?;
+                if newest == self.config.model.dir {
+                    (None, self.stamp.clone(), None)
+                } else {
+                    let mut config_model = cpack_index::model::ModelDir::open(&newest)?;
+                    std::mem::swap(&mut self.config.model, &mut config_model);
+                    let opened = crate::commands::open_encoder(&self.config)
+                        .and_then(|e| Ok((self.config.embedding_stamp(&e)?, e)));
+                    std::mem::swap(&mut self.config.model, &mut config_model);
+                    let (stamp, encoder) = opened?;
+                    (Some(encoder), stamp, Some(config_model))
+                }
+            }
+        };
+        let live = self.index_dir.open(&stamp, &corpus)?;
+        if let (Some(encoder), Some(model)) = (encoder, model) {
+            self.encoder = encoder;
+            self.config.model = model;
+        }
+        self.stamp = stamp;
+        self.corpus = corpus;
+        self.live = live;
+        Ok(())
+    }
+
+    /// Serves jobs until every sender is gone.
+    pub fn run(mut self, jobs: mpsc::Receiver<Job>, info: &std::sync::Mutex<Info>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            let mut texts = batch[0].texts();
+            while texts < MAX_BATCH_TEXTS {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        texts += job.texts();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.refresh(info);
+            self.answer(batch);
+        }
+    }
+
+    fn answer(&mut self, batch: Vec<Job>) {
+        let mut searches = Vec::new();
+        for job in batch {
+            match job {
+                Job::Search { queries, k, reply } => searches.push((queries, k, reply)),
+                Job::Embed {
+                    inputs,
+                    kind,
+                    reply,
+                } => {
+                    let _ = reply.send(self.embed(&inputs, kind).map_err(|e| format!("{e:#}")));
+                }
+            }
+        }
+        if searches.is_empty() {
+            return;
+        }
+        let all: Vec<String> = searches.iter().flat_map(|(q, _, _)| q.clone()).collect();
+        let k = searches.iter().map(|(_, k, _)| *k).max().unwrap_or(1);
+        match self.search(&all, k) {
+            Ok(mut hits) => {
+                for (queries, k, reply) in searches {
+                    let rest = hits.split_off(queries.len());
+                    let mine = std::mem::replace(&mut hits, rest)
+                        .into_iter()
+                        .map(|mut h| {
+                            h.truncate(k);
+                            h
+                        })
+                        .collect();
+                    let _ = reply.send(Ok(SearchAnswer {
+                        generation: self.live.generation.clone(),
+                        results: mine,
+                    }));
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                for (_, _, reply) in searches {
+                    let _ = reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+
+    fn embed(&self, inputs: &[String], kind: TextKind) -> Result<Vec<Vec<f32>>> {
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let flat = self.encoder.encode(&refs, kind, &mut |_, _| {})?;
+        Ok(flat
+            .chunks(self.encoder.dim().max(1))
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    /// The `k` best passages for each query, as `cpack search` finds them.
+    fn search(&mut self, queries: &[String], k: usize) -> Result<Vec<Vec<Hit>>> {
+        let refs: Vec<&str> = queries.iter().map(String::as_str).collect();
+        let vectors = self
+            .encoder
+            .encode(&refs, TextKind::Query, &mut |_, _| {})?;
+        let k = k.min(self.live.ids.len());
+        let hits = self.live.vectors.search(&vectors, k, self.config.threads)?;
+        Ok((0..queries.len())
+            .map(|q| {
+                hits.of(q)
+                    .enumerate()
+                    .map(|(rank, (row, score))| {
+                        let id = self.live.ids[row].clone();
+                        let at = self.corpus.position(&id);
+                        Hit {
+                            rank: rank + 1,
+                            score,
+                            title: at
+                                .map(|p| self.corpus.titles[p].clone())
+                                .unwrap_or_default(),
+                            text: at.map(|p| self.corpus.texts[p].clone()).unwrap_or_default(),
+                            id,
+                        }
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,231 @@
+//! The HTTP face of `cpack serve` (axum on tokio): JSON in, JSON out,
+//! bounded requests, a 4xx with `{"error": …}` for anything malformed.
+
+use super::engine::{Info, Job, MAX_BATCH_TEXTS};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cpack_index::TextKind;
+use serde::Deserialize;
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Bytes a request body may have.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Hits a search may ask for per query.
+pub const MAX_K: usize = 1000;
+
+#[derive(Clone)]
+pub struct Shared {
+    pub jobs: mpsc::SyncSender<Job>,
+    pub info: Arc<Mutex<Info>>,
+}
+
+pub fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/search", post(search))
+        .route("/embed", post(embed))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(refuse_announced_oversize))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+/// Answers 413 at once to a body whose Content-Length is over the cap,
+/// before any of it is read (a chunked body is cut by the body limit).
+async fn refuse_announced_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match announced {
+        Some(bytes) if bytes > MAX_BODY_BYTES as u64 => ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a body of {bytes} bytes; at most {MAX_BODY_BYTES} per request"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// A client error or an engine failure, as `{"error": message}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::UNPROCESSABLE_ENTITY, message.into())
+}
+
+/// The JSON body, or the 4xx axum's rejection calls for, worded as an error object.
+fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed
+        .map(|Json(v)| v)
+        .map_err(|rejection| ApiError(rejection.status(), rejection.body_text()))
+}
+
+/// One text or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Texts {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Texts::One(t) => vec![t],
+            Texts::Many(v) => v,
+        }
+    }
+}
+
+fn checked(texts: Vec<String>, what: &str) -> Result<Vec<String>, ApiError> {
+    if texts.is_empty() {
+        return Err(bad(format!("{what} is empty")));
+    }
+    if texts.len() > MAX_BATCH_TEXTS {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} texts in {what}; at most {MAX_BATCH_TEXTS} per request",
+                texts.len()
+            ),
+        ));
+    }
+    Ok(texts)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchRequest {
+    query: Option<String>,
+    queries: Option<Vec<String>>,
+    k: Option<usize>,
+}
+
+async fn search(
+    State(shared): State<Shared>,
+    parsed: Result<Json<SearchRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = body(parsed)?;
+    let (queries, single) = match (request.query, request.queries) {
+        (Some(q), None) => (vec![q], true),
+        (None, Some(qs)) => (qs, false),
+        _ => {
+            return Err(bad(
+                "give either \"query\" (a text) or \"queries\" (a list of texts)",
+            ))
+        }
+    };
+    let queries = checked(queries, "queries")?;
+    let k = request.k.unwrap_or(10);
+    if k == 0 || k > MAX_K {
+        return Err(bad(format!("k must be between 1 and {MAX_K}, not {k}")));
+    }
+    let (reply, answer) = oneshot::channel();
+    let answer = ask(&shared, Job::Search { queries, k, reply }, answer).await?;
+    Ok(if single {
+        Json(serde_json::json!({
+            "generation": answer.generation,
+            "hits": answer.results.into_iter().next().unwrap_or_default(),
+        }))
+        .into_response()
+    } else {
+        Json(answer).into_response()
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    Query,
+    Passage,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedRequest {
+    inputs: Texts,
+    /// `query` gets the workspace's instruction, `passage` (the default, as
+    /// text-embeddings-inference without a prompt) none.
+    kind: Option<Kind>,
+}
+
+async fn embed(
+    State(shared): State<Shared>,
+    parsed: Result<Json<EmbedRequest>, JsonRejection>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let request = body(parsed)?;
+    let inputs = checked(request.inputs.into_vec(), "inputs")?;
+    let kind = match request.kind {
+        Some(Kind::Query) => TextKind::Query,
+        Some(Kind::Passage) | None => TextKind::Passage,
+    };
+    let (reply, answer) = oneshot::channel();
+    Ok(Json(
+        ask(
+            &shared,
+            Job::Embed {
+                inputs,
+                kind,
+                reply,
+            },
+            answer,
+        )
+        .await?,
+    ))
+}
+
+/// Hands a job to the engine and waits for its answer.
+async fn ask<T>(
+    shared: &Shared,
+    job: Job,
+    answer: oneshot::Receiver<Result<T, String>>,
+) -> Result<T, ApiError> {
+    let unavailable = || {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the engine has stopped".into(),
+        )
+    };
+    shared.jobs.try_send(job).map_err(|e| match e {
+        mpsc::TrySendError::Full(_) => ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests are waiting; retry shortly".into(),
+        ),
+        mpsc::TrySendError::Disconnected(_) => unavailable(),
+    })?;
+    answer
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn info(State(shared): State<Shared>) -> Json<Info> {
+    Json(shared.info.lock().expect("info lock").clone())
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: POST /search, POST /embed, GET /health, GET /info".into(),
+    )
+}
