@@ -7,7 +7,9 @@
 # questions and the same mined negatives with its own draws
 # (bench/peer/train_recipe.py --seed), dropout on everywhere. With --batching
 # plain, cpack's runs also repeat with plain (FlagEmbedding-style) batches.
-# nDCG@10 on the 2,000 test questions after each epoch, per seed and mean.
+# nDCG@10 on the 2,000 test questions after each epoch, per seed and mean;
+# the PyTorch epochs are saved and scored by `cpack eval` too, so one
+# evaluator scores both sides.
 #
 #   bash bench/train_seeds.sh [--seeds "1 2 3"] [--batching plain]
 #
@@ -50,11 +52,32 @@ for seed in $SEEDS; do
     train "static-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA"
   fi
   if [ -x "$VENV" ] && [ ! -f ".cpack/runs/static-s$seed/pytorch.json" ]; then
-    round=$(python3 -c "import json;print(json.load(open('.cpack/runs/static-s$seed/report.json'))['epochs'][0]['round'])")
-    "$CPACK" -q mine export --round "$round" --format ids --output ".cpack/runs/static-s$seed/round-ids.jsonl"
-    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/train_recipe.py" --run-dir ".cpack/runs/static-s$seed" \
-      --data "$ROOT/.cache/data/insuranceqa-en" --round-ids ".cpack/runs/static-s$seed/round-ids.jsonl" \
-      --seed "$seed" --threads 2 --json ".cpack/runs/static-s$seed/pytorch.json" >/dev/null
+    run=".cpack/runs/static-s$seed"
+    round=$(python3 -c "import json;print(json.load(open('$run/report.json'))['epochs'][0]['round'])")
+    "$CPACK" -q mine export --round "$round" --format ids --output "$run/round-ids.jsonl"
+    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/train_recipe.py" --run-dir "$run" \
+      --data "$ROOT/.cache/data/insuranceqa-en" --round-ids "$run/round-ids.jsonl" \
+      --seed "$seed" --threads 2 --save-dir "$run/pytorch" --no-eval --json "$run/pytorch-train.json" >/dev/null
+    # Both sides are evaluated by the same evaluator: each PyTorch epoch is
+    # indexed and scored by `cpack eval` (encoder parity with
+    # sentence-transformers is tested), in a scratch copy of this workspace.
+    for dir in "$run"/pytorch/epoch-*; do
+      scratch="$dir-eval"
+      mkdir -p "$scratch"
+      cp cpack.toml "$scratch/"
+      (cd "$scratch" && "$CPACK" -q index build --model "$(realpath "$dir")" >/dev/null \
+        && "$CPACK" -q eval --model "$(realpath "$dir")" --split test --json > eval.json)
+      rm -rf "$scratch/.cpack"
+    done
+    python3 - "$run" <<'PY2'
+import glob, json, sys
+run = sys.argv[1]
+trained = json.load(open(f"{run}/pytorch-train.json"))
+for row in trained["epochs"]:
+    row["ndcg_at_10"] = json.load(open(f"{run}/pytorch/epoch-{row['epoch']}-eval/eval.json"))["metrics"]["ndcg_at_10"]
+    row["evaluated_by"] = "cpack eval"
+json.dump(trained, open(f"{run}/pytorch.json", "w"), indent=2)
+PY2
   fi
 done
 mkdir -p "$ROOT/target/bench"

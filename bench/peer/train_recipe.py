@@ -11,7 +11,9 @@ shuffle, batches of batch_size; InfoNCE over all passages of the batch at the
 run's temperature; AdamW (no decay on biases and LayerNorm), linear warm-up
 then linear decay, gradient clipping, dropout as configured. After each epoch
 the corpus and the test queries are encoded and nDCG@10 computed by exact
-inner-product search. Prints one JSON line per epoch and a summary.
+inner-product search (or, with --save-dir and --no-eval, each epoch's model
+is saved for another evaluator: bench/train_seeds.sh evaluates both sides
+with `cpack eval`). Prints one JSON line per epoch and a summary.
 
 With --replay STEPS (a run's steps.jsonl), it trains instead on exactly the
 batches cpack trained on, at cpack's learning rate for each step, and prints
@@ -21,7 +23,9 @@ training (run with dropout off, `cpack train --no-dropout`)."""
 import argparse
 import json
 import math
+import os
 import random
+import shutil
 import time
 
 import torch
@@ -61,6 +65,8 @@ def main():
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--seed", type=int, help="override the run's seed (to see run-to-run variance)")
     ap.add_argument("--replay", help="a run's steps.jsonl: train on exactly its batches and rates")
+    ap.add_argument("--save-dir", help="write each epoch's model as DIR/epoch-N (a Hugging Face folder)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation (to evaluate the saved epochs elsewhere)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -121,6 +127,17 @@ def main():
             top = (qv @ vecs.T).topk(10, dim=1).indices
         model.train(tr["dropout"])
         return sum(ndcg_at_10([doc_ids[i] for i in top[k].tolist()], eval_qrels[q]) for k, q in enumerate(ids)) / len(ids)
+
+    def save(out):
+        """The model as a sentence-transformers folder: weights, tokenizer, and the base's module files."""
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        for extra in ["modules.json", "sentence_bert_config.json", "1_Pooling"]:
+            src = os.path.join(model_dir, extra)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(out, extra), dirs_exist_ok=True)
+            elif os.path.exists(src):
+                shutil.copy(src, out)
 
     def step(batches, lr):
         """One optimizer step over `batches` [(query ids, passage ids)]; returns losses and the norm before clipping."""
@@ -202,7 +219,9 @@ def main():
             schedule.step()
             losses.append(loss.item())
         train_seconds = time.perf_counter() - start
-        ndcg = evaluate()
+        if args.save_dir:
+            save(f"{args.save_dir}/epoch-{epoch}")
+        ndcg = None if args.no_eval else evaluate()
         row = {"epoch": epoch, "mean_loss": sum(losses) / len(losses), "train_seconds": train_seconds, "ndcg_at_10": ndcg}
         print(json.dumps(row), flush=True)
         results.append(row)
