@@ -23,19 +23,22 @@ measure() {  # label, command…
   local secs; secs=$(grep -o '"median_seconds": *[0-9.]*' "$OUT/train-memory-$label.out" | grep -o '[0-9.]*$')
   echo "$label $kb $secs"
 }
-{
-  if [ -x .cache/bench-venv/bin/python ]; then
-    measure pytorch env OMP_NUM_THREADS=2 .cache/bench-venv/bin/python bench/peer/train_step.py "${SHAPE[@]}"
-  fi
-  measure cpack ./target/release/cpack-bench train-step "${SHAPE[@]}"
-  measure cpack-mini-batch-32 ./target/release/cpack-bench train-step "${SHAPE[@]}" --mini-batch 32
-} | python3 -c '
+ROWS="$OUT/train-memory.rows"
+: > "$ROWS"
+if [ -x .cache/bench-venv/bin/python ]; then
+  measure pytorch env OMP_NUM_THREADS=2 .cache/bench-venv/bin/python bench/peer/train_step.py "${SHAPE[@]}" >> "$ROWS"
+fi
+measure cpack ./target/release/cpack-bench train-step "${SHAPE[@]}" >> "$ROWS"
+measure cpack-mini-batch-32 ./target/release/cpack-bench train-step "${SHAPE[@]}" --mini-batch 32 >> "$ROWS"
+python3 - "$ROWS" "$OUT/train-memory" <<'PY'
 import json, sys
-rows = [l.split() for l in sys.stdin if l.strip()]
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 out = {r[0]: {"peak_rss_gib": int(r[1]) / 2**20, "step_seconds": float(r[2]) if len(r) > 2 else None} for r in rows}
-json.dump(out, open(sys.argv[1] + ".json", "w"), indent=2)
+json.dump(out, open(sys.argv[2] + ".json", "w"), indent=2)
 lines = ["| engine | peak RSS (GiB) | step seconds |", "|---|---:|---:|"]
-lines += [f"| {k} | {v[\"peak_rss_gib\"]:.2f} | {v[\"step_seconds\"] or float(\"nan\"):.1f} |" for k, v in out.items()]
-open(sys.argv[1] + ".md", "w").write("\n".join(lines) + "\n")
+for name, v in out.items():
+    secs = "-" if v["step_seconds"] is None else f"{v['step_seconds']:.1f}"
+    lines.append(f"| {name} | {v['peak_rss_gib']:.2f} | {secs} |")
+open(sys.argv[2] + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
-' "$OUT/train-memory"
+PY
