@@ -18,9 +18,10 @@ OUT=target/bench; mkdir -p "$OUT"
 SHAPE=(--queries 32 --query-len 64 --passages 256 --passage-len 256 --threads 2 --reps 1)
 measure() {  # label, command…
   local label=$1; shift
-  /usr/bin/time -v "$@" >"$OUT/train-memory-$label.out" 2>"$OUT/train-memory-$label.err"
+  # A process the OOM killer stops still has its peak on record.
+  /usr/bin/time -v "$@" >"$OUT/train-memory-$label.out" 2>"$OUT/train-memory-$label.err" || true
   local kb; kb=$(grep "Maximum resident set size" "$OUT/train-memory-$label.err" | awk '{print $NF}')
-  local secs; secs=$(grep -o '"median_seconds": *[0-9.]*' "$OUT/train-memory-$label.out" | grep -o '[0-9.]*$')
+  local secs; secs=$(grep -o '"median_seconds": *[0-9.]*' "$OUT/train-memory-$label.out" | grep -o '[0-9.]*$' || echo killed)
   echo "$label $kb $secs"
 }
 ROWS="$OUT/train-memory.rows"
@@ -33,11 +34,16 @@ measure cpack-mini-batch-32 ./target/release/cpack-bench train-step "${SHAPE[@]}
 python3 - "$ROWS" "$OUT/train-memory" <<'PY'
 import json, sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
-out = {r[0]: {"peak_rss_gib": int(r[1]) / 2**20, "step_seconds": float(r[2]) if len(r) > 2 else None} for r in rows}
+def seconds(row):
+    try:
+        return float(row[2])
+    except (IndexError, ValueError):
+        return None  # killed before its timed step
+out = {r[0]: {"peak_rss_gib": int(r[1]) / 2**20, "step_seconds": seconds(r)} for r in rows}
 json.dump(out, open(sys.argv[2] + ".json", "w"), indent=2)
 lines = ["| engine | peak RSS (GiB) | step seconds |", "|---|---:|---:|"]
 for name, v in out.items():
-    secs = "-" if v["step_seconds"] is None else f"{v['step_seconds']:.1f}"
+    secs = "killed" if v["step_seconds"] is None else f"{v['step_seconds']:.1f}"
     lines.append(f"| {name} | {v['peak_rss_gib']:.2f} | {secs} |")
 open(sys.argv[2] + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
