@@ -11,24 +11,34 @@
 # the PyTorch epochs are saved and scored by `cpack eval` too, so one
 # evaluator scores both sides.
 #
-#   bash bench/train_seeds.sh [--seeds "1 2 3"] [--batching plain]
+#   bash bench/train_seeds.sh [--seeds "1 2 3"] [--runs "static refresh pytorch"]
+#                             [--batching plain]
 #
-# Writes target/bench/train-seeds.json and .md; runs already complete are
-# reused. The peer needs .cache/bench-venv (bash bench/peer/setup.sh).
+# --runs picks which of the three kinds this call trains (all by default; the
+# PyTorch run of a seed needs that seed's static run). Writes
+# target/bench/train-seeds.json and .md over every run of the given seeds
+# found in the workspace; finished steps of a run (cpack epochs, the PyTorch
+# training, each PyTorch epoch's evaluation) are reused, so an interrupted
+# call resumes. CPACK_BIN runs a given binary instead of building one (to keep
+# rebuilding the tree during a long call). The peer needs .cache/bench-venv
+# (bash bench/peer/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-SEEDS="1 2 3" EXTRA=""
+SEEDS="1 2 3" RUNS="static refresh pytorch" EXTRA=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
+    --runs) RUNS=$2; shift 2 ;;
     --batching) EXTRA=$2; shift 2 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q --bin cpack
-CPACK="$ROOT/target/release/cpack"
+if [ -z "${CPACK_BIN:-}" ]; then
+  cargo build --release -q --bin cpack
+fi
+CPACK="${CPACK_BIN:-$ROOT/target/release/cpack}"
 VENV="$ROOT/.cache/bench-venv/bin/python"
 TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
 bash scripts/train_workspace.sh "$TWS" >/dev/null
@@ -44,33 +54,41 @@ train() {  # run name, flags...
     "$CPACK" train --run "$name" "$@" >/dev/null
   fi
 }
-for seed in $SEEDS; do
-  echo "seed $seed" >&2
-  train "static-s$seed" --seed "$seed" --refresh-every 0
-  train "refresh-s$seed" --seed "$seed" --refresh-every 1
-  if [ -n "$EXTRA" ]; then
-    train "static-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA"
+wanted() { case " $RUNS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+peer() {  # seed
+  local seed=$1 run=".cpack/runs/static-s$1"
+  [ -f "$run/pytorch.json" ] && return
+  if [ ! -f "$run/report.json" ]; then
+    echo "PyTorch seed $seed needs the static run of that seed first (--runs static)" >&2
+    return 1
   fi
-  if [ -x "$VENV" ] && [ ! -f ".cpack/runs/static-s$seed/pytorch.json" ]; then
-    run=".cpack/runs/static-s$seed"
+  if [ ! -f "$run/round-ids.jsonl" ]; then
     round=$(python3 -c "import json;print(json.load(open('$run/report.json'))['epochs'][0]['round'])")
-    "$CPACK" -q mine export --round "$round" --format ids --output "$run/round-ids.jsonl"
+    "$CPACK" -q mine export --round "$round" --format ids --output "$run/round-ids.jsonl.tmp"
+    mv "$run/round-ids.jsonl.tmp" "$run/round-ids.jsonl"
+  fi
+  if [ ! -f "$run/pytorch-train.json" ]; then
+    rm -rf "$run/pytorch"
     OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/train_recipe.py" --run-dir "$run" \
       --data "$ROOT/.cache/data/insuranceqa-en" --round-ids "$run/round-ids.jsonl" \
-      --seed "$seed" --threads 2 --save-dir "$run/pytorch" --no-eval --json "$run/pytorch-train.json" >/dev/null
-    # Both sides are evaluated by the same evaluator: each PyTorch epoch is
-    # indexed and scored by `cpack eval` (encoder parity with
-    # sentence-transformers is tested), in a scratch copy of this workspace.
-    for dir in "$run"/pytorch/epoch-*; do
-      scratch="$dir-eval"
-      mkdir -p "$scratch"
-      cp cpack.toml "$scratch/"
-      (cd "$scratch" && "$CPACK" -q index build --model "$(realpath "$dir")" >/dev/null \
-        && "$CPACK" -q eval --model "$(realpath "$dir")" --split test --json > eval.json)
-      rm -rf "$scratch/.cpack"
-    done
-    python3 - "$run" <<'PY2'
-import glob, json, sys
+      --seed "$seed" --threads 2 --save-dir "$run/pytorch" --no-eval --json "$run/pytorch-train.json.tmp" >/dev/null
+    mv "$run/pytorch-train.json.tmp" "$run/pytorch-train.json"
+  fi
+  # Both sides are evaluated by the same evaluator: each PyTorch epoch is
+  # indexed and scored by `cpack eval` (encoder parity with
+  # sentence-transformers is tested), in a scratch copy of this workspace.
+  for dir in "$run"/pytorch/epoch-?; do
+    scratch="$dir-eval" model="$(realpath "$dir")"
+    [ -f "$scratch/eval.json" ] && continue
+    mkdir -p "$scratch"
+    cp cpack.toml "$scratch/"
+    (cd "$scratch" && "$CPACK" -q index build --model "$model" >/dev/null \
+      && "$CPACK" -q eval --model "$model" --split test --json > eval.json.tmp \
+      && mv eval.json.tmp eval.json)
+    rm -rf "$scratch/.cpack"
+  done
+  python3 - "$run" <<'PY2'
+import json, sys
 run = sys.argv[1]
 trained = json.load(open(f"{run}/pytorch-train.json"))
 for row in trained["epochs"]:
@@ -78,7 +96,15 @@ for row in trained["epochs"]:
     row["evaluated_by"] = "cpack eval"
 json.dump(trained, open(f"{run}/pytorch.json", "w"), indent=2)
 PY2
+}
+for seed in $SEEDS; do
+  echo "seed $seed" >&2
+  if wanted static; then train "static-s$seed" --seed "$seed" --refresh-every 0; fi
+  if wanted refresh; then train "refresh-s$seed" --seed "$seed" --refresh-every 1; fi
+  if [ -n "$EXTRA" ] && wanted static; then
+    train "static-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA"
   fi
+  if wanted pytorch && [ -x "$VENV" ]; then peer "$seed"; fi
 done
 mkdir -p "$ROOT/target/bench"
 python3 - "$ROOT/target/bench/train-seeds" "$EXTRA" $SEEDS <<'PY'

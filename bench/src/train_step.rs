@@ -72,7 +72,7 @@ fn parse(args: &[String]) -> Result<Args> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
-    let threads = cpack_index::model::configure_training_threads(a.threads);
+    let threads = cpack_index::model::configure_threads(a.threads);
     crate::facts::print();
     let model = ModelDir::open(&a.model)?;
     let settings = EncoderSettings {

@@ -58,13 +58,6 @@ pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
     Ok(config)
 }
 
-/// [`load_config`] for `cpack train`, whose process trains as well as encodes.
-pub fn load_training_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
-    let mut config = Config::load(&ctx.workspace, overrides)?;
-    config.threads = cpack_index::model::configure_training_threads(config.threads);
-    Ok(config)
-}
-
 /// The encoder the configuration describes.
 pub fn open_encoder(config: &Config) -> Result<Encoder> {
     let (loader, workers) = backend_loader(config)?;

@@ -1,7 +1,7 @@
 //! `cpack train`: flags merged with `[train]` into one validated recipe, then
 //! the closed loop of `cpack_train::run`.
 
-use super::{load_training_config, Context};
+use super::{load_config, Context};
 use crate::cli::TrainArgs;
 use crate::config::{Config, TrainSection};
 use anyhow::{bail, Context as _, Result};
@@ -12,7 +12,7 @@ use cpack_train::{LossKind, TrainSettings};
 use std::path::{Path, PathBuf};
 
 pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
-    let config = load_training_config(ctx, &args.overrides)?;
+    let config = load_config(ctx, &args.overrides)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let runs_dir = runs_dir(&config.workspace);
     let name = match (&args.run, args.resume) {

@@ -146,7 +146,7 @@ fn write_all(
     }
     write_synced(&dir.join(WEIGHTS_FILE), &model_bytes(base, encoder)?)?;
     write_modules(dir, modules, base.hidden_size())?;
-    let moments: Vec<(String, Tensor)> = optimizer.state();
+    let moments: Vec<(String, Tensor)> = optimizer.state()?;
     let metadata = HashMap::from([("steps".to_string(), optimizer.steps().to_string())]);
     write_synced(&dir.join(OPTIMIZER_FILE), &serialize(&moments, metadata)?)?;
     let mut state = state.clone();

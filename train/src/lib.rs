@@ -20,6 +20,7 @@ pub mod optim;
 pub mod run;
 pub mod steps;
 pub mod trainer;
+mod update;
 
 pub use error::{Error, Result};
 pub use loss::LossKind;

@@ -2,6 +2,7 @@
 //! Hugging Face's `get_linear_schedule_with_warmup` over a run's epochs, and global-norm clipping.
 
 use crate::error::Result;
+use crate::update::{adamw_update, scale_in_place, sum_of_squares, to_vec, AdamWStep};
 use candle_core::{backprop::GradStore, Tensor, Var};
 use std::collections::HashMap;
 
@@ -27,8 +28,9 @@ impl Default for AdamWParams {
 struct Param {
     name: String,
     var: Var,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
+    /// The moments, flat, as long as the variable.
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
     decay: bool,
 }
 
@@ -55,9 +57,10 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
+                let len = var.elem_count();
                 Ok(Param {
-                    exp_avg: var.zeros_like()?,
-                    exp_avg_sq: var.zeros_like()?,
+                    exp_avg: vec![0f32; len],
+                    exp_avg_sq: vec![0f32; len],
                     decay: decays(&name),
                     name,
                     var,
@@ -87,30 +90,41 @@ impl AdamW {
             let Some(grad) = grads.get(&p.var) else {
                 continue;
             };
-            let mut weight = p.var.as_tensor().clone();
-            if p.decay && h.weight_decay != 0.0 {
-                weight = (weight * (1.0 - lr * h.weight_decay))?;
-            }
-            p.exp_avg = ((&p.exp_avg * h.beta1)? + (grad * (1.0 - h.beta1))?)?;
-            p.exp_avg_sq = ((&p.exp_avg_sq * h.beta2)? + (grad.sqr()? * (1.0 - h.beta2))?)?;
-            let denom = ((p.exp_avg_sq.sqrt()? / bias_correction2_sqrt)? + h.eps)?;
-            let update = ((&p.exp_avg / denom)? * (lr / bias_correction1))?;
-            p.var.set(&(weight - update)?)?;
+            let step = AdamWStep {
+                decay_factor: if p.decay && h.weight_decay != 0.0 {
+                    1.0 - lr * h.weight_decay
+                } else {
+                    1.0
+                },
+                beta1: h.beta1,
+                beta2: h.beta2,
+                eps: h.eps,
+                bias_correction2_sqrt,
+                step_size: lr / bias_correction1,
+                grad_scale: 1.0,
+            };
+            adamw_update(
+                p.var.as_tensor(),
+                grad,
+                &mut p.exp_avg,
+                &mut p.exp_avg_sq,
+                step,
+            )?;
         }
         Ok(())
     }
 
     /// Moment estimates by name, for checkpoints (`exp_avg.<name>`, `exp_avg_sq.<name>`).
-    pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .flat_map(|p| {
-                [
-                    (format!("exp_avg.{}", p.name), p.exp_avg.clone()),
-                    (format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.clone()),
-                ]
-            })
-            .collect()
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut state = Vec::with_capacity(2 * self.params.len());
+        for p in &self.params {
+            let (shape, device) = (p.var.shape(), p.var.device());
+            for (kind, values) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
+                let tensor = Tensor::from_slice(values, shape, device)?;
+                state.push((format!("{kind}.{}", p.name), tensor));
+            }
+        }
+        Ok(state)
     }
 
     /// Restores what [`AdamW::state`] saved after `steps` updates.
@@ -132,7 +146,7 @@ impl AdamW {
                         p.var.shape()
                     ));
                 }
-                Ok(t)
+                to_vec(&t).map_err(|e| format!("{key}: {e}"))
             };
             p.exp_avg = take("exp_avg")?;
             p.exp_avg_sq = take("exp_avg_sq")?;
@@ -196,7 +210,7 @@ impl Gradients {
     pub fn norm(&self) -> Result<f64> {
         let mut total = 0f64;
         for g in self.by_var.values() {
-            total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            total += sum_of_squares(g)?;
         }
         Ok(total.sqrt())
     }
@@ -207,8 +221,10 @@ impl Gradients {
         let norm = self.norm()?;
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for g in self.by_var.values_mut() {
-                *g = (&*g * coef)?;
+            // In place, as torch's clip_grad_norm_: these tensors are this
+            // sum's own (the backward passes they came from are gone).
+            for g in self.by_var.values() {
+                scale_in_place(g, coef)?;
             }
         }
         Ok(norm)

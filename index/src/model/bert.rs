@@ -107,10 +107,11 @@ impl Embeddings {
         let positions = self.position.narrow(0, 0, seq)?;
         // Every cpack input is a single segment, so token type 0 throughout.
         let segment = self.token_type.get(0)?;
-        let sum = words
-            .reshape((batch, seq, ()))?
-            .broadcast_add(&positions)?
-            .broadcast_add(&segment)?;
+        let sum = super::embedding_sum::embedding_sum(
+            &words.reshape((batch, seq, ()))?,
+            &positions,
+            &segment,
+        )?;
         self.norm.forward(&sum.reshape((batch * seq, ()))?, mode)
     }
 }

@@ -116,7 +116,7 @@ impl CustomOp3 for TrainableAffine {
                 trans_b: false,
             },
         )?;
-        let grad_b = grad.sum(0)?;
+        let grad_b = super::reduce::sum_rows(&grad)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
     }
 }

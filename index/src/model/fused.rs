@@ -7,7 +7,8 @@
 //! one backward (rows in parallel on the rayon pool).
 
 use super::kernel::f32_rows;
-use candle_core::{bail, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use super::reduce::sum_over_row_blocks;
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Mean and 1/σ of one row.
@@ -67,38 +68,51 @@ impl CustomOp3 for LayerNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let normalized = x.apply_op1_no_bwd(&Normalize { eps: self.eps })?;
-        let rows = grad.elem_count() / gamma.elem_count();
-        let flat = |t: &Tensor| t.reshape((rows, gamma.elem_count()));
-        let grad_gamma = (flat(&grad)? * flat(&normalized)?)?.sum(0)?;
-        let grad_beta = flat(&grad)?.sum(0)?;
+        let weight_grads = x.apply_op2_no_bwd(&grad, &LayerNormWeightGrads { eps: self.eps })?;
+        let grad_gamma = weight_grads.get(0)?;
+        let grad_beta = weight_grads.get(1)?;
         let grad_x = x.apply_op3_no_bwd(gamma, &grad, &LayerNormInputGrad { eps: self.eps })?;
         Ok((Some(grad_x), Some(grad_gamma), Some(grad_beta)))
     }
 }
 
-/// `(x − mean) / σ` per row (the backward's x̂).
-struct Normalize {
+/// ∂γ = Σ_rows ∂y·x̂ and ∂β = Σ_rows ∂y, in one pass over the rows (x̂
+/// recomputed per row), as a `[2, cols]` tensor.
+struct LayerNormWeightGrads {
     eps: f32,
 }
 
-impl CustomOp1 for Normalize {
+impl CustomOp2 for LayerNormWeightGrads {
     fn name(&self) -> &'static str {
-        "fused-normalize"
+        "fused-layer-norm-weight-grads"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, cols) = f32_rows(self.name(), s, l)?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(cols)
-            .zip(x.par_chunks(cols))
-            .for_each(|(o, row)| {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, cols) = f32_rows(self.name(), s1, l1)?;
+        let (grad, _) = f32_rows(self.name(), s2, l2)?;
+        if grad.len() != x.len() {
+            bail!("{}: gradient and input differ in size", self.name());
+        }
+        let rows = x.len().checked_div(cols).unwrap_or(0);
+        let out = sum_over_row_blocks(rows, 2 * cols, |range, acc| {
+            let (acc_gamma, acc_beta) = acc.split_at_mut(cols);
+            for r in range {
+                let row = &x[r * cols..(r + 1) * cols];
+                let dy = &grad[r * cols..(r + 1) * cols];
                 let (mean, rstd) = row_stats(row, self.eps);
                 for i in 0..cols {
-                    o[i] = (row[i] - mean) * rstd;
+                    acc_gamma[i] += dy[i] * ((row[i] - mean) * rstd);
+                    acc_beta[i] += dy[i];
                 }
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((2, cols))))
     }
 }
 

@@ -6,10 +6,12 @@ mod bert;
 mod config;
 mod dense;
 mod dropout;
+mod embedding_sum;
 mod fused;
 mod gelu;
 mod kernel;
 mod math;
+mod reduce;
 
 pub use bert::{BertModel, Mode};
 pub use config::{Activation, BertConfig};
@@ -44,10 +46,15 @@ fn keep_freed_buffers() {
 /// Sets up the process for encoding on `threads` cores (0 = all) and returns
 /// how many encoder workers to run (see [`crate::Encoder::with_workers`]).
 ///
-/// With several workers every kernel is made single-threaded (candle's
-/// `CANDLE_NUM_THREADS`; each worker runs in a one-thread rayon pool, which
-/// the dense layers' products follow) and the workers run whole batches side
-/// by side. Call it before any model runs: candle reads its thread count once.
+/// candle's own element-wise kernels are made single-threaded
+/// (`CANDLE_NUM_THREADS`): cpack's kernels — matrix products, attention,
+/// layer norm, the optimizer — run on rayon, and a second pool of candle
+/// workers spinning beside rayon's only takes cores from it. Encoder workers
+/// each run in a one-thread rayon pool and run whole batches side by side; a
+/// training step's kernels use the global pool, which has every thread. What
+/// is left to candle in training (summing gradients in its backward pass) is
+/// bound by memory. Call it before any model runs: candle reads its thread
+/// count once.
 pub fn configure_threads(threads: usize) -> usize {
     let threads = if threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -57,17 +64,6 @@ pub fn configure_threads(threads: usize) -> usize {
     std::env::set_var("CANDLE_NUM_THREADS", "1");
     keep_freed_buffers();
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    threads
-}
-
-/// [`configure_threads`] for a process that trains as well as encodes:
-/// candle's element-wise kernels get every thread, since a training step is
-/// one big graph whose element-wise passes would otherwise run on one core.
-/// The training
-/// step's matrix products use the global rayon pool, which has every thread.
-pub fn configure_training_threads(threads: usize) -> usize {
-    let threads = configure_threads(threads);
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     threads
 }
 
