@@ -238,15 +238,22 @@ impl BertModel {
         let context = self.attention(layer, hidden, key_bias, mode, dropout)?;
         let projected = Dropout::hidden(dropout, &layer.attention_out.forward(&context, mode)?)?;
         let attended = layer.attention_norm.forward(&(projected + hidden)?, mode)?;
-        let inner = layer.intermediate.forward(&attended, mode)?;
-        let inner = match self.activation {
-            Activation::Gelu if mode == Mode::Inference => super::gelu::gelu_erf(&inner)?,
-            Activation::Gelu => super::gelu::trainable_gelu_erf(&inner)?,
-            Activation::GeluNew => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
-        };
+        let inner = self.intermediate(&layer.intermediate, &attended, mode)?;
         let projected = Dropout::hidden(dropout, &layer.output.forward(&inner, mode)?)?;
         layer.output_norm.forward(&(projected + attended)?, mode)
+    }
+
+    /// The intermediate dense layer and its activation.
+    fn intermediate(&self, dense: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if self.activation == Activation::Gelu && mode == Mode::Differentiable {
+            return super::dense::trainable_affine_gelu(x, &dense.weight, &dense.bias);
+        }
+        let inner = dense.forward(x, mode)?;
+        match self.activation {
+            Activation::Gelu => super::gelu::gelu_erf(&inner),
+            Activation::GeluNew => inner.gelu(),
+            Activation::Relu => inner.relu(),
+        }
     }
 
     /// Multi-head self-attention; `hidden` is `[batch * seq, hidden]`,

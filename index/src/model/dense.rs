@@ -5,6 +5,7 @@
 use super::kernel::f32_rows;
 use crate::matmul::{gemm, MatMut, MatRef};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
 /// Threads for a product: those of the rayon pool the op runs in. Encoder
 /// workers each run in a one-thread pool; training runs in the global pool.
@@ -101,6 +102,17 @@ impl CustomOp3 for TrainableAffine {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        affine_grads(x, w, grad)
+    }
+}
+
+/// The three gradients of `y = x·wᵀ + b` for upstream `grad`.
+fn affine_grads(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    {
         let grad = grad.contiguous()?;
         let grad_x = grad.apply_op2_no_bwd(
             w,
@@ -118,6 +130,65 @@ impl CustomOp3 for TrainableAffine {
         )?;
         let grad_b = super::reduce::sum_rows(&grad)?;
         Ok((Some(grad_x), Some(grad_w), Some(grad_b)))
+    }
+}
+
+/// `gelu(x · wᵀ + b)` (exact GELU), differentiable in all three arguments:
+/// BERT's intermediate layer as one node of the graph. The pre-activation is
+/// kept by the op for its backward (as a separate GELU node would keep it),
+/// and the backward goes from the output's gradient straight to the three
+/// inputs' without a gradient for the pre-activation passing through the graph.
+pub fn trainable_affine_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        TrainableAffineGelu {
+            pre_activation: Mutex::new(None),
+        },
+    )
+}
+
+struct TrainableAffineGelu {
+    pre_activation: Mutex<Option<Tensor>>,
+}
+
+impl CustomOp3 for TrainableAffineGelu {
+    fn name(&self) -> &'static str {
+        "dense-trainable-affine-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (pre, shape) = Affine.cpu_fwd(s1, l1, s2, l2, s3, l3)?;
+        let out = super::gelu::gelu_erf_cpu(&pre, &Layout::contiguous(&shape))?;
+        let CpuStorage::F32(pre) = pre else {
+            bail!("{}: f32 only", self.name())
+        };
+        let pre = Tensor::from_vec(pre, &shape, &candle_core::Device::Cpu)?;
+        *self.pre_activation.lock().expect("not poisoned") = Some(pre);
+        Ok(out)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let pre = self.pre_activation.lock().expect("not poisoned").clone();
+        let Some(pre) = pre else {
+            bail!("{}: backward before forward", self.name())
+        };
+        affine_grads(x, w, &super::gelu::gelu_erf_grad(&pre, grad)?)
     }
 }
 
@@ -186,6 +257,34 @@ mod tests {
             .unwrap();
         let diff = crate::model::max_abs_diff(&ours, &reference);
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn fused_gelu_layer_and_its_gradients_agree_with_candle() {
+        use candle_core::Var;
+        let x = Var::randn(0f32, 1., (7, 5), &Device::Cpu).unwrap();
+        let w = Var::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
+        let b = Var::randn(0f32, 1., 3, &Device::Cpu).unwrap();
+        let probe = Tensor::randn(0f32, 1., (7, 3), &Device::Cpu).unwrap();
+        let ours = super::trainable_affine_gelu(&x, &w, &b).unwrap();
+        let reference = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap()
+            .gelu_erf()
+            .unwrap();
+        assert!(crate::model::max_abs_diff(&ours, &reference) < 1e-5);
+        let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
+        let ours = loss(ours).backward().unwrap();
+        let reference = loss(reference).backward().unwrap();
+        for v in [&x, &w, &b] {
+            let diff = crate::model::max_abs_diff(
+                ours.get(v.as_tensor()).unwrap(),
+                reference.get(v.as_tensor()).unwrap(),
+            );
+            assert!(diff < 1e-5, "{diff}");
+        }
     }
 
     #[test]

@@ -71,30 +71,20 @@ impl CustomOp1 for Gelu {
     }
 }
 
+/// [`gelu_erf`] on CPU storage, for ops that fuse it.
+pub fn gelu_erf_cpu(storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    Gelu.cpu_fwd(storage, layout)
+}
+
 /// GELU with exact erf semantics (Hugging Face's `"gelu"`), no gradient.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&Gelu)
 }
 
-/// [`gelu_erf`] with a backward.
-pub fn trainable_gelu_erf(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(TrainableGelu)
-}
-
-struct TrainableGelu;
-
-impl CustomOp1 for TrainableGelu {
-    fn name(&self) -> &'static str {
-        "fast-gelu-erf-trainable"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Gelu.cpu_fwd(storage, layout)
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
-    }
+/// GELU's input gradient: `∂y · gelu'(x)` for the input `x` and upstream `∂y`.
+pub fn gelu_erf_grad(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)
 }
 
 /// `∂y · (Φ(x) + x·φ(x))`, GELU's derivative times the upstream gradient.
@@ -144,16 +134,17 @@ mod tests {
     }
 
     #[test]
-    fn trainable_gradient_matches_candle() {
+    fn input_gradient_matches_candle() {
         let x = candle_core::Var::randn(0f32, 3., (64, 33), &candle_core::Device::Cpu).unwrap();
         let probe = Tensor::randn(0f32, 1., (64, 33), &candle_core::Device::Cpu).unwrap();
-        let grad = |y: Tensor| {
-            let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            grads.get(x.as_tensor()).unwrap().clone()
-        };
-        let ours = grad(trainable_gelu_erf(&x).unwrap());
-        let theirs = grad(x.gelu_erf().unwrap());
-        let diff = crate::model::max_abs_diff(&ours, &theirs);
+        let theirs = (x.gelu_erf().unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let ours = gelu_erf_grad(x.as_tensor(), &probe).unwrap();
+        let diff = crate::model::max_abs_diff(&ours, theirs.get(x.as_tensor()).unwrap());
         assert!(diff < 1e-5, "{diff}");
     }
 }
