@@ -1,6 +1,7 @@
 //! Command-line definitions. Doc comments here are the `--help` text.
 
 use clap::{Args, Parser, Subcommand};
+use cpack_miner::{FilterPreset, OnShort, SamplingKind, SimansWeights};
 use std::path::PathBuf;
 
 /// cpack — hard-negative mining and retrieval for BGE-style embedders.
@@ -190,6 +191,18 @@ pub struct TrainArgs {
     /// Negatives stored per query and round [default: group size − 1].
     #[arg(long)]
     pub negatives: Option<usize>,
+    /// How each round draws its negatives: random, top or simans [train.sample; default: random].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub sample: Option<SamplingKind>,
+    /// SimANS's a [train.simans_a; default: the paper's 0.5].
+    #[arg(long, value_name = "A", allow_negative_numbers = true)]
+    pub simans_a: Option<f32>,
+    /// SimANS's b [train.simans_b; default: 0].
+    #[arg(long, value_name = "B", allow_negative_numbers = true)]
+    pub simans_b: Option<f32>,
+    /// Positive-aware filter of each round: perc-pos or margin-pos (see `cpack mine --help`) [train.filter].
+    #[arg(long, value_enum, value_name = "PRESET")]
+    pub filter: Option<FilterPreset>,
     /// Run name (folder under .cpack/runs/) [default: run-NNN, the next free number].
     #[arg(long)]
     pub run: Option<String>,
@@ -403,6 +416,29 @@ pub struct MineImportArgs {
     pub input: PathBuf,
 }
 
+/// SimANS's weights, `exp(−a·(s − s⁺ − b)²)` for a candidate scoring `s`
+/// against the query's lowest positive `s⁺`; used with `--sample simans`.
+#[derive(Args, Debug)]
+pub struct SimansArgs {
+    /// How sharply the weight falls off away from s⁺ + b. Scores are cosines
+    /// for normalised models: the paper's 0.5 (on unnormalised scores) then
+    /// weighs nearly evenly, and values in the tens concentrate the draw.
+    #[arg(long, value_name = "A", allow_negative_numbers = true, default_value_t = SimansWeights::PAPER.a)]
+    pub simans_a: f32,
+    /// Where the weight peaks, relative to the positive's score.
+    #[arg(long, value_name = "B", allow_negative_numbers = true, default_value_t = SimansWeights::PAPER.b)]
+    pub simans_b: f32,
+}
+
+impl SimansArgs {
+    pub fn weights(&self) -> SimansWeights {
+        SimansWeights {
+            a: self.simans_a,
+            b: self.simans_b,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct MineRunArgs {
     /// Qrels split whose queries are mined.
@@ -420,12 +456,15 @@ pub struct MineRunArgs {
     /// Negatives stored per query (FlagEmbedding's train_group_size − 1).
     #[arg(long, default_value_t = 7)]
     pub negatives: usize,
-    /// How negatives are drawn from the survivors: random (seeded) or top.
-    #[arg(long, value_name = "HOW", default_value = "random")]
-    pub sample: String,
+    /// How negatives are drawn from the survivors: random (seeded), top, or
+    /// simans (weighted towards scores near the positive's; see --simans-a).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = SamplingKind::Random)]
+    pub sample: SamplingKind,
+    #[command(flatten)]
+    pub simans: SimansArgs,
     /// When fewer survive than --negatives: keep (store fewer), drop (store none) or pad (random passages).
-    #[arg(long, value_name = "WHAT", default_value = "keep")]
-    pub on_short: String,
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnShort::Keep)]
+    pub on_short: OnShort,
     /// Seed of the random sampling [cpack.toml: seed].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -438,6 +477,12 @@ pub struct MineRunArgs {
     /// Drop candidates scoring above (1 − R) × the lowest positive's score (sign-aware).
     #[arg(long, value_name = "R")]
     pub relative_margin: Option<f32>,
+    /// A positive-aware filter by name (NV-Retriever): perc-pos drops
+    /// candidates above 95 % of the positive's score (--relative-margin 0.05),
+    /// margin-pos those above the positive's − 0.05 (--margin 0.05). The
+    /// paper uses them instead of a rank skip: add --skip 0 for its recipe.
+    #[arg(long, value_enum, value_name = "PRESET", conflicts_with_all = ["margin", "relative_margin"])]
+    pub filter: Option<FilterPreset>,
     /// Mine a new round even if the last one matches these settings.
     #[arg(long)]
     pub force: bool,

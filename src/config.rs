@@ -69,6 +69,10 @@ pub struct TrainSection {
     pub topk: Option<usize>,
     pub skip: Option<usize>,
     pub negatives: Option<usize>,
+    pub sample: Option<cpack_miner::SamplingKind>,
+    pub simans_a: Option<f32>,
+    pub simans_b: Option<f32>,
+    pub filter: Option<cpack_miner::FilterPreset>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +432,14 @@ precision = "f32"
 # topk = 200
 # skip = 10
 # negatives = 7
+# How negatives are drawn: "random", "top" or "simans" (weighted towards
+# scores near the positive's: exp(-a (s - s_pos - b)^2)).
+# sample = "random"
+# simans_a = 0.5
+# simans_b = 0.0
+# Positive-aware filter: "perc-pos" (drop above 95 % of the positive's score)
+# or "margin-pos" (above the positive's - 0.05).
+# filter = "perc-pos"
 "#,
         data = q(&data.display().to_string()),
         model = q(&model.display().to_string()),

@@ -318,3 +318,83 @@ fn bad_mining_requests_are_refused() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exceeds the corpus"));
 }
+
+#[test]
+fn simans_and_filter_presets_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = cmrc_workspace(tmp.path(), "ws");
+    // A preset and the filter it sets are one choice: clap refuses both (usage error, 2).
+    let out = cpack(&ws)
+        .args(["mine", "--filter", "perc-pos", "--margin", "0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    let err = fails(&ws, &["mine", "--sample", "simans", "--simans-a", "-1"]);
+    assert!(err.contains("--simans-a"), "{err}");
+
+    let simans = [
+        "mine",
+        "--topk",
+        "50",
+        "--skip",
+        "0",
+        "--sample",
+        "simans",
+        "--simans-a",
+        "20",
+    ];
+    let mined = json(&ok(&ws, &[&simans[..], &["--json"]].concat()));
+    assert_eq!(mined["negatives_min"], 7, "{mined}");
+    let positives = positives();
+    for row in lines(&ok(&ws, &["mine", "export", "--format", "ids"])) {
+        let qid = row["query_id"].as_str().unwrap();
+        for neg in row["neg"].as_array().unwrap() {
+            assert!(!positives[qid].contains(neg.as_str().unwrap()), "{row}");
+        }
+    }
+    let again = json(&ok(&ws, &[&simans[..], &["--force", "--json"]].concat()));
+    assert_eq!(
+        ok(
+            &ws,
+            &[
+                "mine",
+                "export",
+                "--format",
+                "ids",
+                "--round",
+                &again["round"].to_string()
+            ]
+        ),
+        ok(
+            &ws,
+            &[
+                "mine",
+                "export",
+                "--format",
+                "ids",
+                "--round",
+                &mined["round"].to_string()
+            ]
+        ),
+        "same seed, same SimANS draw"
+    );
+
+    // The preset is the relative margin it names: it filters, and a round
+    // with it is a new round.
+    let filtered = json(&ok(
+        &ws,
+        &["mine", "--topk", "50", "--filter", "perc-pos", "--json"],
+    ));
+    assert_eq!(filtered["status"], "mined");
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    let params = &stats["manifest"]["params"];
+    assert!((params["relative_margin"].as_f64().unwrap() - 0.05).abs() < 1e-6);
+    assert!(params["margin"].is_null());
+    assert!(
+        stats["stats"]["filtered"]["relative_margin"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+}

@@ -627,3 +627,34 @@ fn a_step_that_cannot_fit_is_refused_before_anything_runs_with_a_mini_batch_that
         "the corpus was encoded first"
     );
 }
+
+#[test]
+fn mining_strategies_from_cpack_toml_and_flags_reach_the_runs_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    // [train] is the last table of the file `cpack init` writes.
+    let toml = ws.join("cpack.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("sample = \"simans\"\nsimans_a = 20.0\n");
+    std::fs::write(&toml, text).unwrap();
+    let run = train(
+        &ws,
+        &[
+            "--group-size",
+            "3",
+            "--refresh-every",
+            "0",
+            "--eval-split",
+            "none",
+            "--filter",
+            "margin-pos",
+        ],
+    );
+    assert_eq!(run["epochs"][0]["round"], 1);
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    let params = &stats["manifest"]["params"];
+    assert_eq!(params["sampling"]["Simans"]["a"], 20.0, "{params}");
+    assert_eq!(params["sampling"]["Simans"]["b"], 0.0, "{params}");
+    assert!((params["margin"].as_f64().unwrap() - 0.05).abs() < 1e-6);
+    assert!(params["relative_margin"].is_null());
+}

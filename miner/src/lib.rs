@@ -22,5 +22,5 @@ pub mod store;
 
 pub use error::{Error, Result};
 pub use mine::{mine, MineOptions, MineOutcome, MiningInput};
-pub use params::{MiningParams, OnShort, Sampling};
+pub use params::{FilterPreset, MiningParams, OnShort, Sampling, SamplingKind, SimansWeights};
 pub use store::NegativeStore;

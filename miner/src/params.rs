@@ -3,16 +3,97 @@
 use serde::{Deserialize, Serialize};
 
 /// How negatives are drawn from the candidates that survive the filters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// (Stored in round manifests: new variants go at the end.)
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Sampling {
     /// Uniformly at random (seeded per query), as FlagEmbedding's hn_mine.
     Random,
     /// The best-ranked survivors, as sentence-transformers' default.
     Top,
+    /// SimANS (Zhou et al. 2022): at random without replacement, candidate
+    /// `d` weighted by `exp(−a·(s(d) − s⁺ − b)²)`, `s⁺` the query's lowest
+    /// positive score — the negatives scored close to the positive are the
+    /// likeliest, the far easy ones and the suspiciously high ones unlikely.
+    Simans(SimansWeights),
+}
+
+/// The choice of [`Sampling`] as a flag or `cpack.toml` value; SimANS's
+/// weights come separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SamplingKind {
+    /// Uniformly at random (seeded per query), as FlagEmbedding's hn_mine.
+    #[default]
+    Random,
+    /// The best-ranked survivors.
+    Top,
+    /// SimANS: weighted towards candidates scored close to the positive.
+    Simans,
+}
+
+impl SamplingKind {
+    /// The sampling, with `weights` used by SimANS only.
+    pub fn with_weights(self, weights: SimansWeights) -> Sampling {
+        match self {
+            SamplingKind::Random => Sampling::Random,
+            SamplingKind::Top => Sampling::Top,
+            SamplingKind::Simans => Sampling::Simans(weights),
+        }
+    }
+}
+
+/// SimANS's `a` (how sharply the weight falls off) and `b` (where it
+/// peaks, relative to the positive's score).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SimansWeights {
+    pub a: f32,
+    pub b: f32,
+}
+
+impl SimansWeights {
+    /// The paper's values.
+    pub const PAPER: SimansWeights = SimansWeights { a: 0.5, b: 0.0 };
+
+    /// The unnormalised weight of a candidate scoring `score` for a query
+    /// whose positive scores `positive`.
+    pub fn weight(&self, score: f32, positive: f32) -> f64 {
+        let d = (score - positive - self.b) as f64;
+        (-(self.a as f64) * d * d).exp()
+    }
+}
+
+impl Default for SimansWeights {
+    fn default() -> Self {
+        SimansWeights::PAPER
+    }
+}
+
+/// Positive-aware filters as named presets (NV-Retriever, Moreira et al.
+/// 2024), which set the score filters below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FilterPreset {
+    /// TopK-PercPos: drop candidates scoring above 95 % of the positive
+    /// (`relative_margin` 0.05).
+    PercPos,
+    /// TopK-MarginPos: drop candidates scoring above the positive − 0.05
+    /// (`margin` 0.05).
+    MarginPos,
+}
+
+impl FilterPreset {
+    /// The `(margin, relative_margin)` the preset stands for.
+    pub fn margins(self) -> (Option<f32>, Option<f32>) {
+        match self {
+            FilterPreset::PercPos => (None, Some(0.05)),
+            FilterPreset::MarginPos => (Some(0.05), None),
+        }
+    }
 }
 
 /// What to do when fewer than `negatives` candidates survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum OnShort {
     /// Store what there is.
     Keep,
@@ -66,6 +147,14 @@ impl MiningParams {
         ] {
             if let Some(v) = value.filter(|v| !v.is_finite()) {
                 return Err(format!("{flag} {v} is not a finite number"));
+            }
+        }
+        if let Sampling::Simans(w) = self.sampling {
+            if !(w.a.is_finite() && w.a >= 0.0 && w.b.is_finite()) {
+                return Err(format!(
+                    "--simans-a {} / --simans-b {}: a must be a finite number ≥ 0, b finite",
+                    w.a, w.b
+                ));
             }
         }
         if let Some(r) = self.relative_margin {

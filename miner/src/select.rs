@@ -2,6 +2,8 @@
 //! false-negative guards, the score filters, and sampling. Pure functions,
 //! so every rule is tested directly.
 
+#[cfg(test)]
+use crate::params::{FilterPreset, SimansWeights};
 use crate::params::{MiningParams, OnShort, Sampling};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -116,6 +118,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Uniform in (0, 1), never 0 (53 random bits).
+    pub fn unit_open(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
@@ -213,6 +220,19 @@ pub fn select(
     let mut chosen = match params.sampling {
         Sampling::Top => survivors.iter().take(want).copied().collect(),
         Sampling::Random => sample(&survivors, want, rng),
+        Sampling::Simans(w) => {
+            // A query without a scored positive has nothing to centre the
+            // weights on: its draw is uniform.
+            let weights: Vec<f64> = survivors
+                .iter()
+                .map(|c| {
+                    facts
+                        .lowest_positive_score
+                        .map_or(1.0, |pos| w.weight(c.score, pos))
+                })
+                .collect();
+            weighted_sample(&survivors, &weights, want, rng)
+        }
     };
     if shortfall > 0 {
         match params.on_short {
@@ -238,6 +258,34 @@ fn sample(items: &[Candidate], k: usize, rng: &mut Rng) -> Vec<Candidate> {
         idx.swap(i, j);
     }
     let mut picked: Vec<usize> = idx[..k].to_vec();
+    picked.sort_unstable();
+    picked.into_iter().map(|i| items[i]).collect()
+}
+
+/// `k` of `items` without replacement, each draw proportional to the
+/// weights of those not yet drawn (Efraimidis–Spirakis: the `k` largest
+/// keys `ln(u)/w`), returned in rank order. Zero-weight items come last, in
+/// random order, and only when fewer than `k` items weigh anything.
+fn weighted_sample(
+    items: &[Candidate],
+    weights: &[f64],
+    k: usize,
+    rng: &mut Rng,
+) -> Vec<Candidate> {
+    let mut keyed: Vec<(f64, usize)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            let key = if w > 0.0 {
+                rng.unit_open().ln() / w
+            } else {
+                f64::NEG_INFINITY
+            };
+            (key, i)
+        })
+        .collect();
+    keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut picked: Vec<usize> = keyed.iter().take(k).map(|&(_, i)| i).collect();
     picked.sort_unstable();
     picked.into_iter().map(|i| items[i]).collect()
 }
@@ -410,6 +458,82 @@ mod tests {
             None,
         );
         assert_ne!(a.chosen, other.chosen, "another seed draws other negatives");
+    }
+
+    #[test]
+    fn simans_draws_follow_their_weights() {
+        let w = SimansWeights { a: 8.0, b: -0.2 };
+        let candidates = ranked(10);
+        let positive = 0.9;
+        let weights: Vec<f64> = candidates
+            .iter()
+            .map(|c| w.weight(c.score, positive))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        // One negative a draw: its frequency must match weight / total.
+        let draws = 20_000;
+        let mut counts = [0usize; 10];
+        let mut rng = Rng::for_query(7, "q");
+        for _ in 0..draws {
+            let picked = weighted_sample(&candidates, &weights, 1, &mut rng);
+            counts[picked[0].row - 100] += 1;
+        }
+        let mut chi2 = 0.0;
+        for (i, &n) in counts.iter().enumerate() {
+            let expected = draws as f64 * weights[i] / total;
+            chi2 += (n as f64 - expected).powi(2) / expected;
+        }
+        // 9 degrees of freedom: P(χ² > 27.9) = 0.001.
+        assert!(chi2 < 27.9, "χ² {chi2}, counts {counts:?}");
+        // The weight peaks at score = positive + b = 0.7 (row 103).
+        let most = counts.iter().enumerate().max_by_key(|&(_, n)| n).unwrap().0;
+        assert_eq!(most, 3, "{counts:?}");
+    }
+
+    #[test]
+    fn simans_selection_is_seeded_without_repeats_and_never_a_positive() {
+        let positives: HashSet<usize> = [102].into_iter().collect();
+        let p = MiningParams {
+            skip: 0,
+            negatives: 4,
+            sampling: Sampling::Simans(SimansWeights { a: 4.0, b: 0.0 }),
+            ..params()
+        };
+        let a = run(&p, &positives, Some(0.8));
+        assert_eq!(a, run(&p, &positives, Some(0.8)));
+        assert_eq!(a.chosen.len(), 4);
+        assert!(a.chosen.windows(2).all(|w| w[0].rank < w[1].rank));
+        assert!(a.chosen.iter().all(|c| c.row != 102));
+        // Without a positive score the draw is uniform, still seeded.
+        let uniform = run(&p, &positives, None);
+        assert_eq!(uniform.chosen.len(), 4);
+    }
+
+    #[test]
+    fn filter_presets_drop_what_they_say() {
+        let none = HashSet::new();
+        let preset = |f: FilterPreset| {
+            let (margin, relative_margin) = f.margins();
+            MiningParams {
+                skip: 0,
+                margin,
+                relative_margin,
+                ..params()
+            }
+        };
+        // PercPos: above 0.95 × 0.8 = 0.76 goes — scores 1.0, 0.9, 0.8.
+        let s = run(&preset(FilterPreset::PercPos), &none, Some(0.8));
+        assert_eq!(s.filtered.relative_margin, 3);
+        assert!(s.chosen.iter().all(|c| c.score <= 0.76));
+        // MarginPos: above 0.8 − 0.05 = 0.75 goes — the same three.
+        let s = run(&preset(FilterPreset::MarginPos), &none, Some(0.8));
+        assert_eq!(s.filtered.margin, 3);
+        // At a positive of 0.22 they differ: above 0.209 against above
+        // 0.17 (rows 104 and 105 fall to the text guards first).
+        let perc = run(&preset(FilterPreset::PercPos), &none, Some(0.22));
+        let margin = run(&preset(FilterPreset::MarginPos), &none, Some(0.22));
+        assert_eq!(perc.filtered.relative_margin, 6, "1.0 .. 0.3");
+        assert_eq!(margin.filtered.margin, 7, "1.0 .. 0.2");
     }
 
     #[test]

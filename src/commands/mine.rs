@@ -11,7 +11,7 @@ use cpack_miner::export::{self, ExportFormat};
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
 use cpack_miner::{
-    MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore, OnShort, Sampling,
+    FilterPreset, MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore,
 };
 use std::io::Write;
 
@@ -48,27 +48,21 @@ fn open_store(config: &Config) -> Result<NegativeStore> {
 }
 
 fn params(args: &MineRunArgs, config: &Config) -> Result<MiningParams> {
+    let (margin, relative_margin) = args
+        .filter
+        .map_or((args.margin, args.relative_margin), FilterPreset::margins);
     Ok(MiningParams {
         split: args.split.clone(),
         topk: args.topk,
         skip: args.skip,
         skip_after_filter: args.skip_after_filter,
         negatives: args.negatives,
-        sampling: match args.sample.as_str() {
-            "random" => Sampling::Random,
-            "top" => Sampling::Top,
-            other => bail!("--sample {other:?}: expected random or top"),
-        },
-        on_short: match args.on_short.as_str() {
-            "keep" => OnShort::Keep,
-            "drop" => OnShort::Drop,
-            "pad" => OnShort::Pad,
-            other => bail!("--on-short {other:?}: expected keep, drop or pad"),
-        },
+        sampling: args.sample.with_weights(args.simans.weights()),
+        on_short: args.on_short,
         seed: args.seed.unwrap_or(config.seed),
         max_score: args.max_score,
-        margin: args.margin,
-        relative_margin: args.relative_margin,
+        margin,
+        relative_margin,
     })
 }
 

@@ -6,7 +6,9 @@ use crate::cli::TrainArgs;
 use crate::config::{Config, TrainSection};
 use anyhow::{bail, Context as _, Result};
 use cpack_index::dataset::Dataset;
-use cpack_miner::{MiningParams, NegativeStore, OnShort, Sampling};
+use cpack_miner::{
+    FilterPreset, MiningParams, NegativeStore, OnShort, SamplingKind, SimansWeights,
+};
 use cpack_train::run::{self, RunSpec, Workspace};
 use cpack_train::{LossKind, TrainSettings};
 use std::path::{Path, PathBuf};
@@ -123,6 +125,10 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
     };
     validate(&train)?;
     let split = pick(&args.split, &file.split, "train".into());
+    let (margin, relative_margin) = args
+        .filter
+        .or(file.filter)
+        .map_or((None, None), FilterPreset::margins);
     let mining = MiningParams {
         split: split.clone(),
         topk: pick(&args.topk, &file.topk, 200),
@@ -133,12 +139,17 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
             &file.negatives,
             group_size.saturating_sub(1).max(1),
         ),
-        sampling: Sampling::Random,
+        sampling: pick(&args.sample, &file.sample, SamplingKind::default()).with_weights(
+            SimansWeights {
+                a: pick(&args.simans_a, &file.simans_a, SimansWeights::PAPER.a),
+                b: pick(&args.simans_b, &file.simans_b, SimansWeights::PAPER.b),
+            },
+        ),
         on_short: OnShort::Keep,
         seed: config.seed,
         max_score: None,
-        margin: None,
-        relative_margin: None,
+        margin,
+        relative_margin,
     };
     let eval_split = match args.eval_split.clone().or_else(|| file.eval_split.clone()) {
         Some(s) if s == "none" => None,
