@@ -200,6 +200,12 @@ pub struct TrainArgs {
     /// SimANS's b [train.simans_b; default: 0].
     #[arg(long, value_name = "B", allow_negative_numbers = true)]
     pub simans_b: Option<f32>,
+    /// Train on negatives mined by another model (a larger teacher): round N
+    /// of the negatives store, for the first epoch and, with
+    /// --refresh-every 0, for all. By default a run never trains on a round
+    /// another model mined [train.negatives_from].
+    #[arg(long, value_name = "ROUND")]
+    pub negatives_from: Option<u32>,
     /// Positive-aware filter of each round: perc-pos or margin-pos (see `cpack mine --help`) [train.filter].
     #[arg(long, value_enum, value_name = "PRESET")]
     pub filter: Option<FilterPreset>,

@@ -73,6 +73,7 @@ pub struct TrainSection {
     pub simans_a: Option<f32>,
     pub simans_b: Option<f32>,
     pub filter: Option<cpack_miner::FilterPreset>,
+    pub negatives_from: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -440,6 +441,9 @@ precision = "f32"
 # Positive-aware filter: "perc-pos" (drop above 95 % of the positive's score)
 # or "margin-pos" (above the positive's - 0.05).
 # filter = "perc-pos"
+# Train the first round on negatives another model mined (a teacher): its
+# round number in the negatives store. Off by default: a run mines its own.
+# negatives_from = 1
 "#,
         data = q(&data.display().to_string()),
         model = q(&model.display().to_string()),

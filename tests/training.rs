@@ -658,3 +658,48 @@ fn mining_strategies_from_cpack_toml_and_flags_reach_the_runs_rounds() {
     assert!((params["margin"].as_f64().unwrap() - 0.05).abs() < 1e-6);
     assert!(params["relative_margin"].is_null());
 }
+
+#[test]
+fn a_teacher_round_trains_a_student_only_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    // The "teacher" is the workspace's model; it mines round 1.
+    ok(&ws, &["index", "build"]);
+    ok(&ws, &["mine", "--topk", "30"]);
+    let texts = dataset_texts(&shared("data/cmrc2018"));
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let student = tmp.path().join("student");
+    cpack_index::test_model::write_tiny_model(&student, &refs, 7).unwrap();
+    let student = student.to_str().unwrap();
+    let static_run = [
+        "--group-size",
+        "3",
+        "--refresh-every",
+        "0",
+        "--eval-split",
+        "none",
+    ];
+    let own = train(&ws, &[&["--model", student][..], &static_run].concat());
+    assert_eq!(
+        own["epochs"][0]["round"], 2,
+        "by default the student mines its own round"
+    );
+    let taught = train(
+        &ws,
+        &[
+            &["--model", student, "--negatives-from", "1"][..],
+            &static_run,
+        ]
+        .concat(),
+    );
+    assert_eq!(taught["epochs"][0]["round"], 1);
+    let err = fails(
+        &ws,
+        &[
+            &["train", "--model", student, "--negatives-from", "9"][..],
+            &static_run,
+        ]
+        .concat(),
+    );
+    assert!(err.contains("no round 9"), "{err}");
+}

@@ -173,6 +173,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         mining,
         eval_split,
         max_queries: args.max_queries.or(file.max_queries),
+        negatives_from: args.negatives_from.or(file.negatives_from),
     })
 }
 

@@ -56,6 +56,10 @@ pub struct RunSpec {
     pub eval_split: Option<String>,
     /// Train on this many queries of the split (a seeded subset).
     pub max_queries: Option<usize>,
+    /// The first round's negatives come from this stored round, whatever
+    /// model mined it (a teacher's); `None`: the base model mines its own.
+    #[serde(default)]
+    pub negatives_from: Option<u32>,
 }
 
 impl RunSpec {
@@ -230,6 +234,28 @@ impl Current {
     }
 }
 
+/// Checks that round `round`, asked for by `--negatives-from`, can train the
+/// run: stored, complete, and mined for the split the run trains on.
+fn teacher_round(ws: &Workspace, round: u32, split: &str) -> Result<u32> {
+    let manifest = ws.store.round(round)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "--negatives-from {round}: the negatives store holds no round {round} (see `cpack mine stats`)"
+        ))
+    })?;
+    if !manifest.complete {
+        return Err(Error::Invalid(format!(
+            "--negatives-from {round}: round {round} was never finished; run `cpack mine` to complete it"
+        )));
+    }
+    if manifest.params.split != split {
+        return Err(Error::Invalid(format!(
+            "--negatives-from {round}: round {round} mined split {:?}, the run trains on {split:?}",
+            manifest.params.split
+        )));
+    }
+    Ok(round)
+}
+
 /// Runs (or, with `resume`, continues) the run described by `spec` in `run_dir`.
 pub fn run(
     ws: &Workspace,
@@ -273,7 +299,9 @@ pub fn run(
             report.base = Some(base.evaluate(ws, &mut index, split, progress)?);
             write_report(run_dir, &report)?;
         }
-        if spec.uses_rounds() {
+        if let (true, Some(teacher)) = (spec.uses_rounds(), spec.negatives_from) {
+            round = Some(teacher_round(ws, teacher, &spec.mining.split)?);
+        } else if spec.uses_rounds() {
             let (r, seconds) = base.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
             round = Some(r);
             mine_seconds = seconds;
