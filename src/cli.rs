@@ -93,7 +93,7 @@ pub enum Command {
     /// to .cpack/runs/<run>/epoch-N/ in Hugging Face / sentence-transformers
     /// layout; report.json records loss, metrics and timings per epoch.
     /// Every flag can also be set under [train] in cpack.toml.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Show a training run's report: per-epoch loss, metrics and timings.
     Report(ReportArgs),
     /// Serve the encoder and index over HTTP (search, embed, health, info).

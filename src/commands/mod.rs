@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(&ctx, args),
         Command::Mine(args) => mine::run(&ctx, args),
         Command::Export(args) => export::run(&ctx, args),
-        Command::Train(args) => train::run(&ctx, args),
+        Command::Train(args) => train::run(&ctx, *args),
         Command::Report(args) => report::run(&ctx, args),
         Command::Serve(args) => crate::serve::run(&ctx, args),
     }
