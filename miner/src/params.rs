@@ -17,6 +17,16 @@ pub enum Sampling {
     Simans(SimansWeights),
 }
 
+impl std::fmt::Display for Sampling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sampling::Random => f.write_str("random"),
+            Sampling::Top => f.write_str("top"),
+            Sampling::Simans(w) => write!(f, "simans a={} b={}", w.a, w.b),
+        }
+    }
+}
+
 /// The choice of [`Sampling`] as a flag or `cpack.toml` value; SimANS's
 /// weights come separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]

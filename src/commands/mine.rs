@@ -279,7 +279,7 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
         "raw ranks"
     };
     println!(
-        "settings          topk {} · skip {} {skip_kind} · {} negatives ({:?}) · seed {}",
+        "settings          topk {} · skip {} {skip_kind} · {} negatives ({}) · seed {}",
         p.topk, p.skip, p.negatives, p.sampling, p.seed
     );
     println!(
