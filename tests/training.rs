@@ -703,3 +703,34 @@ fn a_teacher_round_trains_a_student_only_when_asked() {
     );
     assert!(err.contains("no round 9"), "{err}");
 }
+
+#[test]
+fn clustered_batches_train_and_are_seeded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let args = [
+        "--batching",
+        "clustered",
+        "--group-size",
+        "2",
+        "--refresh-every",
+        "0",
+        "--epochs",
+        "2",
+        "--eval-split",
+        "none",
+    ];
+    let a = train(&ws, &[&args[..], &["--run", "a"]].concat());
+    assert_eq!(a["spec"]["train"]["batching"], "clustered");
+    assert_eq!(a["epochs"].as_array().unwrap().len(), 2);
+    let b = train(&ws, &[&args[..], &["--run", "b"]].concat());
+    assert_eq!(a["epochs"][1]["mean_loss"], b["epochs"][1]["mean_loss"]);
+    let steps = |run: &str| {
+        std::fs::read_to_string(ws.join(".cpack/runs").join(run).join("steps.jsonl")).unwrap()
+    };
+    assert_eq!(
+        steps("a"),
+        steps("b"),
+        "the clusters and batches are seeded"
+    );
+}

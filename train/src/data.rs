@@ -27,6 +27,11 @@ pub enum Batching {
     ClashFree,
     /// Consecutive groups of the shuffled order, clashes and all (FlagEmbedding's way).
     Plain,
+    /// Clash-free batches filled one topic cluster of the queries at a time
+    /// (k-means over the current model's query embeddings, one cluster per
+    /// batch's worth of queries, as TAS-Balanced), so in-batch negatives
+    /// are topical too.
+    Clustered,
 }
 
 /// One training query with everything it can draw from (rows of the corpus).
@@ -55,6 +60,8 @@ pub struct TrainingSet {
     pub passage_keys: Vec<u64>,
     pub query_keys: HashMap<usize, u64>,
     pub skipped: Skipped,
+    /// Topic cluster of each example, for [`Batching::Clustered`].
+    pub clusters: Option<Vec<u32>>,
 }
 
 impl TrainingSet {
@@ -134,6 +141,7 @@ impl TrainingSet {
             passage_keys,
             query_keys,
             skipped,
+            clusters: None,
         }
     }
 
@@ -157,12 +165,20 @@ impl TrainingSet {
         let epoch_seed = seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
         let mut order: Vec<usize> = (0..self.examples.len()).collect();
         shuffle(&mut order, &mut Rng::for_query(epoch_seed, "epoch-order"));
+        if let (Batching::Clustered, Some(clusters)) = (batching, &self.clusters) {
+            // Clusters in a shuffled order, each cluster's queries in the
+            // shuffled order above.
+            let count = clusters.iter().max().map_or(0, |&c| c as usize + 1);
+            let mut rank: Vec<usize> = (0..count).collect();
+            shuffle(&mut rank, &mut Rng::for_query(epoch_seed, "cluster-order"));
+            order.sort_by_key(|&i| rank[clusters[i] as usize]);
+        }
         let groups: Vec<Group> = order
             .into_iter()
             .map(|i| self.draw_group(i, group_size, epoch_seed))
             .collect();
         match batching {
-            Batching::ClashFree => self.pack(groups, batch_size),
+            Batching::ClashFree | Batching::Clustered => self.pack(groups, batch_size),
             Batching::Plain => groups
                 .chunks(batch_size.max(1))
                 .map(<[Group]>::to_vec)
@@ -392,6 +408,32 @@ mod tests {
         assert_eq!(set.len(), 4);
         let batches = set.epoch_batches(1, 4, Batching::ClashFree, 7, 1);
         assert!(batches.iter().flatten().all(|g| g.passages.len() == 1));
+    }
+
+    #[test]
+    fn clustered_batches_take_one_cluster_at_a_time() {
+        let (corpus, queries, qrels, records) = fixture();
+        let mut set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        set.clusters = Some((0..set.len() as u32).map(|i| i % 2).collect());
+        let clusters = set.clusters.clone().unwrap();
+        let mut first_clusters = std::collections::HashSet::new();
+        for epoch in 1..10 {
+            let batches = set.epoch_batches(1, 3, Batching::Clustered, 7, epoch);
+            for batch in &batches {
+                let of_batch: std::collections::HashSet<u32> =
+                    batch.iter().map(|g| clusters[g.example]).collect();
+                assert_eq!(of_batch.len(), 1, "epoch {epoch}: {batches:?}");
+            }
+            first_clusters.insert(clusters[batches[0][0].example]);
+            let mut seen: Vec<usize> = batches.iter().flatten().map(|g| g.example).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..set.len()).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            first_clusters.len(),
+            2,
+            "the cluster order changes between epochs"
+        );
     }
 
     #[test]

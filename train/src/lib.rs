@@ -11,6 +11,7 @@
 //! checkpoint, rebuild the index, re-mine, and record it all in a report.
 
 pub mod checkpoint;
+mod cluster;
 pub mod data;
 pub mod error;
 pub mod loss;

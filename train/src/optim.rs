@@ -208,10 +208,15 @@ impl Gradients {
 
     /// The global L2 norm of all gradients.
     pub fn norm(&self) -> Result<f64> {
-        let mut total = 0f64;
-        for g in self.by_var.values() {
-            total += sum_of_squares(g)?;
-        }
+        // Added in a fixed order (the map's is random per process), so the
+        // norm is the same bits in every run.
+        let mut squares = self
+            .by_var
+            .values()
+            .map(sum_of_squares)
+            .collect::<candle_core::Result<Vec<f64>>>()?;
+        squares.sort_by(f64::total_cmp);
+        let total: f64 = squares.iter().sum();
         Ok(total.sqrt())
     }
 

@@ -12,7 +12,7 @@
 //! and the epoch's batches are a pure function of (seed, epoch).
 
 use crate::checkpoint::{self, Modules, TrainerState};
-use crate::data::{Skipped, TrainingSet};
+use crate::data::{Batching, Skipped, TrainingSet};
 use crate::error::{Error, Result};
 use crate::memory;
 use crate::model::TrainableEncoder;
@@ -28,7 +28,9 @@ use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance,
 };
 use cpack_index::vector::IndexKind;
-use cpack_index::{fsutil, BackendLoader, Encoder, EncoderSettings, PairTokenizer, Progress};
+use cpack_index::{
+    fsutil, BackendLoader, Encoder, EncoderSettings, PairTokenizer, Progress, TextKind,
+};
 use cpack_miner::store::QueryRecord;
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore};
 use serde::{Deserialize, Serialize};
@@ -185,6 +187,35 @@ impl Current {
             metrics: e.metrics,
             seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// Topic clusters of the training queries under this model, one per
+    /// batch's worth of queries, for `--batching clustered`.
+    fn query_clusters(
+        &self,
+        ws: &Workspace,
+        set: &TrainingSet,
+        spec: &RunSpec,
+        epoch: usize,
+        progress: &dyn Progress,
+    ) -> Result<Vec<u32>> {
+        let texts: Vec<&str> = set
+            .examples
+            .iter()
+            .map(|e| ws.dataset.queries.texts[e.query_row].as_str())
+            .collect();
+        progress.stage("clustering the training queries", texts.len() as u64);
+        let vectors = self.encoder.encode(&texts, TextKind::Query, &mut |n, t| {
+            progress.advance(n as u64, t as u64)
+        })?;
+        let k = texts.len().div_ceil(spec.train.batch_size.max(1));
+        let seed = spec.train.seed ^ epoch as u64;
+        Ok(crate::cluster::kmeans(
+            &vectors,
+            self.encoder.dim(),
+            k,
+            seed,
+        ))
     }
 
     /// The newest complete round mined by this model with `params`, mining it if there is none.
@@ -379,6 +410,9 @@ pub fn run(
                 round = Some(r);
             }
             mine_seconds = seconds;
+        }
+        if spec.train.batching == Batching::Clustered {
+            set.clusters = Some(current.query_clusters(ws, &set, &spec, epoch, progress)?);
         }
         let stats = trainer.train_epoch(
             &set,
