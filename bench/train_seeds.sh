@@ -126,7 +126,7 @@ rows.append(("PyTorch static (same questions and negatives, own draws)", peer))
 summary, lines = {}, ["| run | seed | epoch 1 | epoch 2 |", "|---|---|---:|---:|"]
 for label, get in rows:
     per_seed = {s: get(s) for s in seeds}
-    got = {s: v for s, v in per_seed.items() if v}
+    got = {s: v for s, v in per_seed.items() if v and len(v) >= 2}  # finished runs only
     for s, v in got.items():
         lines.append(f"| {label} | {s} | {v[0]:.4f} | {v[1]:.4f} |")
     if got:
