@@ -25,7 +25,11 @@
 //!
 //! `train-step`: one training step (forward + backward + AdamW) at a fixed
 //! shape, median seconds and tokens/s.
+//!
+//! `dropout-stats`: loss and gradient norm of one fixed batch under many
+//! dropout draws, for comparison with PyTorch's dropout in distribution.
 
+mod dropout_stats;
 mod facts;
 #[cfg(feature = "faiss")]
 mod plain_faiss;
@@ -138,14 +142,16 @@ fn main() -> Result<()> {
         Some("encode") => encode(parse(&args[1..])?),
         Some("mine") => mine(&args[1..]),
         Some("train-step") => train_step::run(&args[1..]),
+        Some("dropout-stats") => dropout_stats::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-case") => scale::case(&args[1..]),
         Some("serve-load") => serve_load::run(&args[1..]),
         _ => bail!(
-            "{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]\n       {}\n       cpack-bench train-step [--threads N] [--reps N] [--json OUT]\n       {}",
+            "{}\n       cpack-bench mine --workspace DIR [--topk 200] [--skip 10] [--threads N] [--json OUT]\n       {}\n       cpack-bench train-step [--threads N] [--reps N] [--json OUT]\n       {}\n       {}",
             usage(),
             scale::usage(),
-            serve_load::USAGE
+            serve_load::USAGE,
+            dropout_stats::USAGE
         ),
     }
 }

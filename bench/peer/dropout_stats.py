@@ -1,0 +1,58 @@
+"""PyTorch's side of `cpack-bench dropout-stats`: the same batch's InfoNCE loss
+and gradient norm (before clipping) at the base weights, once with dropout off
+and then under --draws dropout draws in training mode. Prints one JSON line."""
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=".cache/models/all-MiniLM-L6-v2")
+    ap.add_argument("--batch", required=True, help="the BATCH.json cpack-bench dropout-stats wrote")
+    ap.add_argument("--draws", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    batch = json.load(open(args.batch))
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModel.from_pretrained(args.model)
+    queries, passages = batch["queries"], batch["passages"]
+    group = len(passages) // len(queries)
+
+    def embed(texts, max_len):
+        t = tok(texts, truncation=True, max_length=max_len, padding=True, return_tensors="pt")
+        hidden = model(**t).last_hidden_state
+        mask = t["attention_mask"].unsqueeze(-1).float()
+        return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+    def score(dropout):
+        model.train(dropout)
+        model.zero_grad()
+        scores = embed(queries, 32) @ embed(passages, 128).T / 0.05
+        loss = F.cross_entropy(scores, torch.arange(len(queries)) * group)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item()
+        return loss.item(), norm
+
+    plain_loss, plain_norm = score(False)
+    losses, norms = [], []
+    for draw in range(args.draws):
+        torch.manual_seed(1000 + draw)
+        loss, norm = score(True)
+        losses.append(loss)
+        norms.append(norm)
+    out = {"bench": "dropout-stats", "side": f"pytorch {torch.__version__}",
+           "no_dropout": {"loss": plain_loss, "grad_norm": plain_norm},
+           "losses": losses, "grad_norms": norms}
+    print(json.dumps(out))
+    if args.json:
+        json.dump(out, open(args.json, "w"))
+
+
+if __name__ == "__main__":
+    main()

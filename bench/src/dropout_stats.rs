@@ -1,0 +1,148 @@
+//! `dropout-stats`: the loss and gradient norm of one fixed real batch under
+//! many dropout draws, at the base model's weights, so that cpack's dropout
+//! can be compared with PyTorch's in distribution (masks differ, their
+//! statistics must not). The batch — training questions of InsuranceQA,
+//! each with its positive and `group − 1` other answers — is written to
+//! `--batch-out` for bench/peer/dropout_stats.py, which scores the same
+//! texts under its own masks. Also records the batch without dropout, where
+//! both sides must agree exactly.
+
+use anyhow::{bail, Context, Result};
+use cpack_index::dataset::{Qrels, TextTable};
+use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::{EncoderSettings, PairTokenizer};
+use cpack_train::model::TrainableEncoder;
+use cpack_train::{TrainSettings, Trainer};
+use std::path::PathBuf;
+
+struct Args {
+    model: PathBuf,
+    data: PathBuf,
+    queries: usize,
+    group: usize,
+    draws: usize,
+    batch_out: PathBuf,
+    json: Option<PathBuf>,
+}
+
+pub const USAGE: &str = "cpack-bench dropout-stats [--model DIR] [--data DIR] [--queries 8] \
+    [--group 4] [--draws 16] --batch-out BATCH.json [--json OUT]";
+
+fn parse(args: &[String]) -> Result<Args> {
+    let mut a = Args {
+        model: PathBuf::from(".cache/models/all-MiniLM-L6-v2"),
+        data: PathBuf::from(".cache/data/insuranceqa-en"),
+        queries: 8,
+        group: 4,
+        draws: 16,
+        batch_out: PathBuf::new(),
+        json: None,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--model" => a.model = value()?.into(),
+            "--data" => a.data = value()?.into(),
+            "--queries" => a.queries = value()?.parse()?,
+            "--group" => a.group = value()?.parse()?,
+            "--draws" => a.draws = value()?.parse()?,
+            "--batch-out" => a.batch_out = value()?.into(),
+            "--json" => a.json = Some(value()?.into()),
+            other => bail!("unknown flag {other}\n{USAGE}"),
+        }
+    }
+    if a.batch_out.as_os_str().is_empty() || a.queries == 0 || a.group == 0 {
+        bail!("{USAGE}");
+    }
+    Ok(a)
+}
+
+/// The first `n` training questions with a positive, each followed by its
+/// first positive and `group − 1` answers spread over the corpus.
+fn fixed_batch(a: &Args) -> Result<(Vec<String>, Vec<String>)> {
+    let corpus = TextTable::load_jsonl(&a.data.join("corpus.jsonl"))?;
+    let queries = TextTable::load_jsonl(&a.data.join("queries.jsonl"))?;
+    let qrels = Qrels::load_tsv(&a.data.join("qrels/train.tsv"), &queries, &corpus)?;
+    let (mut q, mut p) = (Vec::new(), Vec::new());
+    let stride = corpus.len() / (a.queries * a.group + 1);
+    for (query_id, judged) in qrels.by_query.iter() {
+        let Some((positive, _)) = judged.iter().find(|(_, score)| *score > 0) else {
+            continue;
+        };
+        let (Some(row), Some(pos)) = (queries.position(query_id), corpus.position(positive)) else {
+            continue;
+        };
+        q.push(queries.full_text(row));
+        p.push(corpus.full_text(pos));
+        for k in 1..a.group {
+            p.push(corpus.full_text((pos + k * stride * 7 + q.len() * stride) % corpus.len()));
+        }
+        if q.len() == a.queries {
+            return Ok((q, p));
+        }
+    }
+    bail!("the training split has fewer than {} questions", a.queries)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let a = parse(args)?;
+    let threads = cpack_index::model::configure_threads(0);
+    let (queries, passages) = fixed_batch(&a)?;
+    std::fs::write(
+        &a.batch_out,
+        serde_json::json!({"queries": queries, "passages": passages}).to_string(),
+    )?;
+    let model = ModelDir::open(&a.model)?;
+    let settings = EncoderSettings {
+        pooling: Pooling::Mean,
+        normalize: true,
+        query_max_len: 32,
+        passage_max_len: 128,
+        query_instruction: String::new(),
+        batch_size: passages.len(),
+    };
+    let tokenizer = PairTokenizer::load(&model, &settings)?;
+    let recipe = TrainSettings {
+        batch_size: a.queries,
+        group_size: a.group,
+        temperature: 0.05,
+        dropout: true,
+        ..TrainSettings::default()
+    };
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true)?;
+    let trainer = Trainer::new(encoder, tokenizer, recipe)?;
+    let q: Vec<&str> = queries.iter().map(String::as_str).collect();
+    let p: Vec<&str> = passages.iter().map(String::as_str).collect();
+    let score = |seed: Option<u64>| -> Result<(f32, f64)> {
+        let dropout = seed.and_then(|s| trainer.encoder().dropout(true, s));
+        let pass = trainer.pass(&q, &p, dropout.as_ref())?;
+        let norm = pass.grads.context("loss is not finite")?.norm()?;
+        Ok((pass.loss, norm))
+    };
+    let (plain_loss, plain_norm) = score(None)?;
+    let (mut losses, mut norms) = (Vec::new(), Vec::new());
+    for draw in 0..a.draws {
+        let (loss, norm) = score(Some(1000 + draw as u64))?;
+        eprintln!("draw {draw}: loss {loss:.4}, gradient norm {norm:.4}");
+        losses.push(loss as f64);
+        norms.push(norm);
+    }
+    let result = serde_json::json!({
+        "bench": "dropout-stats",
+        "side": "cpack",
+        "threads": threads,
+        "queries": a.queries, "group": a.group,
+        "no_dropout": {"loss": plain_loss, "grad_norm": plain_norm},
+        "losses": losses,
+        "grad_norms": norms,
+    });
+    println!("{result}");
+    if let Some(path) = a.json {
+        std::fs::write(&path, result.to_string())?;
+    }
+    Ok(())
+}
