@@ -7,16 +7,20 @@
 # questions and the same mined negatives with its own draws
 # (bench/peer/train_recipe.py --seed), dropout on everywhere. With --batching
 # plain, cpack's runs also repeat with plain (FlagEmbedding-style) batches.
+# With --no-dropout every run trains with dropout off (runs named
+# static-nodrop-sN, ...; the peer follows the run's spec), which leaves each
+# side's own draws as the only difference.
 # nDCG@10 on the 2,000 test questions after each epoch, per seed and mean;
 # the PyTorch epochs are saved and scored by `cpack eval` too, so one
 # evaluator scores both sides.
 #
 #   bash bench/train_seeds.sh [--seeds "1 2 3"] [--runs "static refresh pytorch"]
-#                             [--batching plain]
+#                             [--batching plain] [--no-dropout]
 #
 # --runs picks which of the three kinds this call trains (all by default; the
 # PyTorch run of a seed needs that seed's static run). Writes
-# target/bench/train-seeds.json and .md over every run of the given seeds
+# target/bench/train-seeds.json and .md (train-seeds-nodrop.* with
+# --no-dropout) over every run of the given seeds
 # found in the workspace; finished steps of a run (cpack epochs, the PyTorch
 # training, each PyTorch epoch's evaluation) are reused, so an interrupted
 # call resumes. CPACK_BIN runs a given binary instead of building one (to keep
@@ -25,12 +29,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-SEEDS="1 2 3" RUNS="static refresh pytorch" EXTRA=""
+SEEDS="1 2 3" RUNS="static refresh pytorch" EXTRA="" TAG="" DROPOUT=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --batching) EXTRA=$2; shift 2 ;;
+    --no-dropout) TAG="-nodrop"; DROPOUT=(--no-dropout); shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -56,7 +61,7 @@ train() {  # run name, flags...
 }
 wanted() { case " $RUNS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 peer() {  # seed
-  local seed=$1 run=".cpack/runs/static-s$1"
+  local seed=$1 run=".cpack/runs/static$TAG-s$1"
   [ -f "$run/pytorch.json" ] && return
   if [ ! -f "$run/report.json" ]; then
     echo "PyTorch seed $seed needs the static run of that seed first (--runs static)" >&2
@@ -99,29 +104,29 @@ PY2
 }
 for seed in $SEEDS; do
   echo "seed $seed" >&2
-  if wanted static; then train "static-s$seed" --seed "$seed" --refresh-every 0; fi
-  if wanted refresh; then train "refresh-s$seed" --seed "$seed" --refresh-every 1; fi
+  if wanted static; then train "static$TAG-s$seed" --seed "$seed" --refresh-every 0 "${DROPOUT[@]}"; fi
+  if wanted refresh; then train "refresh$TAG-s$seed" --seed "$seed" --refresh-every 1 "${DROPOUT[@]}"; fi
   if [ -n "$EXTRA" ] && wanted static; then
-    train "static-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA"
+    train "static$TAG-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA" "${DROPOUT[@]}"
   fi
   if wanted pytorch && [ -x "$VENV" ]; then peer "$seed"; fi
 done
 mkdir -p "$ROOT/target/bench"
-python3 - "$ROOT/target/bench/train-seeds" "$EXTRA" $SEEDS <<'PY'
+python3 - "$ROOT/target/bench/train-seeds$TAG" "$EXTRA" "$TAG" $SEEDS <<'PY'
 import json, os, statistics, sys
-stem, extra, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
+stem, extra, tag, seeds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 def cpack(name):
     path = f".cpack/runs/{name}/report.json"
     if not os.path.exists(path):
         return None
     return [e["eval"]["metrics"]["ndcg_at_10"] for e in json.load(open(path))["epochs"]]
 def peer(seed):
-    path = f".cpack/runs/static-s{seed}/pytorch.json"
+    path = f".cpack/runs/static{tag}-s{seed}/pytorch.json"
     return [e["ndcg_at_10"] for e in json.load(open(path))["epochs"]] if os.path.exists(path) else None
-rows = [("cpack static", lambda s: cpack(f"static-s{s}")),
-        ("cpack refresh", lambda s: cpack(f"refresh-s{s}"))]
+rows = [("cpack static", lambda s: cpack(f"static{tag}-s{s}")),
+        ("cpack refresh", lambda s: cpack(f"refresh{tag}-s{s}"))]
 if extra:
-    rows.append((f"cpack static, --batching {extra}", lambda s: cpack(f"static-{extra}-s{s}")))
+    rows.append((f"cpack static, --batching {extra}", lambda s: cpack(f"static{tag}-{extra}-s{s}")))
 rows.append(("PyTorch static (same questions and negatives, own draws)", peer))
 summary, lines = {}, ["| run | seed | epoch 1 | epoch 2 |", "|---|---|---:|---:|"]
 for label, get in rows:
