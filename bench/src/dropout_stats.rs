@@ -8,6 +8,7 @@
 //! both sides must agree exactly.
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::{EncoderSettings, PairTokenizer};
@@ -15,13 +16,26 @@ use cpack_train::model::TrainableEncoder;
 use cpack_train::{TrainSettings, Trainer};
 use std::path::PathBuf;
 
+/// The loss and gradient norm of one fixed batch under many dropout draws.
+#[derive(clap::Parser)]
+#[command(name = "cpack-bench dropout-stats")]
 struct Args {
+    #[arg(long, default_value = ".cache/models/all-MiniLM-L6-v2")]
     model: PathBuf,
+    /// A BEIR-layout dataset with qrels/train.tsv.
+    #[arg(long, default_value = ".cache/data/insuranceqa-en")]
     data: PathBuf,
+    #[arg(long, default_value_t = 8)]
     queries: usize,
+    /// Passages per question: its positive and `group − 1` others.
+    #[arg(long, default_value_t = 4)]
     group: usize,
+    #[arg(long, default_value_t = 16)]
     draws: usize,
+    /// Where the batch's texts go, for bench/peer/dropout_stats.py.
+    #[arg(long)]
     batch_out: PathBuf,
+    #[arg(long)]
     json: Option<PathBuf>,
 }
 
@@ -29,34 +43,11 @@ pub const USAGE: &str = "cpack-bench dropout-stats [--model DIR] [--data DIR] [-
     [--group 4] [--draws 16] --batch-out BATCH.json [--json OUT]";
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut a = Args {
-        model: PathBuf::from(".cache/models/all-MiniLM-L6-v2"),
-        data: PathBuf::from(".cache/data/insuranceqa-en"),
-        queries: 8,
-        group: 4,
-        draws: 16,
-        batch_out: PathBuf::new(),
-        json: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{flag} needs a value\n{USAGE}"))
-        };
-        match flag.as_str() {
-            "--model" => a.model = value()?.into(),
-            "--data" => a.data = value()?.into(),
-            "--queries" => a.queries = value()?.parse()?,
-            "--group" => a.group = value()?.parse()?,
-            "--draws" => a.draws = value()?.parse()?,
-            "--batch-out" => a.batch_out = value()?.into(),
-            "--json" => a.json = Some(value()?.into()),
-            other => bail!("unknown flag {other}\n{USAGE}"),
-        }
-    }
-    if a.batch_out.as_os_str().is_empty() || a.queries == 0 || a.group == 0 {
-        bail!("{USAGE}");
+    // clap prints --help and flag errors itself and exits.
+    let argv = std::iter::once("cpack-bench dropout-stats").chain(args.iter().map(String::as_str));
+    let a = Args::parse_from(argv);
+    if a.queries == 0 || a.group == 0 {
+        bail!("--queries and --group must be at least 1");
     }
     Ok(a)
 }
