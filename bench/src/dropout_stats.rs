@@ -69,6 +69,8 @@ fn fixed_batch(a: &Args) -> Result<(Vec<String>, Vec<String>)> {
         };
         q.push(queries.full_text(row));
         p.push(corpus.full_text(pos));
+        // Deterministic rows far from the positive and from the other
+        // questions' picks: a fixed batch both sides can rebuild.
         for k in 1..a.group {
             p.push(corpus.full_text((pos + k * stride * 7 + q.len() * stride) % corpus.len()));
         }
