@@ -59,7 +59,7 @@ pub fn contrastive_loss(
                 .reshape((batch, group_size, dim))?
                 .narrow(1, 0, 1)?
                 .squeeze(1)?;
-            let self_mask = diagonal_mask(batch)?;
+            let self_mask = diagonal_mask(batch, queries.device())?;
             let query_query =
                 (queries.matmul(&queries.t()?)? / temperature)?.broadcast_add(&self_mask)?;
             // Row i: s(q_j, d_i) for every query j.
@@ -87,16 +87,16 @@ fn positive_scores(scores: &Tensor, group_size: usize) -> Result<Tensor> {
     for i in 0..batch {
         one_hot[i * columns + i * group_size] = 1.0;
     }
-    let one_hot = Tensor::from_vec(one_hot, (batch, columns), &Device::Cpu)?;
+    let one_hot = Tensor::from_vec(one_hot, (batch, columns), scores.device())?;
     Ok((scores * one_hot)?.sum(1)?)
 }
 
-fn diagonal_mask(n: usize) -> Result<Tensor> {
+fn diagonal_mask(n: usize, device: &Device) -> Result<Tensor> {
     let mut mask = vec![0f32; n * n];
     for i in 0..n {
         mask[i * n + i] = MASKED;
     }
-    Ok(Tensor::from_vec(mask, (n, n), &Device::Cpu)?)
+    Ok(Tensor::from_vec(mask, (n, n), device)?)
 }
 
 /// Row-wise log Σ exp, shifted by the (constant) row maximum for stability.

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cpack_index::candle_backend::pool;
-use cpack_index::model::{BertModel, Dropout, ModelDir, Pooling};
+use cpack_index::model::{BertModel, Dropout, Kernels, ModelDir, Pooling};
 use cpack_index::TokenBatch;
 
 pub struct TrainableEncoder {
@@ -45,6 +45,13 @@ impl TrainableEncoder {
         })
     }
 
+    /// The same encoder running `kernels` (the portable ops on CPU test the
+    /// path other devices take).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.bert = self.bert.with_kernels(kernels);
+        self
+    }
+
     /// Trainable variables by tensor name, sorted, so every walk over them
     /// (optimizer, checkpoints) has one fixed order.
     pub fn vars(&self) -> Vec<(String, Var)> {
@@ -65,8 +72,9 @@ impl TrainableEncoder {
     /// Pooled (and, if configured, normalised) embeddings `[batch, dim]`, with gradients.
     pub fn embed(&self, batch: &TokenBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
         let shape = (batch.batch, batch.seq_len);
-        let ids = Tensor::from_slice(&batch.input_ids, shape, &Device::Cpu)?;
-        let mask = Tensor::from_slice(&batch.attention_mask, shape, &Device::Cpu)?;
+        let device = self.bert.device();
+        let ids = Tensor::from_slice(&batch.input_ids, shape, device)?;
+        let mask = Tensor::from_slice(&batch.attention_mask, shape, device)?;
         let hidden = self.bert.forward_train(&ids, &mask, dropout)?;
         Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
     }

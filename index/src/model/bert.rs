@@ -5,19 +5,73 @@
 //! and cpack's one-kernel attention), [`Mode::Differentiable`] uses ops with
 //! backwards so gradients reach every weight. The trainer must use the latter, through
 //! [`BertModel::forward_train`], which also applies the config's dropout.
+//!
+//! Which implementation runs each op follows the device of the weights
+//! ([`Kernels::for_device`]): cpack's CPU kernels on the CPU, candle's own
+//! ops ([`super::portable`]) anywhere else. Both serve both modes.
 
 use super::config::{Activation, BertConfig};
-use super::dropout::Dropout;
-use candle_core::{DType, Result, Tensor};
+use super::dropout::{Dropout, Mask};
+use super::portable;
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-/// Which kernels the forward pass uses.
+/// Whether the forward pass keeps what a backward needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Fused kernels, no gradients.
     Inference,
     /// Plain, differentiable ops.
     Differentiable,
+}
+
+/// Which implementation runs the model's ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// cpack's fused, multithreaded kernels; CPU tensors only.
+    Cpu,
+    /// candle's own differentiable ops, on whatever device the tensors live.
+    Portable,
+}
+
+impl Kernels {
+    /// The CPU kernels for CPU tensors, candle's ops for any other device.
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() {
+            Kernels::Cpu
+        } else {
+            Kernels::Portable
+        }
+    }
+}
+
+/// The op implementations of one forward pass: kernels and mode together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ops {
+    /// CPU kernels without a backward.
+    Fused,
+    /// CPU kernels with a backward.
+    Trainable,
+    /// candle's ops (differentiable in either mode).
+    Portable,
+}
+
+impl Ops {
+    fn new(kernels: Kernels, mode: Mode) -> Self {
+        match (kernels, mode) {
+            (Kernels::Portable, _) => Ops::Portable,
+            (Kernels::Cpu, Mode::Inference) => Ops::Fused,
+            (Kernels::Cpu, Mode::Differentiable) => Ops::Trainable,
+        }
+    }
+
+    /// `x` with the next hidden-state dropout mask applied.
+    fn hidden_dropout(self, dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Ops::Portable => portable::dropout(Dropout::hidden_mask(dropout), &x.contiguous()?),
+            Ops::Fused | Ops::Trainable => Dropout::hidden(dropout, x),
+        }
+    }
 }
 
 struct Linear {
@@ -35,16 +89,17 @@ impl Linear {
     }
 
     /// `x` is `[rows, in]`.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        affine(x, &self.weight, &self.bias, mode)
+    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        affine(x, &self.weight, &self.bias, ops)
     }
 }
 
 /// `x · weightᵀ + bias` as one matrix product.
-fn affine(x: &Tensor, weight: &Tensor, bias: &Tensor, mode: Mode) -> Result<Tensor> {
-    match mode {
-        Mode::Inference => super::dense::affine(x, weight, bias),
-        Mode::Differentiable => super::dense::trainable_affine(x, weight, bias),
+fn affine(x: &Tensor, weight: &Tensor, bias: &Tensor, ops: Ops) -> Result<Tensor> {
+    match ops {
+        Ops::Fused => super::dense::affine(x, weight, bias),
+        Ops::Trainable => super::dense::trainable_affine(x, weight, bias),
+        Ops::Portable => portable::affine(x, weight, bias),
     }
 }
 
@@ -69,12 +124,11 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        match mode {
-            Mode::Inference => {
-                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
-            }
-            Mode::Differentiable => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
+    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        match ops {
+            Ops::Fused => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
+            Ops::Trainable => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
+            Ops::Portable => portable::layer_norm(x, &self.weight, &self.bias, self.eps),
         }
     }
 }
@@ -101,18 +155,22 @@ impl Embeddings {
     }
 
     /// `input_ids` is `[batch, seq]` (u32); returns `[batch * seq, hidden]`.
-    fn forward(&self, input_ids: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, input_ids: &Tensor, ops: Ops) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let words = self.word.embedding(&input_ids.flatten_all()?)?;
+        let words = self
+            .word
+            .embedding(&input_ids.flatten_all()?)?
+            .reshape((batch, seq, ()))?;
         let positions = self.position.narrow(0, 0, seq)?;
         // Every cpack input is a single segment, so token type 0 throughout.
         let segment = self.token_type.get(0)?;
-        let sum = super::embedding_sum::embedding_sum(
-            &words.reshape((batch, seq, ()))?,
-            &positions,
-            &segment,
-        )?;
-        self.norm.forward(&sum.reshape((batch * seq, ()))?, mode)
+        let sum = match ops {
+            Ops::Portable => portable::embedding_sum(&words, &positions, &segment)?,
+            Ops::Fused | Ops::Trainable => {
+                super::embedding_sum::embedding_sum(&words, &positions, &segment)?
+            }
+        };
+        self.norm.forward(&sum.reshape((batch * seq, ()))?, ops)
     }
 }
 
@@ -124,11 +182,11 @@ struct QkvProjection {
 impl QkvProjection {
     /// The weights are concatenated on every call, not once at load time, so a
     /// trainer updating the variables in place is always seen.
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
         let [q, k, v] = &self.parts;
         let weight = Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?;
         let bias = Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?;
-        affine(x, &weight, &bias, mode)
+        affine(x, &weight, &bias, ops)
     }
 }
 
@@ -171,6 +229,7 @@ pub struct BertModel {
     heads: usize,
     head_dim: usize,
     activation: Activation,
+    kernels: Kernels,
 }
 
 impl BertModel {
@@ -186,7 +245,20 @@ impl BertModel {
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             activation: cfg.hidden_act,
+            kernels: Kernels::for_device(vb.device()),
         })
+    }
+
+    /// The same model running `kernels` (the portable ops on CPU test the
+    /// path other devices take).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Self {
+        self.kernels = kernels;
+        self
+    }
+
+    /// Where the weights live; inputs go there too.
+    pub fn device(&self) -> &Device {
+        self.embeddings.word.device()
     }
 
     /// `input_ids` `[batch, seq]` u32, `attention_mask` `[batch, seq]` f32 (1 = token, 0 = pad).
@@ -218,11 +290,12 @@ impl BertModel {
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
+        let ops = Ops::new(self.kernels, mode);
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?;
-        let mut hidden = Dropout::hidden(dropout, &self.embeddings.forward(input_ids, mode)?)?;
+        let mut hidden = ops.hidden_dropout(dropout, &self.embeddings.forward(input_ids, ops)?)?;
         for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &key_bias, mode, dropout)?;
+            hidden = self.layer_forward(layer, &hidden, &key_bias, ops, dropout)?;
         }
         hidden.reshape((batch, seq, ()))
     }
@@ -232,27 +305,29 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        mode: Mode,
+        ops: Ops,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let context = self.attention(layer, hidden, key_bias, mode, dropout)?;
-        let projected = Dropout::hidden(dropout, &layer.attention_out.forward(&context, mode)?)?;
-        let attended = layer.attention_norm.forward(&(projected + hidden)?, mode)?;
-        let inner = self.intermediate(&layer.intermediate, &attended, mode)?;
-        let projected = Dropout::hidden(dropout, &layer.output.forward(&inner, mode)?)?;
-        layer.output_norm.forward(&(projected + attended)?, mode)
+        let context = self.attention(layer, hidden, key_bias, ops, dropout)?;
+        let projected =
+            ops.hidden_dropout(dropout, &layer.attention_out.forward(&context, ops)?)?;
+        let attended = layer.attention_norm.forward(&(projected + hidden)?, ops)?;
+        let inner = self.intermediate(&layer.intermediate, &attended, ops)?;
+        let projected = ops.hidden_dropout(dropout, &layer.output.forward(&inner, ops)?)?;
+        layer.output_norm.forward(&(projected + attended)?, ops)
     }
 
     /// The intermediate dense layer and its activation.
-    fn intermediate(&self, dense: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        if self.activation == Activation::Gelu && mode == Mode::Differentiable {
+    fn intermediate(&self, dense: &Linear, x: &Tensor, ops: Ops) -> Result<Tensor> {
+        if self.activation == Activation::Gelu && ops == Ops::Trainable {
             return super::dense::trainable_affine_gelu(x, &dense.weight, &dense.bias);
         }
-        let inner = dense.forward(x, mode)?;
-        match self.activation {
-            Activation::Gelu => super::gelu::gelu_erf(&inner),
-            Activation::GeluNew => inner.gelu(),
-            Activation::Relu => inner.relu(),
+        let inner = dense.forward(x, ops)?;
+        match (self.activation, ops) {
+            (Activation::Gelu, Ops::Portable) => inner.gelu_erf(),
+            (Activation::Gelu, _) => super::gelu::gelu_erf(&inner),
+            (Activation::GeluNew, _) => inner.gelu(),
+            (Activation::Relu, _) => inner.relu(),
         }
     }
 
@@ -263,21 +338,21 @@ impl BertModel {
         layer: &Layer,
         hidden: &Tensor,
         key_bias: &Tensor,
-        mode: Mode,
+        ops: Ops,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        let qkv = layer.qkv.forward(hidden, mode)?;
-        match mode {
-            Mode::Inference => {
-                super::attention::attention(&qkv, key_bias, self.heads, self.head_dim)
-            }
-            Mode::Differentiable => super::attention::trainable_attention(
+        let qkv = layer.qkv.forward(hidden, ops)?;
+        let mask: Option<Mask> = Dropout::attention_mask(dropout);
+        match ops {
+            Ops::Fused => super::attention::attention(&qkv, key_bias, self.heads, self.head_dim),
+            Ops::Trainable => super::attention::trainable_attention(
                 &qkv,
                 key_bias,
                 self.heads,
                 self.head_dim,
-                Dropout::attention_mask(dropout),
+                mask,
             ),
+            Ops::Portable => portable::attention(&qkv, key_bias, self.heads, self.head_dim, mask),
         }
     }
 }
@@ -379,5 +454,66 @@ mod tests {
             .filter(|n| !n.ends_with("attention.self.key.bias"))
             .collect();
         assert!(missing.is_empty(), "no gradient reached {missing:?}");
+    }
+
+    /// A loss that is not invariant under layer norm (unlike a plain sum).
+    fn probe_loss(hidden: &Tensor) -> Tensor {
+        let probe = Tensor::arange(0f32, hidden.elem_count() as f32, &Device::Cpu)
+            .unwrap()
+            .reshape(hidden.shape())
+            .unwrap()
+            .sin()
+            .unwrap();
+        (hidden * probe).unwrap().sum_all().unwrap()
+    }
+
+    /// Largest |a − b| over the largest |b|.
+    fn relative(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        crate::model::max_abs_diff(a, b) / scale.max(1e-30)
+    }
+
+    #[test]
+    fn portable_ops_compute_what_the_cpu_kernels_compute() {
+        let (_dir, model) = tiny();
+        let (varmap, cpu) = trainable(&model);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let portable = BertModel::load(vb.pp(&model.weight_prefix), &model.config)
+            .unwrap()
+            .with_kernels(Kernels::Portable);
+        let (ids, mask) = inputs();
+        for mode in [Mode::Inference, Mode::Differentiable] {
+            let a = portable.forward(&ids, &mask, mode).unwrap();
+            let b = cpu.forward(&ids, &mask, mode).unwrap();
+            assert!(relative(&a, &b) < 1e-5, "{mode:?}: {}", relative(&a, &b));
+        }
+        // Training with dropout: the same masks, the same loss, the same
+        // gradient on every weight (both models share the variables).
+        let dropout = || Dropout::new(0.2, 0.2, 17);
+        let a = probe_loss(
+            &portable
+                .forward_train(&ids, &mask, Some(&dropout()))
+                .unwrap(),
+        );
+        let b = probe_loss(&cpu.forward_train(&ids, &mask, Some(&dropout())).unwrap());
+        let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        assert!((la - lb).abs() <= 1e-5 * lb.abs(), "loss {la} vs {lb}");
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("attention.self.key.bias") {
+                continue; // zero in any BERT: both sides hold rounding noise
+            }
+            let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
+            let (Some(x), Some(y)) = (x, y) else {
+                panic!("{name}: gradient on one side only");
+            };
+            assert!(relative(x, y) < 1e-4, "{name}: {}", relative(x, y));
+        }
     }
 }

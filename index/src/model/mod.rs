@@ -11,9 +11,10 @@ mod fused;
 mod gelu;
 mod kernel;
 mod math;
+mod portable;
 mod reduce;
 
-pub use bert::{BertModel, Mode};
+pub use bert::{BertModel, Kernels, Mode};
 pub use config::{Activation, BertConfig};
 pub use dropout::Dropout;
 
