@@ -291,6 +291,10 @@ pub struct Overrides {
     /// Encoder weights: f32, or int8 with --encoder ort [encode.precision].
     #[arg(long, value_name = "PRECISION")]
     pub encoder_precision: Option<String>,
+    /// Where the candle encoder computes: cpu, or cuda / cuda:N in a cpack
+    /// built with the `cuda` feature (scripts/build-cuda.sh) [encode.device].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<cpack_index::ComputeDevice>,
 }
 
 #[derive(Args, Debug)]

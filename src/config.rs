@@ -7,7 +7,7 @@ use cpack_index::embeddings::Precision;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::store::{EmbeddingStamp, IndexDir};
 use cpack_index::vector::IndexKind;
-use cpack_index::{EncoderSettings, WeightPrecision};
+use cpack_index::{ComputeDevice, EncoderSettings, WeightPrecision};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -98,6 +98,7 @@ pub struct ModelSection {
 pub struct EncodeSection {
     pub batch_size: Option<usize>,
     pub threads: Option<usize>,
+    pub device: Option<ComputeDevice>,
     pub backend: Option<String>,
     pub precision: Option<String>,
     pub ort_library: Option<PathBuf>,
@@ -108,8 +109,8 @@ pub struct EncodeSection {
 /// Which runtime turns token ids into vectors.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EncoderRuntime {
-    /// cpack's own BERT on candle (+ OpenBLAS): the default, nothing to install.
-    Candle,
+    /// cpack's own BERT on candle: the default, nothing to install.
+    Candle { device: ComputeDevice },
     /// ONNX Runtime on cpack's ONNX export of the model.
     Ort(OrtConfig),
 }
@@ -142,8 +143,14 @@ impl EncoderRuntime {
             .unwrap_or("f32")
             .parse()
             .map_err(anyhow::Error::msg)?;
+        let device = overrides.device.or(section.device).unwrap_or_default();
+        if backend == "ort" && !device.is_cpu() {
+            bail!(
+                "the ort backend computes on the CPU; encode on {device} with the candle backend"
+            );
+        }
         match backend {
-            "candle" if precision == WeightPrecision::F32 => Ok(EncoderRuntime::Candle),
+            "candle" if precision == WeightPrecision::F32 => Ok(EncoderRuntime::Candle { device }),
             "candle" => bail!(
                 "encoder precision {precision} needs the ort backend (set encode.backend = \"ort\" or pass --encoder ort)"
             ),
@@ -378,6 +385,9 @@ query_instruction = {instruction}
 batch_size = 32
 # Compute threads; 0 = all cores.
 threads = 0
+# Where the candle encoder computes: "cpu", or "cuda" / "cuda:N" in a cpack
+# built with the `cuda` feature (scripts/build-cuda.sh).
+# device = "cpu"
 # "candle" (cpack's own BERT: the fastest exact encoder, on a matrix kernel
 # chosen from the CPU's own AVX-512 / AVX2 / NEON flags) or "ort" (ONNX
 # Runtime on cpack's ONNX export of the model, made under .cpack/onnx/).

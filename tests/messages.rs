@@ -94,3 +94,37 @@ fn a_store_held_by_another_process_is_named_with_its_pid() {
     );
     assert!(!err.contains("WouldBlock"), "{err}");
 }
+
+#[test]
+fn a_device_this_build_cannot_use_is_one_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    let err = fails(&ws, &["index", "build", "--device", "cuda:1"]);
+    assert!(
+        err.contains("cannot compute on cuda:1") && err.contains("scripts/build-cuda.sh"),
+        "{err}"
+    );
+    assert!(
+        !ws.join(".cpack/index/CURRENT").exists(),
+        "nothing was built"
+    );
+    let usage = cpack(&ws)
+        .args(["index", "build", "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "a bad flag value is a usage error"
+    );
+    let err = String::from_utf8_lossy(&usage.stderr);
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+    let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+    let toml = toml.replacen("[encode]\n", "[encode]\ndevice = \"gpu\"\n", 1);
+    std::fs::write(ws.join("cpack.toml"), toml).unwrap();
+    let err = fails(&ws, &["index", "build"]);
+    assert!(
+        err.contains("cpack.toml") && err.contains("expected cpu, cuda or cuda:N"),
+        "{err}"
+    );
+}

@@ -183,7 +183,14 @@ impl Workspace {
             query_instruction: stamp.query_instruction.clone(),
             batch_size: 32,
         };
-        let encoder = Encoder::open(&model, &settings, &CandleLoader, threads)?;
+        let encoder = Encoder::open(
+            &model,
+            &settings,
+            &CandleLoader {
+                device: cpack_index::ComputeDevice::Cpu,
+            },
+            threads,
+        )?;
         let data_dir = std::path::Path::new(&manifest.corpus_path)
             .parent()
             .context("corpus path")?;
@@ -219,7 +226,9 @@ fn mining_params(topk: usize, skip: usize) -> MiningParams {
 /// The backend `args` asks for; ORT gets one session per worker.
 fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLoader>> {
     Ok(match args.backend.as_str() {
-        "candle" => Box::new(CandleLoader),
+        "candle" => Box::new(CandleLoader {
+            device: cpack_index::ComputeDevice::Cpu,
+        }),
         "ort" => Box::new(OrtLoader {
             options: OrtOptions {
                 library: find_library(&[&std::env::current_dir()?])

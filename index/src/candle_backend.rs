@@ -1,5 +1,7 @@
-//! The candle encoder backend: BERT forward, pooling, normalisation on the CPU.
+//! The candle encoder backend: BERT forward, pooling, normalisation, on the
+//! device it is given (the model picks its kernels from it).
 
+use crate::device::ComputeDevice;
 use crate::encoder::{BackendLoader, EncoderBackend, EncoderSettings, TokenBatch};
 use crate::error::Result;
 use crate::model::{BertModel, Mode, ModelDir, Pooling};
@@ -18,12 +20,19 @@ pub struct CandleBackend {
     normalize: bool,
     dim: usize,
     device: Device,
+    compute: ComputeDevice,
 }
 
 impl CandleBackend {
-    /// Memory-maps the model's safetensors weights as f32 on the CPU.
-    pub fn load(model: &ModelDir, pooling: Pooling, normalize: bool) -> Result<Self> {
-        let device = Device::Cpu;
+    /// Loads the model's safetensors weights as f32 onto `compute`
+    /// (memory-mapped on the CPU).
+    pub fn load(
+        model: &ModelDir,
+        pooling: Pooling,
+        normalize: bool,
+        compute: ComputeDevice,
+    ) -> Result<Self> {
+        let device = compute.candle()?;
         // SAFETY: the weights file is mapped read-only; cpack never writes to
         // a model folder it is reading from.
         let vb =
@@ -43,12 +52,16 @@ impl CandleBackend {
             normalize,
             dim: model.hidden_size(),
             device,
+            compute,
         })
     }
 }
 
-/// Loads [`CandleBackend`]s: the default, needing nothing beyond the weights.
-pub struct CandleLoader;
+/// Loads [`CandleBackend`]s on one device: the default, needing nothing
+/// beyond the weights.
+pub struct CandleLoader {
+    pub device: ComputeDevice,
+}
 
 impl BackendLoader for CandleLoader {
     fn load(
@@ -56,7 +69,8 @@ impl BackendLoader for CandleLoader {
         model: &ModelDir,
         settings: &EncoderSettings,
     ) -> Result<Box<dyn EncoderBackend>> {
-        let backend = CandleBackend::load(model, settings.pooling, settings.normalize)?;
+        let backend =
+            CandleBackend::load(model, settings.pooling, settings.normalize, self.device)?;
         Ok(Box::new(backend))
     }
 }
@@ -109,5 +123,9 @@ impl EncoderBackend for CandleBackend {
 
     fn tokens_per_run(&self) -> usize {
         TOKENS_PER_RUN
+    }
+
+    fn device(&self) -> ComputeDevice {
+        self.compute
     }
 }

@@ -69,6 +69,11 @@ pub trait EncoderBackend: Send + Sync {
     fn precision(&self) -> WeightPrecision {
         WeightPrecision::F32
     }
+
+    /// Where the backend computes.
+    fn device(&self) -> crate::device::ComputeDevice {
+        crate::device::ComputeDevice::Cpu
+    }
 }
 
 /// Embeds `batch` in row slices of at most `backend.tokens_per_run()`
@@ -265,6 +270,10 @@ impl Encoder {
 
     pub fn precision(&self) -> WeightPrecision {
         self.backend.precision()
+    }
+
+    pub fn device(&self) -> crate::device::ComputeDevice {
+        self.backend.device()
     }
 
     pub fn settings(&self) -> &EncoderSettings {

@@ -46,6 +46,14 @@ pub enum Error {
     #[error("model computation failed")]
     Candle(#[from] candle_core::Error),
 
+    #[error("cannot compute on {device} ({hint})")]
+    Device {
+        device: String,
+        hint: &'static str,
+        #[source]
+        source: candle_core::Error,
+    },
+
     #[error("vector index ({backend}): {problem}")]
     VectorIndex {
         backend: &'static str,

@@ -8,6 +8,7 @@
 
 pub mod candle_backend;
 pub mod dataset;
+pub mod device;
 pub mod embeddings;
 pub mod encoder;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod store;
 pub mod tokenize;
 pub mod vector;
 
+pub use device::ComputeDevice;
 pub use encoder::{
     BackendLoader, Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch,
     WeightPrecision,

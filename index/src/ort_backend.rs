@@ -282,7 +282,8 @@ mod tests {
                 normalize,
                 Box::new(exported(&model, dir.path(), export)),
             );
-            let candle = CandleBackend::load(&model, pooling, normalize).unwrap();
+            let candle =
+                CandleBackend::load(&model, pooling, normalize, crate::ComputeDevice::Cpu).unwrap();
             let reference = embed(&model, pooling, normalize, Box::new(candle));
             let worst = ort
                 .iter()

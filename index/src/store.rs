@@ -152,6 +152,10 @@ pub struct Manifest {
     /// format 1, which had none.
     #[serde(default)]
     pub files: std::collections::BTreeMap<String, fsutil::FileSum>,
+    /// Where the passages were encoded (recorded, not compared: f32 vectors
+    /// agree across devices; a lower precision shows in the stamp).
+    #[serde(default)]
+    pub encoded_on: crate::device::ComputeDevice,
 }
 
 impl Manifest {
@@ -396,6 +400,7 @@ impl IndexDir {
                 .map_or(0, |d| d.as_secs()),
             timings: state.timings.clone(),
             files,
+            encoded_on: encoder.device(),
         };
         fsutil::write_json_atomic(&build_dir.join(MANIFEST), &manifest)?;
         fs::remove_file(build_dir.join(STATE))
@@ -590,7 +595,10 @@ mod tests {
     fn encoder(f: &Fixture) -> Encoder {
         encoder_with(
             f,
-            Box::new(CandleBackend::load(&f.model, Pooling::Mean, true).unwrap()),
+            Box::new(
+                CandleBackend::load(&f.model, Pooling::Mean, true, crate::ComputeDevice::Cpu)
+                    .unwrap(),
+            ),
         )
     }
 
@@ -759,7 +767,13 @@ mod tests {
         let failing = encoder_with(
             &f,
             Box::new(FailingBackend {
-                inner: CandleBackend::load(&f.model, Pooling::Mean, true).unwrap(),
+                inner: CandleBackend::load(
+                    &f.model,
+                    Pooling::Mean,
+                    true,
+                    crate::ComputeDevice::Cpu,
+                )
+                .unwrap(),
                 ok_calls: 3, // batch 3, chunk 4: the first chunk (2 calls) lands, the second dies
                 calls: AtomicUsize::new(0),
             }),

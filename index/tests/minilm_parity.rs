@@ -33,7 +33,15 @@ type BackendFactory<'a> = dyn Fn(&ModelDir, &EncoderSettings) -> Box<dyn Encoder
 #[test]
 fn candle_matches_sentence_transformers() {
     let worst = check_against_sentence_transformers(&|model, s| {
-        Box::new(CandleBackend::load(model, s.pooling, s.normalize).unwrap())
+        Box::new(
+            CandleBackend::load(
+                model,
+                s.pooling,
+                s.normalize,
+                cpack_index::ComputeDevice::Cpu,
+            )
+            .unwrap(),
+        )
     });
     assert!(worst >= 0.9999, "worst cosine {worst}");
 }

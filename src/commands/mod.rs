@@ -72,7 +72,13 @@ pub fn open_encoder(config: &Config) -> Result<Encoder> {
 /// The backend loader the configuration asks for, and the workers that feed it.
 pub fn backend_loader(config: &Config) -> Result<(Box<dyn BackendLoader>, usize)> {
     match &config.runtime {
-        EncoderRuntime::Candle => Ok((Box::new(CandleLoader), config.threads)),
+        // One model on a GPU serves every batch; CPU workers each hold one.
+        EncoderRuntime::Candle { device } if !device.is_cpu() => {
+            Ok((Box::new(CandleLoader { device: *device }), 1))
+        }
+        EncoderRuntime::Candle { device } => {
+            Ok((Box::new(CandleLoader { device: *device }), config.threads))
+        }
         EncoderRuntime::Ort(ort) => {
             let workers = (config.threads / ort.threads.max(1)).max(1);
             Ok((ort_loader(config, ort, workers)?, workers))

@@ -138,7 +138,13 @@ fn three_adamw_steps_match_pytorch() {
     )
     .unwrap();
     let trained = ModelDir::open(&saved).unwrap();
-    let backend = CandleBackend::load(&trained, pooling, h.normalize).unwrap();
+    let backend = CandleBackend::load(
+        &trained,
+        pooling,
+        h.normalize,
+        cpack_index::ComputeDevice::Cpu,
+    )
+    .unwrap();
     let encoder = Encoder::new(&trained, settings, Box::new(backend)).unwrap();
     let probes: Vec<&str> = trace.probes.iter().map(String::as_str).collect();
     let embedded = encoder
