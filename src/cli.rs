@@ -295,6 +295,11 @@ pub struct Overrides {
     /// built with the `cuda` feature (scripts/build-cuda.sh) [encode.device].
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<cpack_index::ComputeDevice>,
+    /// Where FAISS searches an opened index: cpu, or gpu / gpu:N in a cpack built with the
+    /// `cuda` feature. Indexes are saved in CPU form, so either opens without a rebuild
+    /// [index.device].
+    #[arg(long, value_name = "DEVICE")]
+    pub index_device: Option<cpack_index::vector::IndexDevice>,
 }
 
 #[derive(Args, Debug)]

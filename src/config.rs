@@ -6,7 +6,7 @@ use cpack_index::dataset::DatasetPaths;
 use cpack_index::embeddings::Precision;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::store::{EmbeddingStamp, IndexDir};
-use cpack_index::vector::IndexKind;
+use cpack_index::vector::{IndexDevice, IndexKind};
 use cpack_index::{ComputeDevice, EncoderSettings, WeightPrecision};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -171,6 +171,7 @@ pub struct IndexSection {
     pub backend: Option<String>,
     pub factory: Option<String>,
     pub precision: Option<String>,
+    pub device: Option<IndexDevice>,
 }
 
 /// Index settings after defaults and overrides.
@@ -178,6 +179,8 @@ pub struct IndexSection {
 pub struct IndexConfig {
     pub kind: IndexKind,
     pub precision: Precision,
+    /// Where opened generations search (not part of what is built).
+    pub device: IndexDevice,
 }
 
 /// Everything a command needs, validated.
@@ -273,6 +276,10 @@ impl Config {
                 file.index.factory.as_deref().unwrap_or("Flat"),
             )?,
             precision: parse_precision(file.index.precision.as_deref())?,
+            device: overrides
+                .index_device
+                .or(file.index.device)
+                .unwrap_or_default(),
         };
         let runtime = EncoderRuntime::from_settings(workspace, &file.encode, overrides)?;
         Ok(Config {
@@ -302,7 +309,7 @@ impl Config {
     }
 
     pub fn index_dir(&self) -> IndexDir {
-        IndexDir::new(self.workspace.join(STATE_DIR).join("index"))
+        IndexDir::new(self.workspace.join(STATE_DIR).join("index")).on(self.index.device)
     }
 
     /// The stamp an index must carry to be searched with this configuration's encoder.
@@ -408,6 +415,9 @@ backend = "faiss"
 factory = "Flat"
 # Precision of the stored embedding file: "f32" or "f16".
 precision = "f32"
+# Where FAISS searches: "cpu", or "gpu" / "gpu:N" in a cpack built with the
+# `cuda` feature. Indexes are saved in CPU form and open on either.
+# device = "cpu"
 
 # `cpack train` defaults (each key is also a flag; uncomment to change).
 [train]

@@ -128,3 +128,23 @@ fn a_device_this_build_cannot_use_is_one_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_index_opens_on_the_cpu_and_asks_for_a_cuda_build_to_search_on_a_gpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build"]);
+    let on_cpu = ok(&ws, &["search", "--json", "--index-device", "cpu", "hello"]);
+    assert!(json(&on_cpu).is_array() || json(&on_cpu).is_object());
+    let err = fails(&ws, &["search", "--index-device", "gpu", "hello"]);
+    assert!(
+        err.contains("index.device") && err.contains("scripts/build-cuda.sh"),
+        "{err}"
+    );
+    let usage = cpack(&ws)
+        .args(["search", "--index-device", "cuda", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("expected cpu, gpu or gpu:N"));
+}

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::Pooling;
 use crate::progress::Progress;
-use crate::vector::{IndexKind, VectorIndex};
+use crate::vector::{IndexDevice, IndexKind, VectorIndex};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -218,9 +218,11 @@ pub struct OpenIndex {
     pub vectors: Box<dyn VectorIndex>,
 }
 
-/// The `.cpack/index` directory of a workspace.
+/// The `.cpack/index` directory of a workspace, and where its generations
+/// are searched once opened.
 pub struct IndexDir {
     root: PathBuf,
+    device: IndexDevice,
 }
 
 const CURRENT: &str = "CURRENT";
@@ -250,7 +252,20 @@ fn generation_files(dir: &Path, precision: Precision) -> Result<Vec<String>> {
 
 impl IndexDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        IndexDir { root: root.into() }
+        IndexDir {
+            root: root.into(),
+            device: IndexDevice::Cpu,
+        }
+    }
+
+    /// The same directory, its generations opened to search on `device`.
+    pub fn on(mut self, device: IndexDevice) -> Self {
+        self.device = device;
+        self
+    }
+
+    pub fn device(&self) -> IndexDevice {
+        self.device
     }
 
     pub fn root(&self) -> &Path {
@@ -326,7 +341,7 @@ impl IndexDir {
             plan.stamp.dim,
             plan.precision,
         )?);
-        let vectors = plan.index.open(&dir, embeddings.clone())?;
+        let vectors = plan.index.open(&dir, embeddings.clone(), self.device)?;
         Ok(OpenIndex {
             generation,
             manifest,

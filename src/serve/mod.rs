@@ -32,7 +32,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
             config.encoder = spec.encoder;
             (
                 ModelSource::Run(run_dir.clone()),
-                cpack_index::store::IndexDir::new(run_dir.join("index")),
+                cpack_index::store::IndexDir::new(run_dir.join("index")).on(config.index.device),
             )
         }
     };

@@ -339,7 +339,7 @@ pub fn run(
         }
     }
 
-    let run_index = IndexDir::new(run_dir.join("index"));
+    let run_index = IndexDir::new(run_dir.join("index")).on(ws.base_index.device());
     let resumed = checkpoint::latest(run_dir)?
         .map(|dir| checkpoint::load(&dir))
         .transpose()?;

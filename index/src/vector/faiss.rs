@@ -4,7 +4,7 @@
 use super::{Hits, VectorIndex};
 use crate::embeddings::EmbeddingMatrix;
 use crate::error::{Error, Result};
-use ::faiss::index::{flat::FlatIndexImpl, IndexImpl, SearchResult};
+use ::faiss::index::{flat::FlatIndexImpl, CpuIndex, IndexImpl, NativeIndex, SearchResult};
 use ::faiss::{ConcurrentIndex, Index, MetricType};
 use std::os::raw::{c_int, c_void};
 use std::path::Path;
@@ -19,16 +19,16 @@ extern "C" {
 }
 
 pub struct FaissIndex {
-    inner: Inner,
+    pub(super) inner: Inner,
 }
 
-enum Inner {
+pub(super) enum Inner {
     /// Brute force: searched as slices of the queries side by side.
     Flat(FlatIndexImpl),
     Other(IndexImpl),
 }
 
-fn faiss_err(problem: impl std::fmt::Display) -> Error {
+pub(super) fn faiss_err(problem: impl std::fmt::Display) -> Error {
     Error::VectorIndex {
         backend: "faiss",
         problem: problem.to_string(),
@@ -195,29 +195,42 @@ impl VectorIndex for FaissIndex {
                 with_openmp_threads(threads, || index.search(queries, k)).map_err(faiss_err)?
             }
         };
-        Ok(Hits {
-            k,
-            scores: result.distances,
-            rows: result
-                .labels
-                .iter()
-                .map(|l| l.get().map_or(-1, |v| v as i64))
-                .collect(),
-        })
+        Ok(hits(k, result))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(FILE_NAME);
-        let path_str = path
-            .to_str()
-            .ok_or_else(|| faiss_err("index path is not UTF-8"))?;
         match &self.inner {
-            Inner::Flat(index) => ::faiss::write_index(index, path_str),
-            Inner::Other(index) => ::faiss::write_index(index, path_str),
+            Inner::Flat(index) => write(index, &path),
+            Inner::Other(index) => write(index, &path),
         }
-        .map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
-        std::fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(Error::io("sync", &path))
     }
+}
+
+/// FAISS's result as [`Hits`] (missing hits as row -1).
+pub(super) fn hits(k: usize, result: SearchResult) -> Hits {
+    Hits {
+        k,
+        scores: result.distances,
+        rows: result
+            .labels
+            .iter()
+            .map(|l| l.get().map_or(-1, |v| v as i64))
+            .collect(),
+    }
+}
+
+/// Writes a CPU index to `path` and syncs it.
+pub(super) fn write<I>(index: &I, path: &Path) -> Result<()>
+where
+    I: NativeIndex<Inner = <IndexImpl as NativeIndex>::Inner> + CpuIndex,
+{
+    let path_str = path
+        .to_str()
+        .ok_or_else(|| faiss_err("index path is not UTF-8"))?;
+    ::faiss::write_index(index, path_str)
+        .map_err(|e| faiss_err(format!("writing {}: {e}", path.display())))?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("sync", path))
 }

@@ -9,6 +9,11 @@ pub mod exact;
 pub mod faiss;
 #[cfg(feature = "faiss")]
 pub mod faiss_blas;
+#[cfg(all(feature = "faiss", feature = "cuda"))]
+mod faiss_gpu;
+#[cfg(all(feature = "faiss", not(feature = "cuda")))]
+#[path = "no_gpu.rs"]
+mod faiss_gpu;
 
 use crate::embeddings::EmbeddingMatrix;
 use crate::error::{Error, Result};
@@ -47,8 +52,59 @@ pub trait VectorIndex: Send {
     /// Searches `queries` (row-major, `dim` wide) for the top `k` rows each,
     /// on up to `threads` cores (1 while encoders run beside the search).
     fn search(&mut self, queries: &[f32], k: usize, threads: usize) -> Result<Hits>;
+    /// The most hits one search can return per query.
+    fn max_k(&self) -> usize {
+        usize::MAX
+    }
     /// Persists whatever this index keeps beyond the embedding file.
     fn save(&self, dir: &Path) -> Result<()>;
+}
+
+/// Where an index searches. What an index is ([`IndexKind`], saved with it)
+/// does not depend on it: every index is built and saved in its CPU form and
+/// opens on either device. Written `cpu`, `gpu` (GPU 0) or `gpu:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum IndexDevice {
+    #[default]
+    Cpu,
+    /// The CUDA GPU of this ordinal (FAISS-GPU, feature `cuda`).
+    Gpu(usize),
+}
+
+impl std::fmt::Display for IndexDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IndexDevice::Cpu => f.write_str("cpu"),
+            IndexDevice::Gpu(ordinal) => write!(f, "gpu:{ordinal}"),
+        }
+    }
+}
+
+impl std::str::FromStr for IndexDevice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("unknown index device {s:?} (expected cpu, gpu or gpu:N)");
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(IndexDevice::Cpu),
+            None if s == "gpu" => Ok(IndexDevice::Gpu(0)),
+            Some(("gpu", n)) => n.parse().map(IndexDevice::Gpu).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl TryFrom<String> for IndexDevice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<IndexDevice> for String {
+    fn from(d: IndexDevice) -> String {
+        d.to_string()
+    }
 }
 
 /// Which implementation backs an index, and with what FAISS factory string.
@@ -101,15 +157,19 @@ impl IndexKind {
         }
     }
 
-    /// Opens an index saved in `dir` over `embeddings`.
+    /// Opens an index saved in `dir` over `embeddings`, to search on `device`.
     pub fn open(
         &self,
         dir: &Path,
         embeddings: Arc<EmbeddingMatrix>,
+        device: IndexDevice,
     ) -> Result<Box<dyn VectorIndex>> {
-        match self {
-            IndexKind::Exact => Ok(Box::new(exact::ExactIndex::new(embeddings))),
-            IndexKind::Faiss { .. } => open_faiss(dir, &embeddings),
+        match (self, device) {
+            (IndexKind::Exact, IndexDevice::Cpu) => Ok(Box::new(exact::ExactIndex::new(embeddings))),
+            (IndexKind::Exact, IndexDevice::Gpu(_)) => Err(Error::Invalid(
+                "the exact backend searches on the CPU; index.device = \"gpu\" needs index.backend = \"faiss\"".into(),
+            )),
+            (IndexKind::Faiss { .. }, device) => open_faiss(dir, &embeddings, device),
         }
     }
 }
@@ -140,8 +200,16 @@ fn check_faiss(factory: &str, dim: usize) -> Result<()> {
 }
 
 #[cfg(feature = "faiss")]
-fn open_faiss(dir: &Path, embeddings: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
-    Ok(Box::new(faiss::FaissIndex::open(dir, embeddings)?))
+fn open_faiss(
+    dir: &Path,
+    embeddings: &EmbeddingMatrix,
+    device: IndexDevice,
+) -> Result<Box<dyn VectorIndex>> {
+    let index = faiss::FaissIndex::open(dir, embeddings)?;
+    match device {
+        IndexDevice::Cpu => Ok(Box::new(index)),
+        IndexDevice::Gpu(ordinal) => faiss_gpu::upload(index, ordinal),
+    }
 }
 
 #[cfg(not(feature = "faiss"))]
@@ -159,7 +227,7 @@ fn check_faiss(_: &str, _: usize) -> Result<()> {
 }
 
 #[cfg(not(feature = "faiss"))]
-fn open_faiss(_: &Path, _: &EmbeddingMatrix) -> Result<Box<dyn VectorIndex>> {
+fn open_faiss(_: &Path, _: &EmbeddingMatrix, _: IndexDevice) -> Result<Box<dyn VectorIndex>> {
     Err(Error::Invalid(
         "this index needs FAISS, and this cpack was built without the `faiss` feature".into(),
     ))

@@ -117,7 +117,7 @@ fn every_backend_agrees_with_exhaustive_search_and_survives_reopening() {
             assert!(recall >= 0.8, "{kind}: recall@{k} {recall}");
 
             index.save(dir.path()).unwrap();
-            let mut reopened = kind.open(dir.path(), m).unwrap();
+            let mut reopened = kind.open(dir.path(), m, IndexDevice::Cpu).unwrap();
             assert_eq!(
                 reopened.search(&queries, k, 2).unwrap(),
                 hits,
@@ -185,4 +185,27 @@ fn faiss_multiplies_on_cpacks_kernel() {
         index.search(&clustered(64, 16, 5), 5, 1).unwrap();
         assert!(calls() > before, "{factory}: FAISS multiplied elsewhere");
     }
+}
+
+#[test]
+fn index_devices_parse_and_the_exact_backend_stays_on_the_cpu() {
+    for (text, device) in [
+        ("cpu", IndexDevice::Cpu),
+        ("gpu", IndexDevice::Gpu(0)),
+        ("gpu:2", IndexDevice::Gpu(2)),
+    ] {
+        assert_eq!(text.parse::<IndexDevice>().unwrap(), device);
+        assert_eq!(device.to_string().parse::<IndexDevice>().unwrap(), device);
+    }
+    for bad in ["cuda", "gpu:", "gpu:-1", "tpu"] {
+        assert!(bad.parse::<IndexDevice>().is_err(), "{bad}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = matrix(dir.path(), 8, 4, Precision::F32);
+    let err = IndexKind::Exact
+        .open(dir.path(), m, IndexDevice::Gpu(0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("exact backend searches on the CPU"), "{err}");
 }
