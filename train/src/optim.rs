@@ -2,8 +2,11 @@
 //! Hugging Face's `get_linear_schedule_with_warmup` over a run's epochs, and global-norm clipping.
 
 use crate::error::Result;
-use crate::update::{adamw_update, scale_in_place, sum_of_squares, to_vec, AdamWStep};
+use crate::update::{
+    adamw_update, portable_adamw_update, scale, sum_of_squares, to_vec, AdamWStep,
+};
 use candle_core::{backprop::GradStore, Tensor, Var};
+use cpack_index::model::Kernels;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,10 +31,19 @@ impl Default for AdamWParams {
 struct Param {
     name: String,
     var: Var,
-    /// The moments, flat, as long as the variable.
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    moments: Moments,
     decay: bool,
+}
+
+/// A parameter's moment estimates, where its update kernel wants them.
+enum Moments {
+    /// Flat host memory, updated in place by cpack's CPU kernel.
+    Host {
+        exp_avg: Vec<f32>,
+        exp_avg_sq: Vec<f32>,
+    },
+    /// Tensors beside the variable, updated with candle's ops (any device).
+    Tensors { exp_avg: Tensor, exp_avg_sq: Tensor },
 }
 
 /// Decoupled weight decay, as `torch.optim.AdamW`: the decay shrinks the
@@ -53,14 +65,36 @@ fn decays(name: &str) -> bool {
 }
 
 impl AdamW {
+    /// The optimizer for `vars`, updating each with the kernels of its device.
     pub fn new(vars: Vec<(String, Var)>, hyper: AdamWParams) -> Result<Self> {
+        let kernels = vars
+            .first()
+            .map_or(Kernels::Cpu, |(_, v)| Kernels::for_device(v.device()));
+        Self::with_kernels(vars, hyper, kernels)
+    }
+
+    /// The optimizer updating with `kernels` (the portable ops on CPU test
+    /// the path other devices take).
+    pub fn with_kernels(
+        vars: Vec<(String, Var)>,
+        hyper: AdamWParams,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
-                let len = var.elem_count();
+                let moments = match kernels {
+                    Kernels::Cpu => Moments::Host {
+                        exp_avg: vec![0f32; var.elem_count()],
+                        exp_avg_sq: vec![0f32; var.elem_count()],
+                    },
+                    Kernels::Portable => Moments::Tensors {
+                        exp_avg: var.zeros_like()?,
+                        exp_avg_sq: var.zeros_like()?,
+                    },
+                };
                 Ok(Param {
-                    exp_avg: vec![0f32; len],
-                    exp_avg_sq: vec![0f32; len],
+                    moments,
                     decay: decays(&name),
                     name,
                     var,
@@ -103,13 +137,16 @@ impl AdamW {
                 step_size: lr / bias_correction1,
                 grad_scale: 1.0,
             };
-            adamw_update(
-                p.var.as_tensor(),
-                grad,
-                &mut p.exp_avg,
-                &mut p.exp_avg_sq,
-                step,
-            )?;
+            match &mut p.moments {
+                Moments::Host {
+                    exp_avg,
+                    exp_avg_sq,
+                } => adamw_update(p.var.as_tensor(), grad, exp_avg, exp_avg_sq, step)?,
+                Moments::Tensors {
+                    exp_avg,
+                    exp_avg_sq,
+                } => portable_adamw_update(&p.var, grad, exp_avg, exp_avg_sq, step)?,
+            }
         }
         Ok(())
     }
@@ -119,10 +156,21 @@ impl AdamW {
         let mut state = Vec::with_capacity(2 * self.params.len());
         for p in &self.params {
             let (shape, device) = (p.var.shape(), p.var.device());
-            for (kind, values) in [("exp_avg", &p.exp_avg), ("exp_avg_sq", &p.exp_avg_sq)] {
-                let tensor = Tensor::from_slice(values, shape, device)?;
-                state.push((format!("{kind}.{}", p.name), tensor));
-            }
+            let (m, v) = match &p.moments {
+                Moments::Host {
+                    exp_avg,
+                    exp_avg_sq,
+                } => (
+                    Tensor::from_slice(exp_avg, shape, device)?,
+                    Tensor::from_slice(exp_avg_sq, shape, device)?,
+                ),
+                Moments::Tensors {
+                    exp_avg,
+                    exp_avg_sq,
+                } => (exp_avg.copy()?, exp_avg_sq.copy()?),
+            };
+            state.push((format!("exp_avg.{}", p.name), m));
+            state.push((format!("exp_avg_sq.{}", p.name), v));
         }
         Ok(state)
     }
@@ -146,10 +194,20 @@ impl AdamW {
                         p.var.shape()
                     ));
                 }
-                to_vec(&t).map_err(|e| format!("{key}: {e}"))
+                Ok(t)
             };
-            p.exp_avg = take("exp_avg")?;
-            p.exp_avg_sq = take("exp_avg_sq")?;
+            let (m, v) = (take("exp_avg")?, take("exp_avg_sq")?);
+            let failed = |e: candle_core::Error| format!("optimizer state of {}: {e}", p.name);
+            p.moments = match &p.moments {
+                Moments::Host { .. } => Moments::Host {
+                    exp_avg: to_vec(&m).map_err(failed)?,
+                    exp_avg_sq: to_vec(&v).map_err(failed)?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors {
+                    exp_avg: m.to_device(p.var.device()).map_err(failed)?,
+                    exp_avg_sq: v.to_device(p.var.device()).map_err(failed)?,
+                },
+            };
         }
         self.steps = steps;
         Ok(())
@@ -228,8 +286,8 @@ impl Gradients {
         if coef < 1.0 {
             // In place, as torch's clip_grad_norm_: these tensors are this
             // sum's own (the backward passes they came from are gone).
-            for g in self.by_var.values() {
-                scale_in_place(g, coef)?;
+            for g in self.by_var.values_mut() {
+                scale(g, coef)?;
             }
         }
         Ok(norm)
@@ -340,6 +398,70 @@ mod tests {
             got(&bias)
         );
         assert_ne!(got(&weight), got(&bias));
+    }
+
+    #[test]
+    fn the_portable_update_is_the_cpu_kernels_update() {
+        let values = |seed: f32, n: usize| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect()
+        };
+        let make = || {
+            vec![
+                (
+                    "layer.bias".to_string(),
+                    Var::new(values(1.0, 5), &Device::Cpu).unwrap(),
+                ),
+                (
+                    "layer.weight".to_string(),
+                    Var::new(values(2.0, 7), &Device::Cpu).unwrap(),
+                ),
+            ]
+        };
+        let (cpu_vars, portable_vars) = (make(), make());
+        let h = AdamWParams::default();
+        let mut cpu = AdamW::with_kernels(cpu_vars.clone(), h, Kernels::Cpu).unwrap();
+        let mut portable =
+            AdamW::with_kernels(portable_vars.clone(), h, Kernels::Portable).unwrap();
+        for step in 0..4 {
+            let grads = |vars: &[(String, Var)]| {
+                let mut g = Gradients::default();
+                let loss = vars
+                    .iter()
+                    .map(|(_, v)| {
+                        (v.as_tensor().sqr().unwrap() * (step as f64 + 1.5))
+                            .unwrap()
+                            .sum_all()
+                            .unwrap()
+                    })
+                    .reduce(|a, b| (a + b).unwrap())
+                    .unwrap();
+                g.accumulate(vars, &loss.backward().unwrap(), 1.0).unwrap();
+                g
+            };
+            let (mut gc, mut gp) = (grads(&cpu_vars), grads(&portable_vars));
+            assert_eq!(gc.clip(1.0).unwrap(), gp.clip(1.0).unwrap());
+            cpu.step(&gc, 0.01).unwrap();
+            portable.step(&gp, 0.01).unwrap();
+        }
+        for ((name, a), (_, b)) in cpu_vars.iter().zip(&portable_vars) {
+            let (a, b) = (
+                a.as_tensor().to_vec1::<f32>().unwrap(),
+                b.as_tensor().to_vec1::<f32>().unwrap(),
+            );
+            assert_eq!(a, b, "{name}");
+        }
+        // Saved state restores into either kind.
+        let state: HashMap<String, Tensor> = portable.state().unwrap().into_iter().collect();
+        let mut restored = AdamW::with_kernels(make(), h, Kernels::Cpu).unwrap();
+        restored.restore(state, 4).unwrap();
+        let again: HashMap<String, Tensor> = restored.state().unwrap().into_iter().collect();
+        for (key, t) in cpu.state().unwrap() {
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                again[&key].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{key}"
+            );
+        }
     }
 
     #[test]

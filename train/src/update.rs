@@ -5,7 +5,9 @@
 //! Written with candle tensor ops, one AdamW update is a dozen passes, each
 //! allocating a tensor the size of the parameter — MiniLM's word embeddings
 //! alone are 11.7 M values — so the optimizer cost a large share of a step.
-//! Here each parameter is one parallel pass, in place.
+//! Here each parameter is one parallel pass, in place. Tensors on another
+//! device take the same arithmetic as candle ops (`portable_*`), which CPU
+//! tests hold to these kernels.
 
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -153,18 +155,24 @@ impl InplaceOp1 for Scale {
     }
 }
 
-/// `t *= factor`, in place; `t` must not be shared with a tensor that has to
-/// keep its values.
-pub fn scale_in_place(t: &Tensor, factor: f64) -> Result<()> {
-    t.inplace_op1(&Scale(factor as f32))
+/// `t *= factor`: in place on the CPU (`t` must not be shared with a tensor
+/// that has to keep its values), a new tensor elsewhere.
+pub fn scale(t: &mut Tensor, factor: f64) -> Result<()> {
+    if t.device().is_cpu() {
+        t.inplace_op1(&Scale(factor as f32))
+    } else {
+        *t = (&*t * factor)?;
+        Ok(())
+    }
 }
 
-/// Σ v² over a tensor, accumulated in f64.
+/// Σ v² over a tensor, accumulated in f64 on the CPU.
 pub fn sum_of_squares(t: &Tensor) -> Result<f64> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {
-        bail!("sum-of-squares: CPU tensors only")
+        drop(storage);
+        return portable_sum_of_squares(&t);
     };
     let data = contiguous_f32("sum-of-squares", cpu, layout)?;
     // Partials in chunk order, added in that order: the same bits whatever
@@ -176,7 +184,69 @@ pub fn sum_of_squares(t: &Tensor) -> Result<f64> {
     Ok(partials.iter().sum())
 }
 
+/// Σ v² with candle's ops, on the tensor's device.
+fn portable_sum_of_squares(t: &Tensor) -> Result<f64> {
+    t.to_dtype(candle_core::DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()
+}
+
+/// [`adamw_update`] with candle's ops, for variables on any device: the
+/// same f32 operations in the same order, the moments replaced by their new
+/// values.
+pub fn portable_adamw_update(
+    weight: &candle_core::Var,
+    grad: &Tensor,
+    exp_avg: &mut Tensor,
+    exp_avg_sq: &mut Tensor,
+    s: AdamWStep,
+) -> Result<()> {
+    let grad = if s.grad_scale == 1.0 {
+        grad.clone()
+    } else {
+        grad.affine(s.grad_scale, 0.0)?
+    };
+    let w = weight.as_tensor();
+    let decayed = if s.decay_factor == 1.0 {
+        w.clone()
+    } else {
+        w.affine(s.decay_factor, 0.0)?
+    };
+    *exp_avg = (exp_avg.affine(s.beta1, 0.0)? + grad.affine(1.0 - s.beta1, 0.0)?)?;
+    *exp_avg_sq = (exp_avg_sq.affine(s.beta2, 0.0)? + grad.sqr()?.affine(1.0 - s.beta2, 0.0)?)?;
+    let denom = exp_avg_sq
+        .sqrt()?
+        .affine(1.0 / s.bias_correction2_sqrt, s.eps)?;
+    let update = (&*exp_avg / denom)?.affine(s.step_size, 0.0)?;
+    weight.set(&(decayed - update)?)
+}
+
 /// The values of a contiguous f32 tensor, copied.
 pub fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn both_sums_of_squares_agree() {
+        let values: Vec<f32> = (0..100_003).map(|i| ((i as f32) * 0.013).cos()).collect();
+        let t = Tensor::from_vec(values, (100_003,), &Device::Cpu).unwrap();
+        let (kernel, portable) = (
+            sum_of_squares(&t).unwrap(),
+            portable_sum_of_squares(&t).unwrap(),
+        );
+        assert!(
+            (kernel - portable).abs() <= 1e-12 * kernel,
+            "{kernel} vs {portable}"
+        );
+        let mut scaled = t.copy().unwrap();
+        scale(&mut scaled, 0.5).unwrap();
+        let quarter = sum_of_squares(&scaled).unwrap();
+        assert!((quarter - kernel / 4.0).abs() <= 1e-9 * kernel);
+    }
 }
