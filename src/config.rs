@@ -74,6 +74,7 @@ pub struct TrainSection {
     pub simans_b: Option<f32>,
     pub filter: Option<cpack_miner::FilterPreset>,
     pub negatives_from: Option<u32>,
+    pub device: Option<ComputeDevice>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -312,6 +313,14 @@ impl Config {
         IndexDir::new(self.workspace.join(STATE_DIR).join("index")).on(self.index.device)
     }
 
+    /// Where the encoder computes (ONNX Runtime: always the CPU).
+    pub fn encode_device(&self) -> ComputeDevice {
+        match &self.runtime {
+            EncoderRuntime::Candle { device } => *device,
+            EncoderRuntime::Ort(_) => ComputeDevice::Cpu,
+        }
+    }
+
     /// The stamp an index must carry to be searched with this configuration's encoder.
     pub fn embedding_stamp(&self, encoder: &cpack_index::Encoder) -> Result<EmbeddingStamp> {
         Ok(EmbeddingStamp::of(&self.model, encoder)?)
@@ -421,6 +430,9 @@ precision = "f32"
 
 # `cpack train` defaults (each key is also a flag; uncomment to change).
 [train]
+# Where the trainer keeps the weights and steps: default the encoder's
+# device (encode.device, or --device for this run).
+# device = "cpu"
 # epochs = 1
 # Re-encode, re-index and re-mine every N epochs; 0 = static negatives.
 # refresh_every = 1

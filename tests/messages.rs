@@ -119,6 +119,13 @@ fn a_device_this_build_cannot_use_is_one_clear_error() {
     );
     let err = String::from_utf8_lossy(&usage.stderr);
     assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+    ok(&ws, &["index", "build"]);
+    let err = fails(&ws, &["train", "--run", "on-gpu", "--device", "cuda"]);
+    assert!(err.contains("cannot compute on cuda:0"), "{err}");
+    assert!(
+        !ws.join(".cpack/runs/on-gpu").exists(),
+        "no run folder for a run that cannot start"
+    );
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
     let toml = toml.replacen("[encode]\n", "[encode]\ndevice = \"gpu\"\n", 1);
     std::fs::write(ws.join("cpack.toml"), toml).unwrap();

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{TrainSettings, Trainer};
@@ -106,7 +107,7 @@ pub fn run(args: &[String]) -> Result<()> {
         dropout: true,
         ..TrainSettings::default()
     };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true)?;
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu)?;
     let trainer = Trainer::new(encoder, tokenizer, recipe)?;
     let q: Vec<&str> = queries.iter().map(String::as_str).collect();
     let p: Vec<&str> = passages.iter().map(String::as_str).collect();

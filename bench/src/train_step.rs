@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use cpack_index::dataset::TextTable;
 use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer, TextKind};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
@@ -118,7 +119,7 @@ pub fn run(args: &[String]) -> Result<()> {
         mini_batch: a.mini_batch,
         ..TrainSettings::default()
     };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true)?;
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu)?;
     let mut trainer = Trainer::new(encoder, tokenizer, recipe)?;
     let tokens = a.queries * a.query_len + a.passages * a.passage_len;
     let mut seconds = Vec::new();

@@ -39,7 +39,14 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         precision: config.index.precision,
         backend: backend.as_ref(),
         threads: workers,
+        device: args
+            .overrides
+            .device
+            .or(config.train.device)
+            .unwrap_or(config.encode_device()),
     };
+    // A device this build or machine cannot use fails before a run folder exists.
+    ws.device.candle()?;
     let run_dir = runs_dir.join(&name);
     let report = run::run(&ws, spec, &run_dir, args.resume, &ctx.progress)?;
     ctx.progress.finish();

@@ -2,11 +2,11 @@
 //! over a `VarMap` so every weight is a trainable variable.
 
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cpack_index::candle_backend::pool;
 use cpack_index::model::{BertModel, Dropout, Kernels, ModelDir, Pooling};
-use cpack_index::TokenBatch;
+use cpack_index::{ComputeDevice, TokenBatch};
 
 pub struct TrainableEncoder {
     varmap: VarMap,
@@ -18,10 +18,16 @@ pub struct TrainableEncoder {
 }
 
 impl TrainableEncoder {
-    /// Loads every weight of `model` into fresh f32 variables.
-    pub fn load(model: &ModelDir, pooling: Pooling, normalize: bool) -> Result<Self> {
+    /// Loads every weight of `model` into fresh f32 variables on `device`
+    /// (the model then runs the kernels of that device).
+    pub fn load(
+        model: &ModelDir,
+        pooling: Pooling,
+        normalize: bool,
+        device: ComputeDevice,
+    ) -> Result<Self> {
         let mut varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device.candle()?);
         let vb = if model.weight_prefix.is_empty() {
             vb
         } else {

@@ -130,6 +130,8 @@ pub struct Workspace<'a> {
     pub backend: &'a dyn BackendLoader,
     /// Workers feeding the backend.
     pub threads: usize,
+    /// Where the trainer keeps the weights and runs its steps.
+    pub device: cpack_index::ComputeDevice,
 }
 
 /// The model a phase of the run encodes with.
@@ -366,8 +368,12 @@ pub fn run(
             write_report(run_dir, &report)?;
         }
     }
-    let encoder =
-        TrainableEncoder::load(&current.model, spec.encoder.pooling, spec.encoder.normalize)?;
+    let encoder = TrainableEncoder::load(
+        &current.model,
+        spec.encoder.pooling,
+        spec.encoder.normalize,
+        ws.device,
+    )?;
     let tokenizer = PairTokenizer::load(&base.model, &spec.encoder)?;
     let mut trainer = Trainer::new(encoder, tokenizer, spec.train.clone())?;
     if let Some(saved) = resumed {

@@ -7,6 +7,7 @@
 
 use candle_core::Tensor;
 use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::optim::Gradients;
@@ -38,7 +39,7 @@ fn trainer(model: &Path, mini_batch: usize) -> Trainer {
         mini_batch,
         ..TrainSettings::default()
     };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true).unwrap();
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu).unwrap();
     let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
     Trainer::new(encoder, tokenizer, recipe).unwrap()
 }

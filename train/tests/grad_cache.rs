@@ -4,6 +4,7 @@
 //! batch.
 
 use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::optim::Gradients;
@@ -26,7 +27,7 @@ fn trainer(model: &Path, mini_batch: usize, loss: LossKind, group_size: usize) -
         mini_batch,
         ..TrainSettings::default()
     };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true).unwrap();
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu).unwrap();
     let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
     Trainer::new(encoder, tokenizer, recipe).unwrap()
 }

@@ -5,6 +5,7 @@
 //! how the logic of the GPU path is tested on machines without a GPU.
 
 use cpack_index::model::{Kernels, ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
@@ -36,7 +37,7 @@ fn trainer(model: &Path, kernels: Kernels, loss: LossKind, mini_batch: usize) ->
         mini_batch,
         ..TrainSettings::default()
     };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true)
+    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu)
         .unwrap()
         .with_kernels(kernels);
     let tokenizer = PairTokenizer::load(&model, &settings).unwrap();

@@ -6,6 +6,7 @@
 
 use cpack_index::candle_backend::CandleBackend;
 use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::ComputeDevice;
 use cpack_index::{Encoder, EncoderSettings, PairTokenizer, TextKind};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
@@ -85,7 +86,7 @@ fn three_adamw_steps_match_pytorch() {
         query_instruction: String::new(),
         batch_size: 8,
     };
-    let encoder = TrainableEncoder::load(&model, pooling, h.normalize).unwrap();
+    let encoder = TrainableEncoder::load(&model, pooling, h.normalize, ComputeDevice::Cpu).unwrap();
     let recipe = TrainSettings {
         batch_size: trace.queries.len(),
         group_size: h.group_size,
