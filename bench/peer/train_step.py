@@ -3,8 +3,11 @@
 shape (queries x query_len + passages x passage_len real tokens, texts from the
 corpus that fill passage_len), forward + backward + AdamW, InfoNCE over
 in-batch + hard negatives (temperature 0.05), mean pooling, L2-normalised,
-dropout on, gradient clipping at 1.0. Median seconds over repetitions."""
+dropout on, gradient clipping at 1.0. Median seconds over repetitions.
+--device cuda runs it on a GPU; --bf16 under bf16 autocast (f32 master
+weights), as GPU training is usually run."""
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -24,12 +27,14 @@ def main():
     ap.add_argument("--passage-len", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (f32 master weights)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModel.from_pretrained(args.model)
+    model = AutoModel.from_pretrained(args.model).to(args.device)
     model.train()
     texts = []
     with open(args.corpus, encoding="utf-8") as f:
@@ -40,8 +45,10 @@ def main():
                 texts.append(text)
             if len(texts) == args.queries + args.passages:
                 break
-    q = tok(texts[: args.queries], truncation=True, max_length=args.query_len, padding=True, return_tensors="pt")
-    p = tok(texts[args.queries :], truncation=True, max_length=args.passage_len, padding=True, return_tensors="pt")
+    q = tok(texts[: args.queries], truncation=True, max_length=args.query_len, padding=True, return_tensors="pt").to(args.device)
+    p = tok(texts[args.queries :], truncation=True, max_length=args.passage_len, padding=True, return_tensors="pt").to(args.device)
+    cuda = args.device.startswith("cuda")
+    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     group = args.passages // args.queries
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
 
@@ -53,13 +60,16 @@ def main():
     seconds = []
     for rep in range(args.reps + 1):
         start = time.perf_counter()
-        scores = embed(q) @ embed(p).T / 0.05
-        target = torch.arange(args.queries) * group
-        loss = F.cross_entropy(scores, target)
+        with autocast():
+            scores = embed(q) @ embed(p).T / 0.05
+            target = torch.arange(args.queries, device=args.device) * group
+            loss = F.cross_entropy(scores.float(), target)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
         s = time.perf_counter() - start
         print(f"step {rep}: {s:.3f} s (loss {loss.item():.4f})", flush=True)
         if rep > 0:  # the first step warms allocators and caches
@@ -69,6 +79,9 @@ def main():
     report = {
         "bench": "train-step",
         "backend": f"pytorch {torch.__version__}",
+        "device": args.device,
+        "bf16": args.bf16,
+        "passages_per_second": args.passages / median,
         "threads": torch.get_num_threads(),
         "tokens_per_step": tokens,
         "median_seconds": median,

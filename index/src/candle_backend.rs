@@ -121,8 +121,14 @@ impl EncoderBackend for CandleBackend {
         "candle"
     }
 
+    /// On a GPU the whole batch runs at once: its products want the rows,
+    /// and there is no cache to stay within.
     fn tokens_per_run(&self) -> usize {
-        TOKENS_PER_RUN
+        if self.compute.is_cpu() {
+            TOKENS_PER_RUN
+        } else {
+            usize::MAX
+        }
     }
 
     fn device(&self) -> ComputeDevice {
