@@ -161,7 +161,7 @@ PY
 encode() {
   local rows="{}"
   for len in 128 256; do
-    "$CPACK" -q index build -C "$WS" --device cuda --batch-size 512 --passage-max-len "$len" --force >/dev/null
+    "$CPACK" -q index build -C "$WS" --device cuda --batch-size 1024 --batch-tokens 65536 --passage-max-len "$len" --force >/dev/null
     local secs; secs=$("$CPACK" -q index info -C "$WS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["timings"]["encode_seconds"])')
     local peer; peer=$(python3 - "$DATA/corpus.jsonl" "$MODEL" "$len" <<'PY'
 import json, sys, time
@@ -181,10 +181,10 @@ PY
 }
 
 search_and_refresh() {
-  "$CPACK" -q index build -C "$WS" --device cuda --batch-size 512 --force >/dev/null
+  "$CPACK" -q index build -C "$WS" --device cuda --batch-size 1024 --batch-tokens 65536 --force >/dev/null
   local start end
   start=$(date +%s.%N)
-  "$CPACK" -q index build -C "$WS" --device cuda --batch-size 512 --force >/dev/null
+  "$CPACK" -q index build -C "$WS" --device cuda --batch-size 1024 --batch-tokens 65536 --force >/dev/null
   "$CPACK" -q mine -C "$WS" --device cuda --index-device gpu --topk 200 --skip 10 --force >/dev/null
   end=$(date +%s.%N)
   "$CPACK" -q mine export -C "$WS" --format ids --output "$OUT/round-gpu.jsonl"

@@ -280,6 +280,10 @@ pub struct Overrides {
     /// Texts per forward pass [encode.batch_size].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
+    /// Padded tokens per forward pass at most, 0 = rows only: short texts then come many to a
+    /// batch, long ones few (on a GPU, e.g. 65536 with --batch-size 1024) [encode.batch_tokens].
+    #[arg(long, value_name = "N")]
+    pub batch_tokens: Option<usize>,
     /// Compute threads, 0 = all cores [encode.threads]. On a busy 2-core box, 1 can beat 2.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -98,6 +98,7 @@ pub struct ModelSection {
 #[serde(deny_unknown_fields)]
 pub struct EncodeSection {
     pub batch_size: Option<usize>,
+    pub batch_tokens: Option<usize>,
     pub threads: Option<usize>,
     pub device: Option<ComputeDevice>,
     pub backend: Option<String>,
@@ -270,6 +271,10 @@ impl Config {
                 .batch_size
                 .or(file.encode.batch_size)
                 .unwrap_or(declared.batch_size),
+            batch_tokens: overrides
+                .batch_tokens
+                .or(file.encode.batch_tokens)
+                .unwrap_or(declared.batch_tokens),
         };
         let index = IndexConfig {
             kind: IndexKind::parse(
@@ -399,6 +404,9 @@ query_instruction = {instruction}
 [encode]
 # Texts per forward pass.
 batch_size = 32
+# Also at most this many padded tokens per forward pass, so short texts come
+# many to a batch (a GPU wants e.g. 65536); 0 = rows only.
+# batch_tokens = 0
 # Compute threads; 0 = all cores.
 threads = 0
 # Where the candle encoder computes: "cpu", or "cuda" / "cuda:N" in a cpack

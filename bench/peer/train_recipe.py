@@ -65,6 +65,9 @@ def main():
     ap.add_argument("--eval-split", default="test")
     ap.add_argument("--seed", type=int, help="override the run's seed (to see run-to-run variance)")
     ap.add_argument("--replay", help="a run's steps.jsonl: train on exactly its batches and rates")
+    ap.add_argument("--replay-with-dropout", action="store_true",
+                    help="replay a run trained with dropout on, PyTorch drawing its own masks: the batches "
+                         "are the same, so what differs is the dropout (per-step figures are not compared)")
     ap.add_argument("--save-dir", help="write each epoch's model as DIR/epoch-N (a Hugging Face folder)")
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation (to evaluate the saved epochs elsewhere)")
     ap.add_argument("--json")
@@ -160,8 +163,9 @@ def main():
     results = []
     model.train(tr["dropout"])
     if args.replay:
-        if tr["dropout"]:
-            raise SystemExit("replay needs a run trained with dropout off (cpack train --no-dropout)")
+        if tr["dropout"] and not args.replay_with_dropout:
+            raise SystemExit("replay needs a run trained with dropout off (cpack train --no-dropout), "
+                             "or --replay-with-dropout")
         if tr["loss"] != "infonce":
             raise SystemExit(f"the replay implements InfoNCE only, the run used {tr['loss']}")
         records = read_jsonl(args.replay)
@@ -183,7 +187,12 @@ def main():
                                   "grad_norm_rel_diff": d_norm}), flush=True)
             row = {"epoch": epoch, "steps": len(mine),
                    "mean_loss": sum(epoch_losses) / max(1, len(epoch_losses)),
-                   "train_seconds": time.perf_counter() - start, "ndcg_at_10": evaluate()}
+                   "cpack_mean_loss": sum(b["loss"] for r in mine for b in r["batches"])
+                   / max(1, sum(len(r["batches"]) for r in mine)),
+                   "train_seconds": time.perf_counter() - start,
+                   "ndcg_at_10": None if args.no_eval else evaluate()}
+            if args.save_dir:
+                save(f"{args.save_dir}/epoch-{epoch}")
             print(json.dumps(row), flush=True)
             results.append(row)
         summary = {"peer": f"pytorch {torch.__version__}", "run": spec["name"], "replay": args.replay,

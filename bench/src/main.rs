@@ -182,6 +182,7 @@ impl Workspace {
             passage_max_len: stamp.passage_max_len,
             query_instruction: stamp.query_instruction.clone(),
             batch_size: 32,
+            batch_tokens: 0,
         };
         let encoder = Encoder::open(
             &model,

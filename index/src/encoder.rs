@@ -148,6 +148,11 @@ pub struct EncoderSettings {
     /// Prefix added to queries only (BGE-style instruction); may be empty.
     pub query_instruction: String,
     pub batch_size: usize,
+    /// With it set, a batch also stops before its padded tokens would pass
+    /// this many, so short texts come many to a batch and long ones few (what
+    /// a GPU wants); 0 = rows only.
+    #[serde(default)]
+    pub batch_tokens: usize,
 }
 
 impl EncoderSettings {
@@ -161,8 +166,30 @@ impl EncoderSettings {
             passage_max_len: max_len.min(256),
             query_instruction: String::new(),
             batch_size: 32,
+            batch_tokens: 0,
         }
     }
+}
+
+/// Cuts texts sorted longest first (`lengths`) into batches of at most
+/// `rows` texts and, when `tokens` is not 0, at most `tokens` padded tokens
+/// (the first text's length times the rows; a text longer than the budget
+/// goes alone).
+fn batch_bounds(lengths: &[usize], rows: usize, tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let rows = rows.max(1);
+    let mut bounds = Vec::new();
+    let mut start = 0;
+    while start < lengths.len() {
+        let fit = if tokens == 0 {
+            rows
+        } else {
+            (tokens / lengths[start].max(1)).clamp(1, rows)
+        };
+        let end = (start + fit).min(lengths.len());
+        bounds.push(start..end);
+        start = end;
+    }
+    bounds
 }
 
 /// Receives each embedded batch: its text rows, their vectors, its real-token count.
@@ -286,7 +313,8 @@ impl Encoder {
     }
 
     /// Embeds `texts` in order, `[texts.len(), dim]` row-major. Batches are
-    /// formed from length-sorted texts so little time goes into padding;
+    /// formed from length-sorted texts so little time goes into padding, of
+    /// `batch_size` rows and at most `batch_tokens` padded tokens when set;
     /// `on_batch(texts_done, tokens_done)` reports progress.
     pub fn encode(
         &self,
@@ -294,7 +322,8 @@ impl Encoder {
         kind: TextKind,
         on_batch: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<f32>> {
-        self.encode_in_batches_of(self.settings.batch_size, texts, kind, on_batch)
+        let (rows, tokens) = (self.settings.batch_size, self.settings.batch_tokens);
+        self.encode_batched(texts, kind, rows, tokens, on_batch)
     }
 
     /// [`Encoder::encode`] with an explicit batch size. Floating-point sums
@@ -307,11 +336,26 @@ impl Encoder {
         kind: TextKind,
         on_batch: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<f32>> {
+        self.encode_batched(texts, kind, batch_size, 0, on_batch)
+    }
+
+    fn encode_batched(
+        &self,
+        texts: &[&str],
+        kind: TextKind,
+        batch_rows: usize,
+        batch_tokens: usize,
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<f32>> {
         let tokens = self.tokenize(texts, kind)?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         // Longest first: the biggest batch shows up at once if memory is short.
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
-        let batches: Vec<&[usize]> = order.chunks(batch_size.max(1)).collect();
+        let lengths: Vec<usize> = order.iter().map(|&i| tokens[i].len()).collect();
+        let batches: Vec<&[usize]> = batch_bounds(&lengths, batch_rows, batch_tokens)
+            .into_iter()
+            .map(|range| &order[range])
+            .collect();
         let dim = self.dim();
         let mut out = vec![0f32; texts.len() * dim];
         self.embed_batches(&batches, &tokens, &mut |rows, embedded, real_tokens| {
@@ -389,6 +433,30 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_budgets_cut_batches_by_padded_tokens() {
+        let lengths = [100, 90, 60, 50, 20, 20, 20, 10, 10, 5];
+        let sizes = |rows, tokens| -> Vec<usize> {
+            batch_bounds(&lengths, rows, tokens)
+                .iter()
+                .map(|r| r.len())
+                .collect()
+        };
+        assert_eq!(sizes(4, 0), [4, 4, 2], "rows only");
+        // 200 tokens: 2 × 100, 3 × 60, 10 × 20 capped at 4 rows, then the rest.
+        assert_eq!(sizes(4, 200), [2, 3, 4, 1]);
+        // A text over the budget still goes, alone.
+        assert_eq!(sizes(8, 50)[0], 1);
+        for (rows, tokens) in [(3, 0), (4, 200), (8, 50), (1, 7)] {
+            let bounds = batch_bounds(&lengths, rows, tokens);
+            assert_eq!(bounds.iter().map(|r| r.len()).sum::<usize>(), lengths.len());
+            for r in &bounds {
+                assert!(r.len() <= rows);
+                assert!(tokens == 0 || r.len() == 1 || r.len() * lengths[r.start] <= tokens);
+            }
+        }
+    }
 
     #[test]
     fn pad_masks_padding() {
