@@ -98,6 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
         passage_max_len: 128,
         query_instruction: String::new(),
         batch_size: passages.len(),
+        batch_tokens: 0,
     };
     let tokenizer = PairTokenizer::load(&model, &settings)?;
     let recipe = TrainSettings {

@@ -83,6 +83,7 @@ pub fn run(args: &[String]) -> Result<()> {
         passage_max_len: a.passage_len,
         query_instruction: String::new(),
         batch_size: a.passages,
+        batch_tokens: 0,
     };
     let tokenizer = PairTokenizer::load(&model, &settings)?;
     let corpus = TextTable::load_jsonl(&a.corpus)?;
