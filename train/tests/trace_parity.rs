@@ -85,6 +85,7 @@ fn three_adamw_steps_match_pytorch() {
         passage_max_len: h.passage_max_len,
         query_instruction: String::new(),
         batch_size: 8,
+        batch_tokens: 0,
     };
     let encoder = TrainableEncoder::load(&model, pooling, h.normalize, ComputeDevice::Cpu).unwrap();
     let recipe = TrainSettings {
