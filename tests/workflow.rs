@@ -160,3 +160,46 @@ fn hub_ids_resolve_through_the_hugging_face_cache() {
         "{err}"
     );
 }
+
+#[test]
+fn a_token_budget_changes_the_batches_not_the_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, passages) = echo_workspace(tmp.path());
+    let top = |query: &str| -> Vec<(String, f64)> {
+        let found = json(&ok(&ws, &["search", "--json", "-k", "5", query]));
+        found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    ok(&ws, &["index", "build", "--batch-size", "64"]);
+    let by_rows: Vec<_> = passages.iter().take(5).map(|p| top(p)).collect();
+    // A budget of 24 padded tokens makes batches of one to a few passages.
+    ok(
+        &ws,
+        &[
+            "index",
+            "build",
+            "--batch-size",
+            "64",
+            "--batch-tokens",
+            "24",
+            "--force",
+        ],
+    );
+    let by_tokens: Vec<_> = passages.iter().take(5).map(|p| top(p)).collect();
+    for (a, b) in by_rows.iter().zip(&by_tokens) {
+        let ids = |hits: &[(String, f64)]| hits.iter().map(|h| h.0.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(a), ids(b));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x.1 - y.1).abs() < 1e-5, "{} vs {}", x.1, y.1);
+        }
+    }
+}
