@@ -24,8 +24,7 @@ impl ComputeDevice {
             ComputeDevice::Cuda(ordinal) => {
                 candle_core::Device::new_cuda(*ordinal).map_err(|source| Error::Device {
                     device: self.to_string(),
-                    hint: "a cpack with the `cuda` feature is built by scripts/build-cuda.sh",
-                    source,
+                    source: Box::new(source),
                 })
             }
         }

@@ -46,12 +46,11 @@ pub enum Error {
     #[error("model computation failed")]
     Candle(#[from] candle_core::Error),
 
-    #[error("cannot compute on {device} ({hint})")]
+    #[error("cannot compute on {device} (a cpack with the `cuda` feature is built by scripts/build-cuda.sh)")]
     Device {
         device: String,
-        hint: &'static str,
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 
     #[error("vector index ({backend}): {problem}")]
