@@ -55,6 +55,13 @@ impl CandleBackend {
             compute,
         })
     }
+
+    /// The same backend running `kernels` (the portable ops on CPU test the
+    /// path a GPU takes).
+    pub fn with_kernels(mut self, kernels: crate::model::Kernels) -> Self {
+        self.model = self.model.with_kernels(kernels);
+        self
+    }
 }
 
 /// Loads [`CandleBackend`]s on one device: the default, needing nothing

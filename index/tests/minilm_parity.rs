@@ -1,7 +1,8 @@
 //! Parity with sentence-transformers: the real all-MiniLM-L6-v2 must give the
 //! same token ids and (cosine ≥ 0.9999) the same embeddings as
 //! ../shared/fixtures/minilm-reference/embeddings.jsonl — through every
-//! backend: candle, and ONNX Runtime on cpack's own ONNX export.
+//! backend: candle (its CPU kernels and the portable ops a GPU runs), and
+//! ONNX Runtime on cpack's own ONNX export.
 
 use cpack_index::candle_backend::CandleBackend;
 use cpack_index::model::ModelDir;
@@ -41,6 +42,24 @@ fn candle_matches_sentence_transformers() {
                 cpack_index::ComputeDevice::Cpu,
             )
             .unwrap(),
+        )
+    });
+    assert!(worst >= 0.9999, "worst cosine {worst}");
+}
+
+/// The ops a GPU runs (candle's own), here on the CPU.
+#[test]
+fn candle_portable_path_matches_sentence_transformers() {
+    let worst = check_against_sentence_transformers(&|model, s| {
+        Box::new(
+            CandleBackend::load(
+                model,
+                s.pooling,
+                s.normalize,
+                cpack_index::ComputeDevice::Cpu,
+            )
+            .unwrap()
+            .with_kernels(cpack_index::model::Kernels::Portable),
         )
     });
     assert!(worst >= 0.9999, "worst cosine {worst}");
