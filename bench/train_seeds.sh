@@ -9,16 +9,20 @@
 # plain, cpack's runs also repeat with plain (FlagEmbedding-style) batches.
 # With --no-dropout every run trains with dropout off (runs named
 # static-nodrop-sN, ...; the peer follows the run's spec), which leaves each
-# side's own draws as the only difference.
+# side's own draws as the only difference. The kind `replay` trains PyTorch
+# on exactly the batches of a seed's cpack static run, dropout on with its
+# own masks (train_recipe.py --replay --replay-with-dropout): the draws are
+# then the same, and what is left to differ is the dropout and the rest of
+# the training.
 # nDCG@10 on the 2,000 test questions after each epoch, per seed and mean;
 # the PyTorch epochs are saved and scored by `cpack eval` too, so one
 # evaluator scores both sides.
 #
-#   bash bench/train_seeds.sh [--seeds "1 2 3"] [--runs "static refresh pytorch"]
+#   bash bench/train_seeds.sh [--seeds "1 2 3"] [--runs "static refresh pytorch replay"]
 #                             [--batching plain] [--no-dropout]
 #
-# --runs picks which of the three kinds this call trains (all by default; the
-# PyTorch run of a seed needs that seed's static run). Writes
+# --runs picks which kinds this call trains (static, refresh and pytorch by
+# default; the PyTorch runs of a seed need that seed's static run). Writes
 # target/bench/train-seeds.json and .md (train-seeds-nodrop.* with
 # --no-dropout) over every run of the given seeds
 # found in the workspace; finished steps of a run (cpack epochs, the PyTorch
@@ -60,9 +64,11 @@ train() {  # run name, flags...
   fi
 }
 wanted() { case " $RUNS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
-peer() {  # seed
-  local seed=$1 run=".cpack/runs/static$TAG-s$1"
-  [ -f "$run/pytorch.json" ] && return
+peer() {  # seed, kind (pytorch: own draws; replay: the cpack run's batches)
+  local seed=$1 kind=$2 run=".cpack/runs/static$TAG-s$1"
+  local out="$run/$kind" extra=()
+  if [ "$kind" = replay ]; then extra=(--replay "$run/steps.jsonl" --replay-with-dropout); fi
+  [ -f "$out.json" ] && return
   if [ ! -f "$run/report.json" ]; then
     echo "PyTorch seed $seed needs the static run of that seed first (--runs static)" >&2
     return 1
@@ -72,17 +78,17 @@ peer() {  # seed
     "$CPACK" -q mine export --round "$round" --format ids --output "$run/round-ids.jsonl.tmp"
     mv "$run/round-ids.jsonl.tmp" "$run/round-ids.jsonl"
   fi
-  if [ ! -f "$run/pytorch-train.json" ]; then
-    rm -rf "$run/pytorch"
+  if [ ! -f "$out-train.json" ]; then
+    rm -rf "$out"
     OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/train_recipe.py" --run-dir "$run" \
       --data "$ROOT/.cache/data/insuranceqa-en" --round-ids "$run/round-ids.jsonl" \
-      --seed "$seed" --threads 2 --save-dir "$run/pytorch" --no-eval --json "$run/pytorch-train.json.tmp" >/dev/null
-    mv "$run/pytorch-train.json.tmp" "$run/pytorch-train.json"
+      --seed "$seed" --threads 2 --save-dir "$out" --no-eval "${extra[@]}" --json "$out-train.json.tmp" >/dev/null
+    mv "$out-train.json.tmp" "$out-train.json"
   fi
   # Both sides are evaluated by the same evaluator: each PyTorch epoch is
   # indexed and scored by `cpack eval` (encoder parity with
   # sentence-transformers is tested), in a scratch copy of this workspace.
-  for dir in "$run"/pytorch/epoch-?; do
+  for dir in "$out"/epoch-?; do
     scratch="$dir-eval" model="$(realpath "$dir")"
     [ -f "$scratch/eval.json" ] && continue
     mkdir -p "$scratch"
@@ -92,14 +98,14 @@ peer() {  # seed
       && mv eval.json.tmp eval.json)
     rm -rf "$scratch/.cpack"
   done
-  python3 - "$run" <<'PY2'
+  python3 - "$out" <<'PY2'
 import json, sys
-run = sys.argv[1]
-trained = json.load(open(f"{run}/pytorch-train.json"))
+out = sys.argv[1]
+trained = json.load(open(f"{out}-train.json"))
 for row in trained["epochs"]:
-    row["ndcg_at_10"] = json.load(open(f"{run}/pytorch/epoch-{row['epoch']}-eval/eval.json"))["metrics"]["ndcg_at_10"]
+    row["ndcg_at_10"] = json.load(open(f"{out}/epoch-{row['epoch']}-eval/eval.json"))["metrics"]["ndcg_at_10"]
     row["evaluated_by"] = "cpack eval"
-json.dump(trained, open(f"{run}/pytorch.json", "w"), indent=2)
+json.dump(trained, open(f"{out}.json", "w"), indent=2)
 PY2
 }
 for seed in $SEEDS; do
@@ -109,7 +115,8 @@ for seed in $SEEDS; do
   if [ -n "$EXTRA" ] && wanted static; then
     train "static$TAG-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA" "${DROPOUT[@]}"
   fi
-  if wanted pytorch && [ -x "$VENV" ]; then peer "$seed"; fi
+  if wanted pytorch && [ -x "$VENV" ]; then peer "$seed" pytorch; fi
+  if wanted replay && [ -x "$VENV" ]; then peer "$seed" replay; fi
 done
 mkdir -p "$ROOT/target/bench"
 python3 - "$ROOT/target/bench/train-seeds$TAG" "$EXTRA" "$TAG" $SEEDS <<'PY'
@@ -120,14 +127,15 @@ def cpack(name):
     if not os.path.exists(path):
         return None
     return [e["eval"]["metrics"]["ndcg_at_10"] for e in json.load(open(path))["epochs"]]
-def peer(seed):
-    path = f".cpack/runs/static{tag}-s{seed}/pytorch.json"
+def peer(seed, kind="pytorch"):
+    path = f".cpack/runs/static{tag}-s{seed}/{kind}.json"
     return [e["ndcg_at_10"] for e in json.load(open(path))["epochs"]] if os.path.exists(path) else None
 rows = [("cpack static", lambda s: cpack(f"static{tag}-s{s}")),
         ("cpack refresh", lambda s: cpack(f"refresh{tag}-s{s}"))]
 if extra:
     rows.append((f"cpack static, --batching {extra}", lambda s: cpack(f"static{tag}-{extra}-s{s}")))
 rows.append(("PyTorch static (same questions and negatives, own draws)", peer))
+rows.append(("PyTorch on cpack static's batches (own dropout masks)", lambda s: peer(s, "replay")))
 summary, lines = {}, ["| run | seed | epoch 1 | epoch 2 |", "|---|---|---:|---:|"]
 for label, get in rows:
     per_seed = {s: get(s) for s in seeds}
