@@ -111,8 +111,12 @@ pub struct EncodeSection {
 /// Which runtime turns token ids into vectors.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EncoderRuntime {
-    /// cpack's own BERT on candle: the default, nothing to install.
-    Candle { device: ComputeDevice },
+    /// cpack's own BERT on candle: the default, nothing to install; f32, or
+    /// bf16 (meant for GPUs).
+    Candle {
+        device: ComputeDevice,
+        precision: WeightPrecision,
+    },
     /// ONNX Runtime on cpack's ONNX export of the model.
     Ort(OrtConfig),
 }
@@ -152,9 +156,14 @@ impl EncoderRuntime {
             );
         }
         match backend {
-            "candle" if precision == WeightPrecision::F32 => Ok(EncoderRuntime::Candle { device }),
+            "candle" if precision != WeightPrecision::Int8 => {
+                Ok(EncoderRuntime::Candle { device, precision })
+            }
             "candle" => bail!(
                 "encoder precision {precision} needs the ort backend (set encode.backend = \"ort\" or pass --encoder ort)"
+            ),
+            "ort" if precision == WeightPrecision::Bf16 => bail!(
+                "encoder precision bf16 needs the candle backend (set encode.backend = \"candle\")"
             ),
             "ort" => Ok(EncoderRuntime::Ort(OrtConfig {
                 precision,
@@ -321,7 +330,7 @@ impl Config {
     /// Where the encoder computes (ONNX Runtime: always the CPU).
     pub fn encode_device(&self) -> ComputeDevice {
         match &self.runtime {
-            EncoderRuntime::Candle { device } => *device,
+            EncoderRuntime::Candle { device, .. } => *device,
             EncoderRuntime::Ort(_) => ComputeDevice::Cpu,
         }
     }
@@ -416,7 +425,9 @@ threads = 0
 # chosen from the CPU's own AVX-512 / AVX2 / NEON flags) or "ort" (ONNX
 # Runtime on cpack's ONNX export of the model, made under .cpack/onnx/).
 backend = "candle"
-# "f32", or "int8" with ort: int8 weights, much faster, slightly different vectors.
+# "f32"; "int8" with ort: int8 weights, much faster, slightly different
+# vectors; "bf16" with candle, for GPUs (slow on a CPU). The precision is part
+# of the index's stamp: vectors of two precisions never share an index.
 # precision = "f32"
 # libonnxruntime.so; default: $CPACK_ORT_LIBRARY, else what scripts/setup.sh fetched.
 # ort_library = "/path/to/libonnxruntime.so.1.32.0"

@@ -203,3 +203,19 @@ fn a_token_budget_changes_the_batches_not_the_vectors() {
         }
     }
 }
+
+#[test]
+fn bf16_vectors_never_share_an_index_with_f32_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, passages) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build", "--encoder-precision", "bf16"]);
+    let info = json(&ok(&ws, &["index", "info", "--json"]));
+    assert_eq!(info["plan"]["stamp"]["encoder_precision"], "bf16");
+    let found = json(&ok(
+        &ws,
+        &["search", "--json", "-k", "1", "--encoder-precision", "bf16", &passages[2]],
+    ));
+    assert_eq!(found["results"][0]["id"], "p2");
+    let err = fails(&ws, &["search", &passages[2]]);
+    assert!(err.contains("encoder precision"), "{err}");
+}

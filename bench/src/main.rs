@@ -189,6 +189,7 @@ impl Workspace {
             &settings,
             &CandleLoader {
                 device: cpack_index::ComputeDevice::Cpu,
+                precision: WeightPrecision::F32,
             },
             threads,
         )?;
@@ -229,6 +230,7 @@ fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLo
     Ok(match args.backend.as_str() {
         "candle" => Box::new(CandleLoader {
             device: cpack_index::ComputeDevice::Cpu,
+            precision: WeightPrecision::F32,
         }),
         "ort" => Box::new(OrtLoader {
             options: OrtOptions {

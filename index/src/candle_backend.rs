@@ -2,7 +2,7 @@
 //! device it is given (the model picks its kernels from it).
 
 use crate::device::ComputeDevice;
-use crate::encoder::{BackendLoader, EncoderBackend, EncoderSettings, TokenBatch};
+use crate::encoder::{BackendLoader, EncoderBackend, EncoderSettings, TokenBatch, WeightPrecision};
 use crate::error::Result;
 use crate::model::{BertModel, Mode, ModelDir, Pooling};
 use candle_core::{DType, Device, Tensor, D};
@@ -21,22 +21,32 @@ pub struct CandleBackend {
     dim: usize,
     device: Device,
     compute: ComputeDevice,
+    precision: WeightPrecision,
 }
 
 impl CandleBackend {
-    /// Loads the model's safetensors weights as f32 onto `compute`
-    /// (memory-mapped on the CPU).
+    /// Loads the model's safetensors weights onto `compute` (memory-mapped on
+    /// the CPU) as f32, or as bf16 with `precision` bf16.
     pub fn load(
         model: &ModelDir,
         pooling: Pooling,
         normalize: bool,
         compute: ComputeDevice,
+        precision: WeightPrecision,
     ) -> Result<Self> {
         let device = compute.candle()?;
+        let dtype = match precision {
+            WeightPrecision::F32 => DType::F32,
+            WeightPrecision::Bf16 => DType::BF16,
+            WeightPrecision::Int8 => {
+                return Err(crate::error::Error::Invalid(
+                    "int8 weights need the ort backend".into(),
+                ))
+            }
+        };
         // SAFETY: the weights file is mapped read-only; cpack never writes to
         // a model folder it is reading from.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&model.weights], DType::F32, &device)? };
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&model.weights], dtype, &device)? };
         let vb = if model.weight_prefix.is_empty() {
             vb
         } else {
@@ -53,6 +63,7 @@ impl CandleBackend {
             dim: model.hidden_size(),
             device,
             compute,
+            precision,
         })
     }
 
@@ -64,10 +75,11 @@ impl CandleBackend {
     }
 }
 
-/// Loads [`CandleBackend`]s on one device: the default, needing nothing
-/// beyond the weights.
+/// Loads [`CandleBackend`]s on one device in one precision: the default,
+/// needing nothing beyond the weights.
 pub struct CandleLoader {
     pub device: ComputeDevice,
+    pub precision: WeightPrecision,
 }
 
 impl BackendLoader for CandleLoader {
@@ -76,8 +88,13 @@ impl BackendLoader for CandleLoader {
         model: &ModelDir,
         settings: &EncoderSettings,
     ) -> Result<Box<dyn EncoderBackend>> {
-        let backend =
-            CandleBackend::load(model, settings.pooling, settings.normalize, self.device)?;
+        let backend = CandleBackend::load(
+            model,
+            settings.pooling,
+            settings.normalize,
+            self.device,
+            self.precision,
+        )?;
         Ok(Box::new(backend))
     }
 }
@@ -115,7 +132,11 @@ impl EncoderBackend for CandleBackend {
         let shape = (batch.batch, batch.seq_len);
         let ids = Tensor::from_slice(&batch.input_ids, shape, &self.device)?;
         let mask = Tensor::from_slice(&batch.attention_mask, shape, &self.device)?;
-        let hidden = self.model.forward(&ids, &mask, Mode::Inference)?;
+        // Pooling and normalisation in f32 whatever the model computes in.
+        let hidden = self
+            .model
+            .forward(&ids, &mask, Mode::Inference)?
+            .to_dtype(DType::F32)?;
         let pooled = pool(&hidden, &mask, self.pooling, self.normalize)?;
         Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -140,5 +161,9 @@ impl EncoderBackend for CandleBackend {
 
     fn device(&self) -> ComputeDevice {
         self.compute
+    }
+
+    fn precision(&self) -> WeightPrecision {
+        self.precision
     }
 }

@@ -107,6 +107,9 @@ pub enum WeightPrecision {
     F32,
     /// Per-column int8 weights, activations quantised at run time (ORT only).
     Int8,
+    /// bf16 weights and activations, layer norms and softmax in f32 (candle,
+    /// for GPUs; on a CPU it runs the slow portable ops).
+    Bf16,
 }
 
 impl std::fmt::Display for WeightPrecision {
@@ -114,6 +117,7 @@ impl std::fmt::Display for WeightPrecision {
         f.write_str(match self {
             WeightPrecision::F32 => "f32",
             WeightPrecision::Int8 => "int8",
+            WeightPrecision::Bf16 => "bf16",
         })
     }
 }
@@ -124,8 +128,9 @@ impl std::str::FromStr for WeightPrecision {
         match s {
             "f32" => Ok(WeightPrecision::F32),
             "int8" => Ok(WeightPrecision::Int8),
+            "bf16" => Ok(WeightPrecision::Bf16),
             other => Err(format!(
-                "unknown encoder precision {other:?} (expected \"f32\" or \"int8\")"
+                "unknown encoder precision {other:?} (expected \"f32\", \"int8\" or \"bf16\")"
             )),
         }
     }

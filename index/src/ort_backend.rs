@@ -282,8 +282,14 @@ mod tests {
                 normalize,
                 Box::new(exported(&model, dir.path(), export)),
             );
-            let candle =
-                CandleBackend::load(&model, pooling, normalize, crate::ComputeDevice::Cpu).unwrap();
+            let candle = CandleBackend::load(
+                &model,
+                pooling,
+                normalize,
+                crate::ComputeDevice::Cpu,
+                crate::WeightPrecision::F32,
+            )
+            .unwrap();
             let reference = embed(&model, pooling, normalize, Box::new(candle));
             let worst = ort
                 .iter()

@@ -611,8 +611,14 @@ mod tests {
         encoder_with(
             f,
             Box::new(
-                CandleBackend::load(&f.model, Pooling::Mean, true, crate::ComputeDevice::Cpu)
-                    .unwrap(),
+                CandleBackend::load(
+                    &f.model,
+                    Pooling::Mean,
+                    true,
+                    crate::ComputeDevice::Cpu,
+                    crate::WeightPrecision::F32,
+                )
+                .unwrap(),
             ),
         )
     }
@@ -787,6 +793,7 @@ mod tests {
                     Pooling::Mean,
                     true,
                     crate::ComputeDevice::Cpu,
+                    crate::WeightPrecision::F32,
                 )
                 .unwrap(),
                 ok_calls: 3, // batch 3, chunk 4: the first chunk (2 calls) lands, the second dies

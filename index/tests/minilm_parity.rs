@@ -40,6 +40,7 @@ fn candle_matches_sentence_transformers() {
                 s.pooling,
                 s.normalize,
                 cpack_index::ComputeDevice::Cpu,
+                WeightPrecision::F32,
             )
             .unwrap(),
         )
@@ -57,12 +58,33 @@ fn candle_portable_path_matches_sentence_transformers() {
                 s.pooling,
                 s.normalize,
                 cpack_index::ComputeDevice::Cpu,
+                WeightPrecision::F32,
             )
             .unwrap()
             .with_kernels(cpack_index::model::Kernels::Portable),
         )
     });
     assert!(worst >= 0.9999, "worst cosine {worst}");
+}
+
+/// bf16 weights and activations (what a GPU encodes with), on the CPU's
+/// portable ops: close to f32, as the GPU path's target asks (≥ 0.999).
+#[test]
+fn candle_bf16_stays_close_to_sentence_transformers() {
+    let worst = check_against_sentence_transformers(&|model, s| {
+        Box::new(
+            CandleBackend::load(
+                model,
+                s.pooling,
+                s.normalize,
+                cpack_index::ComputeDevice::Cpu,
+                WeightPrecision::Bf16,
+            )
+            .unwrap(),
+        )
+    });
+    println!("bf16 worst cosine against sentence-transformers: {worst}");
+    assert!((0.999..0.99999).contains(&worst), "worst cosine {worst}");
 }
 
 fn ort_backend(

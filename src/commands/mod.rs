@@ -73,11 +73,14 @@ pub fn open_encoder(config: &Config) -> Result<Encoder> {
 pub fn backend_loader(config: &Config) -> Result<(Box<dyn BackendLoader>, usize)> {
     match &config.runtime {
         // One model on a GPU serves every batch; CPU workers each hold one.
-        EncoderRuntime::Candle { device } if !device.is_cpu() => {
-            Ok((Box::new(CandleLoader { device: *device }), 1))
-        }
-        EncoderRuntime::Candle { device } => {
-            Ok((Box::new(CandleLoader { device: *device }), config.threads))
+        EncoderRuntime::Candle { device, precision } => {
+            let loader = CandleLoader {
+                device: *device,
+                precision: *precision,
+            };
+            // One model on a GPU serves every batch; CPU workers each hold one.
+            let workers = if device.is_cpu() { config.threads } else { 1 };
+            Ok((Box::new(loader), workers))
         }
         EncoderRuntime::Ort(ort) => {
             let workers = (config.threads / ort.threads.max(1)).max(1);

@@ -67,9 +67,9 @@ fn decays(name: &str) -> bool {
 impl AdamW {
     /// The optimizer for `vars`, updating each with the kernels of its device.
     pub fn new(vars: Vec<(String, Var)>, hyper: AdamWParams) -> Result<Self> {
-        let kernels = vars
-            .first()
-            .map_or(Kernels::Cpu, |(_, v)| Kernels::for_device(v.device()));
+        let kernels = vars.first().map_or(Kernels::Cpu, |(_, v)| {
+            Kernels::for_weights(v.device(), v.dtype())
+        });
         Self::with_kernels(vars, hyper, kernels)
     }
 

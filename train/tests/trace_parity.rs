@@ -145,6 +145,7 @@ fn three_adamw_steps_match_pytorch() {
         pooling,
         h.normalize,
         cpack_index::ComputeDevice::Cpu,
+        cpack_index::WeightPrecision::F32,
     )
     .unwrap();
     let encoder = Encoder::new(&trained, settings, Box::new(backend)).unwrap();

@@ -7,7 +7,7 @@
 //! [`BertModel::forward_train`], which also applies the config's dropout.
 //!
 //! Which implementation runs each op follows the device of the weights
-//! ([`Kernels::for_device`]): cpack's CPU kernels on the CPU, candle's own
+//! ([`Kernels::for_weights`]): cpack's CPU kernels for f32 on the CPU, candle's own
 //! ops ([`super::portable`]) anywhere else. Both serve both modes.
 
 use super::config::{Activation, BertConfig};
@@ -35,9 +35,10 @@ pub enum Kernels {
 }
 
 impl Kernels {
-    /// The CPU kernels for CPU tensors, candle's ops for any other device.
-    pub fn for_device(device: &Device) -> Self {
-        if device.is_cpu() {
+    /// The CPU kernels for f32 tensors on the CPU (all they handle),
+    /// candle's ops for any other device or dtype.
+    pub fn for_weights(device: &Device, dtype: DType) -> Self {
+        if device.is_cpu() && dtype == DType::F32 {
             Kernels::Cpu
         } else {
             Kernels::Portable
@@ -245,7 +246,7 @@ impl BertModel {
             heads: cfg.num_attention_heads,
             head_dim: cfg.head_dim(),
             activation: cfg.hidden_act,
-            kernels: Kernels::for_device(vb.device()),
+            kernels: Kernels::for_weights(vb.device(), vb.dtype()),
         })
     }
 
@@ -259,6 +260,11 @@ impl BertModel {
     /// Where the weights live; inputs go there too.
     pub fn device(&self) -> &Device {
         self.embeddings.word.device()
+    }
+
+    /// The weights' dtype, which the activations keep.
+    pub fn dtype(&self) -> DType {
+        self.embeddings.word.dtype()
     }
 
     /// `input_ids` `[batch, seq]` u32, `attention_mask` `[batch, seq]` f32 (1 = token, 0 = pad).
@@ -292,7 +298,8 @@ impl BertModel {
         let (batch, seq) = input_ids.dims2()?;
         let ops = Ops::new(self.kernels, mode);
         // Padding keys get a large negative score, so softmax gives them zero weight.
-        let key_bias = ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?;
+        let key_bias =
+            ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.to_dtype(self.dtype())?;
         let mut hidden = ops.hidden_dropout(dropout, &self.embeddings.forward(input_ids, ops)?)?;
         for layer in &self.layers {
             hidden = self.layer_forward(layer, &hidden, &key_bias, ops, dropout)?;

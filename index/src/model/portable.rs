@@ -6,24 +6,30 @@
 //! candle ops, which candle runs on every device it supports and
 //! differentiates itself: the path a CUDA model takes, and on CPU the test of
 //! that path against the kernels. Dropout draws the very masks the kernels
-//! draw, so a training step here equals one there.
+//! draw, so a training step here equals one there. In bf16 the products and
+//! activations stay bf16; layer norms and softmax run in f32, as mixed
+//! precision does.
 
 use super::dropout::Mask;
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 
 /// `x · wᵀ + b` for `x` `[rows, in]`, `w` `[out, in]`.
 pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)?.broadcast_add(b)
 }
 
-/// Layer norm over the last dimension (biased variance, as PyTorch).
+/// Layer norm over the last dimension (biased variance, as PyTorch),
+/// computed in f32 and returned in `x`'s dtype.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
-    let centered = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let x32 = f32(x)?;
+    let centered = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
     let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
     centered
         .broadcast_div(&(variance + eps)?.sqrt()?)?
-        .broadcast_mul(gamma)?
-        .broadcast_add(beta)
+        .broadcast_mul(&f32(gamma)?)?
+        .broadcast_add(&f32(beta)?)?
+        .to_dtype(x.dtype())
 }
 
 /// `words` `[batch, seq, hidden]` plus `positions` `[seq, hidden]` plus `segment` `[hidden]`.
@@ -39,7 +45,7 @@ pub fn dropout(mask: Option<Mask>, x: &Tensor) -> Result<Tensor> {
     let mut factors = vec![1f32; x.elem_count()];
     mask.apply_to(&mut factors, 0);
     let factors = Tensor::from_vec(factors, x.shape(), &candle_core::Device::Cpu)?;
-    x.mul(&factors.to_device(x.device())?)
+    x.mul(&factors.to_dtype(x.dtype())?.to_device(x.device())?)
 }
 
 /// Multi-head self-attention: `qkv` `[batch · seq, 3 · hidden]` (queries,
@@ -72,10 +78,12 @@ pub fn attention(
         .reshape((batch * seq, hidden))
 }
 
-/// Softmax over the last dimension; the row maximum only shifts the
-/// exponent, so it is taken out of the graph.
+/// Softmax over the last dimension in f32, returned in `x`'s dtype; the row
+/// maximum only shifts the exponent, so it is taken out of the graph.
 fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let x32 = x.to_dtype(DType::F32)?;
+    let shifted = x32.broadcast_sub(&x32.max_keepdim(D::Minus1)?.detach())?;
     let num = shifted.exp()?;
-    num.broadcast_div(&num.sum_keepdim(D::Minus1)?)
+    num.broadcast_div(&num.sum_keepdim(D::Minus1)?)?
+        .to_dtype(x.dtype())
 }

@@ -83,7 +83,8 @@ struct BertGraph<'a> {
     b: GraphBuilder,
     weights: Weights<'a>,
     cfg: &'a BertConfig,
-    precision: WeightPrecision,
+    /// Dense layers as per-column int8 (`DynamicQuantizeMatMul`), else f32.
+    int8: bool,
 }
 
 /// Operator domain of ONNX Runtime's fused transformer kernels.
@@ -108,14 +109,14 @@ impl BertGraph<'_> {
         in_dim: usize,
         out_dim: usize,
     ) -> Result<String> {
-        Ok(match self.precision {
-            WeightPrecision::F32 => {
+        Ok(match self.int8 {
+            false => {
                 let w = self
                     .b
                     .f32_tensor(&format!("{name}.weight_t"), &[in_dim, out_dim], w);
                 self.b.node("MatMul", &[x, &w], &[])
             }
-            WeightPrecision::Int8 => {
+            true => {
                 let (q, scale) = quantize_columns(w, in_dim, out_dim);
                 let q = self
                     .b
@@ -233,15 +234,15 @@ impl BertGraph<'_> {
             .b
             .f32_tensor(&format!("{name}.bias"), &[3 * h], &qkv_bias);
         let heads = [("num_heads", Attr::Int(self.cfg.num_attention_heads as i64))];
-        Ok(match self.precision {
-            WeightPrecision::F32 => {
+        Ok(match self.int8 {
+            false => {
                 let w = self
                     .b
                     .f32_tensor(&format!("{name}.weight"), &[h, 3 * h], &qkv);
                 self.b
                     .node_in(MS, "Attention", &[x, &w, &bias, key_mask], &heads)
             }
-            WeightPrecision::Int8 => {
+            true => {
                 let (q, scale) = quantize_columns(&qkv, h, 3 * h);
                 let q = self
                     .b
@@ -343,6 +344,15 @@ pub fn build(
     normalize: bool,
     precision: WeightPrecision,
 ) -> Result<candle_onnx::onnx::GraphProto> {
+    let int8 = match precision {
+        WeightPrecision::F32 => false,
+        WeightPrecision::Int8 => true,
+        WeightPrecision::Bf16 => {
+            return Err(Error::Invalid(
+                "ONNX export writes f32 or int8 weights, not bf16".into(),
+            ))
+        }
+    };
     // SAFETY: read-only map of a model file cpack does not write while exporting.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&[&model.weights], DType::F32, &Device::Cpu)?
@@ -356,7 +366,7 @@ pub fn build(
         b: GraphBuilder::default(),
         weights: Weights { vb, model },
         cfg: &model.config,
-        precision,
+        int8,
     };
     let tokens = [Dim::Named("batch"), Dim::Named("sequence")];
     let ids = g.b.input("input_ids", DataType::Int64, &tokens);
