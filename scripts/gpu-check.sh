@@ -15,10 +15,12 @@
 # unpacks the binary, points LD_LIBRARY_PATH at the machine's CUDA 13
 # libraries (its Python's nvidia/cu13/lib), and writes $OUT/gpu-check.json
 # step by step (a step that fails records its error and the rest still run):
-#   parity    cpack --device cuda embeds the fixture sentences; min cosine to
-#             the CPU reference (f32 on the GPU: target ≥ 0.9999)
-#   encode    passages/s encoding the 27,413 answers at 128 and 256 tokens on
-#             the GPU, beside sentence-transformers on the same GPU and texts
+#   parity    cpack --device cuda embeds the fixture sentences in f32 and in
+#             bf16; min cosine to the CPU reference and to sentence-transformers
+#             (targets: f32 ≥ 0.9999, bf16 ≥ 0.999)
+#   encode    passages/s encoding the 27,413 answers in bf16 at 128 and 256
+#             tokens on the GPU (batches of at most 65,536 padded tokens),
+#             beside sentence-transformers on the same GPU and texts
 #   search    FAISS-GPU against CPU FAISS on the same index: the mined round
 #             (top 200, skip 10) of every training question from each, which
 #             match only if the candidates do
@@ -144,24 +146,31 @@ setup_gpu() {
 }
 
 parity() {
-  "$CPACK" -q embed -C "$WS" --device cuda --input "$CARRY/sentences.jsonl" --output "$OUT/gpu-embeddings.jsonl"
-  python3 - "$CARRY/reference.jsonl" "$OUT/gpu-embeddings.jsonl" "$CARRY/fixture.jsonl" <<'PY'
+  for precision in f32 bf16; do
+    "$CPACK" -q embed -C "$WS" --device cuda --encoder-precision "$precision" \
+      --input "$CARRY/sentences.jsonl" --output "$OUT/gpu-embeddings-$precision.jsonl"
+  done
+  python3 - "$CARRY/reference.jsonl" "$OUT" "$CARRY/fixture.jsonl" <<'PY'
 import json, math, sys
 def rows(p): return [json.loads(l) for l in open(p)]
 def cos(a, b): return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-ref, gpu, fixture = rows(sys.argv[1]), rows(sys.argv[2]), rows(sys.argv[3])
-to_cpu = [cos(a["embedding"], b["embedding"]) for a, b in zip(gpu, ref)]
-# The fixture holds each sentence at 128 and 256 tokens; cpack embedded at 256.
-to_st = [cos(a["embedding"], f["embedding"]) for a, f in zip(gpu, fixture) if f["max_seq_length"] == 256]
-print(json.dumps({"sentences": len(to_cpu), "min_cosine_to_cpu_f32": min(to_cpu),
-                  "min_cosine_to_sentence_transformers": min(to_st), "target": 0.9999}))
+ref, fixture = rows(sys.argv[1]), rows(sys.argv[3])
+out = {}
+for precision, target in [("f32", 0.9999), ("bf16", 0.999)]:
+    gpu = rows(f"{sys.argv[2]}/gpu-embeddings-{precision}.jsonl")
+    to_cpu = [cos(a["embedding"], b["embedding"]) for a, b in zip(gpu, ref)]
+    # The fixture holds each sentence at 128 and 256 tokens; cpack embedded at 256.
+    to_st = [cos(a["embedding"], f["embedding"]) for a, f in zip(gpu, fixture) if f["max_seq_length"] == 256]
+    out[precision] = {"sentences": len(to_cpu), "min_cosine_to_cpu_f32": min(to_cpu),
+                      "min_cosine_to_sentence_transformers": min(to_st), "target": target}
+print(json.dumps(out))
 PY
 }
 
 encode() {
   local rows="{}"
   for len in 128 256; do
-    "$CPACK" -q index build -C "$WS" --device cuda --batch-size 1024 --batch-tokens 65536 --passage-max-len "$len" --force >/dev/null
+    "$CPACK" -q index build -C "$WS" --device cuda --encoder-precision bf16 --batch-size 1024 --batch-tokens 65536 --passage-max-len "$len" --force >/dev/null
     local secs; secs=$("$CPACK" -q index info -C "$WS" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["timings"]["encode_seconds"])')
     local peer; peer=$(python3 - "$DATA/corpus.jsonl" "$MODEL" "$len" <<'PY'
 import json, sys, time
