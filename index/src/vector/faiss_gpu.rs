@@ -6,8 +6,8 @@
 use super::faiss::{faiss_err, FaissIndex, Inner, FILE_NAME};
 use super::{Hits, VectorIndex};
 use crate::error::{Error, Result};
-use ::faiss::gpu::StandardGpuResources;
-use ::faiss::index::gpu::GpuIndexImpl;
+use ::faiss::StandardGpuResources;
+use ::faiss::GpuIndexImpl;
 use ::faiss::index::{IndexImpl, UpcastIndex};
 use ::faiss::Index;
 use std::path::Path;
