@@ -213,7 +213,15 @@ fn bf16_vectors_never_share_an_index_with_f32_ones() {
     assert_eq!(info["plan"]["stamp"]["encoder_precision"], "bf16");
     let found = json(&ok(
         &ws,
-        &["search", "--json", "-k", "1", "--encoder-precision", "bf16", &passages[2]],
+        &[
+            "search",
+            "--json",
+            "-k",
+            "1",
+            "--encoder-precision",
+            "bf16",
+            &passages[2],
+        ],
     ));
     assert_eq!(found["results"][0]["id"], "p2");
     let err = fails(&ws, &["search", &passages[2]]);

@@ -84,6 +84,15 @@ pub fn mine(
     let (params, clamp_note) = params
         .validated(input.index.ids.len())
         .map_err(Error::Invalid)?;
+    // Before any query is encoded: FAISS on a GPU returns at most 2048 hits.
+    let most = input.index.vectors.max_k();
+    if params.topk > most {
+        return Err(Error::Invalid(format!(
+            "--topk {} is more than this index returns per query ({most} where it searches); \
+             lower --topk or search on the CPU (index.device = \"cpu\")",
+            params.topk
+        )));
+    }
     let stamp = &index_manifest.plan.stamp;
     let fresh = RoundManifest {
         round: 0,

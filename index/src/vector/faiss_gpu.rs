@@ -6,10 +6,10 @@
 use super::faiss::{faiss_err, FaissIndex, Inner, FILE_NAME};
 use super::{Hits, VectorIndex};
 use crate::error::{Error, Result};
-use ::faiss::StandardGpuResources;
-use ::faiss::GpuIndexImpl;
 use ::faiss::index::{IndexImpl, UpcastIndex};
+use ::faiss::GpuIndexImpl;
 use ::faiss::Index;
+use ::faiss::StandardGpuResources;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
