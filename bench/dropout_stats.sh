@@ -3,7 +3,11 @@
 # InsuranceQA training questions (each with its positive and other answers)
 # at the base model's weights, scored without dropout (both sides must
 # agree exactly) and under N dropout draws on each side (masks differ; the
-# mean loss and mean gradient norm must agree within their standard errors).
+# mean loss and mean gradient norm must agree within their standard errors),
+# and so must the mean gradient itself, weight by weight (word embeddings
+# aside): the squared distance between the two sides' mean gradients over
+# what their draws' variances predict for it is about 1 when the expected
+# gradients are the same.
 #
 #   bash bench/dropout_stats.sh [--queries 16] [--draws 80]
 #
@@ -24,9 +28,35 @@ bash scripts/setup.sh >/dev/null
 cargo build --release -q -p cpack-bench
 OUT=target/bench; mkdir -p "$OUT"
 ./target/release/cpack-bench dropout-stats --queries "$QUERIES" --draws "$DRAWS" \
-  --batch-out "$OUT/dropout-batch.json" --json "$OUT/dropout-cpack.json" >/dev/null
+  --batch-out "$OUT/dropout-batch.json" --json "$OUT/dropout-cpack.json" \
+  --gradients "$OUT/dropout-gradients" >/dev/null
 OMP_NUM_THREADS=2 "$VENV" bench/peer/dropout_stats.py --batch "$OUT/dropout-batch.json" \
-  --draws "$DRAWS" --json "$OUT/dropout-torch.json" >/dev/null 2>&1
+  --draws "$DRAWS" --json "$OUT/dropout-torch.json" --gradients "$OUT/dropout-gradients" >/dev/null 2>&1
+# The mean gradients: distance² over the variance it should have if equal.
+"$VENV" - "$OUT/dropout-gradients" > "$OUT/dropout-gradients.json" <<'PY'
+import json, sys
+import numpy as np
+d = sys.argv[1]
+meta = json.load(open(f"{d}/names.json"))
+n = meta["draws"]
+def moments(prefix):
+    s, q = np.fromfile(f"{d}/{prefix}sum.f64"), np.fromfile(f"{d}/{prefix}sumsq.f64")
+    mean = s / n
+    return mean, (q / n - mean ** 2) * n / (n - 1)
+(ma, va), (mb, vb) = moments(""), moments("torch-")
+expected = (va + vb) / n
+ratio = float(((ma - mb) ** 2).sum() / expected.sum())
+cosine = float(ma @ mb / np.sqrt((ma @ ma) * (mb @ mb)))
+per, at = [], 0
+for t in meta["tensors"]:
+    size = int(np.prod(t["shape"]))
+    sl = slice(at, at + size)
+    per.append({"name": t["name"], "ratio": float(((ma[sl] - mb[sl]) ** 2).sum() / max(expected[sl].sum(), 1e-300))})
+    at += size
+per.sort(key=lambda r: -r["ratio"])
+print(json.dumps({"draws": n, "weights": int(ma.size), "distance_over_expected": ratio,
+                  "cosine_of_mean_gradients": cosine, "largest_ratios": per[:8]}))
+PY
 python3 - "$OUT" <<'PY'
 import json, math, statistics as st, sys
 out = sys.argv[1]
@@ -41,6 +71,11 @@ for key, name in (("losses", "loss"), ("grad_norms", "gradient norm")):
                  f"| {(st.mean(x) - st.mean(y)) / se:+.2f} |")
 lines.append(f"| without dropout: loss, gradient norm | {a['no_dropout']['loss']:.6f}, {a['no_dropout']['grad_norm']:.4f} "
              f"| {b['no_dropout']['loss']:.6f}, {b['no_dropout']['grad_norm']:.4f} | |")
+g = json.load(open(f"{out}/dropout-gradients.json"))
+lines += ["", f"Mean gradient over the draws, {g['weights']:,} weights (word embeddings aside): "
+          f"squared distance between the sides / what the draws' variances predict = {g['distance_over_expected']:.3f} "
+          f"(about 1 if the expected gradients agree); cosine of the two mean gradients {g['cosine_of_mean_gradients']:.5f}. "
+          "Largest per tensor: " + ", ".join(f"{r['name']} {r['ratio']:.2f}" for r in g["largest_ratios"][:4]) + "."]
 open(f"{out}/dropout-stats.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -1,6 +1,9 @@
 """PyTorch's side of `cpack-bench dropout-stats`: the same batch's InfoNCE loss
 and gradient norm (before clipping) at the base weights, once with dropout off
-and then under --draws dropout draws in training mode. Prints one JSON line."""
+and then under --draws dropout draws in training mode. Prints one JSON line.
+With --gradients DIR (cpack's DIR from `dropout-stats --gradients`) it also
+sums each draw's gradient and its square over the same weights in the same
+order, into DIR/torch-sum.f64 and DIR/torch-sumsq.f64."""
 import argparse
 import json
 
@@ -16,6 +19,7 @@ def main():
     ap.add_argument("--draws", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
+    ap.add_argument("--gradients", help="cpack's gradient folder: add this side's sums beside its own")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batch = json.load(open(args.batch))
@@ -40,12 +44,25 @@ def main():
         return loss.item(), norm
 
     plain_loss, plain_norm = score(False)
+    tensors = json.load(open(f"{args.gradients}/names.json"))["tensors"] if args.gradients else []
+    params = dict(model.named_parameters())
+    size = sum(int(torch.tensor(t["shape"]).prod()) for t in tensors)
+    total, total_sq = torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
     losses, norms = [], []
     for draw in range(args.draws):
         torch.manual_seed(1000 + draw)
         loss, norm = score(True)
         losses.append(loss)
         norms.append(norm)
+        at = 0
+        for t in tensors:
+            g = params[t["name"]].grad.detach().flatten().double()
+            total[at:at + g.numel()] += g
+            total_sq[at:at + g.numel()] += g * g
+            at += g.numel()
+    if args.gradients:
+        total.numpy().tofile(f"{args.gradients}/torch-sum.f64")
+        total_sq.numpy().tofile(f"{args.gradients}/torch-sumsq.f64")
     out = {"bench": "dropout-stats", "side": f"pytorch {torch.__version__}",
            "no_dropout": {"loss": plain_loss, "grad_norm": plain_norm},
            "losses": losses, "grad_norms": norms}

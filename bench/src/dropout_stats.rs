@@ -5,7 +5,11 @@
 //! each with its positive and `group − 1` other answers — is written to
 //! `--batch-out` for bench/peer/dropout_stats.py, which scores the same
 //! texts under its own masks. Also records the batch without dropout, where
-//! both sides must agree exactly.
+//! both sides must agree exactly. With `--gradients DIR` it also sums every
+//! draw's gradient (and its square) per weight, word embeddings aside, so
+//! the *expected* gradient under dropout can be compared between the sides,
+//! not only its norm: a mask in the wrong place or with the wrong scale would
+//! move the mean gradient while leaving the norm's distribution alone.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -38,6 +42,10 @@ struct Args {
     batch_out: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write the per-weight sum and sum of squares of the draws' gradients
+    /// here (`names.json`, `sum.f64`, `sumsq.f64`).
+    #[arg(long)]
+    gradients: Option<PathBuf>,
 }
 
 pub const USAGE: &str = "cpack-bench dropout-stats [--model DIR] [--data DIR] [--queries 8] \
@@ -112,11 +120,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let trainer = Trainer::new(encoder, tokenizer, recipe)?;
     let q: Vec<&str> = queries.iter().map(String::as_str).collect();
     let p: Vec<&str> = passages.iter().map(String::as_str).collect();
-    let score = |seed: Option<u64>| -> Result<(f32, f64)> {
+    let mut moments = a.gradients.as_ref().map(|_| GradientMoments::new(&trainer));
+    let mut score = |seed: Option<u64>| -> Result<(f32, f64)> {
         let dropout = seed.and_then(|s| trainer.encoder().dropout(true, s));
         let pass = trainer.pass(&q, &p, dropout.as_ref())?;
-        let norm = pass.grads.context("loss is not finite")?.norm()?;
-        Ok((pass.loss, norm))
+        let grads = pass.grads.context("loss is not finite")?;
+        if let (Some(m), Some(_)) = (moments.as_mut(), seed) {
+            m.add(&trainer, &grads)?;
+        }
+        Ok((pass.loss, grads.norm()?))
     };
     let (plain_loss, plain_norm) = score(None)?;
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
@@ -125,6 +137,9 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("draw {draw}: loss {loss:.4}, gradient norm {norm:.4}");
         losses.push(loss as f64);
         norms.push(norm);
+    }
+    if let (Some(m), Some(dir)) = (moments, &a.gradients) {
+        m.write(dir)?;
     }
     let result = serde_json::json!({
         "bench": "dropout-stats",
@@ -140,4 +155,75 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::write(&path, result.to_string())?;
     }
     Ok(())
+}
+
+/// Per-weight sums of the draws' gradients and of their squares, in the
+/// trainer's (sorted) variable order; the word embeddings are left out (their
+/// gradient is one sparse 11.7 M-value table).
+struct GradientMoments {
+    names: Vec<(String, Vec<usize>)>,
+    sum: Vec<f64>,
+    sumsq: Vec<f64>,
+    draws: usize,
+}
+
+impl GradientMoments {
+    fn kept(trainer: &Trainer) -> Vec<(String, candle_core::Var)> {
+        trainer
+            .encoder()
+            .vars()
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("word_embeddings.weight"))
+            .collect()
+    }
+
+    fn new(trainer: &Trainer) -> Self {
+        let names: Vec<(String, Vec<usize>)> = Self::kept(trainer)
+            .iter()
+            .map(|(n, v)| (n.clone(), v.dims().to_vec()))
+            .collect();
+        let len = names.iter().map(|(_, d)| d.iter().product::<usize>()).sum();
+        GradientMoments {
+            names,
+            sum: vec![0.0; len],
+            sumsq: vec![0.0; len],
+            draws: 0,
+        }
+    }
+
+    fn add(&mut self, trainer: &Trainer, grads: &cpack_train::optim::Gradients) -> Result<()> {
+        let mut at = 0;
+        for (name, var) in Self::kept(trainer) {
+            let n = var.elem_count();
+            if let Some(g) = grads.get(&var) {
+                let values = g.flatten_all()?.to_vec1::<f32>()?;
+                for (i, v) in values.iter().enumerate() {
+                    let v = *v as f64;
+                    self.sum[at + i] += v;
+                    self.sumsq[at + i] += v * v;
+                }
+            } else {
+                eprintln!("{name}: no gradient");
+            }
+            at += n;
+        }
+        self.draws += 1;
+        Ok(())
+    }
+
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let names: Vec<_> = self
+            .names
+            .iter()
+            .map(|(n, d)| serde_json::json!({"name": n, "shape": d}))
+            .collect();
+        let meta = serde_json::json!({"draws": self.draws, "tensors": names});
+        std::fs::write(dir.join("names.json"), meta.to_string())?;
+        for (file, values) in [("sum.f64", &self.sum), ("sumsq.f64", &self.sumsq)] {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            std::fs::write(dir.join(file), bytes)?;
+        }
+        Ok(())
+    }
 }
