@@ -87,6 +87,8 @@ package() {
   local bin="$ROOT/target/cuda/release/cpack" stage="$ROOT/target/cuda/dist"
   rm -rf "$stage" && mkdir -p "$stage/lib" "$ROOT/dist"
   cp "$bin" "$stage/cpack"
+  # Symbols are most of an unstripped binary's size; the carry is small.
+  strip "$stage/cpack"
   # Everything it links outside glibc, the C++ runtime and CUDA itself.
   ldd "$bin" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
