@@ -44,16 +44,26 @@ impl std::fmt::Display for ComputeDevice {
     }
 }
 
+/// Reads `cpu` (`Ok(None)`), `gpu_word` (GPU 0) or `gpu_word:N`; the error
+/// names what was expected. Shared by the compute and index devices.
+pub(crate) fn parse_device(
+    s: &str,
+    gpu_word: &str,
+    what: &str,
+) -> std::result::Result<Option<usize>, String> {
+    let bad = || format!("unknown {what} {s:?} (expected cpu, {gpu_word} or {gpu_word}:N)");
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(None),
+        None if s == gpu_word => Ok(Some(0)),
+        Some((word, n)) if word == gpu_word => n.parse().map(Some).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
 impl std::str::FromStr for ComputeDevice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("unknown device {s:?} (expected cpu, cuda or cuda:N)");
-        match s.split_once(':') {
-            None if s == "cpu" => Ok(ComputeDevice::Cpu),
-            None if s == "cuda" => Ok(ComputeDevice::Cuda(0)),
-            Some(("cuda", n)) => n.parse().map(ComputeDevice::Cuda).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
+        Ok(parse_device(s, "cuda", "device")?.map_or(ComputeDevice::Cpu, ComputeDevice::Cuda))
     }
 }
 

@@ -5,9 +5,10 @@
 //! ONNX Runtime on cpack's own ONNX export.
 
 use cpack_index::candle_backend::CandleBackend;
-use cpack_index::model::ModelDir;
+use cpack_index::model::{Kernels, ModelDir};
 use cpack_index::onnx::{export_to, ExportOptions};
 use cpack_index::ort_backend::{find_library, OrtBackend, OrtOptions};
+use cpack_index::ComputeDevice;
 use cpack_index::{Encoder, EncoderBackend, EncoderSettings, TextKind, WeightPrecision};
 use std::path::PathBuf;
 
@@ -31,39 +32,30 @@ struct Reference {
 /// Makes the backend under test for a model and its settings.
 type BackendFactory<'a> = dyn Fn(&ModelDir, &EncoderSettings) -> Box<dyn EncoderBackend> + 'a;
 
+/// The candle backend in `precision`, on the CPU kernels or the portable ops.
+fn candle(
+    precision: WeightPrecision,
+    kernels: Kernels,
+) -> impl Fn(&ModelDir, &EncoderSettings) -> Box<dyn EncoderBackend> {
+    move |model, s| {
+        let backend =
+            CandleBackend::load(model, s.pooling, s.normalize, ComputeDevice::Cpu, precision)
+                .unwrap();
+        Box::new(backend.with_kernels(kernels))
+    }
+}
+
 #[test]
 fn candle_matches_sentence_transformers() {
-    let worst = check_against_sentence_transformers(&|model, s| {
-        Box::new(
-            CandleBackend::load(
-                model,
-                s.pooling,
-                s.normalize,
-                cpack_index::ComputeDevice::Cpu,
-                WeightPrecision::F32,
-            )
-            .unwrap(),
-        )
-    });
+    let worst = check_against_sentence_transformers(&candle(WeightPrecision::F32, Kernels::Cpu));
     assert!(worst >= 0.9999, "worst cosine {worst}");
 }
 
 /// The ops a GPU runs (candle's own), here on the CPU.
 #[test]
 fn candle_portable_path_matches_sentence_transformers() {
-    let worst = check_against_sentence_transformers(&|model, s| {
-        Box::new(
-            CandleBackend::load(
-                model,
-                s.pooling,
-                s.normalize,
-                cpack_index::ComputeDevice::Cpu,
-                WeightPrecision::F32,
-            )
-            .unwrap()
-            .with_kernels(cpack_index::model::Kernels::Portable),
-        )
-    });
+    let worst =
+        check_against_sentence_transformers(&candle(WeightPrecision::F32, Kernels::Portable));
     assert!(worst >= 0.9999, "worst cosine {worst}");
 }
 
@@ -71,18 +63,8 @@ fn candle_portable_path_matches_sentence_transformers() {
 /// portable ops: close to f32, as the GPU path's target asks (≥ 0.999).
 #[test]
 fn candle_bf16_stays_close_to_sentence_transformers() {
-    let worst = check_against_sentence_transformers(&|model, s| {
-        Box::new(
-            CandleBackend::load(
-                model,
-                s.pooling,
-                s.normalize,
-                cpack_index::ComputeDevice::Cpu,
-                WeightPrecision::Bf16,
-            )
-            .unwrap(),
-        )
-    });
+    let worst =
+        check_against_sentence_transformers(&candle(WeightPrecision::Bf16, Kernels::Portable));
     println!("bf16 worst cosine against sentence-transformers: {worst}");
     assert!((0.999..0.99999).contains(&worst), "worst cosine {worst}");
 }

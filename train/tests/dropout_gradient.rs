@@ -5,44 +5,13 @@
 //! that applied other masks than its forward (or none) would still give
 //! losses and gradient norms of the right size, and only this catches it.
 
+mod common;
+
 use candle_core::Tensor;
-use cpack_index::model::{ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer};
-use cpack_train::model::TrainableEncoder;
+use common::{tiny_model, trainer, PASSAGES, QUERIES};
+use cpack_index::model::Kernels;
 use cpack_train::optim::Gradients;
-use cpack_train::{TrainSettings, Trainer};
-use std::path::Path;
-
-const QUERIES: [&str; 3] = ["who pays the claim", "what is a premium", "renters cover"];
-const PASSAGES: [&str; 6] = [
-    "the insurer pays the claim after the adjuster looks at it",
-    "a premium is the price of the policy",
-    "renters insurance covers belongings",
-    "car insurance follows the car",
-    "an annuity pays income for life",
-    "term life pays a benefit",
-];
-
-fn trainer(model: &Path, mini_batch: usize) -> Trainer {
-    let model = ModelDir::open(model).unwrap();
-    let settings = EncoderSettings {
-        query_max_len: 16,
-        passage_max_len: 24,
-        ..EncoderSettings::declared_by(&model)
-    };
-    let recipe = TrainSettings {
-        batch_size: QUERIES.len(),
-        group_size: PASSAGES.len() / QUERIES.len(),
-        temperature: 0.05,
-        dropout: true,
-        mini_batch,
-        ..TrainSettings::default()
-    };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu).unwrap();
-    let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
-    Trainer::new(encoder, tokenizer, recipe).unwrap()
-}
+use cpack_train::{LossKind, Trainer};
 
 /// The gradient scaled to unit norm, one tensor per variable (zeros where
 /// the loss does not reach), and the norm it had.
@@ -85,9 +54,8 @@ fn loss_at(trainer: &Trainer, dir: &[Tensor], step: f64, seed: u64) -> f64 {
 
 fn check(mini_batch: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let texts: Vec<&str> = QUERIES.iter().chain(&PASSAGES).copied().collect();
-    cpack_index::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
-    let trainer = trainer(dir.path(), mini_batch);
+    tiny_model(dir.path());
+    let trainer = trainer(dir.path(), Kernels::Cpu, LossKind::InfoNce, mini_batch);
     for seed in [3u64, 11, 29] {
         let dropout = trainer.encoder().dropout(true, seed);
         let pass = trainer.pass(&QUERIES, &PASSAGES, dropout.as_ref()).unwrap();

@@ -4,45 +4,11 @@
 //! same gradient on every weight, whole and with gradient caching. This is
 //! how the logic of the GPU path is tested on machines without a GPU.
 
-use cpack_index::model::{Kernels, ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer};
-use cpack_train::model::TrainableEncoder;
-use cpack_train::{LossKind, TrainSettings, Trainer};
-use std::path::Path;
+mod common;
 
-const QUERIES: [&str; 3] = ["who pays the claim", "what is a premium", "renters cover"];
-const PASSAGES: [&str; 6] = [
-    "the insurer pays the claim after the adjuster looks at it",
-    "a premium is the price of the policy",
-    "renters insurance covers belongings",
-    "car insurance follows the car",
-    "an annuity pays income for life",
-    "term life pays a benefit",
-];
-
-fn trainer(model: &Path, kernels: Kernels, loss: LossKind, mini_batch: usize) -> Trainer {
-    let model = ModelDir::open(model).unwrap();
-    let settings = EncoderSettings {
-        query_max_len: 16,
-        passage_max_len: 24,
-        ..EncoderSettings::declared_by(&model)
-    };
-    let recipe = TrainSettings {
-        batch_size: QUERIES.len(),
-        group_size: PASSAGES.len() / QUERIES.len(),
-        temperature: 0.05,
-        loss,
-        dropout: true,
-        mini_batch,
-        ..TrainSettings::default()
-    };
-    let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu)
-        .unwrap()
-        .with_kernels(kernels);
-    let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
-    Trainer::new(encoder, tokenizer, recipe).unwrap()
-}
+use common::{tiny_model, trainer, PASSAGES, QUERIES};
+use cpack_index::model::Kernels;
+use cpack_train::{LossKind, Trainer};
 
 fn norm(t: &candle_core::Tensor) -> f64 {
     (t.sqr()
@@ -57,8 +23,7 @@ fn norm(t: &candle_core::Tensor) -> f64 {
 #[test]
 fn portable_ops_train_as_the_cpu_kernels_do() {
     let dir = tempfile::tempdir().unwrap();
-    let texts: Vec<&str> = QUERIES.iter().chain(&PASSAGES).copied().collect();
-    cpack_index::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
+    tiny_model(dir.path());
     for loss in [LossKind::InfoNce, LossKind::Gte] {
         for mini_batch in [0, 2] {
             let cpu = trainer(dir.path(), Kernels::Cpu, loss, mini_batch);

@@ -84,13 +84,8 @@ impl std::fmt::Display for IndexDevice {
 impl std::str::FromStr for IndexDevice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("unknown index device {s:?} (expected cpu, gpu or gpu:N)");
-        match s.split_once(':') {
-            None if s == "cpu" => Ok(IndexDevice::Cpu),
-            None if s == "gpu" => Ok(IndexDevice::Gpu(0)),
-            Some(("gpu", n)) => n.parse().map(IndexDevice::Gpu).map_err(|_| bad()),
-            _ => Err(bad()),
-        }
+        let ordinal = crate::device::parse_device(s, "gpu", "index device")?;
+        Ok(ordinal.map_or(IndexDevice::Cpu, IndexDevice::Gpu))
     }
 }
 
