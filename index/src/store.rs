@@ -607,20 +607,14 @@ mod tests {
         Encoder::new(&f.model, settings, backend).unwrap()
     }
 
+    /// The fixture's model on candle's CPU kernels, f32.
+    fn candle(f: &Fixture) -> CandleBackend {
+        let (device, precision) = (crate::ComputeDevice::Cpu, crate::WeightPrecision::F32);
+        CandleBackend::load(&f.model, Pooling::Mean, true, device, precision).unwrap()
+    }
+
     fn encoder(f: &Fixture) -> Encoder {
-        encoder_with(
-            f,
-            Box::new(
-                CandleBackend::load(
-                    &f.model,
-                    Pooling::Mean,
-                    true,
-                    crate::ComputeDevice::Cpu,
-                    crate::WeightPrecision::F32,
-                )
-                .unwrap(),
-            ),
-        )
+        encoder_with(f, Box::new(candle(f)))
     }
 
     fn plan(f: &Fixture, enc: &Encoder, index: IndexKind) -> BuildPlan {
@@ -788,14 +782,7 @@ mod tests {
         let failing = encoder_with(
             &f,
             Box::new(FailingBackend {
-                inner: CandleBackend::load(
-                    &f.model,
-                    Pooling::Mean,
-                    true,
-                    crate::ComputeDevice::Cpu,
-                    crate::WeightPrecision::F32,
-                )
-                .unwrap(),
+                inner: candle(&f),
                 ok_calls: 3, // batch 3, chunk 4: the first chunk (2 calls) lands, the second dies
                 calls: AtomicUsize::new(0),
             }),
