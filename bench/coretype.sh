@@ -26,8 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench --bin cpack-bench
-cargo build --release -q --bin cpack
+cargo build --release -q --workspace --bins
 if [ ! -f "$WS/.cpack/index/CURRENT" ]; then
   mkdir -p "$WS"
   [ -f "$WS/cpack.toml" ] || ./target/release/cpack -C "$WS" init \

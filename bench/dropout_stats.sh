@@ -25,7 +25,7 @@ done
 VENV=.cache/bench-venv/bin/python
 [ -x "$VENV" ] || { echo "the PyTorch side needs .cache/bench-venv: bash bench/peer/setup.sh" >&2; exit 1; }
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench
+cargo build --release -q --workspace --bins
 OUT=target/bench; mkdir -p "$OUT"
 ./target/release/cpack-bench dropout-stats --queries "$QUERIES" --draws "$DRAWS" \
   --batch-out "$OUT/dropout-batch.json" --json "$OUT/dropout-cpack.json" \

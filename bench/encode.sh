@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench
+cargo build --release -q --workspace --bins
 OUT=target/bench; mkdir -p "$OUT"
 VENV=.cache/bench-venv/bin/python
 common=(--max-len "$MAX_LEN" --threads "$THREADS" --batch 32 --batches 8 --reps 3)

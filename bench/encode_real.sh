@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench --bin cpack-bench
+cargo build --release -q --workspace --bins
 OUT=target/bench/encode-real-runs; mkdir -p "$OUT"; rm -f "$OUT"/*.json
 VENV=.cache/bench-venv/bin/python
 for round in $(seq "$ROUNDS"); do

@@ -24,8 +24,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench --bin cpack-bench
-cargo build --release -q --bin cpack
+cargo build --release -q --workspace --bins
 OUT=target/bench/onnx-runs; mkdir -p "$OUT"; rm -f "$OUT"/*.json
 VENV=.cache/bench-venv/bin/python
 common=(--max-len 128 --threads "$THREADS" --batch 32 --batches 8 --reps 3)

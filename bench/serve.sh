@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack -p cpack-bench
+cargo build --release -q --workspace --bins
 WS="${CPACK_QUICKSTART_DIR:-$ROOT/.cache/quickstart-insuranceqa}"
 mkdir -p "$WS"
 if [ ! -f "$WS/cpack.toml" ]; then

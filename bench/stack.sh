@@ -35,8 +35,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench --bin cpack-bench
-cargo build --release -q --bin cpack
+cargo build --release -q --workspace --bins
 CPACK="$ROOT/target/release/cpack"
 BENCH="$ROOT/target/release/cpack-bench"
 VENV="$ROOT/.cache/bench-venv/bin/python"

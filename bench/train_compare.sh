@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
 [ -f "$TWS/cpack.toml" ] || { echo "run bash scripts/quickstart.sh first (it makes $TWS)" >&2; exit 1; }
-cargo build --release -q --bin cpack
+cargo build --release -q --workspace --bins
 CPACK="$ROOT/target/release/cpack"
 cd "$TWS"
 run() {  # name, extra flags...

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
-cargo build --release -q -p cpack-bench
+cargo build --release -q --workspace --bins
 OUT=target/bench; mkdir -p "$OUT"
 SHAPE=(--queries 32 --query-len 64 --passages 256 --passage-len 256 --threads 2 --reps 1)
 measure() {  # label, command…

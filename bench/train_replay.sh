@@ -26,7 +26,7 @@ done
 VENV="$ROOT/.cache/bench-venv/bin/python"
 [ -x "$VENV" ] || { echo "the PyTorch side needs .cache/bench-venv: bash bench/peer/setup.sh" >&2; exit 1; }
 bash scripts/setup.sh >/dev/null
-cargo build --release -q --bin cpack
+cargo build --release -q --workspace --bins
 CPACK="$ROOT/target/release/cpack"
 TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
 bash scripts/train_workspace.sh "$TWS" >/dev/null

@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
 done
 bash scripts/setup.sh >/dev/null
 if [ -z "${CPACK_BIN:-}" ]; then
-  cargo build --release -q --bin cpack
+  cargo build --release -q --workspace --bins
 fi
 CPACK="${CPACK_BIN:-$ROOT/target/release/cpack}"
 VENV="$ROOT/.cache/bench-venv/bin/python"
