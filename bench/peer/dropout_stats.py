@@ -20,11 +20,16 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
     ap.add_argument("--gradients", help="cpack's gradient folder: add this side's sums beside its own")
+    ap.add_argument("--hidden-dropout", type=float, help="instead of config.json's hidden_dropout_prob")
+    ap.add_argument("--attention-dropout", type=float,
+                    help="instead of config.json's attention_probs_dropout_prob")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batch = json.load(open(args.batch))
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModel.from_pretrained(args.model)
+    rates = {k: v for k, v in (("hidden_dropout_prob", args.hidden_dropout),
+                               ("attention_probs_dropout_prob", args.attention_dropout)) if v is not None}
+    model = AutoModel.from_pretrained(args.model, **rates)
     queries, passages = batch["queries"], batch["passages"]
     group = len(passages) // len(queries)
 
@@ -64,6 +69,8 @@ def main():
         total.numpy().tofile(f"{args.gradients}/torch-sum.f64")
         total_sq.numpy().tofile(f"{args.gradients}/torch-sumsq.f64")
     out = {"bench": "dropout-stats", "side": f"pytorch {torch.__version__}",
+           "hidden_dropout": model.config.hidden_dropout_prob,
+           "attention_dropout": model.config.attention_probs_dropout_prob,
            "no_dropout": {"loss": plain_loss, "grad_norm": plain_norm},
            "losses": losses, "grad_norms": norms}
     print(json.dumps(out))

@@ -14,7 +14,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use cpack_index::dataset::{Qrels, TextTable};
-use cpack_index::model::{ModelDir, Pooling};
+use cpack_index::model::{Dropout, ModelDir, Pooling};
 use cpack_index::ComputeDevice;
 use cpack_index::{EncoderSettings, PairTokenizer};
 use cpack_train::model::TrainableEncoder;
@@ -46,10 +46,18 @@ struct Args {
     /// here (`names.json`, `sum.f64`, `sumsq.f64`).
     #[arg(long)]
     gradients: Option<PathBuf>,
+    /// Hidden-state drop probability instead of config.json's (0 leaves
+    /// only the attention dropout: the two places can be compared apart).
+    #[arg(long)]
+    hidden_dropout: Option<f32>,
+    /// Attention-probability drop probability instead of config.json's.
+    #[arg(long)]
+    attention_dropout: Option<f32>,
 }
 
 pub const USAGE: &str = "cpack-bench dropout-stats [--model DIR] [--data DIR] [--queries 8] \
-    [--group 4] [--draws 16] --batch-out BATCH.json [--json OUT]";
+    [--group 4] [--draws 16] [--hidden-dropout P] [--attention-dropout P] --batch-out BATCH.json \
+    [--json OUT] [--gradients DIR]";
 
 fn parse(args: &[String]) -> Result<Args> {
     // clap prints --help and flag errors itself and exits.
@@ -121,8 +129,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let q: Vec<&str> = queries.iter().map(String::as_str).collect();
     let p: Vec<&str> = passages.iter().map(String::as_str).collect();
     let mut moments = a.gradients.as_ref().map(|_| GradientMoments::new(&trainer));
+    let (hidden, attention) = (
+        a.hidden_dropout.unwrap_or(model.config.hidden_dropout_prob as f32),
+        a.attention_dropout
+            .unwrap_or(model.config.attention_probs_dropout_prob as f32),
+    );
     let mut score = |seed: Option<u64>| -> Result<(f32, f64)> {
-        let dropout = seed.and_then(|s| trainer.encoder().dropout(true, s));
+        let dropout = seed.map(|s| Dropout::new(hidden, attention, s));
         let pass = trainer.pass(&q, &p, dropout.as_ref())?;
         let grads = pass.grads.context("loss is not finite")?;
         if let (Some(m), Some(_)) = (moments.as_mut(), seed) {
@@ -146,6 +159,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "side": "cpack",
         "threads": threads,
         "queries": a.queries, "group": a.group,
+        "hidden_dropout": hidden, "attention_dropout": attention,
         "no_dropout": {"loss": plain_loss, "grad_norm": plain_norm},
         "losses": losses,
         "grad_norms": norms,
