@@ -173,6 +173,13 @@ pub struct TrainArgs {
     /// Turn the model's dropout off (deterministic forward passes).
     #[arg(long)]
     pub no_dropout: bool,
+    /// Query-side training (ADORE): passages keep the base model's vectors
+    /// from the workspace index, only the queries run through the model.
+    /// Steps skip the passages' passes and a refresh is a query encode and a
+    /// search: the index is never re-encoded. Checkpoints are then query
+    /// encoders, to pair with the base model's index [train.freeze_passages].
+    #[arg(long)]
+    pub freeze_passages: bool,
     /// Train on a seeded subset of N queries of the split.
     #[arg(long, value_name = "N")]
     pub max_queries: Option<usize>,

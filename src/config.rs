@@ -63,6 +63,7 @@ pub struct TrainSection {
     pub seed: Option<u64>,
     pub max_grad_norm: Option<f64>,
     pub dropout: Option<bool>,
+    pub freeze_passages: Option<bool>,
     pub max_queries: Option<usize>,
     pub split: Option<String>,
     pub eval_split: Option<String>,
@@ -475,6 +476,9 @@ precision = "f32"
 # seed = 42
 # max_grad_norm = 1.0
 # dropout = true
+# Query-side training: passages keep the base model's vectors (the index is
+# never re-encoded), only queries train; checkpoints are query encoders.
+# freeze_passages = false
 # Train on a seeded subset of N queries.
 # max_queries = 2000
 # split = "train"

@@ -734,3 +734,91 @@ fn clustered_batches_train_and_are_seeded() {
         "the clusters and batches are seeded"
     );
 }
+
+/// Every file under `dir` with its bytes, by path (the process lock aside:
+/// it names the last process that held it).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if !path.ends_with("LOCK") {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    // At the run's lengths, so that the run finds it up to date.
+    ok(
+        &ws,
+        &[
+            "index",
+            "build",
+            "--passage-max-len",
+            "48",
+            "--query-max-len",
+            "24",
+        ],
+    );
+    let index = ws.join(".cpack/index");
+    let before = snapshot(&index);
+    let run = train(
+        &ws,
+        &[
+            "--freeze-passages",
+            "--epochs",
+            "2",
+            "--group-size",
+            "3",
+            "--eval-split",
+            "test",
+            "--run",
+            "q",
+        ],
+    );
+    assert_eq!(run["spec"]["train"]["freeze_passages"], true);
+    let after = snapshot(&index);
+    let changed: Vec<_> = after
+        .keys()
+        .filter(|p| after.get(*p) != before.get(*p))
+        .collect();
+    assert!(
+        changed.is_empty() && after.len() == before.len(),
+        "the base model's index, the frozen passages, is never rewritten: {changed:?}"
+    );
+    assert!(!ws.join(".cpack/runs/q/index").exists(), "no run index");
+    let epochs = run["epochs"].as_array().unwrap();
+    for e in epochs {
+        assert_eq!(e["encode_seconds"], 0.0, "{e}");
+        assert!(e["eval"]["metrics"]["ndcg_at_10"].as_f64().is_some());
+    }
+    let rounds: Vec<String> = epochs.iter().map(|e| e["round"].to_string()).collect();
+    assert_ne!(
+        rounds[0], rounds[1],
+        "the refresh mines with the new queries"
+    );
+    let manifest = |round: &str| {
+        json(&ok(&ws, &["mine", "stats", "--round", round, "--json"]))["manifest"].clone()
+    };
+    let (first, refreshed) = (manifest(&rounds[0]), manifest(&rounds[1]));
+    assert!(first["query_model_fingerprint"].is_null(), "{first}");
+    assert_eq!(
+        refreshed["model_fingerprint"], first["model_fingerprint"],
+        "the refresh searched the base model's passages"
+    );
+    let query_model = refreshed["query_model_fingerprint"].as_str().unwrap();
+    assert_ne!(query_model, first["model_fingerprint"].as_str().unwrap());
+    // Resuming the finished run mines nothing new.
+    ok(&ws, &["train", "--run", "q", "--resume"]);
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    assert_eq!(stats["manifest"]["round"].to_string(), rounds[1]);
+}

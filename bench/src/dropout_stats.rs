@@ -130,7 +130,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let p: Vec<&str> = passages.iter().map(String::as_str).collect();
     let mut moments = a.gradients.as_ref().map(|_| GradientMoments::new(&trainer));
     let (hidden, attention) = (
-        a.hidden_dropout.unwrap_or(model.config.hidden_dropout_prob as f32),
+        a.hidden_dropout
+            .unwrap_or(model.config.hidden_dropout_prob as f32),
         a.attention_dropout
             .unwrap_or(model.config.attention_probs_dropout_prob as f32),
     );

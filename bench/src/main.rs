@@ -482,6 +482,7 @@ fn mine(args: &[String]) -> Result<()> {
                 all_qrels: &all,
                 encoder: &encoder,
                 index: &mut index,
+                query_model_fingerprint: None,
             };
             mine_round(input, topk, skip, chunk_queries, overlap)
         };

@@ -5,8 +5,11 @@
 use crate::error::{Error, Result};
 use serde::{de::DeserializeOwned, Serialize};
 
-/// Version of the record encoding.
-pub const FORMAT: u8 = 1;
+/// Version of the record encoding. 2: round manifests name the model that
+/// encoded the queries when it is not the index's (see
+/// `store::RoundManifest::query_model_fingerprint`); version-1 manifests are
+/// read as rounds whose queries the index's model encoded.
+pub const FORMAT: u8 = 2;
 
 /// More than any record holds (a query's few hundred candidates, a round's manifest).
 const MAX_RECORD_BYTES: usize = 64 << 20;

@@ -160,6 +160,7 @@ pub fn import_flag_embedding(
         created_unix: 0,
         seconds: 0.0,
         timings: MiningTimings::default(),
+        query_model_fingerprint: None,
     };
     store.put_manifest(&manifest)?;
     store.put_chunk(round, 0, &records)?;

@@ -56,6 +56,9 @@ pub struct MiningInput<'a> {
     pub all_qrels: &'a [Qrels],
     pub encoder: &'a Encoder,
     pub index: &'a mut OpenIndex,
+    /// Fingerprint of the model behind `encoder` when it is not the one
+    /// that encoded the index (query-side training); `None`: the same model.
+    pub query_model_fingerprint: Option<String>,
 }
 
 /// What `mine` did.
@@ -107,10 +110,12 @@ pub fn mine(
         created_unix: now(),
         seconds: 0.0,
         timings: MiningTimings::default(),
+        query_model_fingerprint: input.query_model_fingerprint.clone(),
     };
     let same_work = |m: &RoundManifest| {
         m.params == fresh.params
             && m.model_fingerprint == fresh.model_fingerprint
+            && m.query_model_fingerprint == fresh.query_model_fingerprint
             && m.corpus_fingerprint == fresh.corpus_fingerprint
             && m.query_instruction == fresh.query_instruction
             && m.index_generation == fresh.index_generation

@@ -55,6 +55,64 @@ pub struct RoundManifest {
     pub seconds: f64,
     /// Where the time went, summed over resumed runs.
     pub timings: MiningTimings,
+    /// The model that encoded the queries, when it is not the index's
+    /// (query-side training searches the base model's passages with the
+    /// model being trained); `None`: the index's model did.
+    pub query_model_fingerprint: Option<String>,
+}
+
+impl RoundManifest {
+    /// Fingerprint of the model that encoded this round's queries.
+    pub fn query_model(&self) -> &str {
+        self.query_model_fingerprint
+            .as_deref()
+            .unwrap_or(&self.model_fingerprint)
+    }
+}
+
+/// A round manifest as format 1 stored it (no query model).
+#[derive(Deserialize)]
+struct RoundManifestV1 {
+    round: u32,
+    params: MiningParams,
+    model_fingerprint: String,
+    corpus_fingerprint: String,
+    query_instruction: String,
+    index_generation: String,
+    chunk_queries: usize,
+    total_queries: usize,
+    complete: bool,
+    created_unix: u64,
+    seconds: f64,
+    timings: MiningTimings,
+}
+
+impl From<RoundManifestV1> for RoundManifest {
+    fn from(v: RoundManifestV1) -> Self {
+        RoundManifest {
+            round: v.round,
+            params: v.params,
+            model_fingerprint: v.model_fingerprint,
+            corpus_fingerprint: v.corpus_fingerprint,
+            query_instruction: v.query_instruction,
+            index_generation: v.index_generation,
+            chunk_queries: v.chunk_queries,
+            total_queries: v.total_queries,
+            complete: v.complete,
+            created_unix: v.created_unix,
+            seconds: v.seconds,
+            timings: v.timings,
+            query_model_fingerprint: None,
+        }
+    }
+}
+
+fn decode_manifest(bytes: &[u8]) -> Result<RoundManifest> {
+    const WHAT: &str = "round manifest";
+    if bytes.first() == Some(&1) {
+        return Ok(codec::decode::<RoundManifestV1>(WHAT, bytes)?.into());
+    }
+    codec::decode(WHAT, bytes)
 }
 
 /// Seconds spent per stage of mining. Encoding runs on its own thread,
@@ -170,14 +228,14 @@ impl NegativeStore {
             .iter()
             .map(|kv| {
                 let (_, v) = kv.map_err(self.err())?;
-                codec::decode("round manifest", &v)
+                decode_manifest(&v)
             })
             .collect()
     }
 
     pub fn round(&self, round: u32) -> Result<Option<RoundManifest>> {
         match self.rounds.get(round.to_be_bytes()).map_err(self.err())? {
-            Some(v) => Ok(Some(codec::decode("round manifest", &v)?)),
+            Some(v) => Ok(Some(decode_manifest(&v)?)),
             None => Ok(None),
         }
     }
@@ -277,5 +335,57 @@ impl NegativeStore {
         }
         self.flush()?;
         Ok(doomed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{OnShort, Sampling};
+
+    #[test]
+    fn format_1_manifests_read_as_rounds_whose_queries_the_index_model_encoded() {
+        let params = MiningParams {
+            split: "train".into(),
+            topk: 30,
+            skip: 2,
+            skip_after_filter: false,
+            negatives: 3,
+            sampling: Sampling::Top,
+            on_short: OnShort::Keep,
+            seed: 7,
+            max_score: None,
+            margin: Some(0.05),
+            relative_margin: None,
+        };
+        // bincode writes a struct as its fields in order, as this tuple.
+        let v1 = (
+            3u32,
+            params.clone(),
+            "model-fp".to_string(),
+            "corpus-fp".to_string(),
+            "instruction".to_string(),
+            "gen-1".to_string(),
+            2048usize,
+            40usize,
+            true,
+            5u64,
+            1.5f64,
+            MiningTimings::default(),
+        );
+        let mut bytes = codec::encode(&v1);
+        bytes[0] = 1;
+        let old = decode_manifest(&bytes).unwrap();
+        assert_eq!((old.round, old.total_queries, old.complete), (3, 40, true));
+        assert_eq!(old.params, params);
+        assert_eq!(old.index_generation, "gen-1");
+        assert_eq!(old.query_model_fingerprint, None);
+        assert_eq!(old.query_model(), "model-fp");
+        let current = RoundManifest {
+            query_model_fingerprint: Some("query-fp".into()),
+            ..old
+        };
+        assert_eq!(decode_manifest(&codec::encode(&current)).unwrap(), current);
+        assert_eq!(current.query_model(), "query-fp");
     }
 }

@@ -116,6 +116,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
         all_qrels: &qrels,
         encoder: &encoder,
         index: &mut index,
+        query_model_fingerprint: None,
     };
     let options = MineOptions {
         force: args.force,

@@ -129,6 +129,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         seed: pick(&args.seed, &file.seed, config.seed),
         mini_batch: pick(&args.mini_batch, &file.mini_batch, d.mini_batch),
         batching: pick(&args.batching, &file.batching, d.batching),
+        freeze_passages: args.freeze_passages || file.freeze_passages.unwrap_or(d.freeze_passages),
     };
     validate(&train)?;
     let split = pick(&args.split, &file.split, "train".into());

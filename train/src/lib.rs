@@ -4,7 +4,8 @@
 //! trains; [`data`] turns a mining round into per-epoch batches (one
 //! positive + `group_size − 1` negatives per query, no clashing texts);
 //! [`loss`] is InfoNCE over in-batch + hard negatives or GTE's variant;
-//! [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
+//! [`frozen`] holds the base index's passage vectors for query-side
+//! training (`--freeze-passages`); [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
 //! schedule; [`trainer`] runs steps and epochs; [`checkpoint`] writes
 //! Hugging Face folders atomically, with the state `--resume` needs;
 //! [`run`] closes the ANCE loop: train, re-encode the corpus with the new
@@ -14,6 +15,7 @@ pub mod checkpoint;
 mod cluster;
 pub mod data;
 pub mod error;
+pub mod frozen;
 pub mod loss;
 pub mod memory;
 pub mod model;

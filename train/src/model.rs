@@ -15,6 +15,8 @@ pub struct TrainableEncoder {
     normalize: bool,
     /// `hidden_dropout_prob`, `attention_probs_dropout_prob` from config.json.
     dropout: (f32, f32),
+    /// Width of an embedding (the hidden size).
+    dim: usize,
 }
 
 impl TrainableEncoder {
@@ -48,6 +50,7 @@ impl TrainableEncoder {
                 model.config.hidden_dropout_prob as f32,
                 model.config.attention_probs_dropout_prob as f32,
             ),
+            dim: model.config.hidden_size,
         })
     }
 
@@ -83,6 +86,14 @@ impl TrainableEncoder {
         let mask = Tensor::from_slice(&batch.attention_mask, shape, device)?;
         let hidden = self.bert.forward_train(&ids, &mask, dropout)?;
         Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn device(&self) -> &candle_core::Device {
+        self.bert.device()
     }
 
     pub fn pooling(&self) -> Pooling {

@@ -14,6 +14,7 @@
 use crate::checkpoint::{self, Modules, TrainerState};
 use crate::data::{Batching, Skipped, TrainingSet};
 use crate::error::{Error, Result};
+use crate::frozen::FrozenPassages;
 use crate::memory;
 use crate::model::TrainableEncoder;
 use crate::optim::Schedule;
@@ -220,7 +221,9 @@ impl Current {
         ))
     }
 
-    /// The newest complete round mined by this model with `params`, mining it if there is none.
+    /// The newest complete round of this model's queries against `index`
+    /// with `params`, mining it if there is none. The index is this model's
+    /// own, or (query-side training) the base model's.
     fn round(
         &self,
         ws: &Workspace,
@@ -229,7 +232,9 @@ impl Current {
         split_qrels: &Qrels,
         progress: &dyn Progress,
     ) -> Result<(u32, f64)> {
-        let fingerprint = self.model.fingerprint()?;
+        let own = self.model.fingerprint()?;
+        let index_model = index.manifest.plan.stamp.model_fingerprint.clone();
+        let query_model = (own != index_model).then_some(own);
         let (wanted, _) = params
             .clone()
             .validated(ws.dataset.corpus.len())
@@ -237,7 +242,8 @@ impl Current {
         let instruction = &self.encoder.settings().query_instruction;
         let existing = ws.store.rounds()?.into_iter().rev().find(|m| {
             m.complete
-                && m.model_fingerprint == fingerprint
+                && m.model_fingerprint == index_model
+                && m.query_model_fingerprint == query_model
                 && m.params == wanted
                 && &m.query_instruction == instruction
         });
@@ -251,6 +257,7 @@ impl Current {
             all_qrels: ws.all_qrels,
             encoder: &self.encoder,
             index,
+            query_model_fingerprint: query_model,
         };
         let started = Instant::now();
         let manifest = match cpack_miner::mine(
@@ -264,6 +271,30 @@ impl Current {
             MineOutcome::Mined { manifest, .. } => manifest,
         };
         Ok((manifest.round, started.elapsed().as_secs_f64()))
+    }
+}
+
+/// Where the current model's queries are searched after an epoch.
+enum Passages<'a> {
+    /// The run's own index, re-encoded with each checkpoint.
+    Reencoded(IndexDir),
+    /// The base model's index, never re-encoded: query-side training.
+    Frozen(&'a Current),
+}
+
+impl Passages<'_> {
+    /// The index for `current`'s queries (building the run's own first when
+    /// it is not up to date), and the seconds spent encoding and indexing.
+    fn open(
+        &self,
+        ws: &Workspace,
+        current: &Current,
+        progress: &dyn Progress,
+    ) -> Result<(OpenIndex, f64, f64)> {
+        match self {
+            Passages::Reencoded(dir) => current.index(ws, dir, progress),
+            Passages::Frozen(base) => base.index(ws, ws.base_index, progress),
+        }
     }
 }
 
@@ -323,11 +354,21 @@ pub fn run(
     });
 
     // The base model's index and round: built or mined first if missing.
-    let needs_base_index = report.base.is_none() && spec.eval_split.is_some() || spec.uses_rounds();
+    let freeze = spec.train.freeze_passages;
+    let needs_base_index =
+        report.base.is_none() && spec.eval_split.is_some() || spec.uses_rounds() || freeze;
     let mut round = None;
     let mut mine_seconds = 0.0;
+    let mut frozen = None;
     if needs_base_index {
         let (mut index, _, _) = base.index(ws, ws.base_index, progress)?;
+        if freeze {
+            frozen = Some(FrozenPassages::new(
+                index.embeddings.clone(),
+                &index.ids,
+                &ws.dataset.corpus,
+            )?);
+        }
         if let (None, Some(split)) = (&report.base, &spec.eval_split) {
             report.base = Some(base.evaluate(ws, &mut index, split, progress)?);
             write_report(run_dir, &report)?;
@@ -341,7 +382,11 @@ pub fn run(
         }
     }
 
-    let run_index = IndexDir::new(run_dir.join("index")).on(ws.base_index.device());
+    let passages = if freeze {
+        Passages::Frozen(&base)
+    } else {
+        Passages::Reencoded(IndexDir::new(run_dir.join("index")).on(ws.base_index.device()))
+    };
     let resumed = checkpoint::latest(run_dir)?
         .map(|dir| checkpoint::load(&dir))
         .transpose()?;
@@ -363,7 +408,7 @@ pub fn run(
         // Killed between writing the checkpoint and its report entry: finish that epoch.
         if report.epochs.last().map(|e| e.epoch) != Some(start_epoch) {
             let entry = entry_from(&saved.state, saved.model.dir.clone());
-            let entry = finish_epoch(ws, &spec, &current, &run_index, entry, progress)?;
+            let entry = finish_epoch(ws, &spec, &current, &passages, entry, progress)?;
             report.epochs.push(entry);
             write_report(run_dir, &report)?;
         }
@@ -376,6 +421,9 @@ pub fn run(
     )?;
     let tokenizer = PairTokenizer::load(&base.model, &spec.encoder)?;
     let mut trainer = Trainer::new(encoder, tokenizer, spec.train.clone())?;
+    if let Some(frozen) = frozen {
+        trainer = trainer.with_frozen_passages(frozen)?;
+    }
     if let Some(saved) = resumed {
         trainer
             .restore(saved.moments, saved.state.optimizer_steps)
@@ -401,7 +449,7 @@ pub fn run(
     for epoch in start_epoch + 1..=spec.epochs {
         let mut overlap = None;
         if spec.refresh_before(epoch) {
-            let (mut index, _, _) = current.index(ws, &run_index, progress)?;
+            let (mut index, _, _) = passages.open(ws, &current, progress)?;
             let (r, seconds) =
                 current.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
             if Some(r) != round {
@@ -454,7 +502,7 @@ pub fn run(
             ws,
             &spec,
             &current,
-            &run_index,
+            &passages,
             entry_from(&state, saved),
             progress,
         )?;
@@ -542,18 +590,19 @@ fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
 }
 
 /// After an epoch's checkpoint: re-encode the corpus with it into the run's
-/// index when the next epoch refreshes or an evaluation is asked, then evaluate.
+/// index (unless the passages are frozen) when the next epoch refreshes or
+/// an evaluation is asked, then evaluate.
 fn finish_epoch(
     ws: &Workspace,
     spec: &RunSpec,
     current: &Current,
-    run_index: &IndexDir,
+    passages: &Passages,
     mut entry: EpochReport,
     progress: &dyn Progress,
 ) -> Result<EpochReport> {
     let refresh_next = entry.epoch < spec.epochs && spec.refresh_before(entry.epoch + 1);
     if spec.eval_split.is_some() || refresh_next {
-        let (mut index, encode, indexing) = current.index(ws, run_index, progress)?;
+        let (mut index, encode, indexing) = passages.open(ws, current, progress)?;
         entry.encode_seconds = encode;
         entry.index_seconds = indexing;
         if let Some(split) = &spec.eval_split {

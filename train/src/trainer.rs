@@ -3,6 +3,7 @@
 
 use crate::data::{Batching, Group, TrainingSet};
 use crate::error::{Error, Result};
+use crate::frozen::FrozenPassages;
 use crate::loss::{contrastive_loss, LossKind};
 use crate::model::TrainableEncoder;
 use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
@@ -41,6 +42,11 @@ pub struct TrainSettings {
     pub mini_batch: usize,
     #[serde(default)]
     pub batching: Batching,
+    /// Query-side training: passages keep the base model's vectors (read
+    /// from its index, see [`FrozenPassages`]); only the queries' pass
+    /// trains the weights.
+    #[serde(default)]
+    pub freeze_passages: bool,
 }
 
 impl Default for TrainSettings {
@@ -61,6 +67,7 @@ impl Default for TrainSettings {
             seed: 42,
             mini_batch: 0,
             batching: Batching::ClashFree,
+            freeze_passages: false,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct Trainer {
     optimizer: AdamW,
     tokenizer: PairTokenizer,
     settings: TrainSettings,
+    /// The passage vectors of query-side training (`freeze_passages`).
+    frozen: Option<FrozenPassages>,
 }
 
 /// Loss, gradients and the real tokens of one batch.
@@ -119,7 +128,22 @@ impl Trainer {
             encoder,
             tokenizer,
             settings,
+            frozen: None,
         })
+    }
+
+    /// Trains the query side only, against these fixed passage vectors
+    /// (what `freeze_passages` asks for).
+    pub fn with_frozen_passages(mut self, frozen: FrozenPassages) -> Result<Self> {
+        if frozen.dim() != self.encoder.dim() {
+            return Err(Error::Invalid(format!(
+                "the frozen passage vectors have {} dimensions and the model {}",
+                frozen.dim(),
+                self.encoder.dim()
+            )));
+        }
+        self.frozen = Some(frozen);
+        Ok(self)
     }
 
     pub fn encoder(&self) -> &TrainableEncoder {
@@ -178,6 +202,61 @@ impl Trainer {
             grads,
             tokens,
         })
+    }
+
+    /// [`Trainer::pass`] against fixed passage vectors `[passages, dim]`:
+    /// only the queries run through the model (with their graph); the
+    /// gradient reaches the weights through them alone.
+    pub fn pass_frozen(
+        &self,
+        queries: &[&str],
+        passages: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass> {
+        let group_size = passages.dim(0)? / queries.len().max(1);
+        let q_tokens = self.tokenizer.tokenize(queries, TextKind::Query)?;
+        let q = self.encoder.embed(&pad(&q_tokens), dropout)?;
+        let loss = self.loss(&q, passages, group_size)?;
+        let value = loss.to_scalar::<f32>()?;
+        let grads = if value.is_finite() {
+            let mut grads = Gradients::default();
+            grads.accumulate(&self.vars, &loss.backward()?, 1.0)?;
+            Some(grads)
+        } else {
+            None
+        };
+        Ok(BatchPass {
+            loss: value,
+            grads,
+            tokens: real_tokens(&q_tokens),
+        })
+    }
+
+    /// One batch of the epoch: both sides through the model, or the queries
+    /// against the frozen passage vectors.
+    fn batch_pass(
+        &self,
+        batch: &[Group],
+        texts: (&TextTable, &TextTable),
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass> {
+        let (corpus, queries) = texts;
+        let query_texts: Vec<&str> = batch
+            .iter()
+            .map(|g| queries.texts[g.query_row].as_str())
+            .collect();
+        let rows = batch.iter().flat_map(|g| g.passages.iter().copied());
+        match &self.frozen {
+            Some(frozen) => {
+                let passages = frozen.gather(&rows.collect::<Vec<_>>(), self.encoder.device())?;
+                self.pass_frozen(&query_texts, &passages, dropout)
+            }
+            None => {
+                let passage_texts: Vec<String> = rows.map(|row| corpus.full_text(row)).collect();
+                let p: Vec<&str> = passage_texts.iter().map(String::as_str).collect();
+                self.pass(&query_texts, &p, dropout)
+            }
+        }
     }
 
     fn loss(&self, q: &Tensor, p: &Tensor, group_size: usize) -> Result<Tensor> {
@@ -277,7 +356,7 @@ impl Trainer {
         progress: &dyn Progress,
         on_step: &mut dyn FnMut(StepRecord) -> Result<()>,
     ) -> Result<EpochStats> {
-        let (corpus, queries) = texts;
+        let corpus = texts.0;
         let s = self.settings.clone();
         let batches = set.epoch_batches(s.group_size, s.batch_size, s.batching, s.seed, epoch);
         let epoch_steps = self.steps_per_epoch(batches.len());
@@ -288,14 +367,11 @@ impl Trainer {
         let mut pending_batches = Vec::new();
         progress.stage(&format!("training epoch {epoch}"), batches.len() as u64);
         for (b, batch) in batches.iter().enumerate() {
-            let (query_texts, passage_texts) = batch_texts(batch, corpus, queries);
-            let q: Vec<&str> = query_texts.iter().map(String::as_str).collect();
-            let p: Vec<&str> = passage_texts.iter().map(String::as_str).collect();
             let step = self.optimizer.steps();
             let dropout = self
                 .encoder
                 .dropout(s.dropout, s.seed ^ (step << 20) ^ b as u64);
-            let pass = self.pass(&q, &p, dropout.as_ref())?;
+            let pass = self.batch_pass(batch, texts, dropout.as_ref())?;
             let Some(grads) = pass.grads else {
                 return Err(Error::NonFiniteLoss {
                     value: pass.loss,
@@ -357,21 +433,4 @@ fn batch_record(set: &TrainingSet, corpus: &TextTable, batch: &[Group], loss: f3
             .collect(),
         loss,
     }
-}
-
-/// Query texts and passage texts of a batch, groups in order.
-fn batch_texts(
-    batch: &[Group],
-    corpus: &TextTable,
-    queries: &TextTable,
-) -> (Vec<String>, Vec<String>) {
-    let q = batch
-        .iter()
-        .map(|g| queries.texts[g.query_row].clone())
-        .collect();
-    let p = batch
-        .iter()
-        .flat_map(|g| g.passages.iter().map(|&row| corpus.full_text(row)))
-        .collect();
-    (q, p)
 }
