@@ -37,6 +37,10 @@ const SMALL: [&str; 12] = [
     "1e-3",
 ];
 
+/// Two epochs of groups of 3, each evaluated on the test split.
+const TWO_EVALUATED_EPOCHS: [&str; 6] =
+    ["--epochs", "2", "--group-size", "3", "--eval-split", "test"];
+
 fn train(ws: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["train", "--json"];
     args.extend_from_slice(&SMALL);
@@ -54,19 +58,7 @@ fn safetensors_header(path: &Path) -> serde_json::Value {
 fn refresh_loop_trains_reports_and_writes_hugging_face_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), "ws");
-    let report = train(
-        &ws,
-        &[
-            "--epochs",
-            "2",
-            "--group-size",
-            "3",
-            "--eval-split",
-            "test",
-            "--run",
-            "r",
-        ],
-    );
+    let report = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &["--run", "r"]].concat());
     let epochs = report["epochs"].as_array().unwrap();
     assert_eq!(epochs.len(), 2);
     assert!(report["base"]["metrics"]["ndcg_at_10"].as_f64().is_some());
@@ -771,20 +763,8 @@ fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queri
     );
     let index = ws.join(".cpack/index");
     let before = snapshot(&index);
-    let run = train(
-        &ws,
-        &[
-            "--freeze-passages",
-            "--epochs",
-            "2",
-            "--group-size",
-            "3",
-            "--eval-split",
-            "test",
-            "--run",
-            "q",
-        ],
-    );
+    let frozen = ["--freeze-passages", "--run", "q"];
+    let run = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &frozen].concat());
     assert_eq!(run["spec"]["train"]["freeze_passages"], true);
     let after = snapshot(&index);
     let changed: Vec<_> = after

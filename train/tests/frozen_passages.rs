@@ -31,13 +31,10 @@ fn embed(trainer: &Trainer, model: &std::path::Path, texts: &[&str], kind: TextK
         .unwrap()
 }
 
+/// Sum of squares, accumulated in f64.
 fn squared(t: &Tensor) -> f64 {
-    t.sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64
+    let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    values.iter().map(|&v| (v as f64) * (v as f64)).sum()
 }
 
 #[test]
