@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Negative strategies against today's recipe, at the quickstart's size
+# (InsuranceQA, 500 questions, 2 epochs, batch 32 × group 4, τ 0.05, lr 5e-5,
+# passages at 128; the workspace of scripts/train_workspace.sh), each with
+# the given seeds. Rows:
+#
+#   in-batch     --group-size 1 (no mined negatives)
+#   static       --refresh-every 0 (the base model's round throughout)
+#   refresh      --refresh-every 1 (today's default: full re-encode and re-mine)
+#   simans       refresh, negatives drawn by SimANS (--sample simans)
+#   perc-pos     refresh, TopK-PercPos filter (--filter perc-pos)
+#   margin-pos   refresh, TopK-MarginPos filter (--filter margin-pos)
+#   clustered    refresh, topic-clustered batches (--batching clustered)
+#   query-side   refresh with --freeze-passages (ADORE: only queries train,
+#                the base index is searched again, never re-encoded)
+#
+#   bash bench/strategies.sh [--seeds "1 2 3"] [--strategies "static refresh ..."]
+#
+# For each strategy: nDCG@10 on the 2,000 test questions after each epoch
+# (mean and spread over the seeds), and where the time went, summed over a
+# run and averaged over the seeds: training, encoding the corpus, indexing,
+# mining, evaluating. Every epoch of every strategy but query-side
+# re-encodes the corpus for its evaluation (and a refresh reuses that
+# encoding); "corpus encodes" counts them per run. Finished runs are reused
+# (the static and refresh runs of bench/train_seeds.sh too: same names, same
+# flags), so an interrupted call resumes. Writes target/bench/strategies.{json,md}.
+# CPACK_BIN runs a given binary instead of building one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+SEEDS="1 2 3"
+STRATEGIES="in-batch static refresh simans perc-pos margin-pos clustered query-side"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --strategies) STRATEGIES=$2; shift 2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+bash scripts/setup.sh >/dev/null
+if [ -z "${CPACK_BIN:-}" ]; then
+  cargo build --release -q --workspace --bins
+fi
+CPACK="${CPACK_BIN:-$ROOT/target/release/cpack}"
+TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
+bash scripts/train_workspace.sh "$TWS" >/dev/null
+cd "$TWS"
+flags() {  # strategy → its flags
+  case "$1" in
+    in-batch) echo "--group-size 1 --refresh-every 0" ;;
+    static) echo "--refresh-every 0" ;;
+    refresh) echo "--refresh-every 1" ;;
+    simans) echo "--refresh-every 1 --sample simans" ;;
+    perc-pos) echo "--refresh-every 1 --filter perc-pos" ;;
+    margin-pos) echo "--refresh-every 1 --filter margin-pos" ;;
+    clustered) echo "--refresh-every 1 --batching clustered" ;;
+    query-side) echo "--refresh-every 1 --freeze-passages" ;;
+    *) echo "unknown strategy $1" >&2; return 1 ;;
+  esac
+}
+finished() {  # run name
+  [ -f ".cpack/runs/$1/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$1/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"
+}
+for strategy in $STRATEGIES; do
+  read -r -a extra <<< "$(flags "$strategy")"
+  for seed in $SEEDS; do
+    name="$strategy-s$seed"
+    finished "$name" && continue
+    echo "$name" >&2
+    if [ -f ".cpack/runs/$name/run.json" ]; then
+      "$CPACK" -q train --run "$name" --resume >/dev/null
+    else
+      "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
+    fi
+  done
+done
+mkdir -p "$ROOT/target/bench"
+python3 - "$ROOT/target/bench/strategies" "$STRATEGIES" $SEEDS <<'PY'
+import json, os, statistics, sys
+stem, strategies, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+lines = ["| strategy | seeds | nDCG@10 epoch 1 | epoch 2 | train s | encode s | index s | mine s | eval s | corpus encodes |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+summary = {}
+for strategy in strategies:
+    reports = []
+    for s in seeds:
+        path = f".cpack/runs/{strategy}-s{s}/report.json"
+        if os.path.exists(path):
+            r = json.load(open(path))
+            if len(r["epochs"]) >= 2:
+                reports.append((s, r))
+    if not reports:
+        continue
+    ndcg = [[e["eval"]["metrics"]["ndcg_at_10"] for e in r["epochs"]] for _, r in reports]
+    mean = [statistics.mean(v[e] for v in ndcg) for e in range(2)]
+    spread = [max(v[e] for v in ndcg) - min(v[e] for v in ndcg) for e in range(2)]
+    def seconds(key):
+        return statistics.mean(sum(e[key] for e in r["epochs"]) for _, r in reports)
+    def eval_seconds():
+        return statistics.mean(sum(e["eval"]["seconds"] for e in r["epochs"]) for _, r in reports)
+    encodes = statistics.mean(sum(e["encode_seconds"] > 0 for e in r["epochs"]) for _, r in reports)
+    row = {"seeds": [s for s, _ in reports], "ndcg_per_seed": ndcg, "mean": mean, "spread": spread,
+           "train_seconds": seconds("train_seconds"), "encode_seconds": seconds("encode_seconds"),
+           "index_seconds": seconds("index_seconds"), "mine_seconds": seconds("mine_seconds"),
+           "eval_seconds": eval_seconds(), "corpus_encodes": encodes}
+    summary[strategy] = row
+    lines.append(f"| {strategy} | {len(reports)} | {mean[0]:.4f} ({spread[0]:.4f}) | {mean[1]:.4f} ({spread[1]:.4f}) "
+                 f"| {row['train_seconds']:.0f} | {row['encode_seconds']:.0f} | {row['index_seconds']:.1f} "
+                 f"| {row['mine_seconds']:.0f} | {row['eval_seconds']:.0f} | {encodes:g} |")
+json.dump(summary, open(stem + ".json", "w"), indent=2)
+open(stem + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
