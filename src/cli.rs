@@ -386,6 +386,11 @@ pub struct SearchArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Encode the queries with this model instead, over the same index: the
+    /// query encoder a `cpack train --freeze-passages` run saves (its
+    /// epoch-N folder), whose passages stay the workspace model's.
+    #[arg(long, value_name = "DIR")]
+    pub query_model: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -413,6 +418,11 @@ pub struct EvalArgs {
     /// Print metrics as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Encode the queries with this model instead, over the same index: the
+    /// query encoder a `cpack train --freeze-passages` run saves (its
+    /// epoch-N folder), whose passages stay the workspace model's.
+    #[arg(long, value_name = "DIR")]
+    pub query_model: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: Overrides,
 }

@@ -797,6 +797,25 @@ fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queri
     );
     let query_model = refreshed["query_model_fingerprint"].as_str().unwrap();
     assert_ne!(query_model, first["model_fingerprint"].as_str().unwrap());
+    // The checkpoint is a query encoder over the workspace's index.
+    let lengths = ["--passage-max-len", "48", "--query-max-len", "24"];
+    let checkpoint = ws.join(".cpack/runs/q/epoch-2");
+    let query_model = ["--query-model", checkpoint.to_str().unwrap()];
+    let eval = json(&ok(
+        &ws,
+        &[&["eval", "--json"][..], &lengths, &query_model].concat(),
+    ));
+    assert_eq!(eval["metrics"], epochs[1]["eval"]["metrics"]);
+    let found = json(&ok(
+        &ws,
+        &[
+            &["search", "--json", "-k", "3", "question"][..],
+            &lengths,
+            &query_model,
+        ]
+        .concat(),
+    ));
+    assert_eq!(found["results"].as_array().unwrap().len(), 3);
     // Resuming the finished run mines nothing new.
     ok(&ws, &["train", "--run", "q", "--resume"]);
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));

@@ -1,6 +1,6 @@
 //! `cpack eval`: retrieval metrics of the live index on a qrels split.
 
-use super::{load_config, open_encoder, Context};
+use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::EvalArgs;
 use anyhow::{bail, Result};
 use cpack_index::dataset::Dataset;
@@ -18,6 +18,7 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let encoder = open_encoder(&config)?;
     let stamp = config.embedding_stamp(&encoder)?;
     let mut index = config.index_dir().open(&stamp, &dataset.corpus)?;
+    let encoder = query_encoder(&config, args.query_model.as_deref(), encoder)?;
 
     let evaluation = cpack_index::evaluate::evaluate_index(
         &encoder,
@@ -40,6 +41,7 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
                 "metrics": m,
                 "index_generation": index.generation,
                 "model_fingerprint": stamp.model_fingerprint,
+                "query_model": args.query_model,
                 "index": index.manifest.plan.index.to_string(),
                 "query_encode_seconds": encode_seconds,
                 "search_seconds": search_seconds,
@@ -51,6 +53,9 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
             args.split, m.queries, index.generation, index.manifest.plan.index
         );
         println!("model fingerprint {}", stamp.model_fingerprint);
+        if let Some(model) = &args.query_model {
+            println!("queries encoded by {}", model.display());
+        }
         println!("nDCG@10    {:.4}", m.ndcg_at_10);
         println!("MRR@10     {:.4}", m.mrr_at_10);
         println!("Recall@10  {:.4}", m.recall_at_10);

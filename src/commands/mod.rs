@@ -14,10 +14,11 @@ use crate::cli::{Cli, Command, Overrides};
 use crate::config::Config;
 use crate::config::{EncoderRuntime, OrtConfig};
 use crate::progress::{Output, Reporter};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use cpack_index::candle_backend::CandleLoader;
+use cpack_index::model::ModelDir;
 use cpack_index::{BackendLoader, Encoder};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What every command gets: where it runs and how chatty to be.
 pub struct Context {
@@ -60,13 +61,42 @@ pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
 
 /// The encoder the configuration describes.
 pub fn open_encoder(config: &Config) -> Result<Encoder> {
+    open_encoder_of(config, &config.model)
+}
+
+/// `model` under the configuration's encoder settings and runtime.
+fn open_encoder_of(config: &Config, model: &ModelDir) -> Result<Encoder> {
     let (loader, workers) = backend_loader(config)?;
     Ok(Encoder::open(
-        &config.model,
+        model,
         &config.encoder,
         loader.as_ref(),
         workers,
     )?)
+}
+
+/// What encodes the queries: `index_encoder` (the workspace model's), or
+/// with `--query-model` another model over the same index — the query
+/// encoder a `cpack train --freeze-passages` run trains.
+pub fn query_encoder(
+    config: &Config,
+    query_model: Option<&Path>,
+    index_encoder: Encoder,
+) -> Result<Encoder> {
+    let Some(path) = query_model else {
+        return Ok(index_encoder);
+    };
+    let model = ModelDir::open(&crate::config::locate_model(&config.workspace, path)?)?;
+    let encoder = open_encoder_of(config, &model)?;
+    if encoder.dim() != index_encoder.dim() {
+        bail!(
+            "--query-model {} makes {}-dimensional vectors and the index holds {}",
+            path.display(),
+            encoder.dim(),
+            index_encoder.dim()
+        );
+    }
+    Ok(encoder)
 }
 
 /// The backend loader the configuration asks for, and the workers that feed it.

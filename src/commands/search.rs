@@ -1,6 +1,6 @@
 //! `cpack search`: one query against the live index.
 
-use super::{load_config, open_encoder, Context};
+use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::SearchArgs;
 use anyhow::{bail, Result};
 use cpack_index::dataset::Dataset;
@@ -16,6 +16,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     let mut index = config
         .index_dir()
         .open(&config.embedding_stamp(&encoder)?, &corpus)?;
+    let encoder = query_encoder(&config, args.query_model.as_deref(), encoder)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
     let hits = index
         .vectors
