@@ -51,7 +51,12 @@ impl Stage {
     fn rates(&self) -> String {
         let seconds = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = self.done as f64 / seconds;
-        let mut text = format!("{rate:.1}/s");
+        // Slow stages (training steps) read better as seconds per item.
+        let mut text = if rate >= 1.0 || self.done == 0 {
+            format!("{rate:.1}/s")
+        } else {
+            format!("{:.1} s each", seconds / self.done as f64)
+        };
         if self.tokens > 0 {
             text += &format!(" · {:.0} tokens/s", self.tokens as f64 / seconds);
         }
@@ -246,6 +251,13 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with("eta 30s"), "{line}");
+        let slow = Stage {
+            done: 4,
+            total: 17,
+            started: Instant::now() - Duration::from_secs(300),
+            ..stage
+        };
+        assert!(slow.line().contains("(24 %) · 75.0 s each ·"), "{}", slow.line());
         assert_eq!(clock(3723.0), "1h02m03s");
         assert_eq!(clock(65.0), "1m05s");
     }
