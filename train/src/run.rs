@@ -522,7 +522,12 @@ fn check_memory(spec: &RunSpec, cfg: &cpack_index::model::BertConfig) -> Result<
     let shape = memory::StepShape {
         queries: t.batch_size,
         query_len: spec.encoder.query_max_len,
-        passages: t.batch_size * t.group_size,
+        // Frozen passages are read, not run through the model.
+        passages: if t.freeze_passages {
+            0
+        } else {
+            t.batch_size * t.group_size
+        },
         passage_len: spec.encoder.passage_max_len,
     };
     let needed = memory::step_bytes(cfg, shape, t.mini_batch);
