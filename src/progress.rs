@@ -257,7 +257,11 @@ mod tests {
             started: Instant::now() - Duration::from_secs(300),
             ..stage
         };
-        assert!(slow.line().contains("(24 %) · 75.0 s each ·"), "{}", slow.line());
+        assert!(
+            slow.line().contains("(24 %) · 75.0 s each ·"),
+            "{}",
+            slow.line()
+        );
         assert_eq!(clock(3723.0), "1h02m03s");
         assert_eq!(clock(65.0), "1m05s");
     }

@@ -797,6 +797,8 @@ fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queri
     );
     let query_model = refreshed["query_model_fingerprint"].as_str().unwrap();
     assert_ne!(query_model, first["model_fingerprint"].as_str().unwrap());
+    let text = ok(&ws, &["mine", "stats", "--round", &rounds[1]]);
+    assert!(text.contains(&query_model[..12]), "{text}");
     // The checkpoint is a query encoder over the workspace's index.
     let lengths = ["--passage-max-len", "48", "--query-max-len", "24"];
     let checkpoint = ws.join(".cpack/runs/q/epoch-2");

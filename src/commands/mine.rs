@@ -269,6 +269,12 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
         "round {} · split {} · index {}",
         manifest.round, p.split, manifest.index_generation
     );
+    if let Some(query_model) = &manifest.query_model_fingerprint {
+        println!(
+            "queries           encoded by another model than the index's (query-side training): {}",
+            short_fingerprint(query_model)
+        );
+    }
     println!(
         "time              {:.1}s: encode queries {:.1}s · search {:.2}s · select + store {:.2}s \
          (stages overlap unless mined with --no-overlap)",
@@ -331,4 +337,9 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
             bar(*n)
         );
     }
+}
+
+/// The first 12 characters of a fingerprint, enough to tell models apart.
+fn short_fingerprint(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
 }
