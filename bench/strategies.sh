@@ -13,6 +13,8 @@
 #   clustered    refresh, topic-clustered batches (--batching clustered)
 #   query-side   refresh with --freeze-passages (ADORE: only queries train,
 #                the base index is searched again, never re-encoded)
+#   replace-easy static, negatives scored 0.3 below the positive retired
+#                for the rest of a pool of 12 (--replace-easy 0.3)
 #
 #   bash bench/strategies.sh [--seeds "1 2 3"] [--strategies "static refresh ..."]
 #
@@ -29,7 +31,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3"
-STRATEGIES="in-batch static refresh simans perc-pos margin-pos clustered query-side"
+STRATEGIES="in-batch static refresh simans perc-pos margin-pos clustered query-side replace-easy"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -55,6 +57,7 @@ flags() {  # strategy → its flags
     margin-pos) echo "--refresh-every 1 --filter margin-pos" ;;
     clustered) echo "--refresh-every 1 --batching clustered" ;;
     query-side) echo "--refresh-every 1 --freeze-passages" ;;
+    replace-easy) echo "--refresh-every 0 --replace-easy 0.3" ;;
     *) echo "unknown strategy $1" >&2; return 1 ;;
   esac
 }

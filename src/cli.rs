@@ -180,6 +180,14 @@ pub struct TrainArgs {
     /// encoders, to pair with the base model's index [train.freeze_passages].
     #[arg(long)]
     pub freeze_passages: bool,
+    /// Dynamic negatives (after Conan-embedding): a drawn negative that the
+    /// model, in the step's own forward pass, scores more than MARGIN below
+    /// the query's positive is not drawn again while the query has others
+    /// in its stored pool; later epochs move on to the rest of the pool with
+    /// no corpus re-encode. Rounds then store 4 × (group size − 1)
+    /// negatives unless --negatives says otherwise [train.replace_easy].
+    #[arg(long, value_name = "MARGIN")]
+    pub replace_easy: Option<f32>,
     /// Train on a seeded subset of N queries of the split.
     #[arg(long, value_name = "N")]
     pub max_queries: Option<usize>,

@@ -64,6 +64,7 @@ pub struct TrainSection {
     pub max_grad_norm: Option<f64>,
     pub dropout: Option<bool>,
     pub freeze_passages: Option<bool>,
+    pub replace_easy: Option<f32>,
     pub max_queries: Option<usize>,
     pub split: Option<String>,
     pub eval_split: Option<String>,
@@ -479,6 +480,9 @@ precision = "f32"
 # Query-side training: passages keep the base model's vectors (the index is
 # never re-encoded), only queries train; checkpoints are query encoders.
 # freeze_passages = false
+# Stop drawing a negative the model scores this far below the positive
+# (cosine), moving on to the rest of the round's stored pool.
+# replace_easy = 0.3
 # Train on a seeded subset of N queries.
 # max_queries = 2000
 # split = "train"

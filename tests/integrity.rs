@@ -565,17 +565,7 @@ fn the_negatives_store_survives_a_full_disk_at_any_point() {
     ok(&ws, &["index", "build"]);
     ok(&ws, &["mine", "--topk", "30"]);
     let reference = tmp.path().join("reference.jsonl");
-    ok(
-        &ws,
-        &[
-            "mine",
-            "export",
-            "--format",
-            "ids",
-            "--output",
-            reference.to_str().unwrap(),
-        ],
-    );
+    export_ids(&ws, &reference);
     let store = ws.join(".cpack/negatives");
     let db_kib = std::fs::metadata(store.join("db")).unwrap().len() / 1024;
     let mut failures = 0;

@@ -37,6 +37,16 @@ const SMALL: [&str; 12] = [
     "1e-3",
 ];
 
+/// Static negatives in groups of 3, nothing evaluated.
+const STATIC_GROUPS_OF_3: [&str; 6] = [
+    "--group-size",
+    "3",
+    "--refresh-every",
+    "0",
+    "--eval-split",
+    "none",
+];
+
 /// Two epochs of groups of 3, each evaluated on the test split.
 const TWO_EVALUATED_EPOCHS: [&str; 6] =
     ["--epochs", "2", "--group-size", "3", "--eval-split", "test"];
@@ -160,19 +170,7 @@ fn refresh_loop_trains_reports_and_writes_hugging_face_checkpoints() {
 fn static_negatives_keep_the_base_round_and_in_batch_needs_none() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), "ws");
-    let fixed = train(
-        &ws,
-        &[
-            "--epochs",
-            "2",
-            "--group-size",
-            "3",
-            "--refresh-every",
-            "0",
-            "--eval-split",
-            "none",
-        ],
-    );
+    let fixed = train(&ws, &[&["--epochs", "2"][..], &STATIC_GROUPS_OF_3].concat());
     let rounds: Vec<u64> = fixed["epochs"]
         .as_array()
         .unwrap()
@@ -326,16 +324,7 @@ fn bad_runs_fail_with_one_clear_error() {
 fn a_checkpoint_that_cannot_be_written_leaves_the_previous_one_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), "ws");
-    let run = [
-        "--group-size",
-        "3",
-        "--refresh-every",
-        "0",
-        "--eval-split",
-        "none",
-        "--run",
-        "d",
-    ];
+    let run = [&STATIC_GROUPS_OF_3[..], &["--run", "d"]].concat();
     train(&ws, &[&["--epochs", "1"][..], &run].concat());
     let first = ws.join(".cpack/runs/d/epoch-1/model.safetensors");
     let weights = std::fs::read(&first).unwrap();
@@ -631,16 +620,7 @@ fn mining_strategies_from_cpack_toml_and_flags_reach_the_runs_rounds() {
     std::fs::write(&toml, text).unwrap();
     let run = train(
         &ws,
-        &[
-            "--group-size",
-            "3",
-            "--refresh-every",
-            "0",
-            "--eval-split",
-            "none",
-            "--filter",
-            "margin-pos",
-        ],
+        &[&STATIC_GROUPS_OF_3[..], &["--filter", "margin-pos"]].concat(),
     );
     assert_eq!(run["epochs"][0]["round"], 1);
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
@@ -663,14 +643,7 @@ fn a_teacher_round_trains_a_student_only_when_asked() {
     let student = tmp.path().join("student");
     cpack_index::test_model::write_tiny_model(&student, &refs, 7).unwrap();
     let student = student.to_str().unwrap();
-    let static_run = [
-        "--group-size",
-        "3",
-        "--refresh-every",
-        "0",
-        "--eval-split",
-        "none",
-    ];
+    let static_run = STATIC_GROUPS_OF_3;
     let own = train(&ws, &[&["--model", student][..], &static_run].concat());
     assert_eq!(
         own["epochs"][0]["round"], 2,
@@ -822,4 +795,92 @@ fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queri
     ok(&ws, &["train", "--run", "q", "--resume"]);
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
     assert_eq!(stats["manifest"]["round"].to_string(), rounds[1]);
+}
+
+#[test]
+fn easy_negatives_are_retired_and_later_epochs_draw_the_rest_of_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let recipe = [&STATIC_GROUPS_OF_3[..], &["--replace-easy", "0"]].concat();
+    let run = train(
+        &ws,
+        &[&recipe[..], &["--epochs", "2", "--run", "easy"]].concat(),
+    );
+    let retired_in_epoch_1 = run["epochs"][0]["negatives_retired"].as_u64().unwrap();
+    assert!(retired_in_epoch_1 > 0, "{run}");
+    let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
+    assert_eq!(
+        stats["manifest"]["params"]["negatives"], 8,
+        "a pool of 4 × 2"
+    );
+
+    // Epoch 2 draws no negative retired in epoch 1 while its query has two others.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(ws.join(".cpack/runs/easy/epoch-1/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    let retired = state["retired"].as_object().unwrap();
+    let total: usize = retired.values().map(|v| v.as_array().unwrap().len()).sum();
+    assert_eq!(total as u64, retired_in_epoch_1);
+    let pool_file = tmp.path().join("pool.jsonl");
+    export_ids(&ws, &pool_file);
+    let pools: std::collections::HashMap<String, Vec<String>> = std::fs::read_to_string(&pool_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let r = json(l);
+            let ids = r["neg"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string());
+            (r["query_id"].as_str().unwrap().to_string(), ids.collect())
+        })
+        .collect();
+    let steps = std::fs::read_to_string(ws.join(".cpack/runs/easy/steps.jsonl")).unwrap();
+    let mut checked = 0;
+    for step in steps.lines().map(json).filter(|s| s["epoch"] == 2) {
+        for batch in step["batches"].as_array().unwrap() {
+            let passages = batch["passages"].as_array().unwrap();
+            for (k, query) in batch["queries"].as_array().unwrap().iter().enumerate() {
+                let query = query.as_str().unwrap();
+                let gone: Vec<&str> = retired.get(query).map_or(vec![], |v| {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap())
+                        .collect()
+                });
+                let live = pools[query]
+                    .iter()
+                    .filter(|id| !gone.contains(&id.as_str()))
+                    .count();
+                if live >= 2 && !gone.is_empty() {
+                    for negative in &passages[3 * k + 1..3 * k + 3] {
+                        assert!(
+                            !gone.contains(&negative.as_str().unwrap()),
+                            "{query}: {negative}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "no query had retired negatives and others left"
+    );
+
+    // The retired negatives are part of the checkpoint: epoch 2 trained
+    // again from epoch 1's checkpoint reaches the same weights.
+    let epoch_2 = ws.join(".cpack/runs/easy/epoch-2");
+    let weights = || std::fs::read(epoch_2.join("model.safetensors")).unwrap();
+    let first = weights();
+    std::fs::remove_dir_all(&epoch_2).unwrap();
+    ok(&ws, &["train", "--run", "easy", "--resume"]);
+    assert!(
+        weights() == first,
+        "epoch 2 resumed from epoch 1 trained differently"
+    );
 }

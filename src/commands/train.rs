@@ -130,6 +130,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         mini_batch: pick(&args.mini_batch, &file.mini_batch, d.mini_batch),
         batching: pick(&args.batching, &file.batching, d.batching),
         freeze_passages: args.freeze_passages || file.freeze_passages.unwrap_or(d.freeze_passages),
+        replace_easy: args.replace_easy.or(file.replace_easy),
     };
     validate(&train)?;
     let split = pick(&args.split, &file.split, "train".into());
@@ -145,7 +146,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         negatives: pick(
             &args.negatives,
             &file.negatives,
-            group_size.saturating_sub(1).max(1),
+            cpack_train::data::default_negatives(group_size, train.replace_easy.is_some()),
         ),
         sampling: pick(&args.sample, &file.sample, SamplingKind::default()).with_weights(
             SimansWeights {
@@ -197,6 +198,9 @@ fn validate(t: &TrainSettings) -> Result<()> {
     }
     if !(t.lr > 0.0 && t.lr.is_finite()) {
         bail!("--lr must be a positive number, not {}", t.lr);
+    }
+    if let Some(margin) = t.replace_easy.filter(|m| !(m.is_finite() && *m >= 0.0)) {
+        bail!("--replace-easy must be a margin of 0 or more, not {margin}");
     }
     if !(0.0..1.0).contains(&t.warmup_ratio) {
         bail!("--warmup-ratio must be in [0, 1), not {}", t.warmup_ratio);

@@ -41,6 +41,15 @@ pub fn cpack(workspace: &Path) -> Command {
 }
 
 /// Runs `cpack args…` in `workspace`, asserting success; returns stdout.
+/// `cpack mine export --format ids` of the newest round, into `output`.
+pub fn export_ids(workspace: &Path, output: &Path) {
+    let output = output.to_str().unwrap();
+    ok(
+        workspace,
+        &["mine", "export", "--format", "ids", "--output", output],
+    );
+}
+
 pub fn ok(workspace: &Path, args: &[&str]) -> String {
     let out = cpack(workspace).args(args).output().unwrap();
     assert!(

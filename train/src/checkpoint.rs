@@ -67,6 +67,10 @@ pub struct TrainerState {
     /// checkpoints from before they were recorded).
     #[serde(default)]
     pub files: std::collections::BTreeMap<String, fsutil::FileSum>,
+    /// Negatives retired so far on the epoch's round (`replace_easy`),
+    /// passage ids by query id: the next epoch's draws depend on them.
+    #[serde(default)]
+    pub retired: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl TrainerState {
@@ -86,6 +90,7 @@ impl TrainerState {
             mine_seconds: 0.0,
             negatives_overlap: None,
             files: Default::default(),
+            retired: Default::default(),
         }
     }
 }

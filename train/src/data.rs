@@ -8,14 +8,35 @@
 //! else (otherwise a passage would be both the target and a negative of the
 //! same softmax), or in plain shuffled order as FlagEmbedding and
 //! sentence-transformers do.
-//! Everything is a pure function of (seed, epoch), so a resumed run sees
-//! exactly the batches the killed one would have.
+//! Everything is a pure function of (seed, epoch) and the negatives retired
+//! so far, so a resumed run sees exactly the batches the killed one would
+//! have.
+//!
+//! Retired negatives (`--replace-easy`, after Conan-embedding's dynamic hard
+//! negatives): a negative the live model already scores well below the
+//! query's positive is not drawn again while the query has enough others in
+//! its stored pool, so later epochs move on to the rest of the pool without
+//! any corpus re-encode.
 
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_miner::select::{text_key, Rng};
 use cpack_miner::store::QueryRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Negatives a round stores per drawn negative when easy ones are replaced
+/// (`--replace-easy` without `--negatives`): the pool later epochs draw from.
+pub const POOL_PER_DRAWN_NEGATIVE: usize = 4;
+
+/// Negatives a run's rounds store per query by default.
+pub fn default_negatives(group_size: usize, replace_easy: bool) -> usize {
+    let drawn = group_size.saturating_sub(1).max(1);
+    if replace_easy {
+        drawn * POOL_PER_DRAWN_NEGATIVE
+    } else {
+        drawn
+    }
+}
 
 /// How an epoch's shuffled groups become batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -62,6 +83,8 @@ pub struct TrainingSet {
     pub skipped: Skipped,
     /// Topic cluster of each example, for [`Batching::Clustered`].
     pub clusters: Option<Vec<u32>>,
+    /// Negatives each example no longer draws (corpus rows), by example.
+    retired: HashMap<usize, HashSet<usize>>,
 }
 
 impl TrainingSet {
@@ -142,7 +165,73 @@ impl TrainingSet {
             query_keys,
             skipped,
             clusters: None,
+            retired: HashMap::new(),
         }
+    }
+
+    /// Example `example` stops drawing negative `row` (while it has
+    /// others); false if it already had.
+    pub fn retire(&mut self, example: usize, row: usize) -> bool {
+        self.retired.entry(example).or_default().insert(row)
+    }
+
+    /// Retired negatives, as passage ids by query id (for checkpoints).
+    pub fn retired_ids(&self, corpus: &TextTable) -> BTreeMap<String, Vec<String>> {
+        self.retired
+            .iter()
+            .map(|(&i, rows)| {
+                let mut ids: Vec<String> = rows.iter().map(|&r| corpus.ids[r].clone()).collect();
+                ids.sort();
+                (self.examples[i].query_id.clone(), ids)
+            })
+            .collect()
+    }
+
+    /// Retires again what [`TrainingSet::retired_ids`] recorded; ids this
+    /// set does not know are ignored (they can only come from another round).
+    pub fn restore_retired(&mut self, retired: &BTreeMap<String, Vec<String>>, corpus: &TextTable) {
+        let example_of: HashMap<&str, usize> = self
+            .examples
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.query_id.as_str(), i))
+            .collect();
+        let pairs: Vec<(usize, usize)> = retired
+            .iter()
+            .filter_map(|(query_id, ids)| Some((*example_of.get(query_id.as_str())?, ids)))
+            .flat_map(|(i, ids)| {
+                ids.iter()
+                    .filter_map(|id| corpus.position(id))
+                    .map(move |row| (i, row))
+            })
+            .collect();
+        for (i, row) in pairs {
+            self.retire(i, row);
+        }
+    }
+
+    /// Retired negatives over all examples.
+    pub fn retired_count(&self) -> usize {
+        self.retired.values().map(HashSet::len).sum()
+    }
+
+    /// The negatives example `i` draws `wanted` of: all of its stored ones,
+    /// or with some retired, the others — topped up with retired ones, in
+    /// stored order, when fewer than `wanted` remain.
+    fn drawable(&self, i: usize, wanted: usize) -> Vec<usize> {
+        let negatives = &self.examples[i].negatives;
+        let Some(retired) = self.retired.get(&i) else {
+            return negatives.clone();
+        };
+        let (live, used): (Vec<usize>, Vec<usize>) =
+            negatives.iter().partition(|row| !retired.contains(row));
+        if live.len() >= wanted {
+            return live;
+        }
+        let short = wanted - live.len();
+        live.into_iter()
+            .chain(used.into_iter().take(short))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -194,13 +283,13 @@ impl TrainingSet {
         let mut rng = Rng::for_query(epoch_seed, &ex.query_id);
         let mut passages = vec![ex.positives[rng.below(ex.positives.len())]];
         let wanted = group_size - 1;
-        if wanted > 0 && !ex.negatives.is_empty() {
-            let mut pool: Vec<usize> = ex
-                .negatives
+        let negatives = self.drawable(i, wanted);
+        if wanted > 0 && !negatives.is_empty() {
+            let mut pool: Vec<usize> = negatives
                 .iter()
                 .copied()
                 .cycle()
-                .take(wanted.max(ex.negatives.len()))
+                .take(wanted.max(negatives.len()))
                 .collect();
             shuffle(&mut pool, &mut rng);
             passages.extend(pool.into_iter().take(wanted));
@@ -454,5 +543,71 @@ mod tests {
                 "the two batchings differ only in how groups are packed"
             );
         }
+    }
+
+    /// One query, positive d0, six stored negatives d1..d6, groups of 3.
+    fn pool_fixture() -> (TextTable, TrainingSet) {
+        let corpus = table("d", &["p0", "n1", "n2", "n3", "n4", "n5", "n6", "x7"]);
+        let queries = table("q", &["q0"]);
+        let mut qrels = Qrels::default();
+        qrels.by_query.insert("q0".into(), vec![("d0".into(), 1)]);
+        let record = QueryRecord {
+            negatives: (1..=6).map(|i| doc(&format!("d{i}"))).collect(),
+            positives: vec![doc("d0")],
+            survivors: 6,
+            shortfall: 0,
+            filtered: Default::default(),
+        };
+        let records = vec![("q0".to_string(), record)];
+        let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        (corpus, set)
+    }
+
+    fn drawn(set: &TrainingSet, epoch: usize) -> Vec<usize> {
+        let batches = set.epoch_batches(3, 1, Batching::ClashFree, 7, epoch);
+        batches[0][0].passages.clone()
+    }
+
+    #[test]
+    fn retired_negatives_are_not_drawn_while_others_remain_and_positives_never_are() {
+        let (corpus, mut set) = pool_fixture();
+        let untouched: Vec<Vec<usize>> = (1..=4).map(|e| drawn(&set, e)).collect();
+        for row in [1, 2, 3, 4] {
+            set.retire(0, row);
+        }
+        for epoch in 1..=20 {
+            let group = drawn(&set, epoch);
+            assert_eq!(group[0], 0, "the positive first");
+            let mut negatives = group[1..].to_vec();
+            negatives.sort_unstable();
+            assert_eq!(
+                negatives,
+                [5, 6],
+                "only the two live negatives, epoch {epoch}"
+            );
+        }
+        // Fewer live than drawn: the rest comes from the retired, never a positive.
+        set.retire(0, 5);
+        for epoch in 1..=20 {
+            let group = drawn(&set, epoch);
+            assert!(group[1..].contains(&6), "the live one is always drawn");
+            assert!(!group[1..].contains(&0), "a positive is never a negative");
+            assert!(group[1..].iter().all(|r| (1..=6).contains(r)), "{group:?}");
+        }
+        // Recorded by id and restored into a fresh set: the same draws.
+        let ids = set.retired_ids(&corpus);
+        assert_eq!(ids["q0"], ["d1", "d2", "d3", "d4", "d5"]);
+        let (_, mut restored) = pool_fixture();
+        assert_eq!(
+            drawn(&restored, 1),
+            untouched[0],
+            "nothing retired: as before"
+        );
+        restored.restore_retired(&ids, &corpus);
+        assert_eq!(restored.retired_count(), 5);
+        for epoch in 1..=4 {
+            assert_eq!(drawn(&restored, epoch), drawn(&set, epoch));
+        }
+        assert!(untouched.iter().any(|g| g[1..].iter().any(|r| *r <= 4)));
     }
 }

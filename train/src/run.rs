@@ -99,6 +99,9 @@ pub struct EpochReport {
     pub mine_seconds: f64,
     /// Jaccard overlap of this round's negatives with the previous epoch's round.
     pub negatives_overlap: Option<f64>,
+    /// Negatives retired during the epoch for scoring far below the positive.
+    #[serde(default)]
+    pub negatives_retired: usize,
     /// Re-encoding the corpus with this epoch's checkpoint, and indexing it.
     pub encode_seconds: f64,
     pub index_seconds: f64,
@@ -394,6 +397,7 @@ pub fn run(
         check_resumable(saved, &spec, ws)?;
     }
     let start_epoch = resumed.as_ref().map_or(0, |s| s.state.epoch);
+    let retired = resumed.as_ref().map(|s| s.state.retired.clone());
     let model = resumed
         .as_ref()
         .map_or_else(|| base.model.clone(), |s| s.model.clone());
@@ -435,6 +439,9 @@ pub fn run(
 
     let mut records = load_records(ws.store, round)?;
     let mut set = training_set(ws, &split_qrels, records.as_deref(), &spec);
+    if let Some(retired) = &retired {
+        set.restore_retired(retired, &ws.dataset.corpus);
+    }
     note_skipped(&mut report, &set, progress);
     let ids: Vec<&str> = set.examples.iter().map(|e| e.query_id.as_str()).collect();
     fsutil::write_json_atomic(&run_dir.join(QUERIES_FILE), &ids)?;
@@ -469,7 +476,7 @@ pub fn run(
             set.clusters = Some(current.query_clusters(ws, &set, &spec, epoch, progress)?);
         }
         let stats = trainer.train_epoch(
-            &set,
+            &mut set,
             (&ws.dataset.corpus, &ws.dataset.queries),
             epoch,
             &schedule,
@@ -481,6 +488,7 @@ pub fn run(
             stats,
             mine_seconds: std::mem::take(&mut mine_seconds),
             negatives_overlap: overlap,
+            retired: set.retired_ids(&ws.dataset.corpus),
             ..TrainerState::new(epoch, trainer.optimizer().steps(), schedule_steps, round)
         };
         let modules = Modules {
@@ -587,6 +595,7 @@ fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
         train_tokens: state.stats.tokens,
         mine_seconds: state.mine_seconds,
         negatives_overlap: state.negatives_overlap,
+        negatives_retired: state.stats.retired,
         encode_seconds: 0.0,
         index_seconds: 0.0,
         eval: None,

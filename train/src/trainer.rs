@@ -47,6 +47,10 @@ pub struct TrainSettings {
     /// trains the weights.
     #[serde(default)]
     pub freeze_passages: bool,
+    /// Retire a drawn negative that the live model scores more than this
+    /// below the query's positive (see [`crate::data`]); `None`: never.
+    #[serde(default)]
+    pub replace_easy: Option<f32>,
 }
 
 impl Default for TrainSettings {
@@ -68,6 +72,7 @@ impl Default for TrainSettings {
             mini_batch: 0,
             batching: Batching::ClashFree,
             freeze_passages: false,
+            replace_easy: None,
         }
     }
 }
@@ -80,6 +85,9 @@ pub struct EpochStats {
     pub optimizer_steps: u64,
     pub tokens: u64,
     pub seconds: f64,
+    /// Negatives retired during the epoch (`replace_easy`).
+    #[serde(default)]
+    pub retired: usize,
 }
 
 pub struct Trainer {
@@ -92,12 +100,18 @@ pub struct Trainer {
     frozen: Option<FrozenPassages>,
 }
 
+/// Loss, gradients (`None` when the loss is not finite) and group scores of one pass.
+type PassOutcome = (f32, Option<Gradients>, Vec<Vec<f32>>);
+
 /// Loss, gradients and the real tokens of one batch.
 pub struct BatchPass {
     pub loss: f32,
     /// `None` when the loss is not finite (no backward is run).
     pub grads: Option<Gradients>,
     pub tokens: usize,
+    /// With `replace_easy`: each query's scores for its own group, the
+    /// positive's first (empty otherwise).
+    pub scores: Vec<Vec<f32>>,
 }
 
 impl Trainer {
@@ -192,7 +206,7 @@ impl Trainer {
         let tokens = real_tokens(&q_tokens) + real_tokens(&p_tokens);
         let mini = self.settings.mini_batch;
         let cached = mini > 0 && (mini < q_tokens.len() || mini < p_tokens.len());
-        let (loss, grads) = if cached {
+        let (loss, grads, scores) = if cached {
             self.cached_pass(&q_tokens, &p_tokens, group_size, dropout)?
         } else {
             self.whole_pass(&q_tokens, &p_tokens, group_size, dropout)?
@@ -201,6 +215,7 @@ impl Trainer {
             loss,
             grads,
             tokens,
+            scores,
         })
     }
 
@@ -229,6 +244,7 @@ impl Trainer {
             loss: value,
             grads,
             tokens: real_tokens(&q_tokens),
+            scores: self.scores_if_asked(&q, passages, group_size)?,
         })
     }
 
@@ -259,6 +275,18 @@ impl Trainer {
         }
     }
 
+    /// Each query's scores for its own group (positive first), when
+    /// `replace_easy` needs them.
+    fn scores_if_asked(&self, q: &Tensor, p: &Tensor, group_size: usize) -> Result<Vec<Vec<f32>>> {
+        if self.settings.replace_easy.is_none() {
+            return Ok(Vec::new());
+        }
+        let (batch, dim) = q.dims2()?;
+        let groups = p.detach().reshape((batch, group_size, dim))?;
+        let queries = q.detach().unsqueeze(2)?.contiguous()?;
+        Ok(groups.matmul(&queries)?.squeeze(2)?.to_vec2::<f32>()?)
+    }
+
     fn loss(&self, q: &Tensor, p: &Tensor, group_size: usize) -> Result<Tensor> {
         contrastive_loss(
             self.settings.loss,
@@ -276,17 +304,18 @@ impl Trainer {
         p_tokens: &[Vec<u32>],
         group_size: usize,
         dropout: Option<&Dropout>,
-    ) -> Result<(f32, Option<Gradients>)> {
+    ) -> Result<PassOutcome> {
         let q = self.encoder.embed(&pad(q_tokens), dropout)?;
         let p = self.encoder.embed(&pad(p_tokens), dropout)?;
         let loss = self.loss(&q, &p, group_size)?;
         let value = loss.to_scalar::<f32>()?;
+        let scores = self.scores_if_asked(&q, &p, group_size)?;
         if !value.is_finite() {
-            return Ok((value, None));
+            return Ok((value, None, scores));
         }
         let mut grads = Gradients::default();
         grads.accumulate(&self.vars, &loss.backward()?, 1.0)?;
-        Ok((value, Some(grads)))
+        Ok((value, Some(grads), scores))
     }
 
     /// [`Trainer::pass`] with cached gradients, `mini_batch` texts at a time.
@@ -296,7 +325,7 @@ impl Trainer {
         p_tokens: &[Vec<u32>],
         group_size: usize,
         dropout: Option<&Dropout>,
-    ) -> Result<(f32, Option<Gradients>)> {
+    ) -> Result<PassOutcome> {
         let mini = self.settings.mini_batch;
         let sides = [q_tokens, p_tokens];
         // Mini-batch `c` of side `s` always draws the masks of fork 2c + s.
@@ -315,8 +344,10 @@ impl Trainer {
         }
         let loss = self.loss(leaves[0].as_tensor(), leaves[1].as_tensor(), group_size)?;
         let value = loss.to_scalar::<f32>()?;
+        let scores =
+            self.scores_if_asked(leaves[0].as_tensor(), leaves[1].as_tensor(), group_size)?;
         if !value.is_finite() {
-            return Ok((value, None));
+            return Ok((value, None, scores));
         }
         let embedding_grads = loss.backward()?;
         let mut grads = Gradients::default();
@@ -331,7 +362,7 @@ impl Trainer {
                 grads.accumulate(&self.vars, &surrogate.backward()?, 1.0)?;
             }
         }
-        Ok((value, Some(grads)))
+        Ok((value, Some(grads), scores))
     }
 
     /// Clips the summed gradients and takes one AdamW step at `lr`; returns the norm before clipping.
@@ -349,7 +380,7 @@ impl Trainer {
     /// `schedule` gives this epoch's steps; `on_step` gets each step's record.
     pub fn train_epoch(
         &mut self,
-        set: &TrainingSet,
+        set: &mut TrainingSet,
         texts: (&TextTable, &TextTable),
         epoch: usize,
         schedule: &Schedule,
@@ -385,6 +416,9 @@ impl Trainer {
                         .join(", "),
                 });
             };
+            if let Some(margin) = s.replace_easy {
+                stats.retired += retire_easy(set, batch, &pass.scores, margin);
+            }
             pending.merge(grads, 1.0 / s.grad_accum as f64)?;
             pending_batches.push(batch_record(set, corpus, batch, pass.loss));
             loss_sum += pass.loss as f64;
@@ -409,6 +443,20 @@ impl Trainer {
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
+}
+
+/// Retires every negative of `batch` scored more than `margin` below its
+/// query's positive; returns how many.
+fn retire_easy(set: &mut TrainingSet, batch: &[Group], scores: &[Vec<f32>], margin: f32) -> usize {
+    let mut retired = 0;
+    for (group, scores) in batch.iter().zip(scores) {
+        for (&row, &score) in group.passages.iter().zip(scores).skip(1) {
+            if scores[0] - score > margin && set.retire(group.example, row) {
+                retired += 1;
+            }
+        }
+    }
+    retired
 }
 
 /// Token ids padded into one batch.
