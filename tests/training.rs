@@ -791,8 +791,11 @@ fn query_side_training_never_re_encodes_passages_and_re_mines_with_the_new_queri
         .concat(),
     ));
     assert_eq!(found["results"].as_array().unwrap().len(), 3);
-    // Resuming the finished run mines nothing new.
-    ok(&ws, &["train", "--run", "q", "--resume"]);
+    let shown = ok(&ws, &["report", "--run", "q"]);
+    assert!(shown.contains("query side only"), "{shown}");
+    // Resuming the finished run mines nothing new; its hint names --query-model.
+    let resumed = ok(&ws, &["train", "--run", "q", "--resume"]);
+    assert!(resumed.contains("--query-model"), "{resumed}");
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
     assert_eq!(stats["manifest"]["round"].to_string(), rounds[1]);
 }
@@ -808,6 +811,11 @@ fn easy_negatives_are_retired_and_later_epochs_draw_the_rest_of_the_pool() {
     );
     let retired_in_epoch_1 = run["epochs"][0]["negatives_retired"].as_u64().unwrap();
     assert!(retired_in_epoch_1 > 0, "{run}");
+    let shown = ok(&ws, &["report", "--run", "easy"]);
+    assert!(
+        shown.contains("easy negatives retired at margin 0"),
+        "{shown}"
+    );
     let stats = json(&ok(&ws, &["mine", "stats", "--json"]));
     assert_eq!(
         stats["manifest"]["params"]["negatives"], 8,

@@ -55,12 +55,17 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     } else {
         super::report::print_table(&report);
         if let Some(last) = report.epochs.last() {
-            println!(
-                "\ncheckpoint: {}\nuse it with `cpack init --model {}` or SentenceTransformer(\"{}\")",
-                last.checkpoint.display(),
-                last.checkpoint.display(),
-                last.checkpoint.display()
-            );
+            let path = last.checkpoint.display();
+            if report.spec.train.freeze_passages {
+                println!(
+                    "\ncheckpoint: {path}\na query encoder: passages stay the workspace model's; \
+                     use it with `cpack search --query-model {path}` or `cpack eval --query-model {path}`"
+                );
+            } else {
+                println!(
+                    "\ncheckpoint: {path}\nuse it with `cpack init --model {path}` or SentenceTransformer(\"{path}\")"
+                );
+            }
         }
     }
     Ok(())

@@ -61,6 +61,19 @@ pub fn print_table(report: &Report) {
         report.train_queries,
         s.eval_split.as_ref().map_or(String::new(), |e| format!(" · eval on {e}")),
     );
+    let mut strategy = Vec::new();
+    if s.train.freeze_passages {
+        strategy.push("query side only (--freeze-passages)".to_string());
+    }
+    if let Some(margin) = s.train.replace_easy {
+        let retired: usize = report.epochs.iter().map(|e| e.negatives_retired).sum();
+        strategy.push(format!(
+            "easy negatives retired at margin {margin}: {retired} so far"
+        ));
+    }
+    if !strategy.is_empty() {
+        println!("{}", strategy.join(" · "));
+    }
     println!(
         "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
         "epoch",
