@@ -46,7 +46,7 @@ pub enum Error {
     #[error("model computation failed")]
     Candle(#[from] candle_core::Error),
 
-    #[error("cannot compute on {device} (a cpack with the `cuda` feature is built by scripts/build-cuda.sh)")]
+    #[error("cannot compute on {device}: it needs an NVIDIA GPU with its driver, and a cpack built with the `cuda` feature (scripts/build-cuda.sh)")]
     Device {
         device: String,
         #[source]
