@@ -78,9 +78,10 @@ build() {
   export LD_LIBRARY_PATH="$CUDA/lib:$CUDA/lib/stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # candle asks nvidia-smi for the compute capability otherwise; the H200 is 9.0.
   export CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000
-  # FAISS's kernels as sm_90 machine code only, compressed for size: PTX
-  # beside it (what CUDAARCHS=90 adds) doubles the binary and the H200 runs
-  # sm_90 code as it is. candle's kernels are PTX by design (loaded at run time).
+  # FAISS's kernels as sm_90 machine code only (no PTX copy beside it, which
+  # CUDAARCHS=90 adds: the H200 runs sm_90 code as it is), compressed for
+  # size: the package must fit a device call's carry. candle's kernels are
+  # PTX by design (loaded at run time).
   export CUDAARCHS=90-real CUDAFLAGS="--compress-mode=size" CUDACXX="$CUDA/bin/nvcc"
   say "cargo build --release --features cuda (target/cuda)"
   cargo build --release --features cuda --bin cpack --target-dir "$ROOT/target/cuda"
