@@ -39,14 +39,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
-bash scripts/setup.sh >/dev/null
-if [ -z "${CPACK_BIN:-}" ]; then
-  cargo build --release -q --workspace --bins
-fi
-CPACK="${CPACK_BIN:-$ROOT/target/release/cpack}"
-TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
-bash scripts/train_workspace.sh "$TWS" >/dev/null
-cd "$TWS"
+source bench/quickstart_training.sh
 flags() {  # strategy → its flags
   case "$1" in
     in-batch) echo "--group-size 1 --refresh-every 0" ;;

@@ -43,15 +43,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
-bash scripts/setup.sh >/dev/null
-if [ -z "${CPACK_BIN:-}" ]; then
-  cargo build --release -q --workspace --bins
-fi
-CPACK="${CPACK_BIN:-$ROOT/target/release/cpack}"
 VENV="$ROOT/.cache/bench-venv/bin/python"
-TWS="${CPACK_QUICKSTART_TRAIN_DIR:-$ROOT/.cache/train-insuranceqa}"
-bash scripts/train_workspace.sh "$TWS" >/dev/null
-cd "$TWS"
+source bench/quickstart_training.sh
 train() {  # run name, flags...
   local name=$1; shift
   if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
