@@ -112,6 +112,52 @@ pub struct BuildPlan {
     pub rows: usize,
     pub precision: Precision,
     pub index: IndexKind,
+    /// Re-encode only some rows and keep the rest from a base generation
+    /// (an incremental refresh); `None`: every row is encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialPlan>,
+}
+
+/// The rows an incremental build re-encodes, and the generation whose vectors
+/// the other rows keep. Those rows are stale: encoded by the base's model (or,
+/// if the base was itself partial, by older ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialPlan {
+    /// The base generation's embeddings file, and its size and checksum when
+    /// the plan was made (it is verified before its rows are copied).
+    pub base_embeddings: PathBuf,
+    pub base_sum: fsutil::FileSum,
+    pub base_model_fingerprint: String,
+    /// Rows encoded under the plan's stamp, ascending.
+    pub rows: Vec<u32>,
+}
+
+impl PartialPlan {
+    /// Re-encode `rows` of `base`'s corpus (sorted and deduplicated here).
+    pub fn over(base: &OpenIndex, mut rows: Vec<u32>) -> Result<Self> {
+        rows.sort_unstable();
+        rows.dedup();
+        if let Some(&last) = rows.last() {
+            if last as usize >= base.ids.len() {
+                return Err(Error::Invalid(format!(
+                    "row {last} is past the {} rows of the base index",
+                    base.ids.len()
+                )));
+            }
+        }
+        let base_embeddings = base.embeddings_path();
+        let name = base.manifest.plan.precision.file_name();
+        let base_sum = match base.manifest.files.get(name) {
+            Some(sum) => *sum,
+            None => fsutil::FileSum::of(&base_embeddings)?,
+        };
+        Ok(PartialPlan {
+            base_embeddings,
+            base_sum,
+            base_model_fingerprint: base.manifest.plan.stamp.model_fingerprint.clone(),
+            rows,
+        })
+    }
 }
 
 impl BuildPlan {
@@ -128,6 +174,30 @@ impl BuildPlan {
             rows: corpus.len(),
             precision,
             index,
+            partial: None,
+        }
+    }
+
+    /// The same plan, re-encoding only what `partial` names.
+    pub fn reencoding_only(self, partial: PartialPlan) -> Self {
+        BuildPlan {
+            partial: Some(partial),
+            ..self
+        }
+    }
+
+    /// Rows not encoded under this plan's stamp (0 for a whole build).
+    pub fn stale_rows(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |p| self.rows - p.rows.len())
+    }
+
+    /// The rows this build encodes, ascending.
+    fn rows_to_encode(&self) -> Vec<usize> {
+        match &self.partial {
+            Some(p) => p.rows.iter().map(|&r| r as usize).collect(),
+            None => (0..self.rows).collect(),
         }
     }
 }
@@ -212,10 +282,19 @@ pub enum BuildOutcome {
 /// An opened generation, ready to search.
 pub struct OpenIndex {
     pub generation: String,
+    /// The generation's folder.
+    pub dir: PathBuf,
     pub manifest: Manifest,
     pub ids: Vec<String>,
     pub embeddings: Arc<EmbeddingMatrix>,
     pub vectors: Box<dyn VectorIndex>,
+}
+
+impl OpenIndex {
+    /// The generation's embeddings file.
+    pub fn embeddings_path(&self) -> PathBuf {
+        self.dir.join(self.manifest.plan.precision.file_name())
+    }
 }
 
 /// The `.cpack/index` directory of a workspace, and where its generations
@@ -248,6 +327,39 @@ fn generation_files(dir: &Path, precision: Precision) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Copies the base generation's embeddings to `data` (synced), after checking
+/// they are still what the plan was made from.
+fn copy_base(partial: &PartialPlan, data: &Path) -> Result<()> {
+    let base = &partial.base_embeddings;
+    partial.base_sum.verify(
+        base,
+        "the index it refreshes changed or is damaged; run the refresh again",
+    )?;
+    fs::copy(base, data).map_err(Error::io("copy", base))?;
+    fs::File::open(data)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("sync", data))
+}
+
+/// Writes the encoded `bytes` of `rows` (ascending) at their places in
+/// `file`, one write per run of consecutive rows.
+fn write_rows(file: &fs::File, rows: &[usize], bytes: &[u8], width: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start + 1;
+        while end < rows.len() && rows[end] == rows[end - 1] + 1 {
+            end += 1;
+        }
+        file.write_all_at(
+            &bytes[start * width..end * width],
+            (rows[start] * width) as u64,
+        )?;
+        start = end;
+    }
+    Ok(())
 }
 
 impl IndexDir {
@@ -344,6 +456,7 @@ impl IndexDir {
         let vectors = plan.index.open(&dir, embeddings.clone(), self.device)?;
         Ok(OpenIndex {
             generation,
+            dir,
             manifest,
             ids,
             embeddings,
@@ -362,6 +475,20 @@ impl IndexDir {
         progress: &dyn Progress,
     ) -> Result<BuildOutcome> {
         plan.index.check(plan.stamp.dim)?;
+        if let Some(partial) = &plan.partial {
+            let needed = (plan.rows * plan.stamp.dim * plan.precision.bytes()) as u64;
+            if partial.base_sum.bytes != needed {
+                return Err(Error::Invalid(format!(
+                    "{} holds {} bytes of vectors, a refresh of {} rows × {} at {:?} needs {needed}: \
+                     refresh the whole index instead",
+                    partial.base_embeddings.display(),
+                    partial.base_sum.bytes,
+                    plan.rows,
+                    plan.stamp.dim,
+                    plan.precision
+                )));
+            }
+        }
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
         let _lock = self.lock()?;
         if !options.force {
@@ -434,7 +561,9 @@ impl IndexDir {
         fsutil::ProcessLock::acquire(&self.root.join(LOCK), "the index")
     }
 
-    /// Picks up `build/` if it was started with the same plan, else clears it.
+    /// Picks up `build/` if it was started with the same plan, else clears it
+    /// and starts it: an empty embeddings file, or for a partial plan a
+    /// verified copy of the base's, whose re-encoded rows are then overwritten.
     fn resume_or_start(
         &self,
         build_dir: &Path,
@@ -442,21 +571,26 @@ impl IndexDir {
         progress: &dyn Progress,
     ) -> Result<BuildState> {
         let state_path = build_dir.join(STATE);
+        let data = build_dir.join(plan.precision.file_name());
         if state_path.exists() {
             if let Ok(state) = fsutil::read_json::<BuildState>(&state_path) {
                 if state.format_version == FORMAT_VERSION && &state.plan == plan {
-                    let data = build_dir.join(plan.precision.file_name());
-                    let width = (plan.stamp.dim * plan.precision.bytes()) as u64;
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&data)
-                        .map_err(Error::io("open", &data))?;
-                    // Rows past the last recorded chunk may be partial: drop them.
-                    file.set_len(state.rows_done as u64 * width)
-                        .map_err(Error::io("truncate", &data))?;
+                    // Rows past the last recorded chunk may be partial: a whole
+                    // build drops them; a partial one (its file written only
+                    // after the base was copied whole) rewrites them.
+                    if plan.partial.is_none() {
+                        let width = (plan.stamp.dim * plan.precision.bytes()) as u64;
+                        let file = OpenOptions::new()
+                            .write(true)
+                            .open(&data)
+                            .map_err(Error::io("open", &data))?;
+                        file.set_len(state.rows_done as u64 * width)
+                            .map_err(Error::io("truncate", &data))?;
+                    }
                     progress.note(&format!(
                         "resuming an interrupted build at row {} of {}",
-                        state.rows_done, plan.rows
+                        state.rows_done,
+                        plan.rows_to_encode().len()
                     ));
                     return Ok(state);
                 }
@@ -467,8 +601,12 @@ impl IndexDir {
             fs::remove_dir_all(build_dir).map_err(Error::io("remove", build_dir))?;
         }
         fs::create_dir_all(build_dir).map_err(Error::io("create", build_dir))?;
-        let data = build_dir.join(plan.precision.file_name());
-        fs::File::create(&data).map_err(Error::io("create", &data))?;
+        match &plan.partial {
+            None => {
+                fs::File::create(&data).map_err(Error::io("create", &data))?;
+            }
+            Some(partial) => copy_base(partial, &data)?,
+        }
         let state = BuildState {
             format_version: FORMAT_VERSION,
             plan: plan.clone(),
@@ -489,26 +627,31 @@ impl IndexDir {
         progress: &dyn Progress,
     ) -> Result<()> {
         let plan = state.plan.clone();
+        let targets = plan.rows_to_encode();
+        let width = plan.stamp.dim * plan.precision.bytes();
         let data_path = build_dir.join(plan.precision.file_name());
-        let mut data = OpenOptions::new()
-            .append(true)
+        let data = OpenOptions::new()
+            .write(true)
             .open(&data_path)
             .map_err(Error::io("open", &data_path))?;
-        progress.stage("encoding passages", plan.rows as u64);
+        let stage = match plan.partial {
+            None => "encoding passages".to_string(),
+            Some(_) => format!("re-encoding {} of {} passages", targets.len(), plan.rows),
+        };
+        progress.stage(&stage, targets.len() as u64);
         progress.advance(state.rows_done as u64, 0);
-        while state.rows_done < plan.rows {
+        while state.rows_done < targets.len() {
             let started = Instant::now();
-            let end = (state.rows_done + chunk_rows).min(plan.rows);
-            let texts: Vec<String> = (state.rows_done..end)
-                .map(|i| corpus.full_text(i))
-                .collect();
+            let end = (state.rows_done + chunk_rows).min(targets.len());
+            let rows = &targets[state.rows_done..end];
+            let texts: Vec<String> = rows.iter().map(|&i| corpus.full_text(i)).collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let mut tokens = 0u64;
             let vectors = encoder.encode(&refs, TextKind::Passage, &mut |n, t| {
                 tokens += t as u64;
                 progress.advance(n as u64, t as u64);
             })?;
-            data.write_all(&plan.precision.encode(&vectors))
+            write_rows(&data, rows, &plan.precision.encode(&vectors), width)
                 .and_then(|_| data.sync_data())
                 .map_err(Error::io("write", &data_path))?;
             state.rows_done = end;
@@ -624,6 +767,7 @@ mod tests {
             rows: f.corpus.len(),
             precision: Precision::F32,
             index,
+            partial: None,
         }
     }
 
@@ -881,5 +1025,119 @@ mod tests {
         other.model_fingerprint = "0000".into();
         let err = dir.open(&other, &f.corpus).err().expect("mismatch");
         assert!(err.to_string().contains("model fingerprint"), "{err}");
+    }
+
+    #[test]
+    fn partial_build_reencodes_exactly_its_rows_and_resumes() {
+        let f = fixture();
+        let other_model = f.root.with_file_name("other-model");
+        crate::test_model::write_tiny_model(&other_model, &TEXTS, 8).unwrap();
+        let g = Fixture {
+            model: ModelDir::open(&other_model).unwrap(),
+            root: f.root.clone(),
+            corpus: f.corpus.clone(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        let (old, new) = (encoder(&f), encoder(&g));
+        let dir = IndexDir::new(f.root.join("run"));
+        let old_plan = plan(&f, &old, IndexKind::Exact);
+        dir.build(
+            old_plan,
+            provenance(),
+            &f.corpus,
+            &old,
+            opts(4, false),
+            &Silent,
+        )
+        .unwrap();
+        let before = embeddings_file(&dir);
+        let whole = IndexDir::new(f.root.join("whole"));
+        let new_plan = plan(&g, &new, IndexKind::Exact);
+        whole
+            .build(
+                new_plan.clone(),
+                provenance(),
+                &f.corpus,
+                &new,
+                opts(4, false),
+                &Silent,
+            )
+            .unwrap();
+        let fresh = embeddings_file(&whole);
+
+        let base = dir
+            .open(&plan(&f, &old, IndexKind::Exact).stamp, &f.corpus)
+            .unwrap();
+        let partial = PartialPlan::over(&base, vec![6, 1, 4, 1, 5]).unwrap();
+        assert_eq!(partial.rows, [1, 4, 5, 6]);
+        let p = new_plan.reencoding_only(partial);
+        assert_eq!(p.stale_rows(), TEXTS.len() - 4);
+        let failing = encoder_with(
+            &g,
+            Box::new(FailingBackend {
+                inner: candle(&g),
+                ok_calls: 1, // batch 3, chunk 2: the first chunk (1 call) lands, the second dies
+                calls: AtomicUsize::new(0),
+            }),
+        );
+        let build = |enc: &Encoder| {
+            dir.build(
+                p.clone(),
+                provenance(),
+                &f.corpus,
+                enc,
+                opts(2, false),
+                &Silent,
+            )
+        };
+        assert!(build(&failing).is_err());
+        drop(base);
+        let out = build(&new).unwrap();
+        assert!(
+            matches!(
+                out,
+                BuildOutcome::Built {
+                    resumed_from_row: 2,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        let after = embeddings_file(&dir);
+        let width = new.dim() * 4;
+        let row_of = |bytes: &[u8], row: usize| bytes[row * width..(row + 1) * width].to_vec();
+        let distance = |a: &[u8], b: &[u8]| {
+            let floats = |x: &[u8]| -> Vec<f32> {
+                x.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect()
+            };
+            let (a, b) = (floats(a), floats(b));
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        for row in 0..TEXTS.len() {
+            let got = row_of(&after, row);
+            if [1, 4, 5, 6].contains(&row) {
+                // Re-encoded: the new model's vector (batches pad differently,
+                // so to rounding), and not the old one.
+                assert!(distance(&got, &row_of(&fresh, row)) < 1e-5, "row {row}");
+                assert!(distance(&got, &row_of(&before, row)) > 1e-2, "row {row}");
+            } else {
+                assert_eq!(
+                    got,
+                    row_of(&before, row),
+                    "row {row} must keep its old bytes"
+                );
+            }
+        }
+        let index = dir.open(&p.stamp, &f.corpus).unwrap();
+        assert_eq!(index.manifest.plan.stale_rows(), TEXTS.len() - 4);
+        assert!(matches!(
+            build(&new).unwrap(),
+            BuildOutcome::UpToDate { .. }
+        ));
     }
 }
