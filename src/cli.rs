@@ -130,6 +130,17 @@ pub struct TrainArgs {
     /// Re-encode, re-index and re-mine every N epochs; 0 keeps the first round's negatives (static) [default: 1].
     #[arg(long, value_name = "N")]
     pub refresh_every: Option<usize>,
+    /// What a refresh re-encodes: full (the whole corpus) or incremental (only
+    /// the training queries' top-k pool in the last round's index and their
+    /// positives; the other passages keep their vectors, marked stale in the
+    /// index manifest; evaluation then encodes the corpus into an index of its
+    /// own) [train.refresh; default: full].
+    #[arg(long, value_enum, value_name = "SCOPE")]
+    pub refresh: Option<cpack_train::incremental::RefreshScope>,
+    /// With --refresh incremental, every Mth refresh re-encodes the whole corpus
+    /// (0 = never) [train.full_refresh_every; default: 0].
+    #[arg(long, value_name = "M")]
+    pub full_refresh_every: Option<usize>,
     /// Queries per batch; every passage of the batch is a negative for the other queries [default: 32].
     #[arg(long, value_name = "N")]
     pub train_batch_size: Option<usize>,

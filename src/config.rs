@@ -50,6 +50,8 @@ impl TomlFile {
 pub struct TrainSection {
     pub epochs: Option<usize>,
     pub refresh_every: Option<usize>,
+    pub refresh: Option<cpack_train::incremental::RefreshScope>,
+    pub full_refresh_every: Option<usize>,
     pub batch_size: Option<usize>,
     pub group_size: Option<usize>,
     pub temperature: Option<f64>,
@@ -457,6 +459,10 @@ precision = "f32"
 # epochs = 1
 # Re-encode, re-index and re-mine every N epochs; 0 = static negatives.
 # refresh_every = 1
+# What a refresh re-encodes: "full", or "incremental" (only the training
+# queries' top-k pool and positives), with a full one every M refreshes (0 = never).
+# refresh = "full"
+# full_refresh_every = 0
 # Queries per batch, and passages per query (1 positive + group_size - 1 negatives).
 # batch_size = 32
 # group_size = 8

@@ -892,3 +892,116 @@ fn easy_negatives_are_retired_and_later_epochs_draw_the_rest_of_the_pool() {
         "epoch 2 resumed from epoch 1 trained differently"
     );
 }
+
+/// The embeddings of the live generation of the index in `dir`, row by row,
+/// with its manifest.
+fn live_rows(dir: &Path) -> (serde_json::Value, Vec<Vec<u8>>) {
+    let generation = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+    let generation = dir.join(generation.trim());
+    let manifest = json(&std::fs::read_to_string(generation.join("manifest.json")).unwrap());
+    let width = manifest["plan"]["stamp"]["dim"].as_u64().unwrap() as usize * 4;
+    let bytes = std::fs::read(generation.join("embeddings.f32")).unwrap();
+    (manifest, bytes.chunks(width).map(<[u8]>::to_vec).collect())
+}
+
+#[test]
+fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let incremental = ["--refresh", "incremental", "--run", "inc"];
+    let run = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &incremental].concat());
+    let epochs = run["epochs"].as_array().unwrap();
+    let (manifest, after) = live_rows(&ws.join(".cpack/runs/inc/index"));
+    let (_, before) = live_rows(&ws.join(".cpack/index"));
+    let rows: Vec<usize> = manifest["plan"]["partial"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(epochs[0]["passages_encoded"], rows.len());
+    assert!(
+        rows.len() < before.len(),
+        "{} of {}",
+        rows.len(),
+        before.len()
+    );
+    // The pool, found independently: each training query's top 30 under the
+    // base model (which mined epoch 1's round), and its positives.
+    let data = shared("data/cmrc2018");
+    let texts: std::collections::HashMap<String, String> =
+        std::fs::read_to_string(data.join("queries.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let q = json(l);
+                (
+                    q["id"].as_str().unwrap().into(),
+                    q["text"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+    let qrels = std::fs::read_to_string(data.join("qrels/train.tsv")).unwrap();
+    let training: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(ws.join(".cpack/runs/inc/queries.json")).unwrap(),
+    )
+    .unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    let lengths = ["--passage-max-len", "48", "--query-max-len", "24"];
+    for id in &training {
+        let search = [&["search", "--json", "-k", "30", &texts[id]][..], &lengths].concat();
+        for hit in json(&ok(&ws, &search))["results"].as_array().unwrap() {
+            expected.insert(hit["id"].as_str().unwrap().to_string());
+        }
+        for line in qrels.lines().filter(|l| l.starts_with(&format!("{id}\t"))) {
+            expected.insert(line.split('\t').nth(1).unwrap().to_string());
+        }
+    }
+    let ids: Vec<String> = {
+        let generation = std::fs::read_to_string(ws.join(".cpack/runs/inc/index/CURRENT")).unwrap();
+        let path = ws
+            .join(".cpack/runs/inc/index")
+            .join(generation.trim())
+            .join("ids.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let pool: std::collections::BTreeSet<String> = rows.iter().map(|&r| ids[r].clone()).collect();
+    assert_eq!(pool, expected);
+    for (row, (new, old)) in after.iter().zip(&before).enumerate() {
+        if rows.binary_search(&row).is_ok() {
+            assert_ne!(
+                new, old,
+                "row {row} is re-encoded with the epoch-1 checkpoint"
+            );
+        } else {
+            assert_eq!(new, old, "row {row} keeps the base model's vector");
+        }
+    }
+    // Evaluation encoded the whole corpus into an index of its own.
+    for e in epochs {
+        assert!(e["eval_encode_seconds"].as_f64().unwrap() > 0.0, "{e}");
+        assert!(e["eval"]["metrics"]["ndcg_at_10"].as_f64().is_some());
+    }
+    assert_ne!(
+        epochs[0]["round"], epochs[1]["round"],
+        "the refresh mined anew"
+    );
+    // A full refresh every refresh: the whole corpus, nothing stale.
+    let whole = [
+        "--refresh",
+        "incremental",
+        "--full-refresh-every",
+        "1",
+        "--run",
+        "whole",
+    ];
+    let run = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &whole].concat());
+    assert_eq!(run["epochs"][0]["passages_encoded"], before.len());
+    let (manifest, _) = live_rows(&ws.join(".cpack/runs/whole/index"));
+    assert!(manifest["plan"]["partial"].is_null(), "{manifest}");
+    let refused = fails(
+        &ws,
+        &["train", "--refresh", "incremental", "--freeze-passages"],
+    );
+    assert!(refused.contains("--refresh incremental needs"), "{refused}");
+}

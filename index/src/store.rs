@@ -31,7 +31,6 @@ use crate::progress::Progress;
 use crate::vector::{IndexDevice, IndexKind, VectorIndex};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;

@@ -9,6 +9,7 @@ use cpack_index::dataset::Dataset;
 use cpack_miner::{
     FilterPreset, MiningParams, NegativeStore, OnShort, SamplingKind, SimansWeights,
 };
+use cpack_train::incremental::RefreshScope;
 use cpack_train::run::{self, RunSpec, Workspace};
 use cpack_train::{LossKind, TrainSettings};
 use std::path::{Path, PathBuf};
@@ -188,6 +189,8 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         eval_split,
         max_queries: args.max_queries.or(file.max_queries),
         negatives_from: args.negatives_from.or(file.negatives_from),
+        refresh: pick(&args.refresh, &file.refresh, RefreshScope::default()),
+        full_refresh_every: pick(&args.full_refresh_every, &file.full_refresh_every, 0),
     })
 }
 

@@ -5,7 +5,8 @@
 //! positive + `group_size − 1` negatives per query, no clashing texts);
 //! [`loss`] is InfoNCE over in-batch + hard negatives or GTE's variant;
 //! [`frozen`] holds the base index's passage vectors for query-side
-//! training (`--freeze-passages`); [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
+//! training (`--freeze-passages`); [`incremental`] picks the passages an
+//! incremental refresh re-encodes (`--refresh incremental`); [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
 //! schedule; [`trainer`] runs steps and epochs; [`checkpoint`] writes
 //! Hugging Face folders atomically, with the state `--resume` needs;
 //! [`run`] closes the ANCE loop: train, re-encode the corpus with the new
@@ -16,6 +17,7 @@ mod cluster;
 pub mod data;
 pub mod error;
 pub mod frozen;
+pub mod incremental;
 pub mod loss;
 pub mod memory;
 pub mod model;

@@ -15,6 +15,7 @@ use crate::checkpoint::{self, Modules, TrainerState};
 use crate::data::{Batching, Skipped, TrainingSet};
 use crate::error::{Error, Result};
 use crate::frozen::FrozenPassages;
+use crate::incremental::{self, RefreshScope};
 use crate::memory;
 use crate::model::TrainableEncoder;
 use crate::optim::Schedule;
@@ -26,7 +27,8 @@ use cpack_index::evaluate::evaluate_index;
 use cpack_index::metrics::RetrievalMetrics;
 use cpack_index::model::ModelDir;
 use cpack_index::store::{
-    BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, Provenance,
+    BuildOptions, BuildOutcome, BuildPlan, EmbeddingStamp, IndexDir, OpenIndex, PartialPlan,
+    Provenance,
 };
 use cpack_index::vector::IndexKind;
 use cpack_index::{
@@ -63,6 +65,13 @@ pub struct RunSpec {
     /// model mined it (a teacher's); `None`: the base model mines its own.
     #[serde(default)]
     pub negatives_from: Option<u32>,
+    /// Which passages a refresh re-encodes.
+    #[serde(default)]
+    pub refresh: RefreshScope,
+    /// With incremental refreshes, every this many-th refresh re-encodes
+    /// the whole corpus; 0 = none does.
+    #[serde(default)]
+    pub full_refresh_every: usize,
 }
 
 impl RunSpec {
@@ -76,6 +85,22 @@ impl RunSpec {
             && self.refresh_every > 0
             && epoch > 1
             && (epoch - 1).is_multiple_of(self.refresh_every)
+    }
+
+    /// The refresh before `epoch` re-encodes the whole corpus.
+    fn whole_refresh_before(&self, epoch: usize) -> bool {
+        let nth = (epoch - 1) / self.refresh_every.max(1);
+        self.refresh == RefreshScope::Full
+            || (self.full_refresh_every > 0 && nth.is_multiple_of(self.full_refresh_every))
+    }
+
+    /// The epoch whose checkpoint mined the round that `epoch` trains on
+    /// (0: the base model).
+    fn mined_by(&self, epoch: usize) -> usize {
+        (2..=epoch)
+            .rev()
+            .find(|&e| self.refresh_before(e))
+            .map_or(0, |e| e - 1)
     }
 }
 
@@ -105,6 +130,13 @@ pub struct EpochReport {
     /// Re-encoding the corpus with this epoch's checkpoint, and indexing it.
     pub encode_seconds: f64,
     pub index_seconds: f64,
+    /// Passages that re-encode encoded (fewer than the corpus when incremental).
+    #[serde(default)]
+    pub passages_encoded: usize,
+    /// Encoding the corpus for the evaluation alone (incremental refreshes
+    /// leave the run's index partly stale, so evaluation encodes its own).
+    #[serde(default)]
+    pub eval_encode_seconds: f64,
     pub eval: Option<EvalPoint>,
     pub checkpoint: PathBuf,
 }
@@ -157,9 +189,26 @@ impl Current {
         dir: &IndexDir,
         progress: &dyn Progress,
     ) -> Result<(OpenIndex, f64, f64)> {
+        let (index, built) = self.build(ws, dir, None, progress)?;
+        Ok((index, built.0, built.1))
+    }
+
+    /// Builds the index of `dir` for this model (re-encoding only what
+    /// `partial` names, if given), then opens it; with the seconds spent
+    /// encoding and indexing, and the passages encoded.
+    fn build(
+        &self,
+        ws: &Workspace,
+        dir: &IndexDir,
+        partial: Option<PartialPlan>,
+        progress: &dyn Progress,
+    ) -> Result<(OpenIndex, (f64, f64, usize))> {
         let corpus = &ws.dataset.corpus;
         let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
-        let plan = BuildPlan::new(stamp.clone(), corpus, ws.precision, ws.index_kind.clone());
+        let mut plan = BuildPlan::new(stamp.clone(), corpus, ws.precision, ws.index_kind.clone());
+        if let Some(partial) = partial {
+            plan = plan.reencoding_only(partial);
+        }
         let provenance = Provenance {
             model_path: &self.model.dir,
             corpus_path: &ws.dataset.paths.corpus,
@@ -169,14 +218,15 @@ impl Current {
             force: false,
         };
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
-        let (encode, index) = match outcome {
+        let built = match outcome {
             BuildOutcome::Built { manifest, .. } => (
                 manifest.timings.encode_seconds,
                 manifest.timings.index_seconds,
+                manifest.plan.rows - manifest.plan.stale_rows(),
             ),
-            BuildOutcome::UpToDate { .. } => (0.0, 0.0),
+            BuildOutcome::UpToDate { .. } => (0.0, 0.0, 0),
         };
-        Ok((dir.open(&stamp, corpus)?, encode, index))
+        Ok((dir.open(&stamp, corpus)?, built))
     }
 
     fn evaluate(
@@ -283,6 +333,13 @@ enum Passages<'a> {
     Reencoded(IndexDir),
     /// The base model's index, never re-encoded: query-side training.
     Frozen(&'a Current),
+    /// The run's own index, refreshed incrementally (see [`incremental`]);
+    /// evaluation encodes the whole corpus into an index of its own.
+    Incremental {
+        dir: IndexDir,
+        eval_dir: IndexDir,
+        run_dir: PathBuf,
+    },
 }
 
 impl Passages<'_> {
@@ -297,8 +354,60 @@ impl Passages<'_> {
         match self {
             Passages::Reencoded(dir) => current.index(ws, dir, progress),
             Passages::Frozen(base) => base.index(ws, ws.base_index, progress),
+            // Refreshed after the epoch (`finish_epoch`): only opened here.
+            Passages::Incremental { dir, .. } => {
+                let stamp = EmbeddingStamp::of(&current.model, &current.encoder)?;
+                Ok((dir.open(&stamp, &ws.dataset.corpus)?, 0.0, 0.0))
+            }
         }
     }
+}
+
+/// The incremental refresh after `epoch` (see [`incremental`]): the
+/// training queries' pool in the index their round was mined from is
+/// re-encoded with `current` into `dir`. Seconds encoding and indexing, and
+/// passages encoded.
+fn refresh_incrementally(
+    ws: &Workspace,
+    spec: &RunSpec,
+    current: &Current,
+    (dir, run_dir): (&IndexDir, &Path),
+    set: &TrainingSet,
+    epoch: usize,
+    progress: &dyn Progress,
+) -> Result<(f64, f64, usize)> {
+    let own = EmbeddingStamp::of(&current.model, &current.encoder)?;
+    if let Some((_, manifest)) = dir.current()? {
+        if manifest.plan.stamp == own {
+            // Killed after the swap, before the report: already refreshed.
+            return Ok((0.0, 0.0, 0));
+        }
+    }
+    let miner = match spec.mined_by(epoch) {
+        0 => spec.base_model.clone(),
+        e => run_dir.join(format!("epoch-{e}")),
+    };
+    let miner = Current::open(ModelDir::open(&miner)?, &spec.encoder, ws)?;
+    let stamp = EmbeddingStamp::of(&miner.model, &miner.encoder)?;
+    let source = if dir.current()?.is_some() {
+        dir
+    } else {
+        ws.base_index
+    };
+    let mut base = source.open(&stamp, &ws.dataset.corpus)?;
+    let topk = spec.mining.topk;
+    let rows = incremental::pool(
+        set,
+        &ws.dataset.queries,
+        &miner.encoder,
+        &mut base,
+        topk,
+        progress,
+    )?;
+    let partial = PartialPlan::over(&base, rows)?;
+    drop(base);
+    let (_, built) = current.build(ws, dir, Some(partial), progress)?;
+    Ok(built)
 }
 
 /// Checks that round `round`, asked for by `--negatives-from`, can train the
@@ -338,6 +447,15 @@ pub fn run(
             "{} has no judgements to train on",
             ws.dataset.paths.qrels(&spec.mining.split).display()
         )));
+    }
+    if spec.refresh == RefreshScope::Incremental
+        && (spec.train.freeze_passages || spec.refresh_every == 0 || !spec.uses_rounds())
+    {
+        return Err(Error::Invalid(
+            "--refresh incremental needs refreshes of mined negatives: a --refresh-every of 1 or \
+             more, a --group-size above 1, and no --freeze-passages (which never re-encodes)"
+                .into(),
+        ));
     }
     if !resume {
         check_memory(&spec, &ModelDir::open(&spec.base_model)?.config)?;
@@ -385,10 +503,17 @@ pub fn run(
         }
     }
 
+    let run_index = |name: &str| IndexDir::new(run_dir.join(name)).on(ws.base_index.device());
     let passages = if freeze {
         Passages::Frozen(&base)
+    } else if spec.refresh == RefreshScope::Incremental {
+        Passages::Incremental {
+            dir: run_index("index"),
+            eval_dir: run_index("eval-index"),
+            run_dir: run_dir.to_path_buf(),
+        }
     } else {
-        Passages::Reencoded(IndexDir::new(run_dir.join("index")).on(ws.base_index.device()))
+        Passages::Reencoded(run_index("index"))
     };
     let resumed = checkpoint::latest(run_dir)?
         .map(|dir| checkpoint::load(&dir))
@@ -409,14 +534,13 @@ pub fn run(
             saved.state.epoch, spec.epochs
         ));
         round = saved.state.round.or(round);
-        // Killed between writing the checkpoint and its report entry: finish that epoch.
-        if report.epochs.last().map(|e| e.epoch) != Some(start_epoch) {
-            let entry = entry_from(&saved.state, saved.model.dir.clone());
-            let entry = finish_epoch(ws, &spec, &current, &passages, entry, progress)?;
-            report.epochs.push(entry);
-            write_report(run_dir, &report)?;
-        }
     }
+    // Killed between writing the checkpoint and its report entry: that epoch
+    // is finished once the training set is known.
+    let unfinished = resumed
+        .as_ref()
+        .filter(|_| report.epochs.last().map(|e| e.epoch) != Some(start_epoch))
+        .map(|saved| entry_from(&saved.state, saved.model.dir.clone()));
     let encoder = TrainableEncoder::load(
         &current.model,
         spec.encoder.pooling,
@@ -443,6 +567,11 @@ pub fn run(
         set.restore_retired(retired, &ws.dataset.corpus);
     }
     note_skipped(&mut report, &set, progress);
+    if let Some(entry) = unfinished {
+        let entry = finish_epoch(ws, &spec, &current, &passages, &set, entry, progress)?;
+        report.epochs.push(entry);
+        write_report(run_dir, &report)?;
+    }
     let ids: Vec<&str> = set.examples.iter().map(|e| e.query_id.as_str()).collect();
     fsutil::write_json_atomic(&run_dir.join(QUERIES_FILE), &ids)?;
     let mut step_log = StepLog::open(run_dir, start_epoch)?;
@@ -511,6 +640,7 @@ pub fn run(
             &spec,
             &current,
             &passages,
+            &set,
             entry_from(&state, saved),
             progress,
         )?;
@@ -598,30 +728,68 @@ fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
         negatives_retired: state.stats.retired,
         encode_seconds: 0.0,
         index_seconds: 0.0,
+        passages_encoded: 0,
+        eval_encode_seconds: 0.0,
         eval: None,
         checkpoint,
     }
 }
 
 /// After an epoch's checkpoint: re-encode the corpus with it into the run's
-/// index (unless the passages are frozen) when the next epoch refreshes or
+/// index (unless the passages are frozen; only the pool of the next round's
+/// negatives when refreshing incrementally) when the next epoch refreshes or
 /// an evaluation is asked, then evaluate.
 fn finish_epoch(
     ws: &Workspace,
     spec: &RunSpec,
     current: &Current,
     passages: &Passages,
+    set: &TrainingSet,
     mut entry: EpochReport,
     progress: &dyn Progress,
 ) -> Result<EpochReport> {
     let refresh_next = entry.epoch < spec.epochs && spec.refresh_before(entry.epoch + 1);
-    if spec.eval_split.is_some() || refresh_next {
-        let (mut index, encode, indexing) = passages.open(ws, current, progress)?;
-        entry.encode_seconds = encode;
-        entry.index_seconds = indexing;
-        if let Some(split) = &spec.eval_split {
-            entry.eval = Some(current.evaluate(ws, &mut index, split, progress)?);
+    let mut eval_index = None;
+    match passages {
+        Passages::Incremental {
+            dir,
+            eval_dir,
+            run_dir,
+        } => {
+            if refresh_next && !spec.whole_refresh_before(entry.epoch + 1) {
+                let dirs = (dir, run_dir.as_path());
+                let built =
+                    refresh_incrementally(ws, spec, current, dirs, set, entry.epoch, progress)?;
+                (
+                    entry.encode_seconds,
+                    entry.index_seconds,
+                    entry.passages_encoded,
+                ) = built;
+            } else if refresh_next {
+                let (index, built) = current.build(ws, dir, None, progress)?;
+                (
+                    entry.encode_seconds,
+                    entry.index_seconds,
+                    entry.passages_encoded,
+                ) = built;
+                eval_index = Some(index);
+            }
+            if spec.eval_split.is_some() && eval_index.is_none() {
+                let (index, (encode, indexing, _)) = current.build(ws, eval_dir, None, progress)?;
+                entry.eval_encode_seconds = encode + indexing;
+                eval_index = Some(index);
+            }
         }
+        _ if spec.eval_split.is_some() || refresh_next => {
+            let (index, encode, indexing) = passages.open(ws, current, progress)?;
+            entry.encode_seconds = encode;
+            entry.index_seconds = indexing;
+            eval_index = Some(index);
+        }
+        _ => {}
+    }
+    if let (Some(split), Some(index)) = (&spec.eval_split, eval_index.as_mut()) {
+        entry.eval = Some(current.evaluate(ws, index, split, progress)?);
     }
     Ok(entry)
 }
