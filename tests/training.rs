@@ -999,6 +999,9 @@ fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
     assert_eq!(run["epochs"][0]["passages_encoded"], before.len());
     let (manifest, _) = live_rows(&ws.join(".cpack/runs/whole/index"));
     assert!(manifest["plan"]["partial"].is_null(), "{manifest}");
+    let shown = ok(&ws, &["report", "--run", "inc"]);
+    let line = format!("passages re-encoded {} after epoch 1", rows.len());
+    assert!(shown.contains(&line), "{shown}");
     let refused = fails(
         &ws,
         &["train", "--refresh", "incremental", "--freeze-passages"],

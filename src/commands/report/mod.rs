@@ -6,6 +6,7 @@ use super::train::{newest_run, runs_dir};
 use super::Context;
 use crate::cli::ReportArgs;
 use anyhow::{Context as _, Result};
+use cpack_train::incremental::RefreshScope;
 use cpack_train::run::{self, Report};
 use std::fmt::Write as _;
 
@@ -64,6 +65,23 @@ pub fn print_table(report: &Report) {
     let mut strategy = Vec::new();
     if s.train.freeze_passages {
         strategy.push("query side only (--freeze-passages)".to_string());
+    }
+    if s.refresh == RefreshScope::Incremental {
+        let encoded: Vec<String> = report
+            .epochs
+            .iter()
+            .filter(|e| e.passages_encoded > 0)
+            .map(|e| format!("{} after epoch {}", e.passages_encoded, e.epoch))
+            .collect();
+        let eval: f64 = report.epochs.iter().map(|e| e.eval_encode_seconds).sum();
+        let whole = match s.full_refresh_every {
+            0 => String::new(),
+            m => format!(", whole every {m}"),
+        };
+        strategy.push(format!(
+            "incremental refresh{whole}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
+            if encoded.is_empty() { "none yet".to_string() } else { encoded.join(", ") }
+        ));
     }
     if let Some(margin) = s.train.replace_easy {
         let retired: usize = report.epochs.iter().map(|e| e.negatives_retired).sum();
