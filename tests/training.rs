@@ -81,10 +81,16 @@ fn refresh_loop_trains_reports_and_writes_hugging_face_checkpoints() {
         "refresh must mine a new round with the new checkpoint"
     );
     assert!(epochs[1]["negatives_overlap"].as_f64().is_some());
+    let corpus = std::fs::read_to_string(shared("data/cmrc2018/corpus.jsonl")).unwrap();
+    let corpus_rows = corpus.lines().count();
     for e in epochs {
         assert!(e["mean_loss"].as_f64().unwrap().is_finite());
         assert!(e["eval"]["metrics"]["ndcg_at_10"].as_f64().is_some());
         assert!(e["train_seconds"].as_f64().unwrap() > 0.0);
+        assert_eq!(
+            e["passages_encoded"], corpus_rows,
+            "a full refresh encodes the whole corpus"
+        );
     }
     let loss = |i: usize| epochs[i]["mean_loss"].as_f64().unwrap();
     assert!(

@@ -784,6 +784,8 @@ fn finish_epoch(
             let (index, encode, indexing) = passages.open(ws, current, progress)?;
             entry.encode_seconds = encode;
             entry.index_seconds = indexing;
+            // Whole builds only here: a build encodes the corpus, a reuse nothing.
+            entry.passages_encoded = if encode > 0.0 { index.ids.len() } else { 0 };
             eval_index = Some(index);
         }
         _ => {}
