@@ -803,6 +803,16 @@ mod tests {
         }
     }
 
+    /// The fixture's encoder, failing every backend call after the first `ok_calls`.
+    fn failing_after(f: &Fixture, ok_calls: usize) -> Encoder {
+        let backend = FailingBackend {
+            inner: candle(f),
+            ok_calls,
+            calls: AtomicUsize::new(0),
+        };
+        encoder_with(f, Box::new(backend))
+    }
+
     fn embeddings_file(dir: &IndexDir) -> Vec<u8> {
         let (generation, manifest) = dir.current().unwrap().unwrap();
         std::fs::read(
@@ -922,14 +932,8 @@ mod tests {
             .unwrap();
 
         let dir = IndexDir::new(f.root.join("resumed"));
-        let failing = encoder_with(
-            &f,
-            Box::new(FailingBackend {
-                inner: candle(&f),
-                ok_calls: 3, // batch 3, chunk 4: the first chunk (2 calls) lands, the second dies
-                calls: AtomicUsize::new(0),
-            }),
-        );
+        // Batch 3, chunk 4: the first chunk (2 calls) lands, the second dies.
+        let failing = failing_after(&f, 3);
         let err = dir.build(
             p.clone(),
             provenance(),
@@ -1071,14 +1075,8 @@ mod tests {
         assert_eq!(partial.rows, [1, 4, 5, 6]);
         let p = new_plan.reencoding_only(partial);
         assert_eq!(p.stale_rows(), TEXTS.len() - 4);
-        let failing = encoder_with(
-            &g,
-            Box::new(FailingBackend {
-                inner: candle(&g),
-                ok_calls: 1, // batch 3, chunk 2: the first chunk (1 call) lands, the second dies
-                calls: AtomicUsize::new(0),
-            }),
-        );
+        // Batch 3, chunk 2: the first chunk (1 call) lands, the second dies.
+        let failing = failing_after(&g, 1);
         let build = |enc: &Encoder| {
             dir.build(
                 p.clone(),

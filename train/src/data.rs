@@ -238,6 +238,14 @@ impl TrainingSet {
         self.examples.len()
     }
 
+    /// The text of each example's query, in example order.
+    pub fn query_texts<'q>(&self, queries: &'q TextTable) -> Vec<&'q str> {
+        self.examples
+            .iter()
+            .map(|e| queries.texts[e.query_row].as_str())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
     }

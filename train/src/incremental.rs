@@ -36,11 +36,7 @@ pub fn pool(
     topk: usize,
     progress: &dyn Progress,
 ) -> Result<Vec<u32>> {
-    let texts: Vec<&str> = set
-        .examples
-        .iter()
-        .map(|e| queries.texts[e.query_row].as_str())
-        .collect();
+    let texts = set.query_texts(queries);
     progress.stage("finding the passages to re-encode", texts.len() as u64);
     let vectors = encoder.encode(&texts, TextKind::Query, &mut |n, t| {
         progress.advance(n as u64, t as u64)

@@ -170,6 +170,23 @@ pub struct Workspace<'a> {
     pub device: cpack_index::ComputeDevice,
 }
 
+/// What building a run's index cost: seconds encoding and indexing, and
+/// the passages encoded (all zero when it was already up to date).
+#[derive(Default)]
+struct Built {
+    encode_seconds: f64,
+    index_seconds: f64,
+    passages: usize,
+}
+
+impl Built {
+    fn record(self, entry: &mut EpochReport) {
+        entry.encode_seconds = self.encode_seconds;
+        entry.index_seconds = self.index_seconds;
+        entry.passages_encoded = self.passages;
+    }
+}
+
 /// The model a phase of the run encodes with.
 struct Current {
     model: ModelDir,
@@ -188,21 +205,18 @@ impl Current {
         ws: &Workspace,
         dir: &IndexDir,
         progress: &dyn Progress,
-    ) -> Result<(OpenIndex, f64, f64)> {
-        let (index, built) = self.build(ws, dir, None, progress)?;
-        Ok((index, built.0, built.1))
+    ) -> Result<(OpenIndex, Built)> {
+        self.build(ws, dir, None, progress)
     }
 
-    /// Builds the index of `dir` for this model (re-encoding only what
-    /// `partial` names, if given), then opens it; with the seconds spent
-    /// encoding and indexing, and the passages encoded.
+    /// [`Current::index`], re-encoding only what `partial` names if given.
     fn build(
         &self,
         ws: &Workspace,
         dir: &IndexDir,
         partial: Option<PartialPlan>,
         progress: &dyn Progress,
-    ) -> Result<(OpenIndex, (f64, f64, usize))> {
+    ) -> Result<(OpenIndex, Built)> {
         let corpus = &ws.dataset.corpus;
         let stamp = EmbeddingStamp::of(&self.model, &self.encoder)?;
         let mut plan = BuildPlan::new(stamp.clone(), corpus, ws.precision, ws.index_kind.clone());
@@ -219,12 +233,12 @@ impl Current {
         };
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
         let built = match outcome {
-            BuildOutcome::Built { manifest, .. } => (
-                manifest.timings.encode_seconds,
-                manifest.timings.index_seconds,
-                manifest.plan.rows - manifest.plan.stale_rows(),
-            ),
-            BuildOutcome::UpToDate { .. } => (0.0, 0.0, 0),
+            BuildOutcome::Built { manifest, .. } => Built {
+                encode_seconds: manifest.timings.encode_seconds,
+                index_seconds: manifest.timings.index_seconds,
+                passages: manifest.plan.rows - manifest.plan.stale_rows(),
+            },
+            BuildOutcome::UpToDate { .. } => Built::default(),
         };
         Ok((dir.open(&stamp, corpus)?, built))
     }
@@ -255,11 +269,7 @@ impl Current {
         epoch: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<u32>> {
-        let texts: Vec<&str> = set
-            .examples
-            .iter()
-            .map(|e| ws.dataset.queries.texts[e.query_row].as_str())
-            .collect();
+        let texts = set.query_texts(&ws.dataset.queries);
         progress.stage("clustering the training queries", texts.len() as u64);
         let vectors = self.encoder.encode(&texts, TextKind::Query, &mut |n, t| {
             progress.advance(n as u64, t as u64)
@@ -344,20 +354,20 @@ enum Passages<'a> {
 
 impl Passages<'_> {
     /// The index for `current`'s queries (building the run's own first when
-    /// it is not up to date), and the seconds spent encoding and indexing.
+    /// it is not up to date), and what building it cost.
     fn open(
         &self,
         ws: &Workspace,
         current: &Current,
         progress: &dyn Progress,
-    ) -> Result<(OpenIndex, f64, f64)> {
+    ) -> Result<(OpenIndex, Built)> {
         match self {
             Passages::Reencoded(dir) => current.index(ws, dir, progress),
             Passages::Frozen(base) => base.index(ws, ws.base_index, progress),
             // Refreshed after the epoch (`finish_epoch`): only opened here.
             Passages::Incremental { dir, .. } => {
                 let stamp = EmbeddingStamp::of(&current.model, &current.encoder)?;
-                Ok((dir.open(&stamp, &ws.dataset.corpus)?, 0.0, 0.0))
+                Ok((dir.open(&stamp, &ws.dataset.corpus)?, Built::default()))
             }
         }
     }
@@ -365,8 +375,7 @@ impl Passages<'_> {
 
 /// The incremental refresh after `epoch` (see [`incremental`]): the
 /// training queries' pool in the index their round was mined from is
-/// re-encoded with `current` into `dir`. Seconds encoding and indexing, and
-/// passages encoded.
+/// re-encoded with `current` into `dir`.
 fn refresh_incrementally(
     ws: &Workspace,
     spec: &RunSpec,
@@ -375,13 +384,15 @@ fn refresh_incrementally(
     set: &TrainingSet,
     epoch: usize,
     progress: &dyn Progress,
-) -> Result<(f64, f64, usize)> {
+) -> Result<Built> {
     let own = EmbeddingStamp::of(&current.model, &current.encoder)?;
-    if let Some((_, manifest)) = dir.current()? {
-        if manifest.plan.stamp == own {
-            // Killed after the swap, before the report: already refreshed.
-            return Ok((0.0, 0.0, 0));
-        }
+    let live = dir.current()?;
+    if live
+        .as_ref()
+        .is_some_and(|(_, manifest)| manifest.plan.stamp == own)
+    {
+        // Killed after the swap, before the report: already refreshed.
+        return Ok(Built::default());
     }
     let miner = match spec.mined_by(epoch) {
         0 => spec.base_model.clone(),
@@ -389,11 +400,7 @@ fn refresh_incrementally(
     };
     let miner = Current::open(ModelDir::open(&miner)?, &spec.encoder, ws)?;
     let stamp = EmbeddingStamp::of(&miner.model, &miner.encoder)?;
-    let source = if dir.current()?.is_some() {
-        dir
-    } else {
-        ws.base_index
-    };
+    let source = if live.is_some() { dir } else { ws.base_index };
     let mut base = source.open(&stamp, &ws.dataset.corpus)?;
     let topk = spec.mining.topk;
     let rows = incremental::pool(
@@ -482,7 +489,7 @@ pub fn run(
     let mut mine_seconds = 0.0;
     let mut frozen = None;
     if needs_base_index {
-        let (mut index, _, _) = base.index(ws, ws.base_index, progress)?;
+        let (mut index, _) = base.index(ws, ws.base_index, progress)?;
         if freeze {
             frozen = Some(FrozenPassages::new(
                 index.embeddings.clone(),
@@ -585,7 +592,7 @@ pub fn run(
     for epoch in start_epoch + 1..=spec.epochs {
         let mut overlap = None;
         if spec.refresh_before(epoch) {
-            let (mut index, _, _) = passages.open(ws, &current, progress)?;
+            let (mut index, _) = passages.open(ws, &current, progress)?;
             let (r, seconds) =
                 current.round(ws, &mut index, &spec.mining, &split_qrels, progress)?;
             if Some(r) != round {
@@ -758,34 +765,22 @@ fn finish_epoch(
         } => {
             if refresh_next && !spec.whole_refresh_before(entry.epoch + 1) {
                 let dirs = (dir, run_dir.as_path());
-                let built =
-                    refresh_incrementally(ws, spec, current, dirs, set, entry.epoch, progress)?;
-                (
-                    entry.encode_seconds,
-                    entry.index_seconds,
-                    entry.passages_encoded,
-                ) = built;
+                refresh_incrementally(ws, spec, current, dirs, set, entry.epoch, progress)?
+                    .record(&mut entry);
             } else if refresh_next {
-                let (index, built) = current.build(ws, dir, None, progress)?;
-                (
-                    entry.encode_seconds,
-                    entry.index_seconds,
-                    entry.passages_encoded,
-                ) = built;
+                let (index, built) = current.index(ws, dir, progress)?;
+                built.record(&mut entry);
                 eval_index = Some(index);
             }
             if spec.eval_split.is_some() && eval_index.is_none() {
-                let (index, (encode, indexing, _)) = current.build(ws, eval_dir, None, progress)?;
-                entry.eval_encode_seconds = encode + indexing;
+                let (index, built) = current.index(ws, eval_dir, progress)?;
+                entry.eval_encode_seconds = built.encode_seconds + built.index_seconds;
                 eval_index = Some(index);
             }
         }
         _ if spec.eval_split.is_some() || refresh_next => {
-            let (index, encode, indexing) = passages.open(ws, current, progress)?;
-            entry.encode_seconds = encode;
-            entry.index_seconds = indexing;
-            // Whole builds only here: a build encodes the corpus, a reuse nothing.
-            entry.passages_encoded = if encode > 0.0 { index.ids.len() } else { 0 };
+            let (index, built) = passages.open(ws, current, progress)?;
+            built.record(&mut entry);
             eval_index = Some(index);
         }
         _ => {}
