@@ -83,6 +83,11 @@ build() {
   # size: the package must fit a device call's carry. candle's kernels are
   # PTX by design (loaded at run time).
   export CUDAARCHS=90-real CUDAFLAGS="--compress-mode=size" CUDACXX="$CUDA/bin/nvcc"
+  # Whole-program LTO drops the Rust code cpack never reaches — candle's
+  # quantized (GGUF) matmuls and mixture-of-experts ops — and with it every
+  # reference into candle-kernels' static libmoe.a, so the linker leaves out
+  # its machine code, which would otherwise be half the binary.
+  export CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_INCREMENTAL=false
   say "cargo build --release --features cuda (target/cuda)"
   cargo build --release --features cuda --bin cpack --target-dir "$ROOT/target/cuda"
 }
@@ -105,7 +110,8 @@ package() {
   tar -C "$stage" -cJf "$ROOT/dist/cpack-cuda.tar.xz.tmp" .
   mv "$ROOT/dist/cpack-cuda.tar.xz.tmp" "$ROOT/dist/cpack-cuda.tar.xz"
   local mib=$(( $(stat -c %s "$ROOT/dist/cpack-cuda.tar.xz") / 1048576 ))
-  say "dist/cpack-cuda.tar.xz: ${mib} MiB ($(ls "$stage/lib" | tr '\n' ' '))"
+  local fatbin; fatbin=$(objdump -h "$stage/cpack" | awk '$2 == ".nv_fatbin" {print $3}')
+  say "dist/cpack-cuda.tar.xz: ${mib} MiB; CUDA machine code $(( 16#${fatbin:-0} / 1048576 )) MiB ($(ls "$stage/lib" | tr '\n' ' '))"
   if [ "$mib" -gt 60 ]; then
     say "the package is over 60 MiB and will not fit the device carry"
     exit 1

@@ -151,8 +151,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub temperature: Option<f64>,
     /// infonce, or gte (adds query–query and passage–passage terms to the partition function) [default: infonce].
-    #[arg(long)]
-    pub loss: Option<String>,
+    #[arg(long, value_enum)]
+    pub loss: Option<cpack_train::loss::LossKind>,
     /// Peak learning rate of AdamW [default: 2e-5].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -295,8 +295,8 @@ pub struct Overrides {
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Pooling: mean or cls [model.pooling; default: as the model's modules.json says].
-    #[arg(long, value_name = "MODE")]
-    pub pooling: Option<String>,
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub pooling: Option<cpack_index::model::Pooling>,
     /// Maximum query length in tokens, [CLS]/[SEP] included [model.query_max_len].
     #[arg(long, value_name = "N")]
     pub query_max_len: Option<usize>,
@@ -316,11 +316,12 @@ pub struct Overrides {
     /// Encoder runtime: candle (default: cpack's own BERT, the fastest exact one; its matrix
     /// kernel follows the CPU's AVX-512 / AVX2 / NEON flags), or ort (ONNX Runtime on
     /// cpack's ONNX export; with --encoder-precision int8 the fastest overall) [encode.backend].
-    #[arg(long, value_name = "BACKEND")]
-    pub encoder: Option<String>,
-    /// Encoder weights: f32, or int8 with --encoder ort [encode.precision].
-    #[arg(long, value_name = "PRECISION")]
-    pub encoder_precision: Option<String>,
+    #[arg(long, value_name = "BACKEND", value_enum)]
+    pub encoder: Option<cpack_index::BackendKind>,
+    /// Encoder weights and products: f32; int8 with --encoder ort; bf16 with candle, for
+    /// GPUs (on a CPU it runs the slow portable ops) [encode.precision].
+    #[arg(long, value_name = "PRECISION", value_enum)]
+    pub encoder_precision: Option<cpack_index::WeightPrecision>,
     /// Where the candle encoder computes: cpu, or cuda / cuda:N in a cpack
     /// built with the `cuda` feature (scripts/build-cuda.sh) [encode.device].
     #[arg(long, value_name = "DEVICE")]
@@ -341,8 +342,8 @@ pub struct ExportArgs {
     #[arg(long)]
     pub int8: bool,
     /// Pooling baked into the graph: mean or cls [default: as the model declares].
-    #[arg(long, value_name = "MODE")]
-    pub pooling: Option<String>,
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub pooling: Option<cpack_index::model::Pooling>,
     /// Model folder, checkpoint (.cpack/runs/<run>/epoch-N) or Hugging Face hub id.
     #[arg(value_name = "CHECKPOINT")]
     pub model: PathBuf,
@@ -376,14 +377,14 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub overrides: Overrides,
     /// Index backend: faiss or exact (brute force in Rust) [index.backend].
-    #[arg(long, value_name = "NAME")]
-    pub backend: Option<String>,
+    #[arg(long, value_name = "NAME", value_enum)]
+    pub backend: Option<cpack_index::vector::IndexBackend>,
     /// FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32, IVF1024,PQ32 [index.factory].
     #[arg(long, value_name = "STRING")]
     pub factory: Option<String>,
     /// Precision of the stored embeddings: f32 or f16 [index.precision].
-    #[arg(long, value_name = "P")]
-    pub precision: Option<String>,
+    #[arg(long, value_name = "P", value_enum)]
+    pub precision: Option<cpack_index::embeddings::Precision>,
     /// Passages encoded between two resumable checkpoints of the build.
     #[arg(long, value_name = "N", default_value_t = cpack_index::store::BuildOptions::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: usize,
@@ -569,8 +570,8 @@ pub struct MineExportArgs {
     #[arg(long)]
     pub round: Option<u32>,
     /// flag-embedding ({"query","pos","neg","pos_scores","neg_scores","prompt"}), triplets or ids.
-    #[arg(long, default_value = "flag-embedding")]
-    pub format: String,
+    #[arg(long, value_enum, default_value_t = cpack_miner::export::ExportFormat::FlagEmbedding)]
+    pub format: cpack_miner::export::ExportFormat,
     /// Output file; `-` writes stdout.
     #[arg(long, short, default_value = "-")]
     pub output: PathBuf,

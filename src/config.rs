@@ -6,8 +6,9 @@ use cpack_index::dataset::DatasetPaths;
 use cpack_index::embeddings::Precision;
 use cpack_index::model::{ModelDir, Pooling};
 use cpack_index::store::{EmbeddingStamp, IndexDir};
-use cpack_index::vector::{IndexDevice, IndexKind};
-use cpack_index::{ComputeDevice, EncoderSettings, WeightPrecision};
+use cpack_index::vector::{IndexBackend, IndexDevice, IndexKind};
+use cpack_index::{BackendKind, ComputeDevice, EncoderSettings, WeightPrecision};
+use cpack_train::LossKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,7 @@ pub struct TrainSection {
     pub batch_size: Option<usize>,
     pub group_size: Option<usize>,
     pub temperature: Option<f64>,
-    pub loss: Option<String>,
+    pub loss: Option<LossKind>,
     pub lr: Option<f64>,
     pub weight_decay: Option<f64>,
     pub warmup_ratio: Option<f64>,
@@ -91,7 +92,7 @@ pub struct DataSection {
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     pub path: Option<PathBuf>,
-    pub pooling: Option<String>,
+    pub pooling: Option<Pooling>,
     pub normalize: Option<bool>,
     pub query_max_len: Option<usize>,
     pub passage_max_len: Option<usize>,
@@ -105,8 +106,8 @@ pub struct EncodeSection {
     pub batch_tokens: Option<usize>,
     pub threads: Option<usize>,
     pub device: Option<ComputeDevice>,
-    pub backend: Option<String>,
-    pub precision: Option<String>,
+    pub backend: Option<BackendKind>,
+    pub precision: Option<WeightPrecision>,
     pub ort_library: Option<PathBuf>,
     pub ort_threads: Option<usize>,
     pub ort_spinning: Option<bool>,
@@ -141,41 +142,33 @@ impl EncoderRuntime {
         section: &EncodeSection,
         overrides: &Overrides,
     ) -> Result<Self> {
-        let backend = overrides
-            .encoder
-            .as_deref()
-            .or(section.backend.as_deref())
-            .unwrap_or("candle");
-        let precision: WeightPrecision = overrides
+        let backend = overrides.encoder.or(section.backend).unwrap_or_default();
+        let precision = overrides
             .encoder_precision
-            .as_deref()
-            .or(section.precision.as_deref())
-            .unwrap_or("f32")
-            .parse()
-            .map_err(anyhow::Error::msg)?;
+            .or(section.precision)
+            .unwrap_or_default();
         let device = overrides.device.or(section.device).unwrap_or_default();
-        if backend == "ort" && !device.is_cpu() {
+        if backend == BackendKind::Ort && !device.is_cpu() {
             bail!(
                 "the ort backend computes on the CPU; encode on {device} with the candle backend"
             );
         }
         match backend {
-            "candle" if precision != WeightPrecision::Int8 => {
+            BackendKind::Candle if precision != WeightPrecision::Int8 => {
                 Ok(EncoderRuntime::Candle { device, precision })
             }
-            "candle" => bail!(
+            BackendKind::Candle => bail!(
                 "encoder precision {precision} needs the ort backend (set encode.backend = \"ort\" or pass --encoder ort)"
             ),
-            "ort" if precision == WeightPrecision::Bf16 => bail!(
+            BackendKind::Ort if precision == WeightPrecision::Bf16 => bail!(
                 "encoder precision bf16 needs the candle backend (set encode.backend = \"candle\")"
             ),
-            "ort" => Ok(EncoderRuntime::Ort(OrtConfig {
+            BackendKind::Ort => Ok(EncoderRuntime::Ort(OrtConfig {
                 precision,
                 library: section.ort_library.as_ref().map(|p| resolve(workspace, p)),
                 threads: section.ort_threads.unwrap_or(1),
                 spinning: section.ort_spinning.unwrap_or(false),
             })),
-            other => bail!("unknown encoder backend {other:?} (expected \"candle\" or \"ort\")"),
         }
     }
 }
@@ -183,9 +176,9 @@ impl EncoderRuntime {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct IndexSection {
-    pub backend: Option<String>,
+    pub backend: Option<IndexBackend>,
     pub factory: Option<String>,
-    pub precision: Option<String>,
+    pub precision: Option<Precision>,
     pub device: Option<IndexDevice>,
 }
 
@@ -260,14 +253,10 @@ impl Config {
         let model = ModelDir::open(&locate_model(workspace, &model_path)?)?;
 
         let declared = EncoderSettings::declared_by(&model);
-        let pooling = match overrides
+        let pooling = overrides
             .pooling
-            .as_ref()
-            .or(model_section.pooling.as_ref())
-        {
-            Some(p) => p.parse::<Pooling>().map_err(anyhow::Error::msg)?,
-            None => declared.pooling,
-        };
+            .or(model_section.pooling)
+            .unwrap_or(declared.pooling);
         let encoder = EncoderSettings {
             pooling,
             normalize: model_section.normalize.unwrap_or(declared.normalize),
@@ -290,11 +279,14 @@ impl Config {
                 .unwrap_or(declared.batch_tokens),
         };
         let index = IndexConfig {
-            kind: IndexKind::parse(
-                file.index.backend.as_deref().unwrap_or("faiss"),
-                file.index.factory.as_deref().unwrap_or("Flat"),
+            kind: IndexKind::new(
+                file.index.backend.unwrap_or_default(),
+                file.index
+                    .factory
+                    .as_deref()
+                    .unwrap_or(IndexKind::DEFAULT_FACTORY),
             )?,
-            precision: parse_precision(file.index.precision.as_deref())?,
+            precision: file.index.precision.unwrap_or_default(),
             device: overrides
                 .index_device
                 .or(file.index.device)
@@ -343,13 +335,6 @@ impl Config {
     pub fn embedding_stamp(&self, encoder: &cpack_index::Encoder) -> Result<EmbeddingStamp> {
         Ok(EmbeddingStamp::of(&self.model, encoder)?)
     }
-}
-
-pub fn parse_precision(value: Option<&str>) -> Result<Precision> {
-    value
-        .unwrap_or("f32")
-        .parse::<Precision>()
-        .map_err(anyhow::Error::msg)
 }
 
 /// A model spec is a folder (relative to the workspace) or a Hugging Face hub id.

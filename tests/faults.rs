@@ -117,6 +117,30 @@ fn workspace_misuse_gets_guidance() {
 }
 
 #[test]
+fn a_misspelt_choice_in_cpack_toml_names_the_file_line_and_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+    let mut lines: Vec<&str> = toml.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("precision = \"f32\""))
+        .expect("cpack init writes index.precision");
+    lines[at] = "precision = \"f61\"";
+    let line = at + 1;
+    std::fs::write(ws.join("cpack.toml"), lines.join("\n")).unwrap();
+    let err = fails(&ws, &["index", "build"]);
+    assert!(
+        err.contains("cpack.toml")
+            && err.contains(&format!("line {line}"))
+            && err.contains("f61")
+            && err.contains("f16"),
+        "{err}"
+    );
+    assert!(!ws.join(".cpack/index/CURRENT").exists());
+}
+
+#[test]
 fn an_index_built_with_another_instruction_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, _, _) = echo_workspace(tmp.path());

@@ -155,3 +155,51 @@ fn an_index_opens_on_the_cpu_and_asks_for_a_cuda_build_to_search_on_a_gpu() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("expected cpu, gpu or gpu:N"));
 }
+
+#[test]
+fn quiet_commands_write_nothing_on_stderr() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, data, _) = echo_workspace(tmp.path());
+    let model = ws.parent().unwrap().join("model");
+    let init = |dir: &std::path::Path, quiet: bool| {
+        let mut cmd = cpack(dir);
+        if quiet {
+            cmd.arg("-q");
+        }
+        let out = cmd
+            .args(["init", "--data", data.to_str().unwrap(), "--model"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let loud = tmp.path().join("loud");
+    let quiet = tmp.path().join("quiet");
+    for dir in [&loud, &quiet] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    assert!(init(&loud, false).contains("wrote"));
+    assert_eq!(init(&quiet, true), "");
+    for args in [
+        &["-q", "index", "build"][..],
+        &[
+            "-q", "mine", "--split", "test", "--topk", "5", "--skip", "0",
+        ],
+        &[
+            "-q",
+            "mine",
+            "export",
+            "--format",
+            "ids",
+            "--output",
+            "round.jsonl",
+        ],
+    ] {
+        let out = cpack(&quiet).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "cpack {args:?}: {stderr}");
+        assert_eq!(stderr, "", "cpack {args:?}");
+    }
+    assert!(quiet.join("round.jsonl").exists());
+}

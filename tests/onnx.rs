@@ -185,8 +185,17 @@ fn bad_encoder_settings_fail_with_one_clear_error() {
         &["search", &passages[0], "--encoder-precision", "int8"],
     );
     assert!(err.contains("needs the ort backend"), "{err}");
-    let err = fails(&ws, &["search", &passages[0], "--encoder", "tensorrt"]);
-    assert!(err.contains("unknown encoder backend"), "{err}");
+    // A value clap refuses: its usage error, exit status 2.
+    let out = cpack(&ws)
+        .args(["search", &passages[0], "--encoder", "tensorrt"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("'tensorrt'") && err.contains("possible values: candle, ort"),
+        "{err}"
+    );
     let toml = std::fs::read_to_string(ws.join("cpack.toml"))
         .unwrap()
         .replace(

@@ -124,7 +124,8 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
             "--threads" => parsed.threads = value()?.parse()?,
             "--backend" => parsed.backend = value()?.clone(),
             "--precision" => {
-                parsed.precision = value()?.parse().map_err(anyhow::Error::msg)?;
+                parsed.precision =
+                    clap::ValueEnum::from_str(value()?, false).map_err(anyhow::Error::msg)?;
             }
             "--ort-threads" => parsed.ort_threads = value()?.parse()?,
             "--spin" => parsed.spin = true,

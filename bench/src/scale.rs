@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Context, Result};
 use cpack_index::embeddings::{EmbeddingMatrix, Precision};
-use cpack_index::vector::IndexKind;
+use cpack_index::vector::{IndexBackend, IndexKind};
 use cpack_miner::select::{self, Candidate, QueryFacts, Rng};
 use cpack_miner::store::{QueryRecord, ScoredDoc};
 use cpack_miner::NegativeStore;
@@ -132,7 +132,7 @@ pub fn case(args: &[String]) -> Result<()> {
 
     // As `IndexDir::build`: every thread for building.
     let started = Instant::now();
-    let mut index = IndexKind::parse("faiss", factory)?.build(embeddings, threads)?;
+    let mut index = IndexKind::new(IndexBackend::Faiss, factory)?.build(embeddings, threads)?;
     let build_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

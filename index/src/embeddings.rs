@@ -7,9 +7,10 @@ use std::fs::File;
 use std::path::Path;
 
 /// On-disk element type of the embedding file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    #[default]
     F32,
     F16,
 }
@@ -37,19 +38,6 @@ impl Precision {
                 .iter()
                 .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                 .collect(),
-        }
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" => Ok(Precision::F32),
-            "f16" => Ok(Precision::F16),
-            other => Err(format!(
-                "unknown precision {other:?} (expected \"f32\" or \"f16\")"
-            )),
         }
     }
 }

@@ -100,7 +100,7 @@ pub trait BackendLoader: Send + Sync {
 
 /// Precision of an encoder's weights; recorded in index manifests, since
 /// int8 and f32 embeddings of one model must never share an index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightPrecision {
     #[default]
@@ -122,17 +122,23 @@ impl std::fmt::Display for WeightPrecision {
     }
 }
 
-impl std::str::FromStr for WeightPrecision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f32" => Ok(WeightPrecision::F32),
-            "int8" => Ok(WeightPrecision::Int8),
-            "bf16" => Ok(WeightPrecision::Bf16),
-            other => Err(format!(
-                "unknown encoder precision {other:?} (expected \"f32\", \"int8\" or \"bf16\")"
-            )),
-        }
+/// Which runtime turns token ids into vectors (`encode.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// cpack's own BERT on candle: nothing to install, CPU or CUDA.
+    #[default]
+    Candle,
+    /// ONNX Runtime on cpack's ONNX export of the model (CPU; f32 or int8).
+    Ort,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Candle => "candle",
+            BackendKind::Ort => "ort",
+        })
     }
 }
 

@@ -28,8 +28,8 @@ pub mod vector;
 
 pub use device::ComputeDevice;
 pub use encoder::{
-    BackendLoader, Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind, TokenBatch,
-    WeightPrecision,
+    BackendKind, BackendLoader, Encoder, EncoderBackend, EncoderSettings, PairTokenizer, TextKind,
+    TokenBatch, WeightPrecision,
 };
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};

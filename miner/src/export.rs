@@ -6,7 +6,7 @@ use cpack_index::dataset::TextTable;
 use serde_json::json;
 
 /// Output formats of `cpack mine export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
     /// FlagEmbedding's JSONL: query, pos, neg, pos_scores, neg_scores, prompt.
     FlagEmbedding,
@@ -14,20 +14,6 @@ pub enum ExportFormat {
     Triplets,
     /// Ids, ranks and scores only.
     Ids,
-}
-
-impl std::str::FromStr for ExportFormat {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "flag-embedding" => Ok(ExportFormat::FlagEmbedding),
-            "triplets" => Ok(ExportFormat::Triplets),
-            "ids" => Ok(ExportFormat::Ids),
-            other => Err(format!(
-                "unknown format {other:?} (flag-embedding, triplets, ids)"
-            )),
-        }
-    }
 }
 
 /// Renders `records` as JSONL lines.

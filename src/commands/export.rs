@@ -13,10 +13,10 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
     use std::time::Instant;
     let model_dir = crate::config::locate_model(&ctx.workspace, &args.model)?;
     let model = ModelDir::open(&model_dir)?;
-    let pooling = match &args.pooling {
-        Some(p) => p.parse::<Pooling>().map_err(anyhow::Error::msg)?,
-        None => model.declared_pooling.unwrap_or(Pooling::Mean),
-    };
+    let pooling = args
+        .pooling
+        .or(model.declared_pooling)
+        .unwrap_or(Pooling::Mean);
     let options = ExportOptions {
         pooling,
         normalize: model.declared_normalize,

@@ -2,7 +2,6 @@
 
 use super::{load_config, open_encoder, Context};
 use crate::cli::{BuildArgs, IndexCommand};
-use crate::config;
 use anyhow::{bail, Result};
 use cpack_index::dataset::Dataset;
 use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, Provenance};
@@ -19,17 +18,14 @@ pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
 fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
     let mut config = load_config(ctx, &args.overrides)?;
     if args.backend.is_some() || args.factory.is_some() {
-        let (backend, factory) = match &config.index.kind {
-            IndexKind::Exact => ("exact", "Flat".to_string()),
-            IndexKind::Faiss { factory } => ("faiss", factory.clone()),
-        };
-        config.index.kind = IndexKind::parse(
-            args.backend.as_deref().unwrap_or(backend),
-            args.factory.as_deref().unwrap_or(&factory),
+        let kind = &config.index.kind;
+        config.index.kind = IndexKind::new(
+            args.backend.unwrap_or(kind.backend()),
+            args.factory.as_deref().unwrap_or(kind.factory()),
         )?;
     }
-    if args.precision.is_some() {
-        config.index.precision = config::parse_precision(args.precision.as_deref())?;
+    if let Some(precision) = args.precision {
+        config.index.precision = precision;
     }
     if args.chunk_rows == 0 {
         bail!("--chunk-rows must be at least 1");

@@ -6,7 +6,7 @@ use crate::config::{self, FILE_NAME};
 use anyhow::{bail, Context as _, Result};
 use cpack_index::dataset::DatasetPaths;
 use cpack_index::model::ModelDir;
-use cpack_index::EncoderSettings;
+use cpack_index::{EncoderSettings, Progress as _};
 
 pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
     let target = ctx.workspace.join(FILE_NAME);
@@ -46,7 +46,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
         declared.normalize,
     );
     cpack_index::fsutil::atomic_write(&target, text.as_bytes())?;
-    eprintln!(
+    ctx.progress.note(&format!(
         "wrote {} (model {}, {} pooling{}, dataset {})",
         target.display(),
         model_path.display(),
@@ -57,7 +57,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
             ""
         },
         data.display()
-    );
+    ));
     Ok(())
 }
 

@@ -7,7 +7,8 @@ use crate::cli::{
 use crate::config::Config;
 use anyhow::{bail, Context as _, Result};
 use cpack_index::dataset::{Dataset, Qrels};
-use cpack_miner::export::{self, ExportFormat};
+use cpack_index::Progress as _;
+use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
 use cpack_miner::{
@@ -146,7 +147,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
             notes,
         } => {
             for note in &notes {
-                eprintln!("note: {note}");
+                ctx.progress.note(note);
             }
             let records = store.records(manifest.round)?;
             let s = stats::round_stats(manifest.round, &records, None);
@@ -204,7 +205,7 @@ fn pick_round(store: &NegativeStore, round: Option<u32>) -> Result<RoundManifest
 }
 
 fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
-    let format: ExportFormat = args.format.parse().map_err(anyhow::Error::msg)?;
+    let format = args.format;
     let config = load_config(ctx, &Default::default())?;
     let store = open_store(&config)?;
     let manifest = pick_round(&store, args.round)?;
@@ -223,11 +224,11 @@ fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
         out.flush()?;
     } else {
         cpack_index::fsutil::atomic_write(&args.output, body.as_bytes())?;
-        eprintln!(
+        ctx.progress.note(&format!(
             "wrote round {} to {}",
             manifest.round,
             args.output.display()
-        );
+        ));
     }
     Ok(())
 }

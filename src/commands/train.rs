@@ -11,7 +11,7 @@ use cpack_miner::{
 };
 use cpack_train::incremental::RefreshScope;
 use cpack_train::run::{self, RunSpec, Workspace};
-use cpack_train::{LossKind, TrainSettings};
+use cpack_train::TrainSettings;
 use std::path::{Path, PathBuf};
 
 pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
@@ -117,10 +117,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
     let file: &TrainSection = &config.train;
     let d = TrainSettings::default();
     let group_size = pick(&args.group_size, &file.group_size, d.group_size);
-    let loss: LossKind = match args.loss.as_ref().or(file.loss.as_ref()) {
-        Some(name) => name.parse().map_err(anyhow::Error::msg)?,
-        None => d.loss,
-    };
+    let loss = pick(&args.loss, &file.loss, d.loss);
     let train = TrainSettings {
         batch_size: pick(&args.train_batch_size, &file.batch_size, d.batch_size),
         group_size,

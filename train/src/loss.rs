@@ -7,25 +7,15 @@ use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 /// Which partition function the softmax uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LossKind {
     /// InfoNCE over in-batch + hard negatives (BGE / FlagEmbedding).
+    #[value(name = "infonce")]
     InfoNce,
     /// GTE's improved contrastive loss: adds query–query, passage–query and
     /// passage–passage terms to the partition function.
     Gte,
-}
-
-impl std::str::FromStr for LossKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "infonce" => Ok(LossKind::InfoNce),
-            "gte" => Ok(LossKind::Gte),
-            other => Err(format!("unknown loss {other:?} (expected infonce or gte)")),
-        }
-    }
 }
 
 impl std::fmt::Display for LossKind {

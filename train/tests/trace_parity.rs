@@ -42,7 +42,7 @@ struct Hyper {
     eps: f64,
     weight_decay: f64,
     steps: usize,
-    pooling: String,
+    pooling: Pooling,
     normalize: bool,
     dropout: f64,
 }
@@ -75,7 +75,7 @@ fn three_adamw_steps_match_pytorch() {
         "the trainer's AdamW constants"
     );
     assert_eq!(trace.passages.len(), trace.queries.len() * h.group_size);
-    let pooling: Pooling = h.pooling.parse().unwrap();
+    let pooling = h.pooling;
 
     let model = ModelDir::open(&model_dir).unwrap();
     let settings = EncoderSettings {

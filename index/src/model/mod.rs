@@ -75,7 +75,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// How token states become one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Average over real (non-padding) tokens, as all-MiniLM and GTE.
@@ -90,19 +90,6 @@ impl std::fmt::Display for Pooling {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
         })
-    }
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "mean" => Ok(Pooling::Mean),
-            "cls" => Ok(Pooling::Cls),
-            other => Err(format!(
-                "unknown pooling {other:?} (expected \"mean\" or \"cls\")"
-            )),
-        }
     }
 }
 

@@ -112,21 +112,47 @@ pub enum IndexKind {
     Faiss { factory: String },
 }
 
+/// The implementation an index is built with (`index.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexBackend {
+    /// FAISS, from a factory string (`index.factory`).
+    #[default]
+    Faiss,
+    /// Brute force in Rust over the embedding file.
+    Exact,
+}
+
 impl IndexKind {
-    /// `"exact"`, or a FAISS factory string.
-    pub fn parse(backend: &str, factory: &str) -> Result<Self> {
+    /// The factory string of an index nobody configured: exact inner product.
+    pub const DEFAULT_FACTORY: &'static str = "Flat";
+
+    /// `backend`, with `factory` for FAISS.
+    pub fn new(backend: IndexBackend, factory: &str) -> Result<Self> {
         match backend {
-            "exact" => Ok(IndexKind::Exact),
-            "faiss" if cfg!(feature = "faiss") => Ok(IndexKind::Faiss {
+            IndexBackend::Exact => Ok(IndexKind::Exact),
+            IndexBackend::Faiss if cfg!(feature = "faiss") => Ok(IndexKind::Faiss {
                 factory: factory.to_string(),
             }),
-            "faiss" => Err(Error::Invalid(
+            IndexBackend::Faiss => Err(Error::Invalid(
                 "this cpack was built without the `faiss` feature; use index.backend = \"exact\""
                     .into(),
             )),
-            other => Err(Error::Invalid(format!(
-                "unknown index backend {other:?} (expected \"faiss\" or \"exact\")"
-            ))),
+        }
+    }
+
+    pub fn backend(&self) -> IndexBackend {
+        match self {
+            IndexKind::Exact => IndexBackend::Exact,
+            IndexKind::Faiss { .. } => IndexBackend::Faiss,
+        }
+    }
+
+    /// The FAISS factory string; [`IndexKind::DEFAULT_FACTORY`] for exact search.
+    pub fn factory(&self) -> &str {
+        match self {
+            IndexKind::Exact => Self::DEFAULT_FACTORY,
+            IndexKind::Faiss { factory } => factory,
         }
     }
 

@@ -153,8 +153,19 @@ fn asking_for_more_than_exists_leaves_empty_slots() {
 }
 
 #[test]
-fn unknown_backends_and_bad_factories_are_errors() {
-    assert!(IndexKind::parse("annoy", "Flat").is_err());
+fn kinds_keep_backend_and_factory_and_bad_factories_are_errors() {
+    let exact = IndexKind::new(IndexBackend::Exact, "HNSW32").unwrap();
+    assert_eq!(exact, IndexKind::Exact);
+    assert_eq!(exact.factory(), IndexKind::DEFAULT_FACTORY);
+    if cfg!(feature = "faiss") {
+        let hnsw = IndexKind::new(IndexBackend::Faiss, "HNSW32").unwrap();
+        assert_eq!(
+            (hnsw.backend(), hnsw.factory()),
+            (IndexBackend::Faiss, "HNSW32")
+        );
+    } else {
+        assert!(IndexKind::new(IndexBackend::Faiss, "Flat").is_err());
+    }
     if cfg!(feature = "faiss") {
         let dir = tempfile::tempdir().unwrap();
         let m = matrix(dir.path(), 10, 8, Precision::F32);
