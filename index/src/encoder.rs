@@ -133,15 +133,6 @@ pub enum BackendKind {
     Ort,
 }
 
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::Candle => "candle",
-            BackendKind::Ort => "ort",
-        })
-    }
-}
-
 /// Whether a text is a query (gets the instruction) or a passage (never does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextKind {
