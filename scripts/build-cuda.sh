@@ -86,7 +86,7 @@ build() {
   # Whole-program LTO drops the Rust code cpack never reaches — candle's
   # quantized (GGUF) matmuls and mixture-of-experts ops — and with it every
   # reference into candle-kernels' static libmoe.a, so the linker leaves out
-  # its machine code, which would otherwise be half the binary.
+  # its machine code, otherwise half of the binary's CUDA code.
   export CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_INCREMENTAL=false
   say "cargo build --release --features cuda (target/cuda)"
   cargo build --release --features cuda --bin cpack --target-dir "$ROOT/target/cuda"
