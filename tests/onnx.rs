@@ -185,13 +185,7 @@ fn bad_encoder_settings_fail_with_one_clear_error() {
         &["search", &passages[0], "--encoder-precision", "int8"],
     );
     assert!(err.contains("needs the ort backend"), "{err}");
-    // A value clap refuses: its usage error, exit status 2.
-    let out = cpack(&ws)
-        .args(["search", &passages[0], "--encoder", "tensorrt"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = fails_with(&ws, &["search", &passages[0], "--encoder", "tensorrt"], 2);
     assert!(
         err.contains("'tensorrt'") && err.contains("possible values: candle, ort"),
         "{err}"

@@ -63,13 +63,18 @@ pub fn ok(workspace: &Path, args: &[&str]) -> String {
 
 /// Runs `cpack args…`, asserting failure without a panic; returns stderr.
 pub fn fails(workspace: &Path, args: &[&str]) -> String {
+    fails_with(workspace, args, 1)
+}
+
+/// As [`fails`], with exit status `code` (2: a usage error clap refused).
+pub fn fails_with(workspace: &Path, args: &[&str], code: i32) -> String {
     let out: Output = cpack(workspace).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
         !out.status.success(),
         "cpack {args:?} should have failed; stderr: {stderr}"
     );
-    assert_eq!(out.status.code(), Some(1), "cpack {args:?}: {stderr}");
+    assert_eq!(out.status.code(), Some(code), "cpack {args:?}: {stderr}");
     assert!(
         !stderr.contains("panicked"),
         "cpack {args:?} panicked: {stderr}"
