@@ -18,6 +18,10 @@
 #                the base index is searched again, never re-encoded)
 #   replace-easy static, negatives scored 0.3 below the positive retired
 #                for the rest of a pool of 12 (--replace-easy 0.3)
+#   teacher      static on a round a stronger model mined (--negatives-from):
+#                the teacher is refresh seed 1's final checkpoint, which
+#                mines once in a workspace of its own (TWS-teacher); the
+#                student starts from the base model as every other row
 #
 #   bash bench/strategies.sh [--seeds "1 2 3"] [--strategies "static refresh ..."]
 #
@@ -34,7 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3"
-STRATEGIES="in-batch static refresh incremental simans perc-pos margin-pos clustered query-side replace-easy"
+STRATEGIES="in-batch static refresh incremental simans perc-pos margin-pos clustered query-side replace-easy teacher"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -55,36 +59,59 @@ flags() {  # strategy → its flags
     clustered) echo "--refresh-every 1 --batching clustered" ;;
     query-side) echo "--refresh-every 1 --freeze-passages" ;;
     replace-easy) echo "--refresh-every 0 --replace-easy 0.3" ;;
+    teacher) echo "--refresh-every 0 --negatives-from $(teacher_round)" ;;
     *) echo "unknown strategy $1" >&2; return 1 ;;
   esac
 }
 finished() {  # run name
   [ -f ".cpack/runs/$1/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$1/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"
 }
+run() {  # strategy seed: trains (or resumes) one run in the current workspace
+  local name="$1-s$2" extra
+  finished "$name" && return
+  read -r -a extra <<< "$(flags "$1")"
+  echo "$name" >&2
+  if [ -f ".cpack/runs/$name/run.json" ]; then
+    "$CPACK" -q train --run "$name" --resume >/dev/null
+  else
+    "$CPACK" -q train --run "$name" --seed "$2" "${extra[@]}" >/dev/null
+  fi
+}
+TEACHER_WS="$TWS-teacher"
+teacher_round() {  # mines the teacher's round once, in its own workspace; prints its number
+  if [ ! -f "$TEACHER_WS/teacher-round" ]; then
+    (cd "$TWS" && run refresh 1)
+    local teacher="$TWS/.cpack/runs/refresh-s1/epoch-2"
+    bash "$ROOT/scripts/train_workspace.sh" "$TEACHER_WS" >/dev/null
+    (cd "$TEACHER_WS" && "$CPACK" -q index build --model "$teacher" >/dev/null &&
+      "$CPACK" -q mine --model "$teacher" --negatives 3 --json) |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["round"])' > "$TEACHER_WS/teacher-round.tmp"
+    mv "$TEACHER_WS/teacher-round.tmp" "$TEACHER_WS/teacher-round"
+  fi
+  cat "$TEACHER_WS/teacher-round"
+}
 for strategy in $STRATEGIES; do
-  read -r -a extra <<< "$(flags "$strategy")"
   for seed in $SEEDS; do
-    name="$strategy-s$seed"
-    finished "$name" && continue
-    echo "$name" >&2
-    if [ -f ".cpack/runs/$name/run.json" ]; then
-      "$CPACK" -q train --run "$name" --resume >/dev/null
+    if [ "$strategy" = teacher ]; then
+      teacher_round >/dev/null
+      (cd "$TEACHER_WS" && run teacher "$seed")
     else
-      "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
+      run "$strategy" "$seed"
     fi
   done
 done
 mkdir -p "$ROOT/target/bench"
-python3 - "$ROOT/target/bench/strategies" "$STRATEGIES" $SEEDS <<'PY'
+python3 - "$ROOT/target/bench/strategies" "$TEACHER_WS" "$STRATEGIES" $SEEDS <<'PY'
 import json, os, statistics, sys
-stem, strategies, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+stem, teacher_ws, strategies, seeds = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4:]
 lines = ["| strategy | seeds | nDCG@10 epoch 1 | epoch 2 | train s | encode s | passages encoded | index s | mine s | eval s | eval encode s | corpus encodes |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 summary = {}
 for strategy in strategies:
     reports = []
     for s in seeds:
-        path = f".cpack/runs/{strategy}-s{s}/report.json"
+        runs = os.path.join(teacher_ws, ".cpack/runs") if strategy == "teacher" else ".cpack/runs"
+        path = f"{runs}/{strategy}-s{s}/report.json"
         if os.path.exists(path):
             r = json.load(open(path))
             if len(r["epochs"]) >= 2:
