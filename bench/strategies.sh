@@ -82,6 +82,8 @@ teacher_round() {  # mines the teacher's round once, in its own workspace; print
   if [ ! -f "$TEACHER_WS/teacher-round" ]; then
     (cd "$TWS" && run refresh 1)
     local teacher="$TWS/.cpack/runs/refresh-s1/epoch-2"
+    # 3 negatives per question: the recipe's group of 4 less the positive,
+    # as the students' own rounds would hold.
     bash "$ROOT/scripts/train_workspace.sh" "$TEACHER_WS" >/dev/null
     (cd "$TEACHER_WS" && "$CPACK" -q index build --model "$teacher" >/dev/null &&
       "$CPACK" -q mine --model "$teacher" --negatives 3 --json) |
@@ -93,7 +95,7 @@ teacher_round() {  # mines the teacher's round once, in its own workspace; print
 for strategy in $STRATEGIES; do
   for seed in $SEEDS; do
     if [ "$strategy" = teacher ]; then
-      teacher_round >/dev/null
+      teacher_round >/dev/null  # makes TEACHER_WS before run enters it
       (cd "$TEACHER_WS" && run teacher "$seed")
     else
       run "$strategy" "$seed"
