@@ -10,6 +10,8 @@
 #   incremental  refresh re-encoding only the training queries' top-200 pool
 #                and positives (--refresh incremental); evaluation encodes
 #                its own index, counted apart as "eval encode s"
+#   incremental-top12  incremental, re-encoding only the top 12 ranks of
+#                each question's pool and the positives (--refresh-depth 12)
 #   simans       refresh, negatives drawn by SimANS (--sample simans)
 #   perc-pos     refresh, TopK-PercPos filter (--filter perc-pos)
 #   margin-pos   refresh, TopK-MarginPos filter (--filter margin-pos)
@@ -38,7 +40,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3"
-STRATEGIES="in-batch static refresh incremental simans perc-pos margin-pos clustered query-side replace-easy teacher"
+STRATEGIES="in-batch static refresh incremental incremental-top12 simans perc-pos margin-pos clustered query-side replace-easy teacher"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -53,6 +55,7 @@ flags() {  # strategy → its flags
     static) echo "--refresh-every 0" ;;
     refresh) echo "--refresh-every 1" ;;
     incremental) echo "--refresh-every 1 --refresh incremental" ;;
+    incremental-top12) echo "--refresh-every 1 --refresh incremental --refresh-depth 12" ;;
     simans) echo "--refresh-every 1 --sample simans" ;;
     perc-pos) echo "--refresh-every 1 --filter perc-pos" ;;
     margin-pos) echo "--refresh-every 1 --filter margin-pos" ;;

@@ -141,6 +141,12 @@ pub struct TrainArgs {
     /// (0 = never) [train.full_refresh_every; default: 0].
     #[arg(long, value_name = "M")]
     pub full_refresh_every: Option<usize>,
+    /// With --refresh incremental, re-encode only the top K ranks of each
+    /// training query's pool (and its positives): fewer passages re-encoded,
+    /// more left stale. The next round still mines the whole --topk
+    /// [train.refresh_depth; default: the mining --topk].
+    #[arg(long, value_name = "K")]
+    pub refresh_depth: Option<usize>,
     /// Queries per batch; every passage of the batch is a negative for the other queries [default: 32].
     #[arg(long, value_name = "N")]
     pub train_batch_size: Option<usize>,

@@ -53,6 +53,7 @@ pub struct TrainSection {
     pub refresh_every: Option<usize>,
     pub refresh: Option<cpack_train::incremental::RefreshScope>,
     pub full_refresh_every: Option<usize>,
+    pub refresh_depth: Option<usize>,
     pub batch_size: Option<usize>,
     pub group_size: Option<usize>,
     pub temperature: Option<f64>,
@@ -448,6 +449,8 @@ precision = "f32"
 # queries' top-k pool and positives), with a full one every M refreshes (0 = never).
 # refresh = "full"
 # full_refresh_every = 0
+# Ranks of each query's pool an incremental refresh re-encodes; default: mine.topk.
+# refresh_depth = 200
 # Queries per batch, and passages per query (1 positive + group_size - 1 negatives).
 # batch_size = 32
 # group_size = 8

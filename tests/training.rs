@@ -910,30 +910,30 @@ fn live_rows(dir: &Path) -> (serde_json::Value, Vec<Vec<u8>>) {
     (manifest, bytes.chunks(width).map(<[u8]>::to_vec).collect())
 }
 
-#[test]
-fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
-    let tmp = tempfile::tempdir().unwrap();
-    let ws = workspace(tmp.path(), "ws");
-    let incremental = ["--refresh", "incremental", "--run", "inc"];
-    let run = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &incremental].concat());
-    let epochs = run["epochs"].as_array().unwrap();
-    let (manifest, after) = live_rows(&ws.join(".cpack/runs/inc/index"));
-    let (_, before) = live_rows(&ws.join(".cpack/index"));
+/// The rows of the corpus the refresh of run `run` re-encoded (ascending),
+/// and their passage ids.
+fn re_encoded(ws: &Path, run: &str) -> (Vec<usize>, std::collections::BTreeSet<String>) {
+    let dir = ws.join(".cpack/runs").join(run).join("index");
+    let (manifest, _) = live_rows(&dir);
     let rows: Vec<usize> = manifest["plan"]["partial"]["rows"]
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r.as_u64().unwrap() as usize)
         .collect();
-    assert_eq!(epochs[0]["passages_encoded"], rows.len());
-    assert!(
-        rows.len() < before.len(),
-        "{} of {}",
-        rows.len(),
-        before.len()
-    );
-    // The pool, found independently: each training query's top 30 under the
-    // base model (which mined epoch 1's round), and its positives.
+    let generation = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+    let ids: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(generation.trim()).join("ids.json")).unwrap(),
+    )
+    .unwrap();
+    let pool = rows.iter().map(|&r| ids[r].clone()).collect();
+    (rows, pool)
+}
+
+/// The pool of run `run` found independently: each training query's top
+/// `depth` under the base model (which mined epoch 1's round), and its
+/// positives.
+fn pool_by_search(ws: &Path, run: &str, depth: usize) -> std::collections::BTreeSet<String> {
     let data = shared("data/cmrc2018");
     let texts: std::collections::HashMap<String, String> =
         std::fs::read_to_string(data.join("queries.jsonl"))
@@ -949,30 +949,47 @@ fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
             .collect();
     let qrels = std::fs::read_to_string(data.join("qrels/train.tsv")).unwrap();
     let training: Vec<String> = serde_json::from_str(
-        &std::fs::read_to_string(ws.join(".cpack/runs/inc/queries.json")).unwrap(),
+        &std::fs::read_to_string(ws.join(".cpack/runs").join(run).join("queries.json")).unwrap(),
     )
     .unwrap();
     let mut expected = std::collections::BTreeSet::new();
     let lengths = ["--passage-max-len", "48", "--query-max-len", "24"];
+    let depth = depth.to_string();
     for id in &training {
-        let search = [&["search", "--json", "-k", "30", &texts[id]][..], &lengths].concat();
-        for hit in json(&ok(&ws, &search))["results"].as_array().unwrap() {
+        let search = [
+            &["search", "--json", "-k", &depth, &texts[id]][..],
+            &lengths,
+        ]
+        .concat();
+        for hit in json(&ok(ws, &search))["results"].as_array().unwrap() {
             expected.insert(hit["id"].as_str().unwrap().to_string());
         }
         for line in qrels.lines().filter(|l| l.starts_with(&format!("{id}\t"))) {
             expected.insert(line.split('\t').nth(1).unwrap().to_string());
         }
     }
-    let ids: Vec<String> = {
-        let generation = std::fs::read_to_string(ws.join(".cpack/runs/inc/index/CURRENT")).unwrap();
-        let path = ws
-            .join(".cpack/runs/inc/index")
-            .join(generation.trim())
-            .join("ids.json");
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-    };
-    let pool: std::collections::BTreeSet<String> = rows.iter().map(|&r| ids[r].clone()).collect();
-    assert_eq!(pool, expected);
+    expected
+}
+
+#[test]
+fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let incremental = ["--refresh", "incremental", "--run", "inc"];
+    let run = train(&ws, &[&TWO_EVALUATED_EPOCHS[..], &incremental].concat());
+    let epochs = run["epochs"].as_array().unwrap();
+    let (_, after) = live_rows(&ws.join(".cpack/runs/inc/index"));
+    let (_, before) = live_rows(&ws.join(".cpack/index"));
+    let (rows, pool) = re_encoded(&ws, "inc");
+    assert_eq!(epochs[0]["passages_encoded"], rows.len());
+    assert!(
+        rows.len() < before.len(),
+        "{} of {}",
+        rows.len(),
+        before.len()
+    );
+    // The workspace mines the top 30.
+    assert_eq!(pool, pool_by_search(&ws, "inc", 30));
     for (row, (new, old)) in after.iter().zip(&before).enumerate() {
         if rows.binary_search(&row).is_ok() {
             assert_ne!(
@@ -1013,4 +1030,35 @@ fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
         &["train", "--refresh", "incremental", "--freeze-passages"],
     );
     assert!(refused.contains("--refresh incremental needs"), "{refused}");
+}
+
+#[test]
+fn a_refresh_depth_re_encodes_only_the_top_of_each_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let shallow = ["--refresh", "incremental", "--refresh-depth", "3"];
+    let run = train(
+        &ws,
+        &[&TWO_EVALUATED_EPOCHS[..], &shallow, &["--run", "top3"]].concat(),
+    );
+    let (rows, pool) = re_encoded(&ws, "top3");
+    assert_eq!(run["epochs"][0]["passages_encoded"], rows.len());
+    assert_eq!(pool, pool_by_search(&ws, "top3", 3));
+    assert!(
+        pool.len() < pool_by_search(&ws, "top3", 30).len(),
+        "the top 3 of each pool is a smaller set than the top 30"
+    );
+    assert_ne!(
+        run["epochs"][0]["round"], run["epochs"][1]["round"],
+        "the refresh still mined anew"
+    );
+    let shown = ok(&ws, &["report", "--run", "top3"]);
+    assert!(shown.contains("of each pool's top 3"), "{shown}");
+    let full = fails(&ws, &["train", "--refresh-depth", "3"]);
+    assert!(full.contains("needs --refresh incremental"), "{full}");
+    let zero = fails(
+        &ws,
+        &["train", "--refresh", "incremental", "--refresh-depth", "0"],
+    );
+    assert!(zero.contains("at least 1"), "{zero}");
 }

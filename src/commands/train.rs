@@ -188,6 +188,7 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         negatives_from: args.negatives_from.or(file.negatives_from),
         refresh: pick(&args.refresh, &file.refresh, RefreshScope::default()),
         full_refresh_every: pick(&args.full_refresh_every, &file.full_refresh_every, 0),
+        refresh_depth: args.refresh_depth.or(file.refresh_depth),
     })
 }
 

@@ -72,6 +72,10 @@ pub struct RunSpec {
     /// the whole corpus; 0 = none does.
     #[serde(default)]
     pub full_refresh_every: usize,
+    /// With incremental refreshes, how deep into each training query's pool
+    /// the re-encode goes; `None`: the mining top-k, the whole pool.
+    #[serde(default)]
+    pub refresh_depth: Option<usize>,
 }
 
 impl RunSpec {
@@ -92,6 +96,11 @@ impl RunSpec {
         let nth = (epoch - 1) / self.refresh_every.max(1);
         self.refresh == RefreshScope::Full
             || (self.full_refresh_every > 0 && nth.is_multiple_of(self.full_refresh_every))
+    }
+
+    /// Ranks of each training query's pool an incremental refresh re-encodes.
+    fn pool_depth(&self) -> usize {
+        self.refresh_depth.unwrap_or(self.mining.topk)
     }
 
     /// The epoch whose checkpoint mined the round that `epoch` trains on
@@ -402,13 +411,12 @@ fn refresh_incrementally(
     let stamp = EmbeddingStamp::of(&miner.model, &miner.encoder)?;
     let source = if live.is_some() { dir } else { ws.base_index };
     let mut base = source.open(&stamp, &ws.dataset.corpus)?;
-    let topk = spec.mining.topk;
     let rows = incremental::pool(
         set,
         &ws.dataset.queries,
         &miner.encoder,
         &mut base,
-        topk,
+        spec.pool_depth(),
         progress,
     )?;
     let partial = PartialPlan::over(&base, rows)?;
@@ -463,6 +471,21 @@ pub fn run(
              more, a --group-size above 1, and no --freeze-passages (which never re-encodes)"
                 .into(),
         ));
+    }
+    match spec.refresh_depth {
+        Some(_) if spec.refresh != RefreshScope::Incremental => {
+            return Err(Error::Invalid(
+                "--refresh-depth sets how much an incremental refresh re-encodes; it needs \
+                 --refresh incremental"
+                    .into(),
+            ));
+        }
+        Some(0) => {
+            return Err(Error::Invalid(
+                "--refresh-depth must be at least 1 (the pool's top rank)".into(),
+            ));
+        }
+        _ => {}
     }
     if !resume {
         check_memory(&spec, &ModelDir::open(&spec.base_model)?.config)?;

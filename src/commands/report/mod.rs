@@ -78,8 +78,11 @@ pub fn print_table(report: &Report) {
             0 => String::new(),
             m => format!(", whole every {m}"),
         };
+        let depth = s
+            .refresh_depth
+            .map_or(String::new(), |k| format!(" of each pool's top {k}"));
         strategy.push(format!(
-            "incremental refresh{whole}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
+            "incremental refresh{depth}{whole}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
             if encoded.is_empty() { "none yet".to_string() } else { encoded.join(", ") }
         ));
     }
