@@ -1036,10 +1036,21 @@ fn an_incremental_refresh_re_encodes_exactly_the_training_queries_pool() {
 fn a_refresh_depth_re_encodes_only_the_top_of_each_pool() {
     let tmp = tempfile::tempdir().unwrap();
     let ws = workspace(tmp.path(), "ws");
+    // A full refresh first, whose epoch-1 checkpoint is the shallow run's
+    // too (same seed): its epoch-2 round was mined from other vectors.
+    let full = train(
+        &ws,
+        &[&TWO_EVALUATED_EPOCHS[..], &["--run", "full"]].concat(),
+    );
     let shallow = ["--refresh", "incremental", "--refresh-depth", "3"];
     let run = train(
         &ws,
         &[&TWO_EVALUATED_EPOCHS[..], &shallow, &["--run", "top3"]].concat(),
+    );
+    assert_eq!(run["epochs"][0]["round"], full["epochs"][0]["round"]);
+    assert_ne!(
+        run["epochs"][1]["round"], full["epochs"][1]["round"],
+        "the incremental index's round is its own, not the full refresh's"
     );
     let (rows, pool) = re_encoded(&ws, "top3");
     assert_eq!(run["epochs"][0]["passages_encoded"], rows.len());

@@ -228,6 +228,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Checksum of the generation's vectors: what identifies the index's
+    /// content (an incremental refresh and a full one by the same model
+    /// share a stamp but not their vectors). `None` for format 1.
+    pub fn embeddings_sum(&self) -> Option<fsutil::FileSum> {
+        self.files.get(self.plan.precision.file_name()).copied()
+    }
+
     /// Checks every file of the generation in `dir` against its recorded
     /// checksum (format 1 generations have none to check).
     fn verify_files(&self, dir: &Path) -> Result<()> {

@@ -8,8 +8,11 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Version of the record encoding. 2: round manifests name the model that
 /// encoded the queries when it is not the index's (see
 /// `store::RoundManifest::query_model_fingerprint`); version-1 manifests are
-/// read as rounds whose queries the index's model encoded.
-pub const FORMAT: u8 = 2;
+/// read as rounds whose queries the index's model encoded. 3: round
+/// manifests carry the checksum of the vectors searched
+/// (`store::RoundManifest::index_embeddings`); older ones have none, so no
+/// new mining request takes them for its own.
+pub const FORMAT: u8 = 3;
 
 /// More than any record holds (a query's few hundred candidates, a round's manifest).
 const MAX_RECORD_BYTES: usize = 64 << 20;

@@ -161,6 +161,7 @@ pub fn import_flag_embedding(
         seconds: 0.0,
         timings: MiningTimings::default(),
         query_model_fingerprint: None,
+        index_embeddings: None,
     };
     store.put_manifest(&manifest)?;
     store.put_chunk(round, 0, &records)?;

@@ -111,6 +111,7 @@ pub fn mine(
         seconds: 0.0,
         timings: MiningTimings::default(),
         query_model_fingerprint: input.query_model_fingerprint.clone(),
+        index_embeddings: index_manifest.embeddings_sum(),
     };
     let same_work = |m: &RoundManifest| {
         m.params == fresh.params
@@ -119,6 +120,7 @@ pub fn mine(
             && m.corpus_fingerprint == fresh.corpus_fingerprint
             && m.query_instruction == fresh.query_instruction
             && m.index_generation == fresh.index_generation
+            && m.index_embeddings == fresh.index_embeddings
     };
     let latest = store.rounds()?.pop();
     let (mut manifest, resumed) = match latest {

@@ -13,7 +13,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::FilterCounts;
-use cpack_index::fsutil::ProcessLock;
+use cpack_index::fsutil::{FileSum, ProcessLock};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -59,6 +59,10 @@ pub struct RoundManifest {
     /// (query-side training searches the base model's passages with the
     /// model being trained); `None`: the index's model did.
     pub query_model_fingerprint: Option<String>,
+    /// Checksum of the index's vectors that were searched: two indexes by
+    /// the same model differ when one was refreshed incrementally. `None`:
+    /// imported, or stored before format 3.
+    pub index_embeddings: Option<FileSum>,
 }
 
 impl RoundManifest {
@@ -103,16 +107,29 @@ impl From<RoundManifestV1> for RoundManifest {
             seconds: v.seconds,
             timings: v.timings,
             query_model_fingerprint: None,
+            index_embeddings: None,
         }
     }
 }
 
+/// A round manifest as format 2 stored it: format 1's fields, then the
+/// query model (bincode writes a struct as its fields in order, so a
+/// nested struct and a field after it read as this pair).
+type RoundManifestV2 = (RoundManifestV1, Option<String>);
+
 fn decode_manifest(bytes: &[u8]) -> Result<RoundManifest> {
     const WHAT: &str = "round manifest";
-    if bytes.first() == Some(&1) {
-        return Ok(codec::decode::<RoundManifestV1>(WHAT, bytes)?.into());
+    match bytes.first() {
+        Some(1) => Ok(codec::decode::<RoundManifestV1>(WHAT, bytes)?.into()),
+        Some(2) => {
+            let (v1, query_model) = codec::decode::<RoundManifestV2>(WHAT, bytes)?;
+            Ok(RoundManifest {
+                query_model_fingerprint: query_model,
+                ..v1.into()
+            })
+        }
+        _ => codec::decode(WHAT, bytes),
     }
-    codec::decode(WHAT, bytes)
 }
 
 /// Seconds spent per stage of mining. Encoding runs on its own thread,
@@ -344,7 +361,7 @@ mod tests {
     use crate::params::{OnShort, Sampling};
 
     #[test]
-    fn format_1_manifests_read_as_rounds_whose_queries_the_index_model_encoded() {
+    fn older_manifests_read_with_what_their_format_lacked_left_unset() {
         let params = MiningParams {
             split: "train".into(),
             topk: 30,
@@ -381,11 +398,20 @@ mod tests {
         assert_eq!(old.index_generation, "gen-1");
         assert_eq!(old.query_model_fingerprint, None);
         assert_eq!(old.query_model(), "model-fp");
+        assert_eq!(old.index_embeddings, None);
+        let mut bytes = codec::encode(&(v1, Some("query-fp".to_string())));
+        bytes[0] = 2;
+        let v2 = decode_manifest(&bytes).unwrap();
+        assert_eq!(v2.query_model(), "query-fp");
+        assert_eq!(v2.index_embeddings, None);
+        assert_eq!(v2.params, params);
         let current = RoundManifest {
-            query_model_fingerprint: Some("query-fp".into()),
-            ..old
+            index_embeddings: Some(FileSum {
+                bytes: 4096,
+                crc32: 0xdead_beef,
+            }),
+            ..v2
         };
         assert_eq!(decode_manifest(&codec::encode(&current)).unwrap(), current);
-        assert_eq!(current.query_model(), "query-fp");
     }
 }

@@ -293,8 +293,8 @@ impl Current {
         ))
     }
 
-    /// The newest complete round of this model's queries against `index`
-    /// with `params`, mining it if there is none. The index is this model's
+    /// The newest complete round of this model's queries against `index`'s
+    /// very vectors with `params`, mining it if there is none. The index is this model's
     /// own, or (query-side training) the base model's.
     fn round(
         &self,
@@ -312,8 +312,11 @@ impl Current {
             .validated(ws.dataset.corpus.len())
             .map_err(Error::Invalid)?;
         let instruction = &self.encoder.settings().query_instruction;
+        let vectors = index.manifest.embeddings_sum();
         let existing = ws.store.rounds()?.into_iter().rev().find(|m| {
             m.complete
+                && m.index_embeddings.is_some()
+                && m.index_embeddings == vectors
                 && m.model_fingerprint == index_model
                 && m.query_model_fingerprint == query_model
                 && m.params == wanted
