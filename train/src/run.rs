@@ -294,8 +294,8 @@ impl Current {
     }
 
     /// The newest complete round of this model's queries against `index`'s
-    /// very vectors with `params`, mining it if there is none. The index is this model's
-    /// own, or (query-side training) the base model's.
+    /// very vectors with `params`, mining it if there is none. The index is
+    /// this model's own, or (query-side training) the base model's.
     fn round(
         &self,
         ws: &Workspace,
