@@ -13,6 +13,8 @@
 #   incremental-topK  incremental, re-encoding only the top K ranks of
 #                each question's pool and the positives (--refresh-depth K;
 #                rows incremental-top12 and incremental-top50)
+#   incremental-topK-aligned  the same, the passages left out mapped into
+#                the new checkpoint's space (--stale-vectors aligned)
 #   simans       refresh, negatives drawn by SimANS (--sample simans)
 #   perc-pos     refresh, TopK-PercPos filter (--filter perc-pos)
 #   margin-pos   refresh, TopK-MarginPos filter (--filter margin-pos)
@@ -41,7 +43,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3"
-STRATEGIES="in-batch static refresh incremental incremental-top12 incremental-top50 simans perc-pos margin-pos clustered query-side replace-easy teacher"
+STRATEGIES="in-batch static refresh incremental incremental-top12 incremental-top50 incremental-top12-aligned simans perc-pos margin-pos clustered query-side replace-easy teacher"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -56,6 +58,8 @@ flags() {  # strategy → its flags
     static) echo "--refresh-every 0" ;;
     refresh) echo "--refresh-every 1" ;;
     incremental) echo "--refresh-every 1 --refresh incremental" ;;
+    incremental-top*-aligned) local depth=${1#incremental-top}
+      echo "--refresh-every 1 --refresh incremental --refresh-depth ${depth%-aligned} --stale-vectors aligned" ;;
     incremental-top*) echo "--refresh-every 1 --refresh incremental --refresh-depth ${1#incremental-top}" ;;
     simans) echo "--refresh-every 1 --sample simans" ;;
     perc-pos) echo "--refresh-every 1 --filter perc-pos" ;;

@@ -147,6 +147,13 @@ pub struct TrainArgs {
     /// [train.refresh_depth; default: the mining --topk].
     #[arg(long, value_name = "K")]
     pub refresh_depth: Option<usize>,
+    /// With --refresh incremental, what the passages left out get: `kept`,
+    /// their old vectors; `aligned`, those vectors mapped into the new
+    /// checkpoint's space by a linear map fitted on the re-encoded passages'
+    /// old and new vectors, so the next round ranks stale and fresh passages
+    /// alike [train.stale_vectors; default: kept].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub stale_vectors: Option<cpack_index::align::StaleVectors>,
     /// Queries per batch; every passage of the batch is a negative for the other queries [default: 32].
     #[arg(long, value_name = "N")]
     pub train_batch_size: Option<usize>,

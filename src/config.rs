@@ -54,6 +54,7 @@ pub struct TrainSection {
     pub refresh: Option<cpack_train::incremental::RefreshScope>,
     pub full_refresh_every: Option<usize>,
     pub refresh_depth: Option<usize>,
+    pub stale_vectors: Option<cpack_index::align::StaleVectors>,
     pub batch_size: Option<usize>,
     pub group_size: Option<usize>,
     pub temperature: Option<f64>,
@@ -451,6 +452,9 @@ precision = "f32"
 # full_refresh_every = 0
 # Ranks of each query's pool an incremental refresh re-encodes; default: mine.topk.
 # refresh_depth = 200
+# What an incremental refresh does with the passages it leaves out: "kept"
+# (their old vectors) or "aligned" (mapped into the new checkpoint's space).
+# stale_vectors = "kept"
 # Queries per batch, and passages per query (1 positive + group_size - 1 negatives).
 # batch_size = 32
 # group_size = 8

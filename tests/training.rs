@@ -1073,3 +1073,51 @@ fn a_refresh_depth_re_encodes_only_the_top_of_each_pool() {
     );
     assert!(zero.contains("at least 1"), "{zero}");
 }
+
+#[test]
+fn aligned_stale_vectors_move_only_the_rows_a_refresh_leaves_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let shallow = ["--refresh", "incremental", "--refresh-depth", "3"];
+    let kept = train(
+        &ws,
+        &[&TWO_EVALUATED_EPOCHS[..], &shallow, &["--run", "kept"]].concat(),
+    );
+    let aligned = ["--stale-vectors", "aligned", "--run", "aligned"];
+    let run = train(
+        &ws,
+        &[&TWO_EVALUATED_EPOCHS[..], &shallow, &aligned].concat(),
+    );
+    let (rows, _) = re_encoded(&ws, "aligned");
+    assert_eq!(rows, re_encoded(&ws, "kept").0, "same seed, same pool");
+    let (_, base) = live_rows(&ws.join(".cpack/index"));
+    let (_, kept_rows) = live_rows(&ws.join(".cpack/runs/kept/index"));
+    let (manifest, aligned_rows) = live_rows(&ws.join(".cpack/runs/aligned/index"));
+    for (row, (got, old)) in aligned_rows.iter().zip(&base).enumerate() {
+        if rows.binary_search(&row).is_ok() {
+            assert_eq!(
+                got, &kept_rows[row],
+                "row {row} is re-encoded as without alignment"
+            );
+        } else {
+            assert_ne!(got, old, "row {row} is mapped, not kept");
+            let floats = got
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()));
+            let norm = floats.map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "row {row} has norm {norm}");
+        }
+    }
+    let fit = &manifest["alignment"];
+    let pairs = fit["fitted_rows"].as_u64().unwrap() + fit["held_out_rows"].as_u64().unwrap();
+    assert_eq!(pairs as usize, rows.len(), "{fit}");
+    assert_eq!(&run["epochs"][0]["alignment"], fit);
+    assert_ne!(
+        run["epochs"][1]["round"], kept["epochs"][1]["round"],
+        "aligned vectors are other vectors: a round of their own"
+    );
+    let shown = ok(&ws, &["report", "--run", "aligned"]);
+    assert!(shown.contains("stale vectors aligned"), "{shown}");
+    let refused = fails(&ws, &["train", "--stale-vectors", "aligned"]);
+    assert!(refused.contains("needs --refresh incremental"), "{refused}");
+}

@@ -99,6 +99,11 @@ impl EmbeddingMatrix {
         }
     }
 
+    /// The given rows, in their order, as f32.
+    pub fn gather(&self, rows: &[usize]) -> Vec<f32> {
+        rows.iter().flat_map(|&r| self.rows_f32(r, r + 1)).collect()
+    }
+
     /// The whole matrix as f32.
     pub fn to_f32(&self) -> Vec<f32> {
         self.rows_f32(0, self.rows)

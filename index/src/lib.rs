@@ -6,6 +6,7 @@
 //! [`vector::VectorIndex`] and an atomically written manifest), and the
 //! retrieval metrics used by `cpack eval`.
 
+pub mod align;
 pub mod candle_backend;
 pub mod dataset;
 pub mod device;

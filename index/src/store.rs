@@ -21,6 +21,7 @@
 //! to a new generation and `CURRENT` is switched to it, so readers always see
 //! either the old or the new index, never a half-built one.
 
+use crate::align::{self, AlignmentFit, StaleVectors};
 use crate::dataset::TextTable;
 use crate::embeddings::{EmbeddingMatrix, Precision};
 use crate::encoder::{Encoder, TextKind, WeightPrecision};
@@ -129,11 +130,16 @@ pub struct PartialPlan {
     pub base_model_fingerprint: String,
     /// Rows encoded under the plan's stamp, ascending.
     pub rows: Vec<u32>,
+    /// What the other rows get: the base's vectors, or those mapped into the
+    /// new model's space (see [`crate::align`]).
+    #[serde(default)]
+    pub stale: StaleVectors,
 }
 
 impl PartialPlan {
-    /// Re-encode `rows` of `base`'s corpus (sorted and deduplicated here).
-    pub fn over(base: &OpenIndex, mut rows: Vec<u32>) -> Result<Self> {
+    /// Re-encode `rows` of `base`'s corpus (sorted and deduplicated here);
+    /// the other rows' vectors come from `base` as `stale` says.
+    pub fn over(base: &OpenIndex, mut rows: Vec<u32>, stale: StaleVectors) -> Result<Self> {
         rows.sort_unstable();
         rows.dedup();
         if let Some(&last) = rows.last() {
@@ -155,6 +161,7 @@ impl PartialPlan {
             base_sum,
             base_model_fingerprint: base.manifest.plan.stamp.model_fingerprint.clone(),
             rows,
+            stale,
         })
     }
 }
@@ -225,6 +232,9 @@ pub struct Manifest {
     /// agree across devices; a lower precision shows in the stamp).
     #[serde(default)]
     pub encoded_on: crate::device::ComputeDevice,
+    /// How the stale rows of a partial build with aligned vectors were mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentFit>,
 }
 
 impl Manifest {
@@ -347,6 +357,60 @@ fn copy_base(partial: &PartialPlan, data: &Path) -> Result<()> {
     fs::File::open(data)
         .and_then(|f| f.sync_all())
         .map_err(Error::io("sync", data))
+}
+
+/// Rewrites the stale rows of the partial build in `build_dir` (its rows
+/// all encoded) as the base's vectors mapped into the new model's space, the
+/// map fitted on the re-encoded rows. Reads only the base for the rows it
+/// writes, so a rerun after a kill rewrites them the same.
+fn align_stale(
+    build_dir: &Path,
+    plan: &BuildPlan,
+    partial: &PartialPlan,
+    progress: &dyn Progress,
+) -> Result<AlignmentFit> {
+    let started = Instant::now();
+    let (dim, precision) = (plan.stamp.dim, plan.precision);
+    let threads = rayon::current_num_threads();
+    partial.base_sum.verify(
+        &partial.base_embeddings,
+        "the index it refreshes changed or is damaged; run the refresh again",
+    )?;
+    let base = EmbeddingMatrix::open(&partial.base_embeddings, plan.rows, dim, precision)?;
+    let data_path = build_dir.join(precision.file_name());
+    let encoded: Vec<usize> = partial.rows.iter().map(|&r| r as usize).collect();
+    let fresh = EmbeddingMatrix::open(&data_path, plan.rows, dim, precision)?.gather(&encoded);
+    let (map, mut fit) = align::fit_held_out(
+        &base.gather(&encoded),
+        &fresh,
+        dim,
+        plan.stamp.normalize,
+        threads,
+    )?;
+    drop(fresh);
+    let stale: Vec<usize> = {
+        let encoded: std::collections::HashSet<usize> = encoded.into_iter().collect();
+        (0..plan.rows).filter(|r| !encoded.contains(r)).collect()
+    };
+    progress.stage("aligning the stale vectors", stale.len() as u64);
+    let data = OpenOptions::new()
+        .write(true)
+        .open(&data_path)
+        .map_err(Error::io("open", &data_path))?;
+    for rows in stale.chunks(BuildOptions::DEFAULT_CHUNK_ROWS) {
+        let mapped = map.apply(&base.gather(rows), plan.stamp.normalize, threads)?;
+        write_rows(
+            &data,
+            rows,
+            &precision.encode(&mapped),
+            dim * precision.bytes(),
+        )
+        .map_err(Error::io("write", &data_path))?;
+        progress.advance(rows.len() as u64, 0);
+    }
+    data.sync_data().map_err(Error::io("sync", &data_path))?;
+    fit.seconds = started.elapsed().as_secs_f64();
+    Ok(fit)
 }
 
 /// Writes the encoded `bytes` of `rows` (ascending) at their places in
@@ -520,6 +584,13 @@ impl IndexDir {
             progress,
         )?;
 
+        let alignment = match &plan.partial {
+            Some(partial) if partial.stale == StaleVectors::Aligned => {
+                Some(align_stale(&build_dir, &plan, partial, progress)?)
+            }
+            _ => None,
+        };
+
         progress.stage(&format!("indexing ({})", plan.index), 0);
         let started = Instant::now();
         let embeddings = Arc::new(EmbeddingMatrix::open(
@@ -549,6 +620,7 @@ impl IndexDir {
             timings: state.timings.clone(),
             files,
             encoded_on: encoder.device(),
+            alignment,
         };
         fsutil::write_json_atomic(&build_dir.join(MANIFEST), &manifest)?;
         fs::remove_file(build_dir.join(STATE))
@@ -1037,8 +1109,20 @@ mod tests {
         assert!(err.to_string().contains("model fingerprint"), "{err}");
     }
 
-    #[test]
-    fn partial_build_reencodes_exactly_its_rows_and_resumes() {
+    /// An index built by the fixture's model, and the whole corpus encoded
+    /// by another: the two sides of an incremental refresh.
+    struct Refresh {
+        f: Fixture,
+        g: Fixture,
+        old: Encoder,
+        new: Encoder,
+        dir: IndexDir,
+        new_plan: BuildPlan,
+        before: Vec<u8>,
+        fresh: Vec<u8>,
+    }
+
+    fn refresh_fixture() -> Refresh {
         let f = fixture();
         let other_model = f.root.with_file_name("other-model");
         crate::test_model::write_tiny_model(&other_model, &TEXTS, 8).unwrap();
@@ -1074,29 +1158,68 @@ mod tests {
             )
             .unwrap();
         let fresh = embeddings_file(&whole);
+        Refresh {
+            f,
+            g,
+            old,
+            new,
+            dir,
+            new_plan,
+            before,
+            fresh,
+        }
+    }
 
-        let base = dir
-            .open(&plan(&f, &old, IndexKind::Exact).stamp, &f.corpus)
-            .unwrap();
-        let partial = PartialPlan::over(&base, vec![6, 1, 4, 1, 5]).unwrap();
-        assert_eq!(partial.rows, [1, 4, 5, 6]);
-        let p = new_plan.reencoding_only(partial);
-        assert_eq!(p.stale_rows(), TEXTS.len() - 4);
-        // Batch 3, chunk 2: the first chunk (1 call) lands, the second dies.
-        let failing = failing_after(&g, 1);
-        let build = |enc: &Encoder| {
-            dir.build(
+    impl Refresh {
+        /// The plan re-encoding `rows` of the old index with the new model.
+        fn partial(&self, rows: Vec<u32>, stale: StaleVectors) -> BuildPlan {
+            let base = self
+                .dir
+                .open(
+                    &plan(&self.f, &self.old, IndexKind::Exact).stamp,
+                    &self.f.corpus,
+                )
+                .unwrap();
+            let partial = PartialPlan::over(&base, rows, stale).unwrap();
+            self.new_plan.clone().reencoding_only(partial)
+        }
+
+        fn build(&self, p: &BuildPlan, enc: &Encoder) -> Result<BuildOutcome> {
+            let corpus = &self.f.corpus;
+            self.dir.build(
                 p.clone(),
                 provenance(),
-                &f.corpus,
+                corpus,
                 enc,
                 opts(2, false),
                 &Silent,
             )
-        };
-        assert!(build(&failing).is_err());
-        drop(base);
-        let out = build(&new).unwrap();
+        }
+    }
+
+    fn floats(x: &[u8]) -> Vec<f32> {
+        x.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn distance(a: &[u8], b: &[u8]) -> f32 {
+        let (a, b) = (floats(a), floats(b));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn partial_build_reencodes_exactly_its_rows_and_resumes() {
+        let r = refresh_fixture();
+        let p = r.partial(vec![6, 1, 4, 1, 5], StaleVectors::Kept);
+        assert_eq!(p.partial.as_ref().unwrap().rows, [1, 4, 5, 6]);
+        assert_eq!(p.stale_rows(), TEXTS.len() - 4);
+        // Batch 3, chunk 2: the first chunk (1 call) lands, the second dies.
+        assert!(r.build(&p, &failing_after(&r.g, 1)).is_err());
+        let out = r.build(&p, &r.new).unwrap();
         assert!(
             matches!(
                 out,
@@ -1107,41 +1230,74 @@ mod tests {
             ),
             "{out:?}"
         );
-        let after = embeddings_file(&dir);
-        let width = new.dim() * 4;
+        let after = embeddings_file(&r.dir);
+        let width = r.new.dim() * 4;
         let row_of = |bytes: &[u8], row: usize| bytes[row * width..(row + 1) * width].to_vec();
-        let distance = |a: &[u8], b: &[u8]| {
-            let floats = |x: &[u8]| -> Vec<f32> {
-                x.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect()
-            };
-            let (a, b) = (floats(a), floats(b));
-            a.iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
         for row in 0..TEXTS.len() {
             let got = row_of(&after, row);
             if [1, 4, 5, 6].contains(&row) {
                 // Re-encoded: the new model's vector (batches pad differently,
                 // so to rounding), and not the old one.
-                assert!(distance(&got, &row_of(&fresh, row)) < 1e-5, "row {row}");
-                assert!(distance(&got, &row_of(&before, row)) > 1e-2, "row {row}");
+                assert!(distance(&got, &row_of(&r.fresh, row)) < 1e-5, "row {row}");
+                assert!(distance(&got, &row_of(&r.before, row)) > 1e-2, "row {row}");
             } else {
                 assert_eq!(
                     got,
-                    row_of(&before, row),
+                    row_of(&r.before, row),
                     "row {row} must keep its old bytes"
                 );
             }
         }
-        let index = dir.open(&p.stamp, &f.corpus).unwrap();
+        let index = r.dir.open(&p.stamp, &r.f.corpus).unwrap();
         assert_eq!(index.manifest.plan.stale_rows(), TEXTS.len() - 4);
+        assert_eq!(index.manifest.alignment, None);
         assert!(matches!(
-            build(&new).unwrap(),
+            r.build(&p, &r.new).unwrap(),
             BuildOutcome::UpToDate { .. }
         ));
+    }
+
+    #[test]
+    fn aligned_partial_build_maps_the_stale_rows_by_the_fit_on_the_reencoded_ones() {
+        let r = refresh_fixture();
+        let p = r.partial((0..10).collect(), StaleVectors::Aligned);
+        r.build(&p, &r.new).unwrap();
+        let after = embeddings_file(&r.dir);
+        let dim = r.new.dim();
+        let (before, fresh, got) = (floats(&r.before), floats(&r.fresh), floats(&after));
+        let rows_of = |v: &[f32], rows: &[usize]| -> Vec<f32> {
+            rows.iter()
+                .flat_map(|&i| v[i * dim..(i + 1) * dim].to_vec())
+                .collect()
+        };
+        let (encoded, stale): (Vec<usize>, Vec<usize>) = (0..TEXTS.len()).partition(|&i| i < 10);
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        assert!(worst(&rows_of(&got, &encoded), &rows_of(&fresh, &encoded)) < 1e-5);
+        // The stale rows: the old vectors through the map fitted on the
+        // re-encoded rows' (old, new) pairs, unit length as the model's.
+        let (map, fit) = align::fit_held_out(
+            &rows_of(&before, &encoded),
+            &rows_of(&got, &encoded),
+            dim,
+            true,
+            1,
+        )
+        .unwrap();
+        let expected = map.apply(&rows_of(&before, &stale), true, 1).unwrap();
+        assert!(worst(&rows_of(&got, &stale), &expected) < 1e-5);
+        assert!(worst(&rows_of(&got, &stale), &rows_of(&before, &stale)) > 1e-3);
+        for row in rows_of(&got, &stale).chunks_exact(dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        }
+        let index = r.dir.open(&p.stamp, &r.f.corpus).unwrap();
+        let recorded = index.manifest.alignment.expect("alignment recorded");
+        assert_eq!((recorded.fitted_rows, recorded.held_out_rows), (9, 1));
+        assert_eq!(recorded.cosine_aligned, fit.cosine_aligned);
     }
 }

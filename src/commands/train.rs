@@ -5,6 +5,7 @@ use super::{load_config, Context};
 use crate::cli::TrainArgs;
 use crate::config::{Config, TrainSection};
 use anyhow::{bail, Context as _, Result};
+use cpack_index::align::StaleVectors;
 use cpack_index::dataset::Dataset;
 use cpack_miner::{
     FilterPreset, MiningParams, NegativeStore, OnShort, SamplingKind, SimansWeights,
@@ -189,6 +190,11 @@ fn spec(args: &TrainArgs, config: &Config, dataset: &Dataset, name: &str) -> Res
         refresh: pick(&args.refresh, &file.refresh, RefreshScope::default()),
         full_refresh_every: pick(&args.full_refresh_every, &file.full_refresh_every, 0),
         refresh_depth: args.refresh_depth.or(file.refresh_depth),
+        stale_vectors: pick(
+            &args.stale_vectors,
+            &file.stale_vectors,
+            StaleVectors::default(),
+        ),
     })
 }
 

@@ -21,6 +21,7 @@ use crate::model::TrainableEncoder;
 use crate::optim::Schedule;
 use crate::steps::StepLog;
 use crate::trainer::{TrainSettings, Trainer};
+use cpack_index::align::{AlignmentFit, StaleVectors};
 use cpack_index::dataset::{Dataset, Qrels};
 use cpack_index::embeddings::Precision;
 use cpack_index::evaluate::evaluate_index;
@@ -76,6 +77,10 @@ pub struct RunSpec {
     /// the re-encode goes; `None`: the mining top-k, the whole pool.
     #[serde(default)]
     pub refresh_depth: Option<usize>,
+    /// With incremental refreshes, what the passages left out get: their old
+    /// vectors, or those mapped into the new checkpoint's space.
+    #[serde(default)]
+    pub stale_vectors: StaleVectors,
 }
 
 impl RunSpec {
@@ -136,7 +141,8 @@ pub struct EpochReport {
     /// Negatives retired during the epoch for scoring far below the positive.
     #[serde(default)]
     pub negatives_retired: usize,
-    /// Re-encoding the corpus with this epoch's checkpoint, and indexing it.
+    /// Re-encoding the corpus with this epoch's checkpoint (and aligning
+    /// the stale vectors, if asked), and indexing it.
     pub encode_seconds: f64,
     pub index_seconds: f64,
     /// Passages that re-encode encoded (fewer than the corpus when incremental).
@@ -146,6 +152,9 @@ pub struct EpochReport {
     /// leave the run's index partly stale, so evaluation encodes its own).
     #[serde(default)]
     pub eval_encode_seconds: f64,
+    /// How the stale vectors of an aligned incremental refresh were mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentFit>,
     pub eval: Option<EvalPoint>,
     pub checkpoint: PathBuf,
 }
@@ -186,6 +195,7 @@ struct Built {
     encode_seconds: f64,
     index_seconds: f64,
     passages: usize,
+    alignment: Option<AlignmentFit>,
 }
 
 impl Built {
@@ -193,6 +203,7 @@ impl Built {
         entry.encode_seconds = self.encode_seconds;
         entry.index_seconds = self.index_seconds;
         entry.passages_encoded = self.passages;
+        entry.alignment = self.alignment;
     }
 }
 
@@ -243,9 +254,11 @@ impl Current {
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
         let built = match outcome {
             BuildOutcome::Built { manifest, .. } => Built {
-                encode_seconds: manifest.timings.encode_seconds,
+                encode_seconds: manifest.timings.encode_seconds
+                    + manifest.alignment.map_or(0.0, |a| a.seconds),
                 index_seconds: manifest.timings.index_seconds,
                 passages: manifest.plan.rows - manifest.plan.stale_rows(),
+                alignment: manifest.alignment,
             },
             BuildOutcome::UpToDate { .. } => Built::default(),
         };
@@ -422,7 +435,7 @@ fn refresh_incrementally(
         spec.pool_depth(),
         progress,
     )?;
-    let partial = PartialPlan::over(&base, rows)?;
+    let partial = PartialPlan::over(&base, rows, spec.stale_vectors)?;
     drop(base);
     let (_, built) = current.build(ws, dir, Some(partial), progress)?;
     Ok(built)
@@ -489,6 +502,13 @@ pub fn run(
             ));
         }
         _ => {}
+    }
+    if spec.stale_vectors == StaleVectors::Aligned && spec.refresh != RefreshScope::Incremental {
+        return Err(Error::Invalid(
+            "--stale-vectors aligned maps the passages an incremental refresh leaves out; it \
+             needs --refresh incremental"
+                .into(),
+        ));
     }
     if !resume {
         check_memory(&spec, &ModelDir::open(&spec.base_model)?.config)?;
@@ -763,6 +783,7 @@ fn entry_from(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
         index_seconds: 0.0,
         passages_encoded: 0,
         eval_encode_seconds: 0.0,
+        alignment: None,
         eval: None,
         checkpoint,
     }

@@ -6,6 +6,7 @@ use super::train::{newest_run, runs_dir};
 use super::Context;
 use crate::cli::ReportArgs;
 use anyhow::{Context as _, Result};
+use cpack_index::align::StaleVectors;
 use cpack_train::incremental::RefreshScope;
 use cpack_train::run::{self, Report};
 use std::fmt::Write as _;
@@ -81,8 +82,9 @@ pub fn print_table(report: &Report) {
         let depth = s
             .refresh_depth
             .map_or(String::new(), |k| format!(" of each pool's top {k}"));
+        let aligned = aligned_note(report);
         strategy.push(format!(
-            "incremental refresh{depth}{whole}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
+            "incremental refresh{depth}{whole}{aligned}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
             if encoded.is_empty() { "none yet".to_string() } else { encoded.join(", ") }
         ));
     }
@@ -150,6 +152,29 @@ pub fn print_table(report: &Report) {
 }
 
 /// One SVG line chart of `points` (x = epoch, base at 0).
+/// ", stale vectors aligned (…)" for a run that aligns them: each refresh's
+/// held-out cosine of old and mapped vectors to the new ones.
+fn aligned_note(report: &Report) -> String {
+    if report.spec.stale_vectors != StaleVectors::Aligned {
+        return String::new();
+    }
+    let fits: Vec<String> = report
+        .epochs
+        .iter()
+        .filter_map(|e| Some((e.epoch, e.alignment?)))
+        .filter_map(|(epoch, a)| {
+            let (kept, aligned) = (a.cosine_kept?, a.cosine_aligned?);
+            Some(format!(
+                "cosine {kept:.3} → {aligned:.3} after epoch {epoch}"
+            ))
+        })
+        .collect();
+    match fits.is_empty() {
+        true => ", stale vectors aligned".to_string(),
+        false => format!(", stale vectors aligned ({})", fits.join(", ")),
+    }
+}
+
 fn chart(title: &str, points: &[(f64, f64)]) -> String {
     let (w, h, pad) = (420.0, 240.0, 40.0);
     if points.is_empty() {
