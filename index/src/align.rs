@@ -124,7 +124,7 @@ pub fn fit_held_out(
     normalize: bool,
     threads: usize,
 ) -> Result<(LinearMap, AlignmentFit)> {
-    let rows = if dim == 0 { 0 } else { old.len() / dim };
+    let rows = old.len().checked_div(dim).unwrap_or(0);
     let held = |r: &usize| rows >= HOLD_OUT && r % HOLD_OUT == HOLD_OUT - 1;
     let pick = |values: &[f32], keep: bool| -> Vec<f32> {
         (0..rows)

@@ -169,9 +169,10 @@ fn aligned_note(report: &Report) -> String {
             ))
         })
         .collect();
-    match fits.is_empty() {
-        true => ", stale vectors aligned".to_string(),
-        false => format!(", stale vectors aligned ({})", fits.join(", ")),
+    if fits.is_empty() {
+        ", stale vectors aligned".to_string()
+    } else {
+        format!(", stale vectors aligned ({})", fits.join(", "))
     }
 }
 
