@@ -8,7 +8,9 @@
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::{self, Candidate, QueryFacts, Rng};
-use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
+use crate::store::{
+    MiningTimings, NegativeStore, QueryRecord, RoundIdentity, RoundManifest, ScoredDoc,
+};
 use cpack_index::dataset::{Qrels, TextTable};
 use cpack_index::embeddings::EmbeddingMatrix;
 use cpack_index::store::OpenIndex;
@@ -83,7 +85,6 @@ pub fn mine(
 ) -> Result<MineOutcome> {
     // `IndexDir::open` checked that the index was built from this corpus.
     let index_manifest = &input.index.manifest;
-    let corpus_fingerprint = index_manifest.plan.corpus_fingerprint.clone();
     let (params, clamp_note) = params
         .validated(input.index.ids.len())
         .map_err(Error::Invalid)?;
@@ -96,13 +97,17 @@ pub fn mine(
             params.topk
         )));
     }
-    let stamp = &index_manifest.plan.stamp;
+    let wanted = RoundIdentity::of_search(
+        index_manifest,
+        input.query_model_fingerprint.clone(),
+        params,
+    );
     let fresh = RoundManifest {
         round: 0,
-        params,
-        model_fingerprint: stamp.model_fingerprint.clone(),
-        corpus_fingerprint,
-        query_instruction: stamp.query_instruction.clone(),
+        params: wanted.params.clone(),
+        model_fingerprint: wanted.model_fingerprint.clone(),
+        corpus_fingerprint: wanted.corpus_fingerprint.clone(),
+        query_instruction: wanted.query_instruction.clone(),
         index_generation: input.index.generation.clone(),
         chunk_queries: options.chunk_queries.max(1),
         total_queries: 0,
@@ -110,18 +115,11 @@ pub fn mine(
         created_unix: now(),
         seconds: 0.0,
         timings: MiningTimings::default(),
-        query_model_fingerprint: input.query_model_fingerprint.clone(),
-        index_embeddings: index_manifest.embeddings_sum(),
+        query_model_fingerprint: wanted.query_model_fingerprint.clone(),
+        index_embeddings: wanted.index_embeddings,
     };
-    let same_work = |m: &RoundManifest| {
-        m.params == fresh.params
-            && m.model_fingerprint == fresh.model_fingerprint
-            && m.query_model_fingerprint == fresh.query_model_fingerprint
-            && m.corpus_fingerprint == fresh.corpus_fingerprint
-            && m.query_instruction == fresh.query_instruction
-            && m.index_generation == fresh.index_generation
-            && m.index_embeddings == fresh.index_embeddings
-    };
+    let same_work =
+        |m: &RoundManifest| m.identity() == wanted && m.index_generation == fresh.index_generation;
     let latest = store.rounds()?.pop();
     let (mut manifest, resumed) = match latest {
         Some(m) if same_work(&m) && m.complete && !options.force => {

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::FilterCounts;
 use cpack_index::fsutil::{FileSum, ProcessLock};
+use cpack_index::store::Manifest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -65,7 +66,51 @@ pub struct RoundManifest {
     pub index_embeddings: Option<FileSum>,
 }
 
+/// What makes two rounds the same work: the parameters, the model that
+/// encoded the queries and its instruction, and the very vectors searched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundIdentity {
+    pub params: MiningParams,
+    pub model_fingerprint: String,
+    pub query_model_fingerprint: Option<String>,
+    pub corpus_fingerprint: String,
+    pub query_instruction: String,
+    pub index_embeddings: Option<FileSum>,
+}
+
+impl RoundIdentity {
+    /// A round searching the index of `index` with `params` (validated),
+    /// its queries encoded by the model of `query_model_fingerprint` (`None`:
+    /// the index's own).
+    pub fn of_search(
+        index: &Manifest,
+        query_model_fingerprint: Option<String>,
+        params: MiningParams,
+    ) -> Self {
+        let stamp = &index.plan.stamp;
+        RoundIdentity {
+            params,
+            model_fingerprint: stamp.model_fingerprint.clone(),
+            query_model_fingerprint,
+            corpus_fingerprint: index.plan.corpus_fingerprint.clone(),
+            query_instruction: stamp.query_instruction.clone(),
+            index_embeddings: index.embeddings_sum(),
+        }
+    }
+}
+
 impl RoundManifest {
+    pub fn identity(&self) -> RoundIdentity {
+        RoundIdentity {
+            params: self.params.clone(),
+            model_fingerprint: self.model_fingerprint.clone(),
+            query_model_fingerprint: self.query_model_fingerprint.clone(),
+            corpus_fingerprint: self.corpus_fingerprint.clone(),
+            query_instruction: self.query_instruction.clone(),
+            index_embeddings: self.index_embeddings,
+        }
+    }
+
     /// Fingerprint of the model that encoded this round's queries.
     pub fn query_model(&self) -> &str {
         self.query_model_fingerprint

@@ -35,7 +35,7 @@ use cpack_index::vector::IndexKind;
 use cpack_index::{
     fsutil, BackendLoader, Encoder, EncoderSettings, PairTokenizer, Progress, TextKind,
 };
-use cpack_miner::store::QueryRecord;
+use cpack_miner::store::{QueryRecord, RoundIdentity};
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -318,23 +318,18 @@ impl Current {
         progress: &dyn Progress,
     ) -> Result<(u32, f64)> {
         let own = self.model.fingerprint()?;
-        let index_model = index.manifest.plan.stamp.model_fingerprint.clone();
-        let query_model = (own != index_model).then_some(own);
-        let (wanted, _) = params
+        let query_model = (own != index.manifest.plan.stamp.model_fingerprint).then_some(own);
+        let (validated, _) = params
             .clone()
             .validated(ws.dataset.corpus.len())
             .map_err(Error::Invalid)?;
-        let instruction = &self.encoder.settings().query_instruction;
-        let vectors = index.manifest.embeddings_sum();
-        let existing = ws.store.rounds()?.into_iter().rev().find(|m| {
-            m.complete
-                && m.index_embeddings.is_some()
-                && m.index_embeddings == vectors
-                && m.model_fingerprint == index_model
-                && m.query_model_fingerprint == query_model
-                && m.params == wanted
-                && &m.query_instruction == instruction
-        });
+        let wanted = RoundIdentity::of_search(&index.manifest, query_model.clone(), validated);
+        // A round of unknown vectors (imported, or older than format 3) is
+        // never reused: it may have searched an incremental refresh's.
+        let existing =
+            ws.store.rounds()?.into_iter().rev().find(|m| {
+                m.complete && wanted.index_embeddings.is_some() && m.identity() == wanted
+            });
         if let Some(m) = existing {
             return Ok((m.round, 0.0));
         }
