@@ -14,7 +14,8 @@
 #                each question's pool and the positives (--refresh-depth K;
 #                rows incremental-top12 and incremental-top50)
 #   incremental-topK-aligned  the same, the passages left out mapped into
-#                the new checkpoint's space (--stale-vectors aligned)
+#                the new checkpoint's space (--stale-vectors aligned; rows
+#                for K = 4, 12, 16)
 #   simans       refresh, negatives drawn by SimANS (--sample simans)
 #   perc-pos     refresh, TopK-PercPos filter (--filter perc-pos)
 #   margin-pos   refresh, TopK-MarginPos filter (--filter margin-pos)
@@ -43,7 +44,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3"
-STRATEGIES="in-batch static refresh incremental incremental-top12 incremental-top50 incremental-top12-aligned simans perc-pos margin-pos clustered query-side replace-easy teacher"
+STRATEGIES="in-batch static refresh incremental incremental-top12 incremental-top50 incremental-top4-aligned incremental-top12-aligned incremental-top16-aligned simans perc-pos margin-pos clustered query-side replace-easy teacher"
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -144,6 +145,9 @@ for strategy in strategies:
            "index_seconds": seconds("index_seconds"), "mine_seconds": seconds("mine_seconds"),
            "eval_seconds": eval_seconds(), "corpus_encodes": encodes,
            "passages_encoded": encoded, "eval_encode_seconds": seconds_or_zero("eval_encode_seconds")}
+    fits = [e["alignment"] for _, r in reports for e in r["epochs"] if (e.get("alignment") or {}).get("cosine_kept")]
+    if fits:  # --stale-vectors aligned: held-out cosine of kept and mapped vectors to the new ones
+        row["alignment_cosine"] = {k: statistics.mean(f[k] for f in fits) for k in ("cosine_kept", "cosine_aligned")}
     summary[strategy] = row
     lines.append(f"| {strategy} | {len(reports)} | {mean[0]:.4f} ({spread[0]:.4f}) | {mean[1]:.4f} ({spread[1]:.4f}) "
                  f"| {row['train_seconds']:.0f} | {row['encode_seconds']:.0f} | {encoded:.0f} | {row['index_seconds']:.1f} "
