@@ -1258,6 +1258,29 @@ mod tests {
     }
 
     #[test]
+    fn an_alignment_cut_short_reruns_to_the_same_bytes() {
+        let r = refresh_fixture();
+        let p = r.partial((0..10).collect(), StaleVectors::Aligned);
+        let partial = p.partial.clone().unwrap();
+        let build_dir = r.dir.root().join(BUILD);
+        let mut state = r.dir.resume_or_start(&build_dir, &p, &Silent).unwrap();
+        r.dir
+            .encode_remaining(&build_dir, &mut state, &r.f.corpus, &r.new, 4, &Silent)
+            .unwrap();
+        let data = build_dir.join(p.precision.file_name());
+        align_stale(&build_dir, &p, &partial, &Silent).unwrap();
+        let aligned = std::fs::read(&data).unwrap();
+        // A kill half-way through the rewrite: one stale row written, one
+        // torn. The rerun fits on the re-encoded rows, which it never writes.
+        let width = p.stamp.dim * 4;
+        let mut torn = aligned.clone();
+        torn[10 * width..10 * width + width / 2].fill(0xFF);
+        std::fs::write(&data, &torn).unwrap();
+        align_stale(&build_dir, &p, &partial, &Silent).unwrap();
+        assert_eq!(std::fs::read(&data).unwrap(), aligned);
+    }
+
+    #[test]
     fn aligned_partial_build_maps_the_stale_rows_by_the_fit_on_the_reencoded_ones() {
         let r = refresh_fixture();
         let p = r.partial((0..10).collect(), StaleVectors::Aligned);
