@@ -388,10 +388,10 @@ fn align_stale(
         threads,
     )?;
     drop(fresh);
-    let stale: Vec<usize> = {
-        let encoded: std::collections::HashSet<usize> = encoded.into_iter().collect();
-        (0..plan.rows).filter(|r| !encoded.contains(r)).collect()
-    };
+    // `encoded` is ascending (the plan's rows are).
+    let stale: Vec<usize> = (0..plan.rows)
+        .filter(|r| encoded.binary_search(r).is_err())
+        .collect();
     progress.stage("aligning the stale vectors", stale.len() as u64);
     let data = OpenOptions::new()
         .write(true)
@@ -1203,12 +1203,15 @@ mod tests {
             .collect()
     }
 
-    fn distance(a: &[u8], b: &[u8]) -> f32 {
-        let (a, b) = (floats(a), floats(b));
+    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         a.iter()
-            .zip(&b)
+            .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max)
+    }
+
+    fn distance(a: &[u8], b: &[u8]) -> f32 {
+        max_difference(&floats(a), &floats(b))
     }
 
     #[test]
@@ -1294,13 +1297,7 @@ mod tests {
                 .collect()
         };
         let (encoded, stale): (Vec<usize>, Vec<usize>) = (0..TEXTS.len()).partition(|&i| i < 10);
-        let worst = |a: &[f32], b: &[f32]| {
-            a.iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-        };
-        assert!(worst(&rows_of(&got, &encoded), &rows_of(&fresh, &encoded)) < 1e-5);
+        assert!(max_difference(&rows_of(&got, &encoded), &rows_of(&fresh, &encoded)) < 1e-5);
         // The stale rows: the old vectors through the map fitted on the
         // re-encoded rows' (old, new) pairs, unit length as the model's.
         let (map, fit) = align::fit_held_out(
@@ -1312,8 +1309,8 @@ mod tests {
         )
         .unwrap();
         let expected = map.apply(&rows_of(&before, &stale), true, 1).unwrap();
-        assert!(worst(&rows_of(&got, &stale), &expected) < 1e-5);
-        assert!(worst(&rows_of(&got, &stale), &rows_of(&before, &stale)) > 1e-3);
+        assert!(max_difference(&rows_of(&got, &stale), &expected) < 1e-5);
+        assert!(max_difference(&rows_of(&got, &stale), &rows_of(&before, &stale)) > 1e-3);
         for row in rows_of(&got, &stale).chunks_exact(dim) {
             let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
             assert!((norm - 1.0).abs() < 1e-5, "{norm}");

@@ -49,11 +49,8 @@ impl FrozenPassages {
 
     /// `[passages, dim]`: the vectors of `corpus_rows`, in order.
     pub fn gather(&self, corpus_rows: &[usize], device: &Device) -> Result<Tensor> {
-        let mut values = Vec::with_capacity(corpus_rows.len() * self.dim());
-        for &row in corpus_rows {
-            let r = self.rows[row];
-            values.extend(self.vectors.rows_f32(r, r + 1));
-        }
+        let rows: Vec<usize> = corpus_rows.iter().map(|&row| self.rows[row]).collect();
+        let values = self.vectors.gather(&rows);
         Ok(Tensor::from_vec(
             values,
             (corpus_rows.len(), self.dim()),
