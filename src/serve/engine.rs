@@ -150,8 +150,9 @@ impl Engine {
         }
         match self.reopen() {
             Ok(()) => {
-                eprintln!("cpack serve: now serving index {}", self.live.generation);
+                // /info answers for the new generation before the line says so.
                 *info.lock().expect("info lock") = self.info();
+                eprintln!("cpack serve: now serving index {}", self.live.generation);
             }
             Err(e) => eprintln!(
                 "cpack serve: index {published} was published but cannot be served ({e:#}); still serving {}",
