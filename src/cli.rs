@@ -309,7 +309,7 @@ pub struct Overrides {
     pub model: Option<PathBuf>,
     /// Pooling: mean or cls [model.pooling; default: as the model's modules.json says].
     #[arg(long, value_name = "MODE", value_enum)]
-    pub pooling: Option<cpack_index::model::Pooling>,
+    pub pooling: Option<cpack_model::Pooling>,
     /// Maximum query length in tokens, [CLS]/[SEP] included [model.query_max_len].
     #[arg(long, value_name = "N")]
     pub query_max_len: Option<usize>,
@@ -330,15 +330,15 @@ pub struct Overrides {
     /// kernel follows the CPU's AVX-512 / AVX2 / NEON flags), or ort (ONNX Runtime on
     /// cpack's ONNX export; with --encoder-precision int8 the fastest overall) [encode.backend].
     #[arg(long, value_name = "BACKEND", value_enum)]
-    pub encoder: Option<cpack_index::BackendKind>,
+    pub encoder: Option<cpack_encode::BackendKind>,
     /// Encoder weights and products: f32; int8 with --encoder ort; bf16 with candle, for
     /// GPUs (on a CPU it runs the slow portable ops) [encode.precision].
     #[arg(long, value_name = "PRECISION", value_enum)]
-    pub encoder_precision: Option<cpack_index::WeightPrecision>,
+    pub encoder_precision: Option<cpack_encode::WeightPrecision>,
     /// Where the candle encoder computes: cpu, or cuda / cuda:N in a cpack
     /// built with the `cuda` feature (scripts/build-cuda.sh) [encode.device].
     #[arg(long, value_name = "DEVICE")]
-    pub device: Option<cpack_index::ComputeDevice>,
+    pub device: Option<cpack_encode::ComputeDevice>,
     /// Where FAISS searches an opened index: cpu, or gpu / gpu:N in a cpack built with the
     /// `cuda` feature. Indexes are saved in CPU form, so either opens without a rebuild
     /// [index.device].
@@ -356,7 +356,7 @@ pub struct ExportArgs {
     pub int8: bool,
     /// Pooling baked into the graph: mean or cls [default: as the model declares].
     #[arg(long, value_name = "MODE", value_enum)]
-    pub pooling: Option<cpack_index::model::Pooling>,
+    pub pooling: Option<cpack_model::Pooling>,
     /// Model folder, checkpoint (.cpack/runs/<run>/epoch-N) or Hugging Face hub id.
     #[arg(value_name = "CHECKPOINT")]
     pub model: PathBuf,

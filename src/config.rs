@@ -2,12 +2,13 @@
 
 use crate::cli::Overrides;
 use anyhow::{bail, Context, Result};
-use cpack_index::dataset::DatasetPaths;
+use cpack_data::dataset::DatasetPaths;
+use cpack_encode::EmbeddingStamp;
+use cpack_encode::{BackendKind, ComputeDevice, EncoderSettings, WeightPrecision};
 use cpack_index::embeddings::Precision;
-use cpack_index::model::{ModelDir, Pooling};
-use cpack_index::store::{EmbeddingStamp, IndexDir};
+use cpack_index::store::IndexDir;
 use cpack_index::vector::{IndexBackend, IndexDevice, IndexKind};
-use cpack_index::{BackendKind, ComputeDevice, EncoderSettings, WeightPrecision};
+use cpack_model::{ModelDir, Pooling};
 use cpack_train::LossKind;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -334,7 +335,7 @@ impl Config {
     }
 
     /// The stamp an index must carry to be searched with this configuration's encoder.
-    pub fn embedding_stamp(&self, encoder: &cpack_index::Encoder) -> Result<EmbeddingStamp> {
+    pub fn embedding_stamp(&self, encoder: &cpack_encode::Encoder) -> Result<EmbeddingStamp> {
         Ok(EmbeddingStamp::of(&self.model, encoder)?)
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 pub mod config;
 mod hub;
+pub mod process;
 mod progress;
 mod serve;
 

@@ -3,7 +3,7 @@
 //! one when a stage starts, one every few seconds while it runs (done /
 //! total, rate, ETA) and one when it ends; nothing with `--quiet`.
 
-use cpack_index::Progress;
+use cpack_core::Progress;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::Mutex;

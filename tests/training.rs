@@ -201,7 +201,7 @@ fn static_negatives_keep_the_base_round_and_in_batch_needs_none() {
     let texts = dataset_texts(&shared("data/cmrc2018"));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let other = tmp.path().join("other-model");
-    cpack_index::test_model::write_tiny_model(&other, &refs, 99).unwrap();
+    cpack_model::test_model::write_tiny_model(&other, &refs, 99).unwrap();
     let other_run = train(
         &ws,
         &[
@@ -647,7 +647,7 @@ fn a_teacher_round_trains_a_student_only_when_asked() {
     let texts = dataset_texts(&shared("data/cmrc2018"));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let student = tmp.path().join("student");
-    cpack_index::test_model::write_tiny_model(&student, &refs, 7).unwrap();
+    cpack_model::test_model::write_tiny_model(&student, &refs, 7).unwrap();
     let student = student.to_str().unwrap();
     let static_run = STATIC_GROUPS_OF_3;
     let own = train(&ws, &[&["--model", student][..], &static_run].concat());

@@ -13,10 +13,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use cpack_index::dataset::{Qrels, TextTable};
-use cpack_index::model::{Dropout, ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer};
+use cpack_data::dataset::{Qrels, TextTable};
+use cpack_encode::ComputeDevice;
+use cpack_encode::{EncoderSettings, PairTokenizer};
+use cpack_model::{Dropout, ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{TrainSettings, Trainer};
 use std::path::PathBuf;
@@ -100,7 +100,7 @@ fn fixed_batch(a: &Args) -> Result<(Vec<String>, Vec<String>)> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
-    let threads = cpack_index::model::configure_threads(0);
+    let threads = cpack::process::configure(0);
     let (queries, passages) = fixed_batch(&a)?;
     std::fs::write(
         &a.batch_out,

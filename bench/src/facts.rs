@@ -42,7 +42,7 @@ fn openblas_core() -> Option<String> {
 pub fn machine() -> serde_json::Value {
     serde_json::json!({
         "cpu": cpu_model(),
-        "matmul_kernel": cpack_index::matmul::kernel(),
+        "matmul_kernel": cpack_model::matmul::kernel(),
         "system_blas_core": openblas_core(),
         "openblas_coretype_env": std::env::var("OPENBLAS_CORETYPE").ok(),
     })

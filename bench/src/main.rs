@@ -55,15 +55,15 @@ mod plain_faiss {
 }
 
 use anyhow::{bail, Context, Result};
-use cpack_index::candle_backend::CandleLoader;
-use cpack_index::dataset::{Dataset, DatasetPaths, TextTable};
-use cpack_index::model::ModelDir;
-use cpack_index::ort_backend::{find_library, OrtLoader, OrtOptions};
+use cpack_data::dataset::{Dataset, DatasetPaths, TextTable};
+use cpack_encode::candle_backend::CandleLoader;
+use cpack_encode::ort_backend::{find_library, OrtLoader, OrtOptions};
+use cpack_encode::{BackendLoader, Encoder, EncoderSettings, TextKind, WeightPrecision};
 use cpack_index::store::IndexDir;
-use cpack_index::{BackendLoader, Encoder, EncoderSettings, TextKind, WeightPrecision};
 use cpack_miner::{
     MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore, OnShort, Sampling,
 };
+use cpack_model::ModelDir;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -160,7 +160,7 @@ fn main() -> Result<()> {
 /// A workspace's live index with the encoder and dataset it was built from.
 pub struct Workspace {
     pub index_root: PathBuf,
-    pub generation: String,
+    pub generation: cpack_index::store::Generation,
     pub encoder: Encoder,
     pub dataset: Dataset,
     pub index: cpack_index::store::OpenIndex,
@@ -189,7 +189,7 @@ impl Workspace {
             &model,
             &settings,
             &CandleLoader {
-                device: cpack_index::ComputeDevice::Cpu,
+                device: cpack_encode::ComputeDevice::Cpu,
                 precision: WeightPrecision::F32,
             },
             threads,
@@ -230,7 +230,7 @@ fn mining_params(topk: usize, skip: usize) -> MiningParams {
 fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLoader>> {
     Ok(match args.backend.as_str() {
         "candle" => Box::new(CandleLoader {
-            device: cpack_index::ComputeDevice::Cpu,
+            device: cpack_encode::ComputeDevice::Cpu,
             precision: WeightPrecision::F32,
         }),
         "ort" => Box::new(OrtLoader {
@@ -304,7 +304,7 @@ fn encode_once(encoder: &Encoder, texts: &[&str], as_index_build: bool) -> Resul
 }
 
 fn encode(args: EncodeArgs) -> Result<()> {
-    let threads = cpack_index::model::configure_threads(args.threads);
+    let threads = cpack::process::configure(args.threads);
     facts::print();
     let model = ModelDir::open(&args.model)?;
     let settings = EncoderSettings {
@@ -344,7 +344,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
     let report = serde_json::json!({
         "benchmark": "encode",
         "mode": if args.real.is_some() { "real" } else { "full-batches" },
-        "backend": encoder.backend_name(),
+        "backend": encoder.backend_kind().to_string(),
         "precision": encoder.precision().to_string(),
         "workers": workers,
         "model": args.model.display().to_string(),
@@ -369,7 +369,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
     };
     println!(
         "encode {} {} · {} threads · {shape}: median {:.0} tokens/s, {:.1} passages/s (runs: {:?})",
-        encoder.backend_name(),
+        encoder.backend_kind(),
         encoder.precision(),
         threads,
         median,
@@ -402,7 +402,7 @@ fn mine_round(
         input,
         mining_params(topk, skip),
         options,
-        &cpack_index::Silent,
+        &cpack_core::Silent,
     )? {
         MineOutcome::Mined { manifest, .. } => Ok(manifest),
         MineOutcome::UpToDate(_) => bail!("a scratch store cannot be up to date"),
@@ -434,7 +434,7 @@ fn mine(args: &[String]) -> Result<()> {
     }
     let workspace =
         workspace.context("--workspace DIR (a workspace with a built index) is required")?;
-    let threads = cpack_index::model::configure_threads(threads);
+    let threads = cpack::process::configure(threads);
     facts::print();
     let Workspace {
         index_root,
@@ -472,9 +472,13 @@ fn mine(args: &[String]) -> Result<()> {
         let started = Instant::now();
         index.vectors.search(&vectors, k, threads)?;
         let one_search = started.elapsed().as_secs_f64();
-        let floor =
-            plain_faiss::search_seconds(&index_root.join(&generation), &vectors, k, threads)?
-                .unwrap_or(one_search);
+        let floor = plain_faiss::search_seconds(
+            &index_root.join(generation.to_string()),
+            &vectors,
+            k,
+            threads,
+        )?
+        .unwrap_or(one_search);
         let mut run = |overlap| {
             let input = MiningInput {
                 corpus: &dataset.corpus,

@@ -111,7 +111,7 @@ pub fn case(args: &[String]) -> Result<()> {
         [_, factory, threads, file] => (0, factory, threads, Some(Path::new(file))),
         _ => bail!("usage: cpack-bench scale-case ROWS FACTORY THREADS [EMBEDDINGS]"),
     };
-    let threads = cpack_index::model::configure_threads(threads.parse()?);
+    let threads = cpack::process::configure(threads.parse()?);
     let dir = tempfile::tempdir()?;
     let (path, rows) = match file {
         Some(file) => (

@@ -10,7 +10,7 @@
 
 use crate::Workspace;
 use anyhow::{bail, Context, Result};
-use cpack_index::TextKind;
+use cpack_encode::TextKind;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,7 +61,7 @@ fn parse(args: &[String]) -> Result<Args> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let args = parse(args)?;
-    let threads = cpack_index::model::configure_threads(0);
+    let threads = cpack::process::configure(0);
     crate::facts::print();
     let queries = test_queries(&args.workspace, args.requests, threads)?;
     let (in_process, expected) = in_process(&args.workspace, &queries, threads)?;

@@ -5,10 +5,10 @@
 //! gradient caching.
 
 use anyhow::{bail, Context, Result};
-use cpack_index::dataset::TextTable;
-use cpack_index::model::{ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer, TextKind};
+use cpack_data::dataset::TextTable;
+use cpack_encode::ComputeDevice;
+use cpack_encode::{EncoderSettings, PairTokenizer, TextKind};
+use cpack_model::{ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ fn parse(args: &[String]) -> Result<Args> {
 
 pub fn run(args: &[String]) -> Result<()> {
     let a = parse(args)?;
-    let threads = cpack_index::model::configure_threads(a.threads);
+    let threads = cpack::process::configure(a.threads);
     crate::facts::print();
     let model = ModelDir::open(&a.model)?;
     let settings = EncoderSettings {

@@ -1,6 +1,6 @@
 //! `qrels/<split>.tsv` against a small corpus and query set.
 #![no_main]
-use cpack_index::dataset::{Qrels, TextTable};
+use cpack_data::dataset::{Qrels, TextTable};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

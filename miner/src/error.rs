@@ -6,6 +6,15 @@ pub enum Error {
     #[error(transparent)]
     Index(#[from] cpack_index::Error),
 
+    #[error(transparent)]
+    Encode(#[from] cpack_encode::Error),
+
+    #[error(transparent)]
+    Data(#[from] cpack_data::Error),
+
+    #[error(transparent)]
+    File(#[from] cpack_core::Error),
+
     #[error("negative store {path}")]
     Store {
         path: std::path::PathBuf,

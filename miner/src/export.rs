@@ -2,11 +2,12 @@
 
 use crate::error::{Error, Result};
 use crate::store::{QueryRecord, RoundManifest};
-use cpack_index::dataset::TextTable;
+use cpack_data::dataset::TextTable;
 use serde_json::json;
 
 /// Output formats of `cpack mine export`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ExportFormat {
     /// FlagEmbedding's JSONL: query, pos, neg, pos_scores, neg_scores, prompt.
     FlagEmbedding,

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::params::{MiningParams, OnShort, Sampling};
 use crate::select::{FilterCounts, PADDED};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
-use cpack_index::dataset::TextTable;
+use cpack_data::dataset::TextTable;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -44,8 +44,7 @@ pub fn import_flag_embedding(
     corpus: &TextTable,
     queries: &TextTable,
 ) -> Result<RoundManifest> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Index(cpack_index::Error::io("read", path)(source)))?;
+    let text = std::fs::read_to_string(path).map_err(cpack_core::Error::io("read", path))?;
     let passage_ids = by_text(corpus, true);
     // Several queries can share one text: successive lines take successive ids.
     let mut query_ids: HashMap<&str, std::collections::VecDeque<usize>> = HashMap::new();

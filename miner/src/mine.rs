@@ -11,11 +11,12 @@ use crate::select::{self, Candidate, QueryFacts, Rng};
 use crate::store::{
     MiningTimings, NegativeStore, QueryRecord, RoundIdentity, RoundManifest, ScoredDoc,
 };
-use cpack_index::dataset::{Qrels, TextTable};
+use cpack_core::Progress;
+use cpack_data::dataset::{Qrels, TextTable};
+use cpack_encode::{Encoder, TextKind};
 use cpack_index::embeddings::EmbeddingMatrix;
 use cpack_index::store::OpenIndex;
 use cpack_index::vector::Hits;
-use cpack_index::{Encoder, Progress, TextKind};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -108,7 +109,7 @@ pub fn mine(
         model_fingerprint: wanted.model_fingerprint.clone(),
         corpus_fingerprint: wanted.corpus_fingerprint.clone(),
         query_instruction: wanted.query_instruction.clone(),
-        index_generation: input.index.generation.clone(),
+        index_generation: input.index.generation.to_string(),
         chunk_queries: options.chunk_queries.max(1),
         total_queries: 0,
         complete: false,

@@ -29,7 +29,8 @@ impl std::fmt::Display for Sampling {
 
 /// The choice of [`Sampling`] as a flag or `cpack.toml` value; SimANS's
 /// weights come separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum SamplingKind {
     /// Uniformly at random (seeded per query), as FlagEmbedding's hn_mine.
@@ -80,7 +81,8 @@ impl Default for SimansWeights {
 
 /// Positive-aware filters as named presets (NV-Retriever, Moreira et al.
 /// 2024), which set the score filters below.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum FilterPreset {
     /// TopK-PercPos: drop candidates scoring above 95 % of the positive
@@ -102,7 +104,8 @@ impl FilterPreset {
 }
 
 /// What to do when fewer than `negatives` candidates survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum OnShort {
     /// Store what there is.

@@ -13,7 +13,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::FilterCounts;
-use cpack_index::fsutil::{FileSum, ProcessLock};
+use cpack_core::fsutil::{FileSum, ProcessLock};
 use cpack_index::store::Manifest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ impl NegativeStore {
             source,
         };
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(cpack_index::Error::io("create", parent))?;
+            std::fs::create_dir_all(parent).map_err(cpack_core::Error::io("create", parent))?;
         }
         // sled's own lock says only "WouldBlock"; this one names the holder.
         let lock = ProcessLock::acquire(&path.with_extension("lock"), "the negatives store")?;

@@ -3,7 +3,8 @@
 use super::{load_config, open_encoder, Context};
 use crate::cli::EmbedArgs;
 use anyhow::{anyhow, bail, Context as _, Result};
-use cpack_index::{Progress, TextKind};
+use cpack_core::Progress;
+use cpack_encode::TextKind;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
@@ -44,7 +45,7 @@ pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
         out.write_all(body.as_bytes())?;
         out.flush()?;
     } else {
-        cpack_index::fsutil::atomic_write(&args.output, body.as_bytes())?;
+        cpack_core::fsutil::atomic_write(&args.output, body.as_bytes())?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::EvalArgs;
 use anyhow::{bail, Result};
-use cpack_index::dataset::Dataset;
+use cpack_data::dataset::Dataset;
 
 pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let config = load_config(ctx, &args.overrides)?;

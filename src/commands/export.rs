@@ -7,9 +7,9 @@ use anyhow::Result;
 #[cfg(feature = "ort")]
 pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
     use anyhow::Context as _;
-    use cpack_index::model::{ModelDir, Pooling};
-    use cpack_index::onnx::{export_to, ExportOptions};
-    use cpack_index::WeightPrecision;
+    use cpack_encode::onnx::{export_to, ExportOptions};
+    use cpack_encode::WeightPrecision;
+    use cpack_model::{ModelDir, Pooling};
     use std::time::Instant;
     let model_dir = crate::config::locate_model(&ctx.workspace, &args.model)?;
     let model = ModelDir::open(&model_dir)?;
@@ -40,7 +40,7 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
             "precision": options.precision.to_string(),
             "pooling": pooling.to_string(),
             "normalize": options.normalize,
-            "opset": cpack_index::onnx::OPSET,
+            "opset": cpack_encode::onnx::OPSET,
             "bytes": bytes,
             "seconds": seconds,
         });
@@ -56,7 +56,7 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
             } else {
                 ""
             },
-            cpack_index::onnx::OPSET,
+            cpack_encode::onnx::OPSET,
         );
     }
     Ok(())

@@ -3,10 +3,10 @@
 use super::{load_config, open_encoder, Context};
 use crate::cli::{BuildArgs, IndexCommand};
 use anyhow::{bail, Result};
-use cpack_index::dataset::Dataset;
+use cpack_core::Progress;
+use cpack_data::dataset::Dataset;
 use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, Provenance};
 use cpack_index::vector::IndexKind;
-use cpack_index::Progress;
 
 pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
     match cmd {

@@ -4,9 +4,10 @@ use super::Context;
 use crate::cli::InitArgs;
 use crate::config::{self, FILE_NAME};
 use anyhow::{bail, Context as _, Result};
-use cpack_index::dataset::DatasetPaths;
-use cpack_index::model::ModelDir;
-use cpack_index::{EncoderSettings, Progress as _};
+use cpack_core::Progress as _;
+use cpack_data::dataset::DatasetPaths;
+use cpack_encode::EncoderSettings;
+use cpack_model::ModelDir;
 
 pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
     let target = ctx.workspace.join(FILE_NAME);
@@ -45,7 +46,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
         declared.pooling,
         declared.normalize,
     );
-    cpack_index::fsutil::atomic_write(&target, text.as_bytes())?;
+    cpack_core::fsutil::atomic_write(&target, text.as_bytes())?;
     ctx.progress.note(&format!(
         "wrote {} (model {}, {} pooling{}, dataset {})",
         target.display(),

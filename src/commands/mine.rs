@@ -6,8 +6,8 @@ use crate::cli::{
 };
 use crate::config::Config;
 use anyhow::{bail, Context as _, Result};
-use cpack_index::dataset::{Dataset, Qrels};
-use cpack_index::Progress as _;
+use cpack_core::Progress as _;
+use cpack_data::dataset::{Dataset, Qrels};
 use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
@@ -88,7 +88,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let config = load_config(ctx, &args.overrides)?;
     let store = open_store(&config)?;
     if args.gc {
-        let in_use = cpack_train::run::rounds_in_use(&super::train::runs_dir(&config.workspace))?;
+        let in_use = cpack_run::rounds_in_use(&super::train::runs_dir(&config.workspace))?;
         let removed = store.gc(args.keep, &in_use)?;
         println!(
             "removed {} round(s) {removed:?}; kept the newest {}{}",
@@ -223,7 +223,7 @@ fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
         out.write_all(body.as_bytes())?;
         out.flush()?;
     } else {
-        cpack_index::fsutil::atomic_write(&args.output, body.as_bytes())?;
+        cpack_core::fsutil::atomic_write(&args.output, body.as_bytes())?;
         ctx.progress.note(&format!(
             "wrote round {} to {}",
             manifest.round,

@@ -15,9 +15,9 @@ use crate::config::Config;
 use crate::config::{EncoderRuntime, OrtConfig};
 use crate::progress::{Output, Reporter};
 use anyhow::{bail, Result};
-use cpack_index::candle_backend::CandleLoader;
-use cpack_index::model::ModelDir;
-use cpack_index::{BackendLoader, Encoder};
+use cpack_encode::candle_backend::CandleLoader;
+use cpack_encode::{BackendLoader, Encoder};
+use cpack_model::ModelDir;
 use std::path::{Path, PathBuf};
 
 /// What every command gets: where it runs and how chatty to be.
@@ -55,7 +55,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Loads the configuration and sets up threads before any pool starts.
 pub fn load_config(ctx: &Context, overrides: &Overrides) -> Result<Config> {
     let mut config = Config::load(&ctx.workspace, overrides)?;
-    config.threads = cpack_index::model::configure_threads(config.threads);
+    config.threads = crate::process::configure(config.threads);
     Ok(config)
 }
 
@@ -122,7 +122,7 @@ pub fn backend_loader(config: &Config) -> Result<(Box<dyn BackendLoader>, usize)
 #[cfg(feature = "ort")]
 fn ort_loader(config: &Config, ort: &OrtConfig, workers: usize) -> Result<Box<dyn BackendLoader>> {
     use anyhow::Context as _;
-    use cpack_index::ort_backend::{find_library, OrtLoader, OrtOptions};
+    use cpack_encode::ort_backend::{find_library, OrtLoader, OrtOptions};
     let library = match &ort.library {
         Some(path) => path.clone(),
         None => {

@@ -3,8 +3,8 @@
 use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::SearchArgs;
 use anyhow::{bail, Result};
-use cpack_index::dataset::Dataset;
-use cpack_index::TextKind;
+use cpack_data::dataset::Dataset;
+use cpack_encode::TextKind;
 
 pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     if args.k == 0 {

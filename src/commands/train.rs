@@ -5,13 +5,13 @@ use super::{load_config, Context};
 use crate::cli::TrainArgs;
 use crate::config::{Config, TrainSection};
 use anyhow::{bail, Context as _, Result};
+use cpack_data::dataset::Dataset;
 use cpack_index::align::StaleVectors;
-use cpack_index::dataset::Dataset;
 use cpack_miner::{
     FilterPreset, MiningParams, NegativeStore, OnShort, SamplingKind, SimansWeights,
 };
+use cpack_run::{self as run, RunSpec, Workspace};
 use cpack_train::incremental::RefreshScope;
-use cpack_train::run::{self, RunSpec, Workspace};
 use cpack_train::TrainSettings;
 use std::path::{Path, PathBuf};
 

@@ -11,9 +11,10 @@
 
 use crate::config::Config;
 use anyhow::{Context as _, Result};
-use cpack_index::dataset::{DatasetPaths, TextTable};
-use cpack_index::store::{EmbeddingStamp, IndexDir, OpenIndex};
-use cpack_index::{Encoder, TextKind};
+use cpack_data::dataset::{DatasetPaths, TextTable};
+use cpack_encode::EmbeddingStamp;
+use cpack_encode::{Encoder, TextKind};
+use cpack_index::store::{Generation, IndexDir, OpenIndex};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -58,7 +59,7 @@ impl Job {
 /// Hits per query, and the generation that answered.
 #[derive(Debug, Serialize)]
 pub struct SearchAnswer {
-    pub generation: String,
+    pub generation: Generation,
     pub results: Vec<Vec<Hit>>,
 }
 
@@ -76,7 +77,7 @@ pub struct Info {
     pub query_max_len: usize,
     pub passage_max_len: usize,
     pub index: String,
-    pub generation: String,
+    pub generation: Generation,
     pub passages: usize,
     pub max_batch_texts: usize,
 }
@@ -102,7 +103,7 @@ impl Engine {
     /// Opens the encoder the configuration describes and the live generation of `index_dir`.
     pub fn open(config: Config, source: ModelSource, index_dir: IndexDir) -> Result<Self> {
         let corpus_path = config.data()?.clone();
-        let corpus = cpack_index::dataset::Dataset::load_corpus(&corpus_path)?;
+        let corpus = cpack_data::dataset::Dataset::load_corpus(&corpus_path)?;
         let encoder = crate::commands::open_encoder(&config)?;
         let stamp = config.embedding_stamp(&encoder)?;
         let live = index_dir.open(&stamp, &corpus)?;
@@ -123,7 +124,7 @@ impl Engine {
         Info {
             model: self.config.model.dir.display().to_string(),
             model_fingerprint: s.model_fingerprint.clone(),
-            backend: self.encoder.backend_name().to_string(),
+            backend: self.encoder.backend_kind().to_string(),
             precision: self.encoder.precision().to_string(),
             dim: s.dim,
             pooling: s.pooling.to_string(),
@@ -132,7 +133,7 @@ impl Engine {
             query_max_len: s.query_max_len,
             passage_max_len: s.passage_max_len,
             index: self.live.manifest.plan.index.to_string(),
-            generation: self.live.generation.clone(),
+            generation: self.live.generation,
             passages: self.live.ids.len(),
             max_batch_texts: MAX_BATCH_TEXTS,
         }
@@ -162,7 +163,7 @@ impl Engine {
     }
 
     fn reopen(&mut self) -> Result<()> {
-        let corpus = cpack_index::dataset::Dataset::load_corpus(&self.corpus_path)?;
+        let corpus = cpack_data::dataset::Dataset::load_corpus(&self.corpus_path)?;
         let (encoder, stamp, model) = match &self.source {
             ModelSource::Fixed => (None, self.stamp.clone(), None),
             ModelSource::Run(run_dir) => {
@@ -171,7 +172,7 @@ impl Engine {
                 if newest == self.config.model.dir {
                     (None, self.stamp.clone(), None)
                 } else {
-                    let mut config_model = cpack_index::model::ModelDir::open(&newest)?;
+                    let mut config_model = cpack_model::ModelDir::open(&newest)?;
                     std::mem::swap(&mut self.config.model, &mut config_model);
                     let opened = crate::commands::open_encoder(&self.config)
                         .and_then(|e| Ok((self.config.embedding_stamp(&e)?, e)));
@@ -242,7 +243,7 @@ impl Engine {
                         })
                         .collect();
                     let _ = reply.send(Ok(SearchAnswer {
-                        generation: self.live.generation.clone(),
+                        generation: self.live.generation,
                         results: mine,
                     }));
                 }

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cpack_index::TextKind;
+use cpack_encode::TextKind;
 use serde::Deserialize;
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;

@@ -21,14 +21,14 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     let (source, index_dir) = match &args.run {
         None => (ModelSource::Fixed, config.index_dir()),
         Some(name) => {
-            cpack_train::run::validate_run_name(name)?;
+            cpack_run::validate_run_name(name)?;
             let run_dir = crate::commands::train::runs_dir(&config.workspace).join(name);
-            let spec: cpack_train::run::RunSpec =
-                cpack_index::fsutil::read_json(&run_dir.join(cpack_train::run::SPEC_FILE))
+            let spec: cpack_run::RunSpec =
+                cpack_core::fsutil::read_json(&run_dir.join(cpack_run::SPEC_FILE))
                     .with_context(|| format!("no training run {name:?} to serve"))?;
             let newest = cpack_train::checkpoint::latest(&run_dir)?
                 .with_context(|| format!("run {name:?} has no checkpoint yet"))?;
-            config.model = cpack_index::model::ModelDir::open(&newest)?;
+            config.model = cpack_model::ModelDir::open(&newest)?;
             config.encoder = spec.encoder;
             (
                 ModelSource::Run(run_dir.clone()),

@@ -128,7 +128,7 @@ pub fn echo_dataset(dir: &Path) -> Vec<String> {
 
 /// Writes a tiny random BERT whose vocabulary covers `texts`.
 pub fn tiny_model(dir: &Path, texts: &[&str]) -> PathBuf {
-    cpack_index::test_model::write_tiny_model(dir, texts, 11).unwrap();
+    cpack_model::test_model::write_tiny_model(dir, texts, 11).unwrap();
     dir.to_path_buf()
 }
 

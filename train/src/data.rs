@@ -18,7 +18,7 @@
 //! its stored pool, so later epochs move on to the rest of the pool without
 //! any corpus re-encode.
 
-use cpack_index::dataset::{Qrels, TextTable};
+use cpack_data::dataset::{Qrels, TextTable};
 use cpack_miner::select::{text_key, Rng};
 use cpack_miner::store::QueryRecord;
 use serde::{Deserialize, Serialize};
@@ -39,7 +39,8 @@ pub fn default_negatives(group_size: usize, replace_easy: bool) -> usize {
 }
 
 /// How an epoch's shuffled groups become batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Batching {
     /// Fill batches in order, deferring a group that clashes with the batch

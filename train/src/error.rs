@@ -5,6 +5,18 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
+    File(#[from] cpack_core::Error),
+
+    #[error(transparent)]
+    Model(#[from] cpack_model::Error),
+
+    #[error(transparent)]
+    Encode(#[from] cpack_encode::Error),
+
+    #[error(transparent)]
+    Data(#[from] cpack_data::Error),
+
+    #[error(transparent)]
     Index(#[from] cpack_index::Error),
 
     #[error(transparent)]
@@ -33,14 +45,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// A file-system error naming the action and the path (the index crate's
+    /// A file-system error naming the action and the path (cpack-core's
     /// I/O error, so every crate words these alike).
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
-        let to_index_error = cpack_index::Error::io(action, path);
-        move |source| Error::Index(to_index_error(source))
+        let io = cpack_core::Error::io(action, path);
+        move |source| Error::File(io(source))
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
-use cpack_index::dataset::TextTable;
+use cpack_data::dataset::TextTable;
 use cpack_index::embeddings::EmbeddingMatrix;
 use std::collections::HashMap;
 use std::sync::Arc;

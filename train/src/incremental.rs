@@ -7,14 +7,16 @@
 
 use crate::data::TrainingSet;
 use crate::error::Result;
-use cpack_index::dataset::TextTable;
+use cpack_core::Progress;
+use cpack_data::dataset::TextTable;
+use cpack_encode::{Encoder, TextKind};
 use cpack_index::store::OpenIndex;
-use cpack_index::{Encoder, Progress, TextKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 /// Which passages a refresh re-encodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum RefreshScope {
     /// The whole corpus, with the new checkpoint (ANCE).

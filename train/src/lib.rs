@@ -8,12 +8,11 @@
 //! training (`--freeze-passages`); [`incremental`] picks the passages an
 //! incremental refresh re-encodes (`--refresh incremental`); [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
 //! schedule; [`trainer`] runs steps and epochs; [`checkpoint`] writes
-//! Hugging Face folders atomically, with the state `--resume` needs;
-//! [`run`] closes the ANCE loop: train, re-encode the corpus with the new
-//! checkpoint, rebuild the index, re-mine, and record it all in a report.
+//! Hugging Face folders atomically, with the state `--resume` needs. The
+//! ANCE loop around it (re-encode, re-index, re-mine) is `cpack-run`.
 
 pub mod checkpoint;
-mod cluster;
+pub mod cluster;
 pub mod data;
 pub mod error;
 pub mod frozen;
@@ -22,7 +21,6 @@ pub mod loss;
 pub mod memory;
 pub mod model;
 pub mod optim;
-pub mod run;
 pub mod steps;
 pub mod trainer;
 mod update;

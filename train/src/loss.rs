@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 /// Which partition function the softmax uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LossKind {
     /// InfoNCE over in-batch + hard negatives (BGE / FlagEmbedding).

@@ -11,7 +11,7 @@
 //! its backward recomputes them). With gradient caching only one
 //! mini-batch's graph is alive at a time.
 
-use cpack_index::model::BertConfig;
+use cpack_model::BertConfig;
 
 /// The largest batch a step can see: every text at its maximum length.
 #[derive(Debug, Clone, Copy)]

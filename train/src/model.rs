@@ -4,9 +4,8 @@
 use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use cpack_index::candle_backend::pool;
-use cpack_index::model::{BertModel, Dropout, Kernels, ModelDir, Pooling};
-use cpack_index::{ComputeDevice, TokenBatch};
+use cpack_encode::{ComputeDevice, TokenBatch};
+use cpack_model::{BertModel, Dropout, EmbeddingHead, Kernels, ModelDir, Pooling};
 
 pub struct TrainableEncoder {
     varmap: VarMap,
@@ -85,7 +84,11 @@ impl TrainableEncoder {
         let ids = Tensor::from_slice(&batch.input_ids, shape, device)?;
         let mask = Tensor::from_slice(&batch.attention_mask, shape, device)?;
         let hidden = self.bert.forward_train(&ids, &mask, dropout)?;
-        Ok(pool(&hidden, &mask, self.pooling, self.normalize)?)
+        Ok(EmbeddingHead {
+            pooling: self.pooling,
+            normalize: self.normalize,
+        }
+        .forward(&hidden, &mask)?)
     }
 
     pub fn dim(&self) -> usize {

@@ -6,7 +6,7 @@ use crate::update::{
     adamw_update, portable_adamw_update, scale, sum_of_squares, to_vec, AdamWStep,
 };
 use candle_core::{backprop::GradStore, Tensor, Var};
-use cpack_index::model::Kernels;
+use cpack_model::Kernels;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]

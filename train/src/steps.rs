@@ -58,7 +58,7 @@ impl StepLog {
             if !body.is_empty() {
                 body.push('\n');
             }
-            cpack_index::fsutil::atomic_write(&path, body.as_bytes())?;
+            cpack_core::fsutil::atomic_write(&path, body.as_bytes())?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{tiny_model, trainer, PASSAGES, QUERIES};
-use cpack_index::model::Kernels;
+use cpack_model::Kernels;
 use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, Trainer};
 

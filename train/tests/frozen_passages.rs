@@ -6,8 +6,8 @@
 mod common;
 use candle_core::Tensor;
 use common::{tiny_model, trainer, PASSAGES, QUERIES};
-use cpack_index::model::{Kernels, ModelDir};
-use cpack_index::{EncoderSettings, PairTokenizer, TextKind, TokenBatch};
+use cpack_encode::{EncoderSettings, PairTokenizer, TextKind, TokenBatch};
+use cpack_model::{Kernels, ModelDir};
 use cpack_train::loss::contrastive_loss;
 use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, Trainer};

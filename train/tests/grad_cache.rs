@@ -3,9 +3,9 @@
 //! batch, with both losses, and on the real MiniLM with the PyTorch trace's
 //! batch.
 
-use cpack_index::model::{ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer};
+use cpack_encode::ComputeDevice;
+use cpack_encode::{EncoderSettings, PairTokenizer};
+use cpack_model::{ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, TrainSettings, Trainer};
@@ -108,7 +108,7 @@ fn cached_gradients_equal_the_whole_batch_on_a_tiny_model() {
     ];
     let dir = tempfile::tempdir().unwrap();
     let texts: Vec<&str> = queries.iter().chain(&passages).copied().collect();
-    cpack_index::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
+    cpack_model::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
     check(dir.path(), &queries, &passages, 1e-5);
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{tiny_model, trainer, PASSAGES, QUERIES};
-use cpack_index::model::Kernels;
+use cpack_model::Kernels;
 use cpack_train::{LossKind, Trainer};
 
 fn norm(t: &candle_core::Tensor) -> f64 {

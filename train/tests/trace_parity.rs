@@ -4,10 +4,10 @@
 //! embeddings of 4 probe texts afterwards. cpack's trainer must reproduce
 //! the losses (relative error ≤ 1e-3) and the probes (cosine ≥ 0.999).
 
-use cpack_index::candle_backend::CandleBackend;
-use cpack_index::model::{ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{Encoder, EncoderSettings, PairTokenizer, TextKind};
+use cpack_encode::candle_backend::CandleBackend;
+use cpack_encode::ComputeDevice;
+use cpack_encode::{Encoder, EncoderSettings, PairTokenizer, TextKind};
+use cpack_model::{ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::PathBuf;
@@ -144,8 +144,8 @@ fn three_adamw_steps_match_pytorch() {
         &trained,
         pooling,
         h.normalize,
-        cpack_index::ComputeDevice::Cpu,
-        cpack_index::WeightPrecision::F32,
+        cpack_encode::ComputeDevice::Cpu,
+        cpack_encode::WeightPrecision::F32,
     )
     .unwrap();
     let encoder = Encoder::new(&trained, settings, Box::new(backend)).unwrap();

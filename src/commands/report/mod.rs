@@ -7,8 +7,8 @@ use super::Context;
 use crate::cli::ReportArgs;
 use anyhow::{Context as _, Result};
 use cpack_index::align::StaleVectors;
+use cpack_run::{self as run, Report};
 use cpack_train::incremental::RefreshScope;
-use cpack_train::run::{self, Report};
 use std::fmt::Write as _;
 
 pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
@@ -43,7 +43,7 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
 
 fn metric(
     point: Option<&run::EvalPoint>,
-    f: fn(&cpack_index::metrics::RetrievalMetrics) -> f64,
+    f: fn(&cpack_data::metrics::RetrievalMetrics) -> f64,
 ) -> String {
     point.map_or("-".into(), |p| format!("{:.4}", f(&p.metrics)))
 }

@@ -28,7 +28,7 @@ pub fn write(curves: &Curves, path: &Path) -> Result<()> {
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&pixels, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
         .context("encoding the PNG")?;
-    cpack_index::fsutil::atomic_write(path, &png)?;
+    cpack_core::fsutil::atomic_write(path, &png)?;
     Ok(())
 }
 

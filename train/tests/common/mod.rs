@@ -1,9 +1,9 @@
 //! One small batch and a dropout-on trainer over a tiny random BERT, shared
 //! by the tests that check gradients under dropout.
 
-use cpack_index::model::{Kernels, ModelDir, Pooling};
-use cpack_index::ComputeDevice;
-use cpack_index::{EncoderSettings, PairTokenizer};
+use cpack_encode::ComputeDevice;
+use cpack_encode::{EncoderSettings, PairTokenizer};
+use cpack_model::{Kernels, ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::Path;
@@ -21,7 +21,7 @@ pub const PASSAGES: [&str; 6] = [
 /// Writes a tiny model over the batch's words into `dir`.
 pub fn tiny_model(dir: &Path) {
     let texts: Vec<&str> = QUERIES.iter().chain(&PASSAGES).copied().collect();
-    cpack_index::test_model::write_tiny_model(dir, &texts, 5).unwrap();
+    cpack_model::test_model::write_tiny_model(dir, &texts, 5).unwrap();
 }
 
 /// A trainer for the batch with dropout on, running `kernels`.

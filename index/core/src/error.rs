@@ -1,0 +1,48 @@
+//! Errors about files: each names the path and what was being done to it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: invalid JSON")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("{path}: {problem}")]
+    BadFile { path: PathBuf, problem: String },
+
+    #[error("{what} is in use by another cpack process{}; wait for it to finish or stop it ({path})", pid.map_or(String::new(), |p| format!(", pid {p}")))]
+    InUse {
+        what: &'static str,
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to which path.
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
