@@ -1,7 +1,12 @@
 //! Command-line definitions. Doc comments here are the `--help` text.
 
 use clap::{Args, Parser, Subcommand};
-use cpack_miner::{FilterPreset, OnShort, SamplingKind, SimansWeights};
+use cpack_encode::{EncodeRecipe, ModelRecipe};
+use cpack_index::vector::IndexDevice;
+use cpack_index::IndexRecipe;
+use cpack_miner::MiningRecipe;
+use cpack_model::Pooling;
+use cpack_run::TrainRecipe;
 use std::path::PathBuf;
 
 /// cpack — hard-negative mining and retrieval for BGE-style embedders.
@@ -79,8 +84,8 @@ pub enum Command {
     /// token_type_ids (int64, dynamic batch and sequence) and returns
     /// sentence_embedding (pooled, normalised as the model declares) and
     /// token_embeddings. --int8 stores dense weights as per-column int8, run
-    /// with dynamic activation quantisation: about 2x faster on CPUs with
-    /// AVX512-VNNI, cosine ≥ 0.97 to the f32 vectors.
+    /// with dynamic activation quantisation: faster on CPUs with AVX512-VNNI,
+    /// at a small cost in cosine to the f32 vectors (README: ONNX).
     Export(ExportArgs),
     /// Fine-tune the encoder on mined hard negatives, refreshing them as it learns.
     ///
@@ -118,136 +123,14 @@ pub struct ServeArgs {
     pub addr: String,
     /// Serve a training run's newest checkpoint and its index instead of the
     /// workspace's model and index.
-    #[arg(long, value_name = "RUN", conflicts_with = "model")]
+    #[arg(long, value_name = "RUN", conflicts_with = "model.path")]
     pub run: Option<String>,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Epochs to train [default: 1].
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Re-encode, re-index and re-mine every N epochs; 0 keeps the first round's negatives (static) [default: 1].
-    #[arg(long, value_name = "N")]
-    pub refresh_every: Option<usize>,
-    /// What a refresh re-encodes: full (the whole corpus) or incremental (only
-    /// the training queries' top-k pool in the last round's index and their
-    /// positives; the other passages keep their vectors, marked stale in the
-    /// index manifest; evaluation then encodes the corpus into an index of its
-    /// own) [train.refresh; default: full].
-    #[arg(long, value_enum, value_name = "SCOPE")]
-    pub refresh: Option<cpack_train::incremental::RefreshScope>,
-    /// With --refresh incremental, every Mth refresh re-encodes the whole corpus
-    /// (0 = never) [train.full_refresh_every; default: 0].
-    #[arg(long, value_name = "M")]
-    pub full_refresh_every: Option<usize>,
-    /// With --refresh incremental, re-encode only the top K ranks of each
-    /// training query's pool (and its positives): fewer passages re-encoded,
-    /// more left stale. The next round still mines the whole --topk
-    /// [train.refresh_depth; default: the mining --topk].
-    #[arg(long, value_name = "K")]
-    pub refresh_depth: Option<usize>,
-    /// With --refresh incremental, what the passages left out get: `kept`,
-    /// their old vectors; `aligned`, those vectors mapped into the new
-    /// checkpoint's space by a linear map fitted on the re-encoded passages'
-    /// old and new vectors, so the next round ranks stale and fresh passages
-    /// alike [train.stale_vectors; default: kept].
-    #[arg(long, value_enum, value_name = "HOW")]
-    pub stale_vectors: Option<cpack_index::align::StaleVectors>,
-    /// Queries per batch; every passage of the batch is a negative for the other queries [default: 32].
-    #[arg(long, value_name = "N")]
-    pub train_batch_size: Option<usize>,
-    /// Passages per query: 1 positive + N−1 hard negatives; 1 = in-batch negatives only [default: 8].
-    #[arg(long, value_name = "N")]
-    pub group_size: Option<usize>,
-    /// Softmax temperature: 0.02 as BGE; MiniLM-style models do better around 0.05 [default: 0.02].
-    #[arg(long)]
-    pub temperature: Option<f64>,
-    /// infonce, or gte (adds query–query and passage–passage terms to the partition function) [default: infonce].
-    #[arg(long, value_enum)]
-    pub loss: Option<cpack_train::loss::LossKind>,
-    /// Peak learning rate of AdamW [default: 2e-5].
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Decoupled weight decay (biases and LayerNorm excluded) [default: 0.01].
-    #[arg(long)]
-    pub weight_decay: Option<f64>,
-    /// Share of the steps spent warming the learning rate up linearly, then it decays linearly to 0 [default: 0.1].
-    #[arg(long)]
-    pub warmup_ratio: Option<f64>,
-    /// Batches whose gradients are summed into one optimizer step [default: 1].
-    #[arg(long, value_name = "N")]
-    pub grad_accum: Option<usize>,
-    /// Gradient caching: run the model on N texts at a time, so the memory of
-    /// a step no longer grows with the batch; same gradients as the whole
-    /// batch, at the cost of a second forward pass [train.mini_batch; 0 = off].
-    #[arg(long, value_name = "N")]
-    pub mini_batch: Option<usize>,
-    /// How batches are formed: clash-free (no passage that is one query's positive
-    /// anywhere else in its batch) or plain (shuffled order, as FlagEmbedding) [default: clash-free].
-    #[arg(long, value_enum)]
-    pub batching: Option<cpack_train::data::Batching>,
-    /// Seed of the training draws (order, positives, negatives, dropout); the
-    /// query subset and the mining keep the workspace's seed [train.seed; default: cpack.toml seed].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Clip the global gradient norm to this; 0 disables [default: 1.0].
-    #[arg(long)]
-    pub max_grad_norm: Option<f64>,
-    /// Turn the model's dropout off (deterministic forward passes).
-    #[arg(long)]
-    pub no_dropout: bool,
-    /// Query-side training (ADORE): passages keep the base model's vectors
-    /// from the workspace index, only the queries run through the model.
-    /// Steps skip the passages' passes and a refresh is a query encode and a
-    /// search: the index is never re-encoded. Checkpoints are then query
-    /// encoders, to pair with the base model's index [train.freeze_passages].
-    #[arg(long)]
-    pub freeze_passages: bool,
-    /// Dynamic negatives (after Conan-embedding): a drawn negative that the
-    /// model, in the step's own forward pass, scores more than MARGIN below
-    /// the query's positive is not drawn again while the query has others
-    /// in its stored pool; later epochs move on to the rest of the pool with
-    /// no corpus re-encode. Rounds then store 4 × (group size − 1)
-    /// negatives unless --negatives says otherwise [train.replace_easy].
-    #[arg(long, value_name = "MARGIN")]
-    pub replace_easy: Option<f32>,
-    /// Train on a seeded subset of N queries of the split.
-    #[arg(long, value_name = "N")]
-    pub max_queries: Option<usize>,
-    /// Qrels split to train on [default: train].
-    #[arg(long)]
-    pub split: Option<String>,
-    /// Split evaluated after each epoch, or "none" [default: dev if present, else test].
-    #[arg(long)]
-    pub eval_split: Option<String>,
-    /// Passages retrieved per query when mining [default: 200].
-    #[arg(long)]
-    pub topk: Option<usize>,
-    /// Raw ranks skipped when mining (false-negative guard) [default: 10].
-    #[arg(long)]
-    pub skip: Option<usize>,
-    /// Negatives stored per query and round [default: group size − 1].
-    #[arg(long)]
-    pub negatives: Option<usize>,
-    /// How each round draws its negatives: random, top or simans [train.sample; default: random].
-    #[arg(long, value_enum, value_name = "HOW")]
-    pub sample: Option<SamplingKind>,
-    /// SimANS's a [train.simans_a; default: the paper's 0.5].
-    #[arg(long, value_name = "A", allow_negative_numbers = true)]
-    pub simans_a: Option<f32>,
-    /// SimANS's b [train.simans_b; default: 0].
-    #[arg(long, value_name = "B", allow_negative_numbers = true)]
-    pub simans_b: Option<f32>,
-    /// Train on negatives mined by another model (a larger teacher): round N
-    /// of the negatives store, for the first epoch and, with
-    /// --refresh-every 0, for all. By default a run never trains on a round
-    /// another model mined [train.negatives_from].
-    #[arg(long, value_name = "ROUND")]
-    pub negatives_from: Option<u32>,
-    /// Positive-aware filter of each round: perc-pos or margin-pos (see `cpack mine --help`) [train.filter].
-    #[arg(long, value_enum, value_name = "PRESET")]
-    pub filter: Option<FilterPreset>,
+    #[command(flatten)]
+    pub recipe: TrainRecipe,
     /// Run name (folder under .cpack/runs/) [default: run-NNN, the next free number].
     #[arg(long)]
     pub run: Option<String>,
@@ -301,49 +184,19 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-/// Settings of the encoder and index that every command can override.
+/// Settings of the model, the encoder and the index that every command can
+/// override: the flags of `[model]` and `[encode]`, and where the index searches.
 #[derive(Args, Debug, Default, Clone)]
 pub struct Overrides {
-    /// Model folder or Hugging Face hub id [cpack.toml: model.path].
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// Pooling: mean or cls [model.pooling; default: as the model's modules.json says].
-    #[arg(long, value_name = "MODE", value_enum)]
-    pub pooling: Option<cpack_model::Pooling>,
-    /// Maximum query length in tokens, [CLS]/[SEP] included [model.query_max_len].
-    #[arg(long, value_name = "N")]
-    pub query_max_len: Option<usize>,
-    /// Maximum passage length in tokens [model.passage_max_len].
-    #[arg(long, value_name = "N")]
-    pub passage_max_len: Option<usize>,
-    /// Texts per forward pass [encode.batch_size].
-    #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
-    /// Padded tokens per forward pass at most, 0 = rows only: short texts then come many to a
-    /// batch, long ones few (on a GPU, e.g. 65536 with --batch-size 1024) [encode.batch_tokens].
-    #[arg(long, value_name = "N")]
-    pub batch_tokens: Option<usize>,
-    /// Compute threads, 0 = all cores [encode.threads]. On a busy 2-core box, 1 can beat 2.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Encoder runtime: candle (default: cpack's own BERT, the fastest exact one; its matrix
-    /// kernel follows the CPU's AVX-512 / AVX2 / NEON flags), or ort (ONNX Runtime on
-    /// cpack's ONNX export; with --encoder-precision int8 the fastest overall) [encode.backend].
-    #[arg(long, value_name = "BACKEND", value_enum)]
-    pub encoder: Option<cpack_encode::BackendKind>,
-    /// Encoder weights and products: f32; int8 with --encoder ort; bf16 with candle, for
-    /// GPUs (on a CPU it runs the slow portable ops) [encode.precision].
-    #[arg(long, value_name = "PRECISION", value_enum)]
-    pub encoder_precision: Option<cpack_encode::WeightPrecision>,
-    /// Where the candle encoder computes: cpu, or cuda / cuda:N in a cpack
-    /// built with the `cuda` feature (scripts/build-cuda.sh) [encode.device].
-    #[arg(long, value_name = "DEVICE")]
-    pub device: Option<cpack_encode::ComputeDevice>,
+    #[command(flatten)]
+    pub model: ModelRecipe,
+    #[command(flatten)]
+    pub encode: EncodeRecipe,
     /// Where FAISS searches an opened index: cpu, or gpu / gpu:N in a cpack built with the
     /// `cuda` feature. Indexes are saved in CPU form, so either opens without a rebuild
     /// [index.device].
-    #[arg(long, value_name = "DEVICE")]
-    pub index_device: Option<cpack_index::vector::IndexDevice>,
+    #[arg(id = "index.device", long = "index-device", value_name = "DEVICE")]
+    pub index_device: Option<IndexDevice>,
 }
 
 #[derive(Args, Debug)]
@@ -356,7 +209,7 @@ pub struct ExportArgs {
     pub int8: bool,
     /// Pooling baked into the graph: mean or cls [default: as the model declares].
     #[arg(long, value_name = "MODE", value_enum)]
-    pub pooling: Option<cpack_model::Pooling>,
+    pub pooling: Option<Pooling>,
     /// Model folder, checkpoint (.cpack/runs/<run>/epoch-N) or Hugging Face hub id.
     #[arg(value_name = "CHECKPOINT")]
     pub model: PathBuf,
@@ -389,15 +242,8 @@ pub enum IndexCommand {
 pub struct BuildArgs {
     #[command(flatten)]
     pub overrides: Overrides,
-    /// Index backend: faiss or exact (brute force in Rust) [index.backend].
-    #[arg(long, value_name = "NAME", value_enum)]
-    pub backend: Option<cpack_index::vector::IndexBackend>,
-    /// FAISS factory string, e.g. Flat, IVF1024,Flat, HNSW32, IVF1024,PQ32 [index.factory].
-    #[arg(long, value_name = "STRING")]
-    pub factory: Option<String>,
-    /// Precision of the stored embeddings: f32 or f16 [index.precision].
-    #[arg(long, value_name = "P", value_enum)]
-    pub precision: Option<cpack_index::embeddings::Precision>,
+    #[command(flatten)]
+    pub index: IndexRecipe,
     /// Passages encoded between two resumable checkpoints of the build.
     #[arg(long, value_name = "N", default_value_t = cpack_index::store::BuildOptions::DEFAULT_CHUNK_ROWS)]
     pub chunk_rows: usize,
@@ -485,73 +331,13 @@ pub struct MineImportArgs {
     pub input: PathBuf,
 }
 
-/// SimANS's weights, `exp(−a·(s − s⁺ − b)²)` for a candidate scoring `s`
-/// against the query's lowest positive `s⁺`; used with `--sample simans`.
-#[derive(Args, Debug)]
-pub struct SimansArgs {
-    /// How sharply the weight falls off away from s⁺ + b. Scores are cosines
-    /// for normalised models: the paper's 0.5 (on unnormalised scores) then
-    /// weighs nearly evenly, and values in the tens concentrate the draw.
-    #[arg(long, value_name = "A", allow_negative_numbers = true, default_value_t = SimansWeights::PAPER.a)]
-    pub simans_a: f32,
-    /// Where the weight peaks, relative to the positive's score.
-    #[arg(long, value_name = "B", allow_negative_numbers = true, default_value_t = SimansWeights::PAPER.b)]
-    pub simans_b: f32,
-}
-
-impl SimansArgs {
-    pub fn weights(&self) -> SimansWeights {
-        SimansWeights {
-            a: self.simans_a,
-            b: self.simans_b,
-        }
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct MineRunArgs {
-    /// Qrels split whose queries are mined.
-    #[arg(long, default_value = "train")]
-    pub split: String,
-    /// Passages retrieved per query (raw ranks).
-    #[arg(long, default_value_t = 200)]
-    pub topk: usize,
-    /// Drop the first N raw ranks, before any other filter (FlagEmbedding semantics).
-    #[arg(long, default_value_t = 10)]
-    pub skip: usize,
-    /// Count --skip among the candidates that survive the filters (sentence-transformers' range_min).
-    #[arg(long)]
-    pub skip_after_filter: bool,
-    /// Negatives stored per query (FlagEmbedding's train_group_size − 1).
-    #[arg(long, default_value_t = 7)]
-    pub negatives: usize,
-    /// How negatives are drawn from the survivors: random (seeded), top, or
-    /// simans (weighted towards scores near the positive's; see --simans-a).
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = SamplingKind::Random)]
-    pub sample: SamplingKind,
     #[command(flatten)]
-    pub simans: SimansArgs,
-    /// When fewer survive than --negatives: keep (store fewer), drop (store none) or pad (random passages).
-    #[arg(long, value_enum, value_name = "WHAT", default_value_t = OnShort::Keep)]
-    pub on_short: OnShort,
+    pub recipe: MiningRecipe,
     /// Seed of the random sampling [cpack.toml: seed].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Drop candidates scoring above S (likely unlabelled positives).
-    #[arg(long, value_name = "S")]
-    pub max_score: Option<f32>,
-    /// Drop candidates scoring within M of the query's lowest positive.
-    #[arg(long, value_name = "M")]
-    pub margin: Option<f32>,
-    /// Drop candidates scoring above (1 − R) × the lowest positive's score (sign-aware).
-    #[arg(long, value_name = "R")]
-    pub relative_margin: Option<f32>,
-    /// A positive-aware filter by name (NV-Retriever): perc-pos drops
-    /// candidates above 95 % of the positive's score (--relative-margin 0.05),
-    /// margin-pos those above the positive's − 0.05 (--margin 0.05). The
-    /// paper uses them instead of a rank skip: add --skip 0 for its recipe.
-    #[arg(long, value_enum, value_name = "PRESET", conflicts_with_all = ["margin", "relative_margin"])]
-    pub filter: Option<FilterPreset>,
     /// Mine a new round even if the last one matches these settings.
     #[arg(long)]
     pub force: bool,

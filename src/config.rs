@@ -1,16 +1,23 @@
-//! `cpack.toml`, merged with command-line overrides into one validated [`Config`].
+//! `cpack.toml`: each of its tables is the recipe type of the crate that
+//! owns it (`[model]`/`[encode]`: cpack-encode, `[index]`: cpack-index,
+//! `[mine]`: cpack-miner, `[train]`: cpack-run), read by serde; the same
+//! types are the flags, read by clap. This module reads the file, finds the
+//! line of a bad key, and merges flags over the file into one [`Config`].
 
 use crate::cli::Overrides;
-use anyhow::{bail, Context, Result};
+use crate::flags::Given;
+use crate::state::StateDir;
+use anyhow::{anyhow, Context, Result};
 use cpack_data::dataset::DatasetPaths;
-use cpack_encode::EmbeddingStamp;
-use cpack_encode::{BackendKind, ComputeDevice, EncoderSettings, WeightPrecision};
-use cpack_index::embeddings::Precision;
+use cpack_encode::{EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, Runtime};
 use cpack_index::store::IndexDir;
-use cpack_index::vector::{IndexBackend, IndexDevice, IndexKind};
-use cpack_model::{ModelDir, Pooling};
-use cpack_train::LossKind;
-use serde::Deserialize;
+use cpack_index::vector::{IndexDevice, IndexKind};
+use cpack_index::{embeddings::Precision, IndexRecipe};
+use cpack_miner::MiningRecipe;
+use cpack_model::ModelDir;
+use cpack_run::TrainRecipe;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "cpack.toml";
@@ -24,65 +31,24 @@ pub const INSTRUCTION_PRESETS: [(&str, &str); 2] = [
     ("bge-zh", "为这个句子生成表示以用于检索相关文章："),
 ];
 
-/// The file as written by `cpack init`; every key is optional except the paths.
+/// The file as written; every table and key is optional.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TomlFile {
+    /// Seed of every random choice; `[train] seed` may set the training
+    /// draws' own.
     pub seed: Option<u64>,
     pub data: Option<DataSection>,
-    pub model: Option<ModelSection>,
+    #[serde(default)]
+    pub model: ModelRecipe,
     #[serde(default, alias = "encoder")]
-    pub encode: EncodeSection,
+    pub encode: EncodeRecipe,
     #[serde(default)]
-    pub index: IndexSection,
+    pub index: IndexRecipe,
     #[serde(default)]
-    pub train: TrainSection,
-}
-
-impl TomlFile {
-    /// Reads the text of a `cpack.toml`; unknown keys are errors.
-    pub fn parse(text: &str) -> std::result::Result<Self, toml::de::Error> {
-        toml::from_str(text)
-    }
-}
-
-/// `[train]`: defaults for `cpack train`, key for key the same as its flags.
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSection {
-    pub epochs: Option<usize>,
-    pub refresh_every: Option<usize>,
-    pub refresh: Option<cpack_train::incremental::RefreshScope>,
-    pub full_refresh_every: Option<usize>,
-    pub refresh_depth: Option<usize>,
-    pub stale_vectors: Option<cpack_index::align::StaleVectors>,
-    pub batch_size: Option<usize>,
-    pub group_size: Option<usize>,
-    pub temperature: Option<f64>,
-    pub loss: Option<LossKind>,
-    pub lr: Option<f64>,
-    pub weight_decay: Option<f64>,
-    pub warmup_ratio: Option<f64>,
-    pub grad_accum: Option<usize>,
-    pub mini_batch: Option<usize>,
-    pub batching: Option<cpack_train::data::Batching>,
-    pub seed: Option<u64>,
-    pub max_grad_norm: Option<f64>,
-    pub dropout: Option<bool>,
-    pub freeze_passages: Option<bool>,
-    pub replace_easy: Option<f32>,
-    pub max_queries: Option<usize>,
-    pub split: Option<String>,
-    pub eval_split: Option<String>,
-    pub topk: Option<usize>,
-    pub skip: Option<usize>,
-    pub negatives: Option<usize>,
-    pub sample: Option<cpack_miner::SamplingKind>,
-    pub simans_a: Option<f32>,
-    pub simans_b: Option<f32>,
-    pub filter: Option<cpack_miner::FilterPreset>,
-    pub negatives_from: Option<u32>,
-    pub device: Option<ComputeDevice>,
+    pub mine: MiningRecipe,
+    #[serde(default)]
+    pub train: TrainRecipe,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,98 +57,59 @@ pub struct DataSection {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub path: Option<PathBuf>,
-    pub pooling: Option<Pooling>,
-    pub normalize: Option<bool>,
-    pub query_max_len: Option<usize>,
-    pub passage_max_len: Option<usize>,
-    pub query_instruction: Option<String>,
-}
+impl TomlFile {
+    /// Reads the text of a `cpack.toml`; unknown keys are errors.
+    pub fn parse(text: &str) -> std::result::Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct EncodeSection {
-    pub batch_size: Option<usize>,
-    pub batch_tokens: Option<usize>,
-    pub threads: Option<usize>,
-    pub device: Option<ComputeDevice>,
-    pub backend: Option<BackendKind>,
-    pub precision: Option<WeightPrecision>,
-    pub ort_library: Option<PathBuf>,
-    pub ort_threads: Option<usize>,
-    pub ort_spinning: Option<bool>,
-}
-
-/// Which runtime turns token ids into vectors.
-#[derive(Debug, Clone, PartialEq)]
-pub enum EncoderRuntime {
-    /// cpack's own BERT on candle: the default, nothing to install; f32, or
-    /// bf16 (meant for GPUs).
-    Candle {
-        device: ComputeDevice,
-        precision: WeightPrecision,
-    },
-    /// ONNX Runtime on cpack's ONNX export of the model.
-    Ort(OrtConfig),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OrtConfig {
-    pub precision: WeightPrecision,
-    /// `None`: discovered (CPACK_ORT_LIBRARY, the setup script's cache).
-    pub library: Option<PathBuf>,
-    /// Intra-op threads per session (one session per worker).
-    pub threads: usize,
-    pub spinning: bool,
-}
-
-impl EncoderRuntime {
-    fn from_settings(
-        workspace: &Path,
-        section: &EncodeSection,
-        overrides: &Overrides,
-    ) -> Result<Self> {
-        let backend = overrides.encoder.or(section.backend).unwrap_or_default();
-        let precision = overrides
-            .encoder_precision
-            .or(section.precision)
-            .unwrap_or_default();
-        let device = overrides.device.or(section.device).unwrap_or_default();
-        if backend == BackendKind::Ort && !device.is_cpu() {
-            bail!(
-                "the ort backend computes on the CPU; encode on {device} with the candle backend"
-            );
-        }
-        match backend {
-            BackendKind::Candle if precision != WeightPrecision::Int8 => {
-                Ok(EncoderRuntime::Candle { device, precision })
-            }
-            BackendKind::Candle => bail!(
-                "encoder precision {precision} needs the ort backend (set encode.backend = \"ort\" or pass --encoder ort)"
-            ),
-            BackendKind::Ort if precision == WeightPrecision::Bf16 => bail!(
-                "encoder precision bf16 needs the candle backend (set encode.backend = \"candle\")"
-            ),
-            BackendKind::Ort => Ok(EncoderRuntime::Ort(OrtConfig {
-                precision,
-                library: section.ort_library.as_ref().map(|p| resolve(workspace, p)),
-                threads: section.ort_threads.unwrap_or(1),
-                spinning: section.ort_spinning.unwrap_or(false),
-            })),
-        }
+    /// Reads `text`, the content of `path`; an error names the file and the
+    /// line of the offending key.
+    fn read(path: &Path, text: &str) -> Result<Self> {
+        TomlFile::parse(text).map_err(|error| {
+            let located = locate_in_table(text, &error).unwrap_or_else(|| error.to_string());
+            anyhow!(located).context(format!("{} is not a valid cpack.toml", path.display()))
+        })
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct IndexSection {
-    pub backend: Option<IndexBackend>,
-    pub factory: Option<String>,
-    pub precision: Option<Precision>,
-    pub device: Option<IndexDevice>,
+/// toml reports an error inside a table built of flattened parts (`[train]`
+/// is three recipes) at the table's header, not at the key: retry the
+/// table's keys one at a time to find the one that fails, and its line.
+fn locate_in_table(text: &str, error: &toml::de::Error) -> Option<String> {
+    let header_line = text[..error.span()?.start].matches('\n').count() + 1;
+    let header = text.lines().nth(header_line - 1)?.trim();
+    let section = header.strip_prefix('[')?.strip_suffix(']')?;
+    let table: toml::Table = toml::from_str(text).ok()?;
+    for (key, value) in table.get(section)?.as_table()? {
+        let alone = toml::Table::from_iter([(
+            section.to_string(),
+            toml::Value::Table(toml::Table::from_iter([(key.clone(), value.clone())])),
+        )]);
+        if let Err(e) = TomlFile::parse(&toml::to_string(&alone).ok()?) {
+            let line = line_of_key(text, section, key)?;
+            return Some(format!("line {line}: {section}.{key}: {}", e.message()));
+        }
+    }
+    None
+}
+
+/// The line (from 1) where `key` is set in `[section]`.
+fn line_of_key(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim();
+        } else if current == section
+            && line
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 /// Index settings after defaults and overrides.
@@ -197,117 +124,76 @@ pub struct IndexConfig {
 /// Everything a command needs, validated.
 pub struct Config {
     pub workspace: PathBuf,
+    pub state: StateDir,
     pub data: Option<DatasetPaths>,
     pub model: ModelDir,
     pub encoder: EncoderSettings,
-    pub runtime: EncoderRuntime,
+    pub runtime: Runtime,
+    /// Compute threads asked for (0 = every core), until the process is
+    /// set up; then the threads the global pool has.
     pub threads: usize,
     pub index: IndexConfig,
     /// Seed of every random choice (negative sampling, training order, dropout).
     pub seed: u64,
-    /// `[train]` as written; `cpack train` merges it with its flags.
-    pub train: TrainSection,
-}
-
-/// The workspace's state folder, beside cpack.toml.
-pub const STATE_DIR: &str = ".cpack";
-
-/// `workspace/.cpack`, refusing a symbolic link that leads nowhere (every
-/// write under it would fail with a puzzling "File exists").
-pub fn state_dir(workspace: &Path) -> Result<PathBuf> {
-    let dir = workspace.join(STATE_DIR);
-    if let Ok(link) = std::fs::read_link(&dir) {
-        if !dir.exists() {
-            bail!(
-                "{} is a symbolic link to {}, which does not exist; create that folder or remove the link",
-                dir.display(),
-                link.display()
-            );
-        }
-    }
-    Ok(dir)
+    /// `[index]` as written; `cpack index build` merges its flags over it.
+    pub index_recipe: IndexRecipe,
+    /// `[mine]` as written; `cpack mine` merges its flags over it.
+    pub mine: MiningRecipe,
+    /// `[train]` as written, its seed the workspace's unless it sets its own;
+    /// `cpack train` merges its flags over it.
+    pub train: TrainRecipe,
 }
 
 impl Config {
     /// Reads `cpack.toml` in `workspace` (if present) and applies `overrides`.
     /// A workspace without cpack.toml is allowed when `--model` names the model.
     pub fn load(workspace: &Path, overrides: &Overrides) -> Result<Self> {
-        state_dir(workspace)?;
+        let state = StateDir::of(workspace)?;
         let toml_path = workspace.join(FILE_NAME);
-        let file = if toml_path.exists() {
+        let (file, train_sets_seed) = if toml_path.exists() {
             let text = std::fs::read_to_string(&toml_path)
                 .with_context(|| format!("cannot read {}", toml_path.display()))?;
-            TomlFile::parse(&text)
-                .with_context(|| format!("{} is not a valid cpack.toml", toml_path.display()))?
-        } else if overrides.model.is_some() {
-            TomlFile::default()
+            let file = TomlFile::read(&toml_path, &text)?;
+            let raw: toml::Table = toml::from_str(&text)?;
+            let sets_seed = raw.get("train").and_then(|t| t.get("seed")).is_some();
+            (file, sets_seed)
+        } else if overrides.model.path.is_some() {
+            (TomlFile::default(), false)
         } else {
-            bail!(
+            anyhow::bail!(
                 "no {FILE_NAME} in {}; create one with `cpack init --data DIR --model DIR`, or pass --workspace",
                 workspace.display()
             );
         };
-        let model_section = file.model.unwrap_or_default();
-        let model_path = overrides
-            .model
+        let model_recipe = overlay_set(&file.model, &overrides.model)?;
+        let encode = overlay_set(&file.encode, &overrides.encode)?;
+        let model_path = model_recipe
+            .path
             .clone()
-            .or(model_section.path)
             .context("cpack.toml has no model.path and no --model was given")?;
         let model = ModelDir::open(&locate_model(workspace, &model_path)?)?;
-
-        let declared = EncoderSettings::declared_by(&model);
-        let pooling = overrides
-            .pooling
-            .or(model_section.pooling)
-            .unwrap_or(declared.pooling);
-        let encoder = EncoderSettings {
-            pooling,
-            normalize: model_section.normalize.unwrap_or(declared.normalize),
-            query_max_len: overrides
-                .query_max_len
-                .or(model_section.query_max_len)
-                .unwrap_or(declared.query_max_len),
-            passage_max_len: overrides
-                .passage_max_len
-                .or(model_section.passage_max_len)
-                .unwrap_or(declared.passage_max_len),
-            query_instruction: model_section.query_instruction.unwrap_or_default(),
-            batch_size: overrides
-                .batch_size
-                .or(file.encode.batch_size)
-                .unwrap_or(declared.batch_size),
-            batch_tokens: overrides
-                .batch_tokens
-                .or(file.encode.batch_tokens)
-                .unwrap_or(declared.batch_tokens),
-        };
-        let index = IndexConfig {
-            kind: IndexKind::new(
-                file.index.backend.unwrap_or_default(),
-                file.index
-                    .factory
-                    .as_deref()
-                    .unwrap_or(IndexKind::DEFAULT_FACTORY),
-            )?,
-            precision: file.index.precision.unwrap_or_default(),
-            device: overrides
-                .index_device
-                .or(file.index.device)
-                .unwrap_or_default(),
-        };
-        let runtime = EncoderRuntime::from_settings(workspace, &file.encode, overrides)?;
+        let mut index_recipe = file.index;
+        index_recipe.device = overrides.index_device.or(index_recipe.device);
+        let seed = file.seed.unwrap_or(cpack_core::DEFAULT_SEED);
+        let mut train = file.train;
+        if !train_sets_seed {
+            train.trainer.seed = seed;
+        }
         Ok(Config {
-            runtime,
-            workspace: workspace.to_path_buf(),
+            encoder: model_recipe.settings(&model, &encode),
+            runtime: with_library_in(encode.runtime()?, workspace),
+            threads: encode.threads(),
+            index: IndexConfig::of(&index_recipe)?,
             data: file
                 .data
                 .map(|d| DatasetPaths::beir(&resolve(workspace, &d.dir))),
+            workspace: workspace.to_path_buf(),
+            state,
             model,
-            encoder,
-            threads: overrides.threads.or(file.encode.threads).unwrap_or(0),
-            index,
-            seed: file.seed.unwrap_or(42),
-            train: file.train,
+            seed,
+            index_recipe,
+            mine: file.mine,
+            train,
         })
     }
 
@@ -319,25 +205,95 @@ impl Config {
     }
 
     pub fn negatives_dir(&self) -> PathBuf {
-        self.workspace.join(STATE_DIR).join("negatives")
+        self.state.negatives()
     }
 
+    /// The workspace index, searched where the configuration says.
     pub fn index_dir(&self) -> IndexDir {
-        IndexDir::new(self.workspace.join(STATE_DIR).join("index")).on(self.index.device)
-    }
-
-    /// Where the encoder computes (ONNX Runtime: always the CPU).
-    pub fn encode_device(&self) -> ComputeDevice {
-        match &self.runtime {
-            EncoderRuntime::Candle { device, .. } => *device,
-            EncoderRuntime::Ort(_) => ComputeDevice::Cpu,
-        }
+        self.state.index(self.index.device)
     }
 
     /// The stamp an index must carry to be searched with this configuration's encoder.
-    pub fn embedding_stamp(&self, encoder: &cpack_encode::Encoder) -> Result<EmbeddingStamp> {
+    pub fn embedding_stamp(&self, encoder: &Encoder) -> Result<EmbeddingStamp> {
         Ok(EmbeddingStamp::of(&self.model, encoder)?)
     }
+
+    /// `cpack index build`'s index: `[index]` with its flags over it.
+    pub fn with_index_flags(&mut self, flags: &IndexRecipe) -> Result<()> {
+        let mut recipe = overlay_set(&self.index_recipe, flags)?;
+        recipe.device = self.index_recipe.device;
+        self.index = IndexConfig::of(&recipe)?;
+        Ok(())
+    }
+
+    /// `cpack mine`'s recipe: `[mine]` with the flags given over it.
+    pub fn mining_recipe(&self, flags: &MiningRecipe, given: &Given) -> Result<MiningRecipe> {
+        overlay_given(&self.mine, flags, given)
+    }
+
+    /// `cpack train`'s recipe: `[train]` with the flags given over it.
+    pub fn train_recipe(&self, flags: &TrainRecipe, given: &Given) -> Result<TrainRecipe> {
+        overlay_given(&self.train, flags, given)
+    }
+}
+
+impl IndexConfig {
+    fn of(recipe: &IndexRecipe) -> Result<Self> {
+        Ok(IndexConfig {
+            kind: recipe.kind()?,
+            precision: recipe.precision(),
+            device: recipe.device(),
+        })
+    }
+}
+
+/// `runtime`, its ONNX Runtime library (relative in `cpack.toml`) resolved
+/// against `workspace`.
+fn with_library_in(runtime: Runtime, workspace: &Path) -> Runtime {
+    match runtime {
+        Runtime::Ort {
+            precision,
+            library,
+            threads,
+            spinning,
+        } => Runtime::Ort {
+            precision,
+            library: library.map(|l| resolve(workspace, &l)),
+            threads,
+            spinning,
+        },
+        candle => candle,
+    }
+}
+
+/// `file` with every setting `flags` sets taking its place: the merge of a
+/// recipe whose unset settings are `None`.
+fn overlay_set<T: Serialize + DeserializeOwned>(file: &T, flags: &T) -> Result<T> {
+    overlay(file, flags, |_| true)
+}
+
+/// `file` with every setting given on the command line taking its place:
+/// the merge of a recipe whose flags carry defaults (clap's ids are the
+/// recipe's keys, see `flags::tests`).
+fn overlay_given<T: Serialize + DeserializeOwned>(file: &T, flags: &T, given: &Given) -> Result<T> {
+    overlay(file, flags, |key| given.contains(key))
+}
+
+/// `file` with the settings of `flags` that `take` accepts. Through TOML
+/// values, which hold what a recipe holds (NaN and infinities included,
+/// unlike JSON) and leave unset settings out.
+fn overlay<T: Serialize + DeserializeOwned>(
+    file: &T,
+    flags: &T,
+    take: impl Fn(&str) -> bool,
+) -> Result<T> {
+    let mut merged = toml::Table::try_from(file)?;
+    for (key, value) in toml::Table::try_from(flags)? {
+        if take(&key) {
+            merged.insert(key, value);
+        }
+    }
+    Ok(merged.try_into()?)
 }
 
 /// A model spec is a folder (relative to the workspace) or a Hugging Face hub id.
@@ -366,146 +322,45 @@ pub fn expand_instruction(value: &str) -> &str {
         .map_or(value, |(_, text)| text)
 }
 
-/// The commented cpack.toml that `cpack init` writes.
-pub fn render_toml(
-    data: &Path,
-    model: &Path,
-    query_instruction: &str,
-    pooling: Pooling,
-    normalize: bool,
-) -> String {
-    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-    format!(
-        r#"# cpack workspace. Command-line flags override these keys for one run;
-# state (index, negatives, checkpoints) lives in .cpack/ beside this file.
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-# Seed of every random choice (sampling negatives, later shuffling and dropout).
-seed = 42
+    #[test]
+    fn a_bad_key_in_a_flattened_table_is_found_by_line() {
+        let text = "seed = 1\n\n[train]\nepochs = 2\n\ntopkk = 5\n";
+        let err = TomlFile::parse(text).unwrap_err();
+        let located = locate_in_table(text, &err).unwrap();
+        assert!(located.starts_with("line 6: train.topkk"), "{located}");
+        // A table of one recipe: toml names the line itself.
+        let text = "[mine]\ntopk = \"many\"\n";
+        let err = TomlFile::parse(text).unwrap_err();
+        assert!(locate_in_table(text, &err).is_none());
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
 
-[data]
-# BEIR-layout dataset: corpus.jsonl (id, title, text), queries.jsonl (id, text),
-# qrels/<split>.tsv (query-id, corpus-id, score). Relative paths are relative to this file.
-dir = {data}
+    #[test]
+    fn a_flag_of_nan_survives_the_merge_to_be_refused() {
+        let flags = MiningRecipe {
+            max_score: Some(f32::NAN),
+            ..MiningRecipe::default()
+        };
+        let merged = overlay_given(
+            &MiningRecipe::default(),
+            &flags,
+            &Given::from_ids(["max_score"]),
+        );
+        assert!(merged.unwrap().max_score.unwrap().is_nan());
+    }
 
-[model]
-# Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
-path = {model}
-# "mean" or "cls"; defaults to what the model's sentence-transformers files declare.
-pooling = {pooling}
-# L2-normalise embeddings (cosine similarity = inner product).
-normalize = {normalize}
-# Maximum lengths in tokens, [CLS] and [SEP] included.
-query_max_len = 64
-passage_max_len = 256
-# Put before every query, never before passages. BGE uses
-# "Represent this sentence for searching relevant passages: " (en) and
-# "为这个句子生成表示以用于检索相关文章：" (zh); all-MiniLM uses none.
-query_instruction = {instruction}
-
-[encode]
-# Texts per forward pass.
-batch_size = 32
-# Also at most this many padded tokens per forward pass, so short texts come
-# many to a batch (a GPU wants e.g. 65536); 0 = rows only.
-# batch_tokens = 0
-# Compute threads; 0 = all cores.
-threads = 0
-# Where the candle encoder computes: "cpu", or "cuda" / "cuda:N" in a cpack
-# built with the `cuda` feature (scripts/build-cuda.sh).
-# device = "cpu"
-# "candle" (cpack's own BERT: the fastest exact encoder, on a matrix kernel
-# chosen from the CPU's own AVX-512 / AVX2 / NEON flags) or "ort" (ONNX
-# Runtime on cpack's ONNX export of the model, made under .cpack/onnx/).
-backend = "candle"
-# "f32"; "int8" with ort: int8 weights, much faster, slightly different
-# vectors; "bf16" with candle, for GPUs (slow on a CPU). The precision is part
-# of the index's stamp: vectors of two precisions never share an index.
-# precision = "f32"
-# libonnxruntime.so; default: $CPACK_ORT_LIBRARY, else what scripts/setup.sh fetched.
-# ort_library = "/path/to/libonnxruntime.so.1.32.0"
-# ONNX Runtime threads per worker (workers = threads above), and whether idle
-# ORT threads spin: spinning wastes a busy or small machine's cores.
-# ort_threads = 1
-# ort_spinning = false
-
-[index]
-# "faiss" (any factory string below) or "exact" (brute force in Rust, no FAISS).
-backend = "faiss"
-# FAISS factory string: "Flat" (exact), "IVF1024,Flat", "HNSW32", "IVF1024,PQ32", ...
-factory = "Flat"
-# Precision of the stored embedding file: "f32" or "f16".
-precision = "f32"
-# Where FAISS searches: "cpu", or "gpu" / "gpu:N" in a cpack built with the
-# `cuda` feature. Indexes are saved in CPU form and open on either.
-# device = "cpu"
-
-# `cpack train` defaults (each key is also a flag; uncomment to change).
-[train]
-# Where the trainer keeps the weights and steps: default the encoder's
-# device (encode.device, or --device for this run).
-# device = "cpu"
-# epochs = 1
-# Re-encode, re-index and re-mine every N epochs; 0 = static negatives.
-# refresh_every = 1
-# What a refresh re-encodes: "full", or "incremental" (only the training
-# queries' top-k pool and positives), with a full one every M refreshes (0 = never).
-# refresh = "full"
-# full_refresh_every = 0
-# Ranks of each query's pool an incremental refresh re-encodes; default: mine.topk.
-# refresh_depth = 200
-# What an incremental refresh does with the passages it leaves out: "kept"
-# (their old vectors) or "aligned" (mapped into the new checkpoint's space).
-# stale_vectors = "kept"
-# Queries per batch, and passages per query (1 positive + group_size - 1 negatives).
-# batch_size = 32
-# group_size = 8
-# 0.02 as BGE; MiniLM-style models do better around 0.05.
-# temperature = 0.02
-# "infonce" or "gte".
-# loss = "infonce"
-# lr = 2e-5
-# weight_decay = 0.01
-# warmup_ratio = 0.1
-# grad_accum = 1
-# Gradient caching: the model runs on this many texts at a time (0 = off).
-# mini_batch = 32
-# "clash-free" (no passage that is one query's positive elsewhere in its batch)
-# or "plain" (shuffled order, as FlagEmbedding).
-# batching = "clash-free"
-# Seed of the training draws; defaults to the workspace's seed above.
-# seed = 42
-# max_grad_norm = 1.0
-# dropout = true
-# Query-side training: passages keep the base model's vectors (the index is
-# never re-encoded), only queries train; checkpoints are query encoders.
-# freeze_passages = false
-# Stop drawing a negative the model scores this far below the positive
-# (cosine), moving on to the rest of the round's stored pool.
-# replace_easy = 0.3
-# Train on a seeded subset of N queries.
-# max_queries = 2000
-# split = "train"
-# Evaluated after each epoch ("none" to skip); default dev if present, else test.
-# eval_split = "dev"
-# Mining of each round: retrieved, skipped raw ranks, stored negatives (default group_size - 1).
-# topk = 200
-# skip = 10
-# negatives = 7
-# How negatives are drawn: "random", "top" or "simans" (weighted towards
-# scores near the positive's: exp(-a (s - s_pos - b)^2)).
-# sample = "random"
-# simans_a = 0.5
-# simans_b = 0.0
-# Positive-aware filter: "perc-pos" (drop above 95 % of the positive's score)
-# or "margin-pos" (above the positive's - 0.05).
-# filter = "perc-pos"
-# Train the first round on negatives another model mined (a teacher): its
-# round number in the negatives store. Off by default: a run mines its own.
-# negatives_from = 1
-"#,
-        data = q(&data.display().to_string()),
-        model = q(&model.display().to_string()),
-        pooling = q(&pooling.to_string()),
-        instruction = q(query_instruction),
-    )
+    #[test]
+    fn flags_given_replace_the_file_and_the_rest_keep_it() {
+        let file: TrainRecipe = toml::from_str("epochs = 3\ntopk = 50\nlr = 1e-4\n").unwrap();
+        let flags = TrainRecipe::default();
+        let given = Given::from_ids(["topk"]);
+        let merged = overlay_given(&file, &flags, &given).unwrap();
+        assert_eq!(merged.run.epochs, 3);
+        assert_eq!(merged.mining.topk, MiningRecipe::default().topk);
+        assert_eq!(merged.trainer.lr, 1e-4);
+    }
 }

@@ -1,31 +1,55 @@
 //! `cpack`: the command-line front of the cpack engine. It parses flags,
 //! merges them over the workspace's `cpack.toml`, and calls into the
-//! library crates; errors are printed as one line plus their causes. The
-//! binary (`main.rs`) only calls [`main`]; the parts are a library so that
-//! the fuzz targets reach the `cpack.toml` reader.
+//! library crates; errors are printed as one line plus their causes, with
+//! the settings they name written as the flags that set them. The binary
+//! (`main.rs`) only calls [`main`]; the parts are a library so that the fuzz
+//! targets reach the `cpack.toml` reader and the benchmarks the process
+//! set-up.
 
 mod cli;
 mod commands;
 pub mod config;
+mod flags;
 mod hub;
 pub mod process;
 mod progress;
+mod report_table;
+mod runtime;
 mod serve;
+mod state;
+mod template;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 /// Parses the command line, runs the command, prints any error as a chain.
 pub fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match commands::run(cli) {
+    let command = cli::Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let ctx = runtime::Context {
+        workspace: match &cli.workspace {
+            Some(dir) => dir.clone(),
+            None => std::env::current_dir().unwrap_or_default(),
+        },
+        progress: progress::Reporter::new(progress::Output::for_stderr(
+            cli.quiet,
+            std::time::Duration::from_secs_f64(cli.progress_every.max(0.0)),
+        )),
+        given: flags::Given::of(&matches),
+    };
+    match commands::run(cli, &ctx) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`cpack … | head`) is the reader's choice, not a failure.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+            let names = flags::FlagNames::of(flags::leaf_command(&command, &matches));
+            let mut chain = err.chain();
+            if let Some(first) = chain.next() {
+                eprintln!("error: {}", names.describe(first));
+            }
+            for cause in chain {
+                eprintln!("  caused by: {}", names.describe(cause));
             }
             ExitCode::FAILURE
         }

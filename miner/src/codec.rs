@@ -28,9 +28,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(Error::Invalid(format!(
-            "negative store: empty {what} record"
-        )));
+        return Err(Error::EmptyRecord { what });
     };
     if version > FORMAT {
         return Err(Error::NewerFormat {

@@ -36,8 +36,42 @@ pub enum Error {
         supported: u8,
     },
 
-    #[error("{0}")]
-    Invalid(String),
+    #[error("negative store: empty {what} record")]
+    EmptyRecord { what: &'static str },
+
+    #[error(transparent)]
+    Setting(#[from] cpack_core::InvalidSetting),
+
+    #[error("{path}:{line}: {problem}")]
+    BadLine {
+        path: std::path::PathBuf,
+        line: usize,
+        problem: String,
+    },
+
+    #[error("{path} holds no FlagEmbedding records: nothing to import (no round was made)")]
+    NothingToImport { path: std::path::PathBuf },
+
+    #[error("{kind} {id:?} of the round is not in the dataset any more")]
+    Vanished { kind: &'static str, id: String },
+
+    #[error("split {split:?} has no judged queries to mine (no round was made)")]
+    NoJudgedQueries { split: String },
+
+    #[error("positives not in the index (first few: {}); rebuild it with `cpack index build`", first.join(", "))]
+    PositivesNotIndexed { first: Vec<String> },
+}
+
+impl Error {
+    /// The setting this error refuses, if it is one.
+    pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
+        match self {
+            Error::Setting(s) => Some(s),
+            Error::Index(e) => e.setting(),
+            Error::Encode(e) => e.setting(),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -29,20 +29,18 @@ pub fn export(
         corpus
             .position(id)
             .map(|p| corpus.full_text(p))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "passage {id:?} of the round is not in the corpus any more"
-                ))
+            .ok_or_else(|| Error::Vanished {
+                kind: "passage",
+                id: id.to_string(),
             })
     };
     let query_of = |id: &str| -> Result<&str> {
         queries
             .position(id)
             .map(|p| queries.texts[p].as_str())
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "query {id:?} of the round is not in queries.jsonl any more"
-                ))
+            .ok_or_else(|| Error::Vanished {
+                kind: "query",
+                id: id.to_string(),
             })
     };
     let mut out = String::new();

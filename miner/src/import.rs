@@ -65,8 +65,11 @@ pub fn import_flag_embedding(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let at =
-            |problem: String| Error::Invalid(format!("{}:{}: {problem}", path.display(), n + 1));
+        let at = |problem: String| Error::BadLine {
+            path: path.to_path_buf(),
+            line: n + 1,
+            problem,
+        };
         let row: FlagLine = serde_json::from_str(line)
             .map_err(|e| at(format!("not a FlagEmbedding record: {e}")))?;
         let qid = match query_ids
@@ -123,10 +126,9 @@ pub fn import_flag_embedding(
         ));
     }
     if records.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{} holds no FlagEmbedding records: nothing to import (no round was made)",
-            path.display()
-        )));
+        return Err(Error::NothingToImport {
+            path: path.to_path_buf(),
+        });
     }
     records.sort_by(|a, b| a.0.cmp(&b.0));
     let round = store.next_round()?;

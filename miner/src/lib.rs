@@ -8,7 +8,8 @@
 //! round ([`store`]). Rounds resume after a crash at chunk granularity and
 //! are deterministic for a given seed. [`export`] writes FlagEmbedding JSONL,
 //! triplets or ids, [`import`] reads FlagEmbedding JSONL back in, and
-//! [`stats`] summarises a round.
+//! [`stats`] summarises a round. [`MiningRecipe`] is what a user sets about
+//! a round (flags, `[mine]`, the mining keys of `[train]`).
 
 pub mod codec;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod export;
 pub mod import;
 pub mod mine;
 pub mod params;
+pub mod recipe;
 pub mod select;
 pub mod stats;
 pub mod store;
@@ -23,4 +25,5 @@ pub mod store;
 pub use error::{Error, Result};
 pub use mine::{mine, MineOptions, MineOutcome, MiningInput};
 pub use params::{FilterPreset, MiningParams, OnShort, Sampling, SamplingKind, SimansWeights};
+pub use recipe::MiningRecipe;
 pub use store::NegativeStore;

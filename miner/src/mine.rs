@@ -86,17 +86,19 @@ pub fn mine(
 ) -> Result<MineOutcome> {
     // `IndexDir::open` checked that the index was built from this corpus.
     let index_manifest = &input.index.manifest;
-    let (params, clamp_note) = params
-        .validated(input.index.ids.len())
-        .map_err(Error::Invalid)?;
+    let (params, clamp_note) = params.validated(input.index.ids.len())?;
     // Before any query is encoded: FAISS on a GPU returns at most 2048 hits.
     let most = input.index.vectors.max_k();
     if params.topk > most {
-        return Err(Error::Invalid(format!(
-            "--topk {} is more than this index returns per query ({most} where it searches); \
-             lower --topk or search on the CPU (index.device = \"cpu\")",
-            params.topk
-        )));
+        return Err(cpack_core::InvalidSetting::new(
+            "topk",
+            params.topk,
+            format!(
+                "is more than this index returns per query ({most} where it searches); \
+                 lower it or search on the CPU (index.device = \"cpu\")"
+            ),
+        )
+        .into());
     }
     let wanted = RoundIdentity::of_search(
         index_manifest,
@@ -138,10 +140,9 @@ pub fn mine(
 
     let plan = QueryPlan::new(&input)?;
     if plan.query_ids.is_empty() {
-        return Err(Error::Invalid(format!(
-            "split {:?} has no judged queries to mine (no round was made)",
-            manifest.params.split
-        )));
+        return Err(Error::NoJudgedQueries {
+            split: manifest.params.split.clone(),
+        });
     }
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
@@ -198,10 +199,7 @@ impl QueryPlan {
         }
         if !missing.is_empty() {
             missing.truncate(5);
-            return Err(Error::Invalid(format!(
-                "positives not in the index (first few: {}); rebuild it with `cpack index build`",
-                missing.join(", ")
-            )));
+            return Err(Error::PositivesNotIndexed { first: missing });
         }
         let mut query_ids = Vec::new();
         let mut without_positives = 0;

@@ -1,5 +1,7 @@
-//! Mining parameters, validated once.
+//! Mining parameters as a round records them, validated once, and the
+//! choices they are made of.
 
+use cpack_core::{require, InvalidSetting};
 use serde::{Deserialize, Serialize};
 
 /// How negatives are drawn from the candidates that survive the filters.
@@ -93,6 +95,15 @@ pub enum FilterPreset {
     MarginPos,
 }
 
+impl std::fmt::Display for FilterPreset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FilterPreset::PercPos => "perc-pos",
+            FilterPreset::MarginPos => "margin-pos",
+        })
+    }
+}
+
 impl FilterPreset {
     /// The `(margin, relative_margin)` the preset stands for.
     pub fn margins(self) -> (Option<f32>, Option<f32>) {
@@ -140,45 +151,52 @@ pub struct MiningParams {
 impl MiningParams {
     /// Checks the parameters against a corpus of `corpus_rows` passages; returns
     /// them with `topk` clamped to the corpus, plus a note when it was.
-    pub fn validated(mut self, corpus_rows: usize) -> Result<(Self, Option<String>), String> {
-        if self.negatives == 0 {
-            return Err("--negatives must be at least 1".into());
-        }
-        if self.topk == 0 {
-            return Err("--topk must be at least 1".into());
-        }
+    pub fn validated(
+        mut self,
+        corpus_rows: usize,
+    ) -> Result<(Self, Option<String>), InvalidSetting> {
+        require(
+            self.negatives > 0,
+            "negatives",
+            self.negatives,
+            "must be at least 1",
+        )?;
+        require(self.topk > 0, "topk", self.topk, "must be at least 1")?;
         if !self.skip_after_filter && self.skip >= self.topk {
-            return Err(format!(
-                "--skip {} leaves nothing of --topk {}: skip must be smaller than topk",
-                self.skip, self.topk
-            ));
+            return Err(InvalidSetting::new("skip", self.skip, "leaves nothing of ")
+                .setting("topk", self.topk)
+                .text(": skip must be smaller than topk"));
         }
-        for (flag, value) in [
-            ("--max-score", self.max_score),
-            ("--margin", self.margin),
-            ("--relative-margin", self.relative_margin),
+        for (key, value) in [
+            ("max_score", self.max_score),
+            ("margin", self.margin),
+            ("relative_margin", self.relative_margin),
         ] {
-            if let Some(v) = value.filter(|v| !v.is_finite()) {
-                return Err(format!("{flag} {v} is not a finite number"));
+            if let Some(v) = value {
+                require(v.is_finite(), key, v, "is not a finite number")?;
             }
         }
         if let Sampling::Simans(w) = self.sampling {
-            if !(w.a.is_finite() && w.a >= 0.0 && w.b.is_finite()) {
-                return Err(format!(
-                    "--simans-a {} / --simans-b {}: a must be a finite number ≥ 0, b finite",
-                    w.a, w.b
-                ));
-            }
+            require(
+                w.a.is_finite() && w.a >= 0.0,
+                "simans_a",
+                w.a,
+                "must be a finite number ≥ 0",
+            )?;
+            require(w.b.is_finite(), "simans_b", w.b, "must be a finite number")?;
         }
         if let Some(r) = self.relative_margin {
-            if !(0.0..1.0).contains(&r) {
-                return Err(format!("--relative-margin {r} must be in [0, 1)"));
-            }
+            require(
+                (0.0..1.0).contains(&r),
+                "relative_margin",
+                r,
+                "must be in [0, 1)",
+            )?;
         }
         let mut note = None;
         if self.topk > corpus_rows {
             note = Some(format!(
-                "--topk {} exceeds the corpus; searching all {corpus_rows} passages",
+                "topk {} exceeds the corpus; searching all {corpus_rows} passages",
                 self.topk
             ));
             self.topk = corpus_rows;

@@ -1,14 +1,14 @@
 //! `cpack embed`: JSONL texts in, the same objects with "embedding" out.
 
-use super::{load_config, open_encoder, Context};
 use crate::cli::EmbedArgs;
+use crate::runtime::{open_encoder, Context};
 use anyhow::{anyhow, bail, Context as _, Result};
 use cpack_core::Progress;
 use cpack_encode::TextKind;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
-    let config = load_config(ctx, &args.overrides)?;
+    let config = ctx.config(&args.overrides)?;
     let input_name = args.input.display().to_string();
     let reader: Box<dyn Read> = if input_name == "-" {
         Box::new(std::io::stdin())

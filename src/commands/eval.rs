@@ -1,12 +1,12 @@
 //! `cpack eval`: retrieval metrics of the live index on a qrels split.
 
-use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::EvalArgs;
+use crate::runtime::{open_encoder, query_encoder, Context};
 use anyhow::{bail, Result};
 use cpack_data::dataset::Dataset;
 
 pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
-    let config = load_config(ctx, &args.overrides)?;
+    let config = ctx.config(&args.overrides)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let qrels = dataset.qrels(&args.split)?;
     if qrels.is_empty() {

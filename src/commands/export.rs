@@ -1,7 +1,7 @@
 //! `cpack export --onnx`: a checkpoint as one ONNX file.
 
-use super::Context;
 use crate::cli::ExportArgs;
+use crate::runtime::Context;
 use anyhow::Result;
 
 #[cfg(feature = "ort")]

@@ -1,12 +1,12 @@
 //! `cpack index build` and `cpack index info`.
 
-use super::{load_config, open_encoder, Context};
 use crate::cli::{BuildArgs, IndexCommand};
+use crate::runtime::{open_encoder, Context};
+use crate::state::StateDir;
 use anyhow::{bail, Result};
 use cpack_core::Progress;
 use cpack_data::dataset::Dataset;
 use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, Provenance};
-use cpack_index::vector::IndexKind;
 
 pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
     match cmd {
@@ -16,17 +16,8 @@ pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
 }
 
 fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
-    let mut config = load_config(ctx, &args.overrides)?;
-    if args.backend.is_some() || args.factory.is_some() {
-        let kind = &config.index.kind;
-        config.index.kind = IndexKind::new(
-            args.backend.unwrap_or(kind.backend()),
-            args.factory.as_deref().unwrap_or(kind.factory()),
-        )?;
-    }
-    if let Some(precision) = args.precision {
-        config.index.precision = precision;
-    }
+    let mut config = ctx.config(&args.overrides)?;
+    config.with_index_flags(&args.index)?;
     if args.chunk_rows == 0 {
         bail!("--chunk-rows must be at least 1");
     }
@@ -112,8 +103,7 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
 }
 
 fn info(ctx: &Context, json: bool) -> Result<()> {
-    let dir =
-        cpack_index::store::IndexDir::new(crate::config::state_dir(&ctx.workspace)?.join("index"));
+    let dir = StateDir::of(&ctx.workspace)?.index(Default::default());
     let Some((generation, manifest)) = dir.current()? else {
         bail!(
             "no index in {}; build one with `cpack index build`",

@@ -1,8 +1,9 @@
 //! `cpack init`: write a commented cpack.toml.
 
-use super::Context;
 use crate::cli::InitArgs;
 use crate::config::{self, FILE_NAME};
+use crate::runtime::Context;
+use crate::template::Template;
 use anyhow::{bail, Context as _, Result};
 use cpack_core::Progress as _;
 use cpack_data::dataset::DatasetPaths;
@@ -39,13 +40,13 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
     let instruction = config::expand_instruction(&args.query_instruction);
     std::fs::create_dir_all(&ctx.workspace)
         .with_context(|| format!("cannot create {}", ctx.workspace.display()))?;
-    let text = config::render_toml(
-        &data,
-        &model_path,
-        instruction,
-        declared.pooling,
-        declared.normalize,
-    );
+    let text = Template {
+        data: &data,
+        model: &model_path,
+        query_instruction: instruction,
+        declared: &declared,
+    }
+    .render();
     cpack_core::fsutil::atomic_write(&target, text.as_bytes())?;
     ctx.progress.note(&format!(
         "wrote {} (model {}, {} pooling{}, dataset {})",

@@ -1,19 +1,17 @@
 //! `cpack mine`, `cpack mine export`, `cpack mine stats`.
 
-use super::{load_config, open_encoder, Context};
 use crate::cli::{
     MineAction, MineArgs, MineExportArgs, MineImportArgs, MineRunArgs, MineStatsArgs,
 };
 use crate::config::Config;
-use anyhow::{bail, Context as _, Result};
+use crate::runtime::{open_encoder, Context};
+use anyhow::{bail, Result};
 use cpack_core::Progress as _;
-use cpack_data::dataset::{Dataset, Qrels};
+use cpack_data::dataset::{all_qrels, Dataset};
 use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
-use cpack_miner::{
-    FilterPreset, MineOptions, MineOutcome, MiningInput, MiningParams, NegativeStore,
-};
+use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningRecipe, NegativeStore};
 use std::io::Write;
 
 pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
@@ -26,7 +24,7 @@ pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
 }
 
 fn import_round(ctx: &Context, args: MineImportArgs) -> Result<()> {
-    let config = load_config(ctx, &Default::default())?;
+    let config = ctx.config(&Default::default())?;
     let store = open_store(&config)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let manifest = cpack_miner::import::import_flag_embedding(
@@ -48,61 +46,15 @@ fn open_store(config: &Config) -> Result<NegativeStore> {
     Ok(NegativeStore::open(&config.negatives_dir())?)
 }
 
-fn params(args: &MineRunArgs, config: &Config) -> Result<MiningParams> {
-    let (margin, relative_margin) = args
-        .filter
-        .map_or((args.margin, args.relative_margin), FilterPreset::margins);
-    Ok(MiningParams {
-        split: args.split.clone(),
-        topk: args.topk,
-        skip: args.skip,
-        skip_after_filter: args.skip_after_filter,
-        negatives: args.negatives,
-        sampling: args.sample.with_weights(args.simans.weights()),
-        on_short: args.on_short,
-        seed: args.seed.unwrap_or(config.seed),
-        max_score: args.max_score,
-        margin,
-        relative_margin,
-    })
-}
-
-/// Judgements of every split in the qrels folder.
-pub fn all_qrels(dataset: &Dataset) -> Result<Vec<Qrels>> {
-    let dir = &dataset.paths.qrels_dir;
-    let mut splits: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_suffix(".tsv")
-                .map(str::to_string)
-        })
-        .collect();
-    splits.sort();
-    splits.iter().map(|s| Ok(dataset.qrels(s)?)).collect()
-}
-
 fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
-    let config = load_config(ctx, &args.overrides)?;
+    let config = ctx.config(&args.overrides)?;
     let store = open_store(&config)?;
     if args.gc {
-        let in_use = cpack_run::rounds_in_use(&super::train::runs_dir(&config.workspace))?;
-        let removed = store.gc(args.keep, &in_use)?;
-        println!(
-            "removed {} round(s) {removed:?}; kept the newest {}{}",
-            removed.len(),
-            args.keep,
-            if in_use.is_empty() {
-                String::new()
-            } else {
-                format!(" and the rounds training runs resume from {in_use:?}")
-            }
-        );
-        return Ok(());
+        return collect_garbage(&config, &store, args.keep);
     }
-    let params = params(&args, &config)?;
+    let recipe = config.mining_recipe(&args.recipe, &ctx.given)?;
+    let seed = args.seed.unwrap_or(config.seed);
+    let params = recipe.params(MiningRecipe::DEFAULT_NEGATIVES, seed)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let split_qrels = dataset.qrels(&params.split)?;
     let qrels = all_qrels(&dataset)?;
@@ -127,19 +79,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let outcome = cpack_miner::mine(&store, input, params, options, &ctx.progress)?;
     ctx.progress.finish();
     match outcome {
-        MineOutcome::UpToDate(m) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"status": "up-to-date", "round": m.round})
-                );
-            } else {
-                println!(
-                    "round {} already holds these negatives (use --force to mine again)",
-                    m.round
-                );
-            }
-        }
+        MineOutcome::UpToDate(m) => print_up_to_date(m.round, args.json),
         MineOutcome::Mined {
             manifest,
             resumed,
@@ -150,40 +90,88 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
                 ctx.progress.note(note);
             }
             let records = store.records(manifest.round)?;
-            let s = stats::round_stats(manifest.round, &records, None);
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "status": "mined",
-                        "round": manifest.round,
-                        "resumed": resumed,
-                        "queries": s.queries,
-                        "queries_without_positives": queries_without_positives,
-                        "negatives_min": s.negatives_min,
-                        "negatives_mean": s.negatives_mean,
-                        "short_queries": s.short_queries,
-                        "seconds": manifest.seconds,
-                        "timings": manifest.timings,
-                    })
-                );
-            } else {
-                println!(
-                    "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
-                    manifest.round,
-                    if resumed { " (resumed)" } else { "" },
-                    s.queries,
-                    s.negatives_mean,
-                    s.negatives_min,
-                    s.short_queries,
-                    queries_without_positives,
-                    manifest.seconds,
-                    s.queries as f64 / manifest.seconds.max(1e-9),
-                );
-            }
+            let mined = Mined {
+                stats: stats::round_stats(manifest.round, &records, None),
+                manifest: &manifest,
+                resumed,
+                queries_without_positives,
+            };
+            mined.print(args.json);
         }
     }
     Ok(())
+}
+
+/// `--gc`: removes all rounds but the newest `keep` and those a training
+/// run resumes from.
+fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Result<()> {
+    let in_use = config.state.runs().rounds_in_use()?;
+    let removed = store.gc(keep, &in_use)?;
+    println!(
+        "removed {} round(s) {removed:?}; kept the newest {keep}{}",
+        removed.len(),
+        if in_use.is_empty() {
+            String::new()
+        } else {
+            format!(" and the rounds training runs resume from {in_use:?}")
+        }
+    );
+    Ok(())
+}
+
+fn print_up_to_date(round: u32, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"status": "up-to-date", "round": round})
+        );
+    } else {
+        println!("round {round} already holds these negatives (use --force to mine again)");
+    }
+}
+
+/// A round just mined, as `cpack mine` reports it.
+struct Mined<'a> {
+    manifest: &'a RoundManifest,
+    stats: stats::RoundStats,
+    resumed: bool,
+    queries_without_positives: usize,
+}
+
+impl Mined<'_> {
+    fn print(&self, json: bool) {
+        let (manifest, s) = (self.manifest, &self.stats);
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "status": "mined",
+                    "round": manifest.round,
+                    "resumed": self.resumed,
+                    "queries": s.queries,
+                    "queries_without_positives": self.queries_without_positives,
+                    "negatives_min": s.negatives_min,
+                    "negatives_mean": s.negatives_mean,
+                    "short_queries": s.short_queries,
+                    "seconds": manifest.seconds,
+                    "timings": manifest.timings,
+                })
+            );
+        } else {
+            println!(
+                "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
+                manifest.round,
+                if self.resumed { " (resumed)" } else { "" },
+                s.queries,
+                s.negatives_mean,
+                s.negatives_min,
+                s.short_queries,
+                self.queries_without_positives,
+                manifest.seconds,
+                s.queries as f64 / manifest.seconds.max(1e-9),
+            );
+        }
+    }
 }
 
 /// The requested round, or the newest complete one.
@@ -206,7 +194,7 @@ fn pick_round(store: &NegativeStore, round: Option<u32>) -> Result<RoundManifest
 
 fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
     let format = args.format;
-    let config = load_config(ctx, &Default::default())?;
+    let config = ctx.config(&Default::default())?;
     let store = open_store(&config)?;
     let manifest = pick_round(&store, args.round)?;
     let dataset = Dataset::load(config.data()?.clone())?;
@@ -234,7 +222,7 @@ fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
 }
 
 fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
-    let config = load_config(ctx, &Default::default())?;
+    let config = ctx.config(&Default::default())?;
     let store = open_store(&config)?;
     let manifest = pick_round(&store, args.round)?;
     let records = store.records(manifest.round)?;

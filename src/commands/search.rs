@@ -1,7 +1,7 @@
 //! `cpack search`: one query against the live index.
 
-use super::{load_config, open_encoder, query_encoder, Context};
 use crate::cli::SearchArgs;
+use crate::runtime::{open_encoder, query_encoder, Context};
 use anyhow::{bail, Result};
 use cpack_data::dataset::Dataset;
 use cpack_encode::TextKind;
@@ -10,7 +10,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     if args.k == 0 {
         bail!("-k must be at least 1");
     }
-    let config = load_config(ctx, &args.overrides)?;
+    let config = ctx.config(&args.overrides)?;
     let encoder = open_encoder(&config)?;
     let corpus = Dataset::load_corpus(config.data()?)?;
     let mut index = config

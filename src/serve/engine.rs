@@ -18,6 +18,7 @@ use cpack_index::store::{Generation, IndexDir, OpenIndex};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::mpsc;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Texts the engine encodes in one batch at most.
@@ -33,17 +34,20 @@ pub struct Hit {
     pub text: String,
 }
 
+/// Why a batch failed: one error, shared by every job of the batch.
+pub type Failure = Arc<anyhow::Error>;
+
 /// What a handler asks of the engine.
 pub enum Job {
     Search {
         queries: Vec<String>,
         k: usize,
-        reply: oneshot::Sender<Result<SearchAnswer, String>>,
+        reply: oneshot::Sender<Result<SearchAnswer, Failure>>,
     },
     Embed {
         inputs: Vec<String>,
         kind: TextKind,
-        reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+        reply: oneshot::Sender<Result<Vec<Vec<f32>>, Failure>>,
     },
 }
 
@@ -104,7 +108,7 @@ impl Engine {
     pub fn open(config: Config, source: ModelSource, index_dir: IndexDir) -> Result<Self> {
         let corpus_path = config.data()?.clone();
         let corpus = cpack_data::dataset::Dataset::load_corpus(&corpus_path)?;
-        let encoder = crate::commands::open_encoder(&config)?;
+        let encoder = crate::runtime::open_encoder(&config)?;
         let stamp = config.embedding_stamp(&encoder)?;
         let live = index_dir.open(&stamp, &corpus)?;
         Ok(Engine {
@@ -174,7 +178,7 @@ impl Engine {
                 } else {
                     let mut config_model = cpack_model::ModelDir::open(&newest)?;
                     std::mem::swap(&mut self.config.model, &mut config_model);
-                    let opened = crate::commands::open_encoder(&self.config)
+                    let opened = crate::runtime::open_encoder(&self.config)
                         .and_then(|e| Ok((self.config.embedding_stamp(&e)?, e)));
                     std::mem::swap(&mut self.config.model, &mut config_model);
                     let (stamp, encoder) = opened?;
@@ -222,7 +226,7 @@ impl Engine {
                     kind,
                     reply,
                 } => {
-                    let _ = reply.send(self.embed(&inputs, kind).map_err(|e| format!("{e:#}")));
+                    let _ = reply.send(self.embed(&inputs, kind).map_err(Arc::new));
                 }
             }
         }
@@ -249,9 +253,9 @@ impl Engine {
                 }
             }
             Err(e) => {
-                let message = format!("{e:#}");
+                let failure = Arc::new(e);
                 for (_, _, reply) in searches {
-                    let _ = reply.send(Err(message.clone()));
+                    let _ = reply.send(Err(failure.clone()));
                 }
             }
         }

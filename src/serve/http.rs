@@ -1,7 +1,7 @@
 //! The HTTP face of `cpack serve` (axum on tokio): JSON in, JSON out,
 //! bounded requests, a 4xx with `{"error": …}` for anything malformed.
 
-use super::engine::{Info, Job, MAX_BATCH_TEXTS};
+use super::engine::{Failure, Info, Job, MAX_BATCH_TEXTS};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -194,7 +194,7 @@ async fn embed(
 async fn ask<T>(
     shared: &Shared,
     job: Job,
-    answer: oneshot::Receiver<Result<T, String>>,
+    answer: oneshot::Receiver<Result<T, Failure>>,
 ) -> Result<T, ApiError> {
     let unavailable = || {
         ApiError(
@@ -212,7 +212,7 @@ async fn ask<T>(
     answer
         .await
         .map_err(|_| unavailable())?
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
 }
 
 async fn health() -> Json<serde_json::Value> {

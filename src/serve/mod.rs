@@ -8,7 +8,7 @@ mod engine;
 mod http;
 
 use crate::cli::ServeArgs;
-use crate::commands::{load_config, Context};
+use crate::runtime::Context;
 use anyhow::{Context as _, Result};
 use engine::{Engine, ModelSource};
 use std::sync::{mpsc, Arc, Mutex};
@@ -17,23 +17,20 @@ use std::sync::{mpsc, Arc, Mutex};
 const QUEUE: usize = 1024;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
-    let mut config = load_config(ctx, &args.overrides)?;
+    let mut config = ctx.config(&args.overrides)?;
     let (source, index_dir) = match &args.run {
         None => (ModelSource::Fixed, config.index_dir()),
         Some(name) => {
-            cpack_run::validate_run_name(name)?;
-            let run_dir = crate::commands::train::runs_dir(&config.workspace).join(name);
-            let spec: cpack_run::RunSpec =
-                cpack_core::fsutil::read_json(&run_dir.join(cpack_run::SPEC_FILE))
-                    .with_context(|| format!("no training run {name:?} to serve"))?;
-            let newest = cpack_train::checkpoint::latest(&run_dir)?
+            let run = config.state.runs().run(name)?;
+            let spec = run
+                .spec()
+                .with_context(|| format!("no training run {name:?} to serve"))?;
+            let newest = cpack_train::checkpoint::latest(run.path())?
                 .with_context(|| format!("run {name:?} has no checkpoint yet"))?;
             config.model = cpack_model::ModelDir::open(&newest)?;
             config.encoder = spec.encoder;
-            (
-                ModelSource::Run(run_dir.clone()),
-                cpack_index::store::IndexDir::new(run_dir.join("index")).on(config.index.device),
-            )
+            let index = run.index(config.index.device);
+            (ModelSource::Run(run.path().to_path_buf()), index)
         }
     };
     let engine = Engine::open(config, source, index_dir)?;

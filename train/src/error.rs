@@ -16,11 +16,12 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] cpack_data::Error),
 
+    /// Boxed, as `Miner`: their errors are the largest of the stages'.
     #[error(transparent)]
-    Index(#[from] cpack_index::Error),
+    Index(Box<cpack_index::Error>),
 
     #[error(transparent)]
-    Miner(#[from] cpack_miner::Error),
+    Miner(Box<cpack_miner::Error>),
 
     #[error("training computation failed")]
     Candle(#[from] candle_core::Error),
@@ -40,11 +41,54 @@ pub enum Error {
         queries: String,
     },
 
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Setting(#[from] cpack_core::InvalidSetting),
+
+    #[error("{path}, line {line}: not a step record")]
+    BadStep {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("passage {id} is not in the index the passages are frozen to; rebuild it with `cpack index build`")]
+    NotInFrozenIndex { id: String },
+
+    #[error("the frozen passage vectors have {frozen} dimensions and the model {model}")]
+    FrozenDimension { frozen: usize, model: usize },
+
+    #[error("the loss does not reach the embeddings")]
+    DetachedLoss,
+
+    #[error("optimizer state: {0}")]
+    OptimizerState(#[from] crate::optim::StateError),
+}
+
+impl From<cpack_index::Error> for Error {
+    fn from(e: cpack_index::Error) -> Self {
+        Error::Index(Box::new(e))
+    }
+}
+
+impl From<cpack_miner::Error> for Error {
+    fn from(e: cpack_miner::Error) -> Self {
+        Error::Miner(Box::new(e))
+    }
 }
 
 impl Error {
+    /// The setting this error refuses, if it is one.
+    pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
+        match self {
+            Error::Setting(s) => Some(s),
+            Error::Encode(e) => e.setting(),
+            Error::Index(e) => e.setting(),
+            Error::Miner(e) => e.setting(),
+            _ => None,
+        }
+    }
+
     /// A file-system error naming the action and the path (cpack-core's
     /// I/O error, so every crate words these alike).
     pub fn io(

@@ -31,12 +31,10 @@ impl FrozenPassages {
             .ids
             .iter()
             .map(|id| {
-                row_of.get(id.as_str()).copied().ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "passage {id} is not in the index the passages are frozen to; \
-                         rebuild it with `cpack index build`"
-                    ))
-                })
+                row_of
+                    .get(id.as_str())
+                    .copied()
+                    .ok_or_else(|| Error::NotInFrozenIndex { id: id.clone() })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(FrozenPassages { vectors, rows })

@@ -27,6 +27,15 @@ pub enum RefreshScope {
     Incremental,
 }
 
+impl std::fmt::Display for RefreshScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefreshScope::Full => "full",
+            RefreshScope::Incremental => "incremental",
+        })
+    }
+}
+
 /// Corpus rows worth re-encoding: every row in the top `topk` of a training
 /// query of `set` when `encoder` (the model that built `index`) searches
 /// `index`, and every positive of those queries. Ascending.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum LossKind {
     /// InfoNCE over in-batch + hard negatives (BGE / FlagEmbedding).
-    #[value(name = "infonce")]
+    #[cfg_attr(feature = "clap", value(name = "infonce"))]
     InfoNce,
     /// GTE's improved contrastive loss: adds query–query, passage–query and
     /// passage–passage terms to the partition function.

@@ -180,24 +180,27 @@ impl AdamW {
         &mut self,
         mut state: HashMap<String, Tensor>,
         steps: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateError> {
         for p in &mut self.params {
             let mut take = |kind: &str| {
                 let key = format!("{kind}.{}", p.name);
                 let t = state
                     .remove(&key)
-                    .ok_or_else(|| format!("optimizer state has no {key}"))?;
+                    .ok_or_else(|| StateError::Missing { key: key.clone() })?;
                 if t.shape() != p.var.shape() {
-                    return Err(format!(
-                        "{key} has shape {:?}, expected {:?}",
-                        t.shape(),
-                        p.var.shape()
-                    ));
+                    return Err(StateError::Shape {
+                        key,
+                        found: t.dims().to_vec(),
+                        expected: p.var.dims().to_vec(),
+                    });
                 }
                 Ok(t)
             };
             let (m, v) = (take("exp_avg")?, take("exp_avg_sq")?);
-            let failed = |e: candle_core::Error| format!("optimizer state of {}: {e}", p.name);
+            let failed = |source| StateError::Unreadable {
+                name: p.name.clone(),
+                source,
+            };
             p.moments = match &p.moments {
                 Moments::Host { .. } => Moments::Host {
                     exp_avg: to_vec(&m).map_err(failed)?,
@@ -212,6 +215,25 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
+}
+
+/// Saved optimizer state that does not fit the model it is restored to.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("no {key}")]
+    Missing { key: String },
+    #[error("{key} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        key: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("the moments of {name} cannot be read")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 /// Gradients summed over the micro-batches of one optimizer step.

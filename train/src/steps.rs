@@ -103,12 +103,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<StepRecord>> {
         match serde_json::from_str(line) {
             Ok(record) => records.push(record),
             Err(_) if i + 1 == lines.len() => break,
-            Err(e) => {
-                return Err(Error::Invalid(format!(
-                    "{}, line {}: not a step record ({e})",
-                    path.display(),
-                    i + 1
-                )))
+            Err(source) => {
+                return Err(Error::BadStep {
+                    path: path.to_path_buf(),
+                    line: i + 1,
+                    source,
+                })
             }
         }
     }

@@ -6,10 +6,11 @@ use crate::error::{Error, Result};
 use crate::frozen::FrozenPassages;
 use crate::loss::{contrastive_loss, LossKind};
 use crate::model::TrainableEncoder;
-use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
+use crate::optim::{AdamW, AdamWParams, Gradients, Schedule, StateError};
 use crate::steps::{BatchRecord, StepRecord};
 use candle_core::{Tensor, Var};
 use cpack_core::Progress;
+use cpack_core::{require, InvalidSetting};
 use cpack_data::dataset::TextTable;
 use cpack_encode::{PairTokenizer, TextKind, TokenBatch};
 use cpack_model::Dropout;
@@ -17,40 +18,73 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// The recipe: everything that decides how the weights move.
+/// The recipe of the trainer: everything that decides how the weights move.
+/// One type for `cpack train`'s flags (feature `clap`), the `[train]` keys
+/// of `cpack.toml`, and the `train` field of a run's `run.json`; its
+/// [`Default`] is the one source of each default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainSettings {
-    /// Queries per batch; every passage of the batch is a candidate for each.
+    /// Queries per batch; every passage of the batch is a negative for the other queries.
+    #[cfg_attr(feature = "clap", arg(long = "train-batch-size", value_name = "N", default_value_t = TrainSettings::default().batch_size))]
     pub batch_size: usize,
-    /// Passages per query: one positive and `group_size − 1` hard negatives.
+    /// Passages per query: 1 positive + N−1 hard negatives; 1 = in-batch negatives only.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = TrainSettings::default().group_size))]
     pub group_size: usize,
+    /// Softmax temperature: 0.02 as BGE; MiniLM-style models do better around 0.05.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "T", default_value_t = TrainSettings::default().temperature))]
     pub temperature: f64,
+    /// infonce, or gte (adds query–query and passage–passage terms to the partition function).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = TrainSettings::default().loss))]
     pub loss: LossKind,
-    /// Peak learning rate.
+    /// Peak learning rate of AdamW.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainSettings::default().lr))]
     pub lr: f64,
+    /// Decoupled weight decay (biases and LayerNorm excluded).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainSettings::default().weight_decay))]
     pub weight_decay: f64,
+    /// Share of the steps spent warming the learning rate up linearly; then it decays linearly to 0.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainSettings::default().warmup_ratio))]
     pub warmup_ratio: f64,
     /// Batches whose gradients are summed into one optimizer step.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = TrainSettings::default().grad_accum))]
     pub grad_accum: usize,
-    /// Global gradient-norm cap; 0 disables clipping.
+    /// Clip the global gradient norm to this; 0 disables.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainSettings::default().max_grad_norm))]
     pub max_grad_norm: f64,
-    /// Dropout as the model config sets it (off: deterministic forward passes).
+    /// Dropout as the model config sets it; `--no-dropout` turns it off
+    /// (deterministic forward passes).
+    #[cfg_attr(feature = "clap", arg(long = "no-dropout", action = clap::ArgAction::SetFalse))]
     pub dropout: bool,
+    /// Seed of the training draws (order, positives, negatives, dropout); the
+    /// query subset and the mining keep the workspace's seed [default: cpack.toml's seed].
+    #[cfg_attr(feature = "clap", arg(long, hide_default_value = true, default_value_t = TrainSettings::default().seed))]
     pub seed: u64,
-    /// Texts per forward pass that keeps a graph (gradient caching); 0 runs
-    /// each side of the batch as one pass. See [`Trainer::pass`].
-    #[serde(default)]
+    /// Gradient caching: run the model on N texts at a time, so the memory of
+    /// a step no longer grows with the batch; the same gradients as the whole
+    /// batch, at the cost of a second forward pass (0 = off).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = TrainSettings::default().mini_batch))]
     pub mini_batch: usize,
-    #[serde(default)]
+    /// How batches are formed: clash-free (no passage that is one query's
+    /// positive anywhere else in its batch), plain (shuffled order, as
+    /// FlagEmbedding), or clustered (queries of one topic cluster together).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = TrainSettings::default().batching))]
     pub batching: Batching,
-    /// Query-side training: passages keep the base model's vectors (read
-    /// from its index, see [`FrozenPassages`]); only the queries' pass
-    /// trains the weights.
-    #[serde(default)]
+    /// Query-side training (ADORE): passages keep the base model's vectors
+    /// from the workspace index, only the queries
+    /// run through the model. Steps skip the passages' passes and a refresh
+    /// is a query encode and a search: the index is never re-encoded.
+    /// Checkpoints are then query encoders, to pair with the base model's index.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_passages: bool,
-    /// Retire a drawn negative that the live model scores more than this
-    /// below the query's positive (see [`crate::data`]); `None`: never.
-    #[serde(default)]
+    /// Dynamic negatives (after Conan-embedding): a drawn negative that the
+    /// model, in the step's own forward pass, scores more than MARGIN below
+    /// the query's positive is not drawn again while the query has others in
+    /// its stored pool; later epochs move on to the rest
+    /// of the pool with no corpus re-encode. Rounds then store 4 × (group
+    /// size − 1) negatives unless --negatives says otherwise.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "MARGIN"))]
     pub replace_easy: Option<f32>,
 }
 
@@ -69,12 +103,51 @@ impl Default for TrainSettings {
             grad_accum: 1,
             max_grad_norm: 1.0,
             dropout: true,
-            seed: 42,
+            seed: cpack_core::DEFAULT_SEED,
             mini_batch: 0,
             batching: Batching::ClashFree,
             freeze_passages: false,
             replace_easy: None,
         }
+    }
+}
+
+impl TrainSettings {
+    /// Refuses values no step can run with.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (key, value) in [
+            ("batch_size", self.batch_size),
+            ("group_size", self.group_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            require(value >= 1, key, value, "must be at least 1")?;
+        }
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        let (t, lr) = (self.temperature, self.lr);
+        require(positive(t), "temperature", t, "must be a positive number")?;
+        require(positive(lr), "lr", lr, "must be a positive number")?;
+        if let Some(margin) = self.replace_easy {
+            let usable = margin.is_finite() && margin >= 0.0;
+            require(
+                usable,
+                "replace_easy",
+                margin,
+                "must be a margin of 0 or more",
+            )?;
+        }
+        let w = self.warmup_ratio;
+        require(
+            (0.0..1.0).contains(&w),
+            "warmup_ratio",
+            w,
+            "must be in [0, 1)",
+        )
+    }
+
+    /// Negatives a round stores per query for this recipe when the mining
+    /// recipe names none (see [`crate::data::default_negatives`]).
+    pub fn default_negatives(&self) -> usize {
+        crate::data::default_negatives(self.group_size, self.replace_easy.is_some())
     }
 }
 
@@ -121,17 +194,7 @@ impl Trainer {
         tokenizer: PairTokenizer,
         settings: TrainSettings,
     ) -> Result<Self> {
-        if settings.batch_size == 0 || settings.group_size == 0 || settings.grad_accum == 0 {
-            return Err(Error::Invalid(
-                "batch size, group size and gradient accumulation must be at least 1".into(),
-            ));
-        }
-        if settings.temperature.is_nan() || settings.temperature <= 0.0 {
-            return Err(Error::Invalid(format!(
-                "temperature {} must be positive",
-                settings.temperature
-            )));
-        }
+        settings.validate()?;
         let vars = encoder.vars();
         let adamw = AdamWParams {
             weight_decay: settings.weight_decay,
@@ -151,11 +214,10 @@ impl Trainer {
     /// (what `freeze_passages` asks for).
     pub fn with_frozen_passages(mut self, frozen: FrozenPassages) -> Result<Self> {
         if frozen.dim() != self.encoder.dim() {
-            return Err(Error::Invalid(format!(
-                "the frozen passage vectors have {} dimensions and the model {}",
-                frozen.dim(),
-                self.encoder.dim()
-            )));
+            return Err(Error::FrozenDimension {
+                frozen: frozen.dim(),
+                model: self.encoder.dim(),
+            });
         }
         self.frozen = Some(frozen);
         Ok(self)
@@ -174,7 +236,11 @@ impl Trainer {
     }
 
     /// Continues from a checkpoint's optimizer state.
-    pub fn restore(&mut self, moments: HashMap<String, Tensor>, steps: u64) -> Result<(), String> {
+    pub fn restore(
+        &mut self,
+        moments: HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<(), StateError> {
         self.optimizer.restore(moments, steps)
     }
 
@@ -355,7 +421,7 @@ impl Trainer {
         for (side, tokens) in sides.iter().enumerate() {
             let upstream = embedding_grads
                 .get(leaves[side].as_tensor())
-                .ok_or_else(|| Error::Invalid("the loss does not reach the embeddings".into()))?;
+                .ok_or(Error::DetachedLoss)?;
             for (c, chunk) in tokens.chunks(mini).enumerate() {
                 let embedded = self.encoder.embed(&pad(chunk), masks(side, c).as_ref())?;
                 let slice = upstream.narrow(0, c * mini, chunk.len())?;

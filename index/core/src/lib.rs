@@ -7,10 +7,18 @@
 //! - [`progress`]: how long-running library work reports stages and counts
 //!   without knowing about terminals (the binary draws the bars).
 //! - [`Error`]: file errors that name the file and what was being done.
+//! - [`InvalidSetting`]: a setting out of range, named by its recipe key
+//!   (the binary turns the key into the flag or `cpack.toml` key to change).
 
 pub mod error;
 pub mod fsutil;
 pub mod progress;
+pub mod setting;
 
 pub use error::{Error, Result};
 pub use progress::{Progress, Silent};
+pub use setting::{require, InvalidSetting};
+
+/// Seed of every random choice (sampling negatives, the training subset,
+/// shuffling, dropout) unless `cpack.toml` or a flag says otherwise.
+pub const DEFAULT_SEED: u64 = 42;

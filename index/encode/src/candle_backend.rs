@@ -39,7 +39,11 @@ impl CandleBackend {
             WeightPrecision::F32 => DType::F32,
             WeightPrecision::Bf16 => DType::BF16,
             WeightPrecision::Int8 => {
-                return Err(Error::Invalid("int8 weights need the ort backend".into()))
+                return Err(Error::Precision {
+                    what: "the candle backend",
+                    precision,
+                    int8: false,
+                })
             }
         };
         // SAFETY: the weights file is mapped read-only; cpack never writes to

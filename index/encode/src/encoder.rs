@@ -1,7 +1,8 @@
 //! Texts in, embeddings out: tokenisation, length-sorted batching and a
 //! pluggable model backend.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use cpack_core::{require, InvalidSetting};
 use cpack_model::TextTokenizer;
 use cpack_model::{ModelDir, Pooling, TokenBatch};
 use serde::{Deserialize, Serialize};
@@ -176,12 +177,13 @@ pub struct PairTokenizer {
 impl PairTokenizer {
     pub fn load(model: &ModelDir, settings: &EncoderSettings) -> Result<Self> {
         let max_positions = model.config.max_position_embeddings;
-        for len in [settings.query_max_len, settings.passage_max_len] {
-            if len < 2 || len > max_positions {
-                return Err(Error::Invalid(format!(
-                    "max length {len} is outside 2..={max_positions} (the model's max_position_embeddings)"
-                )));
-            }
+        for (key, len) in [
+            ("model.query_max_len", settings.query_max_len),
+            ("model.passage_max_len", settings.passage_max_len),
+        ] {
+            let problem =
+                format!("is outside 2..={max_positions} (the model's max_position_embeddings)");
+            require((2..=max_positions).contains(&len), key, len, &problem)?;
         }
         Ok(PairTokenizer {
             query: TextTokenizer::load(&model.tokenizer, settings.query_max_len)?,
@@ -224,7 +226,7 @@ impl Encoder {
         backend: Box<dyn EncoderBackend>,
     ) -> Result<Self> {
         if settings.batch_size == 0 {
-            return Err(Error::Invalid("batch size must be at least 1".into()));
+            return Err(InvalidSetting::new("encode.batch_size", 0, "must be at least 1").into());
         }
         Ok(Encoder {
             tokenizer: PairTokenizer::load(model, &settings)?,

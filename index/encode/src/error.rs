@@ -20,8 +20,21 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Setting(#[from] cpack_core::InvalidSetting),
+
+    #[error("{what} computes with f32{}, not {precision} weights", if *int8 { " or int8" } else { "" })]
+    Precision {
+        what: &'static str,
+        precision: crate::WeightPrecision,
+        int8: bool,
+    },
+
+    #[error("ONNX Runtime library {path} does not exist; run scripts/setup.sh or set encode.ort_library")]
+    NoOrtLibrary { path: PathBuf },
+
+    #[error("ONNX Runtime is already loaded from {loaded}; one process cannot also load {wanted}")]
+    OrtLoadedElsewhere { loaded: PathBuf, wanted: PathBuf },
 }
 
 impl Error {
@@ -32,6 +45,14 @@ impl Error {
     ) -> impl FnOnce(std::io::Error) -> Error {
         let io = cpack_core::Error::io(action, path);
         move |source| Error::File(io(source))
+    }
+
+    /// The setting this error refuses, if it is one.
+    pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
+        match self {
+            Error::Setting(s) => Some(s),
+            _ => None,
+        }
     }
 
     /// A model folder (its weights file, `path`) that cannot be used.

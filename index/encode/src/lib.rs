@@ -11,7 +11,9 @@
 //! - [`ort_backend`] (feature `ort`): ONNX Runtime, loaded at run time, on
 //!   cpack's own ONNX export of the model ([`onnx`], feature `onnx`).
 //!
-//! [`EmbeddingStamp`] is what an index records about the vectors in it.
+//! [`EmbeddingStamp`] is what an index records about the vectors in it;
+//! [`ModelRecipe`] and [`EncodeRecipe`] are what a user sets (`[model]`,
+//! `[encode]`, their flags), [`Runtime`] the backend they resolve to.
 
 pub mod candle_backend;
 pub mod encoder;
@@ -20,6 +22,7 @@ pub mod error;
 pub mod onnx;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
+pub mod recipe;
 pub mod stamp;
 
 pub use cpack_model::{ComputeDevice, TokenBatch};
@@ -28,4 +31,5 @@ pub use encoder::{
     WeightPrecision,
 };
 pub use error::{Error, Result};
+pub use recipe::{EncodeRecipe, ModelRecipe, Runtime};
 pub use stamp::EmbeddingStamp;

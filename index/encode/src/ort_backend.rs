@@ -70,10 +70,9 @@ fn environment(library: &Path) -> Result<&'static Environment> {
     let _guard = RUNTIME_INIT.lock().unwrap_or_else(|e| e.into_inner());
     if RUNTIME.get().is_none() {
         if !library.is_file() {
-            return Err(Error::Invalid(format!(
-                "ONNX Runtime library {} does not exist; run scripts/setup.sh or set encode.ort_library",
-                library.display()
-            )));
+            return Err(Error::NoOrtLibrary {
+                path: library.to_path_buf(),
+            });
         }
         let builder = ort::init_from(library).map_err(|e| Error::OnnxRuntime {
             action: format!("load {}", library.display()),
@@ -87,11 +86,10 @@ fn environment(library: &Path) -> Result<&'static Environment> {
     }
     let (loaded, env) = RUNTIME.get().expect("set above");
     if loaded != library {
-        return Err(Error::Invalid(format!(
-            "ONNX Runtime is already loaded from {}; one process cannot also load {}",
-            loaded.display(),
-            library.display()
-        )));
+        return Err(Error::OrtLoadedElsewhere {
+            loaded: loaded.clone(),
+            wanted: library.to_path_buf(),
+        });
     }
     Ok(env)
 }

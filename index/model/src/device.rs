@@ -44,14 +44,27 @@ impl std::fmt::Display for ComputeDevice {
     }
 }
 
+/// A device name that is not `cpu`, the GPU word, or the GPU word with `:N`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {given:?} (expected cpu, {gpu_word} or {gpu_word}:N)")]
+pub struct UnknownDevice {
+    pub what: &'static str,
+    pub given: String,
+    pub gpu_word: &'static str,
+}
+
 /// Reads `cpu` (`Ok(None)`), `gpu_word` (GPU 0) or `gpu_word:N`; the error
 /// names what was expected. Shared by the compute and index devices.
 pub fn parse_device(
     s: &str,
-    gpu_word: &str,
-    what: &str,
-) -> std::result::Result<Option<usize>, String> {
-    let bad = || format!("unknown {what} {s:?} (expected cpu, {gpu_word} or {gpu_word}:N)");
+    gpu_word: &'static str,
+    what: &'static str,
+) -> std::result::Result<Option<usize>, UnknownDevice> {
+    let bad = || UnknownDevice {
+        what,
+        given: s.to_string(),
+        gpu_word,
+    };
     match s.split_once(':') {
         None if s == "cpu" => Ok(None),
         None if s == gpu_word => Ok(Some(0)),
@@ -61,15 +74,15 @@ pub fn parse_device(
 }
 
 impl std::str::FromStr for ComputeDevice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownDevice;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownDevice> {
         Ok(parse_device(s, "cuda", "device")?.map_or(ComputeDevice::Cpu, ComputeDevice::Cuda))
     }
 }
 
 impl TryFrom<String> for ComputeDevice {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
+    type Error = UnknownDevice;
+    fn try_from(s: String) -> std::result::Result<Self, UnknownDevice> {
         s.parse()
     }
 }
@@ -95,7 +108,7 @@ mod tests {
             assert_eq!(device.to_string().parse::<ComputeDevice>().unwrap(), device);
         }
         for bad in ["gpu", "cuda:", "cuda:x", "cpu:0", ""] {
-            let err = bad.parse::<ComputeDevice>().unwrap_err();
+            let err = bad.parse::<ComputeDevice>().unwrap_err().to_string();
             assert!(err.contains("expected cpu, cuda or cuda:N"), "{bad}: {err}");
         }
         assert!(ComputeDevice::Cpu.candle().unwrap().is_cpu());

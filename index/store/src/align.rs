@@ -26,6 +26,15 @@ pub enum StaleVectors {
     Aligned,
 }
 
+impl std::fmt::Display for StaleVectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StaleVectors::Kept => "kept",
+            StaleVectors::Aligned => "aligned",
+        })
+    }
+}
+
 /// Shrinkage of the map toward the identity, relative to the old vectors'
 /// mean variance per dimension: enough to keep a map fitted on fewer pairs
 /// than dimensions sane, small beside any real signal.
@@ -60,11 +69,11 @@ impl LinearMap {
     /// (row-major, `dim` wide), W shrunk toward the identity.
     pub fn fit(old: &[f32], new: &[f32], dim: usize, threads: usize) -> Result<Self> {
         if dim == 0 || old.len() != new.len() || !old.len().is_multiple_of(dim) {
-            return Err(Error::Invalid(format!(
-                "cannot align {} old values to {} new ones of width {dim}",
-                old.len(),
-                new.len()
-            )));
+            return Err(Error::AlignmentShape {
+                old: old.len(),
+                new: new.len(),
+                dim,
+            });
         }
         let rows = old.len() / dim;
         let (old_mean, old_centred) = centre(old, dim);
@@ -98,10 +107,10 @@ impl LinearMap {
     pub fn apply(&self, rows: &[f32], normalize: bool, threads: usize) -> Result<Vec<f32>> {
         let n = rows.len() / self.dim;
         let mut out = vec![0f32; n * self.dim];
-        let a = MatRef::row_major(rows, n, self.dim).map_err(shape)?;
-        let w = MatRef::row_major(&self.weights, self.dim, self.dim).map_err(shape)?;
-        let mut o = MatMut::row_major(&mut out, n, self.dim).map_err(shape)?;
-        gemm(a, w, &mut o, 1.0, 0.0, threads).map_err(shape)?;
+        let a = MatRef::row_major(rows, n, self.dim)?;
+        let w = MatRef::row_major(&self.weights, self.dim, self.dim)?;
+        let mut o = MatMut::row_major(&mut out, n, self.dim)?;
+        gemm(a, w, &mut o, 1.0, 0.0, threads)?;
         for row in out.chunks_exact_mut(self.dim) {
             for (v, b) in row.iter_mut().zip(&self.bias) {
                 *v += b;
@@ -155,10 +164,6 @@ pub fn fit_held_out(
     Ok((map, fit))
 }
 
-fn shape(e: cpack_model::matmul::ShapeError) -> Error {
-    Error::Invalid(format!("alignment: {e}"))
-}
-
 /// Column means (f64) and the rows less them.
 fn centre(values: &[f32], dim: usize) -> (Vec<f64>, Vec<f32>) {
     let rows = values.len() / dim;
@@ -185,10 +190,10 @@ fn transposed_product(
     threads: usize,
 ) -> Result<Vec<f64>> {
     let mut out = vec![0f32; dim * dim];
-    let at = MatRef::row_major(a, rows, dim).map_err(shape)?.t();
-    let bm = MatRef::row_major(b, rows, dim).map_err(shape)?;
-    let mut o = MatMut::row_major(&mut out, dim, dim).map_err(shape)?;
-    gemm(at, bm, &mut o, 1.0, 0.0, threads).map_err(shape)?;
+    let at = MatRef::row_major(a, rows, dim)?.t();
+    let bm = MatRef::row_major(b, rows, dim)?;
+    let mut o = MatMut::row_major(&mut out, dim, dim)?;
+    gemm(at, bm, &mut o, 1.0, 0.0, threads)?;
     Ok(out.into_iter().map(f64::from).collect())
 }
 
@@ -202,10 +207,7 @@ fn solve_spd(mut lhs: Vec<f64>, mut rhs: Vec<f64>, dim: usize) -> Result<Vec<f64
             pivot -= lhs[j * dim + k] * lhs[j * dim + k];
         }
         if !(pivot > 0.0 && pivot.is_finite()) {
-            return Err(Error::Invalid(
-                "alignment: the old vectors' covariance is not positive definite (NaN in the index?)"
-                    .into(),
-            ));
+            return Err(Error::NotPositiveDefinite);
         }
         let pivot = pivot.sqrt();
         lhs[j * dim + j] = pivot;

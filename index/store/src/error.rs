@@ -43,8 +43,36 @@ pub enum Error {
     #[error("no index at {path}; build one with `cpack index build`")]
     NoIndex { path: PathBuf },
 
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Setting(#[from] cpack_core::InvalidSetting),
+
+    #[error("FAISS cannot build index.factory = {factory:?} for {dim}-dimensional vectors ({reason}); see https://github.com/facebookresearch/faiss/wiki/The-index-factory")]
+    FaissFactory {
+        factory: String,
+        dim: usize,
+        reason: String,
+    },
+
+    #[error("this cpack was built without the `{feature}` feature; {instead}")]
+    NotBuiltWith {
+        feature: &'static str,
+        instead: &'static str,
+    },
+
+    #[error("FAISS on the GPU returns at most {max} hits per query, {k} were asked; ask for fewer, or search on the CPU (index.device = \"cpu\")")]
+    TooManyHits { k: usize, max: usize },
+
+    #[error("row {row} is past the {rows} rows of the base index")]
+    RowOutOfRange { row: usize, rows: usize },
+
+    #[error("alignment: cannot align {old} old values to {new} new ones of width {dim}")]
+    AlignmentShape { old: usize, new: usize, dim: usize },
+
+    #[error("alignment: the old vectors' covariance is not positive definite (NaN in the index?)")]
+    NotPositiveDefinite,
+
+    #[error("matrix product")]
+    Product(#[from] cpack_model::matmul::ShapeError),
 }
 
 impl Error {
@@ -55,6 +83,15 @@ impl Error {
     ) -> impl FnOnce(std::io::Error) -> Error {
         let io = cpack_core::Error::io(action, path);
         move |source| Error::File(io(source))
+    }
+
+    /// The setting this error refuses, if it is one.
+    pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
+        match self {
+            Error::Setting(s) => Some(s),
+            Error::Encode(e) => e.setting(),
+            _ => None,
+        }
     }
 
     pub(crate) fn bad_file(path: impl Into<PathBuf>, problem: String) -> Error {

@@ -9,17 +9,20 @@
 //! [`vector`] searches them ([`vector::VectorIndex`]: exact brute force, or
 //! FAISS with feature `faiss`, on the GPU with feature `cuda`), [`align`]
 //! maps stale vectors into a new checkpoint's space, and [`evaluate`]
-//! scores an open index on a qrels split.
+//! scores an open index on a qrels split. [`IndexRecipe`] is what a user
+//! sets (`[index]`, the flags of `cpack index build`).
 
 pub mod align;
 pub mod embeddings;
 pub mod error;
 pub mod evaluate;
 mod generation;
+pub mod recipe;
 pub mod store;
 pub mod vector;
 
 pub use error::{Error, Result};
+pub use recipe::IndexRecipe;
 pub use store::{
     BuildOptions, BuildOutcome, BuildPlan, Generation, IndexDir, Manifest, OpenIndex, PartialPlan,
     PassageEncoder, Provenance,

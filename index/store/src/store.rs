@@ -85,10 +85,10 @@ impl PartialPlan {
         rows.dedup();
         if let Some(&last) = rows.last() {
             if last as usize >= base.ids.len() {
-                return Err(Error::Invalid(format!(
-                    "row {last} is past the {} rows of the base index",
-                    base.ids.len()
-                )));
+                return Err(Error::RowOutOfRange {
+                    row: last as usize,
+                    rows: base.ids.len(),
+                });
             }
         }
         let base_embeddings = base.embeddings_path();
@@ -519,15 +519,14 @@ impl IndexDir {
         if let Some(partial) = &plan.partial {
             let needed = (plan.rows * plan.stamp.dim * plan.precision.bytes()) as u64;
             if partial.base_sum.bytes != needed {
-                return Err(Error::Invalid(format!(
-                    "{} holds {} bytes of vectors, a refresh of {} rows × {} at {:?} needs {needed}: \
-                     refresh the whole index instead",
-                    partial.base_embeddings.display(),
-                    partial.base_sum.bytes,
-                    plan.rows,
-                    plan.stamp.dim,
-                    plan.precision
-                )));
+                return Err(Error::bad_file(
+                    &partial.base_embeddings,
+                    format!(
+                        "holds {} bytes of vectors, a refresh of {} rows × {} at {:?} needs {needed}: \
+                         refresh the whole index instead",
+                        partial.base_sum.bytes, plan.rows, plan.stamp.dim, plan.precision
+                    ),
+                ));
             }
         }
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;

@@ -2,31 +2,27 @@
 
 mod png;
 
-use super::train::{newest_run, runs_dir};
-use super::Context;
 use crate::cli::ReportArgs;
+use crate::report_table::metric;
+use crate::runtime::Context;
+use crate::state::StateDir;
 use anyhow::{Context as _, Result};
-use cpack_index::align::StaleVectors;
-use cpack_run::{self as run, Report};
-use cpack_train::incremental::RefreshScope;
+use cpack_run::Report;
 use std::fmt::Write as _;
 
 pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
-    crate::config::state_dir(&ctx.workspace)?;
-    let runs = runs_dir(&ctx.workspace);
-    let name = match args.run {
-        Some(name) => {
-            run::validate_run_name(&name)?;
-            name
-        }
-        None => newest_run(&runs)?
+    let runs = StateDir::of(&ctx.workspace)?.runs();
+    let run = match args.run {
+        Some(name) => runs.run(&name)?,
+        None => runs
+            .newest()?
             .context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
     };
-    let report = run::load_report(&runs.join(&name))?;
+    let report = Report::load(&run)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_table(&report);
+        crate::report_table::print(&report);
     }
     if let Some(path) = args.html {
         std::fs::write(&path, html(&report))
@@ -41,141 +37,7 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn metric(
-    point: Option<&run::EvalPoint>,
-    f: fn(&cpack_data::metrics::RetrievalMetrics) -> f64,
-) -> String {
-    point.map_or("-".into(), |p| format!("{:.4}", f(&p.metrics)))
-}
-
-pub fn print_table(report: &Report) {
-    let s = &report.spec;
-    println!(
-        "run {} · {} epochs · refresh every {} · {} loss τ={} · batch {} × group {} · lr {} · {} training queries{}",
-        s.name,
-        s.epochs,
-        if s.refresh_every == 0 { "never (static)".to_string() } else { format!("{} epoch(s)", s.refresh_every) },
-        s.train.loss,
-        s.train.temperature,
-        s.train.batch_size,
-        s.train.group_size,
-        s.train.lr,
-        report.train_queries,
-        s.eval_split.as_ref().map_or(String::new(), |e| format!(" · eval on {e}")),
-    );
-    let mut strategy = Vec::new();
-    if s.train.freeze_passages {
-        strategy.push("query side only (--freeze-passages)".to_string());
-    }
-    if s.refresh == RefreshScope::Incremental {
-        let encoded: Vec<String> = report
-            .epochs
-            .iter()
-            .filter(|e| e.passages_encoded > 0)
-            .map(|e| format!("{} after epoch {}", e.passages_encoded, e.epoch))
-            .collect();
-        let eval: f64 = report.epochs.iter().map(|e| e.eval_encode_seconds).sum();
-        let whole = match s.full_refresh_every {
-            0 => String::new(),
-            m => format!(", whole every {m}"),
-        };
-        let depth = s
-            .refresh_depth
-            .map_or(String::new(), |k| format!(" of each pool's top {k}"));
-        let aligned = aligned_note(report);
-        strategy.push(format!(
-            "incremental refresh{depth}{whole}{aligned}: passages re-encoded {}; evaluation's own encodes {eval:.0} s",
-            if encoded.is_empty() { "none yet".to_string() } else { encoded.join(", ") }
-        ));
-    }
-    if let Some(margin) = s.train.replace_easy {
-        let retired: usize = report.epochs.iter().map(|e| e.negatives_retired).sum();
-        strategy.push(format!(
-            "easy negatives retired at margin {margin}: {retired} so far"
-        ));
-    }
-    if !strategy.is_empty() {
-        println!("{}", strategy.join(" · "));
-    }
-    println!(
-        "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
-        "epoch",
-        "round",
-        "loss",
-        "nDCG@10",
-        "MRR@10",
-        "R@100",
-        "train s",
-        "encode s",
-        "index s",
-        "mine s",
-        "eval s",
-        "overlap"
-    );
-    if let Some(base) = &report.base {
-        println!(
-            "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7.0} {:>8}",
-            "base",
-            "-",
-            "-",
-            metric(Some(base), |m| m.ndcg_at_10),
-            metric(Some(base), |m| m.mrr_at_10),
-            metric(Some(base), |m| m.recall_at_100),
-            "-",
-            "-",
-            "-",
-            "-",
-            base.seconds,
-            "-"
-        );
-    }
-    for e in &report.epochs {
-        println!(
-            "{:<6} {:>5} {:>8.4} {:>8} {:>8} {:>8} {:>8.0} {:>8.0} {:>8.1} {:>7.0} {:>7} {:>8}",
-            e.epoch,
-            e.round.map_or("-".into(), |r| r.to_string()),
-            e.mean_loss,
-            metric(e.eval.as_ref(), |m| m.ndcg_at_10),
-            metric(e.eval.as_ref(), |m| m.mrr_at_10),
-            metric(e.eval.as_ref(), |m| m.recall_at_100),
-            e.train_seconds,
-            e.encode_seconds,
-            e.index_seconds,
-            e.mine_seconds,
-            e.eval
-                .as_ref()
-                .map_or("-".into(), |p| format!("{:.0}", p.seconds)),
-            e.negatives_overlap
-                .map_or("-".into(), |o| format!("{o:.3}")),
-        );
-    }
-}
-
 /// One SVG line chart of `points` (x = epoch, base at 0).
-/// ", stale vectors aligned (…)" for a run that aligns them: each refresh's
-/// held-out cosine of old and mapped vectors to the new ones.
-fn aligned_note(report: &Report) -> String {
-    if report.spec.stale_vectors != StaleVectors::Aligned {
-        return String::new();
-    }
-    let fits: Vec<String> = report
-        .epochs
-        .iter()
-        .filter_map(|e| Some((e.epoch, e.alignment?)))
-        .filter_map(|(epoch, a)| {
-            let (kept, aligned) = (a.cosine_kept?, a.cosine_aligned?);
-            Some(format!(
-                "cosine {kept:.3} → {aligned:.3} after epoch {epoch}"
-            ))
-        })
-        .collect();
-    if fits.is_empty() {
-        ", stale vectors aligned".to_string()
-    } else {
-        format!(", stale vectors aligned ({})", fits.join(", "))
-    }
-}
-
 fn chart(title: &str, points: &[(f64, f64)]) -> String {
     let (w, h, pad) = (420.0, 240.0, 40.0);
     if points.is_empty() {

@@ -348,9 +348,11 @@ pub fn build(
         WeightPrecision::F32 => false,
         WeightPrecision::Int8 => true,
         WeightPrecision::Bf16 => {
-            return Err(Error::Invalid(
-                "ONNX export writes f32 or int8 weights, not bf16".into(),
-            ))
+            return Err(Error::Precision {
+                what: "ONNX export",
+                precision,
+                int8: true,
+            })
         }
     };
     // SAFETY: read-only map of a model file cpack does not write while exporting.

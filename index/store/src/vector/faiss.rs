@@ -82,10 +82,11 @@ impl FaissIndex {
                     .next()
                     .unwrap_or("rejected")
                     .to_string();
-                Error::Invalid(format!(
-                    "FAISS cannot build index.factory = {factory:?} for {dim}-dimensional vectors ({reason}); \
-                     see https://github.com/facebookresearch/faiss/wiki/The-index-factory"
-                ))
+                Error::FaissFactory {
+                    factory: factory.to_string(),
+                    dim,
+                    reason,
+                }
             })
     }
 

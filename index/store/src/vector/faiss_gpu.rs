@@ -71,10 +71,7 @@ impl VectorIndex for GpuFaissIndex {
 
     fn search(&mut self, queries: &[f32], k: usize, _threads: usize) -> Result<Hits> {
         if k > MAX_K {
-            return Err(Error::Invalid(format!(
-                "FAISS on the GPU returns at most {MAX_K} hits per query, {k} were asked; \
-                 lower --topk or search on the CPU (index.device = \"cpu\")"
-            )));
+            return Err(Error::TooManyHits { k, max: MAX_K });
         }
         let result = self
             .inner

@@ -17,6 +17,8 @@ mod faiss_gpu;
 
 use crate::embeddings::EmbeddingMatrix;
 use crate::error::{Error, Result};
+use cpack_core::InvalidSetting;
+use cpack_model::device::UnknownDevice;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -82,16 +84,16 @@ impl std::fmt::Display for IndexDevice {
 }
 
 impl std::str::FromStr for IndexDevice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = UnknownDevice;
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownDevice> {
         let ordinal = cpack_model::device::parse_device(s, "gpu", "index device")?;
         Ok(ordinal.map_or(IndexDevice::Cpu, IndexDevice::Gpu))
     }
 }
 
 impl TryFrom<String> for IndexDevice {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
+    type Error = UnknownDevice;
+    fn try_from(s: String) -> std::result::Result<Self, UnknownDevice> {
         s.parse()
     }
 }
@@ -124,6 +126,15 @@ pub enum IndexBackend {
     Exact,
 }
 
+impl std::fmt::Display for IndexBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IndexBackend::Faiss => "faiss",
+            IndexBackend::Exact => "exact",
+        })
+    }
+}
+
 impl IndexKind {
     /// The factory string of an index nobody configured: exact inner product.
     pub const DEFAULT_FACTORY: &'static str = "Flat";
@@ -135,10 +146,10 @@ impl IndexKind {
             IndexBackend::Faiss if cfg!(feature = "faiss") => Ok(IndexKind::Faiss {
                 factory: factory.to_string(),
             }),
-            IndexBackend::Faiss => Err(Error::Invalid(
-                "this cpack was built without the `faiss` feature; use index.backend = \"exact\""
-                    .into(),
-            )),
+            IndexBackend::Faiss => Err(Error::NotBuiltWith {
+                feature: "faiss",
+                instead: "use index.backend = \"exact\"",
+            }),
         }
     }
 
@@ -187,10 +198,16 @@ impl IndexKind {
         device: IndexDevice,
     ) -> Result<Box<dyn VectorIndex>> {
         match (self, device) {
-            (IndexKind::Exact, IndexDevice::Cpu) => Ok(Box::new(exact::ExactIndex::new(embeddings))),
-            (IndexKind::Exact, IndexDevice::Gpu(_)) => Err(Error::Invalid(
-                "the exact backend searches on the CPU; index.device = \"gpu\" needs index.backend = \"faiss\"".into(),
-            )),
+            (IndexKind::Exact, IndexDevice::Cpu) => {
+                Ok(Box::new(exact::ExactIndex::new(embeddings)))
+            }
+            (IndexKind::Exact, IndexDevice::Gpu(_)) => Err(InvalidSetting::new(
+                "index.device",
+                device,
+                "searches FAISS indexes only; the exact backend searches on the CPU",
+            )
+            .needs("index.backend", IndexBackend::Faiss)
+            .into()),
             (IndexKind::Faiss { .. }, device) => open_faiss(dir, &embeddings, device),
         }
     }
@@ -236,23 +253,26 @@ fn open_faiss(
 
 #[cfg(not(feature = "faiss"))]
 fn build_faiss(_: &str, _: &EmbeddingMatrix, _: usize) -> Result<Box<dyn VectorIndex>> {
-    Err(Error::Invalid(
-        "this cpack was built without the `faiss` feature".into(),
-    ))
+    Err(Error::NotBuiltWith {
+        feature: "faiss",
+        instead: "use index.backend = \"exact\"",
+    })
 }
 
 #[cfg(not(feature = "faiss"))]
 fn check_faiss(_: &str, _: usize) -> Result<()> {
-    Err(Error::Invalid(
-        "this cpack was built without the `faiss` feature".into(),
-    ))
+    Err(Error::NotBuiltWith {
+        feature: "faiss",
+        instead: "use index.backend = \"exact\"",
+    })
 }
 
 #[cfg(not(feature = "faiss"))]
 fn open_faiss(_: &Path, _: &EmbeddingMatrix, _: IndexDevice) -> Result<Box<dyn VectorIndex>> {
-    Err(Error::Invalid(
-        "this index needs FAISS, and this cpack was built without the `faiss` feature".into(),
-    ))
+    Err(Error::NotBuiltWith {
+        feature: "faiss",
+        instead: "this index was built with FAISS: rebuild it with index.backend = \"exact\"",
+    })
 }
 
 #[cfg(test)]

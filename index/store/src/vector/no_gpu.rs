@@ -6,9 +6,8 @@ use super::VectorIndex;
 use crate::error::{Error, Result};
 
 pub fn upload(_index: FaissIndex, _ordinal: usize) -> Result<Box<dyn VectorIndex>> {
-    Err(Error::Invalid(
-        "index.device = \"gpu\" needs a cpack built with the `cuda` feature \
-         (scripts/build-cuda.sh); this one searches on the CPU only"
-            .into(),
-    ))
+    Err(Error::NotBuiltWith {
+        feature: "cuda",
+        instead: "index.device = \"gpu\" needs one (scripts/build-cuda.sh); this one searches on the CPU only",
+    })
 }

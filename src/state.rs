@@ -1,0 +1,60 @@
+//! `.cpack/`, the workspace's state beside `cpack.toml`: every path under
+//! it is named here.
+//!
+//! ```text
+//! .cpack/
+//!   index/       the workspace index (cpack-index: generations, CURRENT, LOCK)
+//!   negatives/   the mining rounds (cpack-miner: sled)
+//!   runs/        training runs (cpack-run: one folder per run)
+//!   onnx/        ONNX exports of the workspace's models, made by the ort backend
+//! ```
+
+use anyhow::{bail, Result};
+use cpack_index::store::IndexDir;
+use cpack_index::vector::IndexDevice;
+use cpack_run::RunsDir;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub const NAME: &'static str = ".cpack";
+
+    /// `workspace/.cpack`, refusing a symbolic link that leads nowhere (every
+    /// write under it would fail with a puzzling "File exists").
+    pub fn of(workspace: &Path) -> Result<Self> {
+        let root = workspace.join(Self::NAME);
+        if let Ok(link) = std::fs::read_link(&root) {
+            if !root.exists() {
+                bail!(
+                    "{} is a symbolic link to {}, which does not exist; create that folder or remove the link",
+                    root.display(),
+                    link.display()
+                );
+            }
+        }
+        Ok(StateDir { root })
+    }
+
+    /// The workspace index, searched on `device` once opened.
+    pub fn index(&self, device: IndexDevice) -> IndexDir {
+        IndexDir::new(self.root.join("index")).on(device)
+    }
+
+    /// The negatives store (sled).
+    pub fn negatives(&self) -> PathBuf {
+        self.root.join("negatives")
+    }
+
+    pub fn runs(&self) -> RunsDir {
+        RunsDir::new(self.root.join("runs"))
+    }
+
+    /// Where the ort backend keeps its exports, named by the weights' fingerprint.
+    pub fn onnx_cache(&self) -> PathBuf {
+        self.root.join("onnx")
+    }
+}

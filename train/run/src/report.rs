@@ -1,0 +1,126 @@
+//! `report.json`: the run's curve, one entry per finished epoch, rewritten
+//! atomically after each.
+
+use crate::error::{Error, Result};
+use crate::layout::RunDir;
+use crate::spec::RunSpec;
+use cpack_core::fsutil;
+use cpack_data::metrics::RetrievalMetrics;
+use cpack_index::align::AlignmentFit;
+use cpack_train::checkpoint::TrainerState;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Retrieval quality of one model on the evaluation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    pub metrics: RetrievalMetrics,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    /// Mining round trained on (`None`: in-batch negatives only).
+    pub round: Option<u32>,
+    pub mean_loss: f64,
+    pub optimizer_steps: u64,
+    pub train_seconds: f64,
+    pub train_tokens: u64,
+    /// Mining that produced this epoch's round (0 when the round was reused).
+    pub mine_seconds: f64,
+    /// Jaccard overlap of this round's negatives with the previous epoch's round.
+    pub negatives_overlap: Option<f64>,
+    /// Negatives retired during the epoch for scoring far below the positive.
+    #[serde(default)]
+    pub negatives_retired: usize,
+    /// Re-encoding the corpus with this epoch's checkpoint (and aligning
+    /// the stale vectors, if asked), and indexing it.
+    pub encode_seconds: f64,
+    pub index_seconds: f64,
+    /// Passages that re-encode encoded (fewer than the corpus when incremental).
+    #[serde(default)]
+    pub passages_encoded: usize,
+    /// Encoding the corpus for the evaluation alone (incremental refreshes
+    /// leave the run's index partly stale, so evaluation encodes its own).
+    #[serde(default)]
+    pub eval_encode_seconds: f64,
+    /// How the stale vectors of an aligned incremental refresh were mapped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentFit>,
+    pub eval: Option<EvalPoint>,
+    pub checkpoint: PathBuf,
+}
+
+/// `report.json`: the run's curve, rewritten after every epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub spec: RunSpec,
+    pub train_queries: usize,
+    pub skipped_no_positive: usize,
+    pub skipped_not_in_round: usize,
+    pub base: Option<EvalPoint>,
+    pub epochs: Vec<EpochReport>,
+}
+
+impl Report {
+    /// The report of a run that has not finished an epoch yet.
+    pub fn new(spec: RunSpec) -> Self {
+        Report {
+            spec,
+            train_queries: 0,
+            skipped_no_positive: 0,
+            skipped_not_in_round: 0,
+            base: None,
+            epochs: Vec::new(),
+        }
+    }
+
+    /// The report of `run`, if one was written.
+    pub fn read(run: &RunDir) -> Result<Option<Report>> {
+        let path = run.report_file();
+        Ok(if path.exists() {
+            Some(fsutil::read_json(&path)?)
+        } else {
+            None
+        })
+    }
+
+    /// The report of `run`; an error names a missing run, or a run whose
+    /// first epoch has not finished.
+    pub fn load(run: &RunDir) -> Result<Report> {
+        run.spec()?;
+        Report::read(run)?.ok_or_else(|| Error::NoReport {
+            path: run.path().to_path_buf(),
+            file: RunDir::REPORT_FILE,
+        })
+    }
+
+    pub fn write(&self, run: &RunDir) -> Result<()> {
+        Ok(fsutil::write_json_atomic(&run.report_file(), self)?)
+    }
+}
+
+impl EpochReport {
+    /// An epoch's report entry as its checkpoint state records it (before evaluation).
+    pub fn from_state(state: &TrainerState, checkpoint: PathBuf) -> EpochReport {
+        EpochReport {
+            epoch: state.epoch,
+            round: state.round,
+            mean_loss: state.stats.mean_loss,
+            optimizer_steps: state.stats.optimizer_steps,
+            train_seconds: state.stats.seconds,
+            train_tokens: state.stats.tokens,
+            mine_seconds: state.mine_seconds,
+            negatives_overlap: state.negatives_overlap,
+            negatives_retired: state.stats.retired,
+            encode_seconds: 0.0,
+            index_seconds: 0.0,
+            passages_encoded: 0,
+            eval_encode_seconds: 0.0,
+            alignment: None,
+            eval: None,
+            checkpoint,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! What a run was asked to do, resolved: the recipe with every default and
+//! the workspace's choices filled in, stored in `run.json` so `--resume`
+//! repeats it exactly.
+
+use crate::recipe::{LoopSettings, TrainRecipe};
+use cpack_core::InvalidSetting;
+use cpack_encode::EncoderSettings;
+use cpack_miner::MiningParams;
+use cpack_train::incremental::RefreshScope;
+use cpack_train::TrainSettings;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub name: String,
+    pub base_model: PathBuf,
+    pub encoder: EncoderSettings,
+    pub train: TrainSettings,
+    /// Epochs, refreshes and the training queries (stored at the top level
+    /// of `run.json`, as before the loop's settings had a type).
+    #[serde(flatten)]
+    pub run: LoopSettings,
+    /// Parameters of every mining round the run makes (split included).
+    pub mining: MiningParams,
+    /// Qrels split evaluated after each epoch; `None` = no evaluation.
+    pub eval_split: Option<String>,
+}
+
+impl RunSpec {
+    /// The run `recipe` asks for, named `name`, from `base_model` encoded as
+    /// `encoder` says; its rounds sample with `mining_seed` (the
+    /// workspace's, so runs that differ in the training seed mine alike).
+    pub fn new(
+        name: &str,
+        base_model: PathBuf,
+        encoder: EncoderSettings,
+        recipe: &TrainRecipe,
+        mining_seed: u64,
+        eval_split: Option<String>,
+    ) -> Result<Self, InvalidSetting> {
+        recipe.validate()?;
+        let negatives = recipe.trainer.default_negatives();
+        let mining = recipe.mining.params(negatives, mining_seed)?;
+        // Checked against no corpus here: its size only clamps topk.
+        mining.clone().validated(usize::MAX)?;
+        Ok(RunSpec {
+            name: name.to_string(),
+            base_model,
+            encoder,
+            train: recipe.trainer.clone(),
+            run: recipe.run.clone(),
+            mining,
+            eval_split,
+        })
+    }
+
+    /// Hard negatives are used at all (group size 1 = in-batch negatives only).
+    pub fn uses_rounds(&self) -> bool {
+        self.train.group_size > 1
+    }
+
+    /// A refresh (re-encode, re-index, re-mine) comes before `epoch`.
+    pub fn refresh_before(&self, epoch: usize) -> bool {
+        self.uses_rounds()
+            && self.run.refresh_every > 0
+            && epoch > 1
+            && (epoch - 1).is_multiple_of(self.run.refresh_every)
+    }
+
+    /// The refresh before `epoch` re-encodes the whole corpus.
+    pub fn whole_refresh_before(&self, epoch: usize) -> bool {
+        let nth = (epoch - 1) / self.run.refresh_every.max(1);
+        let every = self.run.full_refresh_every;
+        self.run.refresh == RefreshScope::Full || (every > 0 && nth.is_multiple_of(every))
+    }
+
+    /// Ranks of each training query's pool an incremental refresh re-encodes.
+    pub fn pool_depth(&self) -> usize {
+        self.run.refresh_depth.unwrap_or(self.mining.topk)
+    }
+
+    /// The epoch whose checkpoint mined the round that `epoch` trains on
+    /// (0: the base model).
+    pub fn mined_by(&self, epoch: usize) -> usize {
+        (2..=epoch)
+            .rev()
+            .find(|&e| self.refresh_before(e))
+            .map_or(0, |e| e - 1)
+    }
+
+    /// Optimizer steps of the whole run if every batch were full: the span
+    /// of the learning-rate schedule.
+    pub fn nominal_steps(&self, queries: usize) -> u64 {
+        let batches = queries.div_ceil(self.train.batch_size);
+        (batches.div_ceil(self.train.grad_accum) * self.run.epochs) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpack_model::Pooling;
+
+    fn spec(refresh_every: usize, epochs: usize) -> RunSpec {
+        let recipe = TrainRecipe {
+            run: LoopSettings {
+                epochs,
+                refresh_every,
+                ..LoopSettings::default()
+            },
+            ..TrainRecipe::default()
+        };
+        let encoder = EncoderSettings {
+            pooling: Pooling::Mean,
+            normalize: true,
+            query_max_len: 32,
+            passage_max_len: 64,
+            query_instruction: String::new(),
+            batch_size: 8,
+            batch_tokens: 0,
+        };
+        RunSpec::new("r", "model".into(), encoder, &recipe, 1, None).unwrap()
+    }
+
+    #[test]
+    fn refreshes_fall_every_n_epochs_and_rounds_remember_their_miner() {
+        let every_other = spec(2, 5);
+        let refreshed: Vec<usize> = (1..=5).filter(|&e| every_other.refresh_before(e)).collect();
+        assert_eq!(refreshed, [3, 5]);
+        assert_eq!(
+            (1..=5).map(|e| every_other.mined_by(e)).collect::<Vec<_>>(),
+            [0, 0, 2, 2, 4]
+        );
+        let fixed = spec(0, 3);
+        assert!((1..=3).all(|e| !fixed.refresh_before(e) && fixed.mined_by(e) == 0));
+    }
+
+    #[test]
+    fn a_spec_reads_the_run_json_it_writes_with_the_loop_at_the_top_level() {
+        let written = spec(1, 2);
+        let json = serde_json::to_value(&written).unwrap();
+        assert_eq!(json["epochs"], 2);
+        assert_eq!(json["refresh_every"], 1);
+        let read: RunSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(read, written);
+    }
+}
