@@ -7,7 +7,7 @@ use crate::select::{FilterCounts, PADDED};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
 use cpack_data::dataset::TextTable;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -37,6 +37,88 @@ fn by_text(table: &TextTable, full: bool) -> HashMap<String, usize> {
     map
 }
 
+/// Finds the dataset's ids for the texts of FlagEmbedding records.
+struct Matcher<'a> {
+    corpus: &'a TextTable,
+    queries: &'a TextTable,
+    /// Passages by `title + " " + text`, then by text alone.
+    passages: HashMap<String, usize>,
+    passages_plain: HashMap<String, usize>,
+    /// Several queries can share one text: successive lines take successive ids.
+    query_rows: HashMap<&'a str, VecDeque<usize>>,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(corpus: &'a TextTable, queries: &'a TextTable) -> Self {
+        let mut query_rows: HashMap<&str, VecDeque<usize>> = HashMap::new();
+        for (i, t) in queries.texts.iter().enumerate() {
+            query_rows.entry(t.as_str()).or_default().push_back(i);
+        }
+        Matcher {
+            corpus,
+            queries,
+            passages: by_text(corpus, true),
+            passages_plain: by_text(corpus, false),
+            query_rows,
+        }
+    }
+
+    /// The next unused id of the query with this text.
+    fn query(&mut self, text: &str) -> std::result::Result<String, String> {
+        match self.query_rows.get_mut(text).map(VecDeque::pop_front) {
+            Some(Some(q)) => Ok(self.queries.ids[q].clone()),
+            Some(None) => Err(format!(
+                "query {:?} appears more often than in queries.jsonl",
+                short(text)
+            )),
+            None => Err(format!("query {:?} is not in queries.jsonl", short(text))),
+        }
+    }
+
+    /// The passages of `texts`, with their scores where given.
+    fn passages(
+        &self,
+        texts: &[String],
+        scores: &Option<Vec<Option<f32>>>,
+    ) -> std::result::Result<Vec<ScoredDoc>, String> {
+        let score = |i: usize| scores.as_ref().and_then(|s| s.get(i).copied().flatten());
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let row = self.passages.get(t).or_else(|| self.passages_plain.get(t));
+                let row =
+                    row.ok_or_else(|| format!("passage {:?} is not in corpus.jsonl", short(t)))?;
+                Ok(ScoredDoc {
+                    id: self.corpus.ids[*row].clone(),
+                    rank: PADDED,
+                    score: score(i).unwrap_or(f32::NAN),
+                })
+            })
+            .collect()
+    }
+
+    /// One JSONL line as a query id and its record.
+    fn record(
+        &mut self,
+        line: &str,
+    ) -> std::result::Result<(String, QueryRecord, Option<String>), String> {
+        let row: FlagLine =
+            serde_json::from_str(line).map_err(|e| format!("not a FlagEmbedding record: {e}"))?;
+        let id = self.query(&row.query)?;
+        let positives = self.passages(&row.pos, &row.pos_scores)?;
+        let negatives = self.passages(&row.neg, &row.neg_scores)?;
+        let record = QueryRecord {
+            survivors: negatives.len() as u32,
+            negatives,
+            positives,
+            shortfall: 0,
+            filtered: FilterCounts::default(),
+        };
+        Ok((id, record, row.prompt))
+    }
+}
+
 /// Reads `path` and stores it as the next round; returns its manifest.
 pub fn import_flag_embedding(
     store: &NegativeStore,
@@ -45,85 +127,21 @@ pub fn import_flag_embedding(
     queries: &TextTable,
 ) -> Result<RoundManifest> {
     let text = std::fs::read_to_string(path).map_err(cpack_core::Error::io("read", path))?;
-    let passage_ids = by_text(corpus, true);
-    // Several queries can share one text: successive lines take successive ids.
-    let mut query_ids: HashMap<&str, std::collections::VecDeque<usize>> = HashMap::new();
-    for (i, t) in queries.texts.iter().enumerate() {
-        query_ids.entry(t.as_str()).or_default().push_back(i);
-    }
-    let passage_ids_plain = by_text(corpus, false);
-    let find_passage = |t: &str| {
-        passage_ids
-            .get(t)
-            .or_else(|| passage_ids_plain.get(t))
-            .copied()
-    };
+    let mut matcher = Matcher::new(corpus, queries);
     let mut records: Vec<(String, QueryRecord)> = Vec::new();
     let mut prompt = String::new();
-    for (n, line) in text
+    let lines = text
         .lines()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let at = |problem: String| Error::BadLine {
+        .filter(|(_, l)| !l.trim().is_empty());
+    for (n, line) in lines {
+        let (id, record, line_prompt) = matcher.record(line).map_err(|problem| Error::BadLine {
             path: path.to_path_buf(),
             line: n + 1,
             problem,
-        };
-        let row: FlagLine = serde_json::from_str(line)
-            .map_err(|e| at(format!("not a FlagEmbedding record: {e}")))?;
-        let qid = match query_ids
-            .get_mut(row.query.as_str())
-            .map(|ids| ids.pop_front())
-        {
-            Some(Some(q)) => queries.ids[q].clone(),
-            Some(None) => {
-                let problem = format!(
-                    "query {:?} appears more often than in queries.jsonl",
-                    short(&row.query)
-                );
-                return Err(at(problem));
-            }
-            None => {
-                return Err(at(format!(
-                    "query {:?} is not in queries.jsonl",
-                    short(&row.query)
-                )))
-            }
-        };
-        let docs =
-            |texts: &[String], scores: &Option<Vec<Option<f32>>>| -> Result<Vec<ScoredDoc>> {
-                texts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| match find_passage(t) {
-                        Some(p) => Ok(ScoredDoc {
-                            id: corpus.ids[p].clone(),
-                            rank: PADDED,
-                            score: scores
-                                .as_ref()
-                                .and_then(|s| s.get(i).copied().flatten())
-                                .unwrap_or(f32::NAN),
-                        }),
-                        None => Err(at(format!("passage {:?} is not in corpus.jsonl", short(t)))),
-                    })
-                    .collect()
-            };
-        let positives = docs(&row.pos, &row.pos_scores)?;
-        let negatives = docs(&row.neg, &row.neg_scores)?;
-        if let Some(p) = row.prompt {
-            prompt = p;
-        }
-        records.push((
-            qid,
-            QueryRecord {
-                survivors: negatives.len() as u32,
-                negatives,
-                positives,
-                shortfall: 0,
-                filtered: FilterCounts::default(),
-            },
-        ));
+        })?;
+        prompt = line_prompt.unwrap_or(prompt);
+        records.push((id, record));
     }
     if records.is_empty() {
         return Err(Error::NothingToImport {
@@ -131,19 +149,34 @@ pub fn import_flag_embedding(
         });
     }
     records.sort_by(|a, b| a.0.cmp(&b.0));
-    let round = store.next_round()?;
+    let manifest = imported_round(store.next_round()?, path, corpus, prompt, &records);
+    store.put_manifest(&manifest)?;
+    store.put_chunk(manifest.round, 0, &records)?;
     let manifest = RoundManifest {
+        complete: true,
+        ..manifest
+    };
+    store.put_manifest(&manifest)?;
+    Ok(manifest)
+}
+
+/// The manifest of round `round` imported from `path`, not complete yet.
+fn imported_round(
+    round: u32,
+    path: &Path,
+    corpus: &TextTable,
+    prompt: String,
+    records: &[(String, QueryRecord)],
+) -> RoundManifest {
+    let most = records.iter().map(|(_, r)| r.negatives.len()).max();
+    RoundManifest {
         round,
         params: MiningParams {
             split: format!("import:{}", path.display()),
             topk: 0,
             skip: 0,
             skip_after_filter: false,
-            negatives: records
-                .iter()
-                .map(|(_, r)| r.negatives.len())
-                .max()
-                .unwrap_or(0),
+            negatives: most.unwrap_or(0),
             sampling: Sampling::Top,
             on_short: OnShort::Keep,
             seed: 0,
@@ -163,15 +196,7 @@ pub fn import_flag_embedding(
         timings: MiningTimings::default(),
         query_model_fingerprint: None,
         index_embeddings: None,
-    };
-    store.put_manifest(&manifest)?;
-    store.put_chunk(round, 0, &records)?;
-    let manifest = RoundManifest {
-        complete: true,
-        ..manifest
-    };
-    store.put_manifest(&manifest)?;
-    Ok(manifest)
+    }
 }
 
 fn short(text: &str) -> String {

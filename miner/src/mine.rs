@@ -85,57 +85,29 @@ pub fn mine(
     progress: &dyn Progress,
 ) -> Result<MineOutcome> {
     // `IndexDir::open` checked that the index was built from this corpus.
-    let index_manifest = &input.index.manifest;
     let (params, clamp_note) = params.validated(input.index.ids.len())?;
     // Before any query is encoded: FAISS on a GPU returns at most 2048 hits.
     let most = input.index.vectors.max_k();
     if params.topk > most {
-        return Err(cpack_core::InvalidSetting::new(
-            "topk",
-            params.topk,
-            format!(
-                "is more than this index returns per query ({most} where it searches); \
-                 lower it or search on the CPU (index.device = \"cpu\")"
-            ),
-        )
-        .into());
+        let problem = format!(
+            "is more than this index returns per query ({most} where it searches); \
+             lower it or search on the CPU (index.device = \"cpu\")"
+        );
+        return Err(cpack_core::InvalidSetting::new("topk", params.topk, problem).into());
     }
-    let wanted = RoundIdentity::of_search(
-        index_manifest,
-        input.query_model_fingerprint.clone(),
-        params,
-    );
-    let fresh = RoundManifest {
-        round: 0,
-        params: wanted.params.clone(),
-        model_fingerprint: wanted.model_fingerprint.clone(),
-        corpus_fingerprint: wanted.corpus_fingerprint.clone(),
-        query_instruction: wanted.query_instruction.clone(),
-        index_generation: input.index.generation.to_string(),
-        chunk_queries: options.chunk_queries.max(1),
-        total_queries: 0,
-        complete: false,
-        created_unix: now(),
-        seconds: 0.0,
-        timings: MiningTimings::default(),
-        query_model_fingerprint: wanted.query_model_fingerprint.clone(),
-        index_embeddings: wanted.index_embeddings,
+    let fresh = RoundManifest::fresh(&input, params, options.chunk_queries);
+    let same_work = |m: &RoundManifest| {
+        m.identity() == fresh.identity() && m.index_generation == fresh.index_generation
     };
-    let same_work =
-        |m: &RoundManifest| m.identity() == wanted && m.index_generation == fresh.index_generation;
-    let latest = store.rounds()?.pop();
-    let (mut manifest, resumed) = match latest {
+    let (mut manifest, resumed) = match store.rounds()?.pop() {
         Some(m) if same_work(&m) && m.complete && !options.force => {
             return Ok(MineOutcome::UpToDate(m))
         }
         Some(m) if same_work(&m) && !m.complete => (m, true),
-        _ => (
-            RoundManifest {
-                round: store.next_round()?,
-                ..fresh
-            },
-            false,
-        ),
+        _ => {
+            let round = store.next_round()?;
+            (RoundManifest { round, ..fresh }, false)
+        }
     };
 
     let plan = QueryPlan::new(&input)?;
@@ -157,6 +129,34 @@ pub fn mine(
         queries_without_positives: plan.without_positives,
         notes: clamp_note.into_iter().collect(),
     })
+}
+
+impl RoundManifest {
+    /// The manifest of a round not yet numbered nor started, mining `input`
+    /// with `params` in chunks of `chunk_queries`.
+    fn fresh(input: &MiningInput, params: MiningParams, chunk_queries: usize) -> Self {
+        let wanted = RoundIdentity::of_search(
+            &input.index.manifest,
+            input.query_model_fingerprint.clone(),
+            params,
+        );
+        RoundManifest {
+            round: 0,
+            params: wanted.params,
+            model_fingerprint: wanted.model_fingerprint,
+            corpus_fingerprint: wanted.corpus_fingerprint,
+            query_instruction: wanted.query_instruction,
+            index_generation: input.index.generation.to_string(),
+            chunk_queries: chunk_queries.max(1),
+            total_queries: 0,
+            complete: false,
+            created_unix: now(),
+            seconds: 0.0,
+            timings: MiningTimings::default(),
+            query_model_fingerprint: wanted.query_model_fingerprint,
+            index_embeddings: wanted.index_embeddings,
+        }
+    }
 }
 
 fn now() -> u64 {

@@ -62,7 +62,7 @@ pub enum Error {
     DetachedLoss,
 
     #[error("optimizer state: {0}")]
-    OptimizerState(#[from] crate::optim::StateError),
+    OptimizerState(#[from] StateError),
 }
 
 impl From<cpack_index::Error> for Error {
@@ -98,6 +98,25 @@ impl Error {
         let io = cpack_core::Error::io(action, path);
         move |source| Error::File(io(source))
     }
+}
+
+/// Saved optimizer state that does not fit the model it is restored to.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("no {key}")]
+    Missing { key: String },
+    #[error("{key} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        key: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("the moments of {name} cannot be read")]
+    Unreadable {
+        name: String,
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,7 +1,7 @@
 //! AdamW with PyTorch's semantics, the linear warm-up/decay schedule of
 //! Hugging Face's `get_linear_schedule_with_warmup` over a run's epochs, and global-norm clipping.
 
-use crate::error::Result;
+use crate::error::{Result, StateError};
 use crate::update::{
     adamw_update, portable_adamw_update, scale, sum_of_squares, to_vec, AdamWStep,
 };
@@ -215,25 +215,6 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
-}
-
-/// Saved optimizer state that does not fit the model it is restored to.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("no {key}")]
-    Missing { key: String },
-    #[error("{key} has shape {found:?}, expected {expected:?}")]
-    Shape {
-        key: String,
-        found: Vec<usize>,
-        expected: Vec<usize>,
-    },
-    #[error("the moments of {name} cannot be read")]
-    Unreadable {
-        name: String,
-        #[source]
-        source: candle_core::Error,
-    },
 }
 
 /// Gradients summed over the micro-batches of one optimizer step.

@@ -2,11 +2,12 @@
 //! passages with gradients, contrastive loss, backward, clip, AdamW.
 
 use crate::data::{Batching, Group, TrainingSet};
+use crate::error::StateError;
 use crate::error::{Error, Result};
 use crate::frozen::FrozenPassages;
 use crate::loss::{contrastive_loss, LossKind};
 use crate::model::TrainableEncoder;
-use crate::optim::{AdamW, AdamWParams, Gradients, Schedule, StateError};
+use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
 use crate::steps::{BatchRecord, StepRecord};
 use candle_core::{Tensor, Var};
 use cpack_core::Progress;

@@ -12,7 +12,8 @@ use cpack_model::{BertModel, ComputeDevice, EmbeddingHead, Mode, ModelDir, Pooli
 /// Padded tokens per forward pass; batches are run in slices of this size.
 /// The matrix kernel packs each weight matrix once per product, so longer
 /// runs amortise that; much longer ones spill the activations out of cache.
-/// Chosen with `cpack-bench encode --real` at lengths 128 and 256.
+/// A benchmark result: `bench/encode_real.sh` measures it again on the
+/// machine at hand.
 const TOKENS_PER_RUN: usize = 2048;
 
 pub struct CandleBackend {

@@ -251,9 +251,9 @@ impl Encoder {
     ///
     /// On a few cores this beats splitting every matrix product across
     /// threads: no thread waits at a barrier between the many small ops of a
-    /// layer. Each batch is still computed as a whole by one thread, so results
-    /// are bit-identical to the sequential path. The caller should make the
-    /// kernels single-threaded (`CANDLE_NUM_THREADS=1`, one BLAS thread).
+    /// layer. Each batch is still computed as a whole by one thread (each
+    /// worker runs its kernels in a one-thread rayon pool of its own), so
+    /// results are bit-identical to the sequential path.
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self

@@ -189,8 +189,8 @@ impl EncoderBackend for OrtBackend {
     }
 
     fn tokens_per_run(&self) -> usize {
-        // Short runs keep ORT's activations in cache; chosen with
-        // `cpack-bench encode --backend ort` (README, encoder runtimes).
+        // Short runs keep ORT's activations in cache. A benchmark result:
+        // `bench/encode_real.sh` measures it again on the machine at hand.
         256
     }
 

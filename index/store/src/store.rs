@@ -133,6 +133,27 @@ impl BuildPlan {
         }
     }
 
+    /// Fails now, before any encoding, if the plan cannot be built: an index
+    /// kind that cannot hold these vectors, or a base of another size.
+    fn check(&self) -> Result<()> {
+        self.index.check(self.stamp.dim)?;
+        let Some(partial) = &self.partial else {
+            return Ok(());
+        };
+        let needed = (self.rows * self.stamp.dim * self.precision.bytes()) as u64;
+        if partial.base_sum.bytes == needed {
+            return Ok(());
+        }
+        Err(Error::bad_file(
+            &partial.base_embeddings,
+            format!(
+                "holds {} bytes of vectors, a refresh of {} rows × {} at {:?} needs {needed}: \
+                 refresh the whole index instead",
+                partial.base_sum.bytes, self.rows, self.stamp.dim, self.precision
+            ),
+        ))
+    }
+
     /// Rows not encoded under this plan's stamp (0 for a whole build).
     pub fn stale_rows(&self) -> usize {
         self.partial
@@ -313,6 +334,35 @@ fn generation_files(dir: &Path, precision: Precision) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Builds the vector index over the embeddings in `build_dir` and saves it
+/// there; returns the seconds it took.
+fn index_build(build_dir: &Path, plan: &BuildPlan, progress: &dyn Progress) -> Result<f64> {
+    progress.stage(&format!("indexing ({})", plan.index), 0);
+    let started = Instant::now();
+    let embeddings = Arc::new(EmbeddingMatrix::open(
+        &build_dir.join(plan.precision.file_name()),
+        plan.rows,
+        plan.stamp.dim,
+        plan.precision,
+    )?);
+    // Encoding is over: FAISS training (k-means) gets every thread.
+    let vectors = plan.index.build(embeddings, rayon::current_num_threads())?;
+    vectors.save(build_dir)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Size and checksum of every file of the finished generation in `dir`.
+fn checksums(
+    dir: &Path,
+    precision: Precision,
+) -> Result<std::collections::BTreeMap<String, fsutil::FileSum>> {
+    let mut files = std::collections::BTreeMap::new();
+    for name in generation_files(dir, precision)? {
+        files.insert(name.clone(), fsutil::FileSum::of(&dir.join(&name))?);
+    }
+    Ok(files)
 }
 
 /// Copies the base generation's embeddings to `data` (synced), after checking
@@ -515,74 +565,30 @@ impl IndexDir {
         options: BuildOptions,
         progress: &dyn Progress,
     ) -> Result<BuildOutcome> {
-        plan.index.check(plan.stamp.dim)?;
-        if let Some(partial) = &plan.partial {
-            let needed = (plan.rows * plan.stamp.dim * plan.precision.bytes()) as u64;
-            if partial.base_sum.bytes != needed {
-                return Err(Error::bad_file(
-                    &partial.base_embeddings,
-                    format!(
-                        "holds {} bytes of vectors, a refresh of {} rows × {} at {:?} needs {needed}: \
-                         refresh the whole index instead",
-                        partial.base_sum.bytes, plan.rows, plan.stamp.dim, plan.precision
-                    ),
-                ));
-            }
-        }
+        plan.check()?;
         fs::create_dir_all(&self.root).map_err(Error::io("create", &self.root))?;
         let _lock = self.lock()?;
-        if !options.force {
-            if let Some((generation, manifest)) = self.current()? {
-                let intact = || {
-                    manifest.format_version == FORMAT_VERSION
-                        && manifest
-                            .verify_files(&self.generation_dir(generation))
-                            .is_ok()
-                };
-                if manifest.plan == plan && intact() {
-                    return Ok(BuildOutcome::UpToDate { generation });
-                }
-            }
+        if let Some(generation) = self.up_to_date(&plan, options.force)? {
+            return Ok(BuildOutcome::UpToDate { generation });
         }
         let build_dir = self.root.join(BUILD);
         let mut state = self.resume_or_start(&build_dir, &plan, progress)?;
         let resumed_from_row = state.rows_done;
+        let chunk_rows = options.chunk_rows.max(1);
         self.encode_remaining(
-            &build_dir,
-            &mut state,
-            corpus,
-            encoder,
-            options.chunk_rows.max(1),
-            progress,
+            &build_dir, &mut state, corpus, encoder, chunk_rows, progress,
         )?;
-
         let alignment = match &plan.partial {
             Some(partial) if partial.stale == StaleVectors::Aligned => {
                 Some(align_stale(&build_dir, &plan, partial, progress)?)
             }
             _ => None,
         };
-
-        progress.stage(&format!("indexing ({})", plan.index), 0);
-        let started = Instant::now();
-        let embeddings = Arc::new(EmbeddingMatrix::open(
-            &build_dir.join(plan.precision.file_name()),
-            plan.rows,
-            plan.stamp.dim,
-            plan.precision,
-        )?);
-        // Encoding is over: FAISS training (k-means) gets every thread.
-        let vectors = plan.index.build(embeddings, rayon::current_num_threads())?;
-        vectors.save(&build_dir)?;
-        state.timings.index_seconds = started.elapsed().as_secs_f64();
-
+        state.timings.index_seconds = index_build(&build_dir, &plan, progress)?;
         fsutil::write_json_atomic(&build_dir.join(IDS), &corpus.ids)?;
-        let mut files = std::collections::BTreeMap::new();
-        for name in generation_files(&build_dir, plan.precision)? {
-            files.insert(name.clone(), fsutil::FileSum::of(&build_dir.join(&name))?);
-        }
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
+            files: checksums(&build_dir, plan.precision)?,
             plan,
             model_path: provenance.model_path.display().to_string(),
             corpus_path: provenance.corpus_path.display().to_string(),
@@ -590,7 +596,6 @@ impl IndexDir {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             timings: state.timings.clone(),
-            files,
             encoded_on: encoder.device(),
             alignment,
         };
@@ -603,6 +608,24 @@ impl IndexDir {
             resumed_from_row,
             manifest: Box::new(manifest),
         })
+    }
+
+    /// The live generation, when it was built to `plan` and is intact
+    /// (never when `force`d: the caller wants a new one).
+    fn up_to_date(&self, plan: &BuildPlan, force: bool) -> Result<Option<Generation>> {
+        if force {
+            return Ok(None);
+        }
+        let Some((generation, manifest)) = self.current()? else {
+            return Ok(None);
+        };
+        let intact = || {
+            manifest.format_version == FORMAT_VERSION
+                && manifest
+                    .verify_files(&self.generation_dir(generation))
+                    .is_ok()
+        };
+        Ok((manifest.plan == *plan && intact()).then_some(generation))
     }
 
     /// Holds the workspace's build lock until dropped: two builds writing

@@ -58,7 +58,7 @@ pub enum Error {
     OptimizerState {
         path: PathBuf,
         #[source]
-        source: Box<cpack_train::optim::StateError>,
+        source: Box<cpack_train::error::StateError>,
     },
 
     #[error("a training step of batch {batch} × group {group} at {passage_len} passage tokens needs about {needed}, and {available} is available; {fix}")]
