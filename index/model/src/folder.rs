@@ -8,6 +8,7 @@ use cpack_core::fsutil;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// A validated model folder, not yet loaded into memory.
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct ModelDir {
     pub declared_normalize: bool,
     /// `max_seq_length` from `sentence_bert_config.json`, if present.
     pub declared_max_len: Option<usize>,
+    /// [`ModelDir::fingerprint`], hashed once per opened folder: every
+    /// stamp, round and manifest asks for it.
+    fingerprint: OnceLock<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,12 +97,21 @@ impl ModelDir {
             declared_pooling,
             declared_normalize,
             declared_max_len,
+            fingerprint: OnceLock::new(),
         })
     }
 
     /// Hash of config, weights and tokenizer: two folders with the same
     /// fingerprint produce the same embeddings.
     pub fn fingerprint(&self) -> Result<String> {
+        if let Some(known) = self.fingerprint.get() {
+            return Ok(known.clone());
+        }
+        let hashed = self.hash_files()?;
+        Ok(self.fingerprint.get_or_init(|| hashed).clone())
+    }
+
+    fn hash_files(&self) -> Result<String> {
         let mut hasher = Sha256::new();
         for path in [
             &self.dir.join("config.json"),

@@ -33,13 +33,13 @@ pub enum Error {
     #[error("run name {name:?} is not allowed: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' (it names a folder under .cpack/runs/)")]
     BadRunName { name: String },
 
-    #[error("run {name} already exists at {path}; continue it with --resume, or name a new one with --run")]
+    #[error("run {name} already exists at {path}; continue it with `cpack train --resume`, or name a new one with `cpack train --run NAME`")]
     RunExists { name: String, path: PathBuf },
 
     #[error("there is no run to resume at {path} (no {file})")]
     NothingToResume { path: PathBuf, file: &'static str },
 
-    #[error("there is no training run at {path} (no {file}); `cpack report` without --run shows the newest")]
+    #[error("there is no training run at {path} (no {file}); `cpack report` shows the newest run")]
     NoRun { path: PathBuf, file: &'static str },
 
     #[error("{path} has no {file} yet (no epoch has finished)")]
