@@ -24,6 +24,7 @@ use std::process::ExitCode;
 
 /// Parses the command line, runs the command, prints any error as a chain.
 pub fn main() -> ExitCode {
+    process::before_threads();
     let command = cli::Cli::command();
     let matches = command.clone().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

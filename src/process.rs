@@ -2,6 +2,18 @@
 //! policies every library then receives as values (thread counts), or
 //! that only a process can choose (the allocator's).
 
+/// Keeps candle's own thread pool empty. Call it first thing in `main`,
+/// while the process has one thread (the environment is process-wide).
+///
+/// candle runs its element-wise ops on a spinning pool of its own, sized by
+/// `CANDLE_NUM_THREADS` alone (no API sets it): beside cpack's encoder
+/// workers and rayon's pool, its workers spin on the same cores and slow
+/// every encode. With one thread candle runs those ops inline, on whichever
+/// worker asked.
+pub fn before_threads() {
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+}
+
 /// Starts rayon's global pool on `threads` cores (0 = every core) and
 /// tells glibc to keep freed memory; returns the threads the global pool
 /// really has (fewer or more than asked only if it was started before).

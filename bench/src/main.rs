@@ -138,6 +138,7 @@ fn parse(args: &[String]) -> Result<EncodeArgs> {
 }
 
 fn main() -> Result<()> {
+    cpack::process::before_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("encode") => encode(parse(&args[1..])?),
