@@ -88,16 +88,6 @@ impl Error {
             _ => None,
         }
     }
-
-    /// A file-system error naming the action and the path (cpack-core's
-    /// I/O error, so every crate words these alike).
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
-        let io = cpack_core::Error::io(action, path);
-        move |source| Error::File(io(source))
-    }
 }
 
 /// Saved optimizer state that does not fit the model it is restored to.
@@ -118,5 +108,7 @@ pub enum StateError {
         source: candle_core::Error,
     },
 }
+
+cpack_core::file_errors!(Error::File);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -46,3 +46,30 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Gives a crate's error type the file-error constructors every crate
+/// words alike: `io(action, path)` for `map_err`, and `bad_file(path,
+/// problem)`, both wrapping this crate's [`Error`] in the variant named.
+#[macro_export]
+macro_rules! file_errors {
+    ($error:ident :: $variant:ident) => {
+        impl $error {
+            /// An I/O error naming what was being done and to which path.
+            pub fn io(
+                action: &'static str,
+                path: impl Into<std::path::PathBuf>,
+            ) -> impl FnOnce(std::io::Error) -> $error {
+                let io = $crate::Error::io(action, path);
+                move |source| $error::$variant(io(source))
+            }
+
+            /// A file whose content cannot be used, and why.
+            pub fn bad_file(path: impl Into<std::path::PathBuf>, problem: String) -> $error {
+                $error::$variant($crate::Error::BadFile {
+                    path: path.into(),
+                    problem,
+                })
+            }
+        }
+    };
+}

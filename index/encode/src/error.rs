@@ -38,15 +38,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// An I/O error naming what was being done and to which path.
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
-        let io = cpack_core::Error::io(action, path);
-        move |source| Error::File(io(source))
-    }
-
     /// The setting this error refuses, if it is one.
     pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
         match self {
@@ -63,5 +54,7 @@ impl Error {
         })
     }
 }
+
+cpack_core::file_errors!(Error::File);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

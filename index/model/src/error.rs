@@ -30,22 +30,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// An I/O error naming what was being done and to which path.
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
-        let io = cpack_core::Error::io(action, path);
-        move |source| Error::File(io(source))
-    }
-
-    pub(crate) fn bad_file(path: &std::path::Path, problem: String) -> Error {
-        Error::File(cpack_core::Error::BadFile {
-            path: path.to_path_buf(),
-            problem,
-        })
-    }
-}
+cpack_core::file_errors!(Error::File);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -76,15 +76,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// An I/O error naming what was being done and to which path.
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
-        let io = cpack_core::Error::io(action, path);
-        move |source| Error::File(io(source))
-    }
-
     /// The setting this error refuses, if it is one.
     pub fn setting(&self) -> Option<&cpack_core::InvalidSetting> {
         match self {
@@ -93,13 +84,8 @@ impl Error {
             _ => None,
         }
     }
-
-    pub(crate) fn bad_file(path: impl Into<PathBuf>, problem: String) -> Error {
-        Error::File(cpack_core::Error::BadFile {
-            path: path.into(),
-            problem,
-        })
-    }
 }
+
+cpack_core::file_errors!(Error::File);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

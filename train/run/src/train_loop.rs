@@ -55,17 +55,7 @@ pub fn run(
     }
     epochs.note_skipped(&mut report, progress);
     if let Some(entry) = epochs.unfinished.take() {
-        let entry = finish_epoch(
-            ws,
-            &spec,
-            &epochs.current,
-            &passages,
-            &epochs.set,
-            entry,
-            progress,
-        )?;
-        report.epochs.push(entry);
-        report.write(run)?;
+        epochs.finish(entry, &passages, &mut report, progress)?;
     }
     let ids: Vec<&str> = epochs
         .set
@@ -76,17 +66,7 @@ pub fn run(
     fsutil::write_json_atomic(&run.queries_file(), &ids)?;
     for epoch in epochs.first_epoch..=spec.run.epochs {
         let entry = epochs.train(epoch, &passages, &mut report, progress)?;
-        let entry = finish_epoch(
-            ws,
-            &spec,
-            &epochs.current,
-            &passages,
-            &epochs.set,
-            entry,
-            progress,
-        )?;
-        report.epochs.push(entry);
-        report.write(run)?;
+        epochs.finish(entry, &passages, &mut report, progress)?;
     }
     Ok(report)
 }
@@ -366,6 +346,21 @@ impl<'a> Epochs<'a> {
         let saved = self.save(&state, progress)?;
         self.current = ActiveModel::open(ModelDir::open(&saved)?, &spec.encoder, ws)?;
         Ok(EpochReport::from_state(&state, saved))
+    }
+
+    /// Ends an epoch whose checkpoint is written: builds what the next epoch
+    /// or the evaluation needs, evaluates, and adds `entry` to the report.
+    fn finish(
+        &self,
+        entry: EpochReport,
+        passages: &Passages,
+        report: &mut Report,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let (ws, spec, set) = (self.ws, self.spec, &self.set);
+        let entry = finish_epoch(ws, spec, &self.current, passages, set, entry, progress)?;
+        report.epochs.push(entry);
+        report.write(self.run)
     }
 
     /// Mines (or finds) the current model's round; a new one replaces the
