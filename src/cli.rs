@@ -152,10 +152,12 @@ pub struct ReportArgs {
     /// Print report.json as is.
     #[arg(long)]
     pub json: bool,
-    /// Also write the curves (metrics and loss per epoch) as an HTML page with SVG charts.
+    /// Also write the curves (metrics and loss per epoch) as an HTML page
+    /// with SVG charts (replaced atomically; `-` writes stdout).
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Also draw the curves (nDCG@10 and loss per epoch) as a PNG picture.
+    /// Also draw the curves (nDCG@10 and loss per epoch) as a PNG picture
+    /// (replaced atomically; `-` writes stdout).
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
 }
@@ -213,7 +215,8 @@ pub struct ExportArgs {
     /// Model folder, checkpoint (.cpack/runs/<run>/epoch-N) or Hugging Face hub id.
     #[arg(value_name = "CHECKPOINT")]
     pub model: PathBuf,
-    /// The ONNX file to write (atomically: it appears whole or not at all).
+    /// The ONNX file to write (atomically: it appears whole or not at all);
+    /// `-` writes stdout, a FIFO or device is written through.
     #[arg(value_name = "OUT.onnx")]
     pub output: PathBuf,
     /// Print what was written as JSON.
@@ -279,7 +282,8 @@ pub struct EmbedArgs {
     /// JSONL input, one {"text": …} object per line; `-` reads stdin.
     #[arg(long, short, value_name = "FILE")]
     pub input: PathBuf,
-    /// JSONL output (each input object plus "embedding"); `-` writes stdout.
+    /// JSONL output (each input object plus "embedding"), replaced
+    /// atomically; `-` writes stdout, a FIFO or device is written through.
     #[arg(long, short, value_name = "FILE", default_value = "-")]
     pub output: PathBuf,
     /// Treat the texts as queries: apply the query instruction and query max length.
@@ -371,7 +375,8 @@ pub struct MineExportArgs {
     /// flag-embedding ({"query","pos","neg","pos_scores","neg_scores","prompt"}), triplets or ids.
     #[arg(long, value_enum, default_value_t = cpack_miner::export::ExportFormat::FlagEmbedding)]
     pub format: cpack_miner::export::ExportFormat,
-    /// Output file; `-` writes stdout.
+    /// Output file, replaced atomically; `-` writes stdout, a FIFO or
+    /// device (/dev/stdout) is written through, a symlink's target replaced.
     #[arg(long, short, default_value = "-")]
     pub output: PathBuf,
 }

@@ -6,6 +6,17 @@
 //! targets reach the `cpack.toml` reader and the benchmarks the process
 //! set-up.
 
+/// `println!` that hands back the write's error instead of panicking, so a
+/// closed pipe (`cpack report | head -1`) travels up as an error that
+/// [`main`] ends quietly. All of a command's standard output goes through it
+/// (or through [`cpack_core::write_output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod cli;
 mod commands;
 pub mod config;

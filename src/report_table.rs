@@ -13,18 +13,18 @@ pub fn metric(
 
 /// Prints the run's settings, its strategy (when it has one) and one row
 /// per epoch.
-pub fn print(report: &Report) {
-    print_settings(report);
+pub fn print(report: &Report) -> std::io::Result<()> {
+    print_settings(report)?;
     let strategy = strategy(report);
     if !strategy.is_empty() {
-        println!("{}", strategy.join(" · "));
+        outln!("{}", strategy.join(" · "))?;
     }
-    print_epochs(report);
+    print_epochs(report)
 }
 
-fn print_settings(report: &Report) {
+fn print_settings(report: &Report) -> std::io::Result<()> {
     let s = &report.spec;
-    println!(
+    outln!(
         "run {} · {} epochs · refresh every {} · {} loss τ={} · batch {} × group {} · lr {} · {} training queries{}",
         s.name,
         s.run.epochs,
@@ -36,7 +36,7 @@ fn print_settings(report: &Report) {
         s.train.lr,
         report.train_queries,
         s.eval_split.as_ref().map_or(String::new(), |e| format!(" · eval on {e}")),
-    );
+    )
 }
 
 /// What the run does beyond the plain loop, one phrase each.
@@ -77,8 +77,8 @@ fn strategy(report: &Report) -> Vec<String> {
     strategy
 }
 
-fn print_epochs(report: &Report) {
-    println!(
+fn print_epochs(report: &Report) -> std::io::Result<()> {
+    outln!(
         "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
         "epoch",
         "round",
@@ -92,9 +92,9 @@ fn print_epochs(report: &Report) {
         "mine s",
         "eval s",
         "overlap"
-    );
+    )?;
     if let Some(base) = &report.base {
-        println!(
+        outln!(
             "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7.0} {:>8}",
             "base",
             "-",
@@ -108,10 +108,10 @@ fn print_epochs(report: &Report) {
             "-",
             base.seconds,
             "-"
-        );
+        )?;
     }
     for e in &report.epochs {
-        println!(
+        outln!(
             "{:<6} {:>5} {:>8.4} {:>8} {:>8} {:>8} {:>8.0} {:>8.0} {:>8.1} {:>7.0} {:>7} {:>8}",
             e.epoch,
             e.round.map_or("-".into(), |r| r.to_string()),
@@ -128,8 +128,9 @@ fn print_epochs(report: &Report) {
                 .map_or("-".into(), |p| format!("{:.0}", p.seconds)),
             e.negatives_overlap
                 .map_or("-".into(), |o| format!("{o:.3}")),
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// ", stale vectors aligned (…)" for a run that aligns them: each refresh's

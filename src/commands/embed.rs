@@ -5,7 +5,7 @@ use crate::runtime::{open_encoder, Context};
 use anyhow::{anyhow, bail, Context as _, Result};
 use cpack_core::Progress;
 use cpack_encode::TextKind;
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 
 pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
@@ -32,7 +32,6 @@ pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
     })?;
     ctx.progress.finish();
 
-    let output_name = args.output.display().to_string();
     let mut lines = Vec::with_capacity(records.len());
     for (i, (mut object, _)) in records.into_iter().enumerate() {
         let row = &vectors[i * encoder.dim()..(i + 1) * encoder.dim()];
@@ -40,13 +39,7 @@ pub fn run(ctx: &Context, args: EmbedArgs) -> Result<()> {
         lines.push(serde_json::to_string(&object)?);
     }
     let body = lines.join("\n") + "\n";
-    if output_name == "-" {
-        let mut out = BufWriter::new(std::io::stdout().lock());
-        out.write_all(body.as_bytes())?;
-        out.flush()?;
-    } else {
-        cpack_core::fsutil::atomic_write(&args.output, body.as_bytes())?;
-    }
+    cpack_core::write_output(&args.output, body.as_bytes())?;
     Ok(())
 }
 

@@ -34,7 +34,7 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     );
     ctx.progress.finish();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "split": args.split,
@@ -46,20 +46,23 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
                 "query_encode_seconds": encode_seconds,
                 "search_seconds": search_seconds,
             }))?
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "split {} · {} queries · index {} ({})",
-            args.split, m.queries, index.generation, index.manifest.plan.index
-        );
-        println!("model fingerprint {}", stamp.model_fingerprint);
+            args.split,
+            m.queries,
+            index.generation,
+            index.manifest.plan.index
+        )?;
+        outln!("model fingerprint {}", stamp.model_fingerprint)?;
         if let Some(model) = &args.query_model {
-            println!("queries encoded by {}", model.display());
+            outln!("queries encoded by {}", model.display())?;
         }
-        println!("nDCG@10    {:.4}", m.ndcg_at_10);
-        println!("MRR@10     {:.4}", m.mrr_at_10);
-        println!("Recall@10  {:.4}", m.recall_at_10);
-        println!("Recall@100 {:.4}", m.recall_at_100);
+        outln!("nDCG@10    {:.4}", m.ndcg_at_10)?;
+        outln!("MRR@10     {:.4}", m.mrr_at_10)?;
+        outln!("Recall@10  {:.4}", m.recall_at_10)?;
+        outln!("Recall@100 {:.4}", m.recall_at_100)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 #[cfg(feature = "ort")]
 pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
     use anyhow::Context as _;
-    use cpack_encode::onnx::{export_to, ExportOptions};
+    use cpack_encode::onnx::{export_bytes, ExportOptions};
     use cpack_encode::WeightPrecision;
     use cpack_model::{ModelDir, Pooling};
     use std::time::Instant;
@@ -27,11 +27,11 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
         },
     };
     let started = Instant::now();
-    export_to(&model, options, &args.output)
+    let graph = export_bytes(&model, options)
         .with_context(|| format!("cannot export {}", model_dir.display()))?;
-    let bytes = std::fs::metadata(&args.output)
-        .with_context(|| format!("cannot stat {}", args.output.display()))?
-        .len();
+    let bytes = graph.len();
+    create_parent(&args.output)?;
+    cpack_core::write_output(&args.output, &graph)?;
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let summary = serde_json::json!({
@@ -44,9 +44,9 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
             "bytes": bytes,
             "seconds": seconds,
         });
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else {
-        println!(
+        outln!(
             "wrote {} ({:.1} MB, {} weights, {pooling} pooling{}, opset {}) in {seconds:.1} s",
             args.output.display(),
             bytes as f64 / 1e6,
@@ -57,9 +57,20 @@ pub fn run(ctx: &Context, args: ExportArgs) -> Result<()> {
                 ""
             },
             cpack_encode::onnx::OPSET,
-        );
+        )?;
     }
     Ok(())
+}
+
+/// `OUT.onnx` may name a folder that does not exist yet.
+#[cfg(feature = "ort")]
+fn create_parent(output: &std::path::Path) -> Result<()> {
+    use anyhow::Context as _;
+    match output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display())),
+        None => Ok(()),
+    }
 }
 
 #[cfg(not(feature = "ort"))]

@@ -54,12 +54,12 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
     match outcome {
         BuildOutcome::UpToDate { generation } => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"status": "up-to-date", "generation": generation})
-                );
+                )?;
             } else {
-                println!("index {generation} is up to date (use --force to rebuild)");
+                outln!("index {generation} is up to date (use --force to rebuild)")?;
             }
         }
         BuildOutcome::Built {
@@ -69,7 +69,7 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
         } => {
             let t = &manifest.timings;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "status": "built",
@@ -80,9 +80,9 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
                         "index": manifest.plan.index.to_string(),
                         "timings": t,
                     })
-                );
+                )?;
             } else {
-                println!(
+                outln!(
                     "built index {generation}: {} passages × {} dims, {}; encode {:.1}s ({:.0} tokens/s), index {:.1}s{}",
                     manifest.plan.rows,
                     manifest.plan.stamp.dim,
@@ -95,7 +95,7 @@ fn report(outcome: &BuildOutcome, json: bool) -> Result<()> {
                     } else {
                         String::new()
                     }
-                );
+                )?;
             }
         }
     }
@@ -111,32 +111,41 @@ fn info(ctx: &Context, json: bool) -> Result<()> {
         );
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        outln!("{}", serde_json::to_string_pretty(&manifest)?)?;
         return Ok(());
     }
     let p = &manifest.plan;
-    println!("generation        {generation}");
-    println!("passages          {} ({})", p.rows, manifest.corpus_path);
-    println!(
+    outln!("generation        {generation}")?;
+    outln!("passages          {} ({})", p.rows, manifest.corpus_path)?;
+    outln!(
         "model             {} (fingerprint {})",
-        manifest.model_path, p.stamp.model_fingerprint
-    );
-    println!(
+        manifest.model_path,
+        p.stamp.model_fingerprint
+    )?;
+    outln!(
         "encoder           {} {} · {} pooling · normalize {}",
-        p.stamp.encoder_backend, p.stamp.encoder_precision, p.stamp.pooling, p.stamp.normalize
-    );
-    println!(
+        p.stamp.encoder_backend,
+        p.stamp.encoder_precision,
+        p.stamp.pooling,
+        p.stamp.normalize
+    )?;
+    outln!(
         "max lengths       query {} · passage {}",
-        p.stamp.query_max_len, p.stamp.passage_max_len
-    );
-    println!("query instruction {:?}", p.stamp.query_instruction);
-    println!(
+        p.stamp.query_max_len,
+        p.stamp.passage_max_len
+    )?;
+    outln!("query instruction {:?}", p.stamp.query_instruction)?;
+    outln!(
         "index             {} · {} dims · {:?}",
-        p.index, p.stamp.dim, p.precision
-    );
-    println!(
+        p.index,
+        p.stamp.dim,
+        p.precision
+    )?;
+    outln!(
         "timings           encode {:.1}s · index {:.1}s · {} tokens",
-        manifest.timings.encode_seconds, manifest.timings.index_seconds, manifest.timings.tokens
-    );
+        manifest.timings.encode_seconds,
+        manifest.timings.index_seconds,
+        manifest.timings.tokens
+    )?;
     Ok(())
 }

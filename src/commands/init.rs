@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, args: InitArgs) -> Result<()> {
         declared: &declared,
     }
     .render();
-    cpack_core::fsutil::atomic_write(&target, text.as_bytes())?;
+    cpack_core::write_output(&target, text.as_bytes())?;
     ctx.progress.note(&format!(
         "wrote {} (model {}, {} pooling{}, dataset {})",
         target.display(),

@@ -12,7 +12,6 @@ use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningRecipe, NegativeStore};
-use std::io::Write;
 
 pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
     match args.action {
@@ -33,12 +32,12 @@ fn import_round(ctx: &Context, args: MineImportArgs) -> Result<()> {
         &dataset.corpus,
         &dataset.queries,
     )?;
-    println!(
+    outln!(
         "imported {} queries from {} as round {}",
         manifest.total_queries,
         args.input.display(),
         manifest.round
-    );
+    )?;
     Ok(())
 }
 
@@ -79,7 +78,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let outcome = cpack_miner::mine(&store, input, params, options, &ctx.progress)?;
     ctx.progress.finish();
     match outcome {
-        MineOutcome::UpToDate(m) => print_up_to_date(m.round, args.json),
+        MineOutcome::UpToDate(m) => print_up_to_date(m.round, args.json)?,
         MineOutcome::Mined {
             manifest,
             resumed,
@@ -96,7 +95,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
                 resumed,
                 queries_without_positives,
             };
-            mined.print(args.json);
+            mined.print(args.json)?;
         }
     }
     Ok(())
@@ -107,7 +106,7 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
 fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Result<()> {
     let in_use = config.state.runs().rounds_in_use()?;
     let removed = store.gc(keep, &in_use)?;
-    println!(
+    outln!(
         "removed {} round(s) {removed:?}; kept the newest {keep}{}",
         removed.len(),
         if in_use.is_empty() {
@@ -115,19 +114,20 @@ fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Resul
         } else {
             format!(" and the rounds training runs resume from {in_use:?}")
         }
-    );
+    )?;
     Ok(())
 }
 
-fn print_up_to_date(round: u32, json: bool) {
+fn print_up_to_date(round: u32, json: bool) -> std::io::Result<()> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"status": "up-to-date", "round": round})
-        );
+        )?;
     } else {
-        println!("round {round} already holds these negatives (use --force to mine again)");
+        outln!("round {round} already holds these negatives (use --force to mine again)")?;
     }
+    Ok(())
 }
 
 /// A round just mined, as `cpack mine` reports it.
@@ -139,10 +139,10 @@ struct Mined<'a> {
 }
 
 impl Mined<'_> {
-    fn print(&self, json: bool) {
+    fn print(&self, json: bool) -> std::io::Result<()> {
         let (manifest, s) = (self.manifest, &self.stats);
         if json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({
                     "status": "mined",
@@ -156,9 +156,9 @@ impl Mined<'_> {
                     "seconds": manifest.seconds,
                     "timings": manifest.timings,
                 })
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
                 manifest.round,
                 if self.resumed { " (resumed)" } else { "" },
@@ -169,8 +169,9 @@ impl Mined<'_> {
                 self.queries_without_positives,
                 manifest.seconds,
                 s.queries as f64 / manifest.seconds.max(1e-9),
-            );
+            )?;
         }
+        Ok(())
     }
 }
 
@@ -206,16 +207,12 @@ fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
         &dataset.queries,
         format,
     )?;
-    if args.output.as_os_str() == "-" {
-        let mut out = std::io::stdout().lock();
-        out.write_all(body.as_bytes())?;
-        out.flush()?;
-    } else {
-        cpack_core::fsutil::atomic_write(&args.output, body.as_bytes())?;
+    let target = cpack_core::write_output(&args.output, body.as_bytes())?;
+    if let Some(path) = target.path() {
         ctx.progress.note(&format!(
             "wrote round {} to {}",
             manifest.round,
-            args.output.display()
+            path.display()
         ));
     }
     Ok(())
@@ -235,72 +232,89 @@ fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
         .transpose()?;
     let s = stats::round_stats(manifest.round, &records, previous.as_deref());
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"manifest": manifest, "stats": s}))?
-        );
+        )?;
         return Ok(());
     }
-    print_stats(&manifest, &s);
+    print_stats(&manifest, &s)?;
     if let Some(o) = s.overlap_with_previous {
-        println!(
+        outln!(
             "overlap           {:.3} mean Jaccard with the previous round's negatives",
             o
-        );
+        )?;
     }
     Ok(())
 }
 
-fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
+fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) -> std::io::Result<()> {
     let p = &manifest.params;
     let t = &manifest.timings;
-    println!(
+    outln!(
         "round {} · split {} · index {}",
-        manifest.round, p.split, manifest.index_generation
-    );
+        manifest.round,
+        p.split,
+        manifest.index_generation
+    )?;
     if let Some(query_model) = &manifest.query_model_fingerprint {
-        println!(
+        outln!(
             "queries           encoded by another model than the index's (query-side training): {}",
             short_fingerprint(query_model)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "time              {:.1}s: encode queries {:.1}s · search {:.2}s · select + store {:.2}s \
          (stages overlap unless mined with --no-overlap)",
-        manifest.seconds, t.encode_seconds, t.search_seconds, t.select_store_seconds
-    );
+        manifest.seconds,
+        t.encode_seconds,
+        t.search_seconds,
+        t.select_store_seconds
+    )?;
     let skip_kind = if p.skip_after_filter {
         "after filters"
     } else {
         "raw ranks"
     };
-    println!(
+    outln!(
         "settings          topk {} · skip {} {skip_kind} · {} negatives ({}) · seed {}",
-        p.topk, p.skip, p.negatives, p.sampling, p.seed
-    );
-    println!(
+        p.topk,
+        p.skip,
+        p.negatives,
+        p.sampling,
+        p.seed
+    )?;
+    outln!(
         "queries           {} ({} with negatives)",
-        s.queries, s.queries_with_negatives
-    );
-    println!(
+        s.queries,
+        s.queries_with_negatives
+    )?;
+    outln!(
         "negatives/query   min {} · mean {:.2} · {} queries short",
-        s.negatives_min, s.negatives_mean, s.short_queries
-    );
+        s.negatives_min,
+        s.negatives_mean,
+        s.short_queries
+    )?;
     let f = &s.filtered;
-    println!(
+    outln!(
         "removed           skipped {} · positives {} · query text {} · copies of a positive {} · max-score {} · margin {} · relative margin {}",
         f.skipped, f.positives, f.query_text, f.duplicate_of_positive, f.max_score, f.margin, f.relative_margin
-    );
+    )?;
     let r = s.positive_ranks;
-    println!(
+    outln!(
         "positive ranks    1: {} · 2-10: {} · 11-100: {} · 101+: {} · not retrieved: {}",
-        r[0], r[1], r[2], r[3], r[4]
-    );
-    println!(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4]
+    )?;
+    outln!(
         "mean scores       positives {:.4} · negatives {:.4}",
-        s.positive_score_mean, s.negative_score_mean
-    );
-    println!("score histogram   share of positives (P) and negatives (N) per 0.1-wide bin");
+        s.positive_score_mean,
+        s.negative_score_mean
+    )?;
+    outln!("score histogram   share of positives (P) and negatives (N) per 0.1-wide bin")?;
     let share = |h: &[usize]| {
         let total = h.iter().sum::<usize>().max(1) as f64;
         h.iter().map(|&c| c as f64 / total).collect::<Vec<_>>()
@@ -317,15 +331,16 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) {
         .filter(|(_, (p, n))| **p + **n > 0.0)
     {
         let low = -1.0 + i as f64 * 0.1;
-        println!(
+        outln!(
             "  {low:+.1}..{:+.1}  P {:5.1}% {:<25} N {:5.1}% {}",
             low + 0.1,
             p * 100.0,
             bar(*p),
             n * 100.0,
             bar(*n)
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// The first 12 characters of a fingerprint, enough to tell models apart.

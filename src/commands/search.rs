@@ -38,12 +38,12 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({"query": args.query, "results": results})
             )?
-        );
+        )?;
         return Ok(());
     }
     for (rank, &(row, score)) in rows.iter().enumerate() {
@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
             .position(id)
             .map(|p| snippet(&corpus.titles[p], &corpus.texts[p]))
             .unwrap_or_else(|| "(not in the current corpus)".into());
-        println!("{:>3}  {score:.4}  {id}  {label}", rank + 1);
+        outln!("{:>3}  {score:.4}  {id}  {label}", rank + 1)?;
     }
     Ok(())
 }

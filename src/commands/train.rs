@@ -36,10 +36,10 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     let report = cpack_run::run(&ws, spec, &run, args.resume, &ctx.progress)?;
     ctx.progress.finish();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        crate::report_table::print(&report);
-        print_next_steps(&report);
+        crate::report_table::print(&report)?;
+        print_next_steps(&report)?;
     }
     Ok(())
 }
@@ -80,19 +80,20 @@ fn spec(
 }
 
 /// Where the final checkpoint goes next.
-fn print_next_steps(report: &Report) {
+fn print_next_steps(report: &Report) -> std::io::Result<()> {
     let Some(last) = report.epochs.last() else {
-        return;
+        return Ok(());
     };
     let path = last.checkpoint.display();
     if report.spec.train.freeze_passages {
-        println!(
+        outln!(
             "\ncheckpoint: {path}\na query encoder: passages stay the workspace model's; \
              use it with `cpack search --query-model {path}` or `cpack eval --query-model {path}`"
-        );
+        )?;
     } else {
-        println!(
+        outln!(
             "\ncheckpoint: {path}\nuse it with `cpack init --model {path}` or SentenceTransformer(\"{path}\")"
-        );
+        )?;
     }
+    Ok(())
 }

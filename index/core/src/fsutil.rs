@@ -8,6 +8,16 @@ use std::path::Path;
 /// Writes `bytes` to `path` so that a reader sees either the old content or the
 /// new one, never a torn file, whatever moment the process dies at.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic_write_with(path, bytes, None)
+}
+
+/// [`atomic_write`], giving the new file `permissions` (those of the file it
+/// replaces, for outputs the user named) instead of the defaults.
+pub fn atomic_write_with(
+    path: &Path,
+    bytes: &[u8],
+    permissions: Option<fs::Permissions>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -20,6 +30,9 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
+        if let Some(permissions) = permissions {
+            f.set_permissions(permissions)?;
+        }
         f.sync_all()
     };
     if let Err(e) = write() {

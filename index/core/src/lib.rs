@@ -4,6 +4,9 @@
 //!   fsync), JSON files read with their path in the error, size + CRC-32
 //!   checksums recorded at write time and verified at read time, and a
 //!   `flock` that names the process holding it.
+//! - [`output`]: the one way a command writes an output the user named:
+//!   `-` is stdout, files are replaced atomically, symlinks followed,
+//!   devices and FIFOs written through, directories refused.
 //! - [`progress`]: how long-running library work reports stages and counts
 //!   without knowing about terminals (the binary draws the bars).
 //! - [`Error`]: file errors that name the file and what was being done.
@@ -12,10 +15,12 @@
 
 pub mod error;
 pub mod fsutil;
+pub mod output;
 pub mod progress;
 pub mod setting;
 
 pub use error::{Error, Result};
+pub use output::{write_output, OutputTarget};
 pub use progress::{Progress, Silent};
 pub use setting::{require, InvalidSetting};
 

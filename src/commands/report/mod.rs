@@ -7,6 +7,7 @@ use crate::report_table::metric;
 use crate::runtime::Context;
 use crate::state::StateDir;
 use anyhow::{Context as _, Result};
+use cpack_core::{OutputTarget, Progress as _};
 use cpack_run::Report;
 use std::fmt::Write as _;
 
@@ -19,22 +20,37 @@ pub fn run(ctx: &Context, args: ReportArgs) -> Result<()> {
             .context("there are no training runs in .cpack/runs; start one with `cpack train`")?,
     };
     let report = Report::load(&run)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        crate::report_table::print(&report);
+    // Both outputs are checked before anything is printed or drawn.
+    let html_target = args
+        .html
+        .as_deref()
+        .map(OutputTarget::resolve)
+        .transpose()?;
+    let png_target = args.png.as_deref().map(OutputTarget::resolve).transpose()?;
+    let to_stdout = |t: &Option<OutputTarget>| matches!(t, Some(OutputTarget::Stdout));
+    // A page or picture sent to stdout is the output; the table would spoil it.
+    if !to_stdout(&html_target) && !to_stdout(&png_target) {
+        if args.json {
+            outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        } else {
+            crate::report_table::print(&report)?;
+        }
     }
-    if let Some(path) = args.html {
-        std::fs::write(&path, html(&report))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    if let Some(target) = html_target {
+        target.write(html(&report).as_bytes())?;
+        note_written(ctx, &target);
     }
-    if let Some(path) = args.png {
-        png::write(&Curves::of(&report), &path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
+    if let Some(target) = png_target {
+        png::write(&Curves::of(&report), &target)?;
+        note_written(ctx, &target);
     }
     Ok(())
+}
+
+fn note_written(ctx: &Context, target: &OutputTarget) {
+    if let Some(path) = target.path() {
+        ctx.progress.note(&format!("wrote {}", path.display()));
+    }
 }
 
 /// One SVG line chart of `points` (x = epoch, base at 0).

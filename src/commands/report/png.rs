@@ -3,17 +3,17 @@
 
 use super::Curves;
 use anyhow::{anyhow, Context as _, Result};
+use cpack_core::OutputTarget;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::Path;
 
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 420;
 const FONT: &str = "sans-serif";
 
 /// Draws nDCG@10 and the mean loss per epoch side by side and writes them
-/// as a PNG, atomically.
-pub fn write(curves: &Curves, path: &Path) -> Result<()> {
+/// as a PNG into `target`.
+pub fn write(curves: &Curves, target: &OutputTarget) -> Result<()> {
     register_font()?;
     let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
@@ -28,8 +28,7 @@ pub fn write(curves: &Curves, path: &Path) -> Result<()> {
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&pixels, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
         .context("encoding the PNG")?;
-    cpack_core::fsutil::atomic_write(path, &png)?;
-    Ok(())
+    Ok(target.write(&png)?)
 }
 
 use image::ImageEncoder as _;

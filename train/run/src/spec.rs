@@ -100,6 +100,7 @@ impl RunSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cpack_index::align::StaleVectors;
     use cpack_model::Pooling;
 
     fn spec(refresh_every: usize, epochs: usize) -> RunSpec {
@@ -144,5 +145,24 @@ mod tests {
         assert_eq!(json["refresh_every"], 1);
         let read: RunSpec = serde_json::from_value(json).unwrap();
         assert_eq!(read, written);
+    }
+
+    /// `run.json` as the binary before the crate split wrote it (the
+    /// loop's settings were plain fields of `RunSpec` then): `--resume` and
+    /// `cpack report` on an older run read it unchanged.
+    #[test]
+    fn a_run_json_written_before_the_split_still_reads() {
+        let old = include_str!("testdata/run-before-the-split.json");
+        let spec: RunSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.name, "run-001");
+        assert_eq!(spec.run.epochs, 1);
+        assert_eq!(spec.run.refresh, RefreshScope::Incremental);
+        assert_eq!(spec.run.stale_vectors, StaleVectors::Kept);
+        assert_eq!((spec.mining.topk, spec.mining.skip), (20, 2));
+        assert_eq!(spec.train.group_size, 3);
+        assert_eq!(spec.eval_split, None);
+        let rewritten = serde_json::to_value(&spec).unwrap();
+        let original: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(rewritten, original, "the layout written now is the old one");
     }
 }
