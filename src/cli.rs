@@ -333,6 +333,11 @@ pub enum MineAction {
 pub struct MineImportArgs {
     /// FlagEmbedding JSONL; every query and passage text must occur in the dataset.
     pub input: PathBuf,
+    /// The qrels split that judges these queries: a run training on that
+    /// split can use the round (`cpack train --negatives-from N`)
+    /// [default: the workspace's mining split, [mine] split].
+    #[arg(long, value_name = "SPLIT")]
+    pub split: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -58,13 +58,30 @@ pub fn main() -> ExitCode {
             let names = flags::FlagNames::of(flags::leaf_command(&command, &matches));
             let mut chain = err.chain();
             if let Some(first) = chain.next() {
-                eprintln!("error: {}", names.describe(first));
+                eprintln!("error: {}", clipped(names.describe(first)));
             }
             for cause in chain {
-                eprintln!("  caused by: {}", names.describe(cause));
+                eprintln!("  caused by: {}", clipped(names.describe(cause)));
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Characters of one error line printed at most: errors quote values from
+/// the input, and a megabyte-long string in the wrong place must not become
+/// a megabyte-long message.
+const ERROR_LINE_CHARS: usize = 1000;
+
+/// `line` cut to [`ERROR_LINE_CHARS`], saying how much was left out.
+fn clipped(line: String) -> String {
+    match line.char_indices().nth(ERROR_LINE_CHARS) {
+        None => line,
+        Some((cut, _)) => format!(
+            "{}… ({} more bytes not shown)",
+            &line[..cut],
+            line.len() - cut
+        ),
     }
 }
 

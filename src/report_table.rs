@@ -19,7 +19,14 @@ pub fn print(report: &Report) -> std::io::Result<()> {
     if !strategy.is_empty() {
         outln!("{}", strategy.join(" · "))?;
     }
-    print_epochs(report)
+    print_epochs(report)?;
+    let wanted = report.spec.train.group_size - 1;
+    for (round, supply) in &report.negative_supply {
+        if let Some(note) = supply.describe(*round, wanted) {
+            outln!("{note}")?;
+        }
+    }
+    Ok(())
 }
 
 fn print_settings(report: &Report) -> std::io::Result<()> {

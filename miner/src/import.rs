@@ -7,7 +7,7 @@ use crate::select::{FilterCounts, PADDED};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
 use cpack_data::dataset::TextTable;
 use serde::Deserialize;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 #[derive(Deserialize)]
@@ -102,45 +102,87 @@ impl<'a> Matcher<'a> {
     fn record(
         &mut self,
         line: &str,
-    ) -> std::result::Result<(String, QueryRecord, Option<String>), String> {
+    ) -> std::result::Result<(String, QueryRecord, Option<String>, usize), String> {
         let row: FlagLine =
             serde_json::from_str(line).map_err(|e| format!("not a FlagEmbedding record: {e}"))?;
         let id = self.query(&row.query)?;
         let positives = self.passages(&row.pos, &row.pos_scores)?;
-        let negatives = self.passages(&row.neg, &row.neg_scores)?;
+        let listed = self.passages(&row.neg, &row.neg_scores)?;
+        let (negatives, filtered, repeats) = distinct_negatives(listed, &positives);
         let record = QueryRecord {
             survivors: negatives.len() as u32,
             negatives,
             positives,
+            // Set once the round's widest list is known.
             shortfall: 0,
-            filtered: FilterCounts::default(),
+            filtered,
         };
-        Ok((id, record, row.prompt))
+        Ok((id, record, row.prompt, repeats))
     }
 }
 
-/// Reads `path` and stores it as the next round; returns its manifest.
+/// The negatives of a line without repeats and without the query's own
+/// positives (counted as the miner counts them); also the repeats dropped.
+fn distinct_negatives(
+    listed: Vec<ScoredDoc>,
+    positives: &[ScoredDoc],
+) -> (Vec<ScoredDoc>, FilterCounts, usize) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut filtered = FilterCounts::default();
+    let mut repeats = 0;
+    let mut kept = Vec::with_capacity(listed.len());
+    for doc in listed {
+        if positives.iter().any(|p| p.id == doc.id) {
+            filtered.positives += 1;
+        } else if !seen.insert(doc.id.clone()) {
+            repeats += 1;
+        } else {
+            kept.push(doc);
+        }
+    }
+    (kept, filtered, repeats)
+}
+
+/// What an import kept and dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    pub manifest: RoundManifest,
+    /// Negatives dropped for being one of the line's own positives.
+    pub positives_dropped: usize,
+    /// Negatives dropped for repeating one already listed for the query.
+    pub repeats_dropped: usize,
+    /// Queries left with fewer negatives than the widest line (none at all
+    /// included): the round's short queries.
+    pub short_queries: usize,
+}
+
+/// Reads `path` and stores it as the next round of split `split` (the
+/// split whose qrels judge its queries, so a run can train on it).
 pub fn import_flag_embedding(
     store: &NegativeStore,
     path: &Path,
     corpus: &TextTable,
     queries: &TextTable,
-) -> Result<RoundManifest> {
+    split: &str,
+) -> Result<Imported> {
     let text = std::fs::read_to_string(path).map_err(cpack_core::Error::io("read", path))?;
     let mut matcher = Matcher::new(corpus, queries);
     let mut records: Vec<(String, QueryRecord)> = Vec::new();
     let mut prompt = String::new();
+    let mut repeats_dropped = 0;
     let lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
     for (n, line) in lines {
-        let (id, record, line_prompt) = matcher.record(line).map_err(|problem| Error::BadLine {
-            path: path.to_path_buf(),
-            line: n + 1,
-            problem,
-        })?;
+        let (id, record, line_prompt, repeats) =
+            matcher.record(line).map_err(|problem| Error::BadLine {
+                path: path.to_path_buf(),
+                line: n + 1,
+                problem,
+            })?;
         prompt = line_prompt.unwrap_or(prompt);
+        repeats_dropped += repeats;
         records.push((id, record));
     }
     if records.is_empty() {
@@ -149,7 +191,12 @@ pub fn import_flag_embedding(
         });
     }
     records.sort_by(|a, b| a.0.cmp(&b.0));
-    let manifest = imported_round(store.next_round()?, path, corpus, prompt, &records);
+    let widest = records.iter().map(|(_, r)| r.negatives.len()).max();
+    let widest = widest.unwrap_or(0);
+    for (_, record) in &mut records {
+        record.shortfall = (widest - record.negatives.len()) as u32;
+    }
+    let manifest = imported_round(store.next_round()?, split, corpus, prompt, &records);
     store.put_manifest(&manifest)?;
     store.put_chunk(manifest.round, 0, &records)?;
     let manifest = RoundManifest {
@@ -157,13 +204,21 @@ pub fn import_flag_embedding(
         ..manifest
     };
     store.put_manifest(&manifest)?;
-    Ok(manifest)
+    Ok(Imported {
+        manifest,
+        positives_dropped: records
+            .iter()
+            .map(|(_, r)| r.filtered.positives as usize)
+            .sum(),
+        repeats_dropped,
+        short_queries: records.iter().filter(|(_, r)| r.shortfall > 0).count(),
+    })
 }
 
-/// The manifest of round `round` imported from `path`, not complete yet.
+/// The manifest of round `round` imported for `split`, not complete yet.
 fn imported_round(
     round: u32,
-    path: &Path,
+    split: &str,
     corpus: &TextTable,
     prompt: String,
     records: &[(String, QueryRecord)],
@@ -172,7 +227,7 @@ fn imported_round(
     RoundManifest {
         round,
         params: MiningParams {
-            split: format!("import:{}", path.display()),
+            split: split.to_string(),
             topk: 0,
             skip: 0,
             skip_after_filter: false,

@@ -67,11 +67,13 @@ impl SimansWeights {
     /// The paper's values.
     pub const PAPER: SimansWeights = SimansWeights { a: 0.5, b: 0.0 };
 
-    /// The unnormalised weight of a candidate scoring `score` for a query
-    /// whose positive scores `positive`.
-    pub fn weight(&self, score: f32, positive: f32) -> f64 {
-        let d = (score - positive - self.b) as f64;
-        (-(self.a as f64) * d * d).exp()
+    /// The log of the unnormalised weight of a candidate scoring `score`
+    /// for a query whose positive scores `positive`. Logs, because the
+    /// weights themselves underflow to zero for a large `a`, and a draw
+    /// over all-zero weights would no longer be the one asked for.
+    pub fn log_weight(&self, score: f32, positive: f32) -> f64 {
+        let d = score as f64 - positive as f64 - self.b as f64;
+        -(self.a as f64) * d * d
     }
 }
 

@@ -223,15 +223,15 @@ pub fn select(
         Sampling::Simans(w) => {
             // A query without a scored positive has nothing to centre the
             // weights on: its draw is uniform.
-            let weights: Vec<f64> = survivors
+            let log_weights: Vec<f64> = survivors
                 .iter()
                 .map(|c| {
                     facts
                         .lowest_positive_score
-                        .map_or(1.0, |pos| w.weight(c.score, pos))
+                        .map_or(0.0, |pos| w.log_weight(c.score, pos))
                 })
                 .collect();
-            weighted_sample(&survivors, &weights, want, rng)
+            weighted_sample(&survivors, &log_weights, want, rng)
         }
     };
     if shortfall > 0 {
@@ -263,28 +263,22 @@ fn sample(items: &[Candidate], k: usize, rng: &mut Rng) -> Vec<Candidate> {
 }
 
 /// `k` of `items` without replacement, each draw proportional to the
-/// weights of those not yet drawn (Efraimidis–Spirakis: the `k` largest
-/// keys `ln(u)/w`), returned in rank order. Zero-weight items come last, in
-/// random order, and only when fewer than `k` items weigh anything.
+/// weights (given as logs) of those not yet drawn, returned in rank order.
+/// Efraimidis–Spirakis keeps the `k` largest keys `ln(u)/w`; this compares
+/// `ln(-ln u) - ln w` instead (smallest first), the same order computed
+/// without ever forming `w`, so any finite log weight draws as it says.
 fn weighted_sample(
     items: &[Candidate],
-    weights: &[f64],
+    log_weights: &[f64],
     k: usize,
     rng: &mut Rng,
 ) -> Vec<Candidate> {
-    let mut keyed: Vec<(f64, usize)> = weights
+    let mut keyed: Vec<(f64, usize)> = log_weights
         .iter()
         .enumerate()
-        .map(|(i, &w)| {
-            let key = if w > 0.0 {
-                rng.unit_open().ln() / w
-            } else {
-                f64::NEG_INFINITY
-            };
-            (key, i)
-        })
+        .map(|(i, &log_w)| ((-rng.unit_open().ln()).ln() - log_w, i))
         .collect();
-    keyed.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let mut picked: Vec<usize> = keyed.iter().take(k).map(|&(_, i)| i).collect();
     picked.sort_unstable();
     picked.into_iter().map(|i| items[i]).collect()
@@ -465,17 +459,18 @@ mod tests {
         let w = SimansWeights { a: 8.0, b: -0.2 };
         let candidates = ranked(10);
         let positive = 0.9;
-        let weights: Vec<f64> = candidates
+        let log_weights: Vec<f64> = candidates
             .iter()
-            .map(|c| w.weight(c.score, positive))
+            .map(|c| w.log_weight(c.score, positive))
             .collect();
+        let weights: Vec<f64> = log_weights.iter().map(|l| l.exp()).collect();
         let total: f64 = weights.iter().sum();
         // One negative a draw: its frequency must match weight / total.
         let draws = 20_000;
         let mut counts = [0usize; 10];
         let mut rng = Rng::for_query(7, "q");
         for _ in 0..draws {
-            let picked = weighted_sample(&candidates, &weights, 1, &mut rng);
+            let picked = weighted_sample(&candidates, &log_weights, 1, &mut rng);
             counts[picked[0].row - 100] += 1;
         }
         let mut chi2 = 0.0;
@@ -488,6 +483,24 @@ mod tests {
         // The weight peaks at score = positive + b = 0.7 (row 103).
         let most = counts.iter().enumerate().max_by_key(|&(_, n)| n).unwrap().0;
         assert_eq!(most, 3, "{counts:?}");
+    }
+
+    #[test]
+    fn a_huge_simans_a_still_draws_the_peak_not_the_rank_order() {
+        // exp(-a·d²) is zero for every candidate at this `a`: the draw must
+        // still favour the one nearest the peak (positive + b = 0.7).
+        let w = SimansWeights { a: 1e30, b: -0.2 };
+        let candidates = ranked(10);
+        let log_weights: Vec<f64> = candidates
+            .iter()
+            .map(|c| w.log_weight(c.score, 0.9))
+            .collect();
+        let mut rng = Rng::for_query(7, "q");
+        for _ in 0..50 {
+            let picked = weighted_sample(&candidates, &log_weights, 2, &mut rng);
+            let rows: Vec<usize> = picked.iter().map(|c| c.row).collect();
+            assert!(rows.contains(&103), "{rows:?}");
+        }
     }
 
     #[test]

@@ -26,14 +26,34 @@ fn import_round(ctx: &Context, args: MineImportArgs) -> Result<()> {
     let config = ctx.config(&Default::default())?;
     let store = open_store(&config)?;
     let dataset = Dataset::load(config.data()?.clone())?;
-    let manifest = cpack_miner::import::import_flag_embedding(
+    let split = args.split.unwrap_or_else(|| config.mine.split.clone());
+    // The split must exist: a round nothing can train on helps no one.
+    let judged = dataset.qrels(&split)?;
+    let imported = cpack_miner::import::import_flag_embedding(
         &store,
         &args.input,
         &dataset.corpus,
         &dataset.queries,
+        &split,
     )?;
+    let manifest = &imported.manifest;
+    let records = store.records(manifest.round)?;
+    let unjudged = records
+        .iter()
+        .filter(|(id, _)| !judged.by_query.contains_key(id))
+        .count();
+    for (count, what) in [
+        (imported.positives_dropped, "negatives that are their query's own positive were dropped"),
+        (imported.repeats_dropped, "repeated negatives were dropped (each kept once)"),
+        (imported.short_queries, "queries have fewer negatives than the widest line (none, for some): `cpack mine stats` counts them as short"),
+        (unjudged, "queries have no judgement in the split: training leaves them out"),
+    ] {
+        if count > 0 {
+            ctx.progress.note(&format!("{count} {what}"));
+        }
+    }
     outln!(
-        "imported {} queries from {} as round {}",
+        "imported {} queries from {} as round {} (split {split})",
         manifest.total_queries,
         args.input.display(),
         manifest.round

@@ -75,6 +75,46 @@ pub struct Skipped {
     pub not_in_round: usize,
 }
 
+/// How well a round's stored negatives fill the groups of a training set:
+/// what the groups of short queries are made of is counted, never silent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NegativeSupply {
+    /// Training queries.
+    pub queries: usize,
+    /// Queries without a stored negative: their groups are filled with
+    /// random passages that are not their positives.
+    pub without: usize,
+    /// Queries with some, fewer than a group needs: theirs are repeated
+    /// (as FlagEmbedding does).
+    pub short: usize,
+}
+
+impl NegativeSupply {
+    /// No query has a negative: training on this round would train on
+    /// random passages alone.
+    pub fn is_empty(&self) -> bool {
+        self.queries > 0 && self.without == self.queries
+    }
+
+    /// What round `round`'s short groups (drawing `wanted` negatives) are
+    /// made of, when any is short.
+    pub fn describe(&self, round: u32, wanted: usize) -> Option<String> {
+        let (queries, without, short) = (self.queries, self.without, self.short);
+        let mut parts = Vec::new();
+        if without > 0 {
+            parts.push(format!(
+                "{without} of {queries} queries have no negative (random passages fill their groups)"
+            ));
+        }
+        if short > 0 {
+            parts.push(format!(
+                "{short} of {queries} have fewer than the {wanted} negatives a group draws (theirs are repeated)"
+            ));
+        }
+        (!parts.is_empty()).then(|| format!("round {round}: {}", parts.join("; ")))
+    }
+}
+
 /// The examples of a training run; passages are corpus rows, text keys cached.
 pub struct TrainingSet {
     pub examples: Vec<Example>,
@@ -237,6 +277,20 @@ impl TrainingSet {
 
     pub fn len(&self) -> usize {
         self.examples.len()
+    }
+
+    /// How the stored negatives fill groups that draw `wanted` each.
+    pub fn negative_supply(&self, wanted: usize) -> NegativeSupply {
+        let stored = |e: &Example| e.negatives.len();
+        NegativeSupply {
+            queries: self.examples.len(),
+            without: self.examples.iter().filter(|e| stored(e) == 0).count(),
+            short: self
+                .examples
+                .iter()
+                .filter(|e| (1..wanted).contains(&stored(e)))
+                .count(),
+        }
     }
 
     /// The text of each example's query, in example order.

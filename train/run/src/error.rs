@@ -48,6 +48,12 @@ pub enum Error {
     #[error("{path} has no judgements to train on")]
     NothingToTrain { path: PathBuf },
 
+    #[error("mining round {round} has no negatives for any of its {queries} training queries (its filters or --skip left none); training on it would use random passages alone: loosen the filters, lower the skip or raise the top-k, then mine again")]
+    NoNegatives { round: u32, queries: usize },
+
+    #[error("mining round {round} was mined on another version of the corpus (passages were added, removed or changed since): its negatives may no longer exist; mine a new round with `cpack mine`")]
+    RoundOfAnotherCorpus { round: u32 },
+
     #[error("run {run} trained on mining round {round}, which the negatives store no longer holds (removed by `cpack mine --gc`?); it cannot resume: start a new run")]
     RoundGone { run: String, round: u32 },
 

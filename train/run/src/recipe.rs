@@ -85,6 +85,9 @@ impl LoopSettings {
             self.epochs,
             "must be at least 1",
         )?;
+        if let Some(n) = self.max_queries {
+            require(n >= 1, "max_queries", n, "must be at least 1 (it counts training queries)")?;
+        }
         let incremental = self.refresh == RefreshScope::Incremental;
         let refreshes_rounds =
             !trainer.freeze_passages && self.refresh_every > 0 && trainer.group_size > 1;

@@ -8,7 +8,9 @@ use cpack_core::fsutil;
 use cpack_data::metrics::RetrievalMetrics;
 use cpack_index::align::AlignmentFit;
 use cpack_train::checkpoint::TrainerState;
+use cpack_train::data::NegativeSupply;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Retrieval quality of one model on the evaluation split.
@@ -59,6 +61,10 @@ pub struct Report {
     pub train_queries: usize,
     pub skipped_no_positive: usize,
     pub skipped_not_in_round: usize,
+    /// How each round trained on filled the training groups (queries left
+    /// without negatives, or short of a group), by round.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub negative_supply: BTreeMap<u32, NegativeSupply>,
     pub base: Option<EvalPoint>,
     pub epochs: Vec<EpochReport>,
 }
@@ -71,6 +77,7 @@ impl Report {
             train_queries: 0,
             skipped_no_positive: 0,
             skipped_not_in_round: 0,
+            negative_supply: BTreeMap::new(),
             base: None,
             epochs: Vec::new(),
         }

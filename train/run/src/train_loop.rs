@@ -53,7 +53,7 @@ pub fn run(
     if report.epochs.last().map(|e| e.epoch + 1) == Some(epochs.first_epoch) {
         epochs.unfinished = None;
     }
-    epochs.note_skipped(&mut report, progress);
+    epochs.note_training_set(&mut report, progress)?;
     if let Some(entry) = epochs.unfinished.take() {
         epochs.finish(entry, &passages, &mut report, progress)?;
     }
@@ -388,8 +388,8 @@ impl<'a> Epochs<'a> {
             .map(|(old, new)| cpack_miner::stats::overlap(new, old));
         self.records = fresh;
         self.set = training_set(ws, self.split_qrels, self.records.as_deref(), spec);
-        self.note_skipped(report, progress);
         self.round = Some(round);
+        self.note_training_set(report, progress)?;
         Ok(overlap)
     }
 
@@ -412,8 +412,10 @@ impl<'a> Epochs<'a> {
         )?)
     }
 
-    /// Records the training set's size and what it left out in `report`.
-    fn note_skipped(&self, report: &mut Report, progress: &dyn Progress) {
+    /// Records the training set's size, what it left out and how the
+    /// round fills its groups in `report`, and says so; refuses a round
+    /// that leaves every query without a negative.
+    fn note_training_set(&self, report: &mut Report, progress: &dyn Progress) -> Result<()> {
         let Skipped {
             no_positive,
             not_in_round,
@@ -426,6 +428,19 @@ impl<'a> Epochs<'a> {
         report.train_queries = self.set.len();
         report.skipped_no_positive = no_positive;
         report.skipped_not_in_round = not_in_round;
+        let (Some(round), true) = (self.round, self.spec.uses_rounds()) else {
+            return Ok(());
+        };
+        let supply = self.set.negative_supply(self.spec.train.group_size - 1);
+        if supply.is_empty() {
+            let queries = supply.queries;
+            return Err(Error::NoNegatives { round, queries });
+        }
+        if let Some(note) = supply.describe(round, self.spec.train.group_size - 1) {
+            progress.note(&note);
+        }
+        report.negative_supply.insert(round, supply);
+        Ok(())
     }
 }
 
@@ -478,8 +493,19 @@ fn check_resumable(saved: &Saved, spec: &RunSpec, ws: &Workspace) -> Result<()> 
     Ok(())
 }
 
+/// The records of `round`, refused when the round was mined on another
+/// version of the corpus: its negatives could name passages since removed
+/// or changed, and dropping those quietly would train on a different round.
 fn load_records(ws: &Workspace, round: Option<u32>) -> Result<Records> {
-    round.map(|r| Ok(ws.store.records(r)?)).transpose()
+    let Some(round) = round else {
+        return Ok(None);
+    };
+    if let Some(manifest) = ws.store.round(round)? {
+        if manifest.corpus_fingerprint != ws.dataset.corpus.fingerprint() {
+            return Err(Error::RoundOfAnotherCorpus { round });
+        }
+    }
+    Ok(Some(ws.store.records(round)?))
 }
 
 fn training_set(
