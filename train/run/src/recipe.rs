@@ -86,7 +86,12 @@ impl LoopSettings {
             "must be at least 1",
         )?;
         if let Some(n) = self.max_queries {
-            require(n >= 1, "max_queries", n, "must be at least 1 (it counts training queries)")?;
+            require(
+                n >= 1,
+                "max_queries",
+                n,
+                "must be at least 1 (it counts training queries)",
+            )?;
         }
         let incremental = self.refresh == RefreshScope::Incremental;
         let refreshes_rounds =
