@@ -125,6 +125,22 @@ pub struct ServeArgs {
     /// workspace's model and index.
     #[arg(long, value_name = "RUN", conflicts_with = "model.path")]
     pub run: Option<String>,
+    /// Connections open at once; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
+    /// Seconds a client has to send a request's header, and then its body,
+    /// and an idle connection stays open; a slower one is cut off (408).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
+    pub read_timeout: f64,
+}
+
+/// A finite number of seconds above 0.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
+        Ok(_) => Err("must be a number of seconds above 0 (at most a day)".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args, Debug)]

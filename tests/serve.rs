@@ -326,3 +326,98 @@ fn serve_refuses_a_workspace_without_an_index_in_one_line() {
     let err = fails(&ws, &["serve", "--run", "../escape"]);
     assert!(err.contains("run name"), "{err}");
 }
+
+/// The raw answer to `request` written on a new connection, read until the
+/// server closes it (or `within` passes).
+fn raw_exchange(base: &str, request: &str, within: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(within)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_connections_are_capped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, passages) = built_echo_workspace(tmp.path());
+    let server = Server::start(&ws, &["--read-timeout", "1", "--max-connections", "4"]);
+    let long = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+
+    // A body announced as 100 bytes, 22 sent: a 408 with an error object,
+    // and the connection closed (read_to_end returns).
+    let partial = "POST /search HTTP/1.1\r\nHost: cpack\r\nContent-Type: application/json\r\n\
+                   Content-Length: 100\r\n\r\n{\"query\": \"term life ";
+    let answer = raw_exchange(&server.base, partial, long);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    // Half a header: the connection is closed.
+    let answer = raw_exchange(&server.base, "GET /health HTTP/1.1\r\nHost: cp", long);
+    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+
+    // Four connections held open use every slot: the fifth gets a 503.
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(server.base.trim_start_matches("http://")).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let answer = raw_exchange(
+        &server.base,
+        "GET /health HTTP/1.1\r\nHost: cpack\r\n\r\n",
+        long,
+    );
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connections open"), "{answer}");
+    // Connections that never send a byte are closed after the timeout,
+    // still held by the client: their slots come back.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let served = server.post("/search", &json!({"query": passages[1], "k": 2}));
+    assert_eq!(served["hits"][0]["id"], "p1");
+    drop(held);
+}
+
+#[test]
+fn a_wrong_method_gets_a_405_with_an_error_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _) = built_echo_workspace(tmp.path());
+    let server = Server::start(&ws, &[]);
+    match ureq::get(&format!("{}/search", server.base)).call() {
+        Err(ureq::Error::Status(405, response)) => {
+            let body: Value = response.into_json().unwrap();
+            let message = body["error"].as_str().unwrap();
+            assert!(
+                message.contains("GET /search") && message.contains("POST /search"),
+                "{body}"
+            );
+        }
+        other => panic!("GET /search: {other:?}"),
+    }
+}
+
+#[test]
+fn a_generation_that_cannot_be_served_is_reported_once_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, passages) = built_echo_workspace(tmp.path());
+    let server = Server::start(&ws, &[]);
+    // Built for another passage length than the server encodes with.
+    ok(
+        &ws,
+        &["-q", "index", "build", "--force", "--passage-max-len", "16"],
+    );
+    for _ in 0..5 {
+        let served = server.post("/search", &json!({"query": passages[3], "k": 1}));
+        assert_eq!(served["hits"][0]["id"], "p3");
+    }
+    let first = server.wait_for("cannot be served");
+    assert!(first.contains("restart `cpack serve`"), "{first}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let again: Vec<String> = server
+        .log
+        .try_iter()
+        .filter(|l| l.contains("cannot be served"))
+        .collect();
+    assert!(again.is_empty(), "said again: {again:?}");
+}

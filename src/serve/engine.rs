@@ -101,6 +101,9 @@ pub struct Engine {
     corpus_path: DatasetPaths,
     corpus: TextTable,
     live: OpenIndex,
+    /// A published generation that could not be served: not tried again
+    /// (its settings will not change under a running server), said once.
+    refused: Option<Generation>,
 }
 
 impl Engine {
@@ -120,6 +123,7 @@ impl Engine {
             corpus_path,
             corpus,
             live,
+            refused: None,
         })
     }
 
@@ -150,7 +154,7 @@ impl Engine {
             Ok(Some((generation, _))) => generation,
             _ => return,
         };
-        if published == self.live.generation {
+        if published == self.live.generation || Some(published) == self.refused {
             return;
         }
         match self.reopen() {
@@ -159,10 +163,16 @@ impl Engine {
                 *info.lock().expect("info lock") = self.info();
                 eprintln!("cpack serve: now serving index {}", self.live.generation);
             }
-            Err(e) => eprintln!(
-                "cpack serve: index {published} was published but cannot be served ({e:#}); still serving {}",
-                self.live.generation
-            ),
+            Err(e) => {
+                self.refused = Some(published);
+                eprintln!(
+                    "cpack serve: index {published} was published but cannot be served with the \
+                     encoder this server opened ({e:#}); still serving {}. To serve it, restart \
+                     `cpack serve` with the settings it was built with; or rebuild the index \
+                     with the settings being served",
+                    self.live.generation
+                );
+            }
         }
     }
 

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use cpack_encode::TextKind;
 use serde::Deserialize;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Bytes a request body may have.
@@ -24,16 +25,61 @@ pub struct Shared {
     pub info: Arc<Mutex<Info>>,
 }
 
-pub fn router(shared: Shared) -> Router {
+/// The routes; a request body must arrive whole within `read_timeout`.
+pub fn router(shared: Shared, read_timeout: Duration) -> Router {
     Router::new()
         .route("/search", post(search))
         .route("/embed", post(embed))
         .route("/health", get(health))
         .route("/info", get(info))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            read_timeout,
+            read_body_in_time,
+        ))
         .layer(axum::middleware::from_fn(refuse_announced_oversize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// Reads the whole body before the handler runs, within the read timeout:
+/// a client that announces 100 bytes and sends 22 gets a 408 instead of
+/// holding its connection (and a worker) for ever.
+async fn read_body_in_time(
+    State(read_timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+    match tokio::time::timeout(read_timeout, read).await {
+        Ok(Ok(bytes)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Ok(Err(_)) => ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body was cut short or is over {MAX_BODY_BYTES} bytes"),
+        )
+        .into_response(),
+        Err(_) => {
+            let mut response = ApiError(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    read_timeout.as_secs_f64()
+                ),
+            )
+            .into_response();
+            // The rest of the body may never come: do not wait for it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// Answers 413 at once to a body whose Content-Length is over the cap,
@@ -221,6 +267,16 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn info(State(shared): State<Shared>) -> Json<Info> {
     Json(shared.info.lock().expect("info lock").clone())
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} {} is not served: POST /search, POST /embed, GET /health, GET /info",
+            uri.path()
+        ),
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -6,12 +6,14 @@
 
 mod engine;
 mod http;
+mod listen;
 
 use crate::cli::ServeArgs;
 use crate::runtime::Context;
 use anyhow::{Context as _, Result};
 use engine::{Engine, ModelSource};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 /// Requests that may wait for the engine before new ones are turned away.
 const QUEUE: usize = 1024;
@@ -56,11 +58,13 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
                 i.generation, i.passages, i.index, i.backend
             );
         }
-        let app = http::router(http::Shared { jobs, info });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown())
-            .await
-            .context("the HTTP server failed")
+        let limits = listen::Limits {
+            max_connections: args.max_connections as usize,
+            read_timeout: Duration::from_secs_f64(args.read_timeout),
+        };
+        let app = http::router(http::Shared { jobs, info }, limits.read_timeout);
+        listen::serve(listener, app, limits, shutdown()).await;
+        anyhow::Ok(())
     });
     let _ = worker.join();
     served
