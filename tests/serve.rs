@@ -421,3 +421,40 @@ fn a_generation_that_cannot_be_served_is_reported_once_with_the_fix() {
         .collect();
     assert!(again.is_empty(), "said again: {again:?}");
 }
+
+#[test]
+fn a_finished_run_without_an_index_of_its_last_checkpoint_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, passages) = built_echo_workspace(tmp.path());
+    let train = [
+        "-q",
+        "train",
+        "--split",
+        "test",
+        "--eval-split",
+        "none",
+        "--epochs",
+        "2",
+        "--refresh",
+        "incremental",
+        "--topk",
+        "6",
+        "--skip",
+        "0",
+        "--group-size",
+        "3",
+        "--train-batch-size",
+        "4",
+    ];
+    ok(&ws, &train);
+    let server = Server::start(&ws, &["--run", "run-001"]);
+    let info = server.get("/info");
+    let model = info["model"].as_str().unwrap();
+    assert!(model.ends_with("epoch-2"), "{info}");
+    let served = server.post("/search", &json!({"query": passages[5], "k": 8}));
+    assert_eq!(served["hits"].as_array().unwrap().len(), passages.len());
+    drop(server);
+    // The index built for it is kept: a second serve finds it up to date.
+    let again = Server::start(&ws, &["--run", "run-001"]);
+    assert_eq!(again.get("/info")["generation"], info["generation"]);
+}

@@ -10,11 +10,15 @@
 //! them in between two batches, so no request sees half of each.
 
 use crate::config::Config;
+use crate::progress::Reporter;
 use anyhow::{Context as _, Result};
+use cpack_core::Progress as _;
 use cpack_data::dataset::{DatasetPaths, TextTable};
 use cpack_encode::EmbeddingStamp;
 use cpack_encode::{Encoder, TextKind};
-use cpack_index::store::{Generation, IndexDir, OpenIndex};
+use cpack_index::store::{
+    BuildOptions, BuildOutcome, BuildPlan, Generation, IndexDir, OpenIndex, Provenance,
+};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -106,13 +110,60 @@ pub struct Engine {
     refused: Option<Generation>,
 }
 
+/// Makes the run's index the checkpoint's, unless it already is. A run
+/// leaves its index with the last checkpoint it encoded the corpus with:
+/// with evaluation off or incremental refreshes, not its final one. The
+/// build is the index's own (resumable, checksummed, published atomically),
+/// and once built later serves find it up to date.
+fn index_run_checkpoint(
+    index_dir: &IndexDir,
+    plan: BuildPlan,
+    provenance: Provenance,
+    corpus: &TextTable,
+    encoder: &Encoder,
+    progress: &Reporter,
+) -> Result<()> {
+    let options = BuildOptions {
+        chunk_rows: BuildOptions::DEFAULT_CHUNK_ROWS,
+        force: false,
+    };
+    let model = provenance.model_path.display().to_string();
+    let outcome = index_dir.build(plan, provenance, corpus, encoder, options, progress)?;
+    progress.finish();
+    if let BuildOutcome::Built { generation, .. } = outcome {
+        progress.note(&format!(
+            "indexed the corpus with {model}, the run's newest checkpoint, as {generation}: the run had not (evaluation off, or incremental refreshes)"
+        ));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Opens the encoder the configuration describes and the live generation of `index_dir`.
-    pub fn open(config: Config, source: ModelSource, index_dir: IndexDir) -> Result<Self> {
+    /// A run's newest checkpoint gets its index first if it has none.
+    pub fn open(
+        config: Config,
+        source: ModelSource,
+        index_dir: IndexDir,
+        progress: &Reporter,
+    ) -> Result<Self> {
         let corpus_path = config.data()?.clone();
         let corpus = cpack_data::dataset::Dataset::load_corpus(&corpus_path)?;
         let encoder = crate::runtime::open_encoder(&config)?;
         let stamp = config.embedding_stamp(&encoder)?;
+        if let ModelSource::Run(_) = source {
+            let plan = BuildPlan::new(
+                stamp.clone(),
+                &corpus,
+                config.index.precision,
+                config.index.kind.clone(),
+            );
+            let provenance = Provenance {
+                model_path: &config.model.dir,
+                corpus_path: &corpus_path.corpus,
+            };
+            index_run_checkpoint(&index_dir, plan, provenance, &corpus, &encoder, progress)?;
+        }
         let live = index_dir.open(&stamp, &corpus)?;
         Ok(Engine {
             config,

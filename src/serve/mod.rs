@@ -35,7 +35,7 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
             (ModelSource::Run(run.path().to_path_buf()), index)
         }
     };
-    let engine = Engine::open(config, source, index_dir)?;
+    let engine = Engine::open(config, source, index_dir, &ctx.progress)?;
     let info = Arc::new(Mutex::new(engine.info()));
     let (jobs, queue) = mpsc::sync_channel(QUEUE);
     let engine_info = info.clone();

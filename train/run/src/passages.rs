@@ -58,7 +58,11 @@ impl<'a> Passages<'a> {
     ) -> Result<(OpenIndex, Built)> {
         match self {
             Passages::Reencoded(dir) => current.index(ws, dir, progress),
-            Passages::Frozen(base) => base.index(ws, ws.base_index, progress),
+            // Frozen passages are never re-encoded: nothing to report.
+            Passages::Frozen(base) => {
+                let (index, _) = base.index(ws, ws.base_index, progress)?;
+                Ok((index, Built::default()))
+            }
             // Refreshed after the epoch (`finish_epoch`): only opened here.
             Passages::Incremental { dir, .. } => {
                 let stamp = EmbeddingStamp::of(&current.model, &current.encoder)?;
@@ -82,12 +86,10 @@ fn refresh_incrementally(
 ) -> Result<Built> {
     let own = EmbeddingStamp::of(&current.model, &current.encoder)?;
     let live = dir.current()?;
-    if live
-        .as_ref()
-        .is_some_and(|(_, manifest)| manifest.plan.stamp == own)
-    {
-        // Killed after the swap, before the report: already refreshed.
-        return Ok(Built::default());
+    if let Some((_, manifest)) = live.as_ref().filter(|(_, m)| m.plan.stamp == own) {
+        // Killed after the swap, before the report: already refreshed, and
+        // the manifest says how.
+        return Ok(Built::of(manifest));
     }
     let miner = match spec.mined_by(epoch) {
         0 => spec.base_model.clone(),

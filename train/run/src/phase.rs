@@ -11,7 +11,7 @@ use cpack_encode::{EmbeddingStamp, Encoder, EncoderSettings, TextKind};
 use cpack_index::align::AlignmentFit;
 use cpack_index::evaluate::evaluate_index;
 use cpack_index::store::{
-    BuildOptions, BuildOutcome, BuildPlan, IndexDir, OpenIndex, PartialPlan, Provenance,
+    BuildOptions, BuildOutcome, BuildPlan, IndexDir, Manifest, OpenIndex, PartialPlan, Provenance,
 };
 use cpack_miner::store::RoundIdentity;
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams};
@@ -30,6 +30,19 @@ pub struct Built {
 }
 
 impl Built {
+    /// What building `manifest`'s generation took and did. Read back from
+    /// the manifest when a resumed run finds the index already built, so
+    /// the report says the same whether or not a kill came in between.
+    pub fn of(manifest: &Manifest) -> Self {
+        Built {
+            encode_seconds: manifest.timings.encode_seconds
+                + manifest.alignment.map_or(0.0, |a| a.seconds),
+            index_seconds: manifest.timings.index_seconds,
+            passages: manifest.plan.rows - manifest.plan.stale_rows(),
+            alignment: manifest.alignment,
+        }
+    }
+
     pub fn record(self, entry: &mut EpochReport) {
         entry.encode_seconds = self.encode_seconds;
         entry.index_seconds = self.index_seconds;
@@ -84,17 +97,14 @@ impl ActiveModel {
             force: false,
         };
         let outcome = dir.build(plan, provenance, corpus, &self.encoder, options, progress)?;
+        let open = dir.open(&stamp, corpus)?;
+        // Up to date: built for this very model, by this run before a kill
+        // (a checkpoint's model is the run's own).
         let built = match outcome {
-            BuildOutcome::Built { manifest, .. } => Built {
-                encode_seconds: manifest.timings.encode_seconds
-                    + manifest.alignment.map_or(0.0, |a| a.seconds),
-                index_seconds: manifest.timings.index_seconds,
-                passages: manifest.plan.rows - manifest.plan.stale_rows(),
-                alignment: manifest.alignment,
-            },
-            BuildOutcome::UpToDate { .. } => Built::default(),
+            BuildOutcome::Built { manifest, .. } => Built::of(&manifest),
+            BuildOutcome::UpToDate { .. } => Built::of(&open.manifest),
         };
-        Ok((dir.open(&stamp, corpus)?, built))
+        Ok((open, built))
     }
 
     pub fn evaluate(

@@ -34,6 +34,9 @@ pub fn run(
     resume: bool,
     progress: &dyn Progress,
 ) -> Result<Report> {
+    // A resumed run is the stored one (its split, its base model), however
+    // the flags of this call differ.
+    let spec = if resume { resumed(run, spec)? } else { spec };
     // Checked before anything is written, so a bad request leaves no run behind.
     let split_qrels = ws.dataset.qrels(&spec.mining.split)?;
     if split_qrels.is_empty() {
@@ -74,22 +77,28 @@ pub fn run(
 /// The spec the run follows: `spec` for a new run, whose folder and
 /// `run.json` are created here; the stored one for a resumed run (only its
 /// length may grow). Refuses a step that cannot fit in memory first.
+/// The stored spec of the run to resume; `requested` may only add epochs.
+fn resumed(run: &RunDir, requested: RunSpec) -> Result<RunSpec> {
+    if !run.spec_file().exists() {
+        return Err(Error::NothingToResume {
+            path: run.path().to_path_buf(),
+            file: RunDir::SPEC_FILE,
+        });
+    }
+    let mut stored = run.spec()?;
+    stored.run.epochs = requested.run.epochs.max(stored.run.epochs);
+    Ok(stored)
+}
+
+/// Checks that `spec` fits in memory and writes it (a resumed run's
+/// `spec` is [`resumed`]'s).
 fn prepare(run: &RunDir, spec: RunSpec, resume: bool, base: &BertConfig) -> Result<RunSpec> {
     let spec_path = run.spec_file();
-    if resume {
-        if !spec_path.exists() {
-            return Err(Error::NothingToResume {
-                path: run.path().to_path_buf(),
-                file: RunDir::SPEC_FILE,
-            });
-        }
-        let mut stored = run.spec()?;
-        stored.run.epochs = spec.run.epochs.max(stored.run.epochs);
-        check_memory(&stored, base)?;
-        fsutil::write_json_atomic(&spec_path, &stored)?;
-        return Ok(stored);
-    }
     check_memory(&spec, base)?;
+    if resume {
+        fsutil::write_json_atomic(&spec_path, &spec)?;
+        return Ok(spec);
+    }
     if spec_path.exists() {
         return Err(Error::RunExists {
             name: spec.name.clone(),
