@@ -47,8 +47,9 @@ pub struct Cli {
     pub quiet: bool,
 
     /// When stderr is not a terminal (a log file, CI), print a progress line
-    /// this often during long stages (done/total, rate, ETA).
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 5.0)]
+    /// this often during long stages (done/total, rate, ETA); 0 prints every
+    /// update.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 5.0, value_parser = seconds_from_zero)]
     pub progress_every: f64,
 
     #[command(subcommand)]
@@ -134,13 +135,22 @@ pub struct ServeArgs {
     pub read_timeout: f64,
 }
 
-/// A finite number of seconds above 0.
-fn positive_seconds(text: &str) -> Result<f64, String> {
+/// Seconds, at most a day: `above_zero` or from zero up.
+fn seconds(text: &str, above_zero: bool) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(s),
-        Ok(_) => Err("must be a number of seconds above 0 (at most a day)".into()),
+        Ok(s) if s.is_finite() && (s > 0.0 || (!above_zero && s == 0.0)) && s <= 86_400.0 => Ok(s),
+        Ok(_) if above_zero => Err("must be a number of seconds above 0 (at most a day)".into()),
+        Ok(_) => Err("must be a number of seconds, 0 or more (at most a day)".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    seconds(text, true)
+}
+
+fn seconds_from_zero(text: &str) -> Result<f64, String> {
+    seconds(text, false)
 }
 
 #[derive(Args, Debug)]

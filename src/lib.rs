@@ -46,7 +46,7 @@ pub fn main() -> ExitCode {
         },
         progress: progress::Reporter::new(progress::Output::for_stderr(
             cli.quiet,
-            std::time::Duration::from_secs_f64(cli.progress_every.max(0.0)),
+            std::time::Duration::from_secs_f64(cli.progress_every),
         )),
         given: flags::Given::of(&matches),
     };

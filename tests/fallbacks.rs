@@ -223,3 +223,34 @@ fn an_error_quotes_at_most_a_line_of_a_huge_value() {
     );
     assert!(err.len() < 4_000, "a {}-byte error", err.len());
 }
+
+#[test]
+fn every_numeric_setting_refuses_nan_infinities_and_nonsense() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    for (flag, value) in [
+        ("--weight-decay", "nan"),
+        ("--max-grad-norm", "-1"),
+        ("--temperature", "inf"),
+        ("--lr", "0"),
+        ("--warmup-ratio", "1"),
+        ("--simans-a", "nan"),
+        ("--max-score", "inf"),
+        ("--epochs", "0"),
+    ] {
+        let given = format!("{flag}={value}");
+        let err = fails(&ws, &train_args(&[&given]));
+        assert!(err.contains(flag), "{given}: {err}");
+    }
+    for args in [
+        ["--progress-every", "inf", "report"],
+        ["serve", "--read-timeout", "0"],
+        ["serve", "--max-connections", "0"],
+    ] {
+        let err = fails_with(&ws, &args, 2);
+        assert!(
+            err.contains(args[0]) || err.contains(args[1]),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -67,6 +67,13 @@ impl SimansWeights {
     /// The paper's values.
     pub const PAPER: SimansWeights = SimansWeights { a: 0.5, b: 0.0 };
 
+    /// Refuses weights no draw can follow.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let (a, b) = (self.a, self.b);
+        require(a.is_finite() && a >= 0.0, "simans_a", a, "must be a finite number ≥ 0")?;
+        require(b.is_finite(), "simans_b", b, "must be a finite number")
+    }
+
     /// The log of the unnormalised weight of a candidate scoring `score`
     /// for a query whose positive scores `positive`. Logs, because the
     /// weights themselves underflow to zero for a large `a`, and a draw
@@ -179,13 +186,7 @@ impl MiningParams {
             }
         }
         if let Sampling::Simans(w) = self.sampling {
-            require(
-                w.a.is_finite() && w.a >= 0.0,
-                "simans_a",
-                w.a,
-                "must be a finite number ≥ 0",
-            )?;
-            require(w.b.is_finite(), "simans_b", w.b, "must be a finite number")?;
+            w.validate()?;
         }
         if let Some(r) = self.relative_margin {
             require(

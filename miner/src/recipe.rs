@@ -115,16 +115,20 @@ impl MiningRecipe {
                 ))
             }
         };
+        // Checked whatever the sampling: a nonsense value is a mistake even
+        // where it is not used yet.
+        let weights = SimansWeights {
+            a: self.simans_a,
+            b: self.simans_b,
+        };
+        weights.validate()?;
         Ok(MiningParams {
             split: self.split.clone(),
             topk: self.topk,
             skip: self.skip,
             skip_after_filter: self.skip_after_filter,
             negatives: self.negatives.unwrap_or(negatives),
-            sampling: self.sample.with_weights(SimansWeights {
-                a: self.simans_a,
-                b: self.simans_b,
-            }),
+            sampling: self.sample.with_weights(weights),
             on_short: self.on_short,
             seed,
             max_score: self.max_score,

@@ -136,6 +136,21 @@ impl TrainSettings {
                 "must be a margin of 0 or more",
             )?;
         }
+        let at_least_zero = |v: f64| v >= 0.0 && v.is_finite();
+        let decay = self.weight_decay;
+        require(
+            at_least_zero(decay),
+            "weight_decay",
+            decay,
+            "must be a number ≥ 0",
+        )?;
+        let norm = self.max_grad_norm;
+        require(
+            at_least_zero(norm),
+            "max_grad_norm",
+            norm,
+            "must be a number ≥ 0 (0 turns clipping off)",
+        )?;
         let w = self.warmup_ratio;
         require(
             (0.0..1.0).contains(&w),
