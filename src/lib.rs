@@ -17,6 +17,16 @@ macro_rules! outln {
     }};
 }
 
+/// `eprintln!` that never panics: when stderr is a closed pipe (`cpack …
+/// 2>&1 | head -1`) a progress line or note is lost and the command goes
+/// on (its standard output, if closed too, ends it quietly).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 pub mod config;
@@ -58,10 +68,10 @@ pub fn main() -> ExitCode {
             let names = flags::FlagNames::of(flags::leaf_command(&command, &matches));
             let mut chain = err.chain();
             if let Some(first) = chain.next() {
-                eprintln!("error: {}", clipped(names.describe(first)));
+                errln!("error: {}", clipped(names.describe(first)));
             }
             for cause in chain {
-                eprintln!("  caused by: {}", clipped(names.describe(cause)));
+                errln!("  caused by: {}", clipped(names.describe(cause)));
             }
             ExitCode::FAILURE
         }

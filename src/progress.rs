@@ -118,12 +118,12 @@ impl Reporter {
     fn close(output: &Output, stage: Stage) {
         match (output, &stage.bar) {
             (_, Some(bar)) => bar.finish(),
-            (Output::Lines(_), None) if stage.total == 0 => eprintln!(
+            (Output::Lines(_), None) if stage.total == 0 => errln!(
                 "{}: done in {}",
                 stage.name,
                 clock(stage.started.elapsed().as_secs_f64())
             ),
-            (Output::Lines(_), None) => eprintln!(
+            (Output::Lines(_), None) => errln!(
                 "{}: done {} in {} · {}",
                 stage.name,
                 stage.done,
@@ -167,7 +167,7 @@ impl Reporter {
             }
             Output::Lines(every) if stage.last_line.elapsed() >= every => {
                 stage.last_line = Instant::now();
-                eprintln!("{}", stage.line());
+                errln!("{}", stage.line());
             }
             _ => {}
         }
@@ -192,8 +192,8 @@ impl Progress for Reporter {
         let bar = matches!(self.output, Output::Bars).then(|| Self::bar(name, total));
         if let Output::Lines(_) = self.output {
             match total {
-                0 => eprintln!("{name}…"),
-                n => eprintln!("{name}: {n} to do"),
+                0 => errln!("{name}…"),
+                n => errln!("{name}: {n} to do"),
             }
         }
         *self.current.lock().expect("progress lock") = Some(Stage {
@@ -224,7 +224,7 @@ impl Progress for Reporter {
 
     fn note(&self, message: &str) {
         if !matches!(self.output, Output::Quiet) {
-            eprintln!("note: {message}");
+            errln!("note: {message}");
         }
     }
 }

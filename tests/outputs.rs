@@ -220,3 +220,23 @@ fn a_closed_pipe_ends_every_printing_command_quietly() {
         );
     }
 }
+
+#[test]
+fn a_closed_pipe_on_stderr_too_neither_panics_nor_stops_the_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    // `cpack index build 2>&1 | head -0`: progress lines meet a closed pipe.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = cpack(&ws)
+        .args(["--progress-every", "0", "index", "build"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        ws.join(".cpack/index/CURRENT").exists(),
+        "the build stopped"
+    );
+}

@@ -70,7 +70,12 @@ impl SimansWeights {
     /// Refuses weights no draw can follow.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let (a, b) = (self.a, self.b);
-        require(a.is_finite() && a >= 0.0, "simans_a", a, "must be a finite number ≥ 0")?;
+        require(
+            a.is_finite() && a >= 0.0,
+            "simans_a",
+            a,
+            "must be a finite number ≥ 0",
+        )?;
         require(b.is_finite(), "simans_b", b, "must be a finite number")
     }
 

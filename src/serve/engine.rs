@@ -212,11 +212,11 @@ impl Engine {
             Ok(()) => {
                 // /info answers for the new generation before the line says so.
                 *info.lock().expect("info lock") = self.info();
-                eprintln!("cpack serve: now serving index {}", self.live.generation);
+                errln!("cpack serve: now serving index {}", self.live.generation);
             }
             Err(e) => {
                 self.refused = Some(published);
-                eprintln!(
+                errln!(
                     "cpack serve: index {published} was published but cannot be served with the \
                      encoder this server opened ({e:#}); still serving {}. To serve it, restart \
                      `cpack serve` with the settings it was built with; or rebuild the index \

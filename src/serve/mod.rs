@@ -46,26 +46,27 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let served = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.addr))?;
-        let addr = listener.local_addr()?;
-        {
-            let i = info.lock().expect("info lock");
-            eprintln!(
+    let served =
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(&args.addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.addr))?;
+            let addr = listener.local_addr()?;
+            {
+                let i = info.lock().expect("info lock");
+                errln!(
                 "cpack serve: listening on http://{addr} · index {} ({} passages, {}) · {} encoder",
                 i.generation, i.passages, i.index, i.backend
             );
-        }
-        let limits = listen::Limits {
-            max_connections: args.max_connections as usize,
-            read_timeout: Duration::from_secs_f64(args.read_timeout),
-        };
-        let app = http::router(http::Shared { jobs, info }, limits.read_timeout);
-        listen::serve(listener, app, limits, shutdown()).await;
-        anyhow::Ok(())
-    });
+            }
+            let limits = listen::Limits {
+                max_connections: args.max_connections as usize,
+                read_timeout: Duration::from_secs_f64(args.read_timeout),
+            };
+            let app = http::router(http::Shared { jobs, info }, limits.read_timeout);
+            listen::serve(listener, app, limits, shutdown()).await;
+            anyhow::Ok(())
+        });
     let _ = worker.join();
     served
 }
@@ -79,5 +80,5 @@ async fn shutdown() {
         _ = interrupt => {}
         _ = terminate.recv() => {}
     }
-    eprintln!("cpack serve: shutting down");
+    errln!("cpack serve: shutting down");
 }

@@ -14,6 +14,7 @@
 
 use cpack_model::matmul::{gemm, MatMut, MatRef};
 use std::cell::Cell;
+use std::io::Write as _;
 use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -131,7 +132,11 @@ pub unsafe extern "C" fn sgemm_(
 
 /// What the reference BLAS's XERBLA does: say so, and leave C untouched.
 fn report_bad_call(problem: &str) -> c_int {
-    eprintln!("cpack: sgemm_ called with {problem}; the product was skipped");
+    // Not eprintln!: a panic cannot unwind out of this extern "C" function.
+    let _ = writeln!(
+        std::io::stderr(),
+        "cpack: sgemm_ called with {problem}; the product was skipped"
+    );
     -1
 }
 
