@@ -6,13 +6,21 @@
 # then, in a second workspace (passage length 128, to fit a CPU session), the
 # closed loop: `cpack train --refresh-every 1` on 500 training questions for
 # 2 epochs (re-encode, re-index, re-mine after each), evaluated on test.
-# Re-running resumes or skips what is already done.
+# Re-running resumes or skips what is already done. CPACK=cpack runs it with
+# a cpack installed from the wheel instead of building one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-bash scripts/setup.sh
-cargo build --release --bin cpack
-CPACK="$ROOT/target/release/cpack"
+if [ -n "${CPACK:-}" ]; then
+  # A cpack installed from the wheel (CPACK=cpack): no build tools, no build.
+  CPACK_SETUP_DATA_ONLY=1 bash scripts/setup.sh
+  CPACK="$(command -v "$CPACK")"
+else
+  bash scripts/setup.sh
+  cargo build --release --bin cpack
+  CPACK="$ROOT/target/release/cpack"
+fi
+export CPACK
 WS="${CPACK_QUICKSTART_DIR:-$ROOT/.cache/quickstart-insuranceqa}"
 mkdir -p "$WS"
 cd "$WS"

