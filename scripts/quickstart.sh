@@ -14,7 +14,7 @@ ROOT="$PWD"
 if [ -n "${CPACK:-}" ]; then
   # A cpack installed from the wheel (CPACK=cpack): no build tools, no build.
   CPACK_SETUP_DATA_ONLY=1 bash scripts/setup.sh
-  CPACK="$(command -v "$CPACK")"
+  CPACK="$(readlink -f "$(command -v "$CPACK")")"
 else
   bash scripts/setup.sh
   cargo build --release --bin cpack
