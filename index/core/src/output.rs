@@ -62,11 +62,11 @@ impl Unwritable {
 impl OutputTarget {
     /// Decides how `path` is written, following symlinks.
     pub fn resolve(path: &Path) -> Result<Self> {
-        if path.as_os_str() == "-" {
+        if path.as_os_str() == "-" || names_stdout(&lexical(path)) {
             return Ok(OutputTarget::Stdout);
         }
-        if is_system_path(path) {
-            return through_checked(path);
+        if is_system_path(&lexical(path)) {
+            return through_checked(&lexical(path));
         }
         let mut current = path.to_path_buf();
         for _ in 0..MAX_LINK_HOPS {
@@ -80,10 +80,13 @@ impl OutputTarget {
             let kind = meta.file_type();
             if kind.is_symlink() {
                 let link = fs::read_link(&current).map_err(Error::io("read link", &current))?;
-                current = match current.parent() {
+                current = lexical(&match current.parent() {
                     Some(dir) => dir.join(link),
                     None => link,
-                };
+                });
+                if names_stdout(&current) {
+                    return Ok(OutputTarget::Stdout);
+                }
                 if is_system_path(&current) {
                     return through_checked(&current);
                 }
@@ -105,8 +108,12 @@ impl OutputTarget {
             }
             OutputTarget::Replace(path) => replace(path, bytes),
             OutputTarget::Through(path) => {
+                // A regular file reached this way (another process's fd
+                // in /proc) starts over; devices and FIFOs cannot be truncated.
+                let is_file = fs::metadata(path).is_ok_and(|m| m.is_file());
                 let mut file = OpenOptions::new()
                     .write(true)
+                    .truncate(is_file)
                     .open(path)
                     .map_err(Error::io("open for writing", path))?;
                 file.write_all(bytes)
@@ -133,20 +140,51 @@ pub fn write_output(path: &Path, bytes: &[u8]) -> Result<OutputTarget> {
     Ok(target)
 }
 
+/// `path` with `.` and `..` resolved by name (symlinks are followed one
+/// hop at a time by the caller), so `../../proc/self/fd/1` is seen as
+/// the `/proc` path it is.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// The names of this process's standard output: writing there means
+/// writing to stdout as it is (appending to a file opened with `>>`
+/// included), never reopening it.
+fn names_stdout(path: &Path) -> bool {
+    ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"]
+        .iter()
+        .any(|name| path == Path::new(name))
+}
+
 /// Device nodes and the kernel's views: never renamed over.
 fn is_system_path(path: &Path) -> bool {
     path.is_absolute() && (path.starts_with("/dev") || path.starts_with("/proc"))
 }
 
-/// A system path is written through, unless what it leads to cannot be.
+/// A system path is written through when it leads to a device or a FIFO;
+/// a regular file there (a tmpfs such as `/dev/shm`) is replaced like any
+/// file, and so is a new one.
 fn through_checked(path: &Path) -> Result<OutputTarget> {
     match fs::metadata(path) {
         Ok(meta) => match classify(meta.file_type(), path.to_path_buf())? {
-            OutputTarget::Replace(p) => Ok(OutputTarget::Through(p)),
+            OutputTarget::Replace(p) => match fs::canonicalize(&p) {
+                Ok(real) => Ok(OutputTarget::Replace(real)),
+                // A link into /proc whose target is no path (`pipe:[…]`).
+                Err(_) => Ok(OutputTarget::Through(p)),
+            },
             target => Ok(target),
         },
-        // A new file under /dev (a tmpfs) is the user's to create.
-        Err(_) => Ok(OutputTarget::Through(path.to_path_buf())),
+        Err(_) => Ok(OutputTarget::Replace(path.to_path_buf())),
     }
 }
 
@@ -208,6 +246,41 @@ mod tests {
             fs::read_to_string(dir.path().join("made.txt")).unwrap(),
             "x"
         );
+    }
+
+    #[test]
+    fn stdout_by_any_name_is_stdout_and_dot_dots_are_resolved() {
+        for name in [
+            "/dev/stdout",
+            "/dev/fd/1",
+            "/proc/self/fd/1",
+            "/dev/../dev/stdout",
+        ] {
+            assert_eq!(
+                OutputTarget::resolve(Path::new(name)).unwrap(),
+                OutputTarget::Stdout,
+                "{name}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("out");
+        let depth = dir.path().components().count() - 1;
+        let up = "../".repeat(depth);
+        symlink(format!("{up}proc/self/fd/1"), &link).unwrap();
+        assert_eq!(OutputTarget::resolve(&link).unwrap(), OutputTarget::Stdout);
+    }
+
+    #[test]
+    fn a_regular_file_under_dev_is_replaced_whole() {
+        // /dev/shm: the tmpfs every Linux has, where users put scratch files.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let file = dir.path().join("out.json");
+        fs::write(&file, "a much longer old content").unwrap();
+        write_output(&file, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "new");
+        let fresh = dir.path().join("fresh.json");
+        write_output(&fresh, b"made").unwrap();
+        assert_eq!(fs::read_to_string(&fresh).unwrap(), "made");
     }
 
     #[test]

@@ -78,9 +78,19 @@ fn in_python_package(executable: &Path) -> Option<PathBuf> {
             name.starts_with("libonnxruntime.so.") && file.is_file()
         })
         .collect();
-    // Several Pythons in one prefix: take one deterministically.
-    found.sort();
+    // Several Pythons in one prefix: the newest ONNX Runtime (by version
+    // number, not by name: 1.32 is newer than 1.9).
+    found.sort_by_key(|file| (library_version(file), file.clone()));
     found.pop()
+}
+
+/// The numbers of `libonnxruntime.so.1.32.0`'s version.
+fn library_version(file: &Path) -> Vec<u64> {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    name.trim_start_matches("libonnxruntime.so.")
+        .split('.')
+        .map(|part| part.parse().unwrap_or(0))
+        .collect()
 }
 
 /// The runtime loaded by this process, and from where.
@@ -258,6 +268,13 @@ mod tests {
         std::fs::write(capi.join("onnxruntime_pybind11_state.so"), b"").unwrap();
         let library = capi.join("libonnxruntime.so.1.32.0");
         std::fs::write(&library, b"").unwrap();
+        assert_eq!(in_python_package(&exe), Some(library.clone()));
+        // Another Python of the prefix with an older runtime is passed over.
+        let older = prefix
+            .path()
+            .join("lib/python3.9/site-packages/onnxruntime/capi");
+        std::fs::create_dir_all(&older).unwrap();
+        std::fs::write(older.join("libonnxruntime.so.1.9.0"), b"").unwrap();
         assert_eq!(in_python_package(&exe), Some(library.clone()));
         // The wheel's own layout: site-packages/cpack.scripts/cpack.
         let site = capi.parent().unwrap().parent().unwrap();

@@ -143,6 +143,13 @@ impl RunDir {
         IndexDir::new(self.path.join("eval-index")).on(device)
     }
 
+    /// The corpus under the newest checkpoint for `cpack serve --run`, when
+    /// neither index of the run holds it (kept apart: serving never
+    /// rewrites what the run resumes from).
+    pub fn serve_index(&self, device: IndexDevice) -> IndexDir {
+        IndexDir::new(self.path.join("serve-index")).on(device)
+    }
+
     /// The checkpoint of `epoch` (which may not exist yet).
     pub fn checkpoint(&self, epoch: usize) -> PathBuf {
         checkpoint::epoch_dir(&self.path, epoch)

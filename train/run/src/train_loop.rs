@@ -441,7 +441,10 @@ impl<'a> Epochs<'a> {
             return Ok(());
         };
         let supply = self.set.negative_supply(self.spec.train.group_size - 1);
-        if supply.is_empty() {
+        // Refused before the first epoch, where the recipe can still be
+        // changed; a later refresh's empty round (the model moved) is trained
+        // on with the note below, or the run could never resume past it.
+        if supply.is_empty() && report.epochs.is_empty() {
             let queries = supply.queries;
             return Err(Error::NoNegatives { round, queries });
         }
