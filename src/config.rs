@@ -8,9 +8,9 @@ use crate::cli::Overrides;
 use crate::flags::Given;
 use crate::state::StateDir;
 use anyhow::{anyhow, Context, Result};
-use cpack_data::dataset::DatasetPaths;
+use cpack_data::dataset::{DatasetPaths, TextTable};
 use cpack_encode::{EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, Runtime};
-use cpack_index::store::IndexDir;
+use cpack_index::store::{BuildPlan, IndexDir};
 use cpack_index::vector::{IndexDevice, IndexKind};
 use cpack_index::{embeddings::Precision, IndexRecipe};
 use cpack_miner::MiningRecipe;
@@ -216,6 +216,12 @@ impl Config {
     /// The stamp an index must carry to be searched with this configuration's encoder.
     pub fn embedding_stamp(&self, encoder: &Encoder) -> Result<EmbeddingStamp> {
         Ok(EmbeddingStamp::of(&self.model, encoder)?)
+    }
+
+    /// What an index of `corpus` under `stamp` is built as: this
+    /// configuration's vector precision and index kind.
+    pub fn build_plan(&self, stamp: EmbeddingStamp, corpus: &TextTable) -> BuildPlan {
+        BuildPlan::new(stamp, corpus, self.index.precision, self.index.kind.clone())
     }
 
     /// `cpack index build`'s index: `[index]` with its flags over it.

@@ -7,29 +7,8 @@ use common::*;
 fn a_resume_after_the_refresh_reports_what_the_refresh_did() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, _, _) = echo_workspace(tmp.path());
-    let args = [
-        "train",
-        "--split",
-        "test",
-        "--eval-split",
-        "none",
-        "--epochs",
-        "2",
-        "--refresh",
-        "incremental",
-        "--stale-vectors",
-        "aligned",
-        "--refresh-depth",
-        "3",
-        "--topk",
-        "6",
-        "--skip",
-        "0",
-        "--group-size",
-        "3",
-        "--train-batch-size",
-        "4",
-    ];
+    let extra = ["--stale-vectors", "aligned", "--refresh-depth", "3"];
+    let args = [&ECHO_INCREMENTAL_RUN[..], &extra].concat();
     ok(&ws, &args);
     let run = ws.join(".cpack/runs/run-001");
     let whole = json(&std::fs::read_to_string(run.join("report.json")).unwrap());

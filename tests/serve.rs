@@ -426,26 +426,7 @@ fn a_generation_that_cannot_be_served_is_reported_once_with_the_fix() {
 fn a_finished_run_without_an_index_of_its_last_checkpoint_is_served() {
     let tmp = tempfile::tempdir().unwrap();
     let (ws, passages) = built_echo_workspace(tmp.path());
-    let train = [
-        "-q",
-        "train",
-        "--split",
-        "test",
-        "--eval-split",
-        "none",
-        "--epochs",
-        "2",
-        "--refresh",
-        "incremental",
-        "--topk",
-        "6",
-        "--skip",
-        "0",
-        "--group-size",
-        "3",
-        "--train-batch-size",
-        "4",
-    ];
+    let train = [&["-q"][..], &ECHO_INCREMENTAL_RUN].concat();
     ok(&ws, &train);
     let run = ws.join(".cpack/runs/run-001");
     let current = |dir: &str| std::fs::read_to_string(run.join(dir).join("CURRENT")).ok();

@@ -6,7 +6,7 @@ use crate::state::StateDir;
 use anyhow::{bail, Result};
 use cpack_core::Progress;
 use cpack_data::dataset::Dataset;
-use cpack_index::store::{BuildOptions, BuildOutcome, BuildPlan, Provenance};
+use cpack_index::store::{BuildOptions, BuildOutcome, Provenance};
 
 pub fn run(ctx: &Context, cmd: IndexCommand) -> Result<()> {
     match cmd {
@@ -25,12 +25,7 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
     ctx.progress.stage("loading corpus", 0);
     let corpus = Dataset::load_corpus(&data)?;
     let encoder = open_encoder(&config)?;
-    let plan = BuildPlan::new(
-        config.embedding_stamp(&encoder)?,
-        &corpus,
-        config.index.precision,
-        config.index.kind.clone(),
-    );
+    let plan = config.build_plan(config.embedding_stamp(&encoder)?, &corpus);
     let provenance = Provenance {
         model_path: &config.model.dir,
         corpus_path: &data.corpus,

@@ -183,12 +183,7 @@ impl Engine {
         let index_dir = match served {
             ServedIndex::Workspace(dir) => dir,
             ServedIndex::Run { existing, own } => {
-                let plan = BuildPlan::new(
-                    stamp.clone(),
-                    &corpus,
-                    config.index.precision,
-                    config.index.kind.clone(),
-                );
+                let plan = config.build_plan(stamp.clone(), &corpus);
                 let provenance = Provenance {
                     model_path: &config.model.dir,
                     corpus_path: &corpus_path.corpus,

@@ -184,3 +184,26 @@ pub fn tiny_model_for(dataset: &Path, dir: &Path) -> PathBuf {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     tiny_model(dir, &refs)
 }
+
+/// `cpack train` on the echo workspace's test split: 2 epochs refreshed
+/// incrementally, no evaluation (so the run's index ends one checkpoint
+/// behind), small groups and batches.
+pub const ECHO_INCREMENTAL_RUN: [&str; 17] = [
+    "train",
+    "--split",
+    "test",
+    "--eval-split",
+    "none",
+    "--epochs",
+    "2",
+    "--refresh",
+    "incremental",
+    "--topk",
+    "6",
+    "--skip",
+    "0",
+    "--group-size",
+    "3",
+    "--train-batch-size",
+    "4",
+];
