@@ -113,6 +113,80 @@ pub enum Command {
     /// `cpack index build` (or, with --run, a training refresh) publishes a new
     /// generation, the server switches to it between two batches.
     Serve(ServeArgs),
+    /// Keep the pairs of a pairs file whose two sides score at or above a threshold.
+    ///
+    /// C-MTP's filter before its pair stage: each pair is scored by the
+    /// cosine of its two embeddings (the query side with the query
+    /// instruction and max length, the passage side as a passage), and the
+    /// lines whose pairs reach --min-score are written unchanged; a line with
+    /// a list of passages keeps those that reach it, and is dropped if none
+    /// does. The input is streamed in chunks (constant memory); into a file,
+    /// a killed filter resumes from its last chunk when run again with the
+    /// same settings. Prints the score histogram and the share kept.
+    Filter(FilterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FilterArgs {
+    /// Pairs JSONL: FlagEmbedding's {"query": …, "pos": […]} (extra fields
+    /// such as "neg" are kept as they are), or any two fields named by
+    /// --query-field and --passage-field; `-` reads stdin.
+    #[arg(value_name = "PAIRS.jsonl")]
+    pub input: PathBuf,
+    /// Where the kept lines go: a file appears whole at the end (replaced
+    /// atomically; its partial work sits beside it until then); `-` writes
+    /// stdout and a FIFO or device is written through, as lines are kept.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Keep pairs scoring at or above this cosine (C-MTP kept 0.43 and up
+    /// under Text2Vec-Chinese).
+    #[arg(long, value_name = "SCORE", allow_negative_numbers = true, default_value_t = cpack_data::filter::FilterSettings::DEFAULT_MIN_SCORE, value_parser = cosine)]
+    pub min_score: f32,
+    #[command(flatten)]
+    pub fields: PairFieldArgs,
+    /// Instruction put before each query-side text: the text, a preset
+    /// (bge-en, bge-zh), or "" for none (C-MTP scored (title, passage) pairs
+    /// without one) [default: the workspace's query instruction].
+    #[arg(long, value_name = "TEXT")]
+    pub query_instruction: Option<String>,
+    /// Pairs scored between two resumable checkpoints.
+    #[arg(long, value_name = "N", default_value_t = cpack_data::filter::FilterSettings::DEFAULT_CHUNK_PAIRS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub chunk_pairs: usize,
+    /// Print the summary (counts, share kept, histogram) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Which fields of a pairs file hold its two sides.
+#[derive(Args, Debug, Clone)]
+pub struct PairFieldArgs {
+    /// The field of each pairs line holding the query side (a string).
+    #[arg(long, value_name = "NAME", default_value_t = cpack_data::pairs::PairFields::default().query)]
+    pub query_field: String,
+    /// The field holding the passage side (a string, or a list of strings:
+    /// one pair each).
+    #[arg(long, value_name = "NAME", default_value_t = cpack_data::pairs::PairFields::default().passage)]
+    pub passage_field: String,
+}
+
+impl PairFieldArgs {
+    pub fn fields(&self) -> cpack_data::pairs::PairFields {
+        cpack_data::pairs::PairFields {
+            query: self.query_field.clone(),
+            passage: self.passage_field.clone(),
+        }
+    }
+}
+
+/// A cosine threshold: a finite number from -1 to 1.
+fn cosine(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(s) if (-1.0..=1.0).contains(&s) => Ok(s),
+        Ok(_) => Err("must be a cosine, from -1 to 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +237,17 @@ pub struct TrainArgs {
     /// Continue a killed run (--run, or the newest) from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Train on a pairs file instead of the workspace's dataset: C-MTP's
+    /// pair stage. Each line's query side and passage make a pair (the
+    /// fields as --query-field / --passage-field say); there is no corpus
+    /// to mine, so every pair trains against the other pairs of its batch
+    /// only (group size 1), and no split to evaluate. Large batches take
+    /// --mini-batch. The file's checksum is recorded: --resume trains on
+    /// the same bytes.
+    #[arg(long, value_name = "PAIRS.jsonl")]
+    pub pairs: Option<PathBuf>,
+    #[command(flatten)]
+    pub pair_fields: PairFieldArgs,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -107,6 +107,11 @@ impl Reporter {
         }
     }
 
+    /// Whether `--quiet` silenced everything on stderr.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self.output, Output::Quiet)
+    }
+
     /// Ends the current stage (its bar, or its closing line).
     pub fn finish(&self) {
         let Some(stage) = self.current.lock().expect("progress lock").take() else {

@@ -53,6 +53,11 @@ impl StateDir {
         RunsDir::new(self.root.join("runs"))
     }
 
+    /// The BEIR view of a pairs file that `cpack train --pairs` trains on.
+    pub fn pairs_view(&self, source: &cpack_data::pairs::PairsSource) -> PathBuf {
+        self.root.join("pairs").join(source.view_name())
+    }
+
     /// Where the ort backend keeps its exports, named by the weights' fingerprint.
     pub fn onnx_cache(&self) -> PathBuf {
         self.root.join("onnx")

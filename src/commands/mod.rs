@@ -4,6 +4,7 @@
 mod embed;
 mod eval;
 mod export;
+mod filter;
 mod index;
 mod init;
 mod mine;
@@ -27,5 +28,6 @@ pub fn run(cli: Cli, ctx: &Context) -> Result<()> {
         Command::Train(args) => train::run(ctx, *args),
         Command::Report(args) => report::run(ctx, args),
         Command::Serve(args) => crate::serve::run(ctx, args),
+        Command::Filter(args) => filter::run(ctx, args),
     }
 }

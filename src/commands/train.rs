@@ -4,16 +4,23 @@
 use crate::cli::TrainArgs;
 use crate::config::Config;
 use crate::runtime::{backend_loader, Context};
-use anyhow::{Context as _, Result};
-use cpack_data::dataset::{all_qrels, Dataset};
+use anyhow::{bail, Context as _, Result};
+use cpack_core::Progress;
+use cpack_data::dataset::{all_qrels, Dataset, DatasetPaths};
+use cpack_data::pairs::{PairsSource, PairsView};
 use cpack_miner::NegativeStore;
 use cpack_run::{Report, RunDir, RunSpec, Workspace};
 
 pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
-    let dataset = Dataset::load(config.data()?.clone())?;
     let run = run_dir(&config, &args)?;
-    let spec = spec(ctx, &args, &config, &dataset, run.name())?;
+    let pairs = pairs_source(&args, &run)?;
+    let dataset = match &pairs {
+        Some(source) => pairs_dataset(ctx, &config, source)?,
+        None => Dataset::load(config.data()?.clone())?,
+    };
+    let mut spec = spec(ctx, &args, &config, &dataset, run.name(), pairs.is_some())?;
+    spec.pairs = pairs;
     let all_qrels = all_qrels(&dataset)?;
     let store = NegativeStore::open(&config.negatives_dir())?;
     let base_index = config.index_dir();
@@ -57,15 +64,53 @@ fn run_dir(config: &Config, args: &TrainArgs) -> Result<RunDir> {
     })
 }
 
-/// `[train]` with the flags given over it, resolved for this workspace.
+/// The pairs file the run trains on: a resumed run's own, else `--pairs`.
+fn pairs_source(args: &TrainArgs, run: &RunDir) -> Result<Option<PairsSource>> {
+    if args.resume && run.spec_file().exists() {
+        return Ok(run.spec()?.pairs);
+    }
+    let Some(path) = &args.pairs else {
+        return Ok(None);
+    };
+    Ok(Some(PairsSource::of(path, args.pair_fields.fields())?))
+}
+
+/// The BEIR view of a pairs file, made under `.cpack/pairs/` on first use.
+fn pairs_dataset(ctx: &Context, config: &Config, source: &PairsSource) -> Result<Dataset> {
+    let dir = config.state.pairs_view(source);
+    let view = source.view(&dir)?;
+    ctx.progress.note(&format!(
+        "training on the pairs of {}: {} pairs, {} distinct query sides, {} distinct passages",
+        source.path.display(),
+        view.pairs,
+        view.queries,
+        view.passages
+    ));
+    Ok(Dataset::load(DatasetPaths::beir(&dir))?)
+}
+
+/// `[train]` with the flags given over it, resolved for this workspace;
+/// with `pairs`, in-batch negatives only (there is no corpus to mine).
 fn spec(
     ctx: &Context,
     args: &TrainArgs,
     config: &Config,
     dataset: &Dataset,
     name: &str,
+    pairs: bool,
 ) -> Result<RunSpec> {
-    let recipe = config.train_recipe(&args.recipe, &ctx.given)?;
+    let mut recipe = config.train_recipe(&args.recipe, &ctx.given)?;
+    if pairs {
+        if ctx.given.contains("group_size") && recipe.trainer.group_size > 1 {
+            bail!(
+                "--pairs trains on in-batch negatives only (a pairs file has no corpus to mine): \
+                 drop --group-size {} or set it to 1",
+                recipe.trainer.group_size
+            );
+        }
+        recipe.trainer.group_size = 1;
+        recipe.mining.split = PairsView::SPLIT.to_string();
+    }
     let eval_split = recipe
         .eval_split
         .resolve(|split| dataset.paths.qrels(split).exists());

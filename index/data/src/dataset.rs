@@ -39,7 +39,7 @@ struct Record {
 }
 
 /// The JSON type of `v`, for error messages.
-fn kind(v: &serde_json::Value) -> &'static str {
+pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",
@@ -332,7 +332,7 @@ pub fn all_qrels(dataset: &Dataset) -> Result<Vec<Qrels>> {
     splits.iter().map(|s| dataset.qrels(s)).collect()
 }
 
-fn bad_line(path: &Path, line: usize, problem: String) -> Error {
+pub(crate) fn bad_line(path: &Path, line: usize, problem: String) -> Error {
     Error::BadLine {
         path: path.to_path_buf(),
         line,

@@ -4,6 +4,7 @@
 
 use crate::recipe::{LoopSettings, TrainRecipe};
 use cpack_core::InvalidSetting;
+use cpack_data::pairs::PairsSource;
 use cpack_encode::EncoderSettings;
 use cpack_miner::MiningParams;
 use cpack_train::incremental::RefreshScope;
@@ -25,6 +26,10 @@ pub struct RunSpec {
     pub mining: MiningParams,
     /// Qrels split evaluated after each epoch; `None` = no evaluation.
     pub eval_split: Option<String>,
+    /// The pairs file trained on instead of the workspace's dataset (the
+    /// pair stage), through its BEIR view; absent in runs of a dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pairs: Option<PairsSource>,
 }
 
 impl RunSpec {
@@ -52,6 +57,7 @@ impl RunSpec {
             run: recipe.run.clone(),
             mining,
             eval_split,
+            pairs: None,
         })
     }
 
