@@ -2,8 +2,7 @@
 //! refused with one error, or done and counted where the user reads
 //! (stderr notes, `report.json`, `mine stats`).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::HashMap;
 use std::path::Path;
 

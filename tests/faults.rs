@@ -1,7 +1,6 @@
 //! Bad input and interrupted work: one clear error, a non-zero exit, nothing half-written.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 #[test]

@@ -1,8 +1,7 @@
 //! Bad names, damaged files and odd disks: each case gets one clear error
 //! (or the right result) from the real binary and leaves nothing broken.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 /// Every file under `dir`, relative, sorted.

@@ -1,8 +1,7 @@
 //! What a user sees on stderr when it is not a terminal (CI logs, `nohup`):
 //! long stages print plain progress lines, and everyday snags get plain words.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Runs `cpack args…` with stderr captured (a pipe, not a terminal); returns stderr.
 fn stderr_of(ws: &std::path::Path, args: &[&str]) -> String {

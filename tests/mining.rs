@@ -1,8 +1,7 @@
 //! `cpack mine` through the real binary: the guards hold, exports are valid
 //! FlagEmbedding JSONL, results are deterministic, and `kill -9` resumes.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,7 @@
 //! whose refresh encodes through ORT), and indexes never mix backends or
 //! precisions.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

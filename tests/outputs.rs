@@ -3,8 +3,7 @@
 //! writer, so symlinks, devices, FIFOs and directories are treated alike by
 //! all of them; a closed pipe ends any printing command quietly.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::Read;
 use std::os::unix::fs::{symlink, FileTypeExt};
 use std::path::{Path, PathBuf};

@@ -2,9 +2,7 @@
 //! pairs files the test writes; the scores are checked against `cpack
 //! embed`'s vectors) and the pair stage, `cpack train --pairs`.
 
-mod common;
-
-use common::{cpack, fails, fails_with, json, ok, tiny_model};
+use crate::common::{cpack, fails, fails_with, json, ok, tiny_model};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -381,7 +379,7 @@ fn streams_fields_and_bad_input() {
 /// cmrc2018's training (question, paragraph) pairs as a pairs file, and a
 /// workspace on cmrc2018 with a tiny model for it.
 fn pair_stage_workspace(tmp: &Path) -> (PathBuf, PathBuf) {
-    let data = common::shared("data/cmrc2018");
+    let data = crate::common::shared("data/cmrc2018");
     let texts = |file: &str| -> BTreeMap<String, String> {
         std::fs::read_to_string(data.join(file))
             .unwrap()
@@ -408,9 +406,9 @@ fn pair_stage_workspace(tmp: &Path) -> (PathBuf, PathBuf) {
     }
     let pairs = tmp.join("pairs.jsonl");
     std::fs::write(&pairs, lines).unwrap();
-    let model = common::tiny_model_for(&data, &tmp.join("model"));
+    let model = crate::common::tiny_model_for(&data, &tmp.join("model"));
     let ws = tmp.join("ws");
-    common::init_workspace(&ws, &data, &model, &[]);
+    crate::common::init_workspace(&ws, &data, &model, &[]);
     (ws, pairs)
 }
 

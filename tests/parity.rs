@@ -1,8 +1,7 @@
 //! `cpack embed` with the real all-MiniLM-L6-v2 reproduces sentence-transformers:
 //! identical token ids (checked in the index crate) and cosine ≥ 0.9999 for all 82 texts.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn embed_matches_sentence_transformers_at_both_lengths() {

@@ -1,7 +1,6 @@
 //! What a run's own state says survives a kill as its weights do.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_resume_after_the_refresh_reports_what_the_refresh_did() {

@@ -3,8 +3,7 @@
 //! `cpack embed`, its refusals against malformed input, and its switch to a
 //! newly built index while requests keep arriving.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;

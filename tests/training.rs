@@ -3,8 +3,7 @@
 //! Hugging Face folders cpack can start from, static runs keep their round,
 //! `kill -9` resumes to the same weights, and bad input fails cleanly.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The main workflow through the real binary: init → index build → search → eval.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn echo_queries_find_their_own_passage() {

@@ -1,8 +1,6 @@
 //! Helpers shared by the end-to-end tests: run the real `cpack` binary in
 //! temporary workspaces, with tiny generated models or the real MiniLM.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

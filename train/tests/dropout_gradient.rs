@@ -5,10 +5,8 @@
 //! that applied other masks than its forward (or none) would still give
 //! losses and gradient norms of the right size, and only this catches it.
 
-mod common;
-
+use crate::common::{tiny_model, trainer, PASSAGES, QUERIES};
 use candle_core::Tensor;
-use common::{tiny_model, trainer, PASSAGES, QUERIES};
 use cpack_model::Kernels;
 use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, Trainer};

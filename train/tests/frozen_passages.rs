@@ -3,9 +3,8 @@
 //! of its gradient — the whole gradient is that share plus the passages'
 //! share, computed here with the query embeddings held fixed instead.
 
-mod common;
+use crate::common::{tiny_model, trainer, PASSAGES, QUERIES};
 use candle_core::Tensor;
-use common::{tiny_model, trainer, PASSAGES, QUERIES};
 use cpack_encode::{EncoderSettings, PairTokenizer, TextKind, TokenBatch};
 use cpack_model::{Kernels, ModelDir};
 use cpack_train::loss::contrastive_loss;

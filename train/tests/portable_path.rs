@@ -4,9 +4,7 @@
 //! same gradient on every weight, whole and with gradient caching. This is
 //! how the logic of the GPU path is tested on machines without a GPU.
 
-mod common;
-
-use common::{tiny_model, trainer, PASSAGES, QUERIES};
+use crate::common::{tiny_model, trainer, PASSAGES, QUERIES};
 use cpack_model::Kernels;
 use cpack_train::{LossKind, Trainer};
 

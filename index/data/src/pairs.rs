@@ -495,3 +495,39 @@ fn write_view(source: &PairsSource, dir: &Path) -> Result<PairsView> {
     }
     Ok(view)
 }
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn a_view_holds_each_text_once_and_refuses_changed_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pairs = dir.path().join("pairs.jsonl");
+        std::fs::write(
+            &pairs,
+            "{\"query\":\"a\",\"pos\":[\"x\",\"y\"]}\n{\"query\":\"b\",\"pos\":\"x\"}\n{\"query\":\"a\",\"pos\":\"x\"}\n",
+        )
+        .unwrap();
+        let source = PairsSource::of(&pairs, PairFields::default()).unwrap();
+        let view_dir = dir.path().join(source.view_name());
+        let view = source.view(&view_dir).unwrap();
+        assert_eq!((view.pairs, view.queries, view.passages), (4, 2, 2));
+        let dataset = crate::Dataset::load(crate::DatasetPaths::beir(&view_dir)).unwrap();
+        let qrels = dataset.qrels(PairsView::SPLIT).unwrap();
+        // The repeated (a, x) pair is judged once.
+        assert_eq!(qrels.by_query["q0"].len(), 2);
+        assert_eq!(qrels.by_query["q1"], vec![("p0".to_string(), 1)]);
+        assert_eq!(
+            source.view(&view_dir).unwrap(),
+            view,
+            "made once, then reused"
+        );
+
+        std::fs::write(&pairs, "{\"query\":\"c\",\"pos\":\"z\"}\n").unwrap();
+        std::fs::remove_dir_all(&view_dir).unwrap();
+        let err = source.view(&view_dir).unwrap_err().to_string();
+        assert!(err.contains("changed since training on it began"), "{err}");
+        assert!(!view_dir.exists(), "nothing is left half made");
+    }
+}
