@@ -31,7 +31,7 @@ DATA=.cache/data/insuranceqa-en MODEL=.cache/models/all-MiniLM-L6-v2
 python3 - "$DATA" "$PAIRS" "$OUT/pairs.jsonl" <<'PY'
 import json, sys
 data, limit, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-load = lambda f: {r["_id"]: r["text"] for r in map(json.loads, open(f"{data}/{f}", encoding="utf-8"))}
+load = lambda f: {r.get("_id", r.get("id")): r["text"] for r in map(json.loads, open(f"{data}/{f}", encoding="utf-8"))}
 queries, corpus = load("queries.jsonl"), load("corpus.jsonl")
 with open(f"{data}/qrels/train.tsv", encoding="utf-8") as f, open(out, "w", encoding="utf-8") as w:
     rows = [l.rstrip("\n").split("\t") for l in f][1:]

@@ -161,7 +161,7 @@ impl Config {
             (TomlFile::default(), false)
         } else {
             anyhow::bail!(
-                "no {FILE_NAME} in {}; create one with `cpack init --data DIR --model DIR`, or pass --workspace",
+                "no {FILE_NAME} in {}; create one with `cpack init --data DIR --model DIR`, pass --workspace, or name a model with --model (enough for embed and filter)",
                 workspace.display()
             );
         };
