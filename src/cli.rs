@@ -248,6 +248,12 @@ pub struct TrainArgs {
     pub pairs: Option<PathBuf>,
     #[command(flatten)]
     pub pair_fields: PairFieldArgs,
+    /// With --pairs whose two sides are alike (NLI, paraphrases: C-MTP's
+    /// cmnli and ocnli): the query side is encoded as a passage, without the
+    /// query instruction and at the passage max length. With --loss gte the
+    /// other pairs' query sides are negatives too.
+    #[arg(long, requires = "pairs")]
+    pub symmetric: bool,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

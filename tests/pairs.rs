@@ -408,7 +408,7 @@ fn pair_stage_workspace(tmp: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(&pairs, lines).unwrap();
     let model = crate::common::tiny_model_for(&data, &tmp.join("model"));
     let ws = tmp.join("ws");
-    crate::common::init_workspace(&ws, &data, &model, &[]);
+    crate::common::init_workspace(&ws, &data, &model, &["--query-instruction", "bge-zh"]);
     (ws, pairs)
 }
 
@@ -509,6 +509,47 @@ fn the_pair_stage_trains_in_batch_and_a_killed_run_resumes_to_the_same_weights()
         err.contains("pairs.jsonl") && err.contains("changed since training on it began"),
         "{err}"
     );
+
+    assert_eq!(
+        whole["spec"]["encoder"]["query_instruction"],
+        "为这个句子生成表示以用于检索相关文章："
+    );
+    let symmetric = json(&ok(
+        &ws,
+        &[
+            "train",
+            "--pairs",
+            "../pairs.jsonl",
+            "--run",
+            "s",
+            "--symmetric",
+            "--loss",
+            "gte",
+            "--max-queries",
+            "32",
+            "--passage-max-len",
+            "48",
+            "--train-batch-size",
+            "16",
+            "--quiet",
+            "--json",
+        ],
+    ));
+    let encoder = &symmetric["spec"]["encoder"];
+    assert_eq!(
+        encoder["query_instruction"], "",
+        "symmetric pairs carry no instruction"
+    );
+    assert_eq!(
+        encoder["query_max_len"], 48,
+        "symmetric sides share the passage length"
+    );
+    assert!(symmetric["epochs"][0]["mean_loss"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+    let err = fails_with(&ws, &["train", "--symmetric", "--run", "t"], 2);
+    assert!(err.contains("--pairs"), "{err}");
 
     let err = fails(
         &ws,

@@ -114,10 +114,15 @@ fn spec(
     let eval_split = recipe
         .eval_split
         .resolve(|split| dataset.paths.qrels(split).exists());
+    let mut encoder = config.encoder.clone();
+    if args.symmetric {
+        encoder.query_instruction.clear();
+        encoder.query_max_len = encoder.passage_max_len;
+    }
     Ok(RunSpec::new(
         name,
         config.model.dir.clone(),
-        config.encoder.clone(),
+        encoder,
         &recipe,
         config.seed,
         eval_split,
