@@ -8,44 +8,6 @@ use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The embeddings `cpack embed` writes for `texts`, one vector per text.
-fn embed(ws: &Path, texts: &[String], extra: &[&str]) -> Vec<Vec<f32>> {
-    let input = ws.join("texts.jsonl");
-    let lines: Vec<String> = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
-    let output = ws.join("embedded.jsonl");
-    let mut args = vec![
-        "embed",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    ok(ws, &args);
-    std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            json(l)["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 fn worst_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()

@@ -2,7 +2,7 @@
 //! pairs files the test writes; the scores are checked against `cpack
 //! embed`'s vectors) and the pair stage, `cpack train --pairs`.
 
-use crate::common::{cpack, fails, fails_with, json, ok, tiny_model};
+use crate::common::{cosine, cpack, fails, fails_with, json, ok, tiny_model};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,40 +50,25 @@ fn model(dir: &Path) -> PathBuf {
 }
 
 /// `cpack embed`'s vector of each text, as a query or a passage.
-fn embed(dir: &Path, model: &Path, texts: &[String], query: bool) -> Vec<Vec<f32>> {
-    let input = dir.join(if query { "q.jsonl" } else { "p.jsonl" });
-    let lines: Vec<String> = texts
-        .iter()
-        .map(|t| serde_json::json!({ "text": t }).to_string())
-        .collect();
-    std::fs::write(&input, lines.join("\n")).unwrap();
-    let mut args = vec![
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "-i",
-        input.to_str().unwrap(),
-    ];
+fn embed_as(dir: &Path, model: &Path, texts: &[String], query: bool) -> Vec<Vec<f32>> {
+    let mut extra = vec!["--model", model.to_str().unwrap()];
     if query {
-        args.push("--query");
+        extra.push("--query");
     }
-    ok(dir, &args)
-        .lines()
-        .map(|l| {
-            json(l)["embedding"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    crate::common::embed(dir, texts, &extra)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (norm(a) * norm(b))
+/// The passages of a pairs line: its `pos` string, or each of its list.
+fn passages_of(line: &serde_json::Value) -> Vec<String> {
+    match &line["pos"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        list => list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
+    }
 }
 
 /// (line id, passage) → score, computed from `cpack embed`.
@@ -92,23 +77,15 @@ fn expected_scores(dir: &Path, model: &Path, pairs: &Path) -> BTreeMap<(u64, Str
     let (mut queries, mut passages) = (Vec::new(), Vec::new());
     for line in std::fs::read_to_string(pairs).unwrap().lines() {
         let v = json(line);
-        let pos = match &v["pos"] {
-            serde_json::Value::String(s) => vec![s.clone()],
-            list => list
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_str().unwrap().to_string())
-                .collect(),
-        };
+        let pos = passages_of(&v);
         for p in pos {
             keys.push((v["id"].as_u64().unwrap(), p.clone()));
             queries.push(v["query"].as_str().unwrap().to_string());
             passages.push(p);
         }
     }
-    let q = embed(dir, model, &queries, true);
-    let p = embed(dir, model, &passages, false);
+    let q = embed_as(dir, model, &queries, true);
+    let p = embed_as(dir, model, &passages, false);
     keys.into_iter()
         .zip(q.iter().zip(&p).map(|(a, b)| cosine(a, b)))
         .collect()
@@ -170,15 +147,7 @@ fn keeps_exactly_the_pairs_at_or_above_the_threshold() {
         let v = json(line);
         let id = v["id"].as_u64().unwrap();
         let original = json(&originals[&id]);
-        let passages: Vec<String> = match &v["pos"] {
-            serde_json::Value::String(s) => vec![s.clone()],
-            list => list
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_str().unwrap().to_string())
-                .collect(),
-        };
+        let passages = passages_of(&v);
         if v["pos"] == original["pos"] {
             assert_eq!(
                 line, originals[&id],

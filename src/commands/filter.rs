@@ -10,7 +10,7 @@ use cpack_data::filter::{self, FilterOutcome, FilterSettings, Scorer};
 use cpack_data::pairs::PairReader;
 use cpack_encode::{EmbeddingStamp, Encoder, TextKind};
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Instant;
@@ -46,20 +46,8 @@ pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
             &ctx.progress,
             score,
         )?,
-        OutputTarget::Stdout => {
-            let mut out = BufWriter::new(std::io::stdout().lock());
-            filter::filter_into_stream(
-                reader,
-                &mut out,
-                &settings,
-                args.chunk_pairs,
-                &ctx.progress,
-                score,
-            )?
-        }
-        OutputTarget::Through(path) => {
-            let file = open_through(path)?;
-            let mut out = BufWriter::new(file);
+        OutputTarget::Stdout | OutputTarget::Through(_) => {
+            let mut out = BufWriter::new(open_stream(&target)?);
             filter::filter_into_stream(
                 reader,
                 &mut out,
@@ -111,13 +99,18 @@ fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
     Ok((file, meta.is_file().then_some(meta.len())))
 }
 
-fn open_through(path: &Path) -> Result<File> {
+/// Standard output, or a FIFO or device opened for writing in place.
+fn open_stream(target: &OutputTarget) -> Result<Box<dyn Write>> {
+    let OutputTarget::Through(path) = target else {
+        return Ok(Box::new(std::io::stdout().lock()));
+    };
     let is_file = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .truncate(is_file)
         .open(path)
-        .with_context(|| format!("cannot open {} for writing", path.display()))
+        .with_context(|| format!("cannot open {} for writing", path.display()))?;
+    Ok(Box::new(file))
 }
 
 /// The cosine of each query-side text's embedding with its passage's.

@@ -205,3 +205,42 @@ pub const ECHO_INCREMENTAL_RUN: [&str; 17] = [
     "--train-batch-size",
     "4",
 ];
+
+/// The embeddings `cpack embed` writes for `texts`, one vector per text.
+pub fn embed(ws: &Path, texts: &[String], extra: &[&str]) -> Vec<Vec<f32>> {
+    let input = ws.join("texts.jsonl");
+    let lines: Vec<String> = texts
+        .iter()
+        .map(|t| serde_json::json!({ "text": t }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let output = ws.join("embedded.jsonl");
+    let mut args = vec![
+        "embed",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(ws, &args);
+    std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            json(l)["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// The cosine of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
