@@ -316,6 +316,10 @@ pub struct Overrides {
     /// [index.device].
     #[arg(id = "index.device", long = "index-device", value_name = "DEVICE")]
     pub index_device: Option<IndexDevice>,
+    /// In a workspace of several [[task]]s: work on this task alone
+    /// [default: every task; search, serve and the round commands need one].
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -355,6 +359,9 @@ pub enum IndexCommand {
         /// Print the manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// In a workspace of several [[task]]s: the index of this task.
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
     },
 }
 
@@ -448,6 +455,9 @@ pub enum MineAction {
 
 #[derive(Args, Debug)]
 pub struct MineImportArgs {
+    /// In a workspace of several [[task]]s: the task whose store holds the round.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
     /// FlagEmbedding JSONL; every query and passage text must occur in the dataset.
     pub input: PathBuf,
     /// The qrels split that judges these queries: a run training on that
@@ -491,6 +501,9 @@ pub struct MineRunArgs {
 
 #[derive(Args, Debug)]
 pub struct MineExportArgs {
+    /// In a workspace of several [[task]]s: the task whose store holds the round.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
     /// Round to export (default: the newest complete one).
     #[arg(long)]
     pub round: Option<u32>,
@@ -505,6 +518,9 @@ pub struct MineExportArgs {
 
 #[derive(Args, Debug)]
 pub struct MineStatsArgs {
+    /// In a workspace of several [[task]]s: the task whose store holds the round.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
     /// Round to describe (default: the newest complete one).
     #[arg(long)]
     pub round: Option<u32>,

@@ -7,7 +7,7 @@
 use crate::cli::Overrides;
 use crate::flags::Given;
 use crate::state::StateDir;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cpack_data::dataset::{DatasetPaths, TextTable};
 use cpack_encode::{EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, Runtime};
 use cpack_index::store::{BuildPlan, IndexDir};
@@ -39,6 +39,9 @@ pub struct TomlFile {
     /// draws' own.
     pub seed: Option<u64>,
     pub data: Option<DataSection>,
+    /// Several datasets trained together, each with its own instruction.
+    #[serde(default, rename = "task")]
+    pub tasks: Vec<TaskSection>,
     #[serde(default)]
     pub model: ModelRecipe,
     #[serde(default, alias = "encoder")]
@@ -55,6 +58,48 @@ pub struct TomlFile {
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     pub dir: PathBuf,
+}
+
+/// One `[[task]]`: a BEIR folder with its own query instruction, its share
+/// of each training epoch and the split it trains on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    /// Names the task in flags (`--task`), reports and `.cpack/tasks/<name>/`.
+    pub name: String,
+    /// The task's BEIR folder (corpus.jsonl, queries.jsonl, qrels/).
+    pub data: PathBuf,
+    /// Its queries' instruction (a preset name or the text); unset: the
+    /// workspace's `[encode] query_instruction`; "" for none.
+    pub query_instruction: Option<String>,
+    /// Visits of each of its queries per training epoch (0.5: a seeded
+    /// half each epoch; 2: each twice).
+    #[serde(default = "TaskSection::default_weight")]
+    pub weight: f64,
+    /// The split its queries train on and are mined for [default: `[mine] split`].
+    pub split: Option<String>,
+}
+
+impl TaskSection {
+    fn default_weight() -> f64 {
+        1.0
+    }
+
+    /// Refuses a name that cannot name a folder and a weight no epoch can follow.
+    fn check(&self, seen: &[TaskSection]) -> Result<()> {
+        let name = &self.name;
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+            bail!("task name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-' (it names a folder under .cpack/tasks/)");
+        }
+        if seen.iter().any(|t| &t.name == name) {
+            bail!("two tasks are named {name:?}: each [[task]] needs its own name");
+        }
+        if !(self.weight > 0.0 && self.weight.is_finite()) {
+            bail!("task {name:?}: weight {} must be a positive number (1 visits each query once per epoch)", self.weight);
+        }
+        Ok(())
+    }
 }
 
 impl TomlFile {
@@ -122,6 +167,7 @@ pub struct IndexConfig {
 }
 
 /// Everything a command needs, validated.
+#[derive(Clone)]
 pub struct Config {
     pub workspace: PathBuf,
     pub state: StateDir,
@@ -142,6 +188,18 @@ pub struct Config {
     /// `[train]` as written, its seed the workspace's unless it sets its own;
     /// `cpack train` merges its flags over it.
     pub train: TrainRecipe,
+    /// The `[[task]]`s the command works on (all, or the one `--task`
+    /// names); empty in a workspace of one `[data]` folder.
+    pub tasks: Vec<TaskSection>,
+}
+
+/// One task of a workspace as a command sees it: the workspace's
+/// configuration narrowed to the task's data, instruction, split and state.
+pub struct TaskConfig {
+    /// Empty for the lone dataset of a workspace without tasks.
+    pub name: String,
+    pub section: Option<TaskSection>,
+    pub config: Config,
 }
 
 impl Config {
@@ -165,6 +223,7 @@ impl Config {
                 workspace.display()
             );
         };
+        let tasks = select_tasks(&file, overrides.task.as_deref(), &toml_path)?;
         let model_recipe = overlay_set(&file.model, &overrides.model)?;
         let encode = overlay_set(&file.encode, &overrides.encode)?;
         let model_path = model_recipe
@@ -194,7 +253,59 @@ impl Config {
             index_recipe,
             mine: file.mine,
             train,
+            tasks,
         })
+    }
+
+    /// What the command works through: each selected task's
+    /// configuration, or the workspace's own when it lists no tasks.
+    pub fn task_configs(&self) -> Vec<TaskConfig> {
+        if self.tasks.is_empty() {
+            let (name, section, config) = (String::new(), None, self.clone());
+            return vec![TaskConfig {
+                name,
+                section,
+                config,
+            }];
+        }
+        self.tasks
+            .iter()
+            .map(|task| self.task_config(task))
+            .collect()
+    }
+
+    /// The one task a command that serves a single one works on: the
+    /// workspace's lone dataset, its only task, or the task `--task` names.
+    pub fn single_task(&self, command: &str) -> Result<TaskConfig> {
+        let mut configs = self.task_configs();
+        if configs.len() > 1 {
+            let names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
+            bail!(
+                "this workspace has {} tasks ({}); {command} works on one: name it with --task",
+                names.len(),
+                names.join(", ")
+            );
+        }
+        Ok(configs.remove(0))
+    }
+
+    fn task_config(&self, task: &TaskSection) -> TaskConfig {
+        let mut config = self.clone();
+        config.data = Some(DatasetPaths::beir(&resolve(&self.workspace, &task.data)));
+        if let Some(instruction) = &task.query_instruction {
+            config.encoder.query_instruction = expand_instruction(instruction).to_string();
+        }
+        if let Some(split) = &task.split {
+            config.mine.split = split.clone();
+            config.train.mining.split = split.clone();
+        }
+        config.state = self.state.for_task(&task.name);
+        config.tasks = vec![task.clone()];
+        TaskConfig {
+            name: task.name.clone(),
+            section: Some(task.clone()),
+            config,
+        }
     }
 
     /// The dataset, or an error saying the workspace has none.
@@ -240,6 +351,41 @@ impl Config {
     /// `cpack train`'s recipe: `[train]` with the flags given over it.
     pub fn train_recipe(&self, flags: &TrainRecipe, given: &Given) -> Result<TrainRecipe> {
         overlay_given(&self.train, flags, given)
+    }
+}
+
+/// The tasks of `file` a command works on: every `[[task]]`, or the one
+/// `--task` names; checked for names and weights.
+fn select_tasks(file: &TomlFile, wanted: Option<&str>, path: &Path) -> Result<Vec<TaskSection>> {
+    let mut checked: Vec<TaskSection> = Vec::new();
+    for task in &file.tasks {
+        task.check(&checked)
+            .with_context(|| format!("{} is not a valid cpack.toml", path.display()))?;
+        checked.push(task.clone());
+    }
+    if !checked.is_empty() && file.data.is_some() {
+        bail!(
+            "{} has both [data] and [[task]]: a workspace trains one dataset ([data]) or several tasks; move [data] dir into a [[task]]",
+            path.display()
+        );
+    }
+    let Some(name) = wanted else {
+        return Ok(checked);
+    };
+    if checked.is_empty() {
+        bail!(
+            "--task {name}: {} lists no [[task]] (its one dataset is [data])",
+            path.display()
+        );
+    }
+    let names: Vec<&str> = checked.iter().map(|t| t.name.as_str()).collect();
+    match checked.iter().find(|t| t.name == name) {
+        Some(task) => Ok(vec![task.clone()]),
+        None => bail!(
+            "--task {name}: {} has no such task (it has {})",
+            path.display(),
+            names.join(", ")
+        ),
     }
 }
 
@@ -312,7 +458,7 @@ pub fn locate_model(workspace: &Path, spec: &Path) -> Result<PathBuf> {
 }
 
 /// Relative paths in cpack.toml are relative to the workspace.
-fn resolve(workspace: &Path, path: &Path) -> PathBuf {
+pub fn resolve(workspace: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {

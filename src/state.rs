@@ -7,6 +7,9 @@
 //!   negatives/   the mining rounds (cpack-miner: sled)
 //!   runs/        training runs (cpack-run: one folder per run)
 //!   onnx/        ONNX exports of the workspace's models, made by the ort backend
+//!   pairs/       BEIR views of pairs files (`cpack train --pairs`)
+//!   tasks/<name>/index/, tasks/<name>/negatives/
+//!                with several [[task]]s: each task's own index and rounds
 //! ```
 
 use anyhow::{bail, Result};
@@ -18,6 +21,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// `tasks/<name>` under the root for a task's own index and negatives.
+    task: Option<PathBuf>,
 }
 
 impl StateDir {
@@ -36,17 +41,35 @@ impl StateDir {
                 );
             }
         }
-        Ok(StateDir { root })
+        Ok(StateDir { root, task: None })
     }
 
-    /// The workspace index, searched on `device` once opened.
+    /// The same state seen from task `name`: its own index and negatives
+    /// under `tasks/<name>/`; runs, exports and pair views stay shared.
+    pub fn for_task(&self, name: &str) -> StateDir {
+        let task = Some(Path::new("tasks").join(name));
+        StateDir {
+            task,
+            ..self.clone()
+        }
+    }
+
+    /// Where this (task's) index and negatives live.
+    fn own(&self) -> PathBuf {
+        match &self.task {
+            Some(task) => self.root.join(task),
+            None => self.root.clone(),
+        }
+    }
+
+    /// The workspace (or task) index, searched on `device` once opened.
     pub fn index(&self, device: IndexDevice) -> IndexDir {
-        IndexDir::new(self.root.join("index")).on(device)
+        IndexDir::new(self.own().join("index")).on(device)
     }
 
     /// The negatives store (sled).
     pub fn negatives(&self) -> PathBuf {
-        self.root.join("negatives")
+        self.own().join("negatives")
     }
 
     pub fn runs(&self) -> RunsDir {

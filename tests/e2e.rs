@@ -15,5 +15,6 @@ mod pairs;
 mod parity;
 mod run_state;
 mod serve;
+mod tasks;
 mod training;
 mod workflow;

@@ -1,12 +1,77 @@
 //! `cpack eval`: retrieval metrics of the live index on a qrels split.
 
 use crate::cli::EvalArgs;
+use crate::config::Config;
 use crate::runtime::{open_encoder, query_encoder, Context};
 use anyhow::{bail, Result};
 use cpack_data::dataset::Dataset;
+use cpack_data::metrics::RetrievalMetrics;
 
+/// Evaluates each task the command works on; with several, their mean too.
 pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
+    let tasks = config.task_configs();
+    let mut results = serde_json::Map::new();
+    let mut metrics = Vec::new();
+    for task in &tasks {
+        let (json, m) = eval_one(ctx, &task.config, &args)?;
+        match task.name.as_str() {
+            "" if args.json => outln!("{}", serde_json::to_string_pretty(&json)?)?,
+            "" => {}
+            name => drop(results.insert(name.to_string(), json)),
+        }
+        metrics.push(m);
+    }
+    if tasks.len() == 1 && tasks[0].name.is_empty() {
+        return Ok(());
+    }
+    let mean =
+        |f: fn(&RetrievalMetrics) -> f64| metrics.iter().map(f).sum::<f64>() / metrics.len() as f64;
+    let means = [
+        ("ndcg_at_10", mean(|m| m.ndcg_at_10)),
+        ("mrr_at_10", mean(|m| m.mrr_at_10)),
+        ("recall_at_10", mean(|m| m.recall_at_10)),
+        ("recall_at_100", mean(|m| m.recall_at_100)),
+    ];
+    if args.json {
+        let mean: serde_json::Map<String, serde_json::Value> = means
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        let doc = serde_json::json!({"split": args.split, "tasks": results, "mean": mean});
+        outln!("{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    outln!(
+        "{:<24} {:>8} {:>8} {:>10} {:>11}",
+        "task",
+        "nDCG@10",
+        "MRR@10",
+        "Recall@10",
+        "Recall@100"
+    )?;
+    for (task, m) in tasks.iter().zip(&metrics) {
+        outln!(
+            "{:<24} {:>8.4} {:>8.4} {:>10.4} {:>11.4}",
+            task.name,
+            m.ndcg_at_10,
+            m.mrr_at_10,
+            m.recall_at_10,
+            m.recall_at_100
+        )?;
+    }
+    let [n, m, r10, r100] = means.map(|(_, v)| v);
+    outln!("{:<24} {n:>8.4} {m:>8.4} {r10:>10.4} {r100:>11.4}", "mean")?;
+    Ok(())
+}
+
+/// One task's evaluation: the JSON a lone dataset prints, and its metrics;
+/// the text of a lone dataset is printed here.
+fn eval_one(
+    ctx: &Context,
+    config: &Config,
+    args: &EvalArgs,
+) -> Result<(serde_json::Value, RetrievalMetrics)> {
     let dataset = Dataset::load(config.data()?.clone())?;
     let qrels = dataset.qrels(&args.split)?;
     if qrels.is_empty() {
@@ -15,11 +80,10 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
             dataset.paths.qrels(&args.split).display()
         );
     }
-    let encoder = open_encoder(&config)?;
+    let encoder = open_encoder(config)?;
     let stamp = config.embedding_stamp(&encoder)?;
     let mut index = config.index_dir().open(&stamp, &dataset.corpus)?;
-    let encoder = query_encoder(&config, args.query_model.as_deref(), encoder)?;
-
+    let encoder = query_encoder(config, args.query_model.as_deref(), encoder)?;
     let evaluation = cpack_index::evaluate::evaluate_index(
         &encoder,
         &mut index,
@@ -27,27 +91,19 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
         &qrels,
         &ctx.progress,
     )?;
-    let (m, encode_seconds, search_seconds) = (
-        evaluation.metrics,
-        evaluation.encode_seconds,
-        evaluation.search_seconds,
-    );
+    let m = evaluation.metrics;
     ctx.progress.finish();
-    if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "split": args.split,
-                "metrics": m,
-                "index_generation": index.generation,
-                "model_fingerprint": stamp.model_fingerprint,
-                "query_model": args.query_model,
-                "index": index.manifest.plan.index.to_string(),
-                "query_encode_seconds": encode_seconds,
-                "search_seconds": search_seconds,
-            }))?
-        )?;
-    } else {
+    let json = serde_json::json!({
+        "split": args.split,
+        "metrics": m,
+        "index_generation": index.generation,
+        "model_fingerprint": stamp.model_fingerprint,
+        "query_model": args.query_model,
+        "index": index.manifest.plan.index.to_string(),
+        "query_encode_seconds": evaluation.encode_seconds,
+        "search_seconds": evaluation.search_seconds,
+    });
+    if !args.json && config.tasks.is_empty() {
         outln!(
             "split {} · {} queries · index {} ({})",
             args.split,
@@ -64,5 +120,5 @@ pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
         outln!("Recall@10  {:.4}", m.recall_at_10)?;
         outln!("Recall@100 {:.4}", m.recall_at_100)?;
     }
-    Ok(())
+    Ok((json, m))
 }

@@ -22,8 +22,17 @@ pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
     }
 }
 
+/// The configuration of the one task a round command works on.
+fn task_config(ctx: &Context, task: Option<String>, command: &str) -> Result<Config> {
+    let overrides = crate::cli::Overrides {
+        task,
+        ..Default::default()
+    };
+    Ok(ctx.config(&overrides)?.single_task(command)?.config)
+}
+
 fn import_round(ctx: &Context, args: MineImportArgs) -> Result<()> {
-    let config = ctx.config(&Default::default())?;
+    let config = task_config(ctx, args.task.clone(), "mine import")?;
     let store = open_store(&config)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let split = args.split.unwrap_or_else(|| config.mine.split.clone());
@@ -65,19 +74,49 @@ fn open_store(config: &Config) -> Result<NegativeStore> {
     Ok(NegativeStore::open(&config.negatives_dir())?)
 }
 
+/// Mines (or collects the garbage of) each task the command works on: the
+/// lone dataset, every `[[task]]` (each in its own corpus and store), or
+/// the one `--task` names.
 fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
-    let store = open_store(&config)?;
-    if args.gc {
-        return collect_garbage(&config, &store, args.keep);
+    let mut outcomes = serde_json::Map::new();
+    for task in config.task_configs() {
+        if !task.name.is_empty() {
+            ctx.progress.note(&format!("task {}", task.name));
+        }
+        let store = open_store(&task.config)?;
+        if args.gc {
+            collect_garbage(&task.config, &store, args.keep)?;
+            continue;
+        }
+        let (json, line) = mine_one(ctx, &task.config, &store, &args)?;
+        match (args.json, task.name.as_str()) {
+            (true, "") => outln!("{json}")?,
+            (true, name) => drop(outcomes.insert(name.to_string(), json)),
+            (false, "") => outln!("{line}")?,
+            (false, name) => outln!("task {name}: {line}")?,
+        }
     }
+    if args.json && !outcomes.is_empty() {
+        outln!("{}", serde_json::json!({ "tasks": outcomes }))?;
+    }
+    Ok(())
+}
+
+/// One task's round: what `--json` prints, and the line printed otherwise.
+fn mine_one(
+    ctx: &Context,
+    config: &Config,
+    store: &NegativeStore,
+    args: &MineRunArgs,
+) -> Result<(serde_json::Value, String)> {
     let recipe = config.mining_recipe(&args.recipe, &ctx.given)?;
     let seed = args.seed.unwrap_or(config.seed);
     let params = recipe.params(MiningRecipe::DEFAULT_NEGATIVES, seed)?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let split_qrels = dataset.qrels(&params.split)?;
     let qrels = all_qrels(&dataset)?;
-    let encoder = open_encoder(&config)?;
+    let encoder = open_encoder(config)?;
     let mut index = config
         .index_dir()
         .open(&config.embedding_stamp(&encoder)?, &dataset.corpus)?;
@@ -95,10 +134,10 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
         chunk_queries: args.chunk_queries,
         overlap_encoding: !args.no_overlap,
     };
-    let outcome = cpack_miner::mine(&store, input, params, options, &ctx.progress)?;
+    let outcome = cpack_miner::mine(store, input, params, options, &ctx.progress)?;
     ctx.progress.finish();
     match outcome {
-        MineOutcome::UpToDate(m) => print_up_to_date(m.round, args.json)?,
+        MineOutcome::UpToDate(m) => Ok(up_to_date(m.round)),
         MineOutcome::Mined {
             manifest,
             resumed,
@@ -115,16 +154,16 @@ fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
                 resumed,
                 queries_without_positives,
             };
-            mined.print(args.json)?;
+            Ok(mined.describe())
         }
     }
-    Ok(())
 }
 
 /// `--gc`: removes all rounds but the newest `keep` and those a training
 /// run resumes from.
 fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Result<()> {
-    let in_use = config.state.runs().rounds_in_use()?;
+    let task = config.tasks.first().map_or("", |t| t.name.as_str());
+    let in_use = config.state.runs().rounds_in_use(task)?;
     let removed = store.gc(keep, &in_use)?;
     outln!(
         "removed {} round(s) {removed:?}; kept the newest {keep}{}",
@@ -138,16 +177,11 @@ fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Resul
     Ok(())
 }
 
-fn print_up_to_date(round: u32, json: bool) -> std::io::Result<()> {
-    if json {
-        outln!(
-            "{}",
-            serde_json::json!({"status": "up-to-date", "round": round})
-        )?;
-    } else {
-        outln!("round {round} already holds these negatives (use --force to mine again)")?;
-    }
-    Ok(())
+fn up_to_date(round: u32) -> (serde_json::Value, String) {
+    (
+        serde_json::json!({"status": "up-to-date", "round": round}),
+        format!("round {round} already holds these negatives (use --force to mine again)"),
+    )
 }
 
 /// A round just mined, as `cpack mine` reports it.
@@ -159,39 +193,34 @@ struct Mined<'a> {
 }
 
 impl Mined<'_> {
-    fn print(&self, json: bool) -> std::io::Result<()> {
+    /// What `--json` prints, and the line printed otherwise.
+    fn describe(&self) -> (serde_json::Value, String) {
         let (manifest, s) = (self.manifest, &self.stats);
-        if json {
-            outln!(
-                "{}",
-                serde_json::json!({
-                    "status": "mined",
-                    "round": manifest.round,
-                    "resumed": self.resumed,
-                    "queries": s.queries,
-                    "queries_without_positives": self.queries_without_positives,
-                    "negatives_min": s.negatives_min,
-                    "negatives_mean": s.negatives_mean,
-                    "short_queries": s.short_queries,
-                    "seconds": manifest.seconds,
-                    "timings": manifest.timings,
-                })
-            )?;
-        } else {
-            outln!(
-                "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
-                manifest.round,
-                if self.resumed { " (resumed)" } else { "" },
-                s.queries,
-                s.negatives_mean,
-                s.negatives_min,
-                s.short_queries,
-                self.queries_without_positives,
-                manifest.seconds,
-                s.queries as f64 / manifest.seconds.max(1e-9),
-            )?;
-        }
-        Ok(())
+        let json = serde_json::json!({
+            "status": "mined",
+            "round": manifest.round,
+            "resumed": self.resumed,
+            "queries": s.queries,
+            "queries_without_positives": self.queries_without_positives,
+            "negatives_min": s.negatives_min,
+            "negatives_mean": s.negatives_mean,
+            "short_queries": s.short_queries,
+            "seconds": manifest.seconds,
+            "timings": manifest.timings,
+        });
+        let line = format!(
+            "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
+            manifest.round,
+            if self.resumed { " (resumed)" } else { "" },
+            s.queries,
+            s.negatives_mean,
+            s.negatives_min,
+            s.short_queries,
+            self.queries_without_positives,
+            manifest.seconds,
+            s.queries as f64 / manifest.seconds.max(1e-9),
+        );
+        (json, line)
     }
 }
 
@@ -215,7 +244,7 @@ fn pick_round(store: &NegativeStore, round: Option<u32>) -> Result<RoundManifest
 
 fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
     let format = args.format;
-    let config = ctx.config(&Default::default())?;
+    let config = task_config(ctx, args.task.clone(), "mine export")?;
     let store = open_store(&config)?;
     let manifest = pick_round(&store, args.round)?;
     let dataset = Dataset::load(config.data()?.clone())?;
@@ -239,7 +268,7 @@ fn export_round(ctx: &Context, args: MineExportArgs) -> Result<()> {
 }
 
 fn round_stats(ctx: &Context, args: MineStatsArgs) -> Result<()> {
-    let config = ctx.config(&Default::default())?;
+    let config = task_config(ctx, args.task.clone(), "mine stats")?;
     let store = open_store(&config)?;
     let manifest = pick_round(&store, args.round)?;
     let records = store.records(manifest.round)?;

@@ -10,7 +10,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
     if args.k == 0 {
         bail!("-k must be at least 1");
     }
-    let config = ctx.config(&args.overrides)?;
+    let config = ctx.config(&args.overrides)?.single_task("search")?.config;
     let encoder = open_encoder(&config)?;
     let corpus = Dataset::load_corpus(config.data()?)?;
     let mut index = config

@@ -2,45 +2,79 @@
 //! run spec, then the closed loop of `cpack_run`.
 
 use crate::cli::TrainArgs;
-use crate::config::Config;
+use crate::config::{Config, TaskConfig};
 use crate::runtime::{backend_loader, Context};
 use anyhow::{bail, Context as _, Result};
 use cpack_core::Progress;
 use cpack_data::dataset::{all_qrels, Dataset, DatasetPaths};
 use cpack_data::pairs::{PairsSource, PairsView};
+use cpack_index::store::IndexDir;
 use cpack_miner::NegativeStore;
+use cpack_run::spec::TaskSpec;
 use cpack_run::{Report, RunDir, RunSpec, Workspace};
 
 pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
     let run = run_dir(&config, &args)?;
     let pairs = pairs_source(&args, &run)?;
-    let dataset = match &pairs {
-        Some(source) => pairs_dataset(ctx, &config, source)?,
-        None => Dataset::load(config.data()?.clone())?,
+    // The pair stage trains the pairs file alone, whatever tasks the workspace lists.
+    let tasks = match &pairs {
+        Some(_) => vec![TaskConfig {
+            name: String::new(),
+            section: None,
+            config: Config {
+                tasks: Vec::new(),
+                ..config.clone()
+            },
+        }],
+        None => config.task_configs(),
     };
-    let mut spec = spec(ctx, &args, &config, &dataset, run.name(), pairs.is_some())?;
+    let mut datasets = Vec::new();
+    for task in &tasks {
+        datasets.push(match &pairs {
+            Some(source) => pairs_dataset(ctx, &config, source)?,
+            None => Dataset::load(task.config.data()?.clone())?,
+        });
+    }
+    let mut spec = spec(
+        ctx,
+        &args,
+        &config,
+        &datasets[0],
+        run.name(),
+        pairs.is_some(),
+    )?;
     spec.pairs = pairs;
-    let all_qrels = all_qrels(&dataset)?;
-    let store = NegativeStore::open(&config.negatives_dir())?;
-    let base_index = config.index_dir();
+    spec.tasks = task_specs(ctx, &args, (&config, &tasks), &datasets, &spec)?;
+    let all_qrels = datasets
+        .iter()
+        .map(all_qrels)
+        .collect::<Result<Vec<_>, _>>()?;
+    let stores = (tasks.iter())
+        .map(|t| NegativeStore::open(&t.config.negatives_dir()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let base_indexes: Vec<IndexDir> = tasks.iter().map(|t| t.config.index_dir()).collect();
     let (backend, workers) = backend_loader(&config)?;
-    let ws = Workspace {
-        dataset: &dataset,
-        all_qrels: &all_qrels,
-        store: &store,
-        base_index: &base_index,
-        index_kind: config.index.kind.clone(),
-        precision: config.index.precision,
-        backend: backend.as_ref(),
-        threads: workers,
-        device: (args.overrides.encode.device)
-            .or(config.train.device)
-            .unwrap_or(config.runtime.device()),
-    };
+    let device = (args.overrides.encode.device)
+        .or(config.train.device)
+        .unwrap_or(config.runtime.device());
     // A device this build or machine cannot use fails before a run folder exists.
-    ws.device.candle()?;
-    let report = cpack_run::run(&ws, spec, &run, args.resume, &ctx.progress)?;
+    device.candle()?;
+    let workspaces: Vec<Workspace> = (0..tasks.len())
+        .map(|i| Workspace {
+            task: tasks[i].name.clone(),
+            dataset: &datasets[i],
+            all_qrels: &all_qrels[i],
+            store: &stores[i],
+            base_index: &base_indexes[i],
+            index_kind: config.index.kind.clone(),
+            precision: config.index.precision,
+            backend: backend.as_ref(),
+            threads: workers,
+            device,
+        })
+        .collect();
+    let report = cpack_run::run(&workspaces, spec, &run, args.resume, &ctx.progress)?;
     ctx.progress.finish();
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
@@ -49,6 +83,37 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         print_next_steps(&report)?;
     }
     Ok(())
+}
+
+/// Each `[[task]]` of the run, resolved: its data, its instruction (none
+/// with `--symmetric`), its weight, and its splits.
+fn task_specs(
+    ctx: &Context,
+    args: &TrainArgs,
+    (config, tasks): (&Config, &[TaskConfig]),
+    datasets: &[Dataset],
+    spec: &RunSpec,
+) -> Result<Vec<TaskSpec>> {
+    let recipe = config.train_recipe(&args.recipe, &ctx.given)?;
+    let mut specs = Vec::new();
+    for (task, dataset) in tasks.iter().zip(datasets) {
+        let Some(section) = &task.section else {
+            continue;
+        };
+        let mut query_instruction = task.config.encoder.query_instruction.clone();
+        if args.symmetric {
+            query_instruction.clear();
+        }
+        specs.push(TaskSpec {
+            name: task.name.clone(),
+            data: crate::config::resolve(&config.workspace, &section.data),
+            query_instruction,
+            weight: section.weight,
+            split: (section.split.clone()).unwrap_or_else(|| spec.mining.split.clone()),
+            eval_split: (recipe.eval_split).resolve(|split| dataset.paths.qrels(split).exists()),
+        });
+    }
+    Ok(specs)
 }
 
 /// The run's folder: `--run`, else the newest run when resuming, else the

@@ -19,7 +19,8 @@ use std::time::Duration;
 const QUEUE: usize = 1024;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
-    let mut config = ctx.config(&args.overrides)?;
+    let task = ctx.config(&args.overrides)?.single_task("serve")?;
+    let mut config = task.config;
     let (source, served) = match &args.run {
         None => (
             ModelSource::Fixed,
@@ -40,11 +41,22 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
             let newest = cpack_train::checkpoint::latest(run.path())?
                 .with_context(|| format!("run {name:?} has no checkpoint yet"))?;
             config.model = cpack_model::ModelDir::open(&newest)?;
-            config.encoder = spec.encoder;
+            let plan = (spec.task_plans().into_iter())
+                .find(|plan| plan.name == task.name)
+                .with_context(|| format!("run {name:?} did not train task {:?}", task.name))?;
+            config.encoder = plan.encoder;
             let device = config.index.device;
-            let served = ServedIndex::Run {
-                existing: vec![run.index(device), run.eval_index(device)],
-                own: run.serve_index(device),
+            let served = match plan.name.as_str() {
+                "" => ServedIndex::Run {
+                    existing: vec![run.index(device), run.eval_index(device)],
+                    own: run.serve_index(device),
+                },
+                // A task's index under the newest checkpoint is the run's own;
+                // its serving copy goes beside it.
+                name => ServedIndex::Run {
+                    existing: vec![run.task_index(name, device)],
+                    own: run.task_serve_index(name, device),
+                },
             };
             (ModelSource::Run(run.path().to_path_buf()), served)
         }

@@ -71,6 +71,10 @@ pub struct TrainerState {
     /// passage ids by query id: the next epoch's draws depend on them.
     #[serde(default)]
     pub retired: std::collections::BTreeMap<String, Vec<String>>,
+    /// With several tasks, the round each task's queries trained on, by
+    /// task name (each task mines into its own store; `round` is then `None`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_rounds: std::collections::BTreeMap<String, u32>,
 }
 
 impl TrainerState {
@@ -91,6 +95,7 @@ impl TrainerState {
             negatives_overlap: None,
             files: Default::default(),
             retired: Default::default(),
+            task_rounds: Default::default(),
         }
     }
 }

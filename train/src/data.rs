@@ -56,10 +56,50 @@ pub enum Batching {
     Clustered,
 }
 
+/// How the batches of several tasks follow one another in an epoch (each
+/// batch holds one task's queries, so its in-batch negatives share a corpus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskOrder {
+    /// All tasks' batches in one seeded shuffle: each task is drawn in
+    /// proportion to its share of the epoch (its queries times its weight).
+    #[default]
+    Proportional,
+    /// One batch of each task in turn; a task whose batches run out drops out.
+    RoundRobin,
+}
+
+impl TaskOrder {
+    pub fn is_proportional(&self) -> bool {
+        *self == TaskOrder::Proportional
+    }
+}
+
+/// One task's part of a training set of several.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskShare {
+    /// Visits of each of the task's queries per epoch: 1 visits each once,
+    /// 0.5 a seeded half, 2 each twice.
+    pub weight: f64,
+}
+
+/// One task's set in [`TrainingSet::merge`].
+pub struct MergePart {
+    pub set: TrainingSet,
+    /// What the task's query ids are prefixed with in the merged set.
+    pub id_prefix: String,
+    /// Rows of the task's query table (where the next task's begin).
+    pub queries: usize,
+    pub share: TaskShare,
+}
+
 /// One training query with everything it can draw from (rows of the corpus).
 #[derive(Debug, Clone)]
 pub struct Example {
     pub query_id: String,
+    /// The task the query belongs to (index into [`TrainingSet::tasks`]; 0 alone).
+    pub task: usize,
     pub query_row: usize,
     /// Positives of the training split: the targets.
     pub positives: Vec<usize>,
@@ -126,6 +166,11 @@ pub struct TrainingSet {
     pub clusters: Option<Vec<u32>>,
     /// Negatives each example no longer draws (corpus rows), by example.
     retired: HashMap<usize, HashSet<usize>>,
+    /// The tasks of a merged set ([`TrainingSet::merge`]); empty for one dataset.
+    pub tasks: Vec<TaskShare>,
+    /// Each task's corpus rows in a merged set.
+    task_rows: Vec<std::ops::Range<usize>>,
+    pub task_order: TaskOrder,
 }
 
 impl TrainingSet {
@@ -180,6 +225,7 @@ impl TrainingSet {
             all_positive_keys.extend(positives.iter().map(|&row| passage_keys[row]));
             examples.push(Example {
                 query_id: query_id.clone(),
+                task: 0,
                 query_row: queries
                     .position(query_id)
                     .expect("qrels validated against queries"),
@@ -207,6 +253,85 @@ impl TrainingSet {
             skipped,
             clusters: None,
             retired: HashMap::new(),
+            tasks: Vec::new(),
+            task_rows: Vec::new(),
+            task_order: TaskOrder::default(),
+        }
+    }
+
+    /// One set of several tasks' sets, each built over its own tables:
+    /// rows move by the sizes of the tables before it (as
+    /// [`TextTable::merged`] lays them out), query ids gain the part's
+    /// prefix, and every example remembers its task.
+    pub fn merge(parts: Vec<MergePart>, task_order: TaskOrder) -> Self {
+        let mut merged = TrainingSet {
+            examples: Vec::new(),
+            passage_keys: Vec::new(),
+            query_keys: HashMap::new(),
+            skipped: Skipped::default(),
+            clusters: None,
+            retired: HashMap::new(),
+            tasks: Vec::new(),
+            task_rows: Vec::new(),
+            task_order,
+        };
+        let mut query_offset = 0;
+        for (task, part) in parts.into_iter().enumerate() {
+            let passage_offset = merged.passage_keys.len();
+            let set = part.set;
+            merged.skipped.no_positive += set.skipped.no_positive;
+            merged.skipped.not_in_round += set.skipped.not_in_round;
+            merged.passage_keys.extend(set.passage_keys);
+            let keys = set.query_keys.into_iter();
+            merged
+                .query_keys
+                .extend(keys.map(|(row, key)| (row + query_offset, key)));
+            merged.examples.extend(set.examples.into_iter().map(|e| {
+                let shift =
+                    |rows: Vec<usize>| rows.into_iter().map(|r| r + passage_offset).collect();
+                Example {
+                    query_id: format!("{}{}", part.id_prefix, e.query_id),
+                    task,
+                    query_row: e.query_row + query_offset,
+                    positives: shift(e.positives),
+                    all_positive_keys: e.all_positive_keys,
+                    negatives: shift(e.negatives),
+                }
+            }));
+            merged.tasks.push(part.share);
+            merged
+                .task_rows
+                .push(passage_offset..merged.passage_keys.len());
+            query_offset += part.queries;
+        }
+        merged
+    }
+
+    /// Batches an epoch of full batches takes: the span the learning-rate
+    /// schedule is laid over.
+    pub fn nominal_batches(&self, batch_size: usize) -> usize {
+        (0..self.task_count())
+            .map(|t| self.visits(t).div_ceil(batch_size.max(1)))
+            .sum()
+    }
+
+    fn task_count(&self) -> usize {
+        self.tasks.len().max(1)
+    }
+
+    /// The examples of task `t`, in example order.
+    fn members(&self, t: usize) -> Vec<usize> {
+        (0..self.examples.len())
+            .filter(|&i| self.examples[i].task == t)
+            .collect()
+    }
+
+    /// Groups task `t` trains per epoch: its queries times its weight.
+    fn visits(&self, t: usize) -> usize {
+        let queries = self.examples.iter().filter(|e| e.task == t).count();
+        match self.tasks.get(t) {
+            Some(share) => (queries as f64 * share.weight).round() as usize,
+            None => queries,
         }
     }
 
@@ -305,7 +430,7 @@ impl TrainingSet {
         self.examples.is_empty()
     }
 
-    /// The batches of `epoch` (1-based), each a list of groups.
+    /// The batches of `epoch` (1-based), each a list of groups of one task.
     pub fn epoch_batches(
         &self,
         group_size: usize,
@@ -315,27 +440,60 @@ impl TrainingSet {
         epoch: usize,
     ) -> Vec<Vec<Group>> {
         let epoch_seed = seed ^ (epoch as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-        let mut order: Vec<usize> = (0..self.examples.len()).collect();
-        shuffle(&mut order, &mut Rng::for_query(epoch_seed, "epoch-order"));
-        if let (Batching::Clustered, Some(clusters)) = (batching, &self.clusters) {
-            // Clusters in a shuffled order, each cluster's queries in the
-            // shuffled order above.
-            let count = clusters.iter().max().map_or(0, |&c| c as usize + 1);
-            let mut rank: Vec<usize> = (0..count).collect();
-            shuffle(&mut rank, &mut Rng::for_query(epoch_seed, "cluster-order"));
-            order.sort_by_key(|&i| rank[clusters[i] as usize]);
-        }
-        let groups: Vec<Group> = order
-            .into_iter()
-            .map(|i| self.draw_group(i, group_size, epoch_seed))
+        let per_task: Vec<Vec<Vec<Group>>> = (0..self.task_count())
+            .map(|t| {
+                let groups = self.task_groups(t, group_size, batching, epoch_seed);
+                match batching {
+                    Batching::ClashFree | Batching::Clustered => self.pack(groups, batch_size),
+                    Batching::Plain => groups
+                        .chunks(batch_size.max(1))
+                        .map(<[Group]>::to_vec)
+                        .collect(),
+                }
+            })
             .collect();
-        match batching {
-            Batching::ClashFree | Batching::Clustered => self.pack(groups, batch_size),
-            Batching::Plain => groups
-                .chunks(batch_size.max(1))
-                .map(<[Group]>::to_vec)
-                .collect(),
+        interleave(per_task, self.task_order, epoch_seed)
+    }
+
+    /// Task `t`'s groups of an epoch, in order: its examples shuffled (and
+    /// with clusters, cluster by cluster), as many passes as its weight asks;
+    /// a pass after the first draws its own order and groups.
+    fn task_groups(
+        &self,
+        t: usize,
+        group_size: usize,
+        batching: Batching,
+        epoch_seed: u64,
+    ) -> Vec<Group> {
+        let members = self.members(t);
+        let visits = self.visits(t);
+        let mut groups = Vec::with_capacity(visits);
+        for pass in 0..visits.div_ceil(members.len().max(1)) {
+            // Pass 0 of the only task draws as a single dataset always has.
+            let pass_seed = epoch_seed ^ (pass as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let label = match t {
+                0 => "epoch-order".to_string(),
+                t => format!("epoch-order-{t}"),
+            };
+            let mut order = members.clone();
+            shuffle(&mut order, &mut Rng::for_query(pass_seed, &label));
+            if let (Batching::Clustered, Some(clusters)) = (batching, &self.clusters) {
+                // Clusters in a shuffled order, each cluster's queries in the
+                // shuffled order above.
+                let count = clusters.iter().max().map_or(0, |&c| c as usize + 1);
+                let mut rank: Vec<usize> = (0..count).collect();
+                shuffle(&mut rank, &mut Rng::for_query(pass_seed, "cluster-order"));
+                order.sort_by_key(|&i| rank[clusters[i] as usize]);
+            }
+            let wanted = visits - groups.len();
+            groups.extend(
+                order
+                    .into_iter()
+                    .take(wanted)
+                    .map(|i| self.draw_group(i, group_size, pass_seed)),
+            );
         }
+        groups
     }
 
     /// One positive and `group_size − 1` negatives for example `i`. Short
@@ -358,10 +516,12 @@ impl TrainingSet {
             passages.extend(pool.into_iter().take(wanted));
         }
         // A corpus made only of this query's positives would never yield a
-        // negative: after enough tries, take whatever comes.
+        // negative: after enough tries, take whatever comes. Random fill
+        // comes from the query's own task's corpus.
+        let rows = (self.task_rows.get(ex.task).cloned()).unwrap_or(0..self.passage_keys.len());
         let mut tries = 0;
         while passages.len() < group_size {
-            let row = rng.below(self.passage_keys.len());
+            let row = rows.start + rng.below(rows.len());
             tries += 1;
             if tries > 64 * group_size || !ex.all_positive_keys.contains(&self.passage_keys[row]) {
                 passages.push(row);
@@ -442,6 +602,38 @@ pub struct Group {
     pub example: usize,
     pub query_row: usize,
     pub passages: Vec<usize>,
+}
+
+/// The tasks' batch lists as one epoch, in `order`; each task's batches
+/// keep their own order.
+fn interleave(
+    per_task: Vec<Vec<Vec<Group>>>,
+    order: TaskOrder,
+    epoch_seed: u64,
+) -> Vec<Vec<Group>> {
+    let mut labels: Vec<usize> = match order {
+        TaskOrder::Proportional => {
+            let mut labels: Vec<usize> = (per_task.iter().enumerate())
+                .flat_map(|(t, batches)| std::iter::repeat_n(t, batches.len()))
+                .collect();
+            shuffle(&mut labels, &mut Rng::for_query(epoch_seed, "task-order"));
+            labels
+        }
+        TaskOrder::RoundRobin => {
+            let lengths: Vec<usize> = per_task.iter().map(Vec::len).collect();
+            let longest = lengths.iter().copied().max().unwrap_or(0);
+            let lengths = &lengths;
+            (0..longest)
+                .flat_map(|round| (0..lengths.len()).filter(move |&t| round < lengths[t]))
+                .collect()
+        }
+    };
+    let mut queues: Vec<std::vec::IntoIter<Vec<Group>>> =
+        per_task.into_iter().map(Vec::into_iter).collect();
+    labels
+        .drain(..)
+        .map(|t| queues[t].next().expect("one label per batch"))
+        .collect()
 }
 
 fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
@@ -672,5 +864,79 @@ mod tests {
             assert_eq!(drawn(&restored, epoch), drawn(&set, epoch));
         }
         assert!(untouched.iter().any(|g| g[1..].iter().any(|r| *r <= 4)));
+    }
+
+    /// Two copies of the fixture as tasks `a` (weight 1) and `b` (`weight_b`).
+    fn two_tasks(weight_b: f64, order: TaskOrder) -> TrainingSet {
+        let (corpus, queries, qrels, records) = fixture();
+        let part = |prefix: &str, weight: f64| MergePart {
+            set: TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7),
+            id_prefix: prefix.to_string(),
+            queries: queries.len(),
+            share: TaskShare { weight },
+        };
+        TrainingSet::merge(vec![part("a/", 1.0), part("b/", weight_b)], order)
+    }
+
+    #[test]
+    fn merged_tasks_keep_their_rows_and_batches_never_mix_them() {
+        let set = two_tasks(1.0, TaskOrder::Proportional);
+        assert_eq!(set.len(), 12);
+        let b0 = &set.examples[6];
+        assert_eq!(
+            (b0.query_id.as_str(), b0.task, b0.query_row),
+            ("b/q0", 1, 6)
+        );
+        assert_eq!(b0.positives, [9], "task b's passages follow task a's nine");
+        let (corpus, queries, qrels, records) = fixture();
+        let alone = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        let shifted: Vec<usize> = alone.examples[0].negatives.iter().map(|r| r + 9).collect();
+        assert_eq!(b0.negatives, shifted);
+        for batching in [Batching::ClashFree, Batching::Plain] {
+            for epoch in 1..10 {
+                let batches = set.epoch_batches(3, 4, batching, 7, epoch);
+                assert_eq!(batches.iter().flatten().count(), 12);
+                for batch in &batches {
+                    let task = set.examples[batch[0].example].task;
+                    for group in batch {
+                        assert_eq!(set.examples[group.example].task, task);
+                        let rows = task * 9..task * 9 + 9;
+                        assert!(group.passages.iter().all(|r| rows.contains(r)), "{group:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(set.nominal_batches(4), 4);
+    }
+
+    #[test]
+    fn round_robin_alternates_tasks_and_weights_set_their_visits() {
+        let set = two_tasks(1.0, TaskOrder::RoundRobin);
+        let tasks: Vec<usize> = (set.epoch_batches(1, 3, Batching::Plain, 7, 1).iter())
+            .map(|b| set.examples[b[0].example].task)
+            .collect();
+        assert_eq!(tasks, [0, 1, 0, 1]);
+        for (weight, visits) in [(0.5, 3), (2.0, 12), (1.5, 9)] {
+            let set = two_tasks(weight, TaskOrder::Proportional);
+            for epoch in 1..5 {
+                let batches = set.epoch_batches(1, 3, Batching::ClashFree, 7, epoch);
+                let of_b: Vec<usize> = (batches.iter().flatten())
+                    .filter(|g| set.examples[g.example].task == 1)
+                    .map(|g| g.example)
+                    .collect();
+                assert_eq!(of_b.len(), visits, "weight {weight}");
+                let distinct: HashSet<usize> = of_b.iter().copied().collect();
+                assert_eq!(
+                    distinct.len(),
+                    visits.min(6),
+                    "every query once before any twice"
+                );
+                for batch in &batches {
+                    let queries: HashSet<usize> = batch.iter().map(|g| g.example).collect();
+                    assert_eq!(queries.len(), batch.len(), "a query twice in one batch");
+                }
+            }
+            assert_eq!(set.nominal_batches(3), 2 + visits.div_ceil(3));
+        }
     }
 }

@@ -156,6 +156,26 @@ impl TextTable {
         }
     }
 
+    /// One table of several tasks' tables, in order: every id gains its
+    /// part's `id_prefix` (ids of different tasks may coincide) and every
+    /// text its `text_prefix` (a task's query instruction, so a trainer
+    /// tokenizing the merged queries sees what each task's encoder sees).
+    pub fn merged(parts: &[MergedPart]) -> Self {
+        let mut table = TextTable::default();
+        for part in parts {
+            for i in 0..part.table.len() {
+                let id = format!("{}{}", part.id_prefix, part.table.ids[i]);
+                table.positions.insert(id.clone(), table.ids.len());
+                table.ids.push(id);
+                table.titles.push(part.table.titles[i].clone());
+                table
+                    .texts
+                    .push(format!("{}{}", part.text_prefix, part.table.texts[i]));
+            }
+        }
+        table
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -190,6 +210,13 @@ impl TextTable {
         }
         hex::encode(&hasher.finalize()[..16])
     }
+}
+
+/// One task's table in [`TextTable::merged`].
+pub struct MergedPart<'a> {
+    pub table: &'a TextTable,
+    pub id_prefix: &'a str,
+    pub text_prefix: &'a str,
 }
 
 /// Relevance judgements of one split: query id → (corpus id, graded score).
@@ -343,6 +370,33 @@ pub(crate) fn bad_line(path: &Path, line: usize, problem: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_tables_prefix_ids_and_texts_and_keep_titles() {
+        let mut a = TextTable::from_texts(
+            vec!["x".into(), "y".into()],
+            vec!["one".into(), "two".into()],
+        );
+        a.titles[1] = "T".into();
+        let b = TextTable::from_texts(vec!["x".into()], vec!["three".into()]);
+        let merged = TextTable::merged(&[
+            MergedPart {
+                table: &a,
+                id_prefix: "a/",
+                text_prefix: "ask: ",
+            },
+            MergedPart {
+                table: &b,
+                id_prefix: "b/",
+                text_prefix: "",
+            },
+        ]);
+        assert_eq!(merged.ids, ["a/x", "a/y", "b/x"]);
+        assert_eq!(merged.texts, ["ask: one", "ask: two", "three"]);
+        assert_eq!(merged.full_text(1), "T ask: two");
+        assert_eq!(merged.position("b/x"), Some(2));
+        assert_eq!(merged.position("x"), None);
+    }
     use std::fs;
 
     fn write(dir: &Path, name: &str, body: &str) -> PathBuf {

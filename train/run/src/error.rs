@@ -45,6 +45,13 @@ pub enum Error {
     #[error("{path} has no {file} yet (no epoch has finished)")]
     NoReport { path: PathBuf, file: &'static str },
 
+    #[error("run {run} trained over the tasks {stored}; the workspace now lists {given}: it cannot resume with other tasks, start a new run")]
+    TasksChanged {
+        run: String,
+        stored: String,
+        given: String,
+    },
+
     #[error("{path} has no judgements to train on")]
     NothingToTrain { path: PathBuf },
 

@@ -10,6 +10,7 @@
 //!   epoch-N/        checkpoints (cpack_train::checkpoint)
 //!   index/          the corpus under the newest checkpoint
 //!   eval-index/     with incremental refreshes: the whole corpus, for evaluation
+//!   tasks/<task>/index/  with several tasks: each task's corpus, as index/
 //! ```
 
 use crate::error::{Error, Result};
@@ -69,14 +70,18 @@ impl RunsDir {
             .expect("some run number is free")
     }
 
-    /// The mining rounds the newest checkpoint of each run trained on: a
+    /// The mining rounds of task `task`'s store (empty: the workspace's
+    /// lone store) that the newest checkpoint of each run trained on: a
     /// resumed run needs its round again, so `mine --gc` keeps them.
-    pub fn rounds_in_use(&self) -> Result<Vec<u32>> {
+    pub fn rounds_in_use(&self, task: &str) -> Result<Vec<u32>> {
         let mut rounds = Vec::new();
         for run in self.runs()? {
             if let Some(newest) = checkpoint::latest(&run.path)? {
                 let state: TrainerState = fsutil::read_json(&newest.join(checkpoint::STATE_FILE))?;
-                rounds.extend(state.round);
+                match task {
+                    "" => rounds.extend(state.round),
+                    task => rounds.extend(state.task_rounds.get(task)),
+                }
             }
         }
         rounds.sort_unstable();
@@ -135,6 +140,20 @@ impl RunDir {
     /// The run's own index (the corpus under its newest checkpoint).
     pub fn index(&self, device: IndexDevice) -> IndexDir {
         IndexDir::new(self.path.join("index")).on(device)
+    }
+
+    /// Task `task`'s corpus under the newest checkpoint (`tasks/<task>/index`),
+    /// in a run over several tasks; the run's own index for the unnamed one.
+    pub fn task_index(&self, task: &str, device: IndexDevice) -> IndexDir {
+        if task.is_empty() {
+            return self.index(device);
+        }
+        IndexDir::new(self.path.join("tasks").join(task).join("index")).on(device)
+    }
+
+    /// [`RunDir::serve_index`] of task `task` (`tasks/<task>/serve-index`).
+    pub fn task_serve_index(&self, task: &str, device: IndexDevice) -> IndexDir {
+        IndexDir::new(self.path.join("tasks").join(task).join("serve-index")).on(device)
     }
 
     /// The whole corpus under the newest checkpoint, for evaluation, when

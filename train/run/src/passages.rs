@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::layout::RunDir;
 use crate::phase::{ActiveModel, Built};
-use crate::report::EpochReport;
+use crate::report::{EpochReport, EvalPoint};
 use crate::spec::RunSpec;
 use crate::workspace::Workspace;
 use cpack_core::Progress;
@@ -17,11 +17,11 @@ use cpack_train::data::TrainingSet;
 use cpack_train::incremental::{self, RefreshScope};
 
 /// Where the current model's queries are searched after an epoch.
-pub enum Passages<'a> {
-    /// The run's own index, re-encoded with each checkpoint.
+pub enum Passages {
+    /// The run's own index (a task's own, with several), re-encoded with each checkpoint.
     Reencoded(IndexDir),
     /// The base model's index, never re-encoded: query-side training.
-    Frozen(&'a ActiveModel),
+    Frozen,
     /// The run's own index, refreshed incrementally (see
     /// [`cpack_train::incremental`]);
     /// evaluation encodes the whole corpus into an index of its own.
@@ -32,11 +32,12 @@ pub enum Passages<'a> {
     },
 }
 
-impl<'a> Passages<'a> {
-    /// Where `spec`'s run in `run` finds its passages; `base` is the base model.
-    pub fn of(spec: &RunSpec, base: &'a ActiveModel, run: &RunDir, device: IndexDevice) -> Self {
+impl Passages {
+    /// Where `spec`'s run in `run` finds the passages of `task` (empty: the
+    /// run's one dataset).
+    pub fn of(spec: &RunSpec, task: &str, run: &RunDir, device: IndexDevice) -> Self {
         if spec.train.freeze_passages {
-            Passages::Frozen(base)
+            Passages::Frozen
         } else if spec.run.refresh == RefreshScope::Incremental {
             Passages::Incremental {
                 dir: run.index(device),
@@ -44,22 +45,22 @@ impl<'a> Passages<'a> {
                 run: run.clone(),
             }
         } else {
-            Passages::Reencoded(run.index(device))
+            Passages::Reencoded(run.task_index(task, device))
         }
     }
 
     /// The index for `current`'s queries (building the run's own first when
-    /// it is not up to date), and what building it cost.
+    /// it is not up to date), and what building it cost; `base` is the base model.
     pub fn open(
         &self,
         ws: &Workspace,
-        current: &ActiveModel,
+        (base, current): (&ActiveModel, &ActiveModel),
         progress: &dyn Progress,
     ) -> Result<(OpenIndex, Built)> {
         match self {
             Passages::Reencoded(dir) => current.index(ws, dir, progress),
             // Frozen passages are never re-encoded: nothing to report.
-            Passages::Frozen(base) => {
+            Passages::Frozen => {
                 let (index, _) = base.index(ws, ws.base_index, progress)?;
                 Ok((index, Built::default()))
             }
@@ -116,16 +117,17 @@ fn refresh_incrementally(
 /// After an epoch's checkpoint: re-encode the corpus with it into the run's
 /// index (unless the passages are frozen; only the pool of the next round's
 /// negatives when refreshing incrementally) when the next epoch refreshes or
-/// an evaluation is asked, then evaluate.
+/// an evaluation is asked, then evaluate. What building cost is added to
+/// `entry`; the evaluation (of `eval_split`) is returned.
 pub fn finish_epoch(
     ws: &Workspace,
     spec: &RunSpec,
-    current: &ActiveModel,
-    passages: &Passages,
+    (base, current): (&ActiveModel, &ActiveModel),
+    (passages, eval_split): (&Passages, Option<&str>),
     set: &TrainingSet,
-    mut entry: EpochReport,
+    entry: &mut EpochReport,
     progress: &dyn Progress,
-) -> Result<EpochReport> {
+) -> Result<Option<EvalPoint>> {
     let refresh_next = entry.epoch < spec.run.epochs && spec.refresh_before(entry.epoch + 1);
     let mut eval_index = None;
     match passages {
@@ -133,27 +135,27 @@ pub fn finish_epoch(
             if refresh_next && !spec.whole_refresh_before(entry.epoch + 1) {
                 let dirs = (dir, run);
                 refresh_incrementally(ws, spec, current, dirs, set, entry.epoch, progress)?
-                    .record(&mut entry);
+                    .record(entry);
             } else if refresh_next {
                 let (index, built) = current.index(ws, dir, progress)?;
-                built.record(&mut entry);
+                built.record(entry);
                 eval_index = Some(index);
             }
-            if spec.eval_split.is_some() && eval_index.is_none() {
+            if eval_split.is_some() && eval_index.is_none() {
                 let (index, built) = current.index(ws, eval_dir, progress)?;
-                entry.eval_encode_seconds = built.encode_seconds + built.index_seconds;
+                entry.eval_encode_seconds += built.encode_seconds + built.index_seconds;
                 eval_index = Some(index);
             }
         }
-        _ if spec.eval_split.is_some() || refresh_next => {
-            let (index, built) = passages.open(ws, current, progress)?;
-            built.record(&mut entry);
+        _ if eval_split.is_some() || refresh_next => {
+            let (index, built) = passages.open(ws, (base, current), progress)?;
+            built.record(entry);
             eval_index = Some(index);
         }
         _ => {}
     }
-    if let (Some(split), Some(index)) = (&spec.eval_split, eval_index.as_mut()) {
-        entry.eval = Some(current.evaluate(ws, index, split, progress)?);
+    match (eval_split, eval_index.as_mut()) {
+        (Some(split), Some(index)) => Ok(Some(current.evaluate(ws, index, split, progress)?)),
+        _ => Ok(None),
     }
-    Ok(entry)
 }

@@ -6,7 +6,7 @@ use crate::report::{EpochReport, EvalPoint};
 use crate::spec::RunSpec;
 use crate::workspace::Workspace;
 use cpack_core::Progress;
-use cpack_data::dataset::Qrels;
+use cpack_data::dataset::{Qrels, TextTable};
 use cpack_encode::{EmbeddingStamp, Encoder, EncoderSettings, TextKind};
 use cpack_index::align::AlignmentFit;
 use cpack_index::evaluate::evaluate_index;
@@ -43,11 +43,12 @@ impl Built {
         }
     }
 
+    /// Adds what was built to `entry` (the costs of every task's index add up).
     pub fn record(self, entry: &mut EpochReport) {
-        entry.encode_seconds = self.encode_seconds;
-        entry.index_seconds = self.index_seconds;
-        entry.passages_encoded = self.passages;
-        entry.alignment = self.alignment;
+        entry.encode_seconds += self.encode_seconds;
+        entry.index_seconds += self.index_seconds;
+        entry.passages_encoded += self.passages;
+        entry.alignment = self.alignment.or(entry.alignment);
     }
 }
 
@@ -127,13 +128,13 @@ impl ActiveModel {
     /// batch's worth of queries, for `--batching clustered`.
     pub fn query_clusters(
         &self,
-        ws: &Workspace,
+        queries: &TextTable,
         set: &TrainingSet,
         spec: &RunSpec,
         epoch: usize,
         progress: &dyn Progress,
     ) -> Result<Vec<u32>> {
-        let texts = set.query_texts(&ws.dataset.queries);
+        let texts = set.query_texts(queries);
         progress.stage("clustering the training queries", texts.len() as u64);
         let vectors = self.encoder.encode(&texts, TextKind::Query, &mut |n, t| {
             progress.advance(n as u64, t as u64)

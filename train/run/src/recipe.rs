@@ -10,6 +10,7 @@ use cpack_core::{require, InvalidSetting};
 use cpack_index::align::StaleVectors;
 use cpack_miner::MiningRecipe;
 use cpack_model::ComputeDevice;
+use cpack_train::data::TaskOrder;
 use cpack_train::incremental::RefreshScope;
 use cpack_train::TrainSettings;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,13 @@ pub struct LoopSettings {
     /// another model mined.
     #[cfg_attr(feature = "clap", arg(long, value_name = "ROUND"))]
     pub negatives_from: Option<u32>,
+    /// With several [[task]]s in cpack.toml: how their batches (each of one
+    /// task) follow one another. proportional shuffles them all together,
+    /// so a task comes up in proportion to its queries times its weight;
+    /// round-robin takes one batch of each task in turn.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, value_name = "ORDER", default_value_t = LoopSettings::default().task_order))]
+    #[serde(skip_serializing_if = "TaskOrder::is_proportional")]
+    pub task_order: TaskOrder,
 }
 
 impl Default for LoopSettings {
@@ -72,6 +80,7 @@ impl Default for LoopSettings {
             stale_vectors: StaleVectors::Kept,
             max_queries: None,
             negatives_from: None,
+            task_order: TaskOrder::Proportional,
         }
     }
 }

@@ -50,8 +50,31 @@ pub struct EpochReport {
     /// How the stale vectors of an aligned incremental refresh were mapped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<AlignmentFit>,
+    /// The evaluation; with several tasks, the mean of theirs.
     pub eval: Option<EvalPoint>,
     pub checkpoint: PathBuf,
+    /// With several tasks: each task's round and evaluation, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskEpoch>,
+}
+
+/// One task's part of an epoch of a run over several.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskEpoch {
+    pub round: Option<u32>,
+    pub eval: Option<EvalPoint>,
+}
+
+/// One task's part of a run over several: its training queries, how its
+/// rounds fill its groups, and its base model's evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub train_queries: usize,
+    pub skipped_no_positive: usize,
+    pub skipped_not_in_round: usize,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub negative_supply: BTreeMap<u32, NegativeSupply>,
+    pub base: Option<EvalPoint>,
 }
 
 /// `report.json`: the run's curve, rewritten after every epoch.
@@ -65,8 +88,12 @@ pub struct Report {
     /// without negatives, or short of a group), by round.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub negative_supply: BTreeMap<u32, NegativeSupply>,
+    /// The base model's evaluation; with several tasks, the mean of theirs.
     pub base: Option<EvalPoint>,
     pub epochs: Vec<EpochReport>,
+    /// With several tasks: each task's part, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, TaskReport>,
 }
 
 impl Report {
@@ -80,6 +107,7 @@ impl Report {
             negative_supply: BTreeMap::new(),
             base: None,
             epochs: Vec::new(),
+            tasks: BTreeMap::new(),
         }
     }
 
@@ -128,6 +156,31 @@ impl EpochReport {
             alignment: None,
             eval: None,
             checkpoint,
+            tasks: (state.task_rounds.iter())
+                .map(|(name, &round)| {
+                    let round = Some(round);
+                    (name.clone(), TaskEpoch { round, eval: None })
+                })
+                .collect(),
         }
     }
+}
+
+/// The mean of several tasks' evaluations (each task weighs alike, as
+/// C-MTEB averages its tasks); `None` if any task has none.
+pub fn mean_eval<'a>(points: impl IntoIterator<Item = Option<&'a EvalPoint>>) -> Option<EvalPoint> {
+    let points: Vec<&EvalPoint> = points.into_iter().collect::<Option<_>>()?;
+    let n = points.len().max(1) as f64;
+    let mean =
+        |f: fn(&RetrievalMetrics) -> f64| points.iter().map(|p| f(&p.metrics)).sum::<f64>() / n;
+    Some(EvalPoint {
+        metrics: RetrievalMetrics {
+            queries: points.iter().map(|p| p.metrics.queries).sum(),
+            ndcg_at_10: mean(|m| m.ndcg_at_10),
+            mrr_at_10: mean(|m| m.mrr_at_10),
+            recall_at_10: mean(|m| m.recall_at_10),
+            recall_at_100: mean(|m| m.recall_at_100),
+        },
+        seconds: points.iter().map(|p| p.seconds).sum(),
+    })
 }

@@ -30,6 +30,26 @@ pub struct RunSpec {
     /// pair stage), through its BEIR view; absent in runs of a dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pairs: Option<PairsSource>,
+    /// The tasks of a run over several (`[[task]]` in cpack.toml), in the
+    /// order of the workspaces the loop is given; empty for one dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task of a run over several, resolved: where its data is, what its
+/// queries are prefixed with, its share of each epoch, and its splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    /// The task's BEIR folder.
+    pub data: PathBuf,
+    pub query_instruction: String,
+    /// Visits of each of its queries per epoch (see [`cpack_train::data::TaskShare`]).
+    pub weight: f64,
+    /// The split its queries train on (and its rounds are mined for).
+    pub split: String,
+    /// The split evaluated after each epoch; `None` = not evaluated.
+    pub eval_split: Option<String>,
 }
 
 impl RunSpec {
@@ -58,6 +78,7 @@ impl RunSpec {
             mining,
             eval_split,
             pairs: None,
+            tasks: Vec::new(),
         })
     }
 
@@ -95,12 +116,64 @@ impl RunSpec {
             .map_or(0, |e| e - 1)
     }
 
-    /// Optimizer steps of the whole run if every batch were full: the span
-    /// of the learning-rate schedule.
-    pub fn nominal_steps(&self, queries: usize) -> u64 {
-        let batches = queries.div_ceil(self.train.batch_size);
+    /// Optimizer steps of the whole run if every batch were full, given an
+    /// epoch's `batches`: the span of the learning-rate schedule.
+    pub fn nominal_steps(&self, batches: usize) -> u64 {
         (batches.div_ceil(self.train.grad_accum) * self.run.epochs) as u64
     }
+
+    /// The run's tasks as the loop works through them: each task's
+    /// settings, or the run's own for a run of one dataset.
+    pub fn task_plans(&self) -> Vec<TaskPlan> {
+        if self.tasks.is_empty() {
+            return vec![TaskPlan {
+                name: String::new(),
+                id_prefix: String::new(),
+                encoder: self.encoder.clone(),
+                mining: self.mining.clone(),
+                eval_split: self.eval_split.clone(),
+                weight: 1.0,
+            }];
+        }
+        let plan = |task: &TaskSpec| TaskPlan {
+            name: task.name.clone(),
+            id_prefix: format!("{}/", task.name),
+            encoder: EncoderSettings {
+                query_instruction: task.query_instruction.clone(),
+                ..self.encoder.clone()
+            },
+            mining: MiningParams {
+                split: task.split.clone(),
+                ..self.mining.clone()
+            },
+            eval_split: task.eval_split.clone(),
+            weight: task.weight,
+        };
+        self.tasks.iter().map(plan).collect()
+    }
+
+    /// The encoder settings the trainer tokenizes with: with several tasks,
+    /// each task's instruction is already part of its merged query texts.
+    pub fn trainer_encoder(&self) -> EncoderSettings {
+        let mut settings = self.encoder.clone();
+        if !self.tasks.is_empty() {
+            settings.query_instruction.clear();
+        }
+        settings
+    }
+}
+
+/// One task's settings in a run (the run's own for a single dataset).
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    /// Empty for the single dataset of a run without tasks.
+    pub name: String,
+    /// What its ids are prefixed with in the merged training set.
+    pub id_prefix: String,
+    pub encoder: EncoderSettings,
+    pub mining: MiningParams,
+    pub eval_split: Option<String>,
+    pub weight: f64,
 }
 
 #[cfg(test)]

@@ -1,34 +1,43 @@
-//! The loop itself: prepare the run folder, the base model's index and
+//! The loop itself: prepare the run folder, each task's base index and
 //! round, pick up a killed run's last checkpoint, then train epoch after
 //! epoch, refreshing the negatives when the spec says so.
+//!
+//! A run trains one dataset, or several tasks (`[[task]]`): each task keeps
+//! its own workspace (corpus, index, negatives store), its own encoder
+//! settings (its query instruction) and its own rounds; only the training
+//! set is merged, its batches each drawn from one task.
 
 use crate::error::{Error, Result, StepFix};
 use crate::layout::RunDir;
 use crate::passages::{finish_epoch, Passages};
 use crate::phase::ActiveModel;
-use crate::report::{EpochReport, Report};
-use crate::spec::RunSpec;
+use crate::report::{mean_eval, EpochReport, EvalPoint, Report, TaskReport};
+use crate::spec::{RunSpec, TaskPlan};
 use crate::workspace::Workspace;
 use cpack_core::{fsutil, InvalidSetting, Progress};
-use cpack_data::dataset::Qrels;
+use cpack_data::dataset::{MergedPart, Qrels, TextTable};
 use cpack_encode::PairTokenizer;
 use cpack_miner::store::QueryRecord;
 use cpack_model::{BertConfig, ModelDir};
 use cpack_train::checkpoint::{self, Modules, Saved, TrainerState};
-use cpack_train::data::{Batching, Skipped, TrainingSet};
+use cpack_train::data::{Batching, MergePart, Skipped, TaskShare, TrainingSet};
 use cpack_train::frozen::FrozenPassages;
+use cpack_train::incremental::RefreshScope;
 use cpack_train::memory;
 use cpack_train::model::TrainableEncoder;
 use cpack_train::optim::Schedule;
 use cpack_train::steps::StepLog;
 use cpack_train::Trainer;
+use std::borrow::Cow;
 
 /// A round's records by query id (`None`: in-batch negatives only).
 type Records = Option<Vec<(String, QueryRecord)>>;
 
-/// Runs (or, with `resume`, continues) the run `spec` describes in `run`.
+/// Runs (or, with `resume`, continues) the run `spec` describes in `run`,
+/// over `workspaces`: one per task of the spec, in its order (one for a
+/// run of one dataset).
 pub fn run(
-    ws: &Workspace,
+    workspaces: &[Workspace],
     spec: RunSpec,
     run: &RunDir,
     resume: bool,
@@ -37,28 +46,46 @@ pub fn run(
     // A resumed run is the stored one (its split, its base model), however
     // the flags of this call differ.
     let spec = if resume { resumed(run, spec)? } else { spec };
+    let plans = spec.task_plans();
+    check_tasks(&spec, &plans, workspaces, run)?;
     // Checked before anything is written, so a bad request leaves no run behind.
-    let split_qrels = ws.dataset.qrels(&spec.mining.split)?;
-    if split_qrels.is_empty() {
-        let path = ws.dataset.paths.qrels(&spec.mining.split);
-        return Err(Error::NothingToTrain { path });
+    let mut split_qrels = Vec::new();
+    for (ws, plan) in workspaces.iter().zip(&plans) {
+        let qrels = ws.dataset.qrels(&plan.mining.split)?;
+        if qrels.is_empty() {
+            let path = ws.dataset.paths.qrels(&plan.mining.split);
+            return Err(Error::NothingToTrain { path });
+        }
+        split_qrels.push(qrels);
     }
     let base_model = ModelDir::open(&spec.base_model)?;
     let spec = prepare(run, spec, resume, &base_model.config)?;
-    let base = ActiveModel::open(base_model, &spec.encoder, ws)?;
     let mut report = Report::read(run)?.unwrap_or_else(|| Report::new(spec.clone()));
-    let start = Start::prepare(ws, &spec, &base, &split_qrels, &mut report, run, progress)?;
-    let passages = Passages::of(&spec, &base, run, ws.base_index.device());
-    let mut epochs = Epochs::resume(ws, &spec, &base, run, start, &split_qrels, progress)?;
+    let mut tasks = Vec::new();
+    let mut start = Start::default();
+    let parts = workspaces.iter().zip(plans).zip(split_qrels);
+    for ((ws, plan), split_qrels) in parts {
+        let mut task = TaskRun::open(ws, plan, split_qrels, &base_model, &spec, run)?;
+        task.prepare(&spec, &mut report, &mut start, run, progress)?;
+        tasks.push(task);
+    }
+    if !spec.tasks.is_empty() && report.base.is_none() {
+        report.base = mean_eval(report.tasks.values().map(|t| t.base.as_ref()));
+        report.write(run)?;
+    }
+    let saved = checkpoint::latest(run.path())?
+        .map(|dir| checkpoint::load(&dir))
+        .transpose()?;
+    let first_epoch = saved.as_ref().map_or(0, |s| s.state.epoch) + 1;
     // Entries past the checkpoint are from epochs a kill undid; the
     // checkpoint's own entry may be missing (killed before the report).
-    report.epochs.retain(|e| e.epoch < epochs.first_epoch);
+    report.epochs.retain(|e| e.epoch < first_epoch);
+    let mut epochs = Epochs::resume(&spec, tasks, run, start, saved, &mut report, progress)?;
     if report.epochs.last().map(|e| e.epoch + 1) == Some(epochs.first_epoch) {
         epochs.unfinished = None;
     }
-    epochs.note_training_set(&mut report, progress)?;
     if let Some(entry) = epochs.unfinished.take() {
-        epochs.finish(entry, &passages, &mut report, progress)?;
+        epochs.finish(entry, &mut report, progress)?;
     }
     let ids: Vec<&str> = epochs
         .set
@@ -68,15 +95,12 @@ pub fn run(
         .collect();
     fsutil::write_json_atomic(&run.queries_file(), &ids)?;
     for epoch in epochs.first_epoch..=spec.run.epochs {
-        let entry = epochs.train(epoch, &passages, &mut report, progress)?;
-        epochs.finish(entry, &passages, &mut report, progress)?;
+        let entry = epochs.train(epoch, &mut report, progress)?;
+        epochs.finish(entry, &mut report, progress)?;
     }
     Ok(report)
 }
 
-/// The spec the run follows: `spec` for a new run, whose folder and
-/// `run.json` are created here; the stored one for a resumed run (only its
-/// length may grow). Refuses a step that cannot fit in memory first.
 /// The stored spec of the run to resume; `requested` may only add epochs.
 fn resumed(run: &RunDir, requested: RunSpec) -> Result<RunSpec> {
     if !run.spec_file().exists() {
@@ -88,6 +112,58 @@ fn resumed(run: &RunDir, requested: RunSpec) -> Result<RunSpec> {
     let mut stored = run.spec()?;
     stored.run.epochs = requested.run.epochs.max(stored.run.epochs);
     Ok(stored)
+}
+
+/// Refuses workspaces that are not the spec's tasks (a resumed run's
+/// tasks are its own), and what a run over several tasks cannot do yet.
+fn check_tasks(
+    spec: &RunSpec,
+    plans: &[TaskPlan],
+    workspaces: &[Workspace],
+    run: &RunDir,
+) -> Result<()> {
+    let names = |names: Vec<&str>| match names.as_slice() {
+        [""] => "(one dataset, no [[task]])".to_string(),
+        names => names.join(", "),
+    };
+    let given: Vec<&str> = workspaces.iter().map(|ws| ws.task.as_str()).collect();
+    let stored: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+    if given != stored {
+        return Err(Error::TasksChanged {
+            run: run.name().to_string(),
+            stored: names(stored),
+            given: names(given),
+        });
+    }
+    if spec.tasks.len() < 2 {
+        return Ok(());
+    }
+    let refuse = |key: &'static str, value: String, why: &str| -> Result<()> {
+        let problem = format!("cannot be used with several tasks yet ({why})");
+        Err(InvalidSetting::new(key, value, problem).into())
+    };
+    if spec.train.freeze_passages {
+        refuse(
+            "freeze_passages",
+            "true".into(),
+            "the frozen vectors are one corpus's",
+        )?;
+    }
+    if spec.run.refresh == RefreshScope::Incremental {
+        refuse(
+            "refresh",
+            "incremental".into(),
+            "its pool is one corpus's; use full",
+        )?;
+    }
+    if let Some(round) = spec.run.negatives_from {
+        refuse(
+            "negatives_from",
+            round.to_string(),
+            "a round is one task's store's",
+        )?;
+    }
+    Ok(())
 }
 
 /// Checks that `spec` fits in memory and writes it (a resumed run's
@@ -149,55 +225,195 @@ fn check_memory(spec: &RunSpec, cfg: &BertConfig) -> Result<()> {
     })
 }
 
-/// What the base model contributes before the first epoch: its round (or a
-/// teacher's), the seconds mining it took, and the passage vectors of
-/// query-side training.
+/// What the base model contributes before the first epoch: the seconds
+/// mining its rounds took, and the passage vectors of query-side training.
+#[derive(Default)]
 struct Start {
-    round: Option<u32>,
     mine_seconds: f64,
     frozen: Option<FrozenPassages>,
 }
 
-impl Start {
+/// One task of the run as the loop works it: its workspace and settings,
+/// the models that encode its texts, where its passages are searched, and
+/// the round its queries train on.
+struct TaskRun<'a> {
+    ws: &'a Workspace<'a>,
+    plan: TaskPlan,
+    split_qrels: Qrels,
+    base: ActiveModel,
+    /// The model of the last checkpoint (the base model before the first).
+    current: ActiveModel,
+    passages: Passages,
+    round: Option<u32>,
+    records: Records,
+}
+
+impl<'a> TaskRun<'a> {
+    fn open(
+        ws: &'a Workspace<'a>,
+        plan: TaskPlan,
+        split_qrels: Qrels,
+        base_model: &ModelDir,
+        spec: &RunSpec,
+        run: &RunDir,
+    ) -> Result<Self> {
+        let base = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
+        let current = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
+        let passages = Passages::of(spec, &plan.name, run, ws.base_index.device());
+        Ok(TaskRun {
+            ws,
+            plan,
+            split_qrels,
+            base,
+            current,
+            passages,
+            round: None,
+            records: None,
+        })
+    }
+
+    /// What a note about this task starts with (nothing for a lone dataset).
+    fn label(&self) -> String {
+        match self.plan.name.as_str() {
+            "" => String::new(),
+            name => format!("task {name}: "),
+        }
+    }
+
     /// Builds the base index when anything needs it (evaluation of the base
     /// model, rounds, frozen passages), evaluates the base model once, and
     /// finds or mines the first round.
     fn prepare(
-        ws: &Workspace,
+        &mut self,
         spec: &RunSpec,
-        base: &ActiveModel,
-        split_qrels: &Qrels,
         report: &mut Report,
+        start: &mut Start,
         run: &RunDir,
         progress: &dyn Progress,
-    ) -> Result<Start> {
+    ) -> Result<()> {
+        let ws = self.ws;
         let freeze = spec.train.freeze_passages;
-        let mut start = Start {
-            round: None,
-            mine_seconds: 0.0,
-            frozen: None,
-        };
-        let evaluates_base = report.base.is_none() && spec.eval_split.is_some();
+        let eval_split = self.plan.eval_split.clone();
+        let evaluates_base = base_slot(report, &self.plan.name).is_none() && eval_split.is_some();
         if !(evaluates_base || spec.uses_rounds() || freeze) {
-            return Ok(start);
+            return Ok(());
         }
-        let (mut index, _) = base.index(ws, ws.base_index, progress)?;
+        let (mut index, _) = self.base.index(ws, ws.base_index, progress)?;
         if freeze {
             let (embeddings, corpus) = (index.embeddings.clone(), &ws.dataset.corpus);
             start.frozen = Some(FrozenPassages::new(embeddings, &index.ids, corpus)?);
         }
-        if let (None, Some(split)) = (&report.base, &spec.eval_split) {
-            report.base = Some(base.evaluate(ws, &mut index, split, progress)?);
+        if let (true, Some(split)) = (evaluates_base, &eval_split) {
+            let point = self.base.evaluate(ws, &mut index, split, progress)?;
+            *base_slot(report, &self.plan.name) = Some(point);
             report.write(run)?;
         }
         if let (true, Some(teacher)) = (spec.uses_rounds(), spec.run.negatives_from) {
-            start.round = Some(teacher_round(ws, teacher, &spec.mining.split)?);
+            self.round = Some(teacher_round(ws, teacher, &self.plan.mining.split)?);
         } else if spec.uses_rounds() {
-            let (round, seconds) =
-                base.round(ws, &mut index, &spec.mining, split_qrels, progress)?;
-            (start.round, start.mine_seconds) = (Some(round), seconds);
+            let (round, seconds) = (self.base).round(
+                ws,
+                &mut index,
+                &self.plan.mining,
+                &self.split_qrels,
+                progress,
+            )?;
+            self.round = Some(round);
+            start.mine_seconds += seconds;
         }
-        Ok(start)
+        Ok(())
+    }
+
+    /// Mines (or finds) the current model's round. Returns the mining
+    /// seconds, and whether the round is new with its overlap with the last.
+    fn refresh(&mut self, progress: &dyn Progress) -> Result<(f64, Option<Option<f64>>)> {
+        let ws = self.ws;
+        let models = (&self.base, &self.current);
+        let (mut index, _) = self.passages.open(ws, models, progress)?;
+        let (round, seconds) = (self.current).round(
+            ws,
+            &mut index,
+            &self.plan.mining,
+            &self.split_qrels,
+            progress,
+        )?;
+        if Some(round) == self.round {
+            return Ok((seconds, None));
+        }
+        let fresh = load_records(ws, Some(round))?;
+        let overlap = self
+            .records
+            .as_deref()
+            .zip(fresh.as_deref())
+            .map(|(old, new)| cpack_miner::stats::overlap(new, old));
+        self.records = fresh;
+        self.round = Some(round);
+        Ok((seconds, Some(overlap)))
+    }
+
+    /// The task's own training set, over its own tables.
+    fn training_set(&self, spec: &RunSpec) -> TrainingSet {
+        TrainingSet::build(
+            &self.ws.dataset.corpus,
+            &self.ws.dataset.queries,
+            &self.split_qrels,
+            self.records.as_deref(),
+            spec.run.max_queries,
+            // The subset follows the workspace's seed, not the training seed, so
+            // runs that differ only in `--seed` train on the same queries.
+            spec.mining.seed,
+        )
+    }
+
+    /// Records the task's training set, what it left out and how its round
+    /// fills the groups in `part`, and says so; refuses a round that
+    /// leaves every query without a negative before the first epoch.
+    fn note_set(
+        &self,
+        set: &TrainingSet,
+        spec: &RunSpec,
+        before_training: bool,
+        part: &mut TaskReport,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let Skipped {
+            no_positive,
+            not_in_round,
+        } = set.skipped.clone();
+        if no_positive + not_in_round > 0 {
+            progress.note(&format!(
+                "{}{no_positive} queries without a positive and {not_in_round} missing from the mining round are left out",
+                self.label()
+            ));
+        }
+        part.train_queries = set.len();
+        part.skipped_no_positive = no_positive;
+        part.skipped_not_in_round = not_in_round;
+        let (Some(round), true) = (self.round, spec.uses_rounds()) else {
+            return Ok(());
+        };
+        let wanted = spec.train.group_size - 1;
+        let supply = set.negative_supply(wanted);
+        // Refused before the first epoch, where the recipe can still be
+        // changed; a later refresh's empty round (the model moved) is trained
+        // on with the note below, or the run could never resume past it.
+        if supply.is_empty() && before_training {
+            let queries = supply.queries;
+            return Err(Error::NoNegatives { round, queries });
+        }
+        if let Some(note) = supply.describe(round, wanted) {
+            progress.note(&format!("{}{note}", self.label()));
+        }
+        part.negative_supply.insert(round, supply);
+        Ok(())
+    }
+}
+
+/// Where the base model's evaluation of task `name` goes in `report`.
+fn base_slot<'r>(report: &'r mut Report, name: &str) -> &'r mut Option<EvalPoint> {
+    match name {
+        "" => &mut report.base,
+        name => &mut report.tasks.entry(name.to_string()).or_default().base,
     }
 }
 
@@ -227,18 +443,16 @@ fn teacher_round(ws: &Workspace, round: u32, split: &str) -> Result<u32> {
 
 /// The state the epochs carry from one to the next.
 struct Epochs<'a> {
-    ws: &'a Workspace<'a>,
     spec: &'a RunSpec,
-    base: &'a ActiveModel,
     run: &'a RunDir,
-    split_qrels: &'a Qrels,
-    /// The model of the last checkpoint (the base model before the first).
-    current: ActiveModel,
+    tasks: Vec<TaskRun<'a>>,
+    /// The texts the trainer reads: the lone dataset's tables, or every
+    /// task's merged (ids prefixed, queries carrying their instruction).
+    corpus: Cow<'a, TextTable>,
+    queries: Cow<'a, TextTable>,
     trainer: Trainer,
     set: TrainingSet,
-    round: Option<u32>,
-    records: Records,
-    /// Mining seconds not yet reported (the next epoch's round).
+    /// Mining seconds not yet reported (the next epoch's rounds).
     mine_seconds: f64,
     schedule: Schedule,
     schedule_steps: u64,
@@ -250,66 +464,68 @@ struct Epochs<'a> {
 }
 
 impl<'a> Epochs<'a> {
-    /// Picks up the newest complete checkpoint, if any, or starts from the base.
+    /// Picks up `saved`, the newest complete checkpoint, if any, or starts from the base.
     fn resume(
-        ws: &'a Workspace<'a>,
         spec: &'a RunSpec,
-        base: &'a ActiveModel,
+        mut tasks: Vec<TaskRun<'a>>,
         run: &'a RunDir,
         start: Start,
-        split_qrels: &'a Qrels,
+        saved: Option<Saved>,
+        report: &mut Report,
         progress: &dyn Progress,
     ) -> Result<Self> {
-        let saved = checkpoint::latest(run.path())?
-            .map(|dir| checkpoint::load(&dir))
-            .transpose()?;
         if let Some(saved) = &saved {
-            check_resumable(saved, spec, ws)?;
+            check_resumable(saved, spec, &tasks)?;
             let done = (saved.state.epoch, spec.run.epochs);
             progress.note(&format!("resuming after epoch {} of {}", done.0, done.1));
+            for task in &mut tasks {
+                let round = match task.plan.name.as_str() {
+                    "" => saved.state.round,
+                    name => saved.state.task_rounds.get(name).copied(),
+                };
+                task.round = round.or(task.round);
+                task.current = ActiveModel::open(saved.model.clone(), &task.plan.encoder, task.ws)?;
+            }
+        }
+        for task in &mut tasks {
+            task.records = load_records(task.ws, task.round)?;
         }
         let last_epoch = saved.as_ref().map_or(0, |s| s.state.epoch);
-        let model = saved
-            .as_ref()
-            .map_or_else(|| base.model.clone(), |s| s.model.clone());
-        let current = ActiveModel::open(model, &spec.encoder, ws)?;
-        let round = saved.as_ref().and_then(|s| s.state.round).or(start.round);
-        let retired = saved.as_ref().map(|s| s.state.retired.clone());
         let unfinished = saved
             .as_ref()
             .map(|s| EpochReport::from_state(&s.state, s.model.dir.clone()));
-        let trainer = trainer(spec, ws, &current, base, start.frozen, saved)?;
-        let records = load_records(ws, round)?;
-        let mut set = training_set(ws, split_qrels, records.as_deref(), spec);
+        let retired = saved.as_ref().map(|s| s.state.retired.clone());
+        let (corpus, queries) = training_texts(&tasks);
+        let trainer = trainer(spec, &tasks[0], start.frozen, saved)?;
+        let mut epochs = Epochs {
+            spec,
+            run,
+            tasks,
+            corpus,
+            queries,
+            trainer,
+            set: TrainingSet::merge(Vec::new(), spec.run.task_order),
+            mine_seconds: start.mine_seconds,
+            schedule: Schedule::new(spec.train.lr, spec.train.warmup_ratio, spec.run.epochs, 1),
+            schedule_steps: 0,
+            step_log: StepLog::open(run.path(), last_epoch)?,
+            first_epoch: last_epoch + 1,
+            unfinished,
+        };
+        epochs.rebuild_set(report, progress)?;
         if let Some(retired) = &retired {
-            set.restore_retired(retired, &ws.dataset.corpus);
+            epochs.set.restore_retired(retired, &epochs.corpus);
         }
-        let schedule_steps = spec.nominal_steps(set.len());
-        let per_epoch = schedule_steps / spec.run.epochs.max(1) as u64;
-        let schedule = Schedule::new(
+        epochs.schedule_steps =
+            spec.nominal_steps(epochs.set.nominal_batches(spec.train.batch_size));
+        let per_epoch = epochs.schedule_steps / spec.run.epochs.max(1) as u64;
+        epochs.schedule = Schedule::new(
             spec.train.lr,
             spec.train.warmup_ratio,
             spec.run.epochs,
             per_epoch,
         );
-        Ok(Epochs {
-            ws,
-            spec,
-            base,
-            run,
-            split_qrels,
-            current,
-            trainer,
-            set,
-            round,
-            records,
-            mine_seconds: start.mine_seconds,
-            schedule,
-            schedule_steps,
-            step_log: StepLog::open(run.path(), last_epoch)?,
-            first_epoch: last_epoch + 1,
-            unfinished,
-        })
+        Ok(epochs)
     }
 
     /// Refreshes the negatives if `epoch` asks for it, trains the epoch and
@@ -318,26 +534,23 @@ impl<'a> Epochs<'a> {
     fn train(
         &mut self,
         epoch: usize,
-        passages: &Passages,
         report: &mut Report,
         progress: &dyn Progress,
     ) -> Result<EpochReport> {
-        let (ws, spec) = (self.ws, self.spec);
+        let spec = self.spec;
         let overlap = if spec.refresh_before(epoch) {
-            self.refresh(passages, report, progress)?
+            self.refresh(report, progress)?
         } else {
             None
         };
         if spec.train.batching == Batching::Clustered {
-            let clusters = self
-                .current
-                .query_clusters(ws, &self.set, spec, epoch, progress)?;
+            let clusters = self.query_clusters(epoch, progress)?;
             self.set.clusters = Some(clusters);
         }
         let step_log = &mut self.step_log;
         let stats = self.trainer.train_epoch(
             &mut self.set,
-            (&ws.dataset.corpus, &ws.dataset.queries),
+            (&*self.corpus, &*self.queries),
             epoch,
             &self.schedule,
             progress,
@@ -345,61 +558,137 @@ impl<'a> Epochs<'a> {
         )?;
         self.step_log.sync()?;
         let steps = self.trainer.optimizer().steps();
+        let (round, task_rounds) = match self.tasks.as_slice() {
+            [lone] if lone.plan.name.is_empty() => (lone.round, Default::default()),
+            tasks => (
+                None,
+                (tasks.iter())
+                    .filter_map(|t| Some((t.plan.name.clone(), t.round?)))
+                    .collect(),
+            ),
+        };
         let state = TrainerState {
             stats,
             mine_seconds: std::mem::take(&mut self.mine_seconds),
             negatives_overlap: overlap,
-            retired: self.set.retired_ids(&ws.dataset.corpus),
-            ..TrainerState::new(epoch, steps, self.schedule_steps, self.round)
+            retired: self.set.retired_ids(&self.corpus),
+            task_rounds,
+            ..TrainerState::new(epoch, steps, self.schedule_steps, round)
         };
-        let saved = self.save(&state, progress)?;
-        self.current = ActiveModel::open(ModelDir::open(&saved)?, &spec.encoder, ws)?;
-        Ok(EpochReport::from_state(&state, saved))
+        let saved = ModelDir::open(&self.save(&state, progress)?)?;
+        for task in &mut self.tasks {
+            task.current = ActiveModel::open(saved.clone(), &task.plan.encoder, task.ws)?;
+        }
+        Ok(EpochReport::from_state(&state, saved.dir))
+    }
+
+    /// Topic clusters of the training queries under the current model,
+    /// encoded as the trainer sees them.
+    fn query_clusters(&self, epoch: usize, progress: &dyn Progress) -> Result<Vec<u32>> {
+        let first = &self.tasks[0];
+        let merged;
+        let model = if self.spec.tasks.is_empty() {
+            &first.current
+        } else {
+            let settings = self.spec.trainer_encoder();
+            merged = ActiveModel::open(first.current.model.clone(), &settings, first.ws)?;
+            &merged
+        };
+        model.query_clusters(&self.queries, &self.set, self.spec, epoch, progress)
     }
 
     /// Ends an epoch whose checkpoint is written: builds what the next epoch
-    /// or the evaluation needs, evaluates, and adds `entry` to the report.
+    /// or the evaluation needs, evaluates each task, and adds `entry` to the report.
     fn finish(
         &self,
-        entry: EpochReport,
-        passages: &Passages,
+        mut entry: EpochReport,
         report: &mut Report,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let (ws, spec, set) = (self.ws, self.spec, &self.set);
-        let entry = finish_epoch(ws, spec, &self.current, passages, set, entry, progress)?;
+        for task in &self.tasks {
+            let models = (&task.base, &task.current);
+            let passages = (&task.passages, task.plan.eval_split.as_deref());
+            let eval = finish_epoch(
+                task.ws, self.spec, models, passages, &self.set, &mut entry, progress,
+            )?;
+            match task.plan.name.as_str() {
+                "" => entry.eval = eval,
+                name => entry.tasks.entry(name.to_string()).or_default().eval = eval,
+            }
+        }
+        if !self.spec.tasks.is_empty() {
+            entry.eval = mean_eval(entry.tasks.values().map(|t| t.eval.as_ref()));
+        }
         report.epochs.push(entry);
         report.write(self.run)
     }
 
-    /// Mines (or finds) the current model's round; a new one replaces the
-    /// training set's negatives. Returns its overlap with the previous round.
-    fn refresh(
-        &mut self,
-        passages: &Passages,
-        report: &mut Report,
-        progress: &dyn Progress,
-    ) -> Result<Option<f64>> {
-        let (ws, spec) = (self.ws, self.spec);
-        let (mut index, _) = passages.open(ws, &self.current, progress)?;
-        let (round, seconds) =
-            self.current
-                .round(ws, &mut index, &spec.mining, self.split_qrels, progress)?;
-        self.mine_seconds = seconds;
-        if Some(round) == self.round {
-            return Ok(None);
+    /// Mines (or finds) every task's round under the current model; new
+    /// ones replace the training set's negatives. Returns the mean overlap
+    /// of the new rounds with the ones they replace.
+    fn refresh(&mut self, report: &mut Report, progress: &dyn Progress) -> Result<Option<f64>> {
+        let mut overlaps = Vec::new();
+        let mut changed = false;
+        for task in &mut self.tasks {
+            let (seconds, fresh) = task.refresh(progress)?;
+            self.mine_seconds += seconds;
+            if let Some(overlap) = fresh {
+                changed = true;
+                overlaps.extend(overlap);
+            }
         }
-        let fresh = load_records(ws, Some(round))?;
-        let overlap = self
-            .records
-            .as_deref()
-            .zip(fresh.as_deref())
-            .map(|(old, new)| cpack_miner::stats::overlap(new, old));
-        self.records = fresh;
-        self.set = training_set(ws, self.split_qrels, self.records.as_deref(), spec);
-        self.round = Some(round);
-        self.note_training_set(report, progress)?;
-        Ok(overlap)
+        if changed {
+            self.rebuild_set(report, progress)?;
+        }
+        let n = overlaps.len();
+        Ok((n > 0).then(|| overlaps.iter().sum::<f64>() / n as f64))
+    }
+
+    /// The training set of the tasks' current rounds (each task's built over
+    /// its own tables, then merged), noted in `report`.
+    fn rebuild_set(&mut self, report: &mut Report, progress: &dyn Progress) -> Result<()> {
+        let spec = self.spec;
+        let before_training = report.epochs.is_empty() && self.unfinished.is_none();
+        let mut parts = Vec::new();
+        for task in &self.tasks {
+            let set = task.training_set(spec);
+            let mut part = report
+                .tasks
+                .get(&task.plan.name)
+                .cloned()
+                .unwrap_or_default();
+            task.note_set(&set, spec, before_training, &mut part, progress)?;
+            if task.plan.name.is_empty() {
+                report.train_queries = part.train_queries;
+                report.skipped_no_positive = part.skipped_no_positive;
+                report.skipped_not_in_round = part.skipped_not_in_round;
+                report.negative_supply.extend(part.negative_supply);
+            } else {
+                report.tasks.insert(task.plan.name.clone(), part);
+            }
+            parts.push(MergePart {
+                set,
+                id_prefix: task.plan.id_prefix.clone(),
+                queries: task.ws.dataset.queries.len(),
+                share: TaskShare {
+                    weight: task.plan.weight,
+                },
+            });
+        }
+        if !spec.tasks.is_empty() {
+            let totals = report.tasks.values();
+            report.train_queries = totals.clone().map(|t| t.train_queries).sum();
+            report.skipped_no_positive = totals.clone().map(|t| t.skipped_no_positive).sum();
+            report.skipped_not_in_round = totals.map(|t| t.skipped_not_in_round).sum();
+        }
+        self.set = match (spec.tasks.is_empty(), parts.pop()) {
+            (true, Some(lone)) => lone.set,
+            (_, last) => {
+                parts.extend(last);
+                TrainingSet::merge(parts, spec.run.task_order)
+            }
+        };
+        Ok(())
     }
 
     /// Writes the epoch's checkpoint; returns its folder.
@@ -413,62 +702,63 @@ impl<'a> Epochs<'a> {
         progress.stage(&format!("saving epoch-{}", state.epoch), 0);
         Ok(checkpoint::save(
             self.run.path(),
-            &self.base.model,
+            &self.tasks[0].base.model,
             self.trainer.encoder(),
             self.trainer.optimizer(),
             state,
             &modules,
         )?)
     }
-
-    /// Records the training set's size, what it left out and how the
-    /// round fills its groups in `report`, and says so; refuses a round
-    /// that leaves every query without a negative.
-    fn note_training_set(&self, report: &mut Report, progress: &dyn Progress) -> Result<()> {
-        let Skipped {
-            no_positive,
-            not_in_round,
-        } = self.set.skipped.clone();
-        if no_positive + not_in_round > 0 {
-            progress.note(&format!(
-                "{no_positive} queries without a positive and {not_in_round} missing from the mining round are left out"
-            ));
-        }
-        report.train_queries = self.set.len();
-        report.skipped_no_positive = no_positive;
-        report.skipped_not_in_round = not_in_round;
-        let (Some(round), true) = (self.round, self.spec.uses_rounds()) else {
-            return Ok(());
-        };
-        let supply = self.set.negative_supply(self.spec.train.group_size - 1);
-        // Refused before the first epoch, where the recipe can still be
-        // changed; a later refresh's empty round (the model moved) is trained
-        // on with the note below, or the run could never resume past it.
-        if supply.is_empty() && report.epochs.is_empty() {
-            let queries = supply.queries;
-            return Err(Error::NoNegatives { round, queries });
-        }
-        if let Some(note) = supply.describe(round, self.spec.train.group_size - 1) {
-            progress.note(&note);
-        }
-        report.negative_supply.insert(round, supply);
-        Ok(())
-    }
 }
 
-/// The trainer for `current`'s weights (a checkpoint's, with its optimizer
+/// The tables the trainer reads: a lone dataset's own, or every task's
+/// merged, each id prefixed with its task and each query with its task's
+/// instruction (the trainer's tokenizer then adds none).
+fn training_texts<'a>(tasks: &[TaskRun<'a>]) -> (Cow<'a, TextTable>, Cow<'a, TextTable>) {
+    if let [lone] = tasks {
+        if lone.plan.id_prefix.is_empty() {
+            let dataset = lone.ws.dataset;
+            return (
+                Cow::Borrowed(&dataset.corpus),
+                Cow::Borrowed(&dataset.queries),
+            );
+        }
+    }
+    let part = |table, id_prefix, text_prefix| MergedPart {
+        table,
+        id_prefix,
+        text_prefix,
+    };
+    let corpus: Vec<MergedPart> = (tasks.iter())
+        .map(|t| part(&t.ws.dataset.corpus, &t.plan.id_prefix, ""))
+        .collect();
+    let queries: Vec<MergedPart> = (tasks.iter())
+        .map(|t| {
+            part(
+                &t.ws.dataset.queries,
+                &t.plan.id_prefix,
+                &t.plan.encoder.query_instruction,
+            )
+        })
+        .collect();
+    (
+        Cow::Owned(TextTable::merged(&corpus)),
+        Cow::Owned(TextTable::merged(&queries)),
+    )
+}
+
+/// The trainer for the current weights (a checkpoint's, with its optimizer
 /// state when `saved`), tokenizing as the base model does.
 fn trainer(
     spec: &RunSpec,
-    ws: &Workspace,
-    current: &ActiveModel,
-    base: &ActiveModel,
+    first: &TaskRun,
     frozen: Option<FrozenPassages>,
     saved: Option<Saved>,
 ) -> Result<Trainer> {
     let (pooling, normalize) = (spec.encoder.pooling, spec.encoder.normalize);
-    let encoder = TrainableEncoder::load(&current.model, pooling, normalize, ws.device)?;
-    let tokenizer = PairTokenizer::load(&base.model, &spec.encoder)?;
+    let model = &first.current.model;
+    let encoder = TrainableEncoder::load(model, pooling, normalize, first.ws.device)?;
+    let tokenizer = PairTokenizer::load(&first.base.model, &spec.trainer_encoder())?;
     let mut trainer = Trainer::new(encoder, tokenizer, spec.train.clone())?;
     if let Some(frozen) = frozen {
         trainer = trainer.with_frozen_passages(frozen)?;
@@ -485,8 +775,8 @@ fn trainer(
 }
 
 /// Refuses a checkpoint that cannot have come from this run, or whose
-/// mining round is gone.
-fn check_resumable(saved: &Saved, spec: &RunSpec, ws: &Workspace) -> Result<()> {
+/// mining rounds are gone.
+fn check_resumable(saved: &Saved, spec: &RunSpec, tasks: &[TaskRun]) -> Result<()> {
     if saved.state.epoch > spec.run.epochs {
         return Err(Error::Checkpoint {
             path: saved.model.dir.join(checkpoint::STATE_FILE),
@@ -496,10 +786,16 @@ fn check_resumable(saved: &Saved, spec: &RunSpec, ws: &Workspace) -> Result<()> 
             ),
         });
     }
-    if let Some(round) = saved.state.round {
-        if ws.store.round(round)?.is_none() {
-            let run = spec.name.clone();
-            return Err(Error::RoundGone { run, round });
+    for task in tasks {
+        let round = match task.plan.name.as_str() {
+            "" => saved.state.round,
+            name => saved.state.task_rounds.get(name).copied(),
+        };
+        if let Some(round) = round {
+            if task.ws.store.round(round)?.is_none() {
+                let run = spec.name.clone();
+                return Err(Error::RoundGone { run, round });
+            }
         }
     }
     Ok(())
@@ -518,22 +814,4 @@ fn load_records(ws: &Workspace, round: Option<u32>) -> Result<Records> {
         }
     }
     Ok(Some(ws.store.records(round)?))
-}
-
-fn training_set(
-    ws: &Workspace,
-    split_qrels: &Qrels,
-    records: Option<&[(String, QueryRecord)]>,
-    spec: &RunSpec,
-) -> TrainingSet {
-    TrainingSet::build(
-        &ws.dataset.corpus,
-        &ws.dataset.queries,
-        split_qrels,
-        records,
-        spec.run.max_queries,
-        // The subset follows the workspace's seed, not the training seed, so
-        // runs that differ only in `--seed` train on the same queries.
-        spec.mining.seed,
-    )
 }

@@ -1,4 +1,5 @@
-//! What a run reads and writes outside its own folder.
+//! What a run reads and writes outside its own folder: one workspace per
+//! task (one for a run of a lone dataset).
 
 use cpack_data::dataset::{Dataset, Qrels};
 use cpack_encode::{BackendLoader, ComputeDevice};
@@ -9,6 +10,8 @@ use cpack_miner::NegativeStore;
 
 /// The workspace a run reads and mines into.
 pub struct Workspace<'a> {
+    /// The task this workspace is, by name; empty for a lone dataset.
+    pub task: String,
     pub dataset: &'a Dataset,
     /// Judgements of every split (a query's positives are never its negatives).
     pub all_qrels: &'a [Qrels],
