@@ -9,6 +9,7 @@ use crate::flags::Given;
 use crate::state::StateDir;
 use anyhow::{anyhow, bail, Context, Result};
 use cpack_data::dataset::{DatasetPaths, TextTable};
+use cpack_data::pairs::{PairFields, PairsSource, PairsView};
 use cpack_encode::{EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, Runtime};
 use cpack_index::store::{BuildPlan, IndexDir};
 use cpack_index::vector::{IndexDevice, IndexKind};
@@ -68,7 +69,19 @@ pub struct TaskSection {
     /// Names the task in flags (`--task`), reports and `.cpack/tasks/<name>/`.
     pub name: String,
     /// The task's BEIR folder (corpus.jsonl, queries.jsonl, qrels/).
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// Or a pairs file (JSONL, FlagEmbedding's `query`/`pos` or the
+    /// fields below): a task of alike pairs (NLI, paraphrases) trained
+    /// through its BEIR view, each distinct side a query or a passage,
+    /// its negatives the other pairs' passages; both sides are encoded
+    /// without instruction.
+    pub pairs: Option<PathBuf>,
+    /// The field of a pairs line holding the query side.
+    #[serde(default = "TaskSection::default_query_field")]
+    pub query_field: String,
+    /// The field holding the passage side (a string or a list).
+    #[serde(default = "TaskSection::default_passage_field")]
+    pub passage_field: String,
     /// Its queries' instruction (a preset name or the text); unset: the
     /// workspace's `[encode] query_instruction`; "" for none.
     pub query_instruction: Option<String>,
@@ -85,12 +98,32 @@ impl TaskSection {
         1.0
     }
 
+    fn default_query_field() -> String {
+        PairFields::default().query
+    }
+
+    fn default_passage_field() -> String {
+        PairFields::default().passage
+    }
+
     /// Refuses a name that cannot name a folder and a weight no epoch can follow.
     fn check(&self, seen: &[TaskSection]) -> Result<()> {
         let name = &self.name;
         let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
         if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
             bail!("task name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-' (it names a folder under .cpack/tasks/)");
+        }
+        match (&self.data, &self.pairs) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => bail!("task {name:?} needs one of data (a BEIR folder) or pairs (a pairs file)"),
+        }
+        if self.pairs.is_some()
+            && self
+                .query_instruction
+                .as_deref()
+                .is_some_and(|i| !i.is_empty())
+        {
+            bail!("task {name:?}: a pairs task encodes both sides alike, without instruction; drop its query_instruction");
         }
         if seen.iter().any(|t| &t.name == name) {
             bail!("two tasks are named {name:?}: each [[task]] needs its own name");
@@ -259,14 +292,14 @@ impl Config {
 
     /// What the command works through: each selected task's
     /// configuration, or the workspace's own when it lists no tasks.
-    pub fn task_configs(&self) -> Vec<TaskConfig> {
+    pub fn task_configs(&self) -> Result<Vec<TaskConfig>> {
         if self.tasks.is_empty() {
             let (name, section, config) = (String::new(), None, self.clone());
-            return vec![TaskConfig {
+            return Ok(vec![TaskConfig {
                 name,
                 section,
                 config,
-            }];
+            }]);
         }
         self.tasks
             .iter()
@@ -277,7 +310,7 @@ impl Config {
     /// The one task a command that serves a single one works on: the
     /// workspace's lone dataset, its only task, or the task `--task` names.
     pub fn single_task(&self, command: &str) -> Result<TaskConfig> {
-        let mut configs = self.task_configs();
+        let mut configs = self.task_configs()?;
         if configs.len() > 1 {
             let names: Vec<&str> = self.tasks.iter().map(|t| t.name.as_str()).collect();
             bail!(
@@ -289,23 +322,48 @@ impl Config {
         Ok(configs.remove(0))
     }
 
-    fn task_config(&self, task: &TaskSection) -> TaskConfig {
+    fn task_config(&self, task: &TaskSection) -> Result<TaskConfig> {
         let mut config = self.clone();
-        config.data = Some(DatasetPaths::beir(&resolve(&self.workspace, &task.data)));
+        config.data = Some(DatasetPaths::beir(&self.task_data(task)?));
         if let Some(instruction) = &task.query_instruction {
             config.encoder.query_instruction = expand_instruction(instruction).to_string();
         }
-        if let Some(split) = &task.split {
+        let split = match &task.pairs {
+            Some(_) => {
+                config.encoder.query_instruction.clear();
+                Some(PairsView::SPLIT.to_string())
+            }
+            None => task.split.clone(),
+        };
+        if let Some(split) = split {
             config.mine.split = split.clone();
-            config.train.mining.split = split.clone();
+            config.train.mining.split = split;
         }
         config.state = self.state.for_task(&task.name);
         config.tasks = vec![task.clone()];
-        TaskConfig {
+        Ok(TaskConfig {
             name: task.name.clone(),
             section: Some(task.clone()),
             config,
-        }
+        })
+    }
+
+    /// The BEIR folder of `task`: its `data`, or its pairs file's view
+    /// (written under `.cpack/pairs/` on first use, then verified).
+    pub fn task_data(&self, task: &TaskSection) -> Result<PathBuf> {
+        let Some(pairs) = &task.pairs else {
+            let data = (task.data.as_ref())
+                .with_context(|| format!("task {:?} has neither data nor pairs", task.name))?;
+            return Ok(resolve(&self.workspace, data));
+        };
+        let fields = PairFields {
+            query: task.query_field.clone(),
+            passage: task.passage_field.clone(),
+        };
+        let source = PairsSource::of(&resolve(&self.workspace, pairs), fields)?;
+        let dir = self.state.pairs_view(&source);
+        source.view(&dir)?;
+        Ok(dir)
     }
 
     /// The dataset, or an error saying the workspace has none.

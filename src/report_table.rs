@@ -20,11 +20,65 @@ pub fn print(report: &Report) -> std::io::Result<()> {
         outln!("{}", strategy.join(" · "))?;
     }
     print_epochs(report)?;
+    print_tasks(report)?;
     let wanted = report.spec.train.group_size - 1;
     for (round, supply) in &report.negative_supply {
         if let Some(note) = supply.describe(*round, wanted) {
             outln!("{note}")?;
         }
+    }
+    for (name, task) in &report.tasks {
+        for (round, supply) in &task.negative_supply {
+            if let Some(note) = supply.describe(*round, wanted) {
+                outln!("task {name}: {note}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A run over several tasks: each task's nDCG@10, base and per epoch (the
+/// epochs' rows above show their mean), its queries and instruction.
+fn print_tasks(report: &Report) -> std::io::Result<()> {
+    let tasks = &report.spec.tasks;
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    outln!(
+        "\nnDCG@10 by task ({} order)",
+        match report.spec.run.task_order {
+            cpack_train::data::TaskOrder::Proportional => "proportional",
+            cpack_train::data::TaskOrder::RoundRobin => "round-robin",
+        }
+    )?;
+    let epochs: Vec<String> = (report.epochs.iter())
+        .map(|e| format!("epoch {}", e.epoch))
+        .collect();
+    outln!(
+        "{:<16} {:>7} {:>6} {:>8} {}",
+        "task",
+        "queries",
+        "weight",
+        "base",
+        epochs.join(" ")
+    )?;
+    for task in tasks {
+        let part = report.tasks.get(&task.name);
+        let per_epoch: Vec<String> = (report.epochs.iter())
+            .map(|e| {
+                let eval = e.tasks.get(&task.name).and_then(|t| t.eval.as_ref());
+                format!("{:>7}", metric(eval, |m| m.ndcg_at_10))
+            })
+            .collect();
+        outln!(
+            "{:<16} {:>7} {:>6} {:>8} {}   instruction {:?}",
+            task.name,
+            part.map_or(0, |p| p.train_queries),
+            task.weight,
+            metric(part.and_then(|p| p.base.as_ref()), |m| m.ndcg_at_10),
+            per_epoch.join(" "),
+            task.query_instruction
+        )?;
     }
     Ok(())
 }

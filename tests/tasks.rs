@@ -315,8 +315,76 @@ fn bad_task_lists_fail_with_one_clear_error() {
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("weight"), "{err}");
 
+    let both = toml.replace("weight = 2.0", "pairs = \"p.jsonl\"");
+    std::fs::write(ws.join("cpack.toml"), both).unwrap();
+    let err = fails(&ws, &["index", "build"]);
+    assert!(
+        err.contains("one of data") && err.contains("pairs"),
+        "{err}"
+    );
+
     let unknown = toml.replace("weight = 2.0", "wieght = 2.0");
     std::fs::write(ws.join("cpack.toml"), unknown).unwrap();
     let err = fails(&ws, &["index", "build"]);
     assert!(err.contains("wieght"), "{err}");
+}
+
+#[test]
+fn a_pairs_task_trains_beside_a_corpus_task_without_instruction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _, _) = two_tasks(tmp.path(), "ws");
+    let mut pairs = String::new();
+    // Eleven distinct query sides (3 and 11 are coprime).
+    for i in 0..11 {
+        let side = |k: usize| BETA[(i * 3 + k) % BETA.len()];
+        let (query, pos) = (
+            format!("{} {}", side(0), side(1)),
+            format!("{} {} {}", side(1), side(2), side(5)),
+        );
+        pairs += &format!("{}\n", serde_json::json!({"query": query, "pos": [pos]}));
+    }
+    std::fs::write(ws.join("para.jsonl"), pairs).unwrap();
+    let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+    let b = toml.find("[[task]]\nname = \"b\"").unwrap();
+    let toml = format!(
+        "{}[[task]]\nname = \"para\"\npairs = \"para.jsonl\"\n",
+        &toml[..b]
+    );
+    std::fs::write(ws.join("cpack.toml"), toml).unwrap();
+
+    let run = ["train", "--json", "--run", "p", "--eval-split", "test"];
+    let report = json(&ok(&ws, &[&run[..], &SMALL].concat()));
+    assert_eq!(
+        report["tasks"]["para"]["train_queries"], 11,
+        "{}",
+        report["tasks"]
+    );
+    let para = report["spec"]["tasks"].as_array().unwrap()[1].clone();
+    assert_eq!(
+        (para["query_instruction"].as_str(), para["split"].as_str()),
+        (Some(""), Some("train"))
+    );
+    let epoch = &report["epochs"][0];
+    assert!(epoch["tasks"]["para"]["eval"].is_null() && epoch["tasks"]["para"]["round"].is_u64());
+    let mean = epoch["eval"]["metrics"]["ndcg_at_10"].as_f64().unwrap();
+    let a = epoch["tasks"]["a"]["eval"]["metrics"]["ndcg_at_10"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(mean, a, "the mean is over the tasks that are evaluated");
+    let text = ok(&ws, &["report"]);
+    assert!(
+        text.contains("nDCG@10 by task") && text.contains("para"),
+        "{text}"
+    );
+
+    let eval = ["eval", "--split", "test", "--passage-max-len", "16"];
+    let out = cpack(&ws).args(eval).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("task para: a pairs task"), "{stderr}");
+    let err = fails(
+        &ws,
+        &["index", "build", "--task", "para", "--model", "nowhere"],
+    );
+    assert!(err.contains("nowhere"), "{err}");
 }

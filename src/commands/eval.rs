@@ -1,18 +1,28 @@
 //! `cpack eval`: retrieval metrics of the live index on a qrels split.
 
 use crate::cli::EvalArgs;
-use crate::config::Config;
+use crate::config::{Config, TaskConfig};
 use crate::runtime::{open_encoder, query_encoder, Context};
 use anyhow::{bail, Result};
+use cpack_core::Progress as _;
 use cpack_data::dataset::Dataset;
 use cpack_data::metrics::RetrievalMetrics;
 
 /// Evaluates each task the command works on; with several, their mean too.
 pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
-    let tasks = config.task_configs();
+    let tasks = config.task_configs()?;
     let mut results = serde_json::Map::new();
     let mut metrics = Vec::new();
+    let judged = |t: &&TaskConfig| t.section.as_ref().is_none_or(|s| s.pairs.is_none());
+    for task in tasks.iter().filter(|t| !judged(t)) {
+        let note = "a pairs task has no judged split; not evaluated";
+        ctx.progress.note(&format!("task {}: {note}", task.name));
+    }
+    let tasks: Vec<&TaskConfig> = tasks.iter().filter(judged).collect();
+    if tasks.is_empty() {
+        bail!("no task of this workspace has judgements to evaluate");
+    }
     for task in &tasks {
         let (json, m) = eval_one(ctx, &task.config, &args)?;
         match task.name.as_str() {

@@ -24,7 +24,7 @@ fn build(ctx: &Context, args: BuildArgs) -> Result<()> {
     if args.chunk_rows == 0 {
         bail!("--chunk-rows must be at least 1");
     }
-    let tasks = config.task_configs();
+    let tasks = config.task_configs()?;
     let mut outcomes = serde_json::Map::new();
     for task in &tasks {
         if !task.name.is_empty() {

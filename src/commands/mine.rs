@@ -80,7 +80,7 @@ fn open_store(config: &Config) -> Result<NegativeStore> {
 fn mine(ctx: &Context, args: MineRunArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
     let mut outcomes = serde_json::Map::new();
-    for task in config.task_configs() {
+    for task in config.task_configs()? {
         if !task.name.is_empty() {
             ctx.progress.note(&format!("task {}", task.name));
         }

@@ -27,7 +27,7 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
                 ..config.clone()
             },
         }],
-        None => config.task_configs(),
+        None => config.task_configs()?,
     };
     let mut datasets = Vec::new();
     for task in &tasks {
@@ -104,13 +104,20 @@ fn task_specs(
         if args.symmetric {
             query_instruction.clear();
         }
+        let split = match section.pairs {
+            Some(_) => PairsView::SPLIT.to_string(),
+            None => (section.split.clone()).unwrap_or_else(|| spec.mining.split.clone()),
+        };
         specs.push(TaskSpec {
             name: task.name.clone(),
-            data: crate::config::resolve(&config.workspace, &section.data),
+            data: task.config.data()?.dir.clone(),
             query_instruction,
             weight: section.weight,
-            split: (section.split.clone()).unwrap_or_else(|| spec.mining.split.clone()),
-            eval_split: (recipe.eval_split).resolve(|split| dataset.paths.qrels(split).exists()),
+            split,
+            // A pairs task has its training pairs alone: nothing to evaluate.
+            eval_split: (recipe.eval_split)
+                .resolve(|split| dataset.paths.qrels(split).exists())
+                .filter(|_| section.pairs.is_none()),
         });
     }
     Ok(specs)

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 /// Where the three parts of a dataset live.
 #[derive(Debug, Clone)]
 pub struct DatasetPaths {
+    /// The BEIR folder.
+    pub dir: PathBuf,
     pub corpus: PathBuf,
     pub queries: PathBuf,
     pub qrels_dir: PathBuf,
@@ -20,6 +22,7 @@ impl DatasetPaths {
     /// The standard BEIR file names inside `dir`.
     pub fn beir(dir: &Path) -> Self {
         DatasetPaths {
+            dir: dir.to_path_buf(),
             corpus: dir.join("corpus.jsonl"),
             queries: dir.join("queries.jsonl"),
             qrels_dir: dir.join("qrels"),

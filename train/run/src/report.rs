@@ -167,10 +167,14 @@ impl EpochReport {
 }
 
 /// The mean of several tasks' evaluations (each task weighs alike, as
-/// C-MTEB averages its tasks); `None` if any task has none.
+/// C-MTEB averages its tasks) over the tasks that have one (a pairs task
+/// has no judged split); `None` if none has.
 pub fn mean_eval<'a>(points: impl IntoIterator<Item = Option<&'a EvalPoint>>) -> Option<EvalPoint> {
-    let points: Vec<&EvalPoint> = points.into_iter().collect::<Option<_>>()?;
-    let n = points.len().max(1) as f64;
+    let points: Vec<&EvalPoint> = points.into_iter().flatten().collect();
+    if points.is_empty() {
+        return None;
+    }
+    let n = points.len() as f64;
     let mean =
         |f: fn(&RetrievalMetrics) -> f64| points.iter().map(|p| f(&p.metrics)).sum::<f64>() / n;
     Some(EvalPoint {
