@@ -317,7 +317,7 @@ pub struct Overrides {
     #[arg(id = "index.device", long = "index-device", value_name = "DEVICE")]
     pub index_device: Option<IndexDevice>,
     /// In a workspace of several [[task]]s: work on this task alone
-    /// [default: every task; search, serve and the round commands need one].
+    /// [default: every task; search and the round commands need one].
     #[arg(long, value_name = "NAME")]
     pub task: Option<String>,
 }

@@ -22,7 +22,7 @@ pub fn print(report: &Report) -> std::io::Result<()> {
     print_epochs(report)?;
     print_tasks(report)?;
     let wanted = report.spec.train.group_size - 1;
-    for (round, supply) in &report.negative_supply {
+    for (round, supply) in &report.totals.negative_supply {
         if let Some(note) = supply.describe(*round, wanted) {
             outln!("{note}")?;
         }
@@ -95,7 +95,7 @@ fn print_settings(report: &Report) -> std::io::Result<()> {
         s.train.batch_size,
         s.train.group_size,
         s.train.lr,
-        report.train_queries,
+        report.totals.train_queries,
         s.eval_split.as_ref().map_or(String::new(), |e| format!(" · eval on {e}")),
     )
 }
@@ -154,7 +154,7 @@ fn print_epochs(report: &Report) -> std::io::Result<()> {
         "eval s",
         "overlap"
     )?;
-    if let Some(base) = &report.base {
+    if let Some(base) = &report.totals.base {
         outln!(
             "{:<6} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7.0} {:>8}",
             "base",

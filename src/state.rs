@@ -54,6 +54,11 @@ impl StateDir {
         }
     }
 
+    /// Whether any task has state here (`tasks/`).
+    pub fn has_tasks(&self) -> bool {
+        self.root.join("tasks").is_dir()
+    }
+
     /// Where this (task's) index and negatives live.
     fn own(&self) -> PathBuf {
         match &self.task {

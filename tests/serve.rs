@@ -10,14 +10,14 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 
 /// A running `cpack serve`, killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
     log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
-    fn start(ws: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(ws: &Path, extra: &[&str]) -> Server {
         let mut child = cpack(ws)
             .args(["--progress-every", "0", "serve", "--addr", "127.0.0.1:0"])
             .args(extra)
@@ -48,7 +48,7 @@ impl Server {
         Server { child, base, log }
     }
 
-    fn post(&self, path: &str, body: &Value) -> Value {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> Value {
         ureq::post(&format!("{}{path}", self.base))
             .send_json(body.clone())
             .unwrap_or_else(|e| panic!("POST {path} {body}: {e}"))
@@ -56,7 +56,7 @@ impl Server {
             .unwrap()
     }
 
-    fn get(&self, path: &str) -> Value {
+    pub(crate) fn get(&self, path: &str) -> Value {
         ureq::get(&format!("{}{path}", self.base))
             .call()
             .unwrap()
@@ -65,7 +65,7 @@ impl Server {
     }
 
     /// Sends a raw body; returns the status and the error message of a refusal.
-    fn refused(&self, path: &str, body: &str) -> (u16, String) {
+    pub(crate) fn refused(&self, path: &str, body: &str) -> (u16, String) {
         match ureq::post(&format!("{}{path}", self.base))
             .set("Content-Type", "application/json")
             .send_string(body)
@@ -137,7 +137,7 @@ fn cli_hits(ws: &Path, query: &str, k: usize) -> Vec<(String, f64)> {
     hits_of(&out["results"])
 }
 
-fn hits_of(hits: &Value) -> Vec<(String, f64)> {
+pub(crate) fn hits_of(hits: &Value) -> Vec<(String, f64)> {
     hits.as_array()
         .unwrap()
         .iter()
@@ -150,7 +150,7 @@ fn hits_of(hits: &Value) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn assert_same_hits(served: &[(String, f64)], cli: &[(String, f64)]) {
+pub(crate) fn assert_same_hits(served: &[(String, f64)], cli: &[(String, f64)]) {
     assert_eq!(served.len(), cli.len(), "{served:?} vs {cli:?}");
     for ((a, x), (b, y)) in served.iter().zip(cli) {
         assert_eq!(a, b, "{served:?} vs {cli:?}");

@@ -388,3 +388,72 @@ fn a_pairs_task_trains_beside_a_corpus_task_without_instruction() {
     );
     assert!(err.contains("nowhere"), "{err}");
 }
+
+/// With in-batch negatives only and no evaluation, nothing but the trainer
+/// reads the queries: a task's instruction changes the weights a run ends
+/// on only if each query reaches the model with its task's instruction.
+#[test]
+fn each_query_trains_with_its_own_tasks_instruction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = [
+        "train",
+        "--quiet",
+        "--group-size",
+        "1",
+        "--eval-split",
+        "none",
+        "--run",
+        "r",
+    ];
+    let weights = |name: &str, instruction_b: &str| {
+        let (ws, _, _, _) = two_tasks(tmp.path(), name);
+        let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+        let toml = toml.replace("\"about places: \"", &format!("{instruction_b:?}"));
+        std::fs::write(ws.join("cpack.toml"), toml).unwrap();
+        ok(&ws, &[&run[..], &SMALL[2..]].concat());
+        std::fs::read(ws.join(".cpack/runs/r/epoch-1/model.safetensors")).unwrap()
+    };
+    let places = weights("places", "about places: ");
+    assert_eq!(
+        places,
+        weights("places-again", "about places: "),
+        "a run repeats itself"
+    );
+    assert_ne!(
+        places,
+        weights("insurance", "about insurance: "),
+        "task b's instruction is not seen"
+    );
+}
+
+#[test]
+fn serve_answers_each_task_from_its_own_index_with_its_instruction() {
+    use crate::serve::{assert_same_hits, hits_of, Server};
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _, _) = two_tasks(tmp.path(), "ws");
+    ok(&ws, &["-q", "index", "build"]);
+    let server = Server::start(&ws, &[]);
+    for (task, query) in [("a", "premium claim insurer"), ("b", "river forest valley")] {
+        let request = serde_json::json!({"query": query, "k": 5, "task": task});
+        let served = hits_of(&server.post("/search", &request)["hits"]);
+        let cli = json(&ok(
+            &ws,
+            &["-q", "search", "--json", "-k", "5", "--task", task, query],
+        ));
+        assert_same_hits(&served, &hits_of(&cli["results"]));
+    }
+    let info = server.get("/info");
+    assert_eq!(
+        info["tasks"]["b"]["query_instruction"], "about places: ",
+        "{info}"
+    );
+    assert_eq!(info["tasks"]["a"]["passages"], 24, "{info}");
+    let (status, error) = server.refused("/search", r#"{"query": "river"}"#);
+    assert_eq!(status, 422);
+    assert!(
+        error.contains("\"task\"") && error.contains("a, b"),
+        "{error}"
+    );
+    let (status, error) = server.refused("/embed", r#"{"inputs": "river", "task": "c"}"#);
+    assert!(status == 422 && error.contains("no task \"c\""), "{error}");
+}

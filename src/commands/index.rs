@@ -120,8 +120,12 @@ fn info(ctx: &Context, json: bool, task: Option<&str>) -> Result<()> {
     }
     let dir = state.index(Default::default());
     let Some((generation, manifest)) = dir.current()? else {
+        let hint = match task {
+            None if state.has_tasks() => " (this workspace has tasks: name one with --task)",
+            _ => "",
+        };
         bail!(
-            "no index in {}; build one with `cpack index build`",
+            "no index in {}; build one with `cpack index build`{hint}",
             dir.root().display()
         );
     };

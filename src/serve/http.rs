@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cpack_encode::TextKind;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -19,10 +20,46 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Hits a search may ask for per query.
 pub const MAX_K: usize = 1000;
 
-#[derive(Clone)]
-pub struct Shared {
+/// One engine: its queue and what it serves.
+pub struct EngineHandle {
     pub jobs: mpsc::SyncSender<Job>,
     pub info: Arc<Mutex<Info>>,
+}
+
+/// The engines by task name ("" for a workspace's lone dataset).
+#[derive(Clone)]
+pub struct Shared {
+    pub engines: Arc<BTreeMap<String, EngineHandle>>,
+}
+
+impl Shared {
+    /// The engine of `task`: the one named, or the only one.
+    fn engine(&self, task: Option<&str>) -> Result<&EngineHandle, ApiError> {
+        let names = || {
+            (self.engines.keys().cloned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match task {
+            Some(task) => self
+                .engines
+                .get(task)
+                .filter(|_| !task.is_empty())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "no task {task:?} is served here; the tasks are {}",
+                        names()
+                    ))
+                }),
+            None if self.engines.len() == 1 => {
+                Ok(self.engines.values().next().expect("one engine"))
+            }
+            None => Err(bad(format!(
+                "name the task of the request (\"task\"): one of {}",
+                names()
+            ))),
+        }
+    }
 }
 
 /// The routes; a request body must arrive whole within `read_timeout`.
@@ -161,6 +198,8 @@ struct SearchRequest {
     query: Option<String>,
     queries: Option<Vec<String>>,
     k: Option<usize>,
+    /// The task searched, when the workspace has several.
+    task: Option<String>,
 }
 
 async fn search(
@@ -168,6 +207,7 @@ async fn search(
     parsed: Result<Json<SearchRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let request = body(parsed)?;
+    let engine = shared.engine(request.task.as_deref())?;
     let (queries, single) = match (request.query, request.queries) {
         (Some(q), None) => (vec![q], true),
         (None, Some(qs)) => (qs, false),
@@ -183,7 +223,7 @@ async fn search(
         return Err(bad(format!("k must be between 1 and {MAX_K}, not {k}")));
     }
     let (reply, answer) = oneshot::channel();
-    let answer = ask(&shared, Job::Search { queries, k, reply }, answer).await?;
+    let answer = ask(engine, Job::Search { queries, k, reply }, answer).await?;
     Ok(if single {
         Json(serde_json::json!({
             "generation": answer.generation,
@@ -206,9 +246,11 @@ enum Kind {
 #[serde(deny_unknown_fields)]
 struct EmbedRequest {
     inputs: Texts,
-    /// `query` gets the workspace's instruction, `passage` (the default, as
-    /// text-embeddings-inference without a prompt) none.
+    /// `query` gets the workspace's (or task's) instruction, `passage` (the
+    /// default, as text-embeddings-inference without a prompt) none.
     kind: Option<Kind>,
+    /// The task whose instruction queries get, when the workspace has several.
+    task: Option<String>,
 }
 
 async fn embed(
@@ -216,6 +258,7 @@ async fn embed(
     parsed: Result<Json<EmbedRequest>, JsonRejection>,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let request = body(parsed)?;
+    let engine = shared.engine(request.task.as_deref())?;
     let inputs = checked(request.inputs.into_vec(), "inputs")?;
     let kind = match request.kind {
         Some(Kind::Query) => TextKind::Query,
@@ -224,7 +267,7 @@ async fn embed(
     let (reply, answer) = oneshot::channel();
     Ok(Json(
         ask(
-            &shared,
+            engine,
             Job::Embed {
                 inputs,
                 kind,
@@ -238,7 +281,7 @@ async fn embed(
 
 /// Hands a job to the engine and waits for its answer.
 async fn ask<T>(
-    shared: &Shared,
+    engine: &EngineHandle,
     job: Job,
     answer: oneshot::Receiver<Result<T, Failure>>,
 ) -> Result<T, ApiError> {
@@ -248,7 +291,7 @@ async fn ask<T>(
             "the engine has stopped".into(),
         )
     };
-    shared.jobs.try_send(job).map_err(|e| match e {
+    engine.jobs.try_send(job).map_err(|e| match e {
         mpsc::TrySendError::Full(_) => ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests are waiting; retry shortly".into(),
@@ -265,8 +308,22 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn info(State(shared): State<Shared>) -> Json<Info> {
-    Json(shared.info.lock().expect("info lock").clone())
+/// The engine's info; with several tasks, each task's by name.
+async fn info(State(shared): State<Shared>) -> Json<serde_json::Value> {
+    let of = |engine: &EngineHandle| {
+        let info: Info = engine.info.lock().expect("info lock").clone();
+        serde_json::to_value(info).expect("info is JSON")
+    };
+    Json(match shared.engine(None) {
+        Ok(engine) => of(engine),
+        Err(_) => {
+            let tasks = shared
+                .engines
+                .iter()
+                .map(|(name, engine)| (name.clone(), of(engine)));
+            serde_json::json!({ "tasks": tasks.collect::<serde_json::Map<_, _>>() })
+        }
+    })
 }
 
 async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {

@@ -100,7 +100,11 @@ pub struct Curves {
 
 impl Curves {
     fn of(report: &Report) -> Curves {
-        let base = report.base.iter().map(|b| (0.0, b.metrics.ndcg_at_10));
+        let base = report
+            .totals
+            .base
+            .iter()
+            .map(|b| (0.0, b.metrics.ndcg_at_10));
         let epochs = report
             .epochs
             .iter()

@@ -65,13 +65,16 @@ pub struct TaskEpoch {
     pub eval: Option<EvalPoint>,
 }
 
-/// One task's part of a run over several: its training queries, how its
-/// rounds fill its groups, and its base model's evaluation.
+/// A training set's part of a run (the run's, or one task's of several):
+/// its training queries, how its rounds fill its groups, and the base
+/// model's evaluation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskReport {
     pub train_queries: usize,
     pub skipped_no_positive: usize,
     pub skipped_not_in_round: usize,
+    /// How each round trained on filled the training groups (queries left
+    /// without negatives, or short of a group), by round.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub negative_supply: BTreeMap<u32, NegativeSupply>,
     pub base: Option<EvalPoint>,
@@ -81,15 +84,11 @@ pub struct TaskReport {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub spec: RunSpec,
-    pub train_queries: usize,
-    pub skipped_no_positive: usize,
-    pub skipped_not_in_round: usize,
-    /// How each round trained on filled the training groups (queries left
-    /// without negatives, or short of a group), by round.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub negative_supply: BTreeMap<u32, NegativeSupply>,
-    /// The base model's evaluation; with several tasks, the mean of theirs.
-    pub base: Option<EvalPoint>,
+    /// The run's training set and base model (stored at the top level of
+    /// `report.json`); with several tasks, the sums of their queries and
+    /// the mean of their base evaluations.
+    #[serde(flatten)]
+    pub totals: TaskReport,
     pub epochs: Vec<EpochReport>,
     /// With several tasks: each task's part, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -101,11 +100,7 @@ impl Report {
     pub fn new(spec: RunSpec) -> Self {
         Report {
             spec,
-            train_queries: 0,
-            skipped_no_positive: 0,
-            skipped_not_in_round: 0,
-            negative_supply: BTreeMap::new(),
-            base: None,
+            totals: TaskReport::default(),
             epochs: Vec::new(),
             tasks: BTreeMap::new(),
         }

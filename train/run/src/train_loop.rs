@@ -17,6 +17,7 @@ use crate::workspace::Workspace;
 use cpack_core::{fsutil, InvalidSetting, Progress};
 use cpack_data::dataset::{MergedPart, Qrels, TextTable};
 use cpack_encode::PairTokenizer;
+use cpack_index::store::OpenIndex;
 use cpack_miner::store::QueryRecord;
 use cpack_model::{BertConfig, ModelDir};
 use cpack_train::checkpoint::{self, Modules, Saved, TrainerState};
@@ -69,8 +70,8 @@ pub fn run(
         task.prepare(&spec, &mut report, &mut start, run, progress)?;
         tasks.push(task);
     }
-    if !spec.tasks.is_empty() && report.base.is_none() {
-        report.base = mean_eval(report.tasks.values().map(|t| t.base.as_ref()));
+    if !spec.tasks.is_empty() && report.totals.base.is_none() {
+        report.totals.base = mean_eval(report.tasks.values().map(|t| t.base.as_ref()));
         report.write(run)?;
     }
     let saved = checkpoint::latest(run.path())?
@@ -311,17 +312,23 @@ impl<'a> TaskRun<'a> {
         if let (true, Some(teacher)) = (spec.uses_rounds(), spec.run.negatives_from) {
             self.round = Some(teacher_round(ws, teacher, &self.plan.mining.split)?);
         } else if spec.uses_rounds() {
-            let (round, seconds) = (self.base).round(
-                ws,
-                &mut index,
-                &self.plan.mining,
-                &self.split_qrels,
-                progress,
-            )?;
+            let (round, seconds) = self.mine(&self.base, &mut index, progress)?;
             self.round = Some(round);
             start.mine_seconds += seconds;
         }
         Ok(())
+    }
+
+    /// `model`'s round of this task's queries against `index` (found or
+    /// mined), and the seconds mining took.
+    fn mine(
+        &self,
+        model: &ActiveModel,
+        index: &mut OpenIndex,
+        progress: &dyn Progress,
+    ) -> Result<(u32, f64)> {
+        let (mining, qrels) = (&self.plan.mining, &self.split_qrels);
+        model.round(self.ws, index, mining, qrels, progress)
     }
 
     /// Mines (or finds) the current model's round. Returns the mining
@@ -330,13 +337,7 @@ impl<'a> TaskRun<'a> {
         let ws = self.ws;
         let models = (&self.base, &self.current);
         let (mut index, _) = self.passages.open(ws, models, progress)?;
-        let (round, seconds) = (self.current).round(
-            ws,
-            &mut index,
-            &self.plan.mining,
-            &self.split_qrels,
-            progress,
-        )?;
+        let (round, seconds) = self.mine(&self.current, &mut index, progress)?;
         if Some(round) == self.round {
             return Ok((seconds, None));
         }
@@ -411,9 +412,14 @@ impl<'a> TaskRun<'a> {
 
 /// Where the base model's evaluation of task `name` goes in `report`.
 fn base_slot<'r>(report: &'r mut Report, name: &str) -> &'r mut Option<EvalPoint> {
+    &mut part_of(report, name).base
+}
+
+/// Task `name`'s part of `report`: the run's own for a lone dataset.
+fn part_of<'r>(report: &'r mut Report, name: &str) -> &'r mut TaskReport {
     match name {
-        "" => &mut report.base,
-        name => &mut report.tasks.entry(name.to_string()).or_default().base,
+        "" => &mut report.totals,
+        name => report.tasks.entry(name.to_string()).or_default(),
     }
 }
 
@@ -652,20 +658,8 @@ impl<'a> Epochs<'a> {
         let mut parts = Vec::new();
         for task in &self.tasks {
             let set = task.training_set(spec);
-            let mut part = report
-                .tasks
-                .get(&task.plan.name)
-                .cloned()
-                .unwrap_or_default();
-            task.note_set(&set, spec, before_training, &mut part, progress)?;
-            if task.plan.name.is_empty() {
-                report.train_queries = part.train_queries;
-                report.skipped_no_positive = part.skipped_no_positive;
-                report.skipped_not_in_round = part.skipped_not_in_round;
-                report.negative_supply.extend(part.negative_supply);
-            } else {
-                report.tasks.insert(task.plan.name.clone(), part);
-            }
+            let part = part_of(report, &task.plan.name);
+            task.note_set(&set, spec, before_training, part, progress)?;
             parts.push(MergePart {
                 set,
                 id_prefix: task.plan.id_prefix.clone(),
@@ -676,10 +670,11 @@ impl<'a> Epochs<'a> {
             });
         }
         if !spec.tasks.is_empty() {
-            let totals = report.tasks.values();
-            report.train_queries = totals.clone().map(|t| t.train_queries).sum();
-            report.skipped_no_positive = totals.clone().map(|t| t.skipped_no_positive).sum();
-            report.skipped_not_in_round = totals.map(|t| t.skipped_not_in_round).sum();
+            let parts = report.tasks.values();
+            let totals = &mut report.totals;
+            totals.train_queries = parts.clone().map(|t| t.train_queries).sum();
+            totals.skipped_no_positive = parts.clone().map(|t| t.skipped_no_positive).sum();
+            totals.skipped_not_in_round = parts.map(|t| t.skipped_not_in_round).sum();
         }
         self.set = match (spec.tasks.is_empty(), parts.pop()) {
             (true, Some(lone)) => lone.set,
