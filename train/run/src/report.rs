@@ -75,9 +75,29 @@ pub struct TaskReport {
     pub skipped_not_in_round: usize,
     /// How each round trained on filled the training groups (queries left
     /// without negatives, or short of a group), by round.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "rounds_keyed"
+    )]
     pub negative_supply: BTreeMap<u32, NegativeSupply>,
     pub base: Option<EvalPoint>,
+}
+
+/// Round numbers as the JSON object's keys, read back as numbers: a map of
+/// a flattened struct reaches serde with its keys as strings only.
+fn rounds_keyed<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BTreeMap<u32, NegativeSupply>, D::Error> {
+    let by_text = BTreeMap::<String, NegativeSupply>::deserialize(deserializer)?;
+    (by_text.into_iter())
+        .map(|(key, supply)| match key.parse() {
+            Ok(round) => Ok((round, supply)),
+            Err(_) => Err(serde::de::Error::custom(format!(
+                "round {key:?} is not a number"
+            ))),
+        })
+        .collect()
 }
 
 /// `report.json`: the run's curve, rewritten after every epoch.
@@ -182,4 +202,32 @@ pub fn mean_eval<'a>(points: impl IntoIterator<Item = Option<&'a EvalPoint>>) ->
         },
         seconds: points.iter().map(|p| p.seconds).sum(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-level part is flattened into the top level of `report.json`
+    /// (where it always was) and reads back whole, round keys included.
+    #[test]
+    fn a_report_reads_back_what_it_writes_at_the_top_level() {
+        let spec: RunSpec =
+            serde_json::from_str(include_str!("testdata/run-before-the-split.json")).unwrap();
+        let mut report = Report::new(spec);
+        report.totals.train_queries = 7;
+        let supply = NegativeSupply {
+            queries: 7,
+            without: 1,
+            short: 2,
+        };
+        report.totals.negative_supply.insert(3, supply);
+        report.tasks.insert("a".into(), report.totals.clone());
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["train_queries"], 7);
+        assert_eq!(json["negative_supply"]["3"]["short"], 2);
+        assert!(json.get("totals").is_none());
+        let read: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(read, report);
+    }
 }
