@@ -457,3 +457,48 @@ fn serve_answers_each_task_from_its_own_index_with_its_instruction() {
     let (status, error) = server.refused("/embed", r#"{"inputs": "river", "task": "c"}"#);
     assert!(status == 422 && error.contains("no task \"c\""), "{error}");
 }
+
+/// The strategies of a one-dataset run keep working over tasks: clustered
+/// batches (clusters of the queries as the trainer sees them), retired
+/// easy negatives and GradCache's mini-batches, batches still of one task.
+#[test]
+fn clustered_batches_retired_negatives_and_mini_batches_work_over_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _, _) = two_tasks(tmp.path(), "ws");
+    let strategies = [
+        "--batching",
+        "clustered",
+        "--replace-easy",
+        "0.0",
+        "--mini-batch",
+        "2",
+        "--epochs",
+        "2",
+        "--eval-split",
+        "none",
+        "--run",
+        "s",
+    ];
+    let report = json(&ok(
+        &ws,
+        &[&["train", "--json"][..], &SMALL, &strategies].concat(),
+    ));
+    assert_eq!(report["epochs"].as_array().unwrap().len(), 2);
+    let retired: u64 = (report["epochs"].as_array().unwrap().iter())
+        .map(|e| e["negatives_retired"].as_u64().unwrap())
+        .sum();
+    assert!(retired > 0, "no negative was retired: {report}");
+    let steps = std::fs::read_to_string(ws.join(".cpack/runs/s/steps.jsonl")).unwrap();
+    for line in steps.lines() {
+        for batch in json(line)["batches"].as_array().unwrap() {
+            let queries = batch["queries"].as_array().unwrap();
+            let task = &queries[0].as_str().unwrap()[..2];
+            assert!(
+                queries
+                    .iter()
+                    .all(|q| q.as_str().unwrap().starts_with(task)),
+                "{batch}"
+            );
+        }
+    }
+}
