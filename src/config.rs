@@ -107,12 +107,13 @@ impl TaskSection {
     }
 
     /// Refuses a name that cannot name a folder and a weight no epoch can follow.
+    /// The most visits of a query per epoch a weight may ask for (beyond,
+    /// an epoch's groups would not fit in memory on a real dataset).
+    const MAX_WEIGHT: f64 = 100.0;
+
     fn check(&self, seen: &[TaskSection]) -> Result<()> {
         let name = &self.name;
-        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-        if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
-            bail!("task name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-' (it names a folder under .cpack/tasks/)");
-        }
+        check_task_name(name)?;
         match (&self.data, &self.pairs) {
             (Some(_), None) | (None, Some(_)) => {}
             _ => bail!("task {name:?} needs one of data (a BEIR folder) or pairs (a pairs file)"),
@@ -128,8 +129,12 @@ impl TaskSection {
         if seen.iter().any(|t| &t.name == name) {
             bail!("two tasks are named {name:?}: each [[task]] needs its own name");
         }
-        if !(self.weight > 0.0 && self.weight.is_finite()) {
-            bail!("task {name:?}: weight {} must be a positive number (1 visits each query once per epoch)", self.weight);
+        if !(self.weight > 0.0 && self.weight <= Self::MAX_WEIGHT) {
+            bail!(
+                "task {name:?}: weight {} must be above 0 and at most {} (1 visits each query once per epoch)",
+                self.weight,
+                Self::MAX_WEIGHT
+            );
         }
         Ok(())
     }
@@ -410,6 +415,15 @@ impl Config {
     pub fn train_recipe(&self, flags: &TrainRecipe, given: &Given) -> Result<TrainRecipe> {
         overlay_given(&self.train, flags, given)
     }
+}
+
+/// Refuses a task name that cannot name a folder under `.cpack/tasks/`.
+pub fn check_task_name(name: &str) -> Result<()> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        bail!("task name {name:?} is not allowed: use 1 to 64 letters, digits, '_' or '-' (it names a folder under .cpack/tasks/)");
+    }
+    Ok(())
 }
 
 /// The tasks of `file` a command works on: every `[[task]]`, or the one

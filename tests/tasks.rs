@@ -85,6 +85,28 @@ fn two_tasks(tmp: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     (ws, a, b, model)
 }
 
+/// The training queries of run `run`'s batches by task (its ids' `a/` or
+/// `b/`), asserting that every batch's queries and passages are of one task.
+fn queries_per_task(ws: &Path, run: &str) -> Vec<(String, usize)> {
+    let steps = std::fs::read_to_string(ws.join(format!(".cpack/runs/{run}/steps.jsonl"))).unwrap();
+    let mut per_task = std::collections::BTreeMap::new();
+    for line in steps.lines() {
+        for batch in json(line)["batches"].as_array().unwrap() {
+            let ids = |key: &str| -> Vec<String> {
+                let list = batch[key].as_array().unwrap().iter();
+                list.map(|v| v.as_str().unwrap().to_string()).collect()
+            };
+            let (queries, passages) = (ids("queries"), ids("passages"));
+            let task = queries[0][..2].to_string();
+            assert!(task == "a/" || task == "b/", "{queries:?}");
+            let mut all = queries.iter().chain(&passages);
+            assert!(all.all(|id| id.starts_with(&task)), "{batch}");
+            *per_task.entry(task).or_insert(0) += queries.len();
+        }
+    }
+    per_task.into_iter().collect()
+}
+
 /// Small, fast training settings.
 const SMALL: [&str; 12] = [
     "--group-size",
@@ -205,29 +227,12 @@ fn a_run_over_tasks_draws_each_batch_from_one_task_and_reports_each() {
     // The refresh before epoch 2 mined each task again, in its own store.
     assert!(ws.join(".cpack/runs/m/tasks/a/index").is_dir());
 
-    let steps = std::fs::read_to_string(ws.join(".cpack/runs/m/steps.jsonl")).unwrap();
-    let mut per_task = [0usize; 2];
-    for line in steps.lines() {
-        for batch in json(line)["batches"].as_array().unwrap() {
-            let ids = |key: &str| -> Vec<String> {
-                let list = batch[key].as_array().unwrap().iter();
-                list.map(|v| v.as_str().unwrap().to_string()).collect()
-            };
-            let (queries, passages) = (ids("queries"), ids("passages"));
-            let task = &queries[0][..2];
-            assert!(task == "a/" || task == "b/", "{queries:?}");
-            assert!(
-                queries
-                    .iter()
-                    .chain(&passages)
-                    .all(|id| id.starts_with(task)),
-                "{batch}"
-            );
-            per_task[usize::from(task == "b/")] += queries.len();
-        }
-    }
+    let per_task = queries_per_task(&ws, "m");
     // Task b weighs 2: each of its queries twice an epoch, over two epochs.
-    assert_eq!(per_task, [18 * 2, 15 * 2 * 2]);
+    assert_eq!(
+        per_task,
+        [("a/".to_string(), 18 * 2), ("b/".to_string(), 15 * 2 * 2)]
+    );
 }
 
 #[test]
@@ -322,6 +327,13 @@ fn bad_task_lists_fail_with_one_clear_error() {
         err.contains("one of data") && err.contains("pairs"),
         "{err}"
     );
+
+    let huge = toml.replace("weight = 2.0", "weight = 1e12");
+    std::fs::write(ws.join("cpack.toml"), huge).unwrap();
+    let err = fails(&ws, &["index", "build"]);
+    assert!(err.contains("at most 100"), "{err}");
+    let err = fails(&ws, &["index", "info", "--task", "../../etc"]);
+    assert!(err.contains("not allowed"), "{err}");
 
     let unknown = toml.replace("weight = 2.0", "wieght = 2.0");
     std::fs::write(ws.join("cpack.toml"), unknown).unwrap();
@@ -488,17 +500,6 @@ fn clustered_batches_retired_negatives_and_mini_batches_work_over_tasks() {
         .map(|e| e["negatives_retired"].as_u64().unwrap())
         .sum();
     assert!(retired > 0, "no negative was retired: {report}");
-    let steps = std::fs::read_to_string(ws.join(".cpack/runs/s/steps.jsonl")).unwrap();
-    for line in steps.lines() {
-        for batch in json(line)["batches"].as_array().unwrap() {
-            let queries = batch["queries"].as_array().unwrap();
-            let task = &queries[0].as_str().unwrap()[..2];
-            assert!(
-                queries
-                    .iter()
-                    .all(|q| q.as_str().unwrap().starts_with(task)),
-                "{batch}"
-            );
-        }
-    }
+    let per_task = queries_per_task(&ws, "s");
+    assert_eq!(per_task.len(), 2, "{per_task:?}");
 }

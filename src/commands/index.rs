@@ -116,6 +116,7 @@ fn outcome_line(outcome: &BuildOutcome) -> String {
 fn info(ctx: &Context, json: bool, task: Option<&str>) -> Result<()> {
     let mut state = StateDir::of(&ctx.workspace)?;
     if let Some(task) = task {
+        crate::config::check_task_name(task)?;
         state = state.for_task(task);
     }
     let dir = state.index(Default::default());
