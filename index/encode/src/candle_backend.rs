@@ -14,7 +14,7 @@ use cpack_model::{BertModel, ComputeDevice, EmbeddingHead, Mode, ModelDir, Pooli
 /// runs amortise that; much longer ones spill the activations out of cache.
 /// A benchmark result: `bench/encode_real.sh` measures it again on the
 /// machine at hand.
-const TOKENS_PER_RUN: usize = 2048;
+pub(crate) const TOKENS_PER_RUN: usize = 2048;
 
 pub struct CandleBackend {
     model: BertModel,

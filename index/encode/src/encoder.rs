@@ -1,6 +1,7 @@
 //! Texts in, embeddings out: tokenisation, length-sorted batching and a
 //! pluggable model backend.
 
+use crate::batching::{in_runs, run_batches, Batches};
 use crate::error::Result;
 use cpack_core::{require, InvalidSetting};
 use cpack_model::TextTokenizer;
@@ -30,21 +31,6 @@ pub trait EncoderBackend: Send + Sync {
     fn device(&self) -> cpack_model::ComputeDevice {
         cpack_model::ComputeDevice::Cpu
     }
-}
-
-/// Embeds `batch` in row slices of at most `backend.tokens_per_run()`
-/// tokens (at least one row each), concatenated in order.
-fn embed_in_runs(backend: &dyn EncoderBackend, batch: &TokenBatch) -> Result<Vec<f32>> {
-    let rows_per_run =
-        (backend.tokens_per_run() / batch.seq_len.max(1)).clamp(1, batch.batch.max(1));
-    if rows_per_run >= batch.batch {
-        return backend.embed(batch);
-    }
-    let mut out = Vec::with_capacity(batch.batch * backend.dim());
-    for start in (0..batch.batch).step_by(rows_per_run) {
-        out.extend(backend.embed(&batch.rows(start..(start + rows_per_run).min(batch.batch)))?);
-    }
-    Ok(out)
 }
 
 /// Opens a backend for a model folder. The training loop opens one per
@@ -140,30 +126,6 @@ impl EncoderSettings {
     }
 }
 
-/// Cuts texts sorted longest first (`lengths`) into batches of at most
-/// `rows` texts and, when `tokens` is not 0, at most `tokens` padded tokens
-/// (the first text's length times the rows; a text longer than the budget
-/// goes alone).
-fn batch_bounds(lengths: &[usize], rows: usize, tokens: usize) -> Vec<std::ops::Range<usize>> {
-    let rows = rows.max(1);
-    let mut bounds = Vec::new();
-    let mut start = 0;
-    while start < lengths.len() {
-        let fit = if tokens == 0 {
-            rows
-        } else {
-            (tokens / lengths[start].max(1)).clamp(1, rows)
-        };
-        let end = (start + fit).min(lengths.len());
-        bounds.push(start..end);
-        start = end;
-    }
-    bounds
-}
-
-/// Receives each embedded batch: its text rows, their vectors, its real-token count.
-type BatchSink<'a> = dyn FnMut(&[usize], &[f32], usize) + 'a;
-
 /// Query and passage tokenizers with their own lengths; queries get the
 /// instruction, passages never do. Shared by the encoder and the trainer so
 /// both feed the model identical token ids.
@@ -176,13 +138,14 @@ pub struct PairTokenizer {
 
 impl PairTokenizer {
     pub fn load(model: &ModelDir, settings: &EncoderSettings) -> Result<Self> {
-        let max_positions = model.config.max_position_embeddings;
+        let max_positions = model.config.max_tokens();
         for (key, len) in [
             ("model.query_max_len", settings.query_max_len),
             ("model.passage_max_len", settings.passage_max_len),
         ] {
-            let problem =
-                format!("is outside 2..={max_positions} (the model's max_position_embeddings)");
+            let problem = format!(
+                "is outside 2..={max_positions} (the longest input the model's position table holds)"
+            );
             require((2..=max_positions).contains(&len), key, len, &problem)?;
         }
         Ok(PairTokenizer {
@@ -320,113 +283,33 @@ impl Encoder {
         on_batch: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<f32>> {
         let tokens = self.tokenize(texts, kind)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        // Longest first: the biggest batch shows up at once if memory is short.
-        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
-        let lengths: Vec<usize> = order.iter().map(|&i| tokens[i].len()).collect();
-        let batches: Vec<&[usize]> = batch_bounds(&lengths, batch_rows, batch_tokens)
-            .into_iter()
-            .map(|range| &order[range])
-            .collect();
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let batches = Batches::by_length(&lengths, batch_rows, batch_tokens);
         let dim = self.dim();
-        let mut out = vec![0f32; texts.len() * dim];
-        self.embed_batches(&batches, &tokens, &mut |rows, embedded, real_tokens| {
-            for (k, &row) in rows.iter().enumerate() {
-                out[row * dim..(row + 1) * dim].copy_from_slice(&embedded[k * dim..(k + 1) * dim]);
-            }
-            on_batch(rows.len(), real_tokens);
-        })?;
-        Ok(out)
-    }
-
-    /// Embeds each batch (rows of `tokens`) and hands it to `sink` in the
-    /// calling thread, sequentially or from `self.workers` threads.
-    fn embed_batches(
-        &self,
-        batches: &[&[usize]],
-        tokens: &[Vec<u32>],
-        sink: &mut BatchSink,
-    ) -> Result<()> {
-        let pad = |rows: &[usize]| {
-            TokenBatch::pad(
+        let backend = &*self.backend;
+        let embed = |rows: &[usize]| -> Result<(Vec<f32>, usize)> {
+            let batch = TokenBatch::pad(
                 &rows
                     .iter()
                     .map(|&i| tokens[i].as_slice())
                     .collect::<Vec<_>>(),
-            )
+            );
+            let embedded = in_runs(backend.tokens_per_run(), dim, &batch, &|b| backend.embed(b))?;
+            Ok((embedded, batch.real_tokens()))
         };
-        let workers = self.workers.min(batches.len());
-        if workers <= 1 {
-            for rows in batches {
-                let batch = pad(rows);
-                sink(
-                    rows,
-                    &embed_in_runs(&*self.backend, &batch)?,
-                    batch.real_tokens(),
-                );
-            }
-            return Ok(());
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            for _ in 0..workers {
-                let (tx, next, pad) = (tx.clone(), &next, &pad);
-                scope.spawn(move || {
-                    // A private one-thread pool: candle's rayon-parallel kernels run inline here.
-                    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build();
-                    let run = || loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(rows) = batches.get(i) else { break };
-                        let batch = pad(rows);
-                        let embedded =
-                            embed_in_runs(&*self.backend, &batch).map(|e| (e, batch.real_tokens()));
-                        let failed = embedded.is_err();
-                        if tx.send((i, embedded)).is_err() || failed {
-                            break;
-                        }
-                    };
-                    match pool {
-                        Ok(pool) => pool.install(run),
-                        Err(_) => run(),
-                    }
-                });
-            }
-            drop(tx);
-            for (i, embedded) in rx {
-                let (vectors, real_tokens) = embedded?;
-                sink(batches[i], &vectors, real_tokens);
-            }
-            Ok(())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_budgets_cut_batches_by_padded_tokens() {
-        let lengths = [100, 90, 60, 50, 20, 20, 20, 10, 10, 5];
-        let sizes = |rows, tokens| -> Vec<usize> {
-            batch_bounds(&lengths, rows, tokens)
-                .iter()
-                .map(|r| r.len())
-                .collect()
-        };
-        assert_eq!(sizes(4, 0), [4, 4, 2], "rows only");
-        // 200 tokens: 2 × 100, 3 × 60, 10 × 20 capped at 4 rows, then the rest.
-        assert_eq!(sizes(4, 200), [2, 3, 4, 1]);
-        // A text over the budget still goes, alone.
-        assert_eq!(sizes(8, 50)[0], 1);
-        for (rows, tokens) in [(3, 0), (4, 200), (8, 50), (1, 7)] {
-            let bounds = batch_bounds(&lengths, rows, tokens);
-            assert_eq!(bounds.iter().map(|r| r.len()).sum::<usize>(), lengths.len());
-            for r in &bounds {
-                assert!(r.len() <= rows);
-                assert!(tokens == 0 || r.len() == 1 || r.len() * lengths[r.start] <= tokens);
-            }
-        }
+        let mut out = vec![0f32; texts.len() * dim];
+        run_batches(
+            self.workers,
+            &batches.rows(),
+            &embed,
+            &mut |rows, embedded, real_tokens| {
+                for (k, &row) in rows.iter().enumerate() {
+                    out[row * dim..(row + 1) * dim]
+                        .copy_from_slice(&embedded[k * dim..(k + 1) * dim]);
+                }
+                on_batch(rows.len(), real_tokens);
+            },
+        )?;
+        Ok(out)
     }
 }

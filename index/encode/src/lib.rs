@@ -11,10 +11,15 @@
 //! - [`ort_backend`] (feature `ort`): ONNX Runtime, loaded at run time, on
 //!   cpack's own ONNX export of the model ([`onnx`], feature `onnx`).
 //!
+//! [`CrossEncoder`] is the other model kind: a reranker scoring (query,
+//! passage) pairs with a classification head, batched the same way
+//! (`batching`).
+//!
 //! [`EmbeddingStamp`] is what an index records about the vectors in it;
 //! [`ModelRecipe`] and [`EncodeRecipe`] are what a user sets (`[model]`,
 //! `[encode]`, their flags), [`Runtime`] the backend they resolve to.
 
+mod batching;
 pub mod candle_backend;
 pub mod encoder;
 pub mod error;
@@ -23,6 +28,7 @@ pub mod onnx;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
 pub mod recipe;
+pub mod rerank;
 pub mod stamp;
 
 pub use cpack_model::{ComputeDevice, TokenBatch};
@@ -32,4 +38,5 @@ pub use encoder::{
 };
 pub use error::{Error, Result};
 pub use recipe::{EncodeRecipe, ModelRecipe, Runtime};
+pub use rerank::{CrossEncoder, RerankSettings};
 pub use stamp::EmbeddingStamp;

@@ -137,7 +137,11 @@ impl LayerNorm {
 struct Embeddings {
     word: Tensor,
     position: Tensor,
+    /// Row of `position` the first token reads ([`BertConfig::position_offset`]).
+    position_offset: usize,
     token_type: Tensor,
+    /// Whether token types beyond 0 exist ([`BertConfig::segmented`]).
+    segmented: bool,
     norm: LayerNorm,
 }
 
@@ -150,25 +154,40 @@ impl Embeddings {
                 (cfg.max_position_embeddings, h),
                 "position_embeddings.weight",
             )?,
+            position_offset: cfg.position_offset(),
             token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
+            segmented: cfg.segmented(),
             norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
 
-    /// `input_ids` is `[batch, seq]` (u32); returns `[batch * seq, hidden]`.
-    fn forward(&self, input_ids: &Tensor, ops: Ops) -> Result<Tensor> {
+    /// `input_ids` is `[batch, seq]` (u32), `token_types` the same shape or
+    /// `None` for one segment; returns `[batch * seq, hidden]`.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_types: Option<&Tensor>,
+        ops: Ops,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let words = self
-            .word
-            .embedding(&input_ids.flatten_all()?)?
-            .reshape((batch, seq, ()))?;
-        let positions = self.position.narrow(0, 0, seq)?;
-        // Every cpack input is a single segment, so token type 0 throughout.
-        let segment = self.token_type.get(0)?;
-        let sum = match ops {
-            Ops::Portable => portable::embedding_sum(&words, &positions, &segment)?,
-            Ops::Fused | Ops::Trainable => {
-                super::embedding_sum::embedding_sum(&words, &positions, &segment)?
+        let lookup = |table: &Tensor, ids: &Tensor| -> Result<Tensor> {
+            table
+                .embedding(&ids.flatten_all()?)?
+                .reshape((batch, seq, ()))
+        };
+        let words = lookup(&self.word, input_ids)?;
+        let positions = self.position.narrow(0, self.position_offset, seq)?;
+        let sum = match token_types.filter(|_| self.segmented) {
+            // Sentence pairs: each token's own type vector.
+            Some(types) => (words + lookup(&self.token_type, types)?)?.broadcast_add(&positions)?,
+            None => {
+                let segment = self.token_type.get(0)?;
+                match ops {
+                    Ops::Portable => portable::embedding_sum(&words, &positions, &segment)?,
+                    Ops::Fused | Ops::Trainable => {
+                        super::embedding_sum::embedding_sum(&words, &positions, &segment)?
+                    }
+                }
             }
         };
         self.norm.forward(&sum.reshape((batch * seq, ()))?, ops)
@@ -275,7 +294,19 @@ impl BertModel {
         attention_mask: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
-        self.run(input_ids, attention_mask, mode, None)
+        self.run(input_ids, None, attention_mask, mode, None)
+    }
+
+    /// [`BertModel::forward`] over sentence pairs: `token_types` `[batch, seq]`
+    /// u32 (0 for the first text, 1 for the second) as the tokenizer gave them.
+    pub fn forward_segments(
+        &self,
+        input_ids: &Tensor,
+        token_types: &Tensor,
+        attention_mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        self.run(input_ids, Some(token_types), attention_mask, mode, None)
     }
 
     /// The differentiable forward pass with training-time dropout (`None` = no dropout).
@@ -285,12 +316,19 @@ impl BertModel {
         attention_mask: &Tensor,
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
-        self.run(input_ids, attention_mask, Mode::Differentiable, dropout)
+        self.run(
+            input_ids,
+            None,
+            attention_mask,
+            Mode::Differentiable,
+            dropout,
+        )
     }
 
     fn run(
         &self,
         input_ids: &Tensor,
+        token_types: Option<&Tensor>,
         attention_mask: &Tensor,
         mode: Mode,
         dropout: Option<&Dropout>,
@@ -300,7 +338,8 @@ impl BertModel {
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let key_bias =
             ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.to_dtype(self.dtype())?;
-        let mut hidden = ops.hidden_dropout(dropout, &self.embeddings.forward(input_ids, ops)?)?;
+        let embedded = self.embeddings.forward(input_ids, token_types, ops)?;
+        let mut hidden = ops.hidden_dropout(dropout, &embedded)?;
         for layer in &self.layers {
             hidden = self.layer_forward(layer, &hidden, &key_bias, ops, dropout)?;
         }

@@ -28,6 +28,20 @@ pub struct BertConfig {
     pub attention_probs_dropout_prob: f64,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// The padding token; (XLM-)RoBERTa's positions start just past it.
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+/// The two encoder families cpack runs: one forward pass, two ways of
+/// numbering positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// BERT, MiniLM, BGE (English and Chinese), GTE: positions from 0.
+    Bert,
+    /// RoBERTa and XLM-RoBERTa (bge-m3, bge-reranker, multilingual-e5):
+    /// positions from the padding index + 1, one token type.
+    Roberta,
 }
 
 /// Feed-forward activations used by BERT checkpoints.
@@ -61,16 +75,18 @@ fn default_dropout() -> f64 {
 impl BertConfig {
     /// Why this config cannot be run by cpack's BERT, if it cannot.
     pub fn unsupported_reason(&self) -> Option<String> {
-        let model_type = self.model_type.as_deref().unwrap_or("");
-        let bert_arch = self
-            .architectures
-            .iter()
-            .flatten()
-            .any(|a| a.starts_with("Bert"));
-        if model_type != "bert" && !bert_arch {
+        let Some(family) = self.family() else {
             return Some(format!(
-                "unsupported architecture (model_type {model_type:?}, architectures {:?}); cpack runs BERT-family models",
+                "unsupported architecture (model_type {:?}, architectures {:?}); cpack runs BERT and (XLM-)RoBERTa models",
+                self.model_type.as_deref().unwrap_or(""),
                 self.architectures.clone().unwrap_or_default()
+            ));
+        };
+        if family == Family::Roberta && self.max_position_embeddings <= self.position_offset() {
+            return Some(format!(
+                "max_position_embeddings {} leaves no position past the padding index {}",
+                self.max_position_embeddings,
+                self.position_offset() - 1
             ));
         }
         if let Some(kind) = self.position_embedding_type.as_deref() {
@@ -87,6 +103,50 @@ impl BertConfig {
             ));
         }
         None
+    }
+
+    /// The family `model_type` (else the architecture's name) declares.
+    pub fn family(&self) -> Option<Family> {
+        let by_type = match self.model_type.as_deref() {
+            Some("bert") => Some(Family::Bert),
+            Some("roberta" | "xlm-roberta") => Some(Family::Roberta),
+            _ => None,
+        };
+        let by_architecture = || {
+            let names = self.architectures.iter().flatten();
+            names.map(String::as_str).find_map(|name| {
+                if name.starts_with("Bert") {
+                    Some(Family::Bert)
+                } else if name.starts_with("XLMRoberta") || name.starts_with("Roberta") {
+                    Some(Family::Roberta)
+                } else {
+                    None
+                }
+            })
+        };
+        by_type.or_else(by_architecture)
+    }
+
+    /// Row of the position table the first token reads: RoBERTa numbers
+    /// positions from the padding index + 1 (as `create_position_ids_from_input_ids`
+    /// does for right-padded input), BERT from 0.
+    pub fn position_offset(&self) -> usize {
+        match self.family() {
+            Some(Family::Roberta) => self.pad_token_id.unwrap_or(1) as usize + 1,
+            _ => 0,
+        }
+    }
+
+    /// The longest input, special tokens included, the position table holds.
+    pub fn max_tokens(&self) -> usize {
+        self.max_position_embeddings
+            .saturating_sub(self.position_offset())
+    }
+
+    /// Whether the token type of each token matters: a table of one type
+    /// (RoBERTa) makes every token type 0, as its tokenizer does.
+    pub fn segmented(&self) -> bool {
+        self.type_vocab_size > 1
     }
 
     pub fn head_dim(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use crate::config::BertConfig;
 use crate::error::{Error, Result};
-use crate::head::Pooling;
+use crate::head::{ClassifierLayout, ClassifierNames, Pooling};
 use cpack_core::fsutil;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -17,8 +17,11 @@ pub struct ModelDir {
     pub config: BertConfig,
     pub weights: PathBuf,
     pub tokenizer: PathBuf,
-    /// Tensor-name prefix of the BERT weights (`"bert"` or empty).
+    /// Tensor-name prefix of the encoder's weights (`"bert"`, `"roberta"` or empty).
     pub weight_prefix: String,
+    /// The sequence-classification head the weights hold, if any: a
+    /// cross-encoder (reranker) rather than an embedder.
+    pub classifier: Option<ClassifierLayout>,
     /// Pooling and normalisation as the sentence-transformers files declare them.
     pub declared_pooling: Option<Pooling>,
     pub declared_normalize: bool,
@@ -80,6 +83,7 @@ impl ModelDir {
         let header = read_safetensors_header(&weights)?;
         let weight_prefix = detect_prefix(&weights, &header)?;
         check_layers(&weights, &header, &weight_prefix, config.num_hidden_layers)?;
+        let classifier = detect_classifier(&weights, &header, &weight_prefix)?;
         check_finite(&weights)?;
         let (declared_pooling, declared_normalize) = read_modules(dir)?;
         let st_config = dir.join("sentence_bert_config.json");
@@ -94,6 +98,7 @@ impl ModelDir {
             weights,
             tokenizer,
             weight_prefix,
+            classifier,
             declared_pooling,
             declared_normalize,
             declared_max_len,
@@ -137,19 +142,56 @@ fn detect_prefix(
     weights: &Path,
     header: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<String> {
-    let has = |name: &str| header.contains_key(name);
-    if has("embeddings.word_embeddings.weight") {
-        Ok(String::new())
-    } else if has("bert.embeddings.word_embeddings.weight") {
-        Ok("bert".into())
-    } else {
-        Err(Error::Model {
-            path: weights.to_path_buf(),
-            problem: "no tensor named embeddings.word_embeddings.weight (with or without the bert. prefix); \
-                      is this a BERT checkpoint?"
-                .into(),
+    let found = ["", "bert", "roberta"].into_iter().find(|prefix| {
+        let name = "embeddings.word_embeddings.weight";
+        header.contains_key(&if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
         })
-    }
+    });
+    found.map(str::to_string).ok_or_else(|| Error::Model {
+        path: weights.to_path_buf(),
+        problem:
+            "no tensor named embeddings.word_embeddings.weight (bare, or under bert. or roberta.); \
+                  is this a BERT or XLM-RoBERTa checkpoint?"
+                .into(),
+    })
+}
+
+/// The classification head the weights hold: `classifier.out_proj` (RoBERTa)
+/// or `classifier` over the encoder's pooler (BERT); the labels are the
+/// rows of its last layer.
+fn detect_classifier(
+    weights: &Path,
+    header: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+) -> Result<Option<ClassifierLayout>> {
+    let rows = |name: &str| -> Option<u64> { header.get(name)?.get("shape")?.get(0)?.as_u64() };
+    let pooler = if prefix.is_empty() {
+        "pooler.dense.weight".to_string()
+    } else {
+        format!("{prefix}.pooler.dense.weight")
+    };
+    let (names, labels) = if let Some(labels) = rows("classifier.out_proj.weight") {
+        (ClassifierNames::RobertaHead, labels)
+    } else if let Some(labels) = rows("classifier.weight") {
+        if !header.contains_key(&pooler) {
+            return Err(Error::Model {
+                path: weights.to_path_buf(),
+                problem: format!(
+                    "holds a classifier but no {pooler}, which BertForSequenceClassification runs before it"
+                ),
+            });
+        }
+        (ClassifierNames::BertPooler, labels)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(ClassifierLayout {
+        names,
+        labels: labels as usize,
+    }))
 }
 
 /// Refuses weights whose encoder layers are not the ones config.json asks

@@ -8,8 +8,13 @@
 //!   so the same code runs over memory-mapped weights (inference) and over a
 //!   `VarMap` (training); [`Mode`] picks kernels without a backward
 //!   (inference) or differentiable ones (training).
-//! - [`EmbeddingHead`] pools token states into one vector ([`Pooling`]).
-//! - [`TextTokenizer`] truncates with the model's own `tokenizer.json`;
+//!   BERT and (XLM-)RoBERTa ([`Family`]) share it: they differ in how
+//!   positions are numbered and whether token types matter.
+//! - [`EmbeddingHead`] pools token states into one vector ([`Pooling`]);
+//!   [`ClassifierHead`] scores a sentence pair (a cross-encoder's head,
+//!   named as the checkpoint's [`ClassifierLayout`] says).
+//! - [`TextTokenizer`] truncates with the model's own `tokenizer.json`
+//!   (texts, and pairs through its pair template);
 //!   [`TokenBatch`] is the padded input.
 //! - [`matmul`] is the one matrix product every CPU kernel of cpack runs on;
 //!   [`ComputeDevice`] is where tensors live (CPU or a CUDA GPU).
@@ -40,12 +45,12 @@ mod tokenize;
 
 pub use batch::TokenBatch;
 pub use bert::{BertModel, Kernels, Mode};
-pub use config::{Activation, BertConfig};
+pub use config::{Activation, BertConfig, Family};
 pub use device::ComputeDevice;
 pub use dropout::Dropout;
 pub use error::{Error, Result};
 pub use folder::ModelDir;
-pub use head::{EmbeddingHead, Pooling};
+pub use head::{ClassifierHead, ClassifierLayout, ClassifierNames, EmbeddingHead, Pooling};
 pub use tokenize::TextTokenizer;
 
 /// Largest absolute element-wise difference of two tensors (test helper).

@@ -1,9 +1,13 @@
 //! Hugging Face `tokenizer.json` with cpack's truncation and no padding
-//! (batches are padded after sorting by length).
+//! (batches are padded after sorting by length). Sentence pairs go through
+//! the file's own pair template (`[CLS] A [SEP] B [SEP]`, `<s> A </s></s> B
+//! </s>`) and its `longest_first` truncation, never joined by hand.
 
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 /// A tokenizer that truncates to one maximum length, special tokens included.
 #[derive(Clone)]
@@ -43,16 +47,35 @@ impl TextTokenizer {
     /// Token ids of each text, `[CLS] … [SEP]` included, truncated to `max_len`.
     /// Runs on the rayon pool.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|source| Error::Tokenizer {
-                path: self.path.clone(),
-                source,
-            })?;
-        Ok(encodings
+        let inputs = texts.iter().map(|&t| EncodeInput::from(t)).collect();
+        Ok(self
+            .encode(inputs)?
             .into_iter()
             .map(|e| e.get_ids().to_vec())
             .collect())
+    }
+
+    /// Token ids and token types of each (first, second) pair through the
+    /// pair template, the longer side cut first to fit `max_len`.
+    /// Runs on the rayon pool.
+    pub fn encode_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        let inputs = pairs
+            .iter()
+            .map(|&(a, b)| EncodeInput::from((a, b)))
+            .collect();
+        Ok(self
+            .encode(inputs)?
+            .into_iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            .collect())
+    }
+
+    fn encode(&self, inputs: Vec<EncodeInput>) -> Result<Vec<tokenizers::Encoding>> {
+        self.inner
+            .encode_batch(inputs, true)
+            .map_err(|source| Error::Tokenizer {
+                path: self.path.clone(),
+                source,
+            })
     }
 }

@@ -204,9 +204,13 @@ impl BertGraph<'_> {
             &[("start", Attr::Int(1)), ("end", Attr::Int(2))],
         );
         let zero = self.b.i64_tensor("zero_1d", &[1], &[0]);
+        // RoBERTa's first position sits past its padding index.
+        let offset = cfg.position_offset() as i64;
+        let start = self.b.i64_tensor("position_start", &[1], &[offset]);
+        let end = self.b.node("Add", &[&seq_len, &start], &[]);
         let position = self
             .b
-            .node("Slice", &[&positions, &zero, &seq_len, &zero], &[]);
+            .node("Slice", &[&positions, &start, &end, &zero], &[]);
         let token_type = self.b.node("Gather", &[&types, token_types], &[]);
         let sum = self.b.node("Add", &[&word, &position], &[]);
         let sum = self.b.node("Add", &[&sum, &token_type], &[]);
