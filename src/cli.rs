@@ -124,6 +124,47 @@ pub enum Command {
     /// a killed filter resumes from its last chunk when run again with the
     /// same settings. Prints the score histogram and the share kept.
     Filter(FilterArgs),
+    /// Score (query, passage) pairs with a reranker (cross-encoder).
+    ///
+    /// Each line of a pairs file is written back with its pairs' scores
+    /// beside the passage field: `pos_scores` (a list, in the passages'
+    /// order) for FlagEmbedding's {"query": …, "pos": […]}, `<field>_score`
+    /// for a field holding one string — the teacher scores FlagEmbedding's
+    /// distillation reads. A score is the model's logit (higher is more
+    /// relevant; sentence-transformers' CrossEncoder.predict shows its
+    /// sigmoid). Streamed in chunks; into a file, a killed run resumes.
+    #[command(after_help = "Examples:
+  cpack rerank pairs.jsonl --reranker BAAI/bge-reranker-base -o scored.jsonl
+  cpack rerank pairs.jsonl --reranker ./my-reranker --passage-field neg > neg-scored.jsonl")]
+    Rerank(RerankArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RerankArgs {
+    /// Pairs JSONL: FlagEmbedding's {"query": …, "pos": […]}, or any two
+    /// fields named by --query-field and --passage-field; `-` reads stdin.
+    #[arg(value_name = "PAIRS.jsonl")]
+    pub input: PathBuf,
+    /// Where the scored lines go: a file appears whole at the end (its
+    /// partial work sits beside it until then); `-` writes stdout.
+    #[arg(long, short, value_name = "FILE", default_value = "-")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub fields: PairFieldArgs,
+    #[command(flatten)]
+    pub rerank: cpack_encode::RerankRecipe,
+    /// Compute threads, 0 = all cores.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub threads: usize,
+    /// Where the reranker computes: cpu, or cuda / cuda:N in a cpack built with `cuda`.
+    #[arg(long, value_name = "DEVICE", default_value_t = cpack_model::ComputeDevice::Cpu)]
+    pub device: cpack_model::ComputeDevice,
+    /// Pairs scored between two resumable checkpoints.
+    #[arg(long, value_name = "N", default_value_t = cpack_data::filter::FilterSettings::DEFAULT_CHUNK_PAIRS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub chunk_pairs: usize,
+    /// Print the summary (pairs, lines, rate) as JSON on stdout (needs --output FILE).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -397,6 +438,10 @@ pub struct SearchArgs {
     /// epoch-N folder), whose passages stay the workspace model's.
     #[arg(long, value_name = "DIR")]
     pub query_model: Option<PathBuf>,
+    /// Rerank the top --rerank-depth hits with a cross-encoder; results
+    /// show both scores.
+    #[command(flatten)]
+    pub rerank: cpack_encode::RerankRecipe,
     #[command(flatten)]
     pub overrides: Overrides,
 }
@@ -430,6 +475,10 @@ pub struct EvalArgs {
     /// epoch-N folder), whose passages stay the workspace model's.
     #[arg(long, value_name = "DIR")]
     pub query_model: Option<PathBuf>,
+    /// Rerank each query's top --rerank-depth hits with a cross-encoder
+    /// and report the metrics of the reranked lists.
+    #[command(flatten)]
+    pub rerank: cpack_encode::RerankRecipe,
     #[command(flatten)]
     pub overrides: Overrides,
 }

@@ -1,5 +1,5 @@
 //! `cpack.toml`: each of its tables is the recipe type of the crate that
-//! owns it (`[model]`/`[encode]`: cpack-encode, `[index]`: cpack-index,
+//! owns it (`[model]`/`[encode]`/`[rerank]`: cpack-encode, `[index]`: cpack-index,
 //! `[mine]`: cpack-miner, `[train]`: cpack-run), read by serde; the same
 //! types are the flags, read by clap. This module reads the file, finds the
 //! line of a bad key, and merges flags over the file into one [`Config`].
@@ -10,7 +10,9 @@ use crate::state::StateDir;
 use anyhow::{anyhow, bail, Context, Result};
 use cpack_data::dataset::{DatasetPaths, TextTable};
 use cpack_data::pairs::{PairFields, PairsSource, PairsView};
-use cpack_encode::{EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, Runtime};
+use cpack_encode::{
+    EmbeddingStamp, EncodeRecipe, Encoder, EncoderSettings, ModelRecipe, RerankRecipe, Runtime,
+};
 use cpack_index::store::{BuildPlan, IndexDir};
 use cpack_index::vector::{IndexDevice, IndexKind};
 use cpack_index::{embeddings::Precision, IndexRecipe};
@@ -53,6 +55,8 @@ pub struct TomlFile {
     pub mine: MiningRecipe,
     #[serde(default)]
     pub train: TrainRecipe,
+    #[serde(default)]
+    pub rerank: RerankRecipe,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +233,8 @@ pub struct Config {
     /// The `[[task]]`s the command works on (all, or the one `--task`
     /// names); empty in a workspace of one `[data]` folder.
     pub tasks: Vec<TaskSection>,
+    /// `[rerank]` as written; commands that rerank merge their flags over it.
+    pub rerank: RerankRecipe,
 }
 
 /// One task of a workspace as a command sees it: the workspace's
@@ -292,6 +298,7 @@ impl Config {
             mine: file.mine,
             train,
             tasks,
+            rerank: file.rerank,
         })
     }
 
@@ -492,7 +499,7 @@ fn with_library_in(runtime: Runtime, workspace: &Path) -> Runtime {
 
 /// `file` with every setting `flags` sets taking its place: the merge of a
 /// recipe whose unset settings are `None`.
-fn overlay_set<T: Serialize + DeserializeOwned>(file: &T, flags: &T) -> Result<T> {
+pub fn overlay_set<T: Serialize + DeserializeOwned>(file: &T, flags: &T) -> Result<T> {
     overlay(file, flags, |_| true)
 }
 
@@ -518,6 +525,20 @@ fn overlay<T: Serialize + DeserializeOwned>(
         }
     }
     Ok(merged.try_into()?)
+}
+
+/// `[rerank]` of the workspace's cpack.toml, if it has one, with the flags
+/// given over it: what a command that needs no embedder reads.
+pub fn rerank_recipe(workspace: &Path, flags: &RerankRecipe) -> Result<RerankRecipe> {
+    let path = workspace.join(FILE_NAME);
+    let file = if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        TomlFile::read(&path, &text)?.rerank
+    } else {
+        RerankRecipe::default()
+    };
+    overlay_set(&file, flags)
 }
 
 /// A model spec is a folder (relative to the workspace) or a Hugging Face hub id.

@@ -4,10 +4,10 @@
 use crate::config::Config;
 use crate::flags::Given;
 use crate::progress::Reporter;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use cpack_encode::candle_backend::CandleLoader;
-use cpack_encode::{BackendLoader, Encoder, Runtime};
-use cpack_model::ModelDir;
+use cpack_encode::{BackendLoader, CrossEncoder, Encoder, RerankRecipe, Runtime};
+use cpack_model::{ComputeDevice, ModelDir};
 use std::path::{Path, PathBuf};
 
 /// What every command gets.
@@ -88,7 +88,6 @@ pub fn backend_loader(config: &Config) -> Result<(Box<dyn BackendLoader>, usize)
 
 #[cfg(feature = "ort")]
 fn ort_loader(config: &Config, workers: usize) -> Result<Box<dyn BackendLoader>> {
-    use anyhow::Context as _;
     use cpack_encode::ort_backend::{find_library, OrtLoader, OrtOptions};
     let Runtime::Ort {
         precision,
@@ -124,4 +123,25 @@ fn ort_loader(config: &Config, workers: usize) -> Result<Box<dyn BackendLoader>>
 #[cfg(not(feature = "ort"))]
 fn ort_loader(_: &Config, _: usize) -> Result<Box<dyn BackendLoader>> {
     bail!("this cpack was built without the `ort` feature; use encode.backend = \"candle\"")
+}
+
+/// The reranker `recipe` names, on `device`, fed by `workers` threads
+/// (one on a GPU, which runs every batch).
+pub fn open_reranker(
+    workspace: &Path,
+    recipe: &RerankRecipe,
+    device: ComputeDevice,
+    workers: usize,
+) -> Result<CrossEncoder> {
+    let path = recipe.model.as_ref().context(
+        "no reranker named: pass --reranker MODEL (a cross-encoder folder or hub id) or set rerank.model in cpack.toml",
+    )?;
+    let model = ModelDir::open(&crate::config::locate_model(workspace, path)?)?;
+    let workers = if device.is_cpu() { workers } else { 1 };
+    Ok(CrossEncoder::load(
+        &model,
+        recipe.settings(&model),
+        device,
+        workers,
+    )?)
 }

@@ -13,6 +13,7 @@ mod onnx;
 mod outputs;
 mod pairs;
 mod parity;
+mod rerank;
 mod run_state;
 mod serve;
 mod tasks;

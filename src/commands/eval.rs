@@ -2,11 +2,12 @@
 
 use crate::cli::EvalArgs;
 use crate::config::{Config, TaskConfig};
-use crate::runtime::{open_encoder, query_encoder, Context};
+use crate::runtime::{open_encoder, open_reranker, query_encoder, Context};
 use anyhow::{bail, Result};
 use cpack_core::Progress as _;
 use cpack_data::dataset::Dataset;
 use cpack_data::metrics::RetrievalMetrics;
+use cpack_index::evaluate::Rerank;
 
 /// Evaluates each task the command works on; with several, their mean too.
 pub fn run(ctx: &Context, args: EvalArgs) -> Result<()> {
@@ -94,11 +95,27 @@ fn eval_one(
     let stamp = config.embedding_stamp(&encoder)?;
     let mut index = config.index_dir().open(&stamp, &dataset.corpus)?;
     let encoder = query_encoder(config, args.query_model.as_deref(), encoder)?;
+    let recipe = crate::config::overlay_set(&config.rerank, &args.rerank)?;
+    let reranker = match &recipe.model {
+        Some(_) => Some(open_reranker(
+            &config.workspace,
+            &recipe,
+            config.runtime.device(),
+            config.threads,
+        )?),
+        None => None,
+    };
+    let rerank = reranker.as_ref().map(|model| Rerank {
+        model,
+        corpus: &dataset.corpus,
+        depth: recipe.depth(),
+    });
     let evaluation = cpack_index::evaluate::evaluate_index(
         &encoder,
         &mut index,
         &dataset.queries,
         &qrels,
+        rerank.as_ref(),
         &ctx.progress,
     )?;
     let m = evaluation.metrics;
@@ -112,6 +129,12 @@ fn eval_one(
         "index": index.manifest.plan.index.to_string(),
         "query_encode_seconds": evaluation.encode_seconds,
         "search_seconds": evaluation.search_seconds,
+        "reranker": rerank.as_ref().map(|r| serde_json::json!({
+            "model": recipe.model,
+            "fingerprint": r.model.fingerprint(),
+            "depth": r.depth,
+            "seconds": evaluation.rerank_seconds,
+        })),
     });
     if !args.json && config.tasks.is_empty() {
         outln!(
@@ -124,6 +147,14 @@ fn eval_one(
         outln!("model fingerprint {}", stamp.model_fingerprint)?;
         if let Some(model) = &args.query_model {
             outln!("queries encoded by {}", model.display())?;
+        }
+        if let (Some(r), Some(model)) = (&rerank, &recipe.model) {
+            outln!(
+                "top {} hits reranked by {} in {:.1} s",
+                r.depth,
+                model.display(),
+                evaluation.rerank_seconds
+            )?;
         }
         outln!("nDCG@10    {:.4}", m.ndcg_at_10)?;
         outln!("MRR@10     {:.4}", m.mrr_at_10)?;

@@ -6,7 +6,7 @@ use crate::config::expand_instruction;
 use crate::runtime::{open_encoder, Context};
 use anyhow::{bail, Context as _, Result};
 use cpack_core::OutputTarget;
-use cpack_data::filter::{self, FilterOutcome, FilterSettings, Scorer};
+use cpack_data::filter::{self, FilterOutcome, FilterSettings, LineOutput, Scorer};
 use cpack_data::pairs::PairReader;
 use cpack_encode::{EmbeddingStamp, Encoder, TextKind};
 use std::fs::{File, OpenOptions};
@@ -28,38 +28,19 @@ pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
     let encoder = open_encoder(&config)?;
     let fields = args.fields.fields();
     let settings = FilterSettings {
-        min_score: args.min_score,
-        fields: fields.clone(),
+        output: LineOutput::KeepAtLeast(args.min_score),
+        fields,
         scorer: serde_json::to_string(&EmbeddingStamp::of(&config.model, &encoder)?)?,
     };
-    let reader = PairReader::new(BufReader::new(input), &args.input, fields);
     let mut score = |queries: &[&str], passages: &[&str]| cosines(&encoder, queries, passages);
-    let score: &mut Scorer<'_, anyhow::Error> = &mut score;
-    let started = Instant::now();
-    let outcome = match &target {
-        OutputTarget::Replace(path) => filter::filter_into_file(
-            reader,
-            input_bytes,
-            path,
-            &settings,
-            args.chunk_pairs,
-            &ctx.progress,
-            score,
-        )?,
-        OutputTarget::Stdout | OutputTarget::Through(_) => {
-            let mut out = BufWriter::new(open_stream(&target)?);
-            filter::filter_into_stream(
-                reader,
-                &mut out,
-                &settings,
-                args.chunk_pairs,
-                &ctx.progress,
-                score,
-            )?
-        }
-    };
-    ctx.progress.finish();
-    let seconds = started.elapsed().as_secs_f64();
+    let (outcome, seconds) = score_pairs_file(
+        ctx,
+        (input, input_bytes, &args.input),
+        &target,
+        &settings,
+        args.chunk_pairs,
+        &mut score,
+    )?;
     let summary = Summary {
         input: &args.input,
         output: target.path(),
@@ -75,9 +56,48 @@ pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
     Ok(())
 }
 
+/// Scores the pairs that `input` (its file, size and name) holds into
+/// `target` as `settings` say — into a file resumably, else as a stream —
+/// and returns the outcome and the seconds it took.
+pub(super) fn score_pairs_file(
+    ctx: &Context,
+    (input, input_bytes, name): (File, Option<u64>, &Path),
+    target: &OutputTarget,
+    settings: &FilterSettings,
+    chunk_pairs: usize,
+    score: &mut Scorer<'_, anyhow::Error>,
+) -> Result<(FilterOutcome, f64)> {
+    let reader = PairReader::new(BufReader::new(input), name, settings.fields.clone());
+    let started = Instant::now();
+    let outcome = match target {
+        OutputTarget::Replace(path) => filter::filter_into_file(
+            reader,
+            input_bytes,
+            path,
+            settings,
+            chunk_pairs,
+            &ctx.progress,
+            score,
+        )?,
+        OutputTarget::Stdout | OutputTarget::Through(_) => {
+            let mut out = BufWriter::new(open_stream(target)?);
+            filter::filter_into_stream(
+                reader,
+                &mut out,
+                settings,
+                chunk_pairs,
+                &ctx.progress,
+                score,
+            )?
+        }
+    };
+    ctx.progress.finish();
+    Ok((outcome, started.elapsed().as_secs_f64()))
+}
+
 /// The input and its size when it is a regular file (stdin included when
 /// it is one); a pipe has no size and cannot be resumed.
-fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
+pub(super) fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
     let file = if path.as_os_str() == "-" {
         let fd = std::io::stdin()
             .as_fd()

@@ -9,6 +9,7 @@ mod index;
 mod init;
 mod mine;
 mod report;
+mod rerank;
 mod search;
 mod train;
 
@@ -29,5 +30,6 @@ pub fn run(cli: Cli, ctx: &Context) -> Result<()> {
         Command::Report(args) => report::run(ctx, args),
         Command::Serve(args) => crate::serve::run(ctx, args),
         Command::Filter(args) => filter::run(ctx, args),
+        Command::Rerank(args) => rerank::run(ctx, args),
     }
 }

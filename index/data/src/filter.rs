@@ -1,5 +1,8 @@
-//! Keeping the pairs of a pairs file that score at or above a threshold
-//! (C-MTP's filter: the cosine of the two sides under an embedding model).
+//! Scoring the pairs of a pairs file, line by line: keeping the pairs that
+//! score at or above a threshold (C-MTP's filter: the cosine of the two
+//! sides under an embedding model), or writing every line with its pairs'
+//! scores added (a reranker's scores, as FlagEmbedding's distillation data
+//! carries them) — [`LineOutput`].
 //!
 //! The input is streamed in chunks of pairs, so memory stays constant
 //! whatever its size. Into a file, the kept lines go to a partial file
@@ -23,11 +26,31 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, Seek, Write};
 use std::path::{Path, PathBuf};
 
-/// What decides which pairs are kept.
+/// What each scored line becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineOutput {
+    /// The filter: the line keeping only its pairs that score at or above
+    /// this, and no line when none does.
+    KeepAtLeast(f32),
+    /// Every line, with its pairs' scores added ([`PairLine::with_scores`]).
+    AddScores,
+}
+
+impl LineOutput {
+    /// What the progress line says is going on.
+    fn stage(&self) -> &'static str {
+        match self {
+            LineOutput::KeepAtLeast(_) => "filtering pairs",
+            LineOutput::AddScores => "scoring pairs",
+        }
+    }
+}
+
+/// What decides the lines written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FilterSettings {
-    /// Pairs scoring at or above this are kept.
-    pub min_score: f32,
+    pub output: LineOutput,
     pub fields: PairFields,
     /// Everything else that decides a score (the model and how it encodes):
     /// a resumed filter must score with the same.
@@ -127,11 +150,11 @@ pub fn filter_into_stream<R: BufRead, E: From<Error>>(
     score: &mut Scorer<'_, E>,
 ) -> std::result::Result<FilterOutcome, E> {
     let mut tally = Tally::default();
-    progress.stage("filtering pairs", 0);
+    progress.stage(settings.output.stage(), 0);
     while let Some(chunk) = read_chunk(&mut input, chunk_pairs)? {
         let kept = score_chunk(&chunk, settings, &mut tally, score)?;
         write_lines(output, &kept).map_err(Error::io("write", Path::new("the output")))?;
-        report(progress, &chunk, &tally);
+        report(progress, &chunk, &tally, settings.output);
     }
     output
         .flush()
@@ -158,13 +181,14 @@ pub fn filter_into_file<R: BufRead + Seek, E: From<Error>>(
     let resumable = input_bytes.is_some();
     let mut partial = PartialOutput::open(output, settings, &mut input, resumable, progress)?;
     let resumed_pairs = partial.state.tally.pairs;
-    progress.stage("filtering pairs (bytes of input)", input_bytes.unwrap_or(0));
+    let stage = format!("{} (bytes of input)", settings.output.stage());
+    progress.stage(&stage, input_bytes.unwrap_or(0));
     progress.advance(partial.state.read.sum.bytes, 0);
     while let Some(chunk) = read_chunk(&mut input, chunk_pairs)? {
         let mut tally = partial.state.tally.clone();
         let kept = score_chunk(&chunk, settings, &mut tally, score)?;
         partial.append(&kept, input.position(), tally)?;
-        report(progress, &chunk, &partial.state.tally);
+        report(progress, &chunk, &partial.state.tally, settings.output);
     }
     let tally = partial.finish()?;
     Ok(FilterOutcome {
@@ -216,18 +240,25 @@ fn score_chunk<E: From<Error>>(
     let mut scores = scores.into_iter();
     let mut kept_lines = Vec::new();
     for line in &chunk.lines {
-        let keep: Vec<bool> = scores
-            .by_ref()
-            .take(line.passages.len())
-            .map(|s| {
+        let line_scores: Vec<f32> = scores.by_ref().take(line.passages.len()).collect();
+        let keep: Vec<bool> = line_scores
+            .iter()
+            .map(|&s| {
                 tally.histogram.add(s);
-                s >= settings.min_score
+                match settings.output {
+                    LineOutput::KeepAtLeast(min_score) => s >= min_score,
+                    LineOutput::AddScores => true,
+                }
             })
             .collect();
         tally.lines += 1;
         tally.pairs += keep.len() as u64;
         tally.kept += keep.iter().filter(|&&k| k).count() as u64;
-        if let Some(text) = line.kept(&keep, &settings.fields) {
+        let written = match settings.output {
+            LineOutput::KeepAtLeast(_) => line.kept(&keep, &settings.fields),
+            LineOutput::AddScores => Some(line.with_scores(&line_scores, &settings.fields)),
+        };
+        if let Some(text) = written {
             tally.lines_kept += 1;
             kept_lines.push(text);
         }
@@ -235,13 +266,18 @@ fn score_chunk<E: From<Error>>(
     Ok(kept_lines)
 }
 
-fn report(progress: &dyn Progress, chunk: &Chunk, tally: &Tally) {
+fn report(progress: &dyn Progress, chunk: &Chunk, tally: &Tally, output: LineOutput) {
     progress.advance(chunk.bytes, 0);
-    progress.detail(&format!(
-        "{} pairs, {:.1} % kept",
-        tally.pairs,
-        100.0 * tally.share_kept()
-    ));
+    progress.detail(&match output {
+        LineOutput::KeepAtLeast(_) => {
+            format!(
+                "{} pairs, {:.1} % kept",
+                tally.pairs,
+                100.0 * tally.share_kept()
+            )
+        }
+        LineOutput::AddScores => format!("{} pairs", tally.pairs),
+    });
 }
 
 fn write_lines(output: &mut dyn Write, lines: &[String]) -> std::io::Result<()> {
@@ -253,7 +289,7 @@ fn write_lines(output: &mut dyn Write, lines: &[String]) -> std::io::Result<()> 
 }
 
 /// Format of the state file; a state of another version is started over.
-const STATE_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 2;
 
 /// Where an interrupted filter stood, after its last synced chunk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -456,7 +492,7 @@ mod tests {
 
     fn settings(min_score: f32) -> FilterSettings {
         FilterSettings {
-            min_score,
+            output: LineOutput::KeepAtLeast(min_score),
             fields: PairFields::default(),
             scorer: "overlap".into(),
         }
@@ -549,6 +585,37 @@ mod tests {
     }
 
     #[test]
+    fn adding_scores_writes_every_line_with_its_pairs_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write_input(dir.path(), 12);
+        let output = dir.path().join("scored.jsonl");
+        let settings = FilterSettings {
+            output: LineOutput::AddScores,
+            ..settings(0.0)
+        };
+        let outcome = run(&input, &output, &settings, None).unwrap();
+        assert_eq!((outcome.tally.lines_kept, outcome.tally.kept), (12, 24));
+        let written = fs::read_to_string(&output).unwrap();
+        let original = fs::read_to_string(&input).unwrap();
+        assert_eq!(written.lines().count(), 12);
+        for (line, source) in written.lines().zip(original.lines()) {
+            let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let q = value["query"].as_str().unwrap().to_string();
+            let scores = value["pos_scores"].as_array().unwrap().clone();
+            let passages = value["pos"].as_array().unwrap().clone();
+            assert_eq!(scores.len(), passages.len());
+            for (s, p) in scores.iter().zip(&passages) {
+                assert_eq!(s.as_f64().unwrap() as f32, score(&q, p.as_str().unwrap()));
+            }
+            value.as_object_mut().unwrap().remove("pos_scores");
+            assert_eq!(
+                value,
+                serde_json::from_str::<serde_json::Value>(source).unwrap()
+            );
+        }
+    }
+
+    #[test]
     fn an_interrupted_filter_resumes_to_the_same_output() {
         let dir = tempfile::tempdir().unwrap();
         let input = write_input(dir.path(), 40);
@@ -602,7 +669,7 @@ mod tests {
             &input,
             &output,
             &FilterSettings {
-                min_score: 0.5,
+                output: LineOutput::KeepAtLeast(0.5),
                 ..settings
             },
             None,

@@ -118,6 +118,29 @@ impl PairLine {
     }
 }
 
+impl PairLine {
+    /// The line with its pairs' scores added beside the passage field:
+    /// `<field>_scores`, a list in the passages' order, when the field holds
+    /// a list (FlagEmbedding's `pos_scores` / `neg_scores`), else
+    /// `<field>_score`, a number. Other fields stay as they were.
+    pub fn with_scores(&self, scores: &[f32], fields: &PairFields) -> String {
+        let number = |s: &f32| -> Value {
+            // The shortest decimal that reads back as this f32.
+            let shortest: f64 = s.to_string().parse().unwrap_or(f64::NAN);
+            serde_json::Number::from_f64(shortest).map_or(Value::Null, Value::Number)
+        };
+        let mut object = self.object.clone();
+        if self.passage_list {
+            let list = scores.iter().map(number).collect();
+            object.insert(format!("{}_scores", fields.passage), Value::Array(list));
+        } else {
+            let score = scores.first().map_or(Value::Null, number);
+            object.insert(format!("{}_score", fields.passage), score);
+        }
+        Value::Object(object).to_string()
+    }
+}
+
 fn strings(field: &str, items: &[Value]) -> Result<Vec<String>, String> {
     if items.is_empty() {
         return Err(format!(

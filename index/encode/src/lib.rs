@@ -38,5 +38,5 @@ pub use encoder::{
 };
 pub use error::{Error, Result};
 pub use recipe::{EncodeRecipe, ModelRecipe, Runtime};
-pub use rerank::{CrossEncoder, RerankSettings};
+pub use rerank::{CrossEncoder, RerankRecipe, RerankSettings};
 pub use stamp::EmbeddingStamp;

@@ -15,6 +15,68 @@ use cpack_model::{
     BertModel, ClassifierHead, ComputeDevice, Mode, ModelDir, TextTokenizer, TokenBatch,
 };
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[rerank]`: which cross-encoder reranks, and how. One type for the flags
+/// (feature `clap`) and the `cpack.toml` table; unset settings mean what
+/// the model declares, or the defaults here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankRecipe {
+    /// Reranker: a cross-encoder folder or Hugging Face hub id
+    /// (BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L6-v2, a
+    /// folder cpack trained) [cpack.toml: rerank.model].
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            id = "rerank.model",
+            long = "rerank",
+            visible_alias = "reranker",
+            value_name = "MODEL"
+        )
+    )]
+    pub model: Option<PathBuf>,
+    /// Hits of the embedder the reranker rescores, best first; the rest keep
+    /// their order below them [rerank.depth; default: 100].
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "rerank.depth", long = "rerank-depth", value_name = "N")
+    )]
+    pub depth: Option<usize>,
+    /// Tokens of a (query, passage) pair at most, special tokens included;
+    /// the longer side is cut first [rerank.max_len; default: the model's, at most 512].
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "rerank.max_len", long = "rerank-max-len", value_name = "N")
+    )]
+    pub max_len: Option<usize>,
+    /// Pairs per forward pass [rerank.batch_size; default: 32].
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "rerank.batch_size", long = "rerank-batch-size", value_name = "N")
+    )]
+    pub batch_size: Option<usize>,
+}
+
+impl RerankRecipe {
+    /// Hits reranked unless set: the "retrieve, then rerank the top 100" of RAG stacks.
+    pub const DEFAULT_DEPTH: usize = 100;
+
+    pub fn depth(&self) -> usize {
+        self.depth.unwrap_or(Self::DEFAULT_DEPTH)
+    }
+
+    /// The settings `model` scores pairs with: the recipe's, else its own.
+    pub fn settings(&self, model: &ModelDir) -> RerankSettings {
+        let declared = RerankSettings::declared_by(model);
+        RerankSettings {
+            max_len: self.max_len.unwrap_or(declared.max_len),
+            batch_size: self.batch_size.unwrap_or(declared.batch_size),
+            batch_tokens: declared.batch_tokens,
+        }
+    }
+}
 
 /// What decides a pair's score besides the weights, and how pairs are batched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +108,8 @@ impl RerankSettings {
 
 /// A sequence-classification model ready to score pairs, on one device in f32.
 pub struct CrossEncoder {
+    /// The model's fingerprint: what a score file or cache records.
+    fingerprint: String,
     model: BertModel,
     head: ClassifierHead,
     tokenizer: TextTokenizer,
@@ -104,6 +168,7 @@ impl CrossEncoder {
         let head = ClassifierHead::load(&vb, &layout, &model.weight_prefix, model.hidden_size())
             .map_err(mismatch)?;
         Ok(CrossEncoder {
+            fingerprint: model.fingerprint()?,
             model: bert,
             head,
             tokenizer: TextTokenizer::load(&model.tokenizer, settings.max_len)?,
@@ -116,6 +181,11 @@ impl CrossEncoder {
 
     pub fn settings(&self) -> &RerankSettings {
         &self.settings
+    }
+
+    /// The fingerprint of the model folder it was loaded from.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn device(&self) -> ComputeDevice {
@@ -165,6 +235,33 @@ impl CrossEncoder {
             },
         )?;
         Ok(out)
+    }
+
+    /// Each query's candidates ordered by their score with it, best first
+    /// (ties keep the candidates' order): `(candidate index, score)`. All
+    /// pairs are batched together, so short ones of different queries share
+    /// batches.
+    pub fn rank(
+        &self,
+        queries: &[&str],
+        candidates: &[Vec<&str>],
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<(usize, f32)>>> {
+        let pairs: Vec<(&str, &str)> = queries
+            .iter()
+            .zip(candidates)
+            .flat_map(|(&q, list)| list.iter().map(move |&p| (q, p)))
+            .collect();
+        let mut scores = self.score(&pairs, on_batch)?.into_iter();
+        Ok(candidates
+            .iter()
+            .map(|list| {
+                let mut ranked: Vec<(usize, f32)> =
+                    scores.by_ref().take(list.len()).enumerate().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+                ranked
+            })
+            .collect())
     }
 
     /// The first label's logit of each row of `batch`.

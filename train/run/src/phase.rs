@@ -117,7 +117,14 @@ impl ActiveModel {
     ) -> Result<EvalPoint> {
         let qrels = ws.dataset.qrels(split)?;
         let started = Instant::now();
-        let e = evaluate_index(&self.encoder, index, &ws.dataset.queries, &qrels, progress)?;
+        let e = evaluate_index(
+            &self.encoder,
+            index,
+            &ws.dataset.queries,
+            &qrels,
+            None,
+            progress,
+        )?;
         Ok(EvalPoint {
             metrics: e.metrics,
             seconds: started.elapsed().as_secs_f64(),

@@ -1,0 +1,289 @@
+//! Rerankers through the real binary: `cpack rerank` scores pairs files with
+//! the cross-encoder fixtures (tests/fixtures/rerank, made with
+//! transformers, whose logits they must reproduce), and `cpack search` /
+//! `cpack eval` rerank the embedder's top hits.
+
+use crate::common::{echo_workspace, fails, json, ok, repo_root};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/rerank").join(name)
+}
+
+fn expected(name: &str) -> serde_json::Value {
+    json(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+}
+
+/// The fixture's pairs as a pairs file: pairs two by two in `pos` lists
+/// (the last alone, as a string under `text`), with a `neg` field to keep.
+fn write_pairs(dir: &Path, expected: &serde_json::Value) -> (PathBuf, PathBuf) {
+    let pairs = expected["pairs"].as_array().unwrap();
+    let mut lists = String::new();
+    for chunk in pairs.chunks(2) {
+        let pos: Vec<&serde_json::Value> = chunk.iter().map(|p| &p[1]).collect();
+        // Pairs of a line share its query: only lines whose pairs do are listed.
+        if chunk.iter().all(|p| p[0] == chunk[0][0]) {
+            lists += &format!(
+                "{}\n",
+                serde_json::json!({"query": chunk[0][0], "pos": pos, "neg": ["kept"]})
+            );
+        } else {
+            for p in chunk {
+                lists += &format!(
+                    "{}\n",
+                    serde_json::json!({"query": p[0], "pos": [p[1]], "neg": ["kept"]})
+                );
+            }
+        }
+    }
+    let singles: String = pairs
+        .iter()
+        .map(|p| format!("{}\n", serde_json::json!({"q": p[0], "text": p[1]})))
+        .collect();
+    let (a, b) = (dir.join("lists.jsonl"), dir.join("singles.jsonl"));
+    std::fs::write(&a, lists).unwrap();
+    std::fs::write(&b, singles).unwrap();
+    (a, b)
+}
+
+/// Score of each (query, passage) the fixture lists, as transformers computed it.
+fn logit_of(expected: &serde_json::Value, query: &str, passage: &str) -> f64 {
+    let pairs = expected["pairs"].as_array().unwrap();
+    let i = pairs
+        .iter()
+        .position(|p| p[0] == query && p[1] == passage)
+        .unwrap();
+    expected["logits"][i].as_f64().unwrap()
+}
+
+#[test]
+fn rerank_writes_each_line_with_the_scores_transformers_computes() {
+    for name in ["bert", "xlm-roberta"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let expected = expected(name);
+        let (lists, singles) = write_pairs(tmp.path(), &expected);
+        let model = fixture(name);
+        let max_len = expected["max_length"].to_string();
+        let flags = [
+            "--reranker",
+            model.to_str().unwrap(),
+            "--rerank-max-len",
+            &max_len,
+        ];
+        let out = tmp.path().join("scored.jsonl");
+        let args = [
+            &[
+                "rerank",
+                lists.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--json",
+            ][..],
+            &flags,
+        ]
+        .concat();
+        let summary = json(&ok(tmp.path(), &args));
+        assert_eq!(
+            summary["pairs"],
+            expected["pairs"].as_array().unwrap().len()
+        );
+        let mut scored = 0;
+        for line in std::fs::read_to_string(&out).unwrap().lines() {
+            let value = json(line);
+            assert_eq!(
+                value["neg"],
+                serde_json::json!(["kept"]),
+                "other fields stay"
+            );
+            let q = value["query"].as_str().unwrap();
+            let scores = value["pos_scores"].as_array().unwrap();
+            for (p, s) in value["pos"].as_array().unwrap().iter().zip(scores) {
+                let want = logit_of(&expected, q, p.as_str().unwrap());
+                assert!(
+                    (s.as_f64().unwrap() - want).abs() < 1e-4,
+                    "{name}: {s} vs {want}"
+                );
+                scored += 1;
+            }
+        }
+        assert_eq!(scored, expected["pairs"].as_array().unwrap().len());
+        // A string field gets one number beside it; stdout is the default output.
+        let args = [
+            &[
+                "rerank",
+                singles.to_str().unwrap(),
+                "--query-field",
+                "q",
+                "--passage-field",
+                "text",
+                "-q",
+            ][..],
+            &flags,
+        ]
+        .concat();
+        for line in ok(tmp.path(), &args).lines() {
+            let value = json(line);
+            let want = logit_of(
+                &expected,
+                value["q"].as_str().unwrap(),
+                value["text"].as_str().unwrap(),
+            );
+            assert!(
+                (value["text_score"].as_f64().unwrap() - want).abs() < 1e-4,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rerank_refuses_an_embedder_no_model_and_a_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"query\": \"a\", \"pos\": [\"b\"]}\n{\"query\": \"a\"}\n",
+    )
+    .unwrap();
+    let p = pairs.to_str().unwrap();
+    let err = fails(&ws, &["rerank", p]);
+    assert!(
+        err.contains("no reranker named") && err.contains("--reranker"),
+        "{err}"
+    );
+    let embedder = ws.join("../model");
+    let err = fails(
+        &ws,
+        &["rerank", p, "--reranker", embedder.to_str().unwrap()],
+    );
+    assert!(err.contains("is an embedder, not a cross-encoder"), "{err}");
+    let reranker = fixture("bert");
+    let err = fails(
+        &ws,
+        &[
+            "rerank",
+            p,
+            "--reranker",
+            reranker.to_str().unwrap(),
+            "-o",
+            "out.jsonl",
+        ],
+    );
+    assert!(
+        err.contains("pairs.jsonl:2") && err.contains("no \"pos\" field"),
+        "{err}"
+    );
+    assert!(!ws.join("out.jsonl").exists(), "no half-written output");
+    let err = fails(
+        &ws,
+        &[
+            "rerank",
+            p,
+            "--reranker",
+            reranker.to_str().unwrap(),
+            "--rerank-max-len",
+            "4000",
+        ],
+    );
+    assert!(err.contains("--rerank-max-len 4000 is outside"), "{err}");
+}
+
+#[test]
+fn search_and_eval_rerank_the_top_hits_and_leave_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, passages) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build", "-q"]);
+    let reranker = fixture("bert");
+    let r = reranker.to_str().unwrap();
+    let query = passages[0].as_str();
+    let plain = json(&ok(&ws, &["search", query, "-k", "8", "--json"]));
+    let reranked = json(&ok(
+        &ws,
+        &[
+            "search",
+            query,
+            "-k",
+            "8",
+            "--json",
+            "--reranker",
+            r,
+            "--rerank-depth",
+            "5",
+        ],
+    ));
+    let ids = |v: &serde_json::Value, range: std::ops::Range<usize>| -> Vec<String> {
+        let results = v["results"].as_array().unwrap();
+        let mut ids: Vec<String> = results[range]
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(&plain, 0..5),
+        ids(&reranked, 0..5),
+        "the same five hits, reordered"
+    );
+    let results = reranked["results"].as_array().unwrap();
+    let below = |v: &[serde_json::Value]| -> Vec<(serde_json::Value, serde_json::Value)> {
+        v[5..].iter().map(|h| (h["id"].clone(), h["score"].clone())).collect()
+    };
+    assert_eq!(
+        below(results),
+        below(plain["results"].as_array().unwrap()),
+        "below the depth nothing moves"
+    );
+    let scores: Vec<f64> = results[..5]
+        .iter()
+        .map(|h| h["rerank_score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    assert!(results[5]["rerank_score"].is_null());
+    // `cpack rerank` scores the same pairs the same.
+    let pairs = tmp.path().join("pairs.jsonl");
+    let texts: Vec<&str> = results[..5]
+        .iter()
+        .map(|h| h["text"].as_str().unwrap())
+        .collect();
+    std::fs::write(
+        &pairs,
+        serde_json::json!({"query": query, "pos": texts}).to_string(),
+    )
+    .unwrap();
+    let line = json(&ok(
+        &ws,
+        &["rerank", pairs.to_str().unwrap(), "--reranker", r, "-q"],
+    ));
+    for (a, b) in line["pos_scores"].as_array().unwrap().iter().zip(&scores) {
+        assert!((a.as_f64().unwrap() - b).abs() < 1e-5, "{a} vs {b}");
+    }
+
+    // The reranker from cpack.toml, no flag; eval's Recall@10 cannot move
+    // when only the top 5 are reordered.
+    let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+    std::fs::write(
+        ws.join("cpack.toml"),
+        format!("{toml}\n[rerank]\nmodel = \"{r}\"\ndepth = 5\n"),
+    )
+    .unwrap();
+    let base = json(&ok(&ws, &["eval", "--json"]));
+    let after = json(&ok(&ws, &["eval", "--json", "--rerank-depth", "5"]));
+    let flagged = json(&ok(
+        &ws,
+        &["eval", "--json", "--reranker", r, "--rerank-depth", "5"],
+    ));
+    assert_eq!(after["metrics"], flagged["metrics"]);
+    assert_eq!(after["reranker"]["depth"], 5);
+    assert!(
+        base["reranker"].is_object(),
+        "cpack.toml's [rerank] applies to plain eval too"
+    );
+    assert_eq!(
+        after["metrics"]["recall_at_10"],
+        base["metrics"]["recall_at_10"]
+    );
+    let top = json(&ok(&ws, &["search", query, "-k", "1", "--json"]));
+    assert!(top["results"][0]["rerank_score"].is_number());
+}
