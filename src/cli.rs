@@ -102,14 +102,18 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Show a training run's report: per-epoch loss, metrics and timings.
     Report(ReportArgs),
-    /// Serve the encoder and index over HTTP (search, embed, health, info).
+    /// Serve the encoder and index over HTTP (search, embed, rerank, health, info).
     ///
     /// POST /search {"query": "…", "k": 10} or {"queries": […]} returns ids,
     /// scores, titles and texts (the workspace's query instruction applied);
     /// POST /embed {"inputs": "…" | […], "kind": "passage" | "query"} returns
     /// one vector per input, as text-embeddings-inference; GET /health and
     /// GET /info (model fingerprint, index generation, dimension, instruction,
-    /// backend). Requests arriving together are encoded as one batch. When
+    /// backend). With --reranker MODEL, POST /rerank {"query": "…", "texts":
+    /// […]} returns each text's index and score, best first (the sigmoid of
+    /// the logit; "raw_scores": true for the logit), as text-embeddings-inference,
+    /// and {"rerank": true} on /search reorders the top --rerank-depth hits.
+    /// Requests arriving together are encoded as one batch. When
     /// `cpack index build` (or, with --run, a training refresh) publishes a new
     /// generation, the server switches to it between two batches.
     Serve(ServeArgs),
@@ -248,6 +252,10 @@ pub struct ServeArgs {
     /// and an idle connection stays open; a slower one is cut off (408).
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, value_parser = positive_seconds)]
     pub read_timeout: f64,
+    /// Also serve a cross-encoder: POST /rerank, and {"rerank": true} on
+    /// /search reorders the top --rerank-depth hits.
+    #[command(flatten)]
+    pub rerank: cpack_encode::RerankRecipe,
 }
 
 /// Seconds, at most a day: `above_zero` or from zero up.

@@ -228,7 +228,10 @@ fn search_and_eval_rerank_the_top_hits_and_leave_the_rest() {
     );
     let results = reranked["results"].as_array().unwrap();
     let below = |v: &[serde_json::Value]| -> Vec<(serde_json::Value, serde_json::Value)> {
-        v[5..].iter().map(|h| (h["id"].clone(), h["score"].clone())).collect()
+        v[5..]
+            .iter()
+            .map(|h| (h["id"].clone(), h["score"].clone()))
+            .collect()
     };
     assert_eq!(
         below(results),
@@ -286,4 +289,149 @@ fn search_and_eval_rerank_the_top_hits_and_leave_the_rest() {
     );
     let top = json(&ok(&ws, &["search", query, "-k", "1", "--json"]));
     assert!(top["results"][0]["rerank_score"].is_number());
+}
+
+#[test]
+fn serve_reranks_as_the_cli_scores_and_refuses_bad_requests() {
+    use crate::serve::Server;
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, passages) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build", "-q"]);
+    let reranker = fixture("bert");
+    let r = reranker.to_str().unwrap();
+    let query = passages[1].as_str();
+    let texts: Vec<&str> = passages.iter().take(6).map(String::as_str).collect();
+
+    // Without a reranker, /rerank and a reranked search are refused.
+    let plain = Server::start(&ws, &[]);
+    let (code, err) = plain.refused(
+        "/rerank",
+        &serde_json::json!({"query": query, "texts": texts}).to_string(),
+    );
+    assert!(code == 422 && err.contains("--reranker"), "{code} {err}");
+    let (code, _) = plain.refused(
+        "/search",
+        &serde_json::json!({"query": query, "rerank": true}).to_string(),
+    );
+    assert_eq!(code, 422);
+    assert!(plain.get("/info")["reranker"].is_null());
+    drop(plain);
+
+    let server = Server::start(&ws, &["--reranker", r, "--rerank-depth", "4"]);
+    let info = server.get("/info");
+    assert_eq!(info["reranker"]["depth"], 4);
+    // The CLI's logits of the same pairs.
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        serde_json::json!({"query": query, "pos": texts}).to_string(),
+    )
+    .unwrap();
+    let line = json(&ok(
+        &ws,
+        &["rerank", pairs.to_str().unwrap(), "--reranker", r, "-q"],
+    ));
+    let logits: Vec<f64> = line["pos_scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_f64().unwrap())
+        .collect();
+    let raw = server.post("/rerank", &serde_json::json!({"query": query, "texts": texts, "raw_scores": true, "return_text": true}));
+    let raw = raw.as_array().unwrap();
+    assert_eq!(raw.len(), texts.len());
+    let mut previous = f64::INFINITY;
+    for entry in raw {
+        let (i, score) = (
+            entry["index"].as_u64().unwrap() as usize,
+            entry["score"].as_f64().unwrap(),
+        );
+        assert!((score - logits[i]).abs() < 1e-5, "{score} vs {}", logits[i]);
+        assert_eq!(entry["text"], texts[i]);
+        assert!(score <= previous, "best first");
+        previous = score;
+    }
+    let squashed = server.post(
+        "/rerank",
+        &serde_json::json!({"query": query, "texts": texts}),
+    );
+    for entry in squashed.as_array().unwrap() {
+        let i = entry["index"].as_u64().unwrap() as usize;
+        let sigmoid = 1.0 / (1.0 + (-logits[i]).exp());
+        assert!((entry["score"].as_f64().unwrap() - sigmoid).abs() < 1e-5);
+        assert!(entry.get("text").is_none());
+    }
+    // A reranked search answers what `cpack search --reranker` prints.
+    let served = server.post(
+        "/search",
+        &serde_json::json!({"query": query, "k": 6, "rerank": true}),
+    );
+    let cli = json(&ok(
+        &ws,
+        &[
+            "search",
+            query,
+            "-k",
+            "6",
+            "--json",
+            "--reranker",
+            r,
+            "--rerank-depth",
+            "4",
+        ],
+    ));
+    let ids = |hits: &serde_json::Value| -> Vec<String> {
+        hits.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&served["hits"]), ids(&cli["results"]));
+    for (a, b) in served["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cli["results"].as_array().unwrap())
+    {
+        match (a.get("rerank_score"), b["rerank_score"].as_f64()) {
+            (Some(x), Some(y)) => assert!((x.as_f64().unwrap() - y).abs() < 1e-5),
+            (None, None) => {}
+            other => panic!("reranked on one side only: {other:?}"),
+        }
+    }
+    let unranked = server.post("/search", &serde_json::json!({"query": query, "k": 6}));
+    assert!(unranked["hits"][0].get("rerank_score").is_none());
+    // Bad requests get a 4xx naming the problem.
+    for (body, needle) in [
+        (
+            serde_json::json!({"query": query, "texts": []}),
+            "texts is empty",
+        ),
+        (
+            serde_json::json!({"query": query, "texts": texts, "truncate": false}),
+            "truncate",
+        ),
+        (serde_json::json!({"query": query}), "texts"),
+        (
+            serde_json::json!({"query": query, "texts": [1, 2]}),
+            "texts",
+        ),
+        (
+            serde_json::json!({"query": query, "texts": texts, "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (code, err) = server.refused("/rerank", &body.to_string());
+        assert!(
+            (400..500).contains(&code) && err.contains(needle),
+            "{body}: {code} {err}"
+        );
+    }
+    let many: Vec<String> = (0..300).map(|i| format!("text {i}")).collect();
+    let (code, _) = server.refused(
+        "/rerank",
+        &serde_json::json!({"query": query, "texts": many}).to_string(),
+    );
+    assert_eq!(code, 413);
 }

@@ -8,6 +8,10 @@
 //! build (or a training run's refresh) has published a new generation, it
 //! opens it — and, for a training run, the newest checkpoint — and swaps
 //! them in between two batches, so no request sees half of each.
+//!
+//! With a reranker, the same thread scores `/rerank` pairs and reorders the
+//! top hits of the searches that ask for it, batched across the jobs of a
+//! batch as the texts are.
 
 use crate::config::Config;
 use crate::progress::Reporter;
@@ -15,7 +19,7 @@ use anyhow::{Context as _, Result};
 use cpack_core::Progress as _;
 use cpack_data::dataset::{DatasetPaths, TextTable};
 use cpack_encode::EmbeddingStamp;
-use cpack_encode::{Encoder, TextKind};
+use cpack_encode::{CrossEncoder, Encoder, TextKind};
 use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, Generation, IndexDir, OpenIndex, Provenance,
 };
@@ -34,8 +38,30 @@ pub struct Hit {
     pub rank: usize,
     pub id: String,
     pub score: f32,
+    /// The reranker's score, for hits a reranked search reordered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f32>,
     pub title: String,
     pub text: String,
+}
+
+/// The cross-encoder a server runs beside its embedder, shared by every
+/// task's engine.
+pub struct ServedReranker {
+    /// As named on the command line or in cpack.toml.
+    pub model: String,
+    /// Hits a reranked search reorders.
+    pub depth: usize,
+    pub cross_encoder: CrossEncoder,
+}
+
+/// What `GET /info` says of the reranker.
+#[derive(Debug, Clone, Serialize)]
+pub struct RerankerInfo {
+    pub model: String,
+    pub model_fingerprint: String,
+    pub max_len: usize,
+    pub depth: usize,
 }
 
 /// Why a batch failed: one error, shared by every job of the batch.
@@ -46,7 +72,15 @@ pub enum Job {
     Search {
         queries: Vec<String>,
         k: usize,
+        /// Reorder the top hits with the reranker.
+        rerank: bool,
         reply: oneshot::Sender<Result<SearchAnswer, Failure>>,
+    },
+    /// The reranker's logit of `query` with each text, in order.
+    Rerank {
+        query: String,
+        texts: Vec<String>,
+        reply: oneshot::Sender<Result<Vec<f32>, Failure>>,
     },
     Embed {
         inputs: Vec<String>,
@@ -60,6 +94,7 @@ impl Job {
         match self {
             Job::Search { queries, .. } => queries.len(),
             Job::Embed { inputs, .. } => inputs.len(),
+            Job::Rerank { texts, .. } => texts.len(),
         }
     }
 }
@@ -70,6 +105,21 @@ pub struct SearchAnswer {
     pub generation: Generation,
     pub results: Vec<Vec<Hit>>,
 }
+
+/// A search job's queries, depth, whether to rerank, and reply.
+type SearchJob = (
+    Vec<String>,
+    usize,
+    bool,
+    oneshot::Sender<Result<SearchAnswer, Failure>>,
+);
+
+/// A `/rerank` job's query, texts and reply.
+type RerankJob = (
+    String,
+    Vec<String>,
+    oneshot::Sender<Result<Vec<f32>, Failure>>,
+);
 
 /// What `GET /info` reports.
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +138,7 @@ pub struct Info {
     pub generation: Generation,
     pub passages: usize,
     pub max_batch_texts: usize,
+    pub reranker: Option<RerankerInfo>,
 }
 
 /// Where the engine's model comes from: fixed, or a training run's newest checkpoint.
@@ -109,6 +160,7 @@ pub struct Engine {
     corpus_path: DatasetPaths,
     corpus: TextTable,
     live: OpenIndex,
+    reranker: Option<Arc<ServedReranker>>,
     /// A published generation that could not be served, and when it was
     /// last tried: said once, tried again only after [`RETRY_REFUSED`] (a
     /// mismatch of settings stays; a transient failure may not).
@@ -174,6 +226,7 @@ impl Engine {
         config: Config,
         source: ModelSource,
         served: ServedIndex,
+        reranker: Option<Arc<ServedReranker>>,
         progress: &Reporter,
     ) -> Result<Self> {
         let corpus_path = config.data()?.clone();
@@ -201,6 +254,7 @@ impl Engine {
             corpus_path,
             corpus,
             live,
+            reranker,
             refused: None,
         })
     }
@@ -222,6 +276,12 @@ impl Engine {
             generation: self.live.generation,
             passages: self.live.ids.len(),
             max_batch_texts: MAX_BATCH_TEXTS,
+            reranker: self.reranker.as_ref().map(|r| RerankerInfo {
+                model: r.model.clone(),
+                model_fingerprint: r.cross_encoder.fingerprint().to_string(),
+                max_len: r.cross_encoder.settings().max_len,
+                depth: r.depth,
+            }),
         }
     }
 
@@ -311,9 +371,15 @@ impl Engine {
 
     fn answer(&mut self, batch: Vec<Job>) {
         let mut searches = Vec::new();
+        let mut reranks = Vec::new();
         for job in batch {
             match job {
-                Job::Search { queries, k, reply } => searches.push((queries, k, reply)),
+                Job::Search {
+                    queries,
+                    k,
+                    rerank,
+                    reply,
+                } => searches.push((queries, k, rerank, reply)),
                 Job::Embed {
                     inputs,
                     kind,
@@ -321,16 +387,64 @@ impl Engine {
                 } => {
                     let _ = reply.send(self.embed(&inputs, kind).map_err(Arc::new));
                 }
+                Job::Rerank {
+                    query,
+                    texts,
+                    reply,
+                } => reranks.push((query, texts, reply)),
             }
         }
-        if searches.is_empty() {
-            return;
+        if !reranks.is_empty() {
+            self.answer_reranks(reranks);
         }
-        let all: Vec<String> = searches.iter().flat_map(|(q, _, _)| q.clone()).collect();
-        let k = searches.iter().map(|(_, k, _)| *k).max().unwrap_or(1);
-        match self.search(&all, k) {
+        if !searches.is_empty() {
+            self.answer_searches(searches);
+        }
+    }
+
+    /// Scores every pair of the `/rerank` jobs in one go.
+    fn answer_reranks(&self, jobs: Vec<RerankJob>) {
+        let scored = (|| {
+            let reranker = self.reranker.as_ref().context("no reranker is served")?;
+            let pairs: Vec<(&str, &str)> = jobs
+                .iter()
+                .flat_map(|(q, texts, _)| texts.iter().map(move |t| (q.as_str(), t.as_str())))
+                .collect();
+            anyhow::Ok(reranker.cross_encoder.score(&pairs, &mut |_, _| {})?)
+        })();
+        match scored {
+            Ok(scores) => {
+                let mut scores = scores.into_iter();
+                for (_, texts, reply) in jobs {
+                    let _ = reply.send(Ok(scores.by_ref().take(texts.len()).collect()));
+                }
+            }
+            Err(e) => {
+                let failure = Arc::new(e);
+                for (_, _, reply) in jobs {
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+
+    /// Searches the queries of every search job at once, at the largest
+    /// depth any asks for, reranks the hits of those that ask, and cuts
+    /// each job's lists to its own `k`.
+    fn answer_searches(&mut self, searches: Vec<SearchJob>) {
+        let all: Vec<String> = searches.iter().flat_map(|(q, ..)| q.clone()).collect();
+        let depth = self.reranker.as_ref().map_or(0, |r| r.depth);
+        let wanted = |&(_, k, rerank, _): &SearchJob| if rerank { k.max(depth) } else { k };
+        let k = searches.iter().map(wanted).max().unwrap_or(1);
+        let reranked: Vec<bool> = (searches.iter())
+            .flat_map(|(q, _, rerank, _)| std::iter::repeat_n(*rerank, q.len()))
+            .collect();
+        let found = self
+            .search(&all, k)
+            .and_then(|mut hits| self.rerank(&all, &mut hits, &reranked).map(|()| hits));
+        match found {
             Ok(mut hits) => {
-                for (queries, k, reply) in searches {
+                for (queries, k, _, reply) in searches {
                     let rest = hits.split_off(queries.len());
                     let mine = std::mem::replace(&mut hits, rest)
                         .into_iter()
@@ -347,11 +461,47 @@ impl Engine {
             }
             Err(e) => {
                 let failure = Arc::new(e);
-                for (_, _, reply) in searches {
+                for (.., reply) in searches {
                     let _ = reply.send(Err(failure.clone()));
                 }
             }
         }
+    }
+
+    /// Reorders the top hits of each query `reranked` marks by the
+    /// reranker's scores (all pairs scored together); the rest stay below.
+    fn rerank(&self, queries: &[String], hits: &mut [Vec<Hit>], reranked: &[bool]) -> Result<()> {
+        let marked: Vec<usize> = (0..queries.len()).filter(|&q| reranked[q]).collect();
+        if marked.is_empty() {
+            return Ok(());
+        }
+        let reranker = self.reranker.as_ref().context("no reranker is served")?;
+        let top = |q: usize| &hits[q][..reranker.depth.min(hits[q].len())];
+        let texts: Vec<Vec<String>> = (marked.iter())
+            .map(|&q| top(q).iter().map(|h| self.full_text(&h.id)).collect())
+            .collect();
+        let candidates: Vec<Vec<&str>> = (texts.iter())
+            .map(|list| list.iter().map(String::as_str).collect())
+            .collect();
+        let marked_queries: Vec<&str> = marked.iter().map(|&q| queries[q].as_str()).collect();
+        let orders = (reranker.cross_encoder).rank(&marked_queries, &candidates, &mut |_, _| {})?;
+        for (&q, order) in marked.iter().zip(orders) {
+            let original: Vec<Hit> = hits[q][..order.len()].to_vec();
+            for (rank, (i, score)) in order.into_iter().enumerate() {
+                let mut hit = original[i].clone();
+                hit.rank = rank + 1;
+                hit.rerank_score = Some(score);
+                hits[q][rank] = hit;
+            }
+        }
+        Ok(())
+    }
+
+    /// The text a model reads for passage `id`: title and text, as indexed.
+    fn full_text(&self, id: &str) -> String {
+        (self.corpus.position(id))
+            .map(|p| self.corpus.full_text(p))
+            .unwrap_or_default()
     }
 
     fn embed(&self, inputs: &[String], kind: TextKind) -> Result<Vec<Vec<f32>>> {
@@ -381,6 +531,7 @@ impl Engine {
                         Hit {
                             rank: rank + 1,
                             score,
+                            rerank_score: None,
                             title: at
                                 .map(|p| self.corpus.titles[p].clone())
                                 .unwrap_or_default(),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cpack_encode::TextKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -67,6 +67,7 @@ pub fn router(shared: Shared, read_timeout: Duration) -> Router {
     Router::new()
         .route("/search", post(search))
         .route("/embed", post(embed))
+        .route("/rerank", post(rerank))
         .route("/health", get(health))
         .route("/info", get(info))
         .fallback(not_found)
@@ -200,6 +201,9 @@ struct SearchRequest {
     k: Option<usize>,
     /// The task searched, when the workspace has several.
     task: Option<String>,
+    /// Reorder the top hits with the served reranker.
+    #[serde(default)]
+    rerank: bool,
 }
 
 async fn search(
@@ -222,8 +226,17 @@ async fn search(
     if k == 0 || k > MAX_K {
         return Err(bad(format!("k must be between 1 and {MAX_K}, not {k}")));
     }
+    if request.rerank && !serves_reranker(engine) {
+        return Err(no_reranker());
+    }
     let (reply, answer) = oneshot::channel();
-    let answer = ask(engine, Job::Search { queries, k, reply }, answer).await?;
+    let job = Job::Search {
+        queries,
+        k,
+        rerank: request.rerank,
+        reply,
+    };
+    let answer = ask(engine, job, answer).await?;
     Ok(if single {
         Json(serde_json::json!({
             "generation": answer.generation,
@@ -279,6 +292,87 @@ async fn embed(
     ))
 }
 
+fn serves_reranker(engine: &EngineHandle) -> bool {
+    engine.info.lock().expect("info lock").reranker.is_some()
+}
+
+fn no_reranker() -> ApiError {
+    bad("this server runs no reranker: start `cpack serve` with --reranker MODEL (or [rerank] model in cpack.toml)")
+}
+
+/// text-embeddings-inference's `/rerank` request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerankRequest {
+    query: String,
+    texts: Vec<String>,
+    /// The logits as they are; by default their sigmoid, in (0, 1).
+    #[serde(default)]
+    raw_scores: bool,
+    /// Echo each text beside its score.
+    #[serde(default)]
+    return_text: bool,
+    /// Accepted for text-embeddings-inference's clients: pairs are always
+    /// cut to the reranker's length, the longer side first.
+    truncate: Option<bool>,
+}
+
+/// One text's place in a `/rerank` answer.
+#[derive(Serialize)]
+struct Ranked {
+    /// Its position in the request's `texts`.
+    index: usize,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// Scores the query with each text; the texts best first, as
+/// text-embeddings-inference answers.
+async fn rerank(
+    State(shared): State<Shared>,
+    parsed: Result<Json<RerankRequest>, JsonRejection>,
+) -> Result<Json<Vec<Ranked>>, ApiError> {
+    let request = body(parsed)?;
+    // The reranker is one model shared by every task's engine: any engine serves it.
+    let engine = shared.engines.values().next().ok_or_else(no_reranker)?;
+    if !serves_reranker(engine) {
+        return Err(no_reranker());
+    }
+    if request.truncate == Some(false) {
+        return Err(bad(
+            "\"truncate\": false is not offered: pairs are always cut to the reranker's length, the longer side first",
+        ));
+    }
+    let texts = checked(request.texts, "texts")?;
+    let (reply, answer) = oneshot::channel();
+    let job = Job::Rerank {
+        query: request.query,
+        texts: texts.clone(),
+        reply,
+    };
+    let logits = ask(engine, job, answer).await?;
+    let mut ranked: Vec<Ranked> = logits
+        .into_iter()
+        .enumerate()
+        .map(|(index, logit)| Ranked {
+            index,
+            score: if request.raw_scores {
+                logit
+            } else {
+                sigmoid(logit)
+            },
+            text: request.return_text.then(|| texts[index].clone()),
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(Json(ranked))
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// Hands a job to the engine and waits for its answer.
 async fn ask<T>(
     engine: &EngineHandle,
@@ -330,7 +424,7 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiEr
     ApiError(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "{method} {} is not served: POST /search, POST /embed, GET /health, GET /info",
+            "{method} {} is not served: POST /search, POST /embed, POST /rerank, GET /health, GET /info",
             uri.path()
         ),
     )
@@ -339,6 +433,6 @@ async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiEr
 async fn not_found() -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
-        "no such endpoint: POST /search, POST /embed, GET /health, GET /info".into(),
+        "no such endpoint: POST /search, POST /embed, POST /rerank, GET /health, GET /info".into(),
     )
 }

@@ -1,5 +1,6 @@
 //! `cpack serve`: the workspace's (or a training run's) encoder and index
-//! behind HTTP, as text-embeddings-inference serves a model. The engine
+//! behind HTTP, as text-embeddings-inference serves a model, and
+//! optionally a reranker beside them. The engine
 //! ([`engine`]) owns the model on its own thread and batches the requests
 //! that arrive together; the HTTP layer ([`http`]) only parses, bounds and
 //! forwards them.
@@ -12,7 +13,7 @@ use crate::cli::ServeArgs;
 use crate::config::Config;
 use crate::runtime::Context;
 use anyhow::{Context as _, Result};
-use engine::{Engine, ModelSource, ServedIndex};
+use engine::{Engine, ModelSource, ServedIndex, ServedReranker};
 use std::collections::BTreeMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -22,13 +23,14 @@ const QUEUE: usize = 1024;
 
 pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     let config = ctx.config(&args.overrides)?;
+    let reranker = open_served_reranker(&config, &args)?;
     // One engine per task (its own encoder, instruction and index), each on
     // its own thread; a request names its task when there are several.
     let mut engines = BTreeMap::new();
     let mut workers = Vec::new();
     for task in config.task_configs()? {
         let (config, source, served) = engine_setup(task.config, &task.name, &args)?;
-        let engine = Engine::open(config, source, served, &ctx.progress)?;
+        let engine = Engine::open(config, source, served, reranker.clone(), &ctx.progress)?;
         let info = Arc::new(Mutex::new(engine.info()));
         let (jobs, queue) = mpsc::sync_channel(QUEUE);
         let engine_info = info.clone();
@@ -69,6 +71,23 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
     served
 }
 
+/// The reranker `--reranker` or `[rerank]` names, if any: one model shared
+/// by every task's engine.
+fn open_served_reranker(config: &Config, args: &ServeArgs) -> Result<Option<Arc<ServedReranker>>> {
+    let recipe = crate::config::overlay_set(&config.rerank, &args.rerank)?;
+    let Some(model) = &recipe.model else {
+        return Ok(None);
+    };
+    let device = config.runtime.device();
+    let cross_encoder =
+        crate::runtime::open_reranker(&config.workspace, &recipe, device, config.threads)?;
+    Ok(Some(Arc::new(ServedReranker {
+        model: model.display().to_string(),
+        depth: recipe.depth(),
+        cross_encoder,
+    })))
+}
+
 /// Says where the server listens and what each engine serves.
 fn announce(addr: std::net::SocketAddr, engines: &BTreeMap<String, http::EngineHandle>) {
     for (name, engine) in engines {
@@ -77,6 +96,10 @@ fn announce(addr: std::net::SocketAddr, engines: &BTreeMap<String, http::EngineH
             "index {} ({} passages, {}) · {} encoder",
             i.generation, i.passages, i.index, i.backend
         );
+        let what = match &i.reranker {
+            Some(r) => format!("{what} · reranker {} (top {})", r.model, r.depth),
+            None => what,
+        };
         match name.as_str() {
             "" => errln!("cpack serve: listening on http://{addr} · {what}"),
             name => errln!("cpack serve: listening on http://{addr} · task {name}: {what}"),
