@@ -32,6 +32,7 @@ mod commands;
 pub mod config;
 mod flags;
 mod hub;
+mod pairs_file;
 pub mod process;
 mod progress;
 mod report_table;

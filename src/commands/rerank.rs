@@ -2,8 +2,8 @@
 //! written back into its line (`cpack_data::filter` adding scores), streamed
 //! and, into a file, resumable.
 
-use super::filter::{open_input, score_pairs_file};
 use crate::cli::RerankArgs;
+use crate::pairs_file::{open_input, score_pairs_file};
 use crate::runtime::{open_reranker, Context};
 use anyhow::{bail, Result};
 use cpack_core::OutputTarget;
