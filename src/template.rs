@@ -5,7 +5,7 @@
 //! about the model is written uncommented.
 
 use clap::{Args, Command};
-use cpack_encode::{EncodeRecipe, EncoderSettings, ModelRecipe};
+use cpack_encode::{EncodeRecipe, EncoderSettings, ModelRecipe, RerankRecipe};
 use cpack_index::IndexRecipe;
 use cpack_miner::MiningRecipe;
 use cpack_run::TrainRecipe;
@@ -38,8 +38,12 @@ const NOTES: [(&str, &str); 7] = [
 ];
 
 /// Values shown for settings that are unset by default, as examples.
-const EXAMPLES: [(&str, &str); 17] = [
+const EXAMPLES: [(&str, &str); 21] = [
     ("model.path", "\"BAAI/bge-small-en-v1.5\""),
+    ("rerank.model", "\"BAAI/bge-reranker-base\""),
+    ("rerank.depth", "100"),
+    ("rerank.max_len", "512"),
+    ("rerank.batch_size", "32"),
     ("encode.batch_tokens", "65536"),
     ("encode.threads", "0"),
     ("encode.device", "\"cpu\""),
@@ -107,6 +111,12 @@ impl Template<'_> {
                 "train",
                 "`cpack train` defaults (each key is also a flag; uncomment to change). The mining keys \
                  of [mine] are here too, for the rounds a run mines.",
+                &[],
+            ),
+            table::<RerankRecipe>(
+                "rerank",
+                "A reranker (cross-encoder) for `cpack search`, `eval` and `serve` to reorder the \
+                 embedder's top hits with, and for `cpack rerank` (uncomment to use one).",
                 &[],
             ),
         ]

@@ -25,8 +25,8 @@ use std::path::PathBuf;
 #[serde(default, deny_unknown_fields)]
 pub struct RerankRecipe {
     /// Reranker: a cross-encoder folder or Hugging Face hub id
-    /// (BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L6-v2, a
-    /// folder cpack trained) [cpack.toml: rerank.model].
+    /// (BAAI/bge-reranker-base, cross-encoder/ms-marco-MiniLM-L6-v2)
+    /// [cpack.toml: rerank.model].
     #[cfg_attr(
         feature = "clap",
         arg(
