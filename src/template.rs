@@ -38,12 +38,13 @@ const NOTES: [(&str, &str); 7] = [
 ];
 
 /// Values shown for settings that are unset by default, as examples.
-const EXAMPLES: [(&str, &str); 21] = [
+const EXAMPLES: [(&str, &str); 22] = [
     ("model.path", "\"BAAI/bge-small-en-v1.5\""),
     ("rerank.model", "\"BAAI/bge-reranker-base\""),
     ("rerank.depth", "100"),
     ("rerank.max_len", "512"),
     ("rerank.batch_size", "32"),
+    ("rerank.batch_tokens", "0"),
     ("encode.batch_tokens", "65536"),
     ("encode.threads", "0"),
     ("encode.device", "\"cpu\""),

@@ -57,6 +57,18 @@ pub struct RerankRecipe {
         arg(id = "rerank.batch_size", long = "rerank-batch-size", value_name = "N")
     )]
     pub batch_size: Option<usize>,
+    /// Padded tokens per forward pass at most, 0 = pairs only: short pairs
+    /// then come many to a batch, long ones few (on a GPU, e.g. 65536 with
+    /// --rerank-batch-size 1024) [rerank.batch_tokens; default: 0].
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            id = "rerank.batch_tokens",
+            long = "rerank-batch-tokens",
+            value_name = "N"
+        )
+    )]
+    pub batch_tokens: Option<usize>,
 }
 
 impl RerankRecipe {
@@ -73,7 +85,7 @@ impl RerankRecipe {
         RerankSettings {
             max_len: self.max_len.unwrap_or(declared.max_len),
             batch_size: self.batch_size.unwrap_or(declared.batch_size),
-            batch_tokens: declared.batch_tokens,
+            batch_tokens: self.batch_tokens.unwrap_or(declared.batch_tokens),
         }
     }
 }

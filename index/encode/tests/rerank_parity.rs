@@ -121,6 +121,18 @@ fn cross_encoders_score_what_transformers_scores() {
             "{name}"
         );
         assert!(worst_difference(&again, &expected.logits) < 1e-4, "{name}");
+        // A token budget: short pairs many to a batch, long ones few.
+        let budget = RerankSettings {
+            batch_tokens: 2 * expected.max_length,
+            ..settings(&expected, 32)
+        };
+        let budgeted = CrossEncoder::load(&model, budget, ComputeDevice::Cpu, 1).unwrap();
+        let mut batches = 0;
+        let scores = budgeted
+            .score(&pairs(&expected), &mut |_, _| batches += 1)
+            .unwrap();
+        assert!(batches > 1, "{name}: the budget cut the pairs into batches");
+        assert!(worst_difference(&scores, &expected.logits) < 1e-4, "{name}");
     }
 }
 
