@@ -14,18 +14,74 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Instant;
 
-/// Scores the pairs that `input` (its file, size and name) holds into
-/// `target` as `settings` say — into a file resumably, else as a stream —
-/// and returns the outcome and the seconds it took.
-pub fn score_pairs_file(
+/// A pairs file opened for scoring.
+pub struct Input<'a> {
+    file: File,
+    /// Its size when it is a regular file; a pipe has none and cannot be resumed.
+    bytes: Option<u64>,
+    path: &'a Path,
+}
+
+/// What a command says about the file it scored.
+pub struct Scored<'a> {
+    pub input: &'a Path,
+    pub output: Option<&'a Path>,
+    pub outcome: FilterOutcome,
+    pub seconds: f64,
+}
+
+impl Scored<'_> {
+    /// Pairs scored by this call, per second.
+    pub fn rate(&self) -> f64 {
+        let scored = self.outcome.tally.pairs - self.outcome.resumed_pairs;
+        scored as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The summary's fields both commands print, for `--json`.
+    pub fn json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let t = &self.outcome.tally;
+        let value = serde_json::json!({
+            "input": self.input,
+            "output": self.output.map_or("-".into(), |p| p.display().to_string()),
+            "lines": t.lines,
+            "pairs": t.pairs,
+            "resumed_pairs": self.outcome.resumed_pairs,
+            "seconds": self.seconds,
+            "pairs_per_second": self.rate(),
+        });
+        let serde_json::Value::Object(map) = value else {
+            unreachable!("a JSON object literal")
+        };
+        map
+    }
+
+    /// Where the lines went, in words.
+    pub fn destination(&self) -> String {
+        (self.output).map_or("standard output".into(), |p| p.display().to_string())
+    }
+
+    /// What this call scored, when it resumed an interrupted one.
+    pub fn resumed(&self) -> String {
+        let t = &self.outcome.tally;
+        match self.outcome.resumed_pairs {
+            0 => String::new(),
+            done => format!(" (this call: the last {} pairs)", t.pairs - done),
+        }
+    }
+}
+
+/// Scores the pairs of `input` into `target` as `settings` say — into a
+/// file resumably, else as a stream.
+pub fn score_pairs_file<'a>(
     ctx: &Context,
-    (input, input_bytes, name): (File, Option<u64>, &Path),
-    target: &OutputTarget,
+    input: Input<'a>,
+    target: &'a OutputTarget,
     settings: &FilterSettings,
     chunk_pairs: usize,
     score: &mut Scorer<'_, anyhow::Error>,
-) -> Result<(FilterOutcome, f64)> {
-    let reader = PairReader::new(BufReader::new(input), name, settings.fields.clone());
+) -> Result<Scored<'a>> {
+    let (name, input_bytes) = (input.path, input.bytes);
+    let reader = PairReader::new(BufReader::new(input.file), name, settings.fields.clone());
     let started = Instant::now();
     let outcome = match target {
         OutputTarget::Replace(path) => filter::filter_into_file(
@@ -50,12 +106,17 @@ pub fn score_pairs_file(
         }
     };
     ctx.progress.finish();
-    Ok((outcome, started.elapsed().as_secs_f64()))
+    Ok(Scored {
+        input: name,
+        output: target.path(),
+        outcome,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
-/// The input and its size when it is a regular file (stdin included when
-/// it is one); a pipe has no size and cannot be resumed.
-pub fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
+/// Opens a pairs file (`-`: standard input) and notes its size when it is a
+/// regular file (stdin included when it is one).
+pub fn open_input(path: &Path) -> Result<Input<'_>> {
     let file = if path.as_os_str() == "-" {
         let fd = std::io::stdin()
             .as_fd()
@@ -74,7 +135,11 @@ pub fn open_input(path: &Path) -> Result<(File, Option<u64>)> {
             path.display()
         );
     }
-    Ok((file, meta.is_file().then_some(meta.len())))
+    Ok(Input {
+        file,
+        bytes: meta.is_file().then_some(meta.len()),
+        path,
+    })
 }
 
 /// Standard output, or a FIFO or device opened for writing in place.

@@ -125,6 +125,25 @@ fn ort_loader(_: &Config, _: usize) -> Result<Box<dyn BackendLoader>> {
     bail!("this cpack was built without the `ort` feature; use encode.backend = \"candle\"")
 }
 
+/// The merged `[rerank]` recipe (the flags given over cpack.toml's) and the
+/// reranker it names, if it names one, where the encoder computes.
+pub fn workspace_reranker(
+    config: &Config,
+    flags: &RerankRecipe,
+) -> Result<(RerankRecipe, Option<CrossEncoder>)> {
+    let recipe = crate::config::overlay_set(&config.rerank, flags)?;
+    let reranker = match recipe.model {
+        Some(_) => Some(open_reranker(
+            &config.workspace,
+            &recipe,
+            config.runtime.device(),
+            config.threads,
+        )?),
+        None => None,
+    };
+    Ok((recipe, reranker))
+}
+
 /// The reranker `recipe` names, on `device`, fed by `workers` threads
 /// (one on a GPU, which runs every batch).
 pub fn open_reranker(

@@ -266,9 +266,11 @@ fn search_and_eval_rerank_the_top_hits_and_leave_the_rest() {
     // The reranker from cpack.toml, no flag; eval's Recall@10 cannot move
     // when only the top 5 are reordered.
     let toml = std::fs::read_to_string(ws.join("cpack.toml")).unwrap();
+    let with_reranker = format!("[rerank]\nmodel = \"{r}\"\ndepth = 5\n");
+    assert!(toml.contains("[rerank]\n"), "cpack init writes the table");
     std::fs::write(
         ws.join("cpack.toml"),
-        format!("{toml}\n[rerank]\nmodel = \"{r}\"\ndepth = 5\n"),
+        toml.replace("[rerank]\n", &with_reranker),
     )
     .unwrap();
     let base = json(&ok(&ws, &["eval", "--json"]));

@@ -2,7 +2,7 @@
 
 use crate::cli::EvalArgs;
 use crate::config::{Config, TaskConfig};
-use crate::runtime::{open_encoder, open_reranker, query_encoder, Context};
+use crate::runtime::{open_encoder, query_encoder, workspace_reranker, Context};
 use anyhow::{bail, Result};
 use cpack_core::Progress as _;
 use cpack_data::dataset::Dataset;
@@ -95,16 +95,7 @@ fn eval_one(
     let stamp = config.embedding_stamp(&encoder)?;
     let mut index = config.index_dir().open(&stamp, &dataset.corpus)?;
     let encoder = query_encoder(config, args.query_model.as_deref(), encoder)?;
-    let recipe = crate::config::overlay_set(&config.rerank, &args.rerank)?;
-    let reranker = match &recipe.model {
-        Some(_) => Some(open_reranker(
-            &config.workspace,
-            &recipe,
-            config.runtime.device(),
-            config.threads,
-        )?),
-        None => None,
-    };
+    let (recipe, reranker) = workspace_reranker(config, &args.rerank)?;
     let rerank = reranker.as_ref().map(|model| Rerank {
         model,
         corpus: &dataset.corpus,

@@ -3,13 +3,12 @@
 
 use crate::cli::FilterArgs;
 use crate::config::expand_instruction;
-use crate::pairs_file::{open_input, score_pairs_file};
+use crate::pairs_file::{open_input, score_pairs_file, Scored};
 use crate::runtime::{open_encoder, Context};
 use anyhow::{bail, Result};
 use cpack_core::OutputTarget;
-use cpack_data::filter::{FilterOutcome, FilterSettings, LineOutput};
+use cpack_data::filter::{FilterSettings, LineOutput};
 use cpack_encode::{EmbeddingStamp, Encoder, TextKind};
-use std::path::Path;
 
 pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
     let target = OutputTarget::resolve(&args.output)?;
@@ -20,7 +19,7 @@ pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
     if let Some(instruction) = &args.query_instruction {
         config.encoder.query_instruction = expand_instruction(instruction).to_string();
     }
-    let (input, input_bytes) = open_input(&args.input)?;
+    let input = open_input(&args.input)?;
     let encoder = open_encoder(&config)?;
     let fields = args.fields.fields();
     let settings = FilterSettings {
@@ -29,20 +28,10 @@ pub fn run(ctx: &Context, args: FilterArgs) -> Result<()> {
         scorer: serde_json::to_string(&EmbeddingStamp::of(&config.model, &encoder)?)?,
     };
     let mut score = |queries: &[&str], passages: &[&str]| cosines(&encoder, queries, passages);
-    let (outcome, seconds) = score_pairs_file(
-        ctx,
-        (input, input_bytes, &args.input),
-        &target,
-        &settings,
-        args.chunk_pairs,
-        &mut score,
-    )?;
+    let scored = score_pairs_file(ctx, input, &target, &settings, args.chunk_pairs, &mut score)?;
     let summary = Summary {
-        input: &args.input,
-        output: target.path(),
+        scored,
         min_score: args.min_score,
-        outcome: &outcome,
-        seconds,
     };
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&summary.json())?)?;
@@ -75,46 +64,32 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 struct Summary<'a> {
-    input: &'a Path,
-    output: Option<&'a Path>,
+    scored: Scored<'a>,
     min_score: f32,
-    outcome: &'a FilterOutcome,
-    seconds: f64,
 }
 
 impl Summary<'_> {
-    /// Pairs scored by this call, per second.
-    fn rate(&self) -> f64 {
-        let scored = self.outcome.tally.pairs - self.outcome.resumed_pairs;
-        scored as f64 / self.seconds.max(1e-9)
-    }
-
     fn json(&self) -> serde_json::Value {
-        let t = &self.outcome.tally;
+        let t = &self.scored.outcome.tally;
         let bins: Vec<serde_json::Value> = t
             .histogram
             .bins()
             .filter(|&(_, _, n)| n > 0)
             .map(|(from, to, n)| serde_json::json!({"from": from, "to": to, "count": n}))
             .collect();
-        serde_json::json!({
-            "input": self.input,
-            "output": self.output.map_or("-".into(), |p| p.display().to_string()),
-            "min_score": self.min_score,
-            "lines": t.lines,
-            "lines_kept": t.lines_kept,
-            "pairs": t.pairs,
-            "kept": t.kept,
-            "share_kept": t.share_kept(),
-            "resumed_pairs": self.outcome.resumed_pairs,
-            "seconds": self.seconds,
-            "pairs_per_second": self.rate(),
-            "histogram": bins,
-        })
+        let mut json = self.scored.json();
+        json.extend([
+            ("min_score".to_string(), self.min_score.into()),
+            ("lines_kept".to_string(), t.lines_kept.into()),
+            ("kept".to_string(), t.kept.into()),
+            ("share_kept".to_string(), t.share_kept().into()),
+            ("histogram".to_string(), bins.into()),
+        ]);
+        json.into()
     }
 
     fn text(&self) -> String {
-        let t = &self.outcome.tally;
+        let t = &self.scored.outcome.tally;
         let mut text = String::new();
         let bins: Vec<(f64, f64, u64)> = t.histogram.bins().collect();
         let first = bins.iter().position(|&(_, _, n)| n > 0);
@@ -135,22 +110,17 @@ impl Summary<'_> {
             text += "the input holds no pairs\n";
         }
         text += &format!(
-            "kept {} of {} pairs ({:.1} %) at --min-score {} ('+' bins hold kept pairs); {} of {} lines written to {}; {:.0} pairs/s",
+            "kept {} of {} pairs ({:.1} %) at --min-score {} ('+' bins hold kept pairs); {} of {} lines written to {}; {:.0} pairs/s{}",
             t.kept,
             t.pairs,
             100.0 * t.share_kept(),
             self.min_score,
             t.lines_kept,
             t.lines,
-            self.output.map_or("standard output".into(), |p| p.display().to_string()),
-            self.rate()
+            self.scored.destination(),
+            self.scored.rate(),
+            self.scored.resumed()
         );
-        if self.outcome.resumed_pairs > 0 {
-            text += &format!(
-                " (this call: the last {} pairs)",
-                t.pairs - self.outcome.resumed_pairs
-            );
-        }
         text
     }
 }

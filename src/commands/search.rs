@@ -2,7 +2,7 @@
 //! optionally reranked by a cross-encoder.
 
 use crate::cli::SearchArgs;
-use crate::runtime::{open_encoder, open_reranker, query_encoder, Context};
+use crate::runtime::{open_encoder, query_encoder, workspace_reranker, Context};
 use anyhow::{bail, Result};
 use cpack_data::dataset::Dataset;
 use cpack_encode::{CrossEncoder, TextKind};
@@ -18,16 +18,7 @@ pub fn run(ctx: &Context, args: SearchArgs) -> Result<()> {
         .index_dir()
         .open(&config.embedding_stamp(&encoder)?, &corpus)?;
     let encoder = query_encoder(&config, args.query_model.as_deref(), encoder)?;
-    let recipe = crate::config::overlay_set(&config.rerank, &args.rerank)?;
-    let reranker = match &recipe.model {
-        Some(_) => Some(open_reranker(
-            &config.workspace,
-            &recipe,
-            config.runtime.device(),
-            config.threads,
-        )?),
-        None => None,
-    };
+    let (recipe, reranker) = workspace_reranker(&config, &args.rerank)?;
     let query = encoder.encode(&[args.query.as_str()], TextKind::Query, &mut |_, _| {})?;
     let depth = match reranker {
         Some(_) => args.k.max(recipe.depth()),

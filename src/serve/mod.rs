@@ -74,13 +74,10 @@ pub fn run(ctx: &Context, args: ServeArgs) -> Result<()> {
 /// The reranker `--reranker` or `[rerank]` names, if any: one model shared
 /// by every task's engine.
 fn open_served_reranker(config: &Config, args: &ServeArgs) -> Result<Option<Arc<ServedReranker>>> {
-    let recipe = crate::config::overlay_set(&config.rerank, &args.rerank)?;
-    let Some(model) = &recipe.model else {
+    let (recipe, reranker) = crate::runtime::workspace_reranker(config, &args.rerank)?;
+    let (Some(model), Some(cross_encoder)) = (&recipe.model, reranker) else {
         return Ok(None);
     };
-    let device = config.runtime.device();
-    let cross_encoder =
-        crate::runtime::open_reranker(&config.workspace, &recipe, device, config.threads)?;
     Ok(Some(Arc::new(ServedReranker {
         model: model.display().to_string(),
         depth: recipe.depth(),
