@@ -159,33 +159,21 @@ fn rerank_refuses_an_embedder_no_model_and_a_bad_line() {
     );
     assert!(err.contains("is an embedder, not a cross-encoder"), "{err}");
     let reranker = fixture("bert");
-    let err = fails(
-        &ws,
-        &[
-            "rerank",
-            p,
-            "--reranker",
-            reranker.to_str().unwrap(),
-            "-o",
-            "out.jsonl",
-        ],
-    );
+    let with_reranker = |extra: &[&str]| {
+        let args = [
+            &["rerank", p, "--reranker", reranker.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        fails(&ws, &args)
+    };
+    let err = with_reranker(&["-o", "out.jsonl"]);
     assert!(
         err.contains("pairs.jsonl:2") && err.contains("no \"pos\" field"),
         "{err}"
     );
     assert!(!ws.join("out.jsonl").exists(), "no half-written output");
-    let err = fails(
-        &ws,
-        &[
-            "rerank",
-            p,
-            "--reranker",
-            reranker.to_str().unwrap(),
-            "--rerank-max-len",
-            "4000",
-        ],
-    );
+    let err = with_reranker(&["--rerank-max-len", "4000"]);
     assert!(err.contains("--rerank-max-len 4000 is outside"), "{err}");
 }
 
