@@ -7,12 +7,14 @@
 //! [`frozen`] holds the base index's passage vectors for query-side
 //! training (`--freeze-passages`); [`incremental`] picks the passages an
 //! incremental refresh re-encodes (`--refresh incremental`); [`optim`] is AdamW with PyTorch semantics and the linear warm-up/decay
-//! schedule; [`trainer`] runs steps and epochs; [`checkpoint`] writes
+//! schedule; [`trainer`] runs steps and epochs — of the embedder, or of a
+//! reranker ([`cross`]: the cross-encoder and its group loss); [`checkpoint`] writes
 //! Hugging Face folders atomically, with the state `--resume` needs. The
 //! ANCE loop around it (re-encode, re-index, re-mine) is `cpack-run`.
 
 pub mod checkpoint;
 pub mod cluster;
+pub mod cross;
 pub mod data;
 pub mod error;
 pub mod frozen;

@@ -204,6 +204,54 @@ pub struct BatchPass {
     pub scores: Vec<Vec<f32>>,
 }
 
+impl BatchPass {
+    /// A pass whose loss is not finite: no gradients.
+    pub fn failed(loss: f32) -> Self {
+        BatchPass {
+            loss,
+            grads: None,
+            tokens: 0,
+            scores: Vec::new(),
+        }
+    }
+}
+
+/// What an epoch asks of a model under training, the embedder's
+/// ([`Trainer`]) or a reranker's ([`crate::cross::CrossTrainer`]).
+pub trait Learner {
+    fn settings(&self) -> &TrainSettings;
+    /// Optimizer steps taken so far.
+    fn steps(&self) -> u64;
+    /// Dropout for one forward pass, or `None` when the recipe turns it off.
+    fn dropout(&self, seed: u64) -> Option<Dropout>;
+    /// Forward and backward over one batch of groups.
+    fn batch_pass(
+        &self,
+        batch: &[Group],
+        texts: (&TextTable, &TextTable),
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass>;
+    /// Clips the summed gradients and takes one step at `lr`; returns the norm before clipping.
+    fn apply(&mut self, grads: Gradients, lr: f64) -> Result<f64>;
+}
+
+/// Clips `grads` to `max_norm` (0: no clipping) and takes one AdamW step at
+/// `lr`; returns the norm before clipping.
+pub(crate) fn clip_and_step(
+    optimizer: &mut AdamW,
+    mut grads: Gradients,
+    max_norm: f64,
+    lr: f64,
+) -> Result<f64> {
+    let norm = if max_norm > 0.0 {
+        grads.clip(max_norm)?
+    } else {
+        grads.norm()?
+    };
+    optimizer.step(&grads, lr)?;
+    Ok(norm)
+}
+
 impl Trainer {
     pub fn new(
         encoder: TrainableEncoder,
@@ -449,14 +497,8 @@ impl Trainer {
     }
 
     /// Clips the summed gradients and takes one AdamW step at `lr`; returns the norm before clipping.
-    pub fn apply(&mut self, mut grads: Gradients, lr: f64) -> Result<f64> {
-        let norm = if self.settings.max_grad_norm > 0.0 {
-            grads.clip(self.settings.max_grad_norm)?
-        } else {
-            grads.norm()?
-        };
-        self.optimizer.step(&grads, lr)?;
-        Ok(norm)
+    pub fn apply(&mut self, grads: Gradients, lr: f64) -> Result<f64> {
+        clip_and_step(&mut self.optimizer, grads, self.settings.max_grad_norm, lr)
     }
 
     /// Trains one epoch (1-based) on `set`'s batches for it, at the rates
@@ -470,62 +512,101 @@ impl Trainer {
         progress: &dyn Progress,
         on_step: &mut dyn FnMut(StepRecord) -> Result<()>,
     ) -> Result<EpochStats> {
-        let corpus = texts.0;
-        let s = self.settings.clone();
-        let batches = set.epoch_batches(s.group_size, s.batch_size, s.batching, s.seed, epoch);
-        let epoch_steps = self.steps_per_epoch(batches.len());
-        let started = Instant::now();
-        let mut stats = EpochStats::default();
-        let mut loss_sum = 0f64;
-        let mut pending = Gradients::default();
-        let mut pending_batches = Vec::new();
-        progress.stage(&format!("training epoch {epoch}"), batches.len() as u64);
-        for (b, batch) in batches.iter().enumerate() {
-            let step = self.optimizer.steps();
-            let dropout = self
-                .encoder
-                .dropout(s.dropout, s.seed ^ (step << 20) ^ b as u64);
-            let pass = self.batch_pass(batch, texts, dropout.as_ref())?;
-            let Some(grads) = pass.grads else {
-                return Err(Error::NonFiniteLoss {
-                    value: pass.loss,
-                    epoch,
-                    batch: b + 1,
-                    step,
-                    queries: batch
-                        .iter()
-                        .map(|g| set.examples[g.example].query_id.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            };
-            if let Some(margin) = s.replace_easy {
-                stats.retired += retire_easy(set, batch, &pass.scores, margin);
-            }
-            pending.merge(grads, 1.0 / s.grad_accum as f64)?;
-            pending_batches.push(batch_record(set, corpus, batch, pass.loss));
-            loss_sum += pass.loss as f64;
-            stats.tokens += pass.tokens as u64;
-            if pending_batches.len() == s.grad_accum || b + 1 == batches.len() {
-                let lr = schedule.lr(epoch, stats.optimizer_steps, epoch_steps);
-                let grad_norm = self.apply(std::mem::take(&mut pending), lr)?;
-                stats.optimizer_steps += 1;
-                on_step(StepRecord {
-                    epoch,
-                    step: self.optimizer.steps(),
-                    lr,
-                    grad_norm,
-                    batches: std::mem::take(&mut pending_batches),
-                })?;
-            }
-            progress.advance(1, pass.tokens as u64);
-            progress.detail(&format!("loss {:.4}", loss_sum / (b + 1) as f64));
-        }
-        stats.batches = batches.len();
-        stats.mean_loss = loss_sum / batches.len().max(1) as f64;
-        stats.seconds = started.elapsed().as_secs_f64();
-        Ok(stats)
+        run_epoch(self, set, texts, epoch, schedule, progress, on_step)
     }
+}
+
+impl Learner for Trainer {
+    fn settings(&self) -> &TrainSettings {
+        &self.settings
+    }
+
+    fn steps(&self) -> u64 {
+        self.optimizer.steps()
+    }
+
+    fn dropout(&self, seed: u64) -> Option<Dropout> {
+        self.encoder.dropout(self.settings.dropout, seed)
+    }
+
+    fn batch_pass(
+        &self,
+        batch: &[Group],
+        texts: (&TextTable, &TextTable),
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass> {
+        Trainer::batch_pass(self, batch, texts, dropout)
+    }
+
+    fn apply(&mut self, grads: Gradients, lr: f64) -> Result<f64> {
+        Trainer::apply(self, grads, lr)
+    }
+}
+
+/// Trains `learner` one epoch (1-based) on `set`'s batches for it, at the
+/// rates `schedule` gives this epoch's steps; `on_step` gets each step's record.
+pub fn run_epoch(
+    learner: &mut dyn Learner,
+    set: &mut TrainingSet,
+    texts: (&TextTable, &TextTable),
+    epoch: usize,
+    schedule: &Schedule,
+    progress: &dyn Progress,
+    on_step: &mut dyn FnMut(StepRecord) -> Result<()>,
+) -> Result<EpochStats> {
+    let corpus = texts.0;
+    let s = learner.settings().clone();
+    let batches = set.epoch_batches(s.group_size, s.batch_size, s.batching, s.seed, epoch);
+    let epoch_steps = batches.len().div_ceil(s.grad_accum) as u64;
+    let started = Instant::now();
+    let mut stats = EpochStats::default();
+    let mut loss_sum = 0f64;
+    let mut pending = Gradients::default();
+    let mut pending_batches = Vec::new();
+    progress.stage(&format!("training epoch {epoch}"), batches.len() as u64);
+    for (b, batch) in batches.iter().enumerate() {
+        let step = learner.steps();
+        let dropout = learner.dropout(s.seed ^ (step << 20) ^ b as u64);
+        let pass = learner.batch_pass(batch, texts, dropout.as_ref())?;
+        let Some(grads) = pass.grads else {
+            return Err(Error::NonFiniteLoss {
+                value: pass.loss,
+                epoch,
+                batch: b + 1,
+                step,
+                queries: batch
+                    .iter()
+                    .map(|g| set.examples[g.example].query_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        if let Some(margin) = s.replace_easy {
+            stats.retired += retire_easy(set, batch, &pass.scores, margin);
+        }
+        pending.merge(grads, 1.0 / s.grad_accum as f64)?;
+        pending_batches.push(batch_record(set, corpus, batch, pass.loss));
+        loss_sum += pass.loss as f64;
+        stats.tokens += pass.tokens as u64;
+        if pending_batches.len() == s.grad_accum || b + 1 == batches.len() {
+            let lr = schedule.lr(epoch, stats.optimizer_steps, epoch_steps);
+            let grad_norm = learner.apply(std::mem::take(&mut pending), lr)?;
+            stats.optimizer_steps += 1;
+            on_step(StepRecord {
+                epoch,
+                step: learner.steps(),
+                lr,
+                grad_norm,
+                batches: std::mem::take(&mut pending_batches),
+            })?;
+        }
+        progress.advance(1, pass.tokens as u64);
+        progress.detail(&format!("loss {:.4}", loss_sum / (b + 1) as f64));
+    }
+    stats.batches = batches.len();
+    stats.mean_loss = loss_sum / batches.len().max(1) as f64;
+    stats.seconds = started.elapsed().as_secs_f64();
+    Ok(stats)
 }
 
 /// Retires every negative of `batch` scored more than `margin` below its

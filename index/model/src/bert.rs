@@ -309,6 +309,18 @@ impl BertModel {
         self.run(input_ids, Some(token_types), attention_mask, mode, None)
     }
 
+    /// [`BertModel::forward_train`] over sentence pairs (a cross-encoder's training).
+    pub fn forward_train_segments(
+        &self,
+        input_ids: &Tensor,
+        token_types: &Tensor,
+        attention_mask: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> Result<Tensor> {
+        let mode = Mode::Differentiable;
+        self.run(input_ids, Some(token_types), attention_mask, mode, dropout)
+    }
+
     /// The differentiable forward pass with training-time dropout (`None` = no dropout).
     pub fn forward_train(
         &self,

@@ -31,6 +31,9 @@ pub struct BertConfig {
     /// The padding token; (XLM-)RoBERTa's positions start just past it.
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// σ of the normal draws that initialise new weights (a new head).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
 }
 
 /// The two encoder families cpack runs: one forward pass, two ways of
@@ -67,6 +70,9 @@ fn default_type_vocab() -> usize {
 }
 fn default_eps() -> f64 {
     1e-12
+}
+fn default_initializer_range() -> f64 {
+    0.02
 }
 fn default_dropout() -> f64 {
     0.1

@@ -3,6 +3,7 @@
 //! normalisation), and the sequence-classification head of a cross-encoder
 //! (reranker). Both are shared by inference and training.
 
+use crate::dropout::Dropout;
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -79,9 +80,28 @@ pub struct ClassifierLayout {
 }
 
 impl ClassifierLayout {
+    /// The head a model of `family` gets when it has none (a reranker
+    /// trained from an embedder), with one label, as transformers names it.
+    pub fn new_for(family: crate::Family) -> Self {
+        let names = match family {
+            crate::Family::Bert => ClassifierNames::BertPooler,
+            crate::Family::Roberta => ClassifierNames::RobertaHead,
+        };
+        ClassifierLayout { names, labels: 1 }
+    }
+
+    /// The `architectures` entry of a checkpoint with this head.
+    pub fn architecture(&self) -> &'static str {
+        match self.names {
+            ClassifierNames::BertPooler => "BertForSequenceClassification",
+            ClassifierNames::RobertaHead => "XLMRobertaForSequenceClassification",
+        }
+    }
+
     /// The tensor names of the head's two layers, under the weights' root
-    /// (`encoder_prefix` is where the encoder's own tensors sit, e.g. `bert`).
-    fn layer_names(&self, encoder_prefix: &str) -> [String; 2] {
+    /// (`encoder_prefix` is where the encoder's own tensors sit, e.g. `bert`);
+    /// each layer has `.weight` and `.bias`.
+    pub fn layer_names(&self, encoder_prefix: &str) -> [String; 2] {
         match self.names {
             ClassifierNames::BertPooler => {
                 let pooler = if encoder_prefix.is_empty() {
@@ -101,6 +121,7 @@ impl ClassifierLayout {
 /// The cross-encoder head: the `[CLS]` state through a dense layer and
 /// tanh, then a dense layer to one logit per label.
 pub struct ClassifierHead {
+    names: ClassifierNames,
     dense: [Tensor; 2],
     out: [Tensor; 2],
 }
@@ -119,6 +140,7 @@ impl ClassifierHead {
             Ok([vb.get((rows, hidden), "weight")?, vb.get(rows, "bias")?])
         };
         Ok(ClassifierHead {
+            names: layout.names,
             dense: linear(&dense, hidden)?,
             out: linear(&out, layout.labels)?,
         })
@@ -126,9 +148,33 @@ impl ClassifierHead {
 
     /// `[batch, seq, hidden]` states to `[batch, labels]` logits.
     pub fn forward(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        self.forward_train(hidden, None)
+    }
+
+    /// [`ClassifierHead::forward`] with training-time dropout where each
+    /// checkpoint kind applies it: BERT on the pooled state before the
+    /// classifier, RoBERTa on the `[CLS]` state and again after the tanh.
+    pub fn forward_train(
+        &self,
+        hidden: &Tensor,
+        dropout: Option<&Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let drop = |x: Tensor| -> candle_core::Result<Tensor> {
+            match dropout {
+                None => Ok(x),
+                Some(_) if x.device().is_cpu() => Dropout::hidden(dropout, &x),
+                Some(_) => {
+                    crate::portable::dropout(Dropout::hidden_mask(dropout), &x.contiguous()?)
+                }
+            }
+        };
+        let roberta = self.names == ClassifierNames::RobertaHead;
+        let mut x = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        if roberta {
+            x = drop(x)?;
+        }
         let [w, b] = &self.dense;
-        let pooled = crate::portable::affine(&cls, w, b)?.tanh()?;
+        let pooled = drop(crate::portable::affine(&x, w, b)?.tanh()?)?;
         let [w, b] = &self.out;
         crate::portable::affine(&pooled, w, b)
     }
