@@ -137,18 +137,123 @@ pub enum Command {
     /// distillation reads. A score is the model's logit (higher is more
     /// relevant; sentence-transformers' CrossEncoder.predict shows its
     /// sigmoid). Streamed in chunks; into a file, a killed run resumes.
+    /// `cpack rerank train` trains a reranker on a mined round.
     #[command(after_help = "Examples:
   cpack rerank pairs.jsonl --reranker BAAI/bge-reranker-base -o scored.jsonl
-  cpack rerank pairs.jsonl --reranker ./my-reranker --passage-field neg > neg-scored.jsonl")]
+  cpack rerank pairs.jsonl --reranker ./my-reranker --passage-field neg > neg-scored.jsonl
+  cpack rerank train --epochs 1 --group-size 8")]
     Rerank(RerankArgs),
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RerankArgs {
+    #[command(subcommand)]
+    pub action: Option<RerankAction>,
+    #[command(flatten)]
+    pub score: RerankScoreArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RerankAction {
+    /// Train a reranker on the workspace's qrels and a mined round.
+    ///
+    /// Per training query one positive and --group-size − 1 of the round's
+    /// negatives, as (query, passage) pairs; the loss is the cross-entropy
+    /// of each group's logits with the positive as the target
+    /// (FlagEmbedding's reranker loss), through the embedder's AdamW,
+    /// schedule, clipping and --mini-batch. Starts from a cross-encoder, or
+    /// from an embedder (the workspace's model by default), which gets a new
+    /// classification head drawn from --seed. Each epoch writes a checkpoint
+    /// under .cpack/rerankers/<run>/ that sentence-transformers'
+    /// CrossEncoder(path) loads, and, with an eval split, reports the
+    /// workspace index's metrics before and after the checkpoint reranks
+    /// each query's top --rerank-depth hits. A killed run continues with --resume.
+    #[command(after_help = "Examples:
+  cpack mine --topk 200 --skip 10
+  cpack rerank train --epochs 1 --group-size 8 --max-len 256
+  cpack search \"how do I file a claim?\" --reranker .cpack/rerankers/rerank-001/epoch-1")]
+    Train(Box<RerankTrainArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct RerankTrainArgs {
+    /// The model to start from: a cross-encoder, or an embedder that gets a
+    /// new head [default: the workspace's model].
+    #[arg(long, value_name = "MODEL")]
+    pub from: Option<PathBuf>,
+    /// Mining round whose negatives it trains on [default: the newest complete one].
+    #[arg(long, value_name = "N")]
+    pub round: Option<u32>,
+    /// Run name (folder under .cpack/rerankers/) [default: rerank-NNN, the next free number].
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Continue a killed run (--run, or the newest) from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub epochs: usize,
+    /// Qrels split of the training queries.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Train on a seeded subset of N queries of the split (the workspace's seed picks it).
+    #[arg(long, value_name = "N")]
+    pub max_queries: Option<usize>,
+    /// Tokens of a (query, passage) pair at most, special tokens included;
+    /// the longer side is cut first.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_len: usize,
+    /// Queries per batch (each brings its group of pairs).
+    #[arg(long = "train-batch-size", value_name = "N", default_value_t = cpack_train::TrainSettings::default().batch_size)]
+    pub batch_size: usize,
+    /// Pairs per query: its positive and N−1 of the round's negatives.
+    #[arg(long, value_name = "N", default_value_t = cpack_train::TrainSettings::default().group_size)]
+    pub group_size: usize,
+    /// Peak learning rate of AdamW.
+    #[arg(long, default_value_t = cpack_train::TrainSettings::default().lr)]
+    pub lr: f64,
+    /// Share of the steps spent warming the learning rate up linearly; then it decays linearly to 0.
+    #[arg(long, default_value_t = cpack_train::TrainSettings::default().warmup_ratio)]
+    pub warmup_ratio: f64,
+    /// Decoupled weight decay (biases and LayerNorm excluded).
+    #[arg(long, default_value_t = cpack_train::TrainSettings::default().weight_decay)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; 0 disables.
+    #[arg(long, default_value_t = cpack_train::TrainSettings::default().max_grad_norm)]
+    pub max_grad_norm: f64,
+    /// Batches whose gradients are summed into one optimizer step.
+    #[arg(long, value_name = "N", default_value_t = cpack_train::TrainSettings::default().grad_accum)]
+    pub grad_accum: usize,
+    /// Run the model on about N pairs at a time (whole groups), summing the
+    /// gradients: the memory of a step no longer grows with the batch (0 = off).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub mini_batch: usize,
+    /// No dropout (deterministic forward passes).
+    #[arg(long = "no-dropout", action = clap::ArgAction::SetFalse)]
+    pub dropout: bool,
+    /// Seed of the draws (order, negatives, dropout, a new head) [default: cpack.toml's seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Split to evaluate after each epoch (the workspace index's top hits,
+    /// reranked), `none` to skip [default: test, when it exists and the index is built].
+    #[arg(long, value_name = "SPLIT")]
+    pub eval_split: Option<String>,
+    /// Hits each evaluated query has reranked.
+    #[arg(long, value_name = "N", default_value_t = cpack_encode::RerankRecipe::DEFAULT_DEPTH)]
+    pub rerank_depth: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Args, Debug)]
+pub struct RerankScoreArgs {
     /// Pairs JSONL: FlagEmbedding's {"query": …, "pos": […]}, or any two
     /// fields named by --query-field and --passage-field; `-` reads stdin.
-    #[arg(value_name = "PAIRS.jsonl")]
-    pub input: PathBuf,
+    #[arg(value_name = "PAIRS.jsonl", required = true)]
+    pub input: Option<PathBuf>,
     /// Where the scored lines go: a file appears whole at the end (its
     /// partial work sits beside it until then); `-` writes stdout.
     #[arg(long, short, value_name = "FILE", default_value = "-")]

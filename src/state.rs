@@ -81,6 +81,11 @@ impl StateDir {
         RunsDir::new(self.root.join("runs"))
     }
 
+    /// `.cpack/rerankers/`: the reranker runs (`cpack rerank train`).
+    pub fn rerankers(&self) -> RunsDir {
+        RunsDir::with_spec_file(self.root.join("rerankers"), cpack_run::rerank::SPEC_FILE)
+    }
+
     /// The BEIR view of a pairs file that `cpack train --pairs` trains on.
     pub fn pairs_view(&self, source: &cpack_data::pairs::PairsSource) -> PathBuf {
         self.root.join("pairs").join(source.view_name())

@@ -425,3 +425,116 @@ fn serve_reranks_as_the_cli_scores_and_refuses_bad_requests() {
     );
     assert_eq!(code, 413);
 }
+
+/// `cpack rerank train` flags for the echo workspace: its test split is
+/// the only one, so it trains and evaluates there (plumbing, not quality).
+const TRAIN: [&str; 16] = [
+    "rerank",
+    "train",
+    "--split",
+    "test",
+    "--epochs",
+    "2",
+    "--group-size",
+    "3",
+    "--train-batch-size",
+    "4",
+    "--max-len",
+    "32",
+    "--lr",
+    "1e-3",
+    "--rerank-depth",
+    "5",
+];
+
+#[test]
+fn a_reranker_trains_from_an_embedder_resumes_to_the_same_weights_and_reranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, passages) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build", "-q"]);
+    ok(
+        &ws,
+        &[
+            "mine", "--split", "test", "--topk", "6", "--skip", "0", "-q",
+        ],
+    );
+    let report = json(&ok(
+        &ws,
+        &[&TRAIN[..], &["--run", "whole", "--json", "-q"]].concat(),
+    ));
+    let epochs = report["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for epoch in epochs {
+        assert!(epoch["mean_loss"].as_f64().unwrap().is_finite());
+        let eval = &epoch["eval"];
+        assert_eq!(eval["depth"], 5);
+        // Reranking the top 5 reorders within them: Recall@10 cannot move.
+        assert_eq!(
+            eval["retrieval"]["recall_at_10"],
+            eval["reranked"]["recall_at_10"]
+        );
+    }
+    let last = PathBuf::from(epochs[1]["checkpoint"].as_str().unwrap());
+    let config = json(&std::fs::read_to_string(last.join("config.json")).unwrap());
+    assert_eq!(
+        config["architectures"],
+        serde_json::json!(["BertForSequenceClassification"])
+    );
+    assert!(
+        !last.join("modules.json").exists(),
+        "a reranker, not a sentence-transformers embedder"
+    );
+    // The checkpoint reranks wherever a reranker is asked for.
+    let ckpt = last.to_str().unwrap();
+    let hits = json(&ok(
+        &ws,
+        &[
+            "search",
+            &passages[2],
+            "-k",
+            "3",
+            "--json",
+            "--reranker",
+            ckpt,
+        ],
+    ));
+    assert!(hits["results"][0]["rerank_score"].is_number());
+
+    // A run cut after its first checkpoint resumes to the same weights.
+    ok(&ws, &[&TRAIN[..], &["--run", "cut", "-q"]].concat());
+    let cut = ws.join(".cpack/rerankers/cut");
+    std::fs::remove_dir_all(cut.join("epoch-2")).unwrap();
+    let err = fails(&ws, &[&TRAIN[..], &["--run", "cut"]].concat());
+    assert!(
+        err.contains("already exists") && err.contains("--resume"),
+        "{err}"
+    );
+    let err = fails(
+        &ws,
+        &[&TRAIN[..], &["--run", "cut", "--resume", "--seed", "99"]].concat(),
+    );
+    assert!(err.contains("other settings"), "{err}");
+    let resumed = json(&ok(
+        &ws,
+        &[&TRAIN[..], &["--run", "cut", "--resume", "--json", "-q"]].concat(),
+    ));
+    assert_eq!(resumed["epochs"].as_array().unwrap().len(), 2);
+    let weights = |dir: &Path| std::fs::read(dir.join("epoch-2/model.safetensors")).unwrap();
+    assert!(
+        weights(&cut) == weights(&ws.join(".cpack/rerankers/whole")),
+        "resumed weights differ"
+    );
+
+    // `mine --gc` keeps the round a reranker run resumes on.
+    ok(
+        &ws,
+        &[
+            "mine", "--split", "test", "--topk", "6", "--skip", "1", "-q",
+        ],
+    );
+    let out = ok(&ws, &["mine", "--gc", "--keep", "1"]);
+    assert!(
+        out.contains("removed 0 round(s)") && out.contains("[1]"),
+        "{out}"
+    );
+}

@@ -163,7 +163,11 @@ fn mine_one(
 /// run resumes from.
 fn collect_garbage(config: &Config, store: &NegativeStore, keep: usize) -> Result<()> {
     let task = config.tasks.first().map_or("", |t| t.name.as_str());
-    let in_use = config.state.runs().rounds_in_use(task)?;
+    let mut in_use = config.state.runs().rounds_in_use(task)?;
+    // A reranker run resumes on its round too.
+    in_use.extend(config.state.rerankers().rounds_in_use(task)?);
+    in_use.sort_unstable();
+    in_use.dedup();
     let removed = store.gc(keep, &in_use)?;
     outln!(
         "removed {} round(s) {removed:?}; kept the newest {keep}{}",

@@ -10,10 +10,11 @@ mod init;
 mod mine;
 mod report;
 mod rerank;
+mod rerank_train;
 mod search;
 mod train;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, RerankAction};
 use crate::runtime::Context;
 use anyhow::Result;
 
@@ -30,6 +31,9 @@ pub fn run(cli: Cli, ctx: &Context) -> Result<()> {
         Command::Report(args) => report::run(ctx, args),
         Command::Serve(args) => crate::serve::run(ctx, args),
         Command::Filter(args) => filter::run(ctx, args),
-        Command::Rerank(args) => rerank::run(ctx, args),
+        Command::Rerank(args) => match args.action {
+            Some(RerankAction::Train(train)) => rerank_train::run(ctx, *train),
+            None => rerank::run(ctx, args.score),
+        },
     }
 }

@@ -2,7 +2,7 @@
 //! written back into its line (`cpack_data::filter` adding scores), streamed
 //! and, into a file, resumable.
 
-use crate::cli::RerankArgs;
+use crate::cli::RerankScoreArgs;
 use crate::pairs_file::{open_input, score_pairs_file};
 use crate::runtime::{open_reranker, Context};
 use anyhow::{bail, Result};
@@ -10,13 +10,16 @@ use cpack_core::OutputTarget;
 use cpack_data::filter::{FilterSettings, LineOutput};
 use cpack_encode::CrossEncoder;
 
-pub fn run(ctx: &Context, args: RerankArgs) -> Result<()> {
+pub fn run(ctx: &Context, args: RerankScoreArgs) -> Result<()> {
     let target = OutputTarget::resolve(&args.output)?;
     if args.json && target == OutputTarget::Stdout {
         bail!("--json prints the summary on standard output, which --output - already takes; name an output file");
     }
     let recipe = crate::config::rerank_recipe(&ctx.workspace, &args.rerank)?;
-    let input = open_input(&args.input)?;
+    let Some(path) = &args.input else {
+        bail!("name a pairs file to score, or `cpack rerank train`");
+    };
+    let input = open_input(path)?;
     let threads = crate::process::configure(args.threads);
     let reranker = open_reranker(&ctx.workspace, &recipe, args.device, threads)?;
     let settings = FilterSettings {

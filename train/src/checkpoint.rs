@@ -9,14 +9,19 @@
 //! `trainer_state.json`. The folder is assembled as `.epoch-N.partial/`,
 //! every file fsynced, then renamed into place: a reader sees a whole
 //! checkpoint or none, and a crash never touches the previous one.
+//!
+//! A reranker's checkpoint ([`save_reranker`]) holds the same files but the
+//! module files: its `config.json` names its classification head instead,
+//! and its weights include a head the base lacked.
 
+use crate::cross::TrainableCrossEncoder;
 use crate::error::{Error, Result};
 use crate::model::TrainableEncoder;
 use crate::optim::AdamW;
 use crate::trainer::EpochStats;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use cpack_core::fsutil;
-use cpack_model::{ModelDir, Pooling};
+use cpack_model::{ClassifierLayout, ModelDir, Pooling};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -121,12 +126,46 @@ pub fn save(
     state: &TrainerState,
     modules: &Modules,
 ) -> Result<PathBuf> {
+    let kind = Kind::Embedder(modules);
+    save_vars(run_dir, base, &encoder.vars(), &kind, optimizer, state)
+}
+
+/// What a checkpoint holds besides the weights.
+enum Kind<'a> {
+    /// An embedder: the sentence-transformers module files.
+    Embedder(&'a Modules),
+    /// A reranker: `config.json` naming its classification head, so that
+    /// `CrossEncoder(path)` and `AutoModelForSequenceClassification` load it.
+    Reranker(ClassifierLayout),
+}
+
+/// [`save`] for a reranker: the base's files, the trained weights (a new
+/// head included) and a `config.json` that names the head.
+pub fn save_reranker(
+    run_dir: &Path,
+    base: &ModelDir,
+    model: &TrainableCrossEncoder,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
+    let kind = Kind::Reranker(model.layout());
+    save_vars(run_dir, base, &model.vars(), &kind, optimizer, state)
+}
+
+fn save_vars(
+    run_dir: &Path,
+    base: &ModelDir,
+    vars: &[(String, Var)],
+    kind: &Kind,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf> {
     let target = epoch_dir(run_dir, state.epoch);
     let partial = run_dir.join(format!(".epoch-{}.partial", state.epoch));
     if partial.exists() {
         fs::remove_dir_all(&partial).map_err(Error::io("remove", &partial))?;
     }
-    let written = write_all(&partial, base, encoder, optimizer, state, modules);
+    let written = write_all(&partial, base, vars, kind, optimizer, state);
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&partial);
         return Err(e);
@@ -142,20 +181,26 @@ pub fn save(
 fn write_all(
     dir: &Path,
     base: &ModelDir,
-    encoder: &TrainableEncoder,
+    vars: &[(String, Var)],
+    kind: &Kind,
     optimizer: &AdamW,
     state: &TrainerState,
-    modules: &Modules,
 ) -> Result<()> {
-    fs::create_dir_all(dir.join("1_Pooling")).map_err(Error::io("create", dir))?;
+    fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
     for name in COPIED {
         let from = base.dir.join(name);
-        if from.exists() {
+        // A reranker is no sentence-transformers embedder: its config says what it is.
+        let skip = matches!(kind, Kind::Reranker(_))
+            && matches!(name, "config.json" | "config_sentence_transformers.json");
+        if from.exists() && !skip {
             write_synced(&dir.join(name), &fsutil::read(&from)?)?;
         }
     }
-    write_synced(&dir.join(WEIGHTS_FILE), &model_bytes(base, encoder)?)?;
-    write_modules(dir, modules, base.hidden_size())?;
+    write_synced(&dir.join(WEIGHTS_FILE), &model_bytes(base, vars)?)?;
+    match kind {
+        Kind::Embedder(modules) => write_modules(dir, modules, base.hidden_size())?,
+        Kind::Reranker(layout) => write_reranker_config(dir, base, layout)?,
+    }
     let moments: Vec<(String, Tensor)> = optimizer.state()?;
     let metadata = HashMap::from([("steps".to_string(), optimizer.steps().to_string())]);
     write_synced(&dir.join(OPTIMIZER_FILE), &serialize(&moments, metadata)?)?;
@@ -170,29 +215,64 @@ fn write_all(
         &serde_json::to_vec_pretty(&state).expect("plain data"),
     )?;
     fsutil::sync_dir(dir)?;
-    Ok(fsutil::sync_dir(&dir.join("1_Pooling"))?)
+    if matches!(kind, Kind::Embedder(_)) {
+        fsutil::sync_dir(&dir.join("1_Pooling"))?;
+    }
+    Ok(())
 }
 
-/// Every tensor of the base weights file, with trained values for the variables.
-fn model_bytes(base: &ModelDir, encoder: &TrainableEncoder) -> Result<Vec<u8>> {
+/// The base's `config.json` naming the classification head: its
+/// architecture and one label, as transformers writes a sequence classifier's.
+fn write_reranker_config(dir: &Path, base: &ModelDir, layout: &ClassifierLayout) -> Result<()> {
+    let path = base.dir.join("config.json");
+    let mut config: serde_json::Map<String, serde_json::Value> = fsutil::read_json(&path)?;
+    config.insert(
+        "architectures".into(),
+        serde_json::json!([layout.architecture()]),
+    );
+    let labels: serde_json::Map<String, serde_json::Value> = (0..layout.labels)
+        .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+        .collect();
+    let ids: serde_json::Map<String, serde_json::Value> = (0..layout.labels)
+        .map(|i| (format!("LABEL_{i}"), i.into()))
+        .collect();
+    config.insert("id2label".into(), labels.into());
+    config.insert("label2id".into(), ids.into());
+    let bytes = serde_json::to_vec_pretty(&config).expect("plain data");
+    write_synced(&dir.join("config.json"), &bytes)
+}
+
+/// Every tensor of the base weights file, with trained values for the
+/// variables, then the variables the base lacked (a new head).
+fn model_bytes(base: &ModelDir, vars: &[(String, Var)]) -> Result<Vec<u8>> {
     let raw = fsutil::read(&base.weights)?;
     let original = SafeTensors::deserialize(&raw).map_err(|e| Error::Checkpoint {
         path: base.weights.clone(),
         problem: format!("cannot read the base weights: {e}"),
     })?;
-    let trained: HashMap<String, Vec<u8>> = encoder
-        .vars()
-        .into_iter()
-        .map(|(name, var)| Ok((name, f32_bytes(var.as_tensor())?)))
+    let trained: HashMap<&str, (Vec<u8>, Vec<usize>)> = vars
+        .iter()
+        .map(|(name, var)| {
+            let t = var.as_tensor();
+            Ok((name.as_str(), (f32_bytes(t)?, t.dims().to_vec())))
+        })
         .collect::<Result<_>>()?;
     let mut views: Vec<(String, TensorView)> = Vec::new();
     for (name, view) in original.tensors() {
-        let view = match trained.get(&name) {
-            Some(bytes) => TensorView::new(Dtype::F32, view.shape().to_vec(), bytes)
+        let view = match trained.get(name.as_str()) {
+            Some((bytes, _)) => TensorView::new(Dtype::F32, view.shape().to_vec(), bytes)
                 .expect("a variable has the shape of the tensor it was loaded from"),
             None => view,
         };
         views.push((name, view));
+    }
+    for (name, _) in vars {
+        if original.tensor(name).is_err() {
+            let (bytes, shape) = &trained[name.as_str()];
+            let view =
+                TensorView::new(Dtype::F32, shape.clone(), bytes).expect("shape matches data");
+            views.push((name.clone(), view));
+        }
     }
     safetensors::serialize(views, Some(pt_metadata())).map_err(|e| Error::Checkpoint {
         path: base.weights.clone(),
@@ -229,6 +309,7 @@ fn serialize(
 }
 
 fn write_modules(dir: &Path, modules: &Modules, dim: usize) -> Result<()> {
+    fs::create_dir_all(dir.join("1_Pooling")).map_err(Error::io("create", dir))?;
     let mut list = vec![
         serde_json::json!({"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}),
         serde_json::json!({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}),

@@ -36,6 +36,15 @@ pub enum Error {
     #[error("run {name} already exists at {path}; continue it with `cpack train --resume`, or name a new one with `cpack train --run NAME`")]
     RunExists { name: String, path: PathBuf },
 
+    #[error("reranker run {name} already exists at {path}; continue it with `cpack rerank train --resume`, or name a new one with --run NAME")]
+    RerankRunExists { name: String, path: PathBuf },
+
+    #[error("reranker run {name} was started with other settings; resume it with the same flags, or start a new run with --run NAME")]
+    RerankSpecChanged { name: String },
+
+    #[error("the negatives store holds no mining round {round}; `cpack mine` makes one, `cpack mine stats` lists them")]
+    NoSuchRound { round: u32 },
+
     #[error("there is no run to resume at {path} (no {file})")]
     NothingToResume { path: PathBuf, file: &'static str },
 

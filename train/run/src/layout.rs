@@ -21,15 +21,26 @@ use cpack_index::IndexDir;
 use cpack_train::checkpoint::{self, TrainerState};
 use std::path::{Path, PathBuf};
 
-/// `.cpack/runs/`: the training runs of a workspace.
+/// `.cpack/runs/`: the training runs of a workspace (or, with another
+/// spec file, `.cpack/rerankers/`: the reranker runs).
 #[derive(Debug, Clone)]
 pub struct RunsDir {
     root: PathBuf,
+    /// The file whose presence makes a folder a run.
+    spec_file: &'static str,
 }
 
 impl RunsDir {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        RunsDir { root: root.into() }
+        Self::with_spec_file(root, RunDir::SPEC_FILE)
+    }
+
+    /// Runs recognised by `spec_file` (`rerank.json` for reranker runs).
+    pub fn with_spec_file(root: impl Into<PathBuf>, spec_file: &'static str) -> Self {
+        RunsDir {
+            root: root.into(),
+            spec_file,
+        }
     }
 
     /// The folder of the run called `name`, refusing a name that is not one
@@ -53,7 +64,7 @@ impl RunsDir {
     pub fn newest(&self) -> Result<Option<RunDir>> {
         let mut runs = Vec::new();
         for run in self.runs()? {
-            let written = run.spec_file().metadata().and_then(|m| m.modified());
+            let written = (run.path.join(self.spec_file).metadata()).and_then(|m| m.modified());
             if let Ok(written) = written {
                 runs.push((written, run));
             }
@@ -64,8 +75,13 @@ impl RunsDir {
 
     /// `run-NNN`, the first such name not taken.
     pub fn next_name(&self) -> String {
+        self.next_name_with("run")
+    }
+
+    /// The first free `<stem>-NNN`.
+    pub fn next_name_with(&self, stem: &str) -> String {
         (1..)
-            .map(|n| format!("run-{n:03}"))
+            .map(|n| format!("{stem}-{n:03}"))
             .find(|name| !self.root.join(name).exists())
             .expect("some run number is free")
     }
@@ -99,7 +115,7 @@ impl RunsDir {
         Ok(entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|name| self.run(&name).ok())
-            .filter(|run| run.spec_file().exists())
+            .filter(|run| run.path.join(self.spec_file).exists())
             .collect())
     }
 }

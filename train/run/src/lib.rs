@@ -11,6 +11,8 @@
 //!   [`phase::ActiveModel`] (the base model or a checkpoint), and
 //!   [`passages`] decides which index its queries search.
 //! - [`Report`] is `report.json`, rewritten after every epoch.
+//! - [`rerank`] trains a reranker on a mined round (`.cpack/rerankers/`),
+//!   through the same trainer pieces.
 //!
 //! Every piece is written atomically and every stage resumes, so `--resume`
 //! after a kill continues from the last checkpoint: the index build and
@@ -23,6 +25,7 @@ pub mod passages;
 pub mod phase;
 pub mod recipe;
 pub mod report;
+pub mod rerank;
 pub mod spec;
 pub mod train_loop;
 pub mod workspace;
