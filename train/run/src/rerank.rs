@@ -10,6 +10,7 @@
 //! .cpack/rerankers/<run>/
 //!   rerank.json     the RerankSpec: what was asked, repeated by --resume
 //!   report.json     per-epoch loss, timings and evaluation; rewritten atomically
+//!   steps.jsonl     every optimizer step (cpack_train::steps): what a peer replays
 //!   epoch-N/        checkpoints (cpack_train::checkpoint)
 //! ```
 //!
@@ -31,6 +32,7 @@ use cpack_train::checkpoint::{self, TrainerState};
 use cpack_train::cross::{CrossTrainer, TrainableCrossEncoder};
 use cpack_train::data::TrainingSet;
 use cpack_train::optim::Schedule;
+use cpack_train::steps::StepLog;
 use cpack_train::trainer::run_epoch;
 use cpack_train::TrainSettings;
 use serde::{Deserialize, Serialize};
@@ -139,8 +141,10 @@ pub fn train_reranker(
         steps_per_epoch,
     );
     let mut set = set;
+    let mut step_log = StepLog::open(dir.path(), done)?;
     for epoch in done + 1..=spec.epochs {
         let texts = (&ws.dataset.corpus, &ws.dataset.queries);
+        let on_step = &mut |record| step_log.append(&record);
         let stats = run_epoch(
             &mut trainer,
             &mut set,
@@ -148,8 +152,9 @@ pub fn train_reranker(
             epoch,
             &schedule,
             progress,
-            &mut |_| Ok(()),
+            on_step,
         )?;
+        step_log.sync()?;
         let steps = trainer.optimizer().steps();
         let mut state = TrainerState::new(
             epoch,

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Reranker training, cpack against a PyTorch peer (bench/peer/rerank_train.py).
+#
+# 1. The trace: `cpack rerank train` from a MiniLM cross-encoder (the head
+#    bench/rerank.sh draws, so both sides start from the same weights), no
+#    dropout, no warm-up, 3 steps of 8 queries × group 4 at 128 tokens; the
+#    peer replays the run's steps.jsonl and compares each step's loss and
+#    gradient norm (before clipping) with cpack's.
+# 2. Quality: a seeded slice of InsuranceQA (--passages passages holding
+#    --train training and --test test questions with their answers;
+#    bench/task_slice.py), all-MiniLM-L6-v2 as the embedder (index, one
+#    mined round: top 100, skip 3, 7 negatives), then per seed a reranker
+#    trained from all-MiniLM-L6-v2 under a new head by each side on that
+#    round — one epoch, batch 16 × group 8, pairs cut at 256 tokens, lr 2e-5,
+#    10 % warm-up, dropout on — and both evaluated by the same code: `cpack
+#    eval --reranker` over the embedder's top --depth hits. Test nDCG@10 /
+#    MRR@10 before and after reranking, and each side's training seconds,
+#    into target/bench/rerank_train.json and .md.
+#
+#   bash bench/rerank_train.sh [--seeds "1 2 3"] [--passages 3000] [--train 500]
+#                              [--test 200] [--depth 20] [--trace-only]
+#
+# CPACK_BIN runs a given binary. The peer needs .cache/bench-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+SEEDS="1 2 3" PASSAGES=3000 TRAIN=500 TEST=200 DEPTH=20 TRACE_ONLY=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --passages) PASSAGES=$2; shift 2 ;;
+    --train) TRAIN=$2; shift 2 ;;
+    --test) TEST=$2; shift 2 ;;
+    --depth) DEPTH=$2; shift 2 ;;
+    --trace-only) TRACE_ONLY=1; shift ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+bash scripts/setup.sh >/dev/null
+CPACK="${CPACK_BIN:-}"
+if [ -z "$CPACK" ]; then
+  cargo build --release --quiet
+  CPACK="$ROOT/target/release/cpack"
+fi
+VENV="$ROOT/.cache/bench-venv/bin/python"
+[ -x "$VENV" ] || { echo "the peer needs .cache/bench-venv: bash bench/peer/setup.sh" >&2; exit 1; }
+MINILM="$ROOT/.cache/models/all-MiniLM-L6-v2"
+CROSS="$ROOT/.cache/models/minilm-l6-cross-encoder-seed7"
+[ -f "$CROSS/model.safetensors" ] || "$VENV" bench/peer/rerank.py --make-model "$CROSS" --seed 7 >/dev/null
+WORK="$ROOT/.cache/bench-rerank-train/p$PASSAGES-t$TRAIN-e$TEST"
+DATA="$WORK/data" WS="$WORK/ws"
+[ -f "$DATA/qrels/test.tsv" ] || python3 bench/task_slice.py "$ROOT/.cache/data/insuranceqa-en" "$DATA" \
+  --passages "$PASSAGES" --train "$TRAIN" --test "$TEST" --seed 13
+if [ ! -f "$WS/cpack.toml" ]; then
+  mkdir -p "$WS" && "$CPACK" init -C "$WS" --data "$DATA" --model "$MINILM" --quiet >/dev/null
+fi
+cd "$WS"
+LENGTHS=(--query-max-len 64 --passage-max-len 256)
+"$CPACK" index build "${LENGTHS[@]}" --quiet
+# One round, mined once: a later call trains on the same.
+"$CPACK" mine export --format ids -o /dev/null --quiet 2>/dev/null \
+  || "$CPACK" mine "${LENGTHS[@]}" --topk 100 --skip 3 --negatives 7 --quiet >/dev/null
+mkdir -p "$WORK/out"
+
+# 1. The trace.
+rm -rf .cpack/rerankers/trace
+"$CPACK" rerank train --run trace --from "$CROSS" --no-dropout --warmup-ratio 0 --max-queries 24 \
+  --train-batch-size 8 --group-size 4 --max-len 128 --eval-split none --quiet --json >/dev/null
+OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir .cpack/rerankers/trace --data "$DATA" \
+  --replay --threads 2 2>/dev/null | tee "$WORK/out/trace.jsonl" | tail -1
+[ "$TRACE_ONLY" = 1 ] && exit 0
+
+# 2. Quality.
+"$CPACK" mine export --format ids -o "$WORK/out/round.jsonl" --quiet
+evaluate() {  # reranker folder → eval JSON
+  "$CPACK" eval "${LENGTHS[@]}" --reranker "$1" --rerank-depth "$DEPTH" --rerank-max-len 256 --json --quiet
+}
+"$CPACK" eval "${LENGTHS[@]}" --json --quiet > "$WORK/out/base.json"
+for seed in $SEEDS; do
+  run="quality-s$seed"
+  if [ ! -f "$WORK/out/cpack-s$seed.json" ]; then
+    rm -rf ".cpack/rerankers/$run"
+    "$CPACK" rerank train --run "$run" --from "$MINILM" --seed "$seed" --epochs 1 --train-batch-size 16 \
+      --group-size 8 --max-len 256 --lr 2e-5 --max-queries "$TRAIN" --eval-split none --quiet --json \
+      > "$WORK/out/cpack-train-s$seed.json"
+    evaluate ".cpack/rerankers/$run/epoch-1" > "$WORK/out/cpack-s$seed.json"
+  fi
+  if [ ! -f "$WORK/out/peer-s$seed.json" ]; then
+    started=$SECONDS
+    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
+      --round-ids "$WORK/out/round.jsonl" --save-dir "$WORK/out/peer-s$seed" --seed "$seed" --threads 2 \
+      2>/dev/null > "$WORK/out/peer-train-s$seed.jsonl"
+    echo "{\"seconds\": $((SECONDS - started))}" > "$WORK/out/peer-time-s$seed.json"
+    evaluate "$WORK/out/peer-s$seed/epoch-1" > "$WORK/out/peer-s$seed.json"
+  fi
+done
+cd "$ROOT"
+mkdir -p target/bench
+python3 - "$WORK/out" "$SEEDS" "$DEPTH" <<'PY'
+import json, statistics, sys
+out, seeds, depth = sys.argv[1], sys.argv[2].split(), sys.argv[3]
+load = lambda name: json.load(open(f"{out}/{name}"))
+metric = lambda e, k: e["metrics"][k]
+base = load("base.json")
+rows = {"cpack": {"ndcg": [], "mrr": [], "seconds": []}, "pytorch": {"ndcg": [], "mrr": [], "seconds": []}}
+for s in seeds:
+    c, p = load(f"cpack-s{s}.json"), load(f"peer-s{s}.json")
+    rows["cpack"]["ndcg"].append(metric(c, "ndcg_at_10")); rows["cpack"]["mrr"].append(metric(c, "mrr_at_10"))
+    rows["pytorch"]["ndcg"].append(metric(p, "ndcg_at_10")); rows["pytorch"]["mrr"].append(metric(p, "mrr_at_10"))
+    rows["cpack"]["seconds"].append(load(f"cpack-train-s{s}.json")["epochs"][0]["train_seconds"])
+    rows["pytorch"]["seconds"].append(load(f"peer-time-s{s}.json")["seconds"])
+trace = [json.loads(l) for l in open(f"{out}/trace.jsonl")][-1]
+json.dump({"seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace},
+          open("target/bench/rerank_train.json", "w"), indent=1)
+cell = lambda v: f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
+lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e}, gradient norm {trace['max_grad_norm_rel_diff']:.1e} over {trace['steps']} steps",
+         f"| reranker (top {depth} reranked) | test nDCG@10 | test MRR@10 | training seconds (median) |", "|---|---|---|---|",
+         f"| none (all-MiniLM-L6-v2 retrieval) | {metric(base, 'ndcg_at_10'):.4f} | {metric(base, 'mrr_at_10'):.4f} | |"]
+for name, r in rows.items():
+    lines.append(f"| {name} | {cell(r['ndcg'])} | {cell(r['mrr'])} | {statistics.median(r['seconds']):.0f} |")
+open("target/bench/rerank_train.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
