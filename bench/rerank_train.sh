@@ -5,7 +5,9 @@
 #    bench/rerank.sh draws, so both sides start from the same weights), no
 #    dropout, no warm-up, 3 steps of 8 queries × group 4 at 128 tokens; the
 #    peer replays the run's steps.jsonl and compares each step's loss and
-#    gradient norm (before clipping) with cpack's.
+#    gradient norm (before clipping) with cpack's; then sentence-transformers'
+#    CrossEncoder loads the trained checkpoint and scores 32 pairs, beside
+#    `cpack rerank`'s scores of them.
 # 2. Quality: a seeded slice of InsuranceQA (--passages passages holding
 #    --train training and --test test questions with their answers;
 #    bench/task_slice.py), all-MiniLM-L6-v2 as the embedder (index, one
@@ -68,6 +70,28 @@ rm -rf .cpack/rerankers/trace
   --train-batch-size 8 --group-size 4 --max-len 128 --eval-split none --quiet --json >/dev/null
 OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir .cpack/rerankers/trace --data "$DATA" \
   --replay --threads 2 2>/dev/null | tee "$WORK/out/trace.jsonl" | tail -1
+# The trained checkpoint in sentence-transformers: CrossEncoder(path) must
+# score what `cpack rerank` scores.
+python3 - "$DATA" "$WORK/out/check-pairs.jsonl" <<'PY'
+import json, sys
+data, out = sys.argv[1], sys.argv[2]
+queries = [json.loads(l)["text"] for l in open(f"{data}/queries.jsonl", encoding="utf-8")][:8]
+passages = [json.loads(l)["text"] for l in open(f"{data}/corpus.jsonl", encoding="utf-8")][:4]
+with open(out, "w", encoding="utf-8") as f:
+    for q in queries:
+        f.write(json.dumps({"query": q, "pos": passages}, ensure_ascii=False) + "\n")
+PY
+"$CPACK" rerank "$WORK/out/check-pairs.jsonl" --reranker .cpack/rerankers/trace/epoch-1 --rerank-max-len 128 \
+  -o "$WORK/out/check-cpack.jsonl" --quiet
+OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank.py" "$WORK/out/check-pairs.jsonl" --model .cpack/rerankers/trace/epoch-1 \
+  --max-len 128 --output "$WORK/out/check-peer.jsonl" >/dev/null 2>&1
+python3 - "$WORK/out" <<'PY' | tee "$WORK/out/check.json"
+import json, sys
+out = sys.argv[1]
+scores = lambda f: [s for l in open(f"{out}/{f}", encoding="utf-8") for s in json.loads(l)["pos_scores"]]
+a, b = scores("check-cpack.jsonl"), scores("check-peer.jsonl")
+print(json.dumps({"pairs": len(a), "worst_difference_cpack_vs_crossencoder": max(abs(x - y) for x, y in zip(a, b))}))
+PY
 [ "$TRACE_ONLY" = 1 ] && exit 0
 
 # 2. Quality.
@@ -110,10 +134,12 @@ for s in seeds:
     rows["cpack"]["seconds"].append(load(f"cpack-train-s{s}.json")["epochs"][0]["train_seconds"])
     rows["pytorch"]["seconds"].append(load(f"peer-time-s{s}.json")["seconds"])
 trace = [json.loads(l) for l in open(f"{out}/trace.jsonl")][-1]
-json.dump({"seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace},
+check = json.load(open(f"{out}/check.json"))
+json.dump({"seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace, "check": check},
           open("target/bench/rerank_train.json", "w"), indent=1)
 cell = lambda v: f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e}, gradient norm {trace['max_grad_norm_rel_diff']:.1e} over {trace['steps']} steps",
+         f"the trained checkpoint in CrossEncoder: worst score difference {check['worst_difference_cpack_vs_crossencoder']:.1e} over {check['pairs']} pairs",
          f"| reranker (top {depth} reranked) | test nDCG@10 | test MRR@10 | training seconds (median) |", "|---|---|---|---|",
          f"| none (all-MiniLM-L6-v2 retrieval) | {metric(base, 'ndcg_at_10'):.4f} | {metric(base, 'mrr_at_10'):.4f} | |"]
 for name, r in rows.items():
