@@ -107,17 +107,17 @@ impl Template<'_> {
             table::<ModelRecipe>("model", "The model and how its vectors are made.", &model_set),
             table::<EncodeRecipe>("encode", "How texts are encoded.", &encode_set),
             table::<IndexRecipe>("index", "The vector index `cpack index build` makes.", &index_set),
+            table::<RerankRecipe>(
+                "rerank",
+                "A reranker (cross-encoder) for `cpack search`, `eval` and `serve` to reorder the \
+                 embedder's top hits with, and for `cpack rerank` (uncomment to use one).",
+                &[],
+            ),
             table::<MiningRecipe>("mine", "`cpack mine` defaults (each key is also a flag; uncomment to change).", &[]),
             table::<TrainRecipe>(
                 "train",
                 "`cpack train` defaults (each key is also a flag; uncomment to change). The mining keys \
                  of [mine] are here too, for the rounds a run mines.",
-                &[],
-            ),
-            table::<RerankRecipe>(
-                "rerank",
-                "A reranker (cross-encoder) for `cpack search`, `eval` and `serve` to reorder the \
-                 embedder's top hits with, and for `cpack rerank` (uncomment to use one).",
                 &[],
             ),
         ]
