@@ -77,11 +77,7 @@ impl TrainableCrossEncoder {
     /// Trainable variables by tensor name, sorted (one fixed order for the
     /// optimizer and checkpoints).
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut vars: Vec<(String, Var)> =
-            data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        crate::model::sorted_vars(&self.varmap)
     }
 
     pub fn layout(&self) -> ClassifierLayout {
@@ -95,9 +91,7 @@ impl TrainableCrossEncoder {
 
     /// Dropout for one forward pass, as the model config sets it; `None` when disabled.
     pub fn dropout(&self, enabled: bool, seed: u64) -> Option<Dropout> {
-        let (hidden, attention) = self.dropout;
-        (enabled && (hidden > 0.0 || attention > 0.0))
-            .then(|| Dropout::new(hidden, attention, seed))
+        crate::model::config_dropout(self.dropout, enabled, seed)
     }
 
     /// The first label's logit of each pair of `batch`, `[rows]`, with gradients.

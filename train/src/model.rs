@@ -63,18 +63,12 @@ impl TrainableEncoder {
     /// Trainable variables by tensor name, sorted, so every walk over them
     /// (optimizer, checkpoints) has one fixed order.
     pub fn vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().expect("varmap lock");
-        let mut vars: Vec<(String, Var)> =
-            data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        sorted_vars(&self.varmap)
     }
 
     /// Dropout for one forward pass, as the model config sets it; `None` when disabled.
     pub fn dropout(&self, enabled: bool, seed: u64) -> Option<Dropout> {
-        let (hidden, attention) = self.dropout;
-        (enabled && (hidden > 0.0 || attention > 0.0))
-            .then(|| Dropout::new(hidden, attention, seed))
+        config_dropout(self.dropout, enabled, seed)
     }
 
     /// Pooled (and, if configured, normalised) embeddings `[batch, dim]`, with gradients.
@@ -106,4 +100,22 @@ impl TrainableEncoder {
     pub fn normalize(&self) -> bool {
         self.normalize
     }
+}
+
+/// The variables of `varmap` by tensor name, sorted.
+pub(crate) fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
+}
+
+/// Dropout at the config's `(hidden, attention)` rates for one forward
+/// pass; `None` when disabled or both rates are 0.
+pub(crate) fn config_dropout(
+    (hidden, attention): (f32, f32),
+    enabled: bool,
+    seed: u64,
+) -> Option<Dropout> {
+    (enabled && (hidden > 0.0 || attention > 0.0)).then(|| Dropout::new(hidden, attention, seed))
 }
