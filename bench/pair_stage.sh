@@ -91,7 +91,7 @@ mkdir -p target/bench
 python3 - "$WORK" "$SEEDS" "$BATCHES" <<'PY'
 import json, os, statistics, sys
 work, seeds, batches = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
-ndcg = lambda path: json.load(open(path))["ndcg_at_10"] if os.path.exists(path) else None
+ndcg = lambda path: json.load(open(path))["metrics"]["ndcg_at_10"] if os.path.exists(path) else None
 base = ndcg(f"{work}/eval/base.json")
 rows = {}
 for batch in batches:
