@@ -500,6 +500,20 @@ fn a_reranker_trains_from_an_embedder_resumes_to_the_same_weights_and_reranks() 
     ));
     assert!(hits["results"][0]["rerank_score"].is_number());
 
+    // Settings no step can run with are refused before a run folder exists.
+    for bad in [["--max-len", "0"], ["--max-len", "100000"], ["--lr", "nan"]] {
+        let args = [
+            &["rerank", "train", "--split", "test", "--run", "bad"][..],
+            &bad,
+        ]
+        .concat();
+        let err = fails(&ws, &args);
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+        assert!(
+            !ws.join(".cpack/rerankers/bad").exists(),
+            "{bad:?} left a run folder"
+        );
+    }
     // A run cut after its first checkpoint resumes to the same weights.
     ok(&ws, &[&TRAIN[..], &["--run", "cut", "-q"]].concat());
     let cut = ws.join(".cpack/rerankers/cut");

@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::layout::RunDir;
-use cpack_core::{fsutil, Progress};
+use cpack_core::{fsutil, require, Progress};
 use cpack_data::dataset::{Dataset, Qrels};
 use cpack_data::metrics::RetrievalMetrics;
 use cpack_encode::{ComputeDevice, CrossEncoder, Encoder, RerankSettings};
@@ -120,9 +120,11 @@ pub fn train_reranker(
     mut evaluation: Option<RerankEvaluation>,
     progress: &dyn Progress,
 ) -> Result<RerankReport> {
-    let spec = settle_spec(dir, spec, resume)?;
+    // Everything that can refuse the run does so before its folder exists.
     let base = ModelDir::open(&spec.base_model)?;
+    check(&spec, &base)?;
     let set = training_set(ws, &spec)?;
+    let spec = settle_spec(dir, spec, resume)?;
     let mut report = match fsutil::read_json::<RerankReport>(&dir.path().join(REPORT_FILE)) {
         Ok(report) if resume && report.spec == spec => report,
         _ => RerankReport {
@@ -185,6 +187,22 @@ pub fn train_reranker(
         fsutil::write_json_atomic(&dir.path().join(REPORT_FILE), &report)?;
     }
     Ok(report)
+}
+
+/// Refuses settings no step can run with: the recipe's own checks, and a
+/// pair length the model's position table cannot hold.
+fn check(spec: &RerankSpec, base: &ModelDir) -> Result<()> {
+    spec.train.validate()?;
+    let held = base.config.max_tokens();
+    let problem =
+        format!("is outside 2..={held} (the longest input the model's position table holds)");
+    require(
+        (2..=held).contains(&spec.max_len),
+        "max_len",
+        spec.max_len,
+        &problem,
+    )?;
+    Ok(())
 }
 
 /// The spec the run trains with: `spec`, written for a new run; the stored
