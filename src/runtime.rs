@@ -7,6 +7,7 @@ use crate::progress::Reporter;
 use anyhow::{bail, Context as _, Result};
 use cpack_encode::candle_backend::CandleLoader;
 use cpack_encode::{BackendLoader, CrossEncoder, Encoder, RerankRecipe, Runtime};
+use cpack_miner::teacher::TeacherSpec;
 use cpack_model::{ComputeDevice, ModelDir};
 use std::path::{Path, PathBuf};
 
@@ -142,6 +143,27 @@ pub fn workspace_reranker(
         None => None,
     };
     Ok((recipe, reranker))
+}
+
+/// The cross-encoder `spec` names, if any: loaded as `[rerank]` sets
+/// pairs (max_len, batches), where the encoder computes.
+pub fn open_teacher(config: &Config, spec: Option<&TeacherSpec>) -> Result<Option<CrossEncoder>> {
+    let Some(spec) = spec else {
+        return Ok(None);
+    };
+    let recipe = RerankRecipe {
+        model: Some(spec.model.clone()),
+        ..config.rerank.clone()
+    };
+    let teacher = open_reranker(
+        &config.workspace,
+        &recipe,
+        config.runtime.device(),
+        config.threads,
+    );
+    teacher
+        .with_context(|| format!("teacher {}", spec.model.display()))
+        .map(Some)
 }
 
 /// The reranker `recipe` names, on `device`, fed by `workers` threads

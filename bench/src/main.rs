@@ -489,6 +489,7 @@ fn mine(args: &[String]) -> Result<()> {
                 encoder: &encoder,
                 index: &mut index,
                 query_model_fingerprint: None,
+                teacher: None,
             };
             mine_round(input, topk, skip, chunk_queries, overlap)
         };

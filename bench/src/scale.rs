@@ -230,6 +230,7 @@ fn mine_hits(
                     survivors: selection.survivors,
                     shortfall: selection.shortfall,
                     filtered: selection.filtered,
+                    teacher: None,
                 },
             ));
         }

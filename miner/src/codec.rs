@@ -11,8 +11,10 @@ use serde::{de::DeserializeOwned, Serialize};
 /// read as rounds whose queries the index's model encoded. 3: round
 /// manifests carry the checksum of the vectors searched
 /// (`store::RoundManifest::index_embeddings`); older ones have none, so no
-/// new mining request takes them for its own.
-pub const FORMAT: u8 = 3;
+/// new mining request takes them for its own. 4: query records and round
+/// manifests carry a teacher's scores and settings (`crate::teacher`);
+/// older ones have none.
+pub const FORMAT: u8 = 4;
 
 /// More than any record holds (a query's few hundred candidates, a round's manifest).
 const MAX_RECORD_BYTES: usize = 64 << 20;

@@ -10,6 +10,8 @@ use serde_json::json;
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum ExportFormat {
     /// FlagEmbedding's JSONL: query, pos, neg, pos_scores, neg_scores, prompt.
+    /// The scores are the teacher's when the round has one (what
+    /// FlagEmbedding distils from), the embedder's otherwise.
     FlagEmbedding,
     /// One (query, positive, negative) row per positive × negative.
     Triplets,
@@ -56,13 +58,21 @@ pub fn export(
             .map(|n| text_of(&n.id))
             .collect::<Result<_>>()?;
         let query = query_of(qid)?;
+        let (pos_scores, neg_scores) = match &record.teacher {
+            Some(t) => (t.positives.clone(), t.negatives.clone()),
+            None => (
+                record.positives.iter().map(|p| p.score).collect(),
+                record.negatives.iter().map(|n| n.score).collect(),
+            ),
+        };
+        let finite_all = |v: &[f32]| v.iter().map(|&s| finite(s)).collect::<Vec<_>>();
         let lines: Vec<serde_json::Value> = match format {
             ExportFormat::FlagEmbedding => vec![json!({
                 "query": query,
                 "pos": pos,
                 "neg": neg,
-                "pos_scores": record.positives.iter().map(|p| p.score).collect::<Vec<_>>(),
-                "neg_scores": record.negatives.iter().map(|n| finite(n.score)).collect::<Vec<_>>(),
+                "pos_scores": finite_all(&pos_scores),
+                "neg_scores": finite_all(&neg_scores),
                 "prompt": manifest.query_instruction,
             })],
             ExportFormat::Triplets => pos
@@ -72,13 +82,20 @@ pub fn export(
                         .map(move |n| json!({"query": query, "positive": p, "negative": n}))
                 })
                 .collect(),
-            ExportFormat::Ids => vec![json!({
-                "query_id": qid,
-                "pos": record.positives.iter().map(|p| &p.id).collect::<Vec<_>>(),
-                "neg": record.negatives.iter().map(|n| &n.id).collect::<Vec<_>>(),
-                "neg_ranks": record.negatives.iter().map(|n| (n.rank != u32::MAX).then_some(n.rank)).collect::<Vec<_>>(),
-                "neg_scores": record.negatives.iter().map(|n| finite(n.score)).collect::<Vec<_>>(),
-            })],
+            ExportFormat::Ids => {
+                let mut line = json!({
+                    "query_id": qid,
+                    "pos": record.positives.iter().map(|p| &p.id).collect::<Vec<_>>(),
+                    "neg": record.negatives.iter().map(|n| &n.id).collect::<Vec<_>>(),
+                    "neg_ranks": record.negatives.iter().map(|n| (n.rank != u32::MAX).then_some(n.rank)).collect::<Vec<_>>(),
+                    "neg_scores": record.negatives.iter().map(|n| finite(n.score)).collect::<Vec<_>>(),
+                });
+                if let Some(t) = &record.teacher {
+                    line["teacher_pos_scores"] = json!(finite_all(&t.positives));
+                    line["teacher_neg_scores"] = json!(finite_all(&t.negatives));
+                }
+                vec![line]
+            }
         };
         for line in lines {
             out.push_str(&line.to_string());

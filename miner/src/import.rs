@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::params::{MiningParams, OnShort, Sampling};
 use crate::select::{FilterCounts, PADDED};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
+use crate::teacher::{TeacherParams, TeacherRound, TeacherScores};
 use cpack_data::dataset::TextTable;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -109,7 +110,18 @@ impl<'a> Matcher<'a> {
         let positives = self.passages(&row.pos, &row.pos_scores)?;
         let listed = self.passages(&row.neg, &row.neg_scores)?;
         let (negatives, filtered, repeats) = distinct_negatives(listed, &positives);
+        // FlagEmbedding's scores are a teacher's (its add_reranker_score.py
+        // writes them for distillation): kept as such when every passage has one.
+        let scored = |docs: &[ScoredDoc]| docs.iter().all(|d| d.score.is_finite());
+        let given = row.pos_scores.is_some() && row.neg_scores.is_some();
+        let teacher = (given && scored(&positives) && scored(&negatives)).then(|| TeacherScores {
+            positives: positives.iter().map(|d| d.score).collect(),
+            negatives: negatives.iter().map(|d| d.score).collect(),
+            pool: negatives.len() as u32,
+            denoised_ranks: Vec::new(),
+        });
         let record = QueryRecord {
+            teacher,
             survivors: negatives.len() as u32,
             negatives,
             positives,
@@ -251,6 +263,14 @@ fn imported_round(
         timings: MiningTimings::default(),
         query_model_fingerprint: None,
         index_embeddings: None,
+        teacher: records
+            .iter()
+            .any(|(_, r)| r.teacher.is_some())
+            .then(|| TeacherRound {
+                params: TeacherParams::imported(),
+                seconds: 0.0,
+                pairs: 0,
+            }),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod recipe;
 pub mod select;
 pub mod stats;
 pub mod store;
+pub mod teacher;
 
 pub use error::{Error, Result};
 pub use mine::{mine, MineOptions, MineOutcome, MiningInput};

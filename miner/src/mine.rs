@@ -7,13 +7,14 @@
 
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
-use crate::select::{self, Candidate, QueryFacts, Rng};
+use crate::select::{self, Candidate, Pool, QueryFacts, Rng};
 use crate::store::{
     MiningTimings, NegativeStore, QueryRecord, RoundIdentity, RoundManifest, ScoredDoc,
 };
+use crate::teacher::{self, Denoise, Teacher, TeacherRound, TeacherScores};
 use cpack_core::Progress;
 use cpack_data::dataset::{Qrels, TextTable};
-use cpack_encode::{Encoder, TextKind};
+use cpack_encode::{CrossEncoder, Encoder, TextKind};
 use cpack_index::embeddings::EmbeddingMatrix;
 use cpack_index::store::OpenIndex;
 use cpack_index::vector::Hits;
@@ -62,6 +63,9 @@ pub struct MiningInput<'a> {
     /// Fingerprint of the model behind `encoder` when it is not the one
     /// that encoded the index (query-side training); `None`: the same model.
     pub query_model_fingerprint: Option<String>,
+    /// A cross-encoder that scores each query's positives and pool, and
+    /// may denoise it ([`crate::teacher`]).
+    pub teacher: Option<Teacher<'a>>,
 }
 
 /// What `mine` did.
@@ -135,10 +139,12 @@ impl RoundManifest {
     /// The manifest of a round not yet numbered nor started, mining `input`
     /// with `params` in chunks of `chunk_queries`.
     fn fresh(input: &MiningInput, params: MiningParams, chunk_queries: usize) -> Self {
+        let teacher = (input.teacher.as_ref()).map(|t| t.params(params.negatives));
         let wanted = RoundIdentity::of_search(
             &input.index.manifest,
             input.query_model_fingerprint.clone(),
             params,
+            teacher,
         );
         RoundManifest {
             round: 0,
@@ -155,6 +161,11 @@ impl RoundManifest {
             timings: MiningTimings::default(),
             query_model_fingerprint: wanted.query_model_fingerprint,
             index_embeddings: wanted.index_embeddings,
+            teacher: wanted.teacher.map(|params| TeacherRound {
+                params,
+                seconds: 0.0,
+                pairs: 0,
+            }),
         }
     }
 }
@@ -232,9 +243,11 @@ fn run_chunks<'a>(
     progress: &dyn Progress,
 ) -> Result<()> {
     let MiningInput {
+        corpus,
         queries,
         encoder,
         index,
+        teacher,
         ..
     } = input;
     progress.stage("mining queries", plan.query_ids.len() as u64);
@@ -269,11 +282,24 @@ fn run_chunks<'a>(
             .search(&encoded.vectors, manifest.params.topk, search_threads)?;
         manifest.timings.search_seconds += started.elapsed().as_secs_f64();
         let started = Instant::now();
-        let corpus = IndexedCorpus {
+        let indexed = IndexedCorpus {
             ids: &index.ids,
             embeddings: &index.embeddings,
         };
-        let records = select_chunk(queries, corpus, &encoded, &hits, plan, &manifest.params);
+        let texts = (corpus, queries);
+        let drawn = draw_chunk(texts, indexed, &encoded, &hits, plan, manifest, &teacher);
+        let scores = match (&teacher, manifest.teacher.as_mut()) {
+            (Some(teacher), Some(round)) => {
+                let started = Instant::now();
+                let scores = score_pools(teacher.model, texts, &drawn, progress)?;
+                round.seconds += started.elapsed().as_secs_f64();
+                round.pairs += scores.iter().map(|s| s.len() as u64).sum::<u64>();
+                Some(scores)
+            }
+            _ => None,
+        };
+        let denoise = teacher.as_ref().map(|t| t.denoise);
+        let records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
         store.put_chunk(manifest.round, encoded.chunk, &records)?;
         manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
         progress.advance(encoded.ids.len() as u64, 0);
@@ -317,16 +343,35 @@ struct IndexedCorpus<'a> {
     embeddings: &'a EmbeddingMatrix,
 }
 
-/// Selects each query's negatives from the chunk's search hits.
-fn select_chunk(
-    queries: &TextTable,
+/// One query between the search and its stored record: its facts, its
+/// pool in draw order, and the generator the draw left off at.
+struct Drawn<'a> {
+    query_id: &'a str,
+    query_text: &'a str,
+    positives: Vec<ScoredDoc>,
+    positive_rows: Vec<usize>,
+    facts: QueryFacts<'a>,
+    pool: Pool,
+    rng: Rng,
+}
+
+/// Filters each query's hits and draws its pool: `negatives` candidates,
+/// or a teacher's larger pool.
+fn draw_chunk<'a>(
+    texts: (&'a TextTable, &'a TextTable),
     index: IndexedCorpus,
-    encoded: &EncodedChunk,
+    encoded: &EncodedChunk<'a>,
     hits: &Hits,
-    plan: &QueryPlan,
-    params: &MiningParams,
-) -> Vec<(String, QueryRecord)> {
+    plan: &'a QueryPlan,
+    manifest: &RoundManifest,
+    teacher: &Option<Teacher>,
+) -> Vec<Drawn<'a>> {
+    let queries = texts.1;
     let (ids, vectors) = (encoded.ids, &encoded.vectors);
+    let params = &manifest.params;
+    let size = teacher
+        .as_ref()
+        .map_or(params.negatives, |t| t.pool_size(params.negatives));
     let dim = index.embeddings.dim();
     let text_key_of = |row: usize| plan.passage_keys[row];
     // Each query's draw is seeded by its id, so the parallel order changes nothing.
@@ -337,23 +382,98 @@ fn select_chunk(
             let candidates = Candidate::from_hits(hits, q);
             let positive_rows = &plan.positives[qid];
             let positives = score_positives(index, positive_rows, query_vector, &candidates);
+            let query_text = &queries.texts[queries.position(qid).expect("qrels validated")];
             let facts = QueryFacts {
-                text: select::text_key(
-                    &queries.texts[queries.position(qid).expect("qrels validated")],
-                ),
+                text: select::text_key(query_text),
                 positive_rows,
                 positive_texts: positive_rows.iter().map(|&r| text_key_of(r)).collect(),
                 lowest_positive_score: positives.iter().map(|p| p.score).reduce(f32::min),
             };
             let mut rng = Rng::for_query(params.seed, qid);
-            let selection = select::select(
-                &candidates,
-                &text_key_of,
-                &facts,
-                params,
-                index.ids.len(),
-                &mut rng,
-            );
+            let pool = select::pool(&candidates, &text_key_of, &facts, params, size, &mut rng);
+            let mut positive_rows: Vec<usize> = positive_rows.iter().copied().collect();
+            positive_rows.sort_unstable();
+            Drawn {
+                query_id: qid,
+                query_text,
+                positives,
+                positive_rows,
+                facts,
+                pool,
+                rng,
+            }
+        })
+        .collect()
+}
+
+/// The teacher's score of every (query, positive) and (query, pool
+/// candidate) pair of the chunk, per query: positives first, in the
+/// record's order, then the pool in draw order. All pairs share batches.
+fn score_pools(
+    teacher: &CrossEncoder,
+    texts: (&TextTable, &TextTable),
+    drawn: &[Drawn],
+    progress: &dyn Progress,
+) -> Result<Vec<Vec<f32>>> {
+    // Index rows are corpus rows: the index is built from this corpus.
+    let corpus = texts.0;
+    let passages: Vec<Vec<String>> = drawn
+        .iter()
+        .map(|d| {
+            let pool = d.pool.drawn.iter().map(|c| c.row);
+            let rows = d.positive_rows.iter().copied().chain(pool);
+            rows.map(|row| corpus.full_text(row)).collect()
+        })
+        .collect();
+    let queries: Vec<&str> = drawn.iter().map(|d| d.query_text).collect();
+    let lists: Vec<Vec<&str>> = passages
+        .iter()
+        .map(|list| list.iter().map(String::as_str).collect())
+        .collect();
+    let total: usize = lists.iter().map(Vec::len).sum();
+    let mut done = 0;
+    let mut on_batch = |pairs: usize, _tokens: usize| {
+        done += pairs;
+        progress.detail(&format!("teacher scored {done} of {total} pairs"));
+    };
+    Ok(teacher.score_lists(&queries, &lists, &mut on_batch)?)
+}
+
+/// Each query's record: the draw finished with the teacher's drops (if
+/// any), and its scores kept beside the negatives they belong to.
+fn finish_chunk(
+    drawn: Vec<Drawn>,
+    scores: Option<Vec<Vec<f32>>>,
+    denoise: Option<Denoise>,
+    index: IndexedCorpus,
+    params: &MiningParams,
+) -> Vec<(String, QueryRecord)> {
+    let mut scores = scores.map(Vec::into_iter);
+    let work: Vec<(Drawn, Option<Vec<f32>>)> = drawn
+        .into_iter()
+        .map(|d| (d, scores.as_mut().and_then(Iterator::next)))
+        .collect();
+    work.into_par_iter()
+        .map(|(mut d, scores)| {
+            let split = d.positive_rows.len();
+            let (positive_scores, pool_scores) = match &scores {
+                Some(s) => (&s[..split], &s[split..]),
+                None => (&[][..], &[][..]),
+            };
+            let denoise = denoise.unwrap_or_default();
+            let dropped = teacher::dropped(pool_scores, positive_scores, &denoise);
+            let pool = d.pool.drawn.clone();
+            let selection =
+                select::choose(d.pool, &dropped, &d.facts, params, index.ids.len(), &mut d.rng);
+            let teacher = scores.as_ref().map(|_| TeacherScores {
+                positives: positive_scores.to_vec(),
+                negatives: teacher::scores_of(&selection.chosen, &pool, pool_scores),
+                pool: pool.len() as u32,
+                denoised_ranks: (pool.iter().zip(&dropped))
+                    .filter(|(_, &gone)| gone)
+                    .map(|(c, _)| c.rank)
+                    .collect(),
+            });
             let negatives = selection
                 .chosen
                 .iter()
@@ -363,16 +483,15 @@ fn select_chunk(
                     score: c.score,
                 })
                 .collect();
-            (
-                qid.clone(),
-                QueryRecord {
-                    negatives,
-                    positives,
-                    survivors: selection.survivors,
-                    shortfall: selection.shortfall,
-                    filtered: selection.filtered,
-                },
-            )
+            let record = QueryRecord {
+                negatives,
+                positives: d.positives,
+                survivors: selection.survivors,
+                shortfall: selection.shortfall,
+                filtered: selection.filtered,
+                teacher,
+            };
+            (d.query_id.to_string(), record)
         })
         .collect()
 }

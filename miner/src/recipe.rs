@@ -5,7 +5,8 @@
 //! turns it into the [`MiningParams`] a round records.
 
 use crate::params::{FilterPreset, MiningParams, OnShort, SamplingKind, SimansWeights};
-use cpack_core::InvalidSetting;
+use crate::teacher::{Denoise, TeacherSpec};
+use cpack_core::{require, InvalidSetting};
 use serde::{Deserialize, Serialize};
 
 /// How a mining round searches, filters and samples.
@@ -72,6 +73,34 @@ pub struct MiningRecipe {
     /// The paper uses them instead of a rank skip: add --skip 0 for its recipe.
     #[cfg_attr(feature = "clap", arg(long, value_enum, value_name = "PRESET", conflicts_with_all = ["margin", "relative_margin"]))]
     pub filter: Option<FilterPreset>,
+    /// A cross-encoder teacher (folder or hub id): it scores each query's
+    /// positives and the candidates its negatives are drawn from, and the
+    /// round keeps the scores (for `cpack train --distill`, `mine stats`,
+    /// FlagEmbedding export). Pairs are cut as [rerank] says (max_len).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "RERANKER"))]
+    pub teacher: Option<std::path::PathBuf>,
+    /// Candidates the teacher scores per query: the first N the sampling
+    /// draws (at least --negatives). Teacher time grows with it; denoising
+    /// can only replace a dropped negative from within it [default: 16].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N", requires = "teacher"))]
+    pub teacher_pool: Option<usize>,
+    /// Denoise (RocketQA): drop candidates the teacher scores above the
+    /// query's lowest positive (--denoise-margin 0) before the draw.
+    #[cfg_attr(feature = "clap", arg(long, requires = "teacher"))]
+    pub denoise: bool,
+    /// Denoise: drop candidates the teacher scores above S (its raw score, a logit).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "S", allow_negative_numbers = true, requires = "teacher")
+    )]
+    pub denoise_above: Option<f32>,
+    /// Denoise: drop candidates the teacher scores above the query's
+    /// lowest positive − M (negative: only those beating it by |M|).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "M", allow_negative_numbers = true, requires = "teacher")
+    )]
+    pub denoise_margin: Option<f32>,
 }
 
 impl Default for MiningRecipe {
@@ -90,6 +119,11 @@ impl Default for MiningRecipe {
             margin: None,
             relative_margin: None,
             filter: None,
+            teacher: None,
+            teacher_pool: None,
+            denoise: false,
+            denoise_above: None,
+            denoise_margin: None,
         }
     }
 }
@@ -97,6 +131,36 @@ impl Default for MiningRecipe {
 impl MiningRecipe {
     /// Negatives `cpack mine` stores per query unless told otherwise.
     pub const DEFAULT_NEGATIVES: usize = 7;
+
+    /// Candidates a teacher scores per query unless set.
+    pub const DEFAULT_TEACHER_POOL: usize = 16;
+
+    /// The teacher with its pool and denoising rules, checked; `None`
+    /// without a teacher, refused when they are set without one.
+    pub fn teacher_spec(&self) -> Result<Option<TeacherSpec>, InvalidSetting> {
+        let denoise = Denoise {
+            above: self.denoise_above,
+            margin: self.denoise_margin.or(self.denoise.then_some(0.0)),
+        };
+        denoise.validate()?;
+        let Some(model) = &self.teacher else {
+            let set = [
+                ("teacher_pool", self.teacher_pool.is_some()),
+                ("denoise", !denoise.is_off()),
+            ];
+            if let Some((key, _)) = set.into_iter().find(|(_, on)| *on) {
+                return Err(InvalidSetting::new(key, "set", "needs a teacher: set teacher (--teacher RERANKER)"));
+            }
+            return Ok(None);
+        };
+        let pool = self.teacher_pool.unwrap_or(Self::DEFAULT_TEACHER_POOL);
+        require(pool >= 1, "teacher_pool", pool, "must be at least 1")?;
+        Ok(Some(TeacherSpec {
+            model: model.clone(),
+            pool,
+            denoise,
+        }))
+    }
 
     /// The parameters a round records: `negatives` when the recipe names
     /// none, sampling `seed`. A filter preset stands for its margins, so it
@@ -157,5 +221,28 @@ mod tests {
         assert_eq!(both.params(7, 1).unwrap_err().key, "filter");
         let plain = MiningRecipe::default().params(7, 1).unwrap();
         assert_eq!((plain.negatives, plain.topk, plain.skip), (7, 200, 10));
+    }
+
+    #[test]
+    fn teacher_rules_need_a_teacher_and_denoise_means_margin_zero() {
+        let alone = MiningRecipe {
+            denoise: true,
+            ..MiningRecipe::default()
+        };
+        assert_eq!(alone.teacher_spec().unwrap_err().key, "denoise");
+        assert_eq!(MiningRecipe::default().teacher_spec().unwrap(), None);
+        let taught = MiningRecipe {
+            teacher: Some("reranker".into()),
+            ..alone
+        };
+        let spec = taught.teacher_spec().unwrap().unwrap();
+        assert_eq!(spec.pool, MiningRecipe::DEFAULT_TEACHER_POOL);
+        assert_eq!((spec.denoise.above, spec.denoise.margin), (None, Some(0.0)));
+        let explicit = MiningRecipe {
+            denoise_margin: Some(-0.5),
+            denoise_above: Some(f32::NAN),
+            ..taught
+        };
+        assert_eq!(explicit.teacher_spec().unwrap_err().key, "denoise_above");
     }
 }

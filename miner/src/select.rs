@@ -198,6 +198,33 @@ pub fn select(
     corpus_rows: usize,
     rng: &mut Rng,
 ) -> Selection {
+    let pool = pool(candidates, text_key_of, facts, params, params.negatives, rng);
+    choose(pool, &[], facts, params, corpus_rows, rng)
+}
+
+/// The candidates a query's negatives are drawn from: those that survive
+/// the guards and filters, and the first `size` of them in the order the
+/// sampling draws them (rank order for `Top`). A teacher scores this pool;
+/// [`choose`] then takes the first `negatives` it does not drop, which for
+/// a pool of exactly `negatives` and no drops is the sampling's own draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    /// In draw order.
+    pub drawn: Vec<Candidate>,
+    /// Candidates left after the filters.
+    pub survivors: u32,
+    pub filtered: FilterCounts,
+}
+
+/// The guards and filters, then the first `size` survivors in draw order.
+pub fn pool(
+    candidates: &[Candidate],
+    text_key_of: &dyn Fn(usize) -> u64,
+    facts: &QueryFacts,
+    params: &MiningParams,
+    size: usize,
+    rng: &mut Rng,
+) -> Pool {
     let mut filtered = FilterCounts::default();
     let mut survivors = Vec::with_capacity(candidates.len());
     for c in candidates {
@@ -215,11 +242,9 @@ pub fn select(
         filtered.skipped += skipped as u32;
         survivors.drain(..skipped);
     }
-    let want = params.negatives;
-    let shortfall = want.saturating_sub(survivors.len()) as u32;
-    let mut chosen = match params.sampling {
-        Sampling::Top => survivors.iter().take(want).copied().collect(),
-        Sampling::Random => sample(&survivors, want, rng),
+    let drawn = match params.sampling {
+        Sampling::Top => survivors.iter().take(size).copied().collect(),
+        Sampling::Random => draw_uniform(&survivors, size, rng),
         Sampling::Simans(w) => {
             // A query without a scored positive has nothing to centre the
             // weights on: its draw is uniform.
@@ -231,9 +256,34 @@ pub fn select(
                         .map_or(0.0, |pos| w.log_weight(c.score, pos))
                 })
                 .collect();
-            weighted_sample(&survivors, &log_weights, want, rng)
+            draw_weighted(&survivors, &log_weights, size, rng)
         }
     };
+    Pool {
+        drawn,
+        survivors: survivors.len() as u32,
+        filtered,
+    }
+}
+
+/// The query's negatives from its pool: the first `params.negatives` in
+/// draw order whose entry in `dropped` is not set (a teacher's denoising;
+/// missing entries keep), in rank order, then the shortage rule.
+pub fn choose(
+    pool: Pool,
+    dropped: &[bool],
+    facts: &QueryFacts,
+    params: &MiningParams,
+    corpus_rows: usize,
+    rng: &mut Rng,
+) -> Selection {
+    let want = params.negatives;
+    let kept = (pool.drawn.iter().enumerate())
+        .filter(|(i, _)| !dropped.get(*i).copied().unwrap_or(false))
+        .map(|(_, c)| *c);
+    let mut chosen: Vec<Candidate> = kept.take(want).collect();
+    chosen.sort_unstable_by_key(|c| c.rank);
+    let shortfall = (want - chosen.len()) as u32;
     if shortfall > 0 {
         match params.on_short {
             OnShort::Keep => {}
@@ -242,32 +292,30 @@ pub fn select(
         }
     }
     Selection {
-        survivors: survivors.len() as u32,
+        survivors: pool.survivors,
         chosen,
         shortfall,
-        filtered,
+        filtered: pool.filtered,
     }
 }
 
-/// `k` of `items` uniformly without replacement, returned in rank order.
-fn sample(items: &[Candidate], k: usize, rng: &mut Rng) -> Vec<Candidate> {
+/// `k` of `items` uniformly without replacement, in the order drawn.
+fn draw_uniform(items: &[Candidate], k: usize, rng: &mut Rng) -> Vec<Candidate> {
     let mut idx: Vec<usize> = (0..items.len()).collect();
     let k = k.min(items.len());
     for i in 0..k {
         let j = i + rng.below(idx.len() - i);
         idx.swap(i, j);
     }
-    let mut picked: Vec<usize> = idx[..k].to_vec();
-    picked.sort_unstable();
-    picked.into_iter().map(|i| items[i]).collect()
+    idx[..k].iter().map(|&i| items[i]).collect()
 }
 
 /// `k` of `items` without replacement, each draw proportional to the
-/// weights (given as logs) of those not yet drawn, returned in rank order.
+/// weights (given as logs) of those not yet drawn, in the order drawn.
 /// Efraimidis–Spirakis keeps the `k` largest keys `ln(u)/w`; this compares
 /// `ln(-ln u) - ln w` instead (smallest first), the same order computed
 /// without ever forming `w`, so any finite log weight draws as it says.
-fn weighted_sample(
+fn draw_weighted(
     items: &[Candidate],
     log_weights: &[f64],
     k: usize,
@@ -279,9 +327,7 @@ fn weighted_sample(
         .map(|(i, &log_w)| ((-rng.unit_open().ln()).ln() - log_w, i))
         .collect();
     keyed.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut picked: Vec<usize> = keyed.iter().take(k).map(|&(_, i)| i).collect();
-    picked.sort_unstable();
-    picked.into_iter().map(|i| items[i]).collect()
+    keyed.iter().take(k).map(|&(_, i)| items[i]).collect()
 }
 
 /// Fills `chosen` up to `want` with random passages that are neither
@@ -349,13 +395,17 @@ mod tests {
         }
     }
 
-    fn run(p: &MiningParams, positives: &HashSet<usize>, lowest: Option<f32>) -> Selection {
-        let facts = QueryFacts {
+    fn facts(positives: &HashSet<usize>, lowest: Option<f32>) -> QueryFacts<'_> {
+        QueryFacts {
             text: text_key("The  query"),
             positive_rows: positives,
             positive_texts: [text_key("positive text")].into_iter().collect(),
             lowest_positive_score: lowest,
-        };
+        }
+    }
+
+    fn run(p: &MiningParams, positives: &HashSet<usize>, lowest: Option<f32>) -> Selection {
+        let facts = facts(positives, lowest);
         select(
             &ranked(10),
             &|row| text_key(&texts(row)),
@@ -470,7 +520,7 @@ mod tests {
         let mut counts = [0usize; 10];
         let mut rng = Rng::for_query(7, "q");
         for _ in 0..draws {
-            let picked = weighted_sample(&candidates, &log_weights, 1, &mut rng);
+            let picked = draw_weighted(&candidates, &log_weights, 1, &mut rng);
             counts[picked[0].row - 100] += 1;
         }
         let mut chi2 = 0.0;
@@ -497,7 +547,7 @@ mod tests {
             .collect();
         let mut rng = Rng::for_query(7, "q");
         for _ in 0..50 {
-            let picked = weighted_sample(&candidates, &log_weights, 2, &mut rng);
+            let picked = draw_weighted(&candidates, &log_weights, 2, &mut rng);
             let rows: Vec<usize> = picked.iter().map(|c| c.row).collect();
             assert!(rows.contains(&103), "{rows:?}");
         }
@@ -581,5 +631,61 @@ mod tests {
         assert!(pad.chosen[2..]
             .iter()
             .all(|c| c.rank == PADDED && !positives.contains(&c.row)));
+    }
+
+    /// The pool and its draw in two steps, as a teacher's round runs them.
+    fn two_steps(p: &MiningParams, size: usize, dropped: &[bool]) -> (Pool, Selection) {
+        let none = HashSet::new();
+        let facts = facts(&none, Some(0.9));
+        let mut rng = Rng::for_query(p.seed, "q");
+        let keys = |row| text_key(&texts(row));
+        let pool = pool(&ranked(10), &keys, &facts, p, size, &mut rng);
+        let chosen = choose(pool.clone(), dropped, &facts, p, 1000, &mut rng);
+        (pool, chosen)
+    }
+
+    #[test]
+    fn a_larger_pool_without_drops_draws_what_select_draws() {
+        let weights = SimansWeights { a: 4.0, b: 0.0 };
+        for sampling in [Sampling::Top, Sampling::Random, Sampling::Simans(weights)] {
+            let p = MiningParams {
+                skip: 0,
+                negatives: 3,
+                sampling,
+                ..params()
+            };
+            let direct = run(&p, &HashSet::new(), Some(0.9));
+            let (pool, chosen) = two_steps(&p, 6, &[]);
+            assert_eq!(pool.drawn.len(), 6);
+            assert_eq!(chosen, direct, "{sampling}");
+        }
+    }
+
+    #[test]
+    fn dropped_candidates_give_way_to_the_next_drawn() {
+        let p = MiningParams {
+            skip: 0,
+            negatives: 3,
+            ..params()
+        };
+        // Top: the pool is rows 100..=103 then 106, 107 (104 and 105 fall to the text guards).
+        let dropped = [true, false, true, false, false, false];
+        let (pool, s) = two_steps(&p, 6, &dropped);
+        let rows = |c: &[Candidate]| c.iter().map(|c| c.row).collect::<Vec<_>>();
+        assert_eq!(rows(&pool.drawn), [100, 101, 102, 103, 106, 107]);
+        assert_eq!(rows(&s.chosen), [101, 103, 106]);
+        assert_eq!(s.shortfall, 0);
+        // Drops that leave fewer than wanted make a shortage.
+        let (_, s) = two_steps(&p, 4, &[true, true, true, false]);
+        assert_eq!((rows(&s.chosen), s.shortfall), (vec![103], 2));
+        // Random: the kept are the first of the draw order, in rank order.
+        let random = MiningParams {
+            sampling: Sampling::Random,
+            ..p
+        };
+        let (pool, s) = two_steps(&random, 8, &[false, true, false, true]);
+        let mut expected = vec![pool.drawn[0], pool.drawn[2], pool.drawn[4]];
+        expected.sort_by_key(|c| c.rank);
+        assert_eq!(s.chosen, expected);
     }
 }

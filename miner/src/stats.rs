@@ -4,6 +4,7 @@
 
 use crate::select::FilterCounts;
 use crate::store::QueryRecord;
+use crate::teacher::TeacherScores;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +27,95 @@ pub struct RoundStats {
     pub negative_score_histogram: Vec<usize>,
     /// Mean Jaccard overlap of each query's negatives with the previous round's.
     pub overlap_with_previous: Option<f64>,
+    /// What the round's teacher said, when it has one.
+    pub teacher: Option<TeacherStats>,
+}
+
+/// The teacher's view of a round: its scores (raw logits) of positives
+/// and stored negatives, and what denoising dropped.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TeacherStats {
+    /// Queries with teacher scores.
+    pub queries: usize,
+    pub positive_scores: Spread,
+    pub negative_scores: Spread,
+    /// Stored negatives the teacher scores above their query's lowest
+    /// positive: the likely false negatives left in.
+    pub negatives_above_positive: usize,
+    /// Candidates scored per query, on average.
+    pub pool_mean: f64,
+    /// Candidates denoising dropped.
+    pub denoised: usize,
+    /// Of those, by raw rank: 1–10, 11–20, 21–50, 51–100, 101+ — where
+    /// the teacher still finds positives, so whether a rank skip is needed.
+    pub denoised_ranks: [usize; 5],
+}
+
+/// Where a set of scores lies.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Spread {
+    pub count: usize,
+    pub mean: f64,
+    pub min: f32,
+    pub p25: f32,
+    pub median: f32,
+    pub p75: f32,
+    pub max: f32,
+}
+
+impl Spread {
+    /// The spread of the finite ones among `scores`.
+    pub fn of(scores: impl Iterator<Item = f32>) -> Self {
+        let mut sorted: Vec<f32> = scores.filter(|s| s.is_finite()).collect();
+        if sorted.is_empty() {
+            return Spread::default();
+        }
+        sorted.sort_by(f32::total_cmp);
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        Spread {
+            count: sorted.len(),
+            mean: mean(sorted.iter().map(|&s| s as f64).sum(), sorted.len()),
+            min: sorted[0],
+            p25: at(0.25),
+            median: at(0.5),
+            p75: at(0.75),
+            max: sorted[sorted.len() - 1],
+        }
+    }
+}
+
+fn denoised_bucket(rank: u32) -> usize {
+    match rank {
+        0..=9 => 0,
+        10..=19 => 1,
+        20..=49 => 2,
+        50..=99 => 3,
+        _ => 4,
+    }
+}
+
+fn teacher_stats(records: &[(String, QueryRecord)]) -> Option<TeacherStats> {
+    let scored: Vec<&TeacherScores> = records.iter().filter_map(|(_, r)| r.teacher.as_ref()).collect();
+    if scored.is_empty() {
+        return None;
+    }
+    let mut denoised_ranks = [0usize; 5];
+    for rank in scored.iter().flat_map(|t| &t.denoised_ranks) {
+        denoised_ranks[denoised_bucket(*rank)] += 1;
+    }
+    let above = |t: &TeacherScores| {
+        let lowest = t.positives.iter().copied().reduce(f32::min);
+        lowest.map_or(0, |p| t.negatives.iter().filter(|&&n| n > p).count())
+    };
+    Some(TeacherStats {
+        queries: scored.len(),
+        positive_scores: Spread::of(scored.iter().flat_map(|t| t.positives.iter().copied())),
+        negative_scores: Spread::of(scored.iter().flat_map(|t| t.negatives.iter().copied())),
+        negatives_above_positive: scored.iter().map(|t| above(t)).sum(),
+        pool_mean: mean(scored.iter().map(|t| t.pool as f64).sum(), scored.len()),
+        denoised: denoised_ranks.iter().sum(),
+        denoised_ranks,
+    })
 }
 
 fn rank_bucket(rank: u32) -> usize {
@@ -92,6 +182,7 @@ pub fn round_stats(
         positive_score_histogram: positive_histogram,
         negative_score_histogram: negative_histogram,
         overlap_with_previous: previous.map(|prev| overlap(records, prev)),
+        teacher: teacher_stats(records),
     }
 }
 
@@ -146,6 +237,7 @@ mod tests {
                 skipped: 10,
                 ..Default::default()
             },
+            teacher: None,
         }
     }
 
@@ -172,5 +264,33 @@ mod tests {
         assert_eq!(s.negative_score_histogram[bin(-0.2)], 1);
         // q1: {a, b} vs {a, z} share 1 of 3; q2 has no previous round.
         assert!((s.overlap_with_previous.unwrap() - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.teacher, None);
+    }
+
+    #[test]
+    fn teacher_stats_count_suspects_and_drops_by_rank() {
+        let scored = |positives: Vec<f32>, negatives: Vec<f32>, dropped: Vec<u32>| {
+            let mut r = record(&[("a", 0.5), ("b", 0.4)], (0, 0.9), 0);
+            r.teacher = Some(TeacherScores {
+                positives,
+                negatives,
+                pool: 6,
+                denoised_ranks: dropped,
+            });
+            r
+        };
+        let records = vec![
+            ("q1".to_string(), scored(vec![2.0, 1.0], vec![1.5, -3.0], vec![3, 12])),
+            ("q2".to_string(), scored(vec![4.0], vec![f32::NAN, 0.5], vec![150])),
+            ("q3".to_string(), record(&[("c", 0.1)], (1, 0.5), 0)),
+        ];
+        let t = round_stats(1, &records, None).teacher.unwrap();
+        assert_eq!(t.queries, 2);
+        assert_eq!(t.negatives_above_positive, 1, "1.5 beats q1's lowest positive 1.0");
+        assert_eq!((t.denoised, t.denoised_ranks), (3, [1, 1, 0, 0, 1]));
+        assert_eq!(t.negative_scores.count, 3, "the padded NaN is not a score");
+        assert_eq!((t.positive_scores.min, t.positive_scores.max), (1.0, 4.0));
+        assert_eq!(t.positive_scores.median, 2.0);
+        assert_eq!(t.pool_mean, 6.0);
     }
 }

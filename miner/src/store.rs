@@ -13,6 +13,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::FilterCounts;
+use crate::teacher::{TeacherParams, TeacherRound, TeacherScores};
 use cpack_core::fsutil::{FileSum, ProcessLock};
 use cpack_index::store::Manifest;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,36 @@ pub struct QueryRecord {
     pub survivors: u32,
     pub shortfall: u32,
     pub filtered: FilterCounts,
+    /// The teacher's scores, in a round mined with one (format 4 on).
+    pub teacher: Option<TeacherScores>,
+}
+
+/// A query record as formats 1 to 3 stored it (no teacher).
+#[derive(Deserialize)]
+struct QueryRecordV3 {
+    negatives: Vec<ScoredDoc>,
+    positives: Vec<ScoredDoc>,
+    survivors: u32,
+    shortfall: u32,
+    filtered: FilterCounts,
+}
+
+fn decode_record(bytes: &[u8]) -> Result<QueryRecord> {
+    const WHAT: &str = "query";
+    match bytes.first() {
+        Some(1..=3) => {
+            let v3 = codec::decode::<QueryRecordV3>(WHAT, bytes)?;
+            Ok(QueryRecord {
+                negatives: v3.negatives,
+                positives: v3.positives,
+                survivors: v3.survivors,
+                shortfall: v3.shortfall,
+                filtered: v3.filtered,
+                teacher: None,
+            })
+        }
+        _ => codec::decode(WHAT, bytes),
+    }
 }
 
 /// How a round came about, and where it stands.
@@ -64,6 +95,8 @@ pub struct RoundManifest {
     /// the same model differ when one was refreshed incrementally. `None`:
     /// imported, or stored before format 3.
     pub index_embeddings: Option<FileSum>,
+    /// The cross-encoder that scored the round, if one did (format 4 on).
+    pub teacher: Option<TeacherRound>,
 }
 
 /// What makes two rounds the same work: the parameters, the model that
@@ -76,16 +109,18 @@ pub struct RoundIdentity {
     pub corpus_fingerprint: String,
     pub query_instruction: String,
     pub index_embeddings: Option<FileSum>,
+    pub teacher: Option<TeacherParams>,
 }
 
 impl RoundIdentity {
     /// A round searching the index of `index` with `params` (validated),
     /// its queries encoded by the model of `query_model_fingerprint` (`None`:
-    /// the index's own).
+    /// the index's own), scored by `teacher` if given.
     pub fn of_search(
         index: &Manifest,
         query_model_fingerprint: Option<String>,
         params: MiningParams,
+        teacher: Option<TeacherParams>,
     ) -> Self {
         let stamp = &index.plan.stamp;
         RoundIdentity {
@@ -95,6 +130,7 @@ impl RoundIdentity {
             corpus_fingerprint: index.plan.corpus_fingerprint.clone(),
             query_instruction: stamp.query_instruction.clone(),
             index_embeddings: index.embeddings_sum(),
+            teacher,
         }
     }
 }
@@ -108,6 +144,7 @@ impl RoundManifest {
             corpus_fingerprint: self.corpus_fingerprint.clone(),
             query_instruction: self.query_instruction.clone(),
             index_embeddings: self.index_embeddings,
+            teacher: self.teacher.as_ref().map(|t| t.params.clone()),
         }
     }
 
@@ -153,6 +190,7 @@ impl From<RoundManifestV1> for RoundManifest {
             timings: v.timings,
             query_model_fingerprint: None,
             index_embeddings: None,
+            teacher: None,
         }
     }
 }
@@ -162,6 +200,9 @@ impl From<RoundManifestV1> for RoundManifest {
 /// nested struct and a field after it read as this pair).
 type RoundManifestV2 = (RoundManifestV1, Option<String>);
 
+/// Format 3: format 2's, then the checksum of the vectors searched.
+type RoundManifestV3 = (RoundManifestV1, Option<String>, Option<FileSum>);
+
 fn decode_manifest(bytes: &[u8]) -> Result<RoundManifest> {
     const WHAT: &str = "round manifest";
     match bytes.first() {
@@ -170,6 +211,14 @@ fn decode_manifest(bytes: &[u8]) -> Result<RoundManifest> {
             let (v1, query_model) = codec::decode::<RoundManifestV2>(WHAT, bytes)?;
             Ok(RoundManifest {
                 query_model_fingerprint: query_model,
+                ..v1.into()
+            })
+        }
+        Some(3) => {
+            let (v1, query_model, embeddings) = codec::decode::<RoundManifestV3>(WHAT, bytes)?;
+            Ok(RoundManifest {
+                query_model_fingerprint: query_model,
+                index_embeddings: embeddings,
                 ..v1.into()
             })
         }
@@ -349,7 +398,7 @@ impl NegativeStore {
             .map(|kv| {
                 let (k, v) = kv.map_err(self.err())?;
                 let id = String::from_utf8_lossy(&k[2..]).to_string();
-                Ok((id, codec::decode("query", &v)?))
+                Ok((id, decode_record(&v)?))
             })
             .collect()
     }
@@ -444,19 +493,58 @@ mod tests {
         assert_eq!(old.query_model_fingerprint, None);
         assert_eq!(old.query_model(), "model-fp");
         assert_eq!(old.index_embeddings, None);
-        let mut bytes = codec::encode(&(v1, Some("query-fp".to_string())));
+        let mut bytes = codec::encode(&(v1.clone(), Some("query-fp".to_string())));
         bytes[0] = 2;
         let v2 = decode_manifest(&bytes).unwrap();
         assert_eq!(v2.query_model(), "query-fp");
         assert_eq!(v2.index_embeddings, None);
         assert_eq!(v2.params, params);
+        let sum = FileSum {
+            bytes: 4096,
+            crc32: 0xdead_beef,
+        };
+        let mut bytes = codec::encode(&(v1, Some("query-fp".to_string()), Some(sum)));
+        bytes[0] = 3;
+        let v3 = decode_manifest(&bytes).unwrap();
+        assert_eq!(v3.index_embeddings, Some(sum));
+        assert_eq!((v3.query_model(), v3.teacher.as_ref()), ("query-fp", None));
         let current = RoundManifest {
-            index_embeddings: Some(FileSum {
-                bytes: 4096,
-                crc32: 0xdead_beef,
+            teacher: Some(TeacherRound {
+                params: TeacherParams::imported(),
+                seconds: 2.5,
+                pairs: 40,
             }),
-            ..v2
+            ..v3
         };
         assert_eq!(decode_manifest(&codec::encode(&current)).unwrap(), current);
+    }
+
+    #[test]
+    fn older_query_records_read_without_teacher_scores() {
+        let doc = ScoredDoc {
+            id: "d1".into(),
+            rank: 4,
+            score: 0.5,
+        };
+        let filtered = FilterCounts {
+            skipped: 3,
+            ..Default::default()
+        };
+        let old = (vec![doc.clone()], vec![doc.clone()], 9u32, 0u32, filtered);
+        let mut bytes = codec::encode(&old);
+        bytes[0] = 3;
+        let record = decode_record(&bytes).unwrap();
+        assert_eq!((record.survivors, record.filtered), (9, filtered));
+        assert_eq!(record.teacher, None);
+        let scored = QueryRecord {
+            teacher: Some(TeacherScores {
+                positives: vec![2.0],
+                negatives: vec![-1.0],
+                pool: 5,
+                denoised_ranks: vec![12],
+            }),
+            ..record
+        };
+        assert_eq!(decode_record(&codec::encode(&scored)).unwrap(), scored);
     }
 }

@@ -4,13 +4,14 @@ use crate::cli::{
     MineAction, MineArgs, MineExportArgs, MineImportArgs, MineRunArgs, MineStatsArgs,
 };
 use crate::config::Config;
-use crate::runtime::{open_encoder, Context};
+use crate::runtime::{open_encoder, open_teacher, Context};
 use anyhow::{bail, Result};
 use cpack_core::Progress as _;
 use cpack_data::dataset::{all_qrels, Dataset};
 use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
+use cpack_miner::teacher::Teacher;
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningRecipe, NegativeStore};
 
 pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
@@ -117,6 +118,10 @@ fn mine_one(
     let split_qrels = dataset.qrels(&params.split)?;
     let qrels = all_qrels(&dataset)?;
     let encoder = open_encoder(config)?;
+    let teacher_spec = recipe.teacher_spec()?;
+    let teacher_model = open_teacher(config, teacher_spec.as_ref())?;
+    let teacher = (teacher_spec.as_ref().zip(teacher_model.as_ref()))
+        .map(|(spec, model)| Teacher::new(model, spec));
     let mut index = config
         .index_dir()
         .open(&config.embedding_stamp(&encoder)?, &dataset.corpus)?;
@@ -128,6 +133,7 @@ fn mine_one(
         encoder: &encoder,
         index: &mut index,
         query_model_fingerprint: None,
+        teacher,
     };
     let options = MineOptions {
         force: args.force,

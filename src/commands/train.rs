@@ -3,12 +3,13 @@
 
 use crate::cli::TrainArgs;
 use crate::config::{Config, TaskConfig};
-use crate::runtime::{backend_loader, Context};
+use crate::runtime::{backend_loader, open_teacher, Context};
 use anyhow::{bail, Context as _, Result};
 use cpack_core::Progress;
 use cpack_data::dataset::{all_qrels, Dataset, DatasetPaths};
 use cpack_data::pairs::{PairsSource, PairsView};
 use cpack_index::store::IndexDir;
+use cpack_miner::teacher::Teacher;
 use cpack_miner::NegativeStore;
 use cpack_run::spec::TaskSpec;
 use cpack_run::{Report, RunDir, RunSpec, Workspace};
@@ -60,6 +61,9 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         .unwrap_or(config.runtime.device());
     // A device this build or machine cannot use fails before a run folder exists.
     device.candle()?;
+    let teacher_model = open_teacher(&config, spec.teacher.as_ref())?;
+    let teacher = (spec.teacher.as_ref().zip(teacher_model.as_ref()))
+        .map(|(t, model)| Teacher::new(model, t));
     let workspaces: Vec<Workspace> = (0..tasks.len())
         .map(|i| Workspace {
             task: tasks[i].name.clone(),
@@ -72,6 +76,7 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
             backend: backend.as_ref(),
             threads: workers,
             device,
+            teacher,
         })
         .collect();
     let report = cpack_run::run(&workspaces, spec, &run, args.resume, &ctx.progress)?;

@@ -65,6 +65,9 @@ pub struct TrainerState {
     pub stats: EpochStats,
     #[serde(default)]
     pub mine_seconds: f64,
+    /// Of the mining, the teacher's scoring (reported as its own stage).
+    #[serde(default)]
+    pub teacher_seconds: f64,
     #[serde(default)]
     pub negatives_overlap: Option<f64>,
     /// Size and checksum of the weights and optimizer files, by name, taken
@@ -97,6 +100,7 @@ impl TrainerState {
             round,
             stats: EpochStats::default(),
             mine_seconds: 0.0,
+            teacher_seconds: 0.0,
             negatives_overlap: None,
             files: Default::default(),
             retired: Default::default(),

@@ -106,6 +106,27 @@ pub struct Example {
     /// Every judged positive of the query (any split): never a negative in its batch.
     pub all_positive_keys: Vec<u64>,
     pub negatives: Vec<usize>,
+    /// The round's teacher scores of the query's passages, by corpus row.
+    pub teacher: Vec<(usize, f32)>,
+}
+
+impl Example {
+    /// The teacher's score of the passage at `row`, if it scored it.
+    fn teacher_score(&self, row: usize) -> Option<f32> {
+        let found = self.teacher.iter().find(|(r, _)| *r == row);
+        found.map(|&(_, score)| score).filter(|s| s.is_finite())
+    }
+}
+
+/// The teacher's scores of a round's record, by corpus row.
+fn teacher_rows(corpus: &TextTable, record: &QueryRecord) -> Vec<(usize, f32)> {
+    let Some(t) = &record.teacher else {
+        return Vec::new();
+    };
+    let docs = record.positives.iter().zip(&t.positives);
+    let docs = docs.chain(record.negatives.iter().zip(&t.negatives));
+    docs.filter_map(|(doc, &score)| Some((corpus.position(&doc.id)?, score)))
+        .collect()
 }
 
 /// What a query was left out for.
@@ -202,8 +223,8 @@ impl TrainingSet {
                 skipped.no_positive += 1;
                 continue;
             }
-            let (negatives, mut all_positive_keys) = match &by_id {
-                None => (Vec::new(), Vec::new()),
+            let (negatives, mut all_positive_keys, teacher) = match &by_id {
+                None => (Vec::new(), Vec::new(), Vec::new()),
                 Some(by_id) => match by_id.get(query_id.as_str()) {
                     None => {
                         skipped.not_in_round += 1;
@@ -219,6 +240,7 @@ impl TrainingSet {
                             .filter_map(|d| corpus.position(&d.id))
                             .map(|row| passage_keys[row])
                             .collect(),
+                        teacher_rows(corpus, rec),
                     ),
                 },
             };
@@ -232,6 +254,7 @@ impl TrainingSet {
                 positives,
                 all_positive_keys,
                 negatives,
+                teacher,
             });
         }
         if let Some(limit) = limit {
@@ -296,6 +319,9 @@ impl TrainingSet {
                     positives: shift(e.positives),
                     all_positive_keys: e.all_positive_keys,
                     negatives: shift(e.negatives),
+                    teacher: (e.teacher.into_iter())
+                        .map(|(row, score)| (row + passage_offset, score))
+                        .collect(),
                 }
             }));
             merged.tasks.push(part.share);
@@ -530,6 +556,7 @@ impl TrainingSet {
         Group {
             example: i,
             query_row: ex.query_row,
+            teacher: passages.iter().map(|&row| ex.teacher_score(row)).collect(),
             passages,
         }
     }
@@ -597,11 +624,13 @@ impl BatchTexts {
 }
 
 /// A query with its positive (first) and hard negatives, as corpus rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Group {
     pub example: usize,
     pub query_row: usize,
     pub passages: Vec<usize>,
+    /// The round's teacher score of each passage, where it has one.
+    pub teacher: Vec<Option<f32>>,
 }
 
 /// The tasks' batch lists as one epoch, in `order`; each task's batches
@@ -686,6 +715,7 @@ mod tests {
                     survivors: 3,
                     shortfall: 0,
                     filtered: Default::default(),
+                    teacher: None,
                 },
             ));
         }
@@ -812,10 +842,50 @@ mod tests {
             survivors: 6,
             shortfall: 0,
             filtered: Default::default(),
+            teacher: None,
         };
         let records = vec![("q0".to_string(), record)];
         let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
         (corpus, set)
+    }
+
+    #[test]
+    fn groups_carry_the_teacher_scores_of_their_passages() {
+        let (corpus, plain) = pool_fixture();
+        let queries = table("q", &["q0"]);
+        let mut qrels = Qrels::default();
+        qrels.by_query.insert("q0".into(), vec![("d0".into(), 1)]);
+        let mut records = vec![("q0".to_string(), QueryRecord {
+            negatives: (1..=6).map(|i| doc(&format!("d{i}"))).collect(),
+            positives: vec![doc("d0")],
+            survivors: 6,
+            shortfall: 0,
+            filtered: Default::default(),
+            teacher: None,
+        })];
+        // Row r scores 10·r; the teacher never scored d3 (padded: NaN).
+        records[0].1.teacher = Some(cpack_miner::teacher::TeacherScores {
+            positives: vec![0.5],
+            negatives: vec![10.0, 20.0, f32::NAN, 40.0, 50.0, 60.0],
+            pool: 6,
+            denoised_ranks: Vec::new(),
+        });
+        let taught = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        for epoch in 1..=4 {
+            let groups = taught.epoch_batches(3, 1, Batching::Plain, 1, epoch);
+            let untaught = plain.epoch_batches(3, 1, Batching::Plain, 1, epoch);
+            let (group, same) = (&groups[0][0], &untaught[0][0]);
+            assert_eq!(group.passages, same.passages, "scores never change the draw");
+            assert!(same.teacher.iter().all(Option::is_none));
+            for (&row, &score) in group.passages.iter().zip(&group.teacher) {
+                let expected = match row {
+                    0 => Some(0.5),
+                    3 => None,
+                    r => Some(10.0 * r as f32),
+                };
+                assert_eq!(score, expected, "row {row}");
+            }
+        }
     }
 
     fn drawn(set: &TrainingSet, epoch: usize) -> Vec<usize> {

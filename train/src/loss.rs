@@ -71,6 +71,128 @@ pub fn contrastive_loss(
     Ok((log_sum_exp(&logits)? - target)?.mean_all()?)
 }
 
+/// How the student learns from a teacher's scores of each query's group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum DistillKind {
+    /// KL divergence from the teacher's softmax over the group to the
+    /// student's (FlagEmbedding's `kd_loss_type kl_div`).
+    Kl,
+    /// Mean squared error between the student's and the teacher's margins
+    /// of the positive over each negative (sentence-transformers' MarginMSE).
+    MarginMse,
+}
+
+impl std::fmt::Display for DistillKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DistillKind::Kl => "kl",
+            DistillKind::MarginMse => "margin-mse",
+        })
+    }
+}
+
+/// A teacher's raw scores of a batch's groups: `scores[i·G + j]` for query
+/// `i` and the `j`-th passage of its group (the positive first), NaN where
+/// the teacher never scored the passage. Only groups scored in full take
+/// part in the distillation term.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupScores {
+    pub scores: Vec<f32>,
+    pub group_size: usize,
+}
+
+impl GroupScores {
+    fn rows(&self) -> impl Iterator<Item = &[f32]> {
+        self.scores.chunks(self.group_size.max(1))
+    }
+
+    /// Whether each group is scored in full.
+    fn complete(&self) -> Vec<bool> {
+        self.rows()
+            .map(|row| row.iter().all(|s| s.is_finite()))
+            .collect()
+    }
+}
+
+/// The distillation term, averaged over the groups the teacher scored in
+/// full (0 when there is none). The student's group scores are the logits
+/// InfoNCE sees, `q·p / temperature`; the teacher's are its raw scores over
+/// `teacher_temperature`.
+pub fn distill_loss(
+    kind: DistillKind,
+    queries: &Tensor,
+    passages: &Tensor,
+    teacher: &GroupScores,
+    temperature: f64,
+    teacher_temperature: f64,
+) -> Result<Tensor> {
+    let (batch, dim) = queries.dims2()?;
+    let group = teacher.group_size;
+    let device = queries.device();
+    let student = passages
+        .reshape((batch, group, dim))?
+        .matmul(&queries.unsqueeze(2)?)?
+        .squeeze(2)?;
+    let student = (student / temperature)?;
+    let complete = teacher.complete();
+    let scored = complete.iter().filter(|&&c| c).count();
+    if scored == 0 {
+        return Ok(Tensor::zeros((), candle_core::DType::F32, device)?);
+    }
+    let mask = Tensor::from_vec(
+        complete.iter().map(|&c| c as u8 as f32).collect::<Vec<_>>(),
+        batch,
+        device,
+    )?;
+    // Incomplete groups get zeros: the mask removes their term.
+    let t = teacher_temperature as f32;
+    let rows: Vec<Vec<f32>> = teacher
+        .rows()
+        .zip(&complete)
+        .map(|(row, &c)| match c {
+            true => row.iter().map(|s| s / t).collect(),
+            false => vec![0.0; group],
+        })
+        .collect();
+    let per_query = match kind {
+        DistillKind::Kl => {
+            let (targets, negative_entropy): (Vec<Vec<f32>>, Vec<f32>) = rows
+                .iter()
+                .map(|row| {
+                    let p = softmax(row);
+                    let h: f32 = p.iter().filter(|&&x| x > 0.0).map(|x| x * x.ln()).sum();
+                    (p, h)
+                })
+                .unzip();
+            let targets = Tensor::from_vec(targets.concat(), (batch, group), device)?;
+            let log_student = student.broadcast_sub(&log_sum_exp(&student)?.unsqueeze(1)?)?;
+            let cross = (targets * log_student)?.sum(1)?;
+            (Tensor::from_vec(negative_entropy, batch, device)? - cross)?
+        }
+        DistillKind::MarginMse => {
+            let teacher = Tensor::from_vec(rows.concat(), (batch, group), device)?;
+            let margins = |scores: &Tensor| -> Result<Tensor> {
+                let positive = scores.narrow(1, 0, 1)?;
+                let negatives = scores.narrow(1, 1, group - 1)?;
+                Ok(negatives.broadcast_sub(&positive)?.neg()?)
+            };
+            let gap = (margins(&student)? - margins(&teacher)?)?;
+            (gap.sqr()?.sum(1)? / (group.max(2) - 1) as f64)?
+        }
+    };
+    Ok(((per_query * mask)?.sum_all()? / scored as f64)?)
+}
+
+/// The softmax of one row, in f32.
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|s| (s - max).exp()).collect();
+    let total: f32 = exp.iter().sum();
+    exp.iter().map(|e| e / total).collect()
+}
+
 /// `scores[i, i·G]` for every row i.
 fn positive_scores(scores: &Tensor, group_size: usize) -> Result<Tensor> {
     let (batch, columns) = scores.dims2()?;

@@ -5,7 +5,7 @@ use crate::data::{Batching, Group, TrainingSet};
 use crate::error::StateError;
 use crate::error::{Error, Result};
 use crate::frozen::FrozenPassages;
-use crate::loss::{contrastive_loss, LossKind};
+use crate::loss::{contrastive_loss, distill_loss, DistillKind, GroupScores, LossKind};
 use crate::model::TrainableEncoder;
 use crate::optim::{AdamW, AdamWParams, Gradients, Schedule};
 use crate::steps::{BatchRecord, StepRecord};
@@ -87,6 +87,21 @@ pub struct TrainSettings {
     /// size − 1) negatives unless --negatives says otherwise.
     #[cfg_attr(feature = "clap", arg(long, value_name = "MARGIN"))]
     pub replace_easy: Option<f32>,
+    /// Distil the teacher's scores stored in the rounds (mined with
+    /// --teacher) into the embedder, added to InfoNCE: kl (KL divergence
+    /// from the teacher's softmax over each query's group to the
+    /// student's, FlagEmbedding's kl_div) or margin-mse (the positive's
+    /// margin over each negative, sentence-transformers' MarginMSE).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, value_name = "KIND"))]
+    pub distill: Option<DistillKind>,
+    /// Weight of the distillation term beside InfoNCE.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "W", default_value_t = TrainSettings::default().distill_weight))]
+    pub distill_weight: f64,
+    /// The teacher's scores are divided by this before its softmax (kl) or
+    /// its margins (margin-mse); the student's are its InfoNCE logits
+    /// (similarity / --temperature).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "T", default_value_t = TrainSettings::default().distill_temperature))]
+    pub distill_temperature: f64,
 }
 
 impl Default for TrainSettings {
@@ -109,6 +124,9 @@ impl Default for TrainSettings {
             batching: Batching::ClashFree,
             freeze_passages: false,
             replace_easy: None,
+            distill: None,
+            distill_weight: 1.0,
+            distill_temperature: 1.0,
         }
     }
 }
@@ -127,6 +145,13 @@ impl TrainSettings {
         let (t, lr) = (self.temperature, self.lr);
         require(positive(t), "temperature", t, "must be a positive number")?;
         require(positive(lr), "lr", lr, "must be a positive number")?;
+        let (w, dt) = (self.distill_weight, self.distill_temperature);
+        require(w >= 0.0 && w.is_finite(), "distill_weight", w, "must be a number ≥ 0")?;
+        require(positive(dt), "distill_temperature", dt, "must be a positive number")?;
+        if let Some(kind) = self.distill {
+            let problem = "needs hard negatives to distil over: set group_size to 2 or more";
+            require(self.group_size > 1, "distill", kind, problem)?;
+        }
         if let Some(margin) = self.replace_easy {
             let usable = margin.is_finite() && margin >= 0.0;
             require(
@@ -331,6 +356,18 @@ impl Trainer {
         passages: &[&str],
         dropout: Option<&Dropout>,
     ) -> Result<BatchPass> {
+        self.pass_with(queries, passages, None, dropout)
+    }
+
+    /// [`Trainer::pass`] with a teacher's scores of the groups, which the
+    /// loss distils when the recipe asks for it (`distill`).
+    pub fn pass_with(
+        &self,
+        queries: &[&str],
+        passages: &[&str],
+        teacher: Option<&GroupScores>,
+        dropout: Option<&Dropout>,
+    ) -> Result<BatchPass> {
         let group_size = passages.len() / queries.len().max(1);
         let q_tokens = self.tokenizer.tokenize(queries, TextKind::Query)?;
         let p_tokens = self.tokenizer.tokenize(passages, TextKind::Passage)?;
@@ -338,9 +375,9 @@ impl Trainer {
         let mini = self.settings.mini_batch;
         let cached = mini > 0 && (mini < q_tokens.len() || mini < p_tokens.len());
         let (loss, grads, scores) = if cached {
-            self.cached_pass(&q_tokens, &p_tokens, group_size, dropout)?
+            self.cached_pass(&q_tokens, &p_tokens, group_size, teacher, dropout)?
         } else {
-            self.whole_pass(&q_tokens, &p_tokens, group_size, dropout)?
+            self.whole_pass(&q_tokens, &p_tokens, group_size, teacher, dropout)?
         };
         Ok(BatchPass {
             loss,
@@ -357,12 +394,13 @@ impl Trainer {
         &self,
         queries: &[&str],
         passages: &Tensor,
+        teacher: Option<&GroupScores>,
         dropout: Option<&Dropout>,
     ) -> Result<BatchPass> {
         let group_size = passages.dim(0)? / queries.len().max(1);
         let q_tokens = self.tokenizer.tokenize(queries, TextKind::Query)?;
         let q = self.encoder.embed(&pad(&q_tokens), dropout)?;
-        let loss = self.loss(&q, passages, group_size)?;
+        let loss = self.loss(&q, passages, group_size, teacher)?;
         let value = loss.to_scalar::<f32>()?;
         let grads = if value.is_finite() {
             let mut grads = Gradients::default();
@@ -393,15 +431,22 @@ impl Trainer {
             .map(|g| queries.texts[g.query_row].as_str())
             .collect();
         let rows = batch.iter().flat_map(|g| g.passages.iter().copied());
+        let teacher = self.settings.distill.map(|_| GroupScores {
+            scores: (batch.iter().flat_map(|g| &g.teacher))
+                .map(|s| s.unwrap_or(f32::NAN))
+                .collect(),
+            group_size: self.settings.group_size,
+        });
+        let teacher = teacher.as_ref();
         match &self.frozen {
             Some(frozen) => {
                 let passages = frozen.gather(&rows.collect::<Vec<_>>(), self.encoder.device())?;
-                self.pass_frozen(&query_texts, &passages, dropout)
+                self.pass_frozen(&query_texts, &passages, teacher, dropout)
             }
             None => {
                 let passage_texts: Vec<String> = rows.map(|row| corpus.full_text(row)).collect();
                 let p: Vec<&str> = passage_texts.iter().map(String::as_str).collect();
-                self.pass(&query_texts, &p, dropout)
+                self.pass_with(&query_texts, &p, teacher, dropout)
             }
         }
     }
@@ -418,14 +463,22 @@ impl Trainer {
         Ok(groups.matmul(&queries)?.squeeze(2)?.to_vec2::<f32>()?)
     }
 
-    fn loss(&self, q: &Tensor, p: &Tensor, group_size: usize) -> Result<Tensor> {
-        contrastive_loss(
-            self.settings.loss,
-            q,
-            p,
-            group_size,
-            self.settings.temperature,
-        )
+    /// The contrastive loss, plus the weighted distillation term when the
+    /// recipe distils and the batch has teacher scores.
+    fn loss(
+        &self,
+        q: &Tensor,
+        p: &Tensor,
+        group_size: usize,
+        teacher: Option<&GroupScores>,
+    ) -> Result<Tensor> {
+        let s = &self.settings;
+        let contrastive = contrastive_loss(s.loss, q, p, group_size, s.temperature)?;
+        let (Some(kind), Some(teacher)) = (s.distill, teacher) else {
+            return Ok(contrastive);
+        };
+        let distill = distill_loss(kind, q, p, teacher, s.temperature, s.distill_temperature)?;
+        Ok((contrastive + (distill * s.distill_weight)?)?)
     }
 
     /// Each side of the batch as one forward pass with its graph.
@@ -434,11 +487,12 @@ impl Trainer {
         q_tokens: &[Vec<u32>],
         p_tokens: &[Vec<u32>],
         group_size: usize,
+        teacher: Option<&GroupScores>,
         dropout: Option<&Dropout>,
     ) -> Result<PassOutcome> {
         let q = self.encoder.embed(&pad(q_tokens), dropout)?;
         let p = self.encoder.embed(&pad(p_tokens), dropout)?;
-        let loss = self.loss(&q, &p, group_size)?;
+        let loss = self.loss(&q, &p, group_size, teacher)?;
         let value = loss.to_scalar::<f32>()?;
         let scores = self.scores_if_asked(&q, &p, group_size)?;
         if !value.is_finite() {
@@ -455,6 +509,7 @@ impl Trainer {
         q_tokens: &[Vec<u32>],
         p_tokens: &[Vec<u32>],
         group_size: usize,
+        teacher: Option<&GroupScores>,
         dropout: Option<&Dropout>,
     ) -> Result<PassOutcome> {
         let mini = self.settings.mini_batch;
@@ -473,7 +528,8 @@ impl Trainer {
                 .collect::<Result<Vec<_>>>()?;
             leaves.push(Var::from_tensor(&Tensor::cat(&parts, 0)?)?);
         }
-        let loss = self.loss(leaves[0].as_tensor(), leaves[1].as_tensor(), group_size)?;
+        let (q, p) = (leaves[0].as_tensor(), leaves[1].as_tensor());
+        let loss = self.loss(q, p, group_size, teacher)?;
         let value = loss.to_scalar::<f32>()?;
         let scores =
             self.scores_if_asked(leaves[0].as_tensor(), leaves[1].as_tensor(), group_size)?;

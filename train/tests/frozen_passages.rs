@@ -46,7 +46,7 @@ fn a_frozen_pass_is_the_query_side_of_the_whole_gradient() {
 
     let whole = t.pass(&QUERIES, &PASSAGES, None).unwrap();
     let passages = embed(&t, tmp.path(), &PASSAGES, TextKind::Passage).detach();
-    let frozen = t.pass_frozen(&QUERIES, &passages, None).unwrap();
+    let frozen = t.pass_frozen(&QUERIES, &passages, None, None).unwrap();
     assert!(
         (frozen.loss - whole.loss).abs() <= 1e-5 * whole.loss.abs(),
         "the same batch, the same loss: {} vs {}",

@@ -249,16 +249,15 @@ impl CrossEncoder {
         Ok(out)
     }
 
-    /// Each query's candidates ordered by their score with it, best first
-    /// (ties keep the candidates' order): `(candidate index, score)`. All
-    /// pairs are batched together, so short ones of different queries share
-    /// batches.
-    pub fn rank(
+    /// Each query's score with each of its candidates, in the candidates'
+    /// order. All pairs are batched together, so short ones of different
+    /// queries share batches.
+    pub fn score_lists(
         &self,
         queries: &[&str],
         candidates: &[Vec<&str>],
         on_batch: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<Vec<(usize, f32)>>> {
+    ) -> Result<Vec<Vec<f32>>> {
         let pairs: Vec<(&str, &str)> = queries
             .iter()
             .zip(candidates)
@@ -267,9 +266,23 @@ impl CrossEncoder {
         let mut scores = self.score(&pairs, on_batch)?.into_iter();
         Ok(candidates
             .iter()
-            .map(|list| {
-                let mut ranked: Vec<(usize, f32)> =
-                    scores.by_ref().take(list.len()).enumerate().collect();
+            .map(|list| scores.by_ref().take(list.len()).collect())
+            .collect())
+    }
+
+    /// Each query's candidates ordered by their score with it, best first
+    /// (ties keep the candidates' order): `(candidate index, score)`.
+    pub fn rank(
+        &self,
+        queries: &[&str],
+        candidates: &[Vec<&str>],
+        on_batch: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<(usize, f32)>>> {
+        let lists = self.score_lists(queries, candidates, on_batch)?;
+        Ok(lists
+            .into_iter()
+            .map(|scores| {
+                let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
                 ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
                 ranked
             })

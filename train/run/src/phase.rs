@@ -13,7 +13,7 @@ use cpack_index::evaluate::evaluate_index;
 use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, IndexDir, Manifest, OpenIndex, PartialPlan, Provenance,
 };
-use cpack_miner::store::RoundIdentity;
+use cpack_miner::store::{RoundIdentity, RoundManifest};
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams};
 use cpack_model::ModelDir;
 use cpack_train::data::TrainingSet;
@@ -157,8 +157,9 @@ impl ActiveModel {
     }
 
     /// The newest complete round of this model's queries against `index`'s
-    /// very vectors with `params`, mining it if there is none. The index is
-    /// this model's own, or (query-side training) the base model's.
+    /// very vectors with `params` (scored by the workspace's teacher, if
+    /// any), mining it if there is none. The index is this model's own, or
+    /// (query-side training) the base model's.
     pub fn round(
         &self,
         ws: &Workspace,
@@ -166,11 +167,13 @@ impl ActiveModel {
         params: &MiningParams,
         split_qrels: &Qrels,
         progress: &dyn Progress,
-    ) -> Result<(u32, f64)> {
+    ) -> Result<(u32, MiningCost)> {
         let own = self.model.fingerprint()?;
         let query_model = (own != index.manifest.plan.stamp.model_fingerprint).then_some(own);
         let (validated, _) = params.clone().validated(ws.dataset.corpus.len())?;
-        let wanted = RoundIdentity::of_search(&index.manifest, query_model.clone(), validated);
+        let teacher = ws.teacher.map(|t| t.params(validated.negatives));
+        let wanted =
+            RoundIdentity::of_search(&index.manifest, query_model.clone(), validated, teacher);
         // A round of unknown vectors (imported, or older than format 3) is
         // never reused: it may have searched an incremental refresh's.
         let existing =
@@ -178,7 +181,7 @@ impl ActiveModel {
                 m.complete && wanted.index_embeddings.is_some() && m.identity() == wanted
             });
         if let Some(m) = existing {
-            return Ok((m.round, 0.0));
+            return Ok((m.round, MiningCost::default()));
         }
         let input = MiningInput {
             corpus: &ws.dataset.corpus,
@@ -188,7 +191,9 @@ impl ActiveModel {
             encoder: &self.encoder,
             index,
             query_model_fingerprint: query_model,
+            teacher: ws.teacher,
         };
+        let unfinished = ws.store.rounds()?.pop().filter(|m| !m.complete);
         let started = Instant::now();
         let manifest = match cpack_miner::mine(
             ws.store,
@@ -200,6 +205,29 @@ impl ActiveModel {
             MineOutcome::UpToDate(m) => m,
             MineOutcome::Mined { manifest, .. } => manifest,
         };
-        Ok((manifest.round, started.elapsed().as_secs_f64()))
+        // Only what this call scored: a resumed round's earlier seconds
+        // belong to the run that began it.
+        let scored = |m: &RoundManifest| m.teacher.as_ref().map_or(0.0, |t| t.seconds);
+        let earlier = unfinished.filter(|m| m.round == manifest.round);
+        let teacher = scored(&manifest) - earlier.as_ref().map_or(0.0, scored);
+        let cost = MiningCost {
+            mine_seconds: started.elapsed().as_secs_f64() - teacher,
+            teacher_seconds: teacher,
+        };
+        Ok((manifest.round, cost))
+    }
+}
+
+/// What finding or mining rounds cost, the teacher's scoring apart.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct MiningCost {
+    pub mine_seconds: f64,
+    pub teacher_seconds: f64,
+}
+
+impl std::ops::AddAssign for MiningCost {
+    fn add_assign(&mut self, other: MiningCost) {
+        self.mine_seconds += other.mine_seconds;
+        self.teacher_seconds += other.teacher_seconds;
     }
 }

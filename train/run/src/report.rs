@@ -29,8 +29,12 @@ pub struct EpochReport {
     pub optimizer_steps: u64,
     pub train_seconds: f64,
     pub train_tokens: u64,
-    /// Mining that produced this epoch's round (0 when the round was reused).
+    /// Mining that produced this epoch's round (0 when the round was
+    /// reused), the teacher's scoring not included.
     pub mine_seconds: f64,
+    /// A teacher's scoring of the round's pools.
+    #[serde(default)]
+    pub teacher_seconds: f64,
     /// Jaccard overlap of this round's negatives with the previous epoch's round.
     pub negatives_overlap: Option<f64>,
     /// Negatives retired during the epoch for scoring far below the positive.
@@ -162,6 +166,7 @@ impl EpochReport {
             train_seconds: state.stats.seconds,
             train_tokens: state.stats.tokens,
             mine_seconds: state.mine_seconds,
+            teacher_seconds: state.teacher_seconds,
             negatives_overlap: state.negatives_overlap,
             negatives_retired: state.stats.retired,
             encode_seconds: 0.0,

@@ -6,6 +6,7 @@ use crate::recipe::{LoopSettings, TrainRecipe};
 use cpack_core::InvalidSetting;
 use cpack_data::pairs::PairsSource;
 use cpack_encode::EncoderSettings;
+use cpack_miner::teacher::TeacherSpec;
 use cpack_miner::MiningParams;
 use cpack_train::incremental::RefreshScope;
 use cpack_train::TrainSettings;
@@ -24,6 +25,9 @@ pub struct RunSpec {
     pub run: LoopSettings,
     /// Parameters of every mining round the run makes (split included).
     pub mining: MiningParams,
+    /// The cross-encoder that scores (and may denoise) the rounds the run mines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherSpec>,
     /// Qrels split evaluated after each epoch; `None` = no evaluation.
     pub eval_split: Option<String>,
     /// The pairs file trained on instead of the workspace's dataset (the
@@ -67,6 +71,15 @@ impl RunSpec {
         recipe.validate()?;
         let negatives = recipe.trainer.default_negatives();
         let mining = recipe.mining.params(negatives, mining_seed)?;
+        let teacher = recipe.mining.teacher_spec()?;
+        if let (Some(kind), None, None) = (recipe.trainer.distill, &teacher, recipe.run.negatives_from) {
+            return Err(InvalidSetting::new(
+                "distill",
+                kind,
+                "needs a teacher's scores in the rounds trained on: set teacher (--teacher \
+                 RERANKER), or train on a round that has them (--negatives-from)",
+            ));
+        }
         // Checked against no corpus here: its size only clamps topk.
         mining.clone().validated(usize::MAX)?;
         Ok(RunSpec {
@@ -76,6 +89,7 @@ impl RunSpec {
             train: recipe.trainer.clone(),
             run: recipe.run.clone(),
             mining,
+            teacher,
             eval_split,
             pairs: None,
             tasks: Vec::new(),

@@ -10,7 +10,7 @@
 use crate::error::{Error, Result, StepFix};
 use crate::layout::RunDir;
 use crate::passages::{finish_epoch, Passages};
-use crate::phase::ActiveModel;
+use crate::phase::{ActiveModel, MiningCost};
 use crate::report::{mean_eval, EpochReport, EvalPoint, Report, TaskReport};
 use crate::spec::{RunSpec, TaskPlan};
 use crate::workspace::Workspace;
@@ -230,7 +230,7 @@ fn check_memory(spec: &RunSpec, cfg: &BertConfig) -> Result<()> {
 /// mining its rounds took, and the passage vectors of query-side training.
 #[derive(Default)]
 struct Start {
-    mine_seconds: f64,
+    mining: MiningCost,
     frozen: Option<FrozenPassages>,
 }
 
@@ -312,34 +312,34 @@ impl<'a> TaskRun<'a> {
         if let (true, Some(teacher)) = (spec.uses_rounds(), spec.run.negatives_from) {
             self.round = Some(teacher_round(ws, teacher, &self.plan.mining.split)?);
         } else if spec.uses_rounds() {
-            let (round, seconds) = self.mine(&self.base, &mut index, progress)?;
+            let (round, cost) = self.mine(&self.base, &mut index, progress)?;
             self.round = Some(round);
-            start.mine_seconds += seconds;
+            start.mining += cost;
         }
         Ok(())
     }
 
     /// `model`'s round of this task's queries against `index` (found or
-    /// mined), and the seconds mining took.
+    /// mined), and what mining it cost.
     fn mine(
         &self,
         model: &ActiveModel,
         index: &mut OpenIndex,
         progress: &dyn Progress,
-    ) -> Result<(u32, f64)> {
+    ) -> Result<(u32, MiningCost)> {
         let (mining, qrels) = (&self.plan.mining, &self.split_qrels);
         model.round(self.ws, index, mining, qrels, progress)
     }
 
-    /// Mines (or finds) the current model's round. Returns the mining
-    /// seconds, and whether the round is new with its overlap with the last.
-    fn refresh(&mut self, progress: &dyn Progress) -> Result<(f64, Option<Option<f64>>)> {
+    /// Mines (or finds) the current model's round. Returns what mining
+    /// cost, and whether the round is new with its overlap with the last.
+    fn refresh(&mut self, progress: &dyn Progress) -> Result<(MiningCost, Option<Option<f64>>)> {
         let ws = self.ws;
         let models = (&self.base, &self.current);
         let (mut index, _) = self.passages.open(ws, models, progress)?;
-        let (round, seconds) = self.mine(&self.current, &mut index, progress)?;
+        let (round, cost) = self.mine(&self.current, &mut index, progress)?;
         if Some(round) == self.round {
-            return Ok((seconds, None));
+            return Ok((cost, None));
         }
         let fresh = load_records(ws, Some(round))?;
         let overlap = self
@@ -349,7 +349,7 @@ impl<'a> TaskRun<'a> {
             .map(|(old, new)| cpack_miner::stats::overlap(new, old));
         self.records = fresh;
         self.round = Some(round);
-        Ok((seconds, Some(overlap)))
+        Ok((cost, Some(overlap)))
     }
 
     /// The task's own training set, over its own tables.
@@ -458,8 +458,8 @@ struct Epochs<'a> {
     queries: Cow<'a, TextTable>,
     trainer: Trainer,
     set: TrainingSet,
-    /// Mining seconds not yet reported (the next epoch's rounds).
-    mine_seconds: f64,
+    /// Mining not yet reported (the next epoch's rounds).
+    mining: MiningCost,
     schedule: Schedule,
     schedule_steps: u64,
     step_log: StepLog,
@@ -511,7 +511,7 @@ impl<'a> Epochs<'a> {
             queries,
             trainer,
             set: TrainingSet::merge(Vec::new(), spec.run.task_order),
-            mine_seconds: start.mine_seconds,
+            mining: start.mining,
             schedule: Schedule::new(spec.train.lr, spec.train.warmup_ratio, spec.run.epochs, 1),
             schedule_steps: 0,
             step_log: StepLog::open(run.path(), last_epoch)?,
@@ -575,7 +575,8 @@ impl<'a> Epochs<'a> {
         };
         let state = TrainerState {
             stats,
-            mine_seconds: std::mem::take(&mut self.mine_seconds),
+            mine_seconds: self.mining.mine_seconds,
+            teacher_seconds: std::mem::take(&mut self.mining).teacher_seconds,
             negatives_overlap: overlap,
             retired: self.set.retired_ids(&self.corpus),
             task_rounds,
@@ -636,8 +637,8 @@ impl<'a> Epochs<'a> {
         let mut overlaps = Vec::new();
         let mut changed = false;
         for task in &mut self.tasks {
-            let (seconds, fresh) = task.refresh(progress)?;
-            self.mine_seconds += seconds;
+            let (cost, fresh) = task.refresh(progress)?;
+            self.mining += cost;
             if let Some(overlap) = fresh {
                 changed = true;
                 overlaps.extend(overlap);

@@ -6,6 +6,7 @@ use cpack_encode::{BackendLoader, ComputeDevice};
 use cpack_index::embeddings::Precision;
 use cpack_index::store::IndexDir;
 use cpack_index::vector::IndexKind;
+use cpack_miner::teacher::Teacher;
 use cpack_miner::NegativeStore;
 
 /// The workspace a run reads and mines into.
@@ -26,4 +27,6 @@ pub struct Workspace<'a> {
     pub threads: usize,
     /// Where the trainer keeps the weights and runs its steps.
     pub device: ComputeDevice,
+    /// The cross-encoder that scores (and may denoise) the rounds the run mines.
+    pub teacher: Option<Teacher<'a>>,
 }
