@@ -463,8 +463,14 @@ fn finish_chunk(
             let denoise = denoise.unwrap_or_default();
             let dropped = teacher::dropped(pool_scores, positive_scores, &denoise);
             let pool = d.pool.drawn.clone();
-            let selection =
-                select::choose(d.pool, &dropped, &d.facts, params, index.ids.len(), &mut d.rng);
+            let selection = select::choose(
+                d.pool,
+                &dropped,
+                &d.facts,
+                params,
+                index.ids.len(),
+                &mut d.rng,
+            );
             let teacher = scores.as_ref().map(|_| TeacherScores {
                 positives: positive_scores.to_vec(),
                 negatives: teacher::scores_of(&selection.chosen, &pool, pool_scores),

@@ -91,14 +91,24 @@ pub struct MiningRecipe {
     /// Denoise: drop candidates the teacher scores above S (its raw score, a logit).
     #[cfg_attr(
         feature = "clap",
-        arg(long, value_name = "S", allow_negative_numbers = true, requires = "teacher")
+        arg(
+            long,
+            value_name = "S",
+            allow_negative_numbers = true,
+            requires = "teacher"
+        )
     )]
     pub denoise_above: Option<f32>,
     /// Denoise: drop candidates the teacher scores above the query's
     /// lowest positive − M (negative: only those beating it by |M|).
     #[cfg_attr(
         feature = "clap",
-        arg(long, value_name = "M", allow_negative_numbers = true, requires = "teacher")
+        arg(
+            long,
+            value_name = "M",
+            allow_negative_numbers = true,
+            requires = "teacher"
+        )
     )]
     pub denoise_margin: Option<f32>,
 }
@@ -149,7 +159,11 @@ impl MiningRecipe {
                 ("denoise", !denoise.is_off()),
             ];
             if let Some((key, _)) = set.into_iter().find(|(_, on)| *on) {
-                return Err(InvalidSetting::new(key, "set", "needs a teacher: set teacher (--teacher RERANKER)"));
+                return Err(InvalidSetting::new(
+                    key,
+                    "set",
+                    "needs a teacher: set teacher (--teacher RERANKER)",
+                ));
             }
             return Ok(None);
         };

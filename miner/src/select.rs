@@ -198,7 +198,14 @@ pub fn select(
     corpus_rows: usize,
     rng: &mut Rng,
 ) -> Selection {
-    let pool = pool(candidates, text_key_of, facts, params, params.negatives, rng);
+    let pool = pool(
+        candidates,
+        text_key_of,
+        facts,
+        params,
+        params.negatives,
+        rng,
+    );
     choose(pool, &[], facts, params, corpus_rows, rng)
 }
 

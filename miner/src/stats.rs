@@ -95,7 +95,10 @@ fn denoised_bucket(rank: u32) -> usize {
 }
 
 fn teacher_stats(records: &[(String, QueryRecord)]) -> Option<TeacherStats> {
-    let scored: Vec<&TeacherScores> = records.iter().filter_map(|(_, r)| r.teacher.as_ref()).collect();
+    let scored: Vec<&TeacherScores> = records
+        .iter()
+        .filter_map(|(_, r)| r.teacher.as_ref())
+        .collect();
     if scored.is_empty() {
         return None;
     }
@@ -280,13 +283,22 @@ mod tests {
             r
         };
         let records = vec![
-            ("q1".to_string(), scored(vec![2.0, 1.0], vec![1.5, -3.0], vec![3, 12])),
-            ("q2".to_string(), scored(vec![4.0], vec![f32::NAN, 0.5], vec![150])),
+            (
+                "q1".to_string(),
+                scored(vec![2.0, 1.0], vec![1.5, -3.0], vec![3, 12]),
+            ),
+            (
+                "q2".to_string(),
+                scored(vec![4.0], vec![f32::NAN, 0.5], vec![150]),
+            ),
             ("q3".to_string(), record(&[("c", 0.1)], (1, 0.5), 0)),
         ];
         let t = round_stats(1, &records, None).teacher.unwrap();
         assert_eq!(t.queries, 2);
-        assert_eq!(t.negatives_above_positive, 1, "1.5 beats q1's lowest positive 1.0");
+        assert_eq!(
+            t.negatives_above_positive, 1,
+            "1.5 beats q1's lowest positive 1.0"
+        );
         assert_eq!((t.denoised, t.denoised_ranks), (3, [1, 1, 0, 0, 1]));
         assert_eq!(t.negative_scores.count, 3, "the padded NaN is not a score");
         assert_eq!((t.positive_scores.min, t.positive_scores.max), (1.0, 4.0));

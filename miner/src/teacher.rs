@@ -43,7 +43,10 @@ impl Denoise {
     }
 
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        for (key, value) in [("denoise_above", self.above), ("denoise_margin", self.margin)] {
+        for (key, value) in [
+            ("denoise_above", self.above),
+            ("denoise_margin", self.margin),
+        ] {
             if let Some(v) = value {
                 require(v.is_finite(), key, v, "is not a finite number")?;
             }
@@ -207,6 +210,9 @@ mod tests {
             [true, true, false, false]
         );
         assert!(Denoise::default().is_off());
-        assert_eq!(dropped(&scores, &positives, &Denoise::default()), [false; 4]);
+        assert_eq!(
+            dropped(&scores, &positives, &Denoise::default()),
+            [false; 4]
+        );
     }
 }

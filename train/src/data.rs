@@ -855,14 +855,17 @@ mod tests {
         let queries = table("q", &["q0"]);
         let mut qrels = Qrels::default();
         qrels.by_query.insert("q0".into(), vec![("d0".into(), 1)]);
-        let mut records = vec![("q0".to_string(), QueryRecord {
-            negatives: (1..=6).map(|i| doc(&format!("d{i}"))).collect(),
-            positives: vec![doc("d0")],
-            survivors: 6,
-            shortfall: 0,
-            filtered: Default::default(),
-            teacher: None,
-        })];
+        let mut records = vec![(
+            "q0".to_string(),
+            QueryRecord {
+                negatives: (1..=6).map(|i| doc(&format!("d{i}"))).collect(),
+                positives: vec![doc("d0")],
+                survivors: 6,
+                shortfall: 0,
+                filtered: Default::default(),
+                teacher: None,
+            },
+        )];
         // Row r scores 10·r; the teacher never scored d3 (padded: NaN).
         records[0].1.teacher = Some(cpack_miner::teacher::TeacherScores {
             positives: vec![0.5],
@@ -875,7 +878,10 @@ mod tests {
             let groups = taught.epoch_batches(3, 1, Batching::Plain, 1, epoch);
             let untaught = plain.epoch_batches(3, 1, Batching::Plain, 1, epoch);
             let (group, same) = (&groups[0][0], &untaught[0][0]);
-            assert_eq!(group.passages, same.passages, "scores never change the draw");
+            assert_eq!(
+                group.passages, same.passages,
+                "scores never change the draw"
+            );
             assert!(same.teacher.iter().all(Option::is_none));
             for (&row, &score) in group.passages.iter().zip(&group.teacher) {
                 let expected = match row {

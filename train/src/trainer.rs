@@ -146,8 +146,18 @@ impl TrainSettings {
         require(positive(t), "temperature", t, "must be a positive number")?;
         require(positive(lr), "lr", lr, "must be a positive number")?;
         let (w, dt) = (self.distill_weight, self.distill_temperature);
-        require(w >= 0.0 && w.is_finite(), "distill_weight", w, "must be a number ≥ 0")?;
-        require(positive(dt), "distill_temperature", dt, "must be a positive number")?;
+        require(
+            w >= 0.0 && w.is_finite(),
+            "distill_weight",
+            w,
+            "must be a number ≥ 0",
+        )?;
+        require(
+            positive(dt),
+            "distill_temperature",
+            dt,
+            "must be a positive number",
+        )?;
         if let Some(kind) = self.distill {
             let problem = "needs hard negatives to distil over: set group_size to 2 or more";
             require(self.group_size > 1, "distill", kind, problem)?;

@@ -6,18 +6,13 @@
 use cpack_encode::ComputeDevice;
 use cpack_encode::{EncoderSettings, PairTokenizer};
 use cpack_model::{ModelDir, Pooling};
+use cpack_train::loss::{DistillKind, GroupScores};
 use cpack_train::model::TrainableEncoder;
 use cpack_train::optim::Gradients;
 use cpack_train::{LossKind, TrainSettings, Trainer};
 use std::path::{Path, PathBuf};
 
 fn trainer(model: &Path, mini_batch: usize, loss: LossKind, group_size: usize) -> Trainer {
-    let model = ModelDir::open(model).unwrap();
-    let settings = EncoderSettings {
-        query_max_len: 24,
-        passage_max_len: 48,
-        ..EncoderSettings::declared_by(&model)
-    };
     let recipe = TrainSettings {
         batch_size: 4,
         group_size,
@@ -26,6 +21,16 @@ fn trainer(model: &Path, mini_batch: usize, loss: LossKind, group_size: usize) -
         dropout: false,
         mini_batch,
         ..TrainSettings::default()
+    };
+    trainer_with(model, recipe)
+}
+
+fn trainer_with(model: &Path, recipe: TrainSettings) -> Trainer {
+    let model = ModelDir::open(model).unwrap();
+    let settings = EncoderSettings {
+        query_max_len: 24,
+        passage_max_len: 48,
+        ..EncoderSettings::declared_by(&model)
     };
     let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu).unwrap();
     let tokenizer = PairTokenizer::load(&model, &settings).unwrap();
@@ -88,28 +93,81 @@ fn check(model: &Path, queries: &[&str], passages: &[&str], limit: f64) {
     }
 }
 
+const QUERIES: [&str; 4] = [
+    "who pays the claim",
+    "what is a premium",
+    "renters cover",
+    "car insurance",
+];
+const PASSAGES: [&str; 8] = [
+    "the insurer pays the claim",
+    "a premium is the price",
+    "renters insurance covers belongings",
+    "car insurance follows the car",
+    "an annuity pays income",
+    "term life pays a benefit",
+    "medicare covers visits",
+    "disability replaces income",
+];
+
+fn tiny_model() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let texts: Vec<&str> = QUERIES.iter().chain(&PASSAGES).copied().collect();
+    cpack_model::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
+    dir
+}
+
 #[test]
 fn cached_gradients_equal_the_whole_batch_on_a_tiny_model() {
-    let queries = [
-        "who pays the claim",
-        "what is a premium",
-        "renters cover",
-        "car insurance",
-    ];
-    let passages = [
-        "the insurer pays the claim",
-        "a premium is the price",
-        "renters insurance covers belongings",
-        "car insurance follows the car",
-        "an annuity pays income",
-        "term life pays a benefit",
-        "medicare covers visits",
-        "disability replaces income",
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let texts: Vec<&str> = queries.iter().chain(&passages).copied().collect();
-    cpack_model::test_model::write_tiny_model(dir.path(), &texts, 5).unwrap();
-    check(dir.path(), &queries, &passages, 1e-5);
+    let dir = tiny_model();
+    check(dir.path(), &QUERIES, &PASSAGES, 1e-5);
+}
+
+/// The distillation term rides on the cached pass: the same loss and
+/// gradients as the whole batch, and a loss the teacher changes.
+#[test]
+fn cached_gradients_carry_the_distillation_term() {
+    let dir = tiny_model();
+    // Groups of 2; the last query's negative was never scored.
+    let teacher = GroupScores {
+        scores: vec![4.0, -1.0, 2.5, 3.0, 6.0, 0.5, 1.0, f32::NAN],
+        group_size: 2,
+    };
+    for kind in [DistillKind::Kl, DistillKind::MarginMse] {
+        let recipe = |mini_batch| TrainSettings {
+            batch_size: 4,
+            group_size: 2,
+            temperature: 0.05,
+            dropout: false,
+            mini_batch,
+            distill: Some(kind),
+            distill_weight: 0.5,
+            ..TrainSettings::default()
+        };
+        let whole = trainer_with(dir.path(), recipe(0));
+        let reference = whole
+            .pass_with(&QUERIES, &PASSAGES, Some(&teacher), None)
+            .unwrap();
+        let untaught = whole.pass(&QUERIES, &PASSAGES, None).unwrap();
+        assert!(
+            reference.loss > untaught.loss + 1e-3,
+            "{kind}: the term adds to InfoNCE ({} vs {})",
+            reference.loss,
+            untaught.loss
+        );
+        let cached = trainer_with(dir.path(), recipe(3));
+        let pass = cached
+            .pass_with(&QUERIES, &PASSAGES, Some(&teacher), None)
+            .unwrap();
+        assert!((pass.loss - reference.loss).abs() <= 1e-5 * reference.loss.abs());
+        let worst = worst_difference(
+            &cached,
+            pass.grads.as_ref().unwrap(),
+            &whole,
+            reference.grads.as_ref().unwrap(),
+        );
+        assert!(worst <= 1e-5, "{kind}: gradients differ by {worst:.2e}");
+    }
 }
 
 #[test]

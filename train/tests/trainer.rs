@@ -3,6 +3,7 @@
 
 mod common;
 
+mod distill_parity;
 mod dropout_gradient;
 mod frozen_passages;
 mod grad_cache;

@@ -72,7 +72,9 @@ impl RunSpec {
         let negatives = recipe.trainer.default_negatives();
         let mining = recipe.mining.params(negatives, mining_seed)?;
         let teacher = recipe.mining.teacher_spec()?;
-        if let (Some(kind), None, None) = (recipe.trainer.distill, &teacher, recipe.run.negatives_from) {
+        if let (Some(kind), None, None) =
+            (recipe.trainer.distill, &teacher, recipe.run.negatives_from)
+        {
             return Err(InvalidSetting::new(
                 "distill",
                 kind,
