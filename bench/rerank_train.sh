@@ -13,20 +13,27 @@
 #    bench/task_slice.py), all-MiniLM-L6-v2 as the embedder (index, one
 #    mined round: top 100, skip 3, 7 negatives), then per seed a reranker
 #    trained from all-MiniLM-L6-v2 under a new head by each side on that
-#    round — one epoch, batch 16 × group 8, pairs cut at 256 tokens, lr 2e-5,
-#    10 % warm-up, dropout on — and both evaluated by the same code: `cpack
+#    round — --epochs epochs of batch --batch × group --group, pairs cut at
+#    --max-len tokens, lr --lr, 10 % warm-up, dropout on — and both
+#    evaluated by the same code: `cpack
 #    eval --reranker` over the embedder's top --depth hits. Test nDCG@10 /
 #    MRR@10 before and after reranking, and each side's training seconds,
 #    into target/bench/rerank_train.json and .md.
 #
 #   bash bench/rerank_train.sh [--seeds "1 2 3"] [--passages 3000] [--train 500]
-#                              [--test 200] [--depth 20] [--trace-only]
+#                              [--test 200] [--depth 20] [--epochs 2] [--batch 8]
+#                              [--group 4] [--max-len 128] [--lr 1e-4] [--trace-only]
+#
+# The defaults are what a 2-core machine affords in about 25 minutes a seed
+# for both sides; at one epoch of batch 16 × group 8 and lr 2e-5 (32 steps)
+# neither side's reranker moved off its initial loss (ln 8).
 #
 # CPACK_BIN runs a given binary. The peer needs .cache/bench-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3" PASSAGES=3000 TRAIN=500 TEST=200 DEPTH=20 TRACE_ONLY=0
+EPOCHS=2 BATCH=8 GROUP=4 MAX_LEN=128 LR=1e-4
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -34,6 +41,11 @@ while [ $# -gt 0 ]; do
     --train) TRAIN=$2; shift 2 ;;
     --test) TEST=$2; shift 2 ;;
     --depth) DEPTH=$2; shift 2 ;;
+    --epochs) EPOCHS=$2; shift 2 ;;
+    --batch) BATCH=$2; shift 2 ;;
+    --group) GROUP=$2; shift 2 ;;
+    --max-len) MAX_LEN=$2; shift 2 ;;
+    --lr) LR=$2; shift 2 ;;
     --trace-only) TRACE_ONLY=1; shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -97,45 +109,48 @@ PY
 # 2. Quality.
 "$CPACK" mine export --format ids -o "$WORK/out/round.jsonl" --quiet
 evaluate() {  # reranker folder → eval JSON
-  "$CPACK" eval "${LENGTHS[@]}" --reranker "$1" --rerank-depth "$DEPTH" --rerank-max-len 256 --json --quiet
+  "$CPACK" eval "${LENGTHS[@]}" --reranker "$1" --rerank-depth "$DEPTH" --rerank-max-len "$MAX_LEN" --json --quiet
 }
 "$CPACK" eval "${LENGTHS[@]}" --json --quiet > "$WORK/out/base.json"
+RECIPE="e$EPOCHS-b$BATCH-g$GROUP-l$MAX_LEN-lr$LR"
+OUT="$WORK/out/$RECIPE"
+mkdir -p "$OUT"
 for seed in $SEEDS; do
-  run="quality-s$seed"
-  if [ ! -f "$WORK/out/cpack-s$seed.json" ]; then
+  run="quality-$RECIPE-s$seed"
+  if [ ! -f "$OUT/cpack-s$seed.json" ]; then
     rm -rf ".cpack/rerankers/$run"
-    "$CPACK" rerank train --run "$run" --from "$MINILM" --seed "$seed" --epochs 1 --train-batch-size 16 \
-      --group-size 8 --max-len 256 --lr 2e-5 --max-queries "$TRAIN" --eval-split none --quiet --json \
-      > "$WORK/out/cpack-train-s$seed.json"
-    evaluate ".cpack/rerankers/$run/epoch-1" > "$WORK/out/cpack-s$seed.json"
+    "$CPACK" rerank train --run "$run" --from "$MINILM" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
+      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" --eval-split none --quiet --json \
+      > "$OUT/cpack-train-s$seed.json"
+    evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/cpack-s$seed.json"
   fi
-  if [ ! -f "$WORK/out/peer-s$seed.json" ]; then
+  if [ ! -f "$OUT/peer-s$seed.json" ]; then
     started=$SECONDS
     OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
-      --round-ids "$WORK/out/round.jsonl" --save-dir "$WORK/out/peer-s$seed" --seed "$seed" --threads 2 \
-      2>/dev/null > "$WORK/out/peer-train-s$seed.jsonl"
-    echo "{\"seconds\": $((SECONDS - started))}" > "$WORK/out/peer-time-s$seed.json"
-    evaluate "$WORK/out/peer-s$seed/epoch-1" > "$WORK/out/peer-s$seed.json"
+      --round-ids "$WORK/out/round.jsonl" --save-dir "$OUT/peer-s$seed" --seed "$seed" --threads 2 \
+      2>/dev/null > "$OUT/peer-train-s$seed.jsonl"
+    echo "{\"seconds\": $((SECONDS - started))}" > "$OUT/peer-time-s$seed.json"
+    evaluate "$OUT/peer-s$seed/epoch-$EPOCHS" > "$OUT/peer-s$seed.json"
   fi
 done
 cd "$ROOT"
 mkdir -p target/bench
-python3 - "$WORK/out" "$SEEDS" "$DEPTH" <<'PY'
+python3 - "$OUT" "$SEEDS" "$DEPTH" "$RECIPE" <<'PY'
 import json, statistics, sys
-out, seeds, depth = sys.argv[1], sys.argv[2].split(), sys.argv[3]
+out, seeds, depth, recipe = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
 load = lambda name: json.load(open(f"{out}/{name}"))
 metric = lambda e, k: e["metrics"][k]
-base = load("base.json")
+base = load("../base.json")
 rows = {"cpack": {"ndcg": [], "mrr": [], "seconds": []}, "pytorch": {"ndcg": [], "mrr": [], "seconds": []}}
 for s in seeds:
     c, p = load(f"cpack-s{s}.json"), load(f"peer-s{s}.json")
     rows["cpack"]["ndcg"].append(metric(c, "ndcg_at_10")); rows["cpack"]["mrr"].append(metric(c, "mrr_at_10"))
     rows["pytorch"]["ndcg"].append(metric(p, "ndcg_at_10")); rows["pytorch"]["mrr"].append(metric(p, "mrr_at_10"))
-    rows["cpack"]["seconds"].append(load(f"cpack-train-s{s}.json")["epochs"][0]["train_seconds"])
+    rows["cpack"]["seconds"].append(sum(e["train_seconds"] for e in load(f"cpack-train-s{s}.json")["epochs"]))
     rows["pytorch"]["seconds"].append(load(f"peer-time-s{s}.json")["seconds"])
-trace = [json.loads(l) for l in open(f"{out}/trace.jsonl")][-1]
-check = json.load(open(f"{out}/check.json"))
-json.dump({"seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace, "check": check},
+trace = [json.loads(l) for l in open(f"{out}/../trace.jsonl")][-1]
+check = json.load(open(f"{out}/../check.json"))
+json.dump({"recipe": recipe, "seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace, "check": check},
           open("target/bench/rerank_train.json", "w"), indent=1)
 cell = lambda v: f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e}, gradient norm {trace['max_grad_norm_rel_diff']:.1e} over {trace['steps']} steps",

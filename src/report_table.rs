@@ -129,6 +129,36 @@ fn strategy(report: &Report) -> Vec<String> {
             if encoded.is_empty() { "none yet".to_string() } else { encoded.join(", ") }
         ));
     }
+    if let Some(teacher) = &s.teacher {
+        let d = teacher.denoise;
+        let mut rules = Vec::new();
+        if let Some(above) = d.above {
+            rules.push(format!("above {above}"));
+        }
+        if let Some(margin) = d.margin {
+            rules.push(format!("above the positive − {margin}"));
+        }
+        let denoise = match rules.is_empty() {
+            true => String::new(),
+            false => format!(", denoising {}", rules.join(" or ")),
+        };
+        let seconds: Vec<String> = (report.epochs.iter())
+            .map(|e| format!("{:.0}", e.teacher_seconds))
+            .collect();
+        strategy.push(format!(
+            "teacher {} (pool {}{denoise}): scoring seconds per epoch's round {}",
+            teacher.model.display(),
+            teacher.pool,
+            seconds.join(", ")
+        ));
+    }
+    if let Some(kind) = s.train.distill {
+        let t = &s.train;
+        strategy.push(format!(
+            "distilled ({kind}, weight {}, teacher temperature {}) beside InfoNCE",
+            t.distill_weight, t.distill_temperature
+        ));
+    }
     if let Some(margin) = s.train.replace_easy {
         let retired: usize = report.epochs.iter().map(|e| e.negatives_retired).sum();
         strategy.push(format!(

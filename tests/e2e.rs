@@ -17,5 +17,6 @@ mod rerank;
 mod run_state;
 mod serve;
 mod tasks;
+mod teacher;
 mod training;
 mod workflow;

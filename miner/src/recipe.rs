@@ -82,33 +82,23 @@ pub struct MiningRecipe {
     /// Candidates the teacher scores per query: the first N the sampling
     /// draws (at least --negatives). Teacher time grows with it; denoising
     /// can only replace a dropped negative from within it [default: 16].
-    #[cfg_attr(feature = "clap", arg(long, value_name = "N", requires = "teacher"))]
+    #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub teacher_pool: Option<usize>,
     /// Denoise (RocketQA): drop candidates the teacher scores above the
     /// query's lowest positive (--denoise-margin 0) before the draw.
-    #[cfg_attr(feature = "clap", arg(long, requires = "teacher"))]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub denoise: bool,
     /// Denoise: drop candidates the teacher scores above S (its raw score, a logit).
     #[cfg_attr(
         feature = "clap",
-        arg(
-            long,
-            value_name = "S",
-            allow_negative_numbers = true,
-            requires = "teacher"
-        )
+        arg(long, value_name = "S", allow_negative_numbers = true)
     )]
     pub denoise_above: Option<f32>,
     /// Denoise: drop candidates the teacher scores above the query's
     /// lowest positive − M (negative: only those beating it by |M|).
     #[cfg_attr(
         feature = "clap",
-        arg(
-            long,
-            value_name = "M",
-            allow_negative_numbers = true,
-            requires = "teacher"
-        )
+        arg(long, value_name = "M", allow_negative_numbers = true)
     )]
     pub denoise_margin: Option<f32>,
 }

@@ -11,7 +11,7 @@ use cpack_data::dataset::{all_qrels, Dataset};
 use cpack_miner::export;
 use cpack_miner::stats;
 use cpack_miner::store::RoundManifest;
-use cpack_miner::teacher::Teacher;
+use cpack_miner::teacher::{Teacher, TeacherRound};
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningRecipe, NegativeStore};
 
 pub fn run(ctx: &Context, args: MineArgs) -> Result<()> {
@@ -114,11 +114,11 @@ fn mine_one(
     let recipe = config.mining_recipe(&args.recipe, &ctx.given)?;
     let seed = args.seed.unwrap_or(config.seed);
     let params = recipe.params(MiningRecipe::DEFAULT_NEGATIVES, seed)?;
+    let teacher_spec = recipe.teacher_spec()?;
     let dataset = Dataset::load(config.data()?.clone())?;
     let split_qrels = dataset.qrels(&params.split)?;
     let qrels = all_qrels(&dataset)?;
     let encoder = open_encoder(config)?;
-    let teacher_spec = recipe.teacher_spec()?;
     let teacher_model = open_teacher(config, teacher_spec.as_ref())?;
     let teacher = (teacher_spec.as_ref().zip(teacher_model.as_ref()))
         .map(|(spec, model)| Teacher::new(model, spec));
@@ -217,9 +217,22 @@ impl Mined<'_> {
             "short_queries": s.short_queries,
             "seconds": manifest.seconds,
             "timings": manifest.timings,
+            "teacher": manifest.teacher,
         });
+        let teacher = match &manifest.teacher {
+            Some(t) => format!(
+                "; the teacher scored {} pairs in {:.1}s{}",
+                t.pairs,
+                t.seconds,
+                s.teacher.as_ref().map_or(String::new(), |t| format!(
+                    " and denoising dropped {}",
+                    t.denoised
+                ))
+            ),
+            None => String::new(),
+        };
         let line = format!(
-            "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s)",
+            "mined round {}{}: {} queries, {:.2} negatives each on average (min {}), {} short, {} without positives skipped; {:.1}s ({:.0} queries/s){teacher}",
             manifest.round,
             if self.resumed { " (resumed)" } else { "" },
             s.queries,
@@ -373,6 +386,9 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) -> std::io::Resu
         s.positive_score_mean,
         s.negative_score_mean
     )?;
+    if let (Some(round), Some(t)) = (&manifest.teacher, &s.teacher) {
+        print_teacher(round, t)?;
+    }
     outln!("score histogram   share of positives (P) and negatives (N) per 0.1-wide bin")?;
     let share = |h: &[usize]| {
         let total = h.iter().sum::<usize>().max(1) as f64;
@@ -400,6 +416,46 @@ fn print_stats(manifest: &RoundManifest, s: &stats::RoundStats) -> std::io::Resu
         )?;
     }
     Ok(())
+}
+
+/// What the round's teacher scored and dropped.
+fn print_teacher(round: &TeacherRound, t: &stats::TeacherStats) -> std::io::Result<()> {
+    let p = &round.params;
+    let mut rules = Vec::new();
+    if let Some(above) = p.denoise.above {
+        rules.push(format!("above {above}"));
+    }
+    if let Some(margin) = p.denoise.margin {
+        rules.push(format!("above the positive − {margin}"));
+    }
+    let rules = match rules.is_empty() {
+        true => "no denoising".to_string(),
+        false => format!("denoise {}", rules.join(" or ")),
+    };
+    outln!(
+        "teacher           {} · pool {} · {rules} · {:.1}s for {} pairs",
+        short_fingerprint(&p.model_fingerprint),
+        p.pool,
+        round.seconds,
+        round.pairs
+    )?;
+    let spread = |s: &stats::Spread| {
+        format!(
+            "median {:.2} (quartiles {:.2} … {:.2}, range {:.2} … {:.2})",
+            s.median, s.p25, s.p75, s.min, s.max
+        )
+    };
+    outln!("teacher scores    positives {}", spread(&t.positive_scores))?;
+    outln!("                  negatives {}", spread(&t.negative_scores))?;
+    outln!(
+        "                  {} stored negatives score above their query's positive (likely false negatives)",
+        t.negatives_above_positive
+    )?;
+    let r = t.denoised_ranks;
+    outln!(
+        "denoised          {} dropped (raw ranks 1-10: {} · 11-20: {} · 21-50: {} · 51-100: {} · 101+: {}); {:.1} candidates scored per query",
+        t.denoised, r[0], r[1], r[2], r[3], r[4], t.pool_mean
+    )
 }
 
 /// The first 12 characters of a fingerprint, enough to tell models apart.

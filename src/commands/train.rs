@@ -61,8 +61,13 @@ pub fn run(ctx: &Context, args: TrainArgs) -> Result<()> {
         .unwrap_or(config.runtime.device());
     // A device this build or machine cannot use fails before a run folder exists.
     device.candle()?;
-    let teacher_model = open_teacher(&config, spec.teacher.as_ref())?;
-    let teacher = (spec.teacher.as_ref().zip(teacher_model.as_ref()))
+    // A resumed run's teacher is the one it began with.
+    let teacher_spec = match args.resume && run.spec_file().exists() {
+        true => run.spec()?.teacher,
+        false => spec.teacher.clone(),
+    };
+    let teacher_model = open_teacher(&config, teacher_spec.as_ref())?;
+    let teacher = (teacher_spec.as_ref().zip(teacher_model.as_ref()))
         .map(|(t, model)| Teacher::new(model, t));
     let workspaces: Vec<Workspace> = (0..tasks.len())
         .map(|i| Workspace {

@@ -127,6 +127,17 @@ fn check_tasks(
         [""] => "(one dataset, no [[task]])".to_string(),
         names => names.join(", "),
     };
+    if let Some(ws) = (workspaces.iter()).find(|ws| ws.teacher.is_some() != spec.teacher.is_some())
+    {
+        let (value, problem) = match ws.teacher {
+            Some(_) => ("given", "was not part of this run, which mines without one"),
+            None => (
+                "missing",
+                "is part of this run: its rounds are scored by the run's teacher",
+            ),
+        };
+        return Err(InvalidSetting::new("teacher", value, problem).into());
+    }
     let given: Vec<&str> = workspaces.iter().map(|ws| ws.task.as_str()).collect();
     let stored: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
     if given != stored {

@@ -1,0 +1,279 @@
+//! A cross-encoder teacher in the loop, through the real binary: `cpack
+//! mine --teacher` stores scores that a fresh `cpack rerank` of the same
+//! pairs reproduces, denoising drops exactly what its rule names (and the
+//! draw takes the next candidates instead), and `cpack train --distill`
+//! trains on them, reports the teacher's time and resumes to the same weights.
+
+use crate::common::{echo_workspace, fails, json, ok, repo_root};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn teacher() -> PathBuf {
+    repo_root().join("tests/fixtures/rerank/bert")
+}
+
+/// Mining the echo workspace's test split: every passage a candidate, no
+/// skip, the best-ranked survivors drawn (so the draw order is the rank order).
+fn mine(ws: &Path, extra: &[&str]) -> serde_json::Value {
+    let t = teacher();
+    let base = [
+        "mine",
+        "--split",
+        "test",
+        "--topk",
+        "8",
+        "--skip",
+        "0",
+        "--sample",
+        "top",
+        "--teacher",
+        t.to_str().unwrap(),
+        "--json",
+        "-q",
+    ];
+    json(&ok(ws, &[&base[..], extra].concat()))
+}
+
+/// One query's line of `mine export --format ids`.
+struct Line {
+    negatives: Vec<String>,
+    scores: Vec<f64>,
+    positive_score: f64,
+}
+
+fn export_ids(ws: &Path, round: u32) -> BTreeMap<String, Line> {
+    let round = round.to_string();
+    let out = ok(
+        ws,
+        &["mine", "export", "--format", "ids", "--round", &round, "-q"],
+    );
+    let floats = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    out.lines()
+        .map(|l| {
+            let v = json(l);
+            let line = Line {
+                negatives: (v["neg"].as_array().unwrap().iter())
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect(),
+                scores: floats(&v["teacher_neg_scores"]),
+                positive_score: floats(&v["teacher_pos_scores"])[0],
+            };
+            (v["query_id"].as_str().unwrap().to_string(), line)
+        })
+        .collect()
+}
+
+/// Each query's expected negatives after dropping what `drops` names from
+/// the full round: the first `n` kept, in rank order.
+fn kept(
+    full: &BTreeMap<String, Line>,
+    n: usize,
+    drops: impl Fn(f64, f64) -> bool,
+) -> Vec<Vec<String>> {
+    full.values()
+        .map(|l| {
+            let pairs = l.negatives.iter().zip(&l.scores);
+            pairs
+                .filter(|(_, &s)| !drops(s, l.positive_score))
+                .map(|(id, _)| id.clone())
+                .take(n)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn stored_teacher_scores_are_a_fresh_rerank_and_denoising_drops_what_it_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    ok(&ws, &["index", "build", "-q"]);
+    // Round 1: the whole pool of 7 stored, in rank order, with its scores.
+    let first = mine(&ws, &["--negatives", "7", "--teacher-pool", "7"]);
+    assert_eq!(first["round"], 1);
+    let full = export_ids(&ws, 1);
+    assert_eq!(full.len(), 8);
+    assert!(full
+        .values()
+        .all(|l| l.negatives.len() == 7 && l.scores.len() == 7));
+
+    // The scores FlagEmbedding's export carries are what `cpack rerank` gives the same pairs.
+    let exported = tmp.path().join("round.jsonl");
+    ok(
+        &ws,
+        &["mine", "export", "-o", exported.to_str().unwrap(), "-q"],
+    );
+    let t = teacher();
+    for field in ["pos", "neg"] {
+        let out = tmp.path().join(format!("{field}.jsonl"));
+        ok(
+            &ws,
+            &[
+                "rerank",
+                exported.to_str().unwrap(),
+                "--reranker",
+                t.to_str().unwrap(),
+                "--passage-field",
+                field,
+                "-o",
+                out.to_str().unwrap(),
+                "-q",
+            ],
+        );
+        let stored = std::fs::read_to_string(&exported).unwrap();
+        let fresh = std::fs::read_to_string(&out).unwrap();
+        let key = format!("{field}_scores");
+        let mut compared = 0;
+        for (a, b) in stored.lines().zip(fresh.lines()) {
+            let (a, b) = (json(a), json(b));
+            for (x, y) in a[&key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(b[&key].as_array().unwrap())
+            {
+                let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                assert!((x - y).abs() < 1e-5, "{field}: stored {x}, fresh {y}");
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, if field == "pos" { 8 } else { 56 });
+    }
+
+    // Round 2: drop what scores above the median; the draw takes the next.
+    let mut all: Vec<f64> = full.values().flat_map(|l| l.scores.clone()).collect();
+    all.sort_by(f64::total_cmp);
+    let threshold = (all[all.len() / 2 - 1] + all[all.len() / 2]) / 2.0;
+    let above = threshold.to_string();
+    let second = mine(
+        &ws,
+        &[
+            "--negatives",
+            "3",
+            "--teacher-pool",
+            "7",
+            "--denoise-above",
+            &above,
+        ],
+    );
+    assert_eq!(second["round"], 2);
+    let denoised = export_ids(&ws, 2);
+    let got: Vec<Vec<String>> = denoised.values().map(|l| l.negatives.clone()).collect();
+    assert_eq!(got, kept(&full, 3, |s, _| s > threshold));
+    let stats = json(&ok(&ws, &["mine", "stats", "--round", "2", "--json"]));
+    let dropped = all.iter().filter(|&&s| s > threshold).count();
+    assert_eq!(stats["stats"]["teacher"]["denoised"], dropped);
+    assert_eq!(stats["manifest"]["teacher"]["params"]["pool"], 7);
+
+    // Round 3: --denoise drops what the teacher scores above the query's positive.
+    mine(
+        &ws,
+        &["--negatives", "3", "--teacher-pool", "7", "--denoise"],
+    );
+    let got: Vec<Vec<String>> = export_ids(&ws, 3)
+        .values()
+        .map(|l| l.negatives.clone())
+        .collect();
+    assert_eq!(got, kept(&full, 3, |s, positive| s > positive));
+    let text = ok(&ws, &["mine", "stats", "--round", "3"]);
+    assert!(text.contains("teacher"), "{text}");
+
+    // The rules need a teacher, and a teacher must be a cross-encoder.
+    let err = fails(&ws, &["mine", "--denoise"]);
+    assert!(err.contains("--teacher"), "{err}");
+    let embedder = ws.join("../model");
+    let err = fails(
+        &ws,
+        &[
+            "mine",
+            "--split",
+            "test",
+            "--teacher",
+            embedder.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("not a cross-encoder"), "{err}");
+}
+
+/// `cpack train` on the echo workspace's test split, distilling the teacher.
+fn train(ws: &Path, run: &str, extra: &[&str]) -> serde_json::Value {
+    let t = teacher();
+    let base = [
+        "train",
+        "--json",
+        "--split",
+        "test",
+        "--eval-split",
+        "none",
+        "--epochs",
+        "2",
+        "--topk",
+        "8",
+        "--skip",
+        "0",
+        "--group-size",
+        "3",
+        "--train-batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--teacher",
+        t.to_str().unwrap(),
+        "--run",
+        run,
+    ];
+    json(&ok(ws, &[&base[..], extra].concat()))
+}
+
+#[test]
+fn distillation_trains_reports_the_teacher_and_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ws, _, _) = echo_workspace(tmp.path());
+    let taught = train(
+        &ws,
+        "kl",
+        &["--distill", "kl", "--distill-temperature", "2"],
+    );
+    let epochs = taught["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for e in epochs {
+        assert!(e["teacher_seconds"].as_f64().unwrap() > 0.0, "{e}");
+    }
+    let plain = train(&ws, "plain", &[]);
+    let loss = |r: &serde_json::Value| r["epochs"][0]["mean_loss"].as_f64().unwrap();
+    assert!(
+        (loss(&taught) - loss(&plain)).abs() > 1e-4,
+        "the distillation term must change the loss: {} vs {}",
+        loss(&taught),
+        loss(&plain)
+    );
+    // Epoch 2 trained again from epoch 1's checkpoint reaches the same weights.
+    let epoch_2 = ws.join(".cpack/runs/kl/epoch-2");
+    let weights = || std::fs::read(epoch_2.join("model.safetensors")).unwrap();
+    let first = weights();
+    std::fs::remove_dir_all(&epoch_2).unwrap();
+    ok(&ws, &["train", "--run", "kl", "--resume", "-q"]);
+    assert!(
+        weights() == first,
+        "epoch 2 resumed from epoch 1 trained differently"
+    );
+
+    // MarginMSE under gradient caching runs through the same loop.
+    let cached = train(
+        &ws,
+        "mse",
+        &["--distill", "margin-mse", "--mini-batch", "2"],
+    );
+    assert!(loss(&cached).is_finite());
+
+    let err = fails(&ws, &["train", "--split", "test", "--distill", "kl"]);
+    assert!(
+        err.contains("--distill") && err.contains("--teacher"),
+        "{err}"
+    );
+}
