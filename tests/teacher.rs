@@ -145,7 +145,28 @@ fn stored_teacher_scores_are_a_fresh_rerank_and_denoising_drops_what_it_says() {
         assert_eq!(compared, if field == "pos" { 8 } else { 56 });
     }
 
-    // Round 2: drop what scores above the median; the draw takes the next.
+    // FlagEmbedding's scores come back in as the teacher's (round 2).
+    ok(
+        &ws,
+        &[
+            "mine",
+            "import",
+            exported.to_str().unwrap(),
+            "--split",
+            "test",
+            "-q",
+        ],
+    );
+    let imported = export_ids(&ws, 2);
+    for (query, line) in &full {
+        let back = &imported[query];
+        assert_eq!(back.negatives, line.negatives);
+        for (a, b) in back.scores.iter().zip(&line.scores) {
+            assert!((a - b).abs() < 1e-6, "{query}: {a} vs {b}");
+        }
+    }
+
+    // Round 3: drop what scores above the median; the draw takes the next.
     let mut all: Vec<f64> = full.values().flat_map(|l| l.scores.clone()).collect();
     all.sort_by(f64::total_cmp);
     let threshold = (all[all.len() / 2 - 1] + all[all.len() / 2]) / 2.0;
@@ -161,26 +182,26 @@ fn stored_teacher_scores_are_a_fresh_rerank_and_denoising_drops_what_it_says() {
             &above,
         ],
     );
-    assert_eq!(second["round"], 2);
-    let denoised = export_ids(&ws, 2);
+    assert_eq!(second["round"], 3);
+    let denoised = export_ids(&ws, 3);
     let got: Vec<Vec<String>> = denoised.values().map(|l| l.negatives.clone()).collect();
     assert_eq!(got, kept(&full, 3, |s, _| s > threshold));
-    let stats = json(&ok(&ws, &["mine", "stats", "--round", "2", "--json"]));
+    let stats = json(&ok(&ws, &["mine", "stats", "--round", "3", "--json"]));
     let dropped = all.iter().filter(|&&s| s > threshold).count();
     assert_eq!(stats["stats"]["teacher"]["denoised"], dropped);
     assert_eq!(stats["manifest"]["teacher"]["params"]["pool"], 7);
 
-    // Round 3: --denoise drops what the teacher scores above the query's positive.
+    // Round 4: --denoise drops what the teacher scores above the query's positive.
     mine(
         &ws,
         &["--negatives", "3", "--teacher-pool", "7", "--denoise"],
     );
-    let got: Vec<Vec<String>> = export_ids(&ws, 3)
+    let got: Vec<Vec<String>> = export_ids(&ws, 4)
         .values()
         .map(|l| l.negatives.clone())
         .collect();
     assert_eq!(got, kept(&full, 3, |s, positive| s > positive));
-    let text = ok(&ws, &["mine", "stats", "--round", "3"]);
+    let text = ok(&ws, &["mine", "stats", "--round", "4"]);
     assert!(text.contains("teacher"), "{text}");
 
     // The rules need a teacher, and a teacher must be a cross-encoder.
@@ -270,6 +291,16 @@ fn distillation_trains_reports_the_teacher_and_resumes_to_the_same_weights() {
         &["--distill", "margin-mse", "--mini-batch", "2"],
     );
     assert!(loss(&cached).is_finite());
+
+    // With --max-queries a teacher's run mines (and scores) only those queries.
+    let subset = train(&ws, "subset", &["--distill", "kl", "--max-queries", "5"]);
+    assert_eq!(subset["train_queries"], 5);
+    let round = subset["epochs"][0]["round"].to_string();
+    let stats = json(&ok(&ws, &["mine", "stats", "--round", &round, "--json"]));
+    assert_eq!(stats["manifest"]["queries"]["count"], 5);
+    assert_eq!(stats["stats"]["queries"], 5);
+    // Each query: its positive and a pool of 7 (every other passage; the default pool is 16).
+    assert_eq!(stats["manifest"]["teacher"]["pairs"], 5 * 8);
 
     let err = fails(&ws, &["train", "--split", "test", "--distill", "kl"]);
     assert!(

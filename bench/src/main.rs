@@ -490,6 +490,7 @@ fn mine(args: &[String]) -> Result<()> {
                 index: &mut index,
                 query_model_fingerprint: None,
                 teacher: None,
+                only: None,
             };
             mine_round(input, topk, skip, chunk_queries, overlap)
         };

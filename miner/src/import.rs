@@ -263,6 +263,7 @@ fn imported_round(
         timings: MiningTimings::default(),
         query_model_fingerprint: None,
         index_embeddings: None,
+        queries: None,
         teacher: records
             .iter()
             .any(|(_, r)| r.teacher.is_some())

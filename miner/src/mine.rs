@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::params::MiningParams;
 use crate::select::{self, Candidate, Pool, QueryFacts, Rng};
 use crate::store::{
-    MiningTimings, NegativeStore, QueryRecord, RoundIdentity, RoundManifest, ScoredDoc,
+    MiningTimings, NegativeStore, QueryRecord, QuerySubset, RoundIdentity, RoundManifest, ScoredDoc,
 };
 use crate::teacher::{self, Denoise, Teacher, TeacherRound, TeacherScores};
 use cpack_core::Progress;
@@ -19,7 +19,7 @@ use cpack_index::embeddings::EmbeddingMatrix;
 use cpack_index::store::OpenIndex;
 use cpack_index::vector::Hits;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// Queries per forward pass while mining. Fixed rather than taken from the
@@ -66,6 +66,8 @@ pub struct MiningInput<'a> {
     /// A cross-encoder that scores each query's positives and pool, and
     /// may denoise it ([`crate::teacher`]).
     pub teacher: Option<Teacher<'a>>,
+    /// Mine these of the split's queries only (`None`: all of them).
+    pub only: Option<&'a BTreeSet<String>>,
 }
 
 /// What `mine` did.
@@ -140,12 +142,13 @@ impl RoundManifest {
     /// with `params` in chunks of `chunk_queries`.
     fn fresh(input: &MiningInput, params: MiningParams, chunk_queries: usize) -> Self {
         let teacher = (input.teacher.as_ref()).map(|t| t.params(params.negatives));
-        let wanted = RoundIdentity::of_search(
+        let mut wanted = RoundIdentity::of_search(
             &input.index.manifest,
             input.query_model_fingerprint.clone(),
             params,
             teacher,
         );
+        wanted.queries = input.only.map(QuerySubset::of);
         RoundManifest {
             round: 0,
             params: wanted.params,
@@ -166,6 +169,7 @@ impl RoundManifest {
                 seconds: 0.0,
                 pairs: 0,
             }),
+            queries: wanted.queries,
         }
     }
 }
@@ -214,7 +218,8 @@ impl QueryPlan {
         }
         let mut query_ids = Vec::new();
         let mut without_positives = 0;
-        for qid in input.split_qrels.by_query.keys() {
+        let wanted = |qid: &String| input.only.is_none_or(|only| only.contains(qid));
+        for qid in input.split_qrels.by_query.keys().filter(|q| wanted(q)) {
             if positives.contains_key(qid) {
                 query_ids.push(qid.clone());
             } else {

@@ -97,6 +97,32 @@ pub struct RoundManifest {
     pub index_embeddings: Option<FileSum>,
     /// The cross-encoder that scored the round, if one did (format 4 on).
     pub teacher: Option<TeacherRound>,
+    /// The queries mined, when not every judged query of the split (a
+    /// teacher's run mines only the queries it trains on).
+    pub queries: Option<QuerySubset>,
+}
+
+/// Some of a split's queries, as a round records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuerySubset {
+    pub count: usize,
+    /// A hash of the sorted ids: two subsets are the same work only if equal.
+    pub fingerprint: String,
+}
+
+impl QuerySubset {
+    pub fn of(ids: &std::collections::BTreeSet<String>) -> Self {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for id in ids {
+            hasher.write(id.as_bytes());
+            hasher.write_u8(0);
+        }
+        QuerySubset {
+            count: ids.len(),
+            fingerprint: format!("{:016x}", hasher.finish()),
+        }
+    }
 }
 
 /// What makes two rounds the same work: the parameters, the model that
@@ -110,6 +136,7 @@ pub struct RoundIdentity {
     pub query_instruction: String,
     pub index_embeddings: Option<FileSum>,
     pub teacher: Option<TeacherParams>,
+    pub queries: Option<QuerySubset>,
 }
 
 impl RoundIdentity {
@@ -131,6 +158,7 @@ impl RoundIdentity {
             query_instruction: stamp.query_instruction.clone(),
             index_embeddings: index.embeddings_sum(),
             teacher,
+            queries: None,
         }
     }
 }
@@ -145,6 +173,7 @@ impl RoundManifest {
             query_instruction: self.query_instruction.clone(),
             index_embeddings: self.index_embeddings,
             teacher: self.teacher.as_ref().map(|t| t.params.clone()),
+            queries: self.queries.clone(),
         }
     }
 
@@ -191,6 +220,7 @@ impl From<RoundManifestV1> for RoundManifest {
             query_model_fingerprint: None,
             index_embeddings: None,
             teacher: None,
+            queries: None,
         }
     }
 }

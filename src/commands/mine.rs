@@ -134,6 +134,7 @@ fn mine_one(
         index: &mut index,
         query_model_fingerprint: None,
         teacher,
+        only: None,
     };
     let options = MineOptions {
         force: args.force,

@@ -13,10 +13,11 @@ use cpack_index::evaluate::evaluate_index;
 use cpack_index::store::{
     BuildOptions, BuildOutcome, BuildPlan, IndexDir, Manifest, OpenIndex, PartialPlan, Provenance,
 };
-use cpack_miner::store::{RoundIdentity, RoundManifest};
+use cpack_miner::store::{QuerySubset, RoundIdentity, RoundManifest};
 use cpack_miner::{MineOptions, MineOutcome, MiningInput, MiningParams};
 use cpack_model::ModelDir;
 use cpack_train::data::TrainingSet;
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 /// What building a run's index cost: seconds encoding and indexing, and
@@ -158,13 +159,14 @@ impl ActiveModel {
 
     /// The newest complete round of this model's queries against `index`'s
     /// very vectors with `params` (scored by the workspace's teacher, if
-    /// any), mining it if there is none. The index is this model's own, or
-    /// (query-side training) the base model's.
+    /// any), mining it if there is none — of the queries `only` names, or
+    /// all of the split's. The index is this model's own, or (query-side
+    /// training) the base model's.
     pub fn round(
         &self,
         ws: &Workspace,
         index: &mut OpenIndex,
-        params: &MiningParams,
+        (params, only): (&MiningParams, Option<&BTreeSet<String>>),
         split_qrels: &Qrels,
         progress: &dyn Progress,
     ) -> Result<(u32, MiningCost)> {
@@ -172,8 +174,9 @@ impl ActiveModel {
         let query_model = (own != index.manifest.plan.stamp.model_fingerprint).then_some(own);
         let (validated, _) = params.clone().validated(ws.dataset.corpus.len())?;
         let teacher = ws.teacher.map(|t| t.params(validated.negatives));
-        let wanted =
+        let mut wanted =
             RoundIdentity::of_search(&index.manifest, query_model.clone(), validated, teacher);
+        wanted.queries = only.map(QuerySubset::of);
         // A round of unknown vectors (imported, or older than format 3) is
         // never reused: it may have searched an incremental refresh's.
         let existing =
@@ -192,6 +195,7 @@ impl ActiveModel {
             index,
             query_model_fingerprint: query_model,
             teacher: ws.teacher,
+            only,
         };
         let unfinished = ws.store.rounds()?.pop().filter(|m| !m.complete);
         let started = Instant::now();

@@ -30,6 +30,7 @@ use cpack_train::optim::Schedule;
 use cpack_train::steps::StepLog;
 use cpack_train::Trainer;
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 /// A round's records by query id (`None`: in-batch negatives only).
 type Records = Option<Vec<(String, QueryRecord)>>;
@@ -258,6 +259,9 @@ struct TaskRun<'a> {
     passages: Passages,
     round: Option<u32>,
     records: Records,
+    /// The queries its rounds mine when not the whole split: a teacher's
+    /// run scores only the queries it trains on.
+    mined_queries: Option<BTreeSet<String>>,
 }
 
 impl<'a> TaskRun<'a> {
@@ -272,6 +276,13 @@ impl<'a> TaskRun<'a> {
         let base = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
         let current = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
         let passages = Passages::of(spec, &plan.name, run, ws.base_index.device());
+        let mined_queries = (spec.teacher.as_ref().and(spec.run.max_queries)).map(|limit| {
+            // The subset training draws when every query is in the round.
+            let (corpus, queries) = (&ws.dataset.corpus, &ws.dataset.queries);
+            let seed = spec.mining.seed;
+            let all = TrainingSet::build(corpus, queries, &split_qrels, None, Some(limit), seed);
+            all.examples.into_iter().map(|e| e.query_id).collect()
+        });
         Ok(TaskRun {
             ws,
             plan,
@@ -281,6 +292,7 @@ impl<'a> TaskRun<'a> {
             passages,
             round: None,
             records: None,
+            mined_queries,
         })
     }
 
@@ -339,7 +351,8 @@ impl<'a> TaskRun<'a> {
         progress: &dyn Progress,
     ) -> Result<(u32, MiningCost)> {
         let (mining, qrels) = (&self.plan.mining, &self.split_qrels);
-        model.round(self.ws, index, mining, qrels, progress)
+        let queries = (mining, self.mined_queries.as_ref());
+        model.round(self.ws, index, queries, qrels, progress)
     }
 
     /// Mines (or finds) the current model's round. Returns what mining
