@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# A cross-encoder teacher in the loop, against full refresh, at the
+# quickstart's recipe (InsuranceQA, 500 training questions, 2 epochs, batch
+# 32 × group 4, τ 0.05, lr 5e-5, passages at 128; scripts/train_workspace.sh)
+# with the given seeds. Rows:
+#
+#   refresh          --refresh-every 1 (today's default; bench/strategies.sh's runs are reused)
+#   refresh-denoise  refresh, each round denoised by the teacher (--denoise:
+#                    candidates it scores above the question's positive go)
+#   refresh-distill  refresh, KL from the teacher's group softmax added (--distill kl)
+#   refresh-both     refresh, denoised and distilled
+#   static-distill   the base model's round throughout, distilled
+#
+# The teacher is a MiniLM-L6 cross-encoder trained by `cpack rerank train`
+# from all-MiniLM-L6-v2 on 1,000 questions of the dev split (never the
+# students' training questions) and a round mined for them by the base
+# model: 2 epochs of batch 8 × group 4, pairs at 128 tokens, lr 1e-4 (the
+# recipe of bench/rerank_train.sh). It scores pairs at 128 tokens, a pool of
+# 16 per question; a teacher's run mines only its 500 questions.
+#
+#   bash bench/teacher.sh [--seeds "1 2 3"] [--rows "refresh refresh-distill ..."]
+#
+# Another dataset, the same commands:
+#   CPACK_QUICKSTART_TRAIN_DIR=.cache/train-insuranceqa-zh \
+#   CPACK_QUICKSTART_TRAIN_DATA=$PWD/.cache/data/insuranceqa-zh bash bench/teacher.sh
+#
+# For each row: nDCG@10 on the test questions after each epoch (mean and
+# spread over the seeds) and where a run's time went (training, encoding,
+# mining, the teacher's scoring, evaluating). Finished runs are reused, so
+# an interrupted call resumes. Writes target/bench/teacher.{json,md}
+# (teacher-<workspace>.* for another workspace). CPACK_BIN runs a given binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+SEEDS="1 2 3"
+ROWS="refresh refresh-denoise refresh-distill refresh-both static-distill"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) SEEDS=$2; shift 2 ;;
+    --rows) ROWS=$2; shift 2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+source bench/quickstart_training.sh
+TEACHER="$TWS/.cpack/rerankers/teacher-dev/epoch-2"
+if [ ! -f "$TEACHER/model.safetensors" ]; then
+  # The teacher's pairs (and the rounds' scoring) at 128 tokens.
+  grep -q '^max_len = 128' cpack.toml || sed -i 's/^\[rerank\]$/[rerank]\nmax_len = 128/' cpack.toml
+  "$CPACK" -q index build >/dev/null
+  round=$("$CPACK" -q mine --split dev --negatives 3 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["round"])')
+  "$CPACK" -q rerank train --run teacher-dev --round "$round" --split dev --max-queries 1000 --epochs 2 \
+    --train-batch-size 8 --group-size 4 --max-len 128 --lr 1e-4 --eval-split none --json >/dev/null
+fi
+flags() {  # row → its flags
+  local teach=(--teacher "$TEACHER")
+  case "$1" in
+    refresh) echo "--refresh-every 1" ;;
+    refresh-denoise) echo "--refresh-every 1 ${teach[*]} --denoise" ;;
+    refresh-distill) echo "--refresh-every 1 ${teach[*]} --distill kl" ;;
+    refresh-both) echo "--refresh-every 1 ${teach[*]} --denoise --distill kl" ;;
+    static-distill) echo "--refresh-every 0 ${teach[*]} --distill kl" ;;
+    *) echo "unknown row $1" >&2; return 1 ;;
+  esac
+}
+for row in $ROWS; do
+  for seed in $SEEDS; do
+    name="$row-s$seed"
+    if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
+      continue
+    fi
+    echo "$name" >&2
+    read -r -a extra <<< "$(flags "$row")"
+    if [ -f ".cpack/runs/$name/run.json" ]; then
+      "$CPACK" -q train --run "$name" --resume >/dev/null
+    else
+      "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
+    fi
+  done
+done
+mkdir -p "$ROOT/target/bench"
+stem="$ROOT/target/bench/teacher"
+[ "$TWS" = "$ROOT/.cache/train-insuranceqa" ] || stem="$stem-$(basename "$TWS")"
+python3 - "$stem" "$ROWS" $SEEDS <<'PY'
+import json, os, statistics, sys
+stem, rows, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+keys = ["train_seconds", "encode_seconds", "mine_seconds", "teacher_seconds"]
+lines = ["| row | seeds | nDCG@10 epoch 1 | epoch 2 | train s | encode s | mine s | teacher s | eval s |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+summary = {}
+for row in rows:
+    reports = []
+    for s in seeds:
+        path = f".cpack/runs/{row}-s{s}/report.json"
+        if os.path.exists(path) and len(json.load(open(path))["epochs"]) >= 2:
+            reports.append(json.load(open(path)))
+    if not reports:
+        continue
+    ndcg = [[e["eval"]["metrics"]["ndcg_at_10"] for e in r["epochs"]] for r in reports]
+    mean = [statistics.mean(v[e] for v in ndcg) for e in range(2)]
+    spread = [max(v[e] for v in ndcg) - min(v[e] for v in ndcg) for e in range(2)]
+    cost = {k: statistics.mean(sum(e.get(k, 0.0) for e in r["epochs"]) for r in reports) for k in keys}
+    cost["eval_seconds"] = statistics.mean(sum(e["eval"]["seconds"] for e in r["epochs"]) for r in reports)
+    summary[row] = {"seeds": len(reports), "ndcg_per_seed": ndcg, "mean": mean, "spread": spread, **cost}
+    lines.append(f"| {row} | {len(reports)} | {mean[0]:.4f} ({spread[0]:.4f}) | {mean[1]:.4f} ({spread[1]:.4f}) | "
+                 + " | ".join(f"{cost[k]:.0f}" for k in keys + ["eval_seconds"]) + " |")
+json.dump(summary, open(stem + ".json", "w"), indent=2)
+open(stem + ".md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
