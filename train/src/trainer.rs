@@ -93,15 +93,24 @@ pub struct TrainSettings {
     /// student's, FlagEmbedding's kl_div) or margin-mse (the positive's
     /// margin over each negative, sentence-transformers' MarginMSE).
     #[cfg_attr(feature = "clap", arg(long, value_enum, value_name = "KIND"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub distill: Option<DistillKind>,
     /// Weight of the distillation term beside InfoNCE.
     #[cfg_attr(feature = "clap", arg(long, value_name = "W", default_value_t = TrainSettings::default().distill_weight))]
+    #[serde(skip_serializing_if = "is_one")]
     pub distill_weight: f64,
     /// The teacher's scores are divided by this before its softmax (kl) or
     /// its margins (margin-mse); the student's are its InfoNCE logits
     /// (similarity / --temperature).
     #[cfg_attr(feature = "clap", arg(long, value_name = "T", default_value_t = TrainSettings::default().distill_temperature))]
+    #[serde(skip_serializing_if = "is_one")]
     pub distill_temperature: f64,
+}
+
+/// The distillation settings' default: left out of `run.json` (whose
+/// layout then stays what runs without distillation always wrote).
+fn is_one(value: &f64) -> bool {
+    *value == 1.0
 }
 
 impl Default for TrainSettings {
