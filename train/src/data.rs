@@ -832,6 +832,13 @@ mod tests {
 
     /// One query, positive d0, six stored negatives d1..d6, groups of 3.
     fn pool_fixture() -> (TextTable, TrainingSet) {
+        pool_fixture_scored(None)
+    }
+
+    /// [`pool_fixture`] with the round's teacher scores.
+    fn pool_fixture_scored(
+        teacher: Option<cpack_miner::teacher::TeacherScores>,
+    ) -> (TextTable, TrainingSet) {
         let corpus = table("d", &["p0", "n1", "n2", "n3", "n4", "n5", "n6", "x7"]);
         let queries = table("q", &["q0"]);
         let mut qrels = Qrels::default();
@@ -842,7 +849,7 @@ mod tests {
             survivors: 6,
             shortfall: 0,
             filtered: Default::default(),
-            teacher: None,
+            teacher,
         };
         let records = vec![("q0".to_string(), record)];
         let set = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
@@ -851,29 +858,14 @@ mod tests {
 
     #[test]
     fn groups_carry_the_teacher_scores_of_their_passages() {
-        let (corpus, plain) = pool_fixture();
-        let queries = table("q", &["q0"]);
-        let mut qrels = Qrels::default();
-        qrels.by_query.insert("q0".into(), vec![("d0".into(), 1)]);
-        let mut records = vec![(
-            "q0".to_string(),
-            QueryRecord {
-                negatives: (1..=6).map(|i| doc(&format!("d{i}"))).collect(),
-                positives: vec![doc("d0")],
-                survivors: 6,
-                shortfall: 0,
-                filtered: Default::default(),
-                teacher: None,
-            },
-        )];
+        let (_, plain) = pool_fixture();
         // Row r scores 10·r; the teacher never scored d3 (padded: NaN).
-        records[0].1.teacher = Some(cpack_miner::teacher::TeacherScores {
+        let (_, taught) = pool_fixture_scored(Some(cpack_miner::teacher::TeacherScores {
             positives: vec![0.5],
             negatives: vec![10.0, 20.0, f32::NAN, 40.0, 50.0, 60.0],
             pool: 6,
             denoised_ranks: Vec::new(),
-        });
-        let taught = TrainingSet::build(&corpus, &queries, &qrels, Some(&records), None, 7);
+        }));
         for epoch in 1..=4 {
             let groups = taught.epoch_batches(3, 1, Batching::Plain, 1, epoch);
             let untaught = plain.epoch_batches(3, 1, Batching::Plain, 1, epoch);
