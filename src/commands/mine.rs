@@ -155,8 +155,17 @@ fn mine_one(
                 ctx.progress.note(note);
             }
             let records = store.records(manifest.round)?;
+            let stats = stats::round_stats(manifest.round, &records, None);
+            if let (Some(t), Some(round)) = (&stats.teacher, &manifest.teacher) {
+                if t.denoised > 0 && stats.short_queries > 0 {
+                    ctx.progress.note(&format!(
+                        "{} queries came out short of negatives with denoising: a larger --teacher-pool (now {}) leaves more to draw from",
+                        stats.short_queries, round.params.pool
+                    ));
+                }
+            }
             let mined = Mined {
-                stats: stats::round_stats(manifest.round, &records, None),
+                stats,
                 manifest: &manifest,
                 resumed,
                 queries_without_positives,
