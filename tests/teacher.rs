@@ -302,6 +302,37 @@ fn distillation_trains_reports_the_teacher_and_resumes_to_the_same_weights() {
     // Each query: its positive and a pool of 7 (every other passage; the default pool is 16).
     assert_eq!(stats["manifest"]["teacher"]["pairs"], 5 * 8);
 
+    // A round without a teacher's scores has nothing to distil.
+    let plain_round = json(&ok(
+        &ws,
+        &[
+            "mine", "--split", "test", "--topk", "8", "--skip", "0", "--force", "--json", "-q",
+        ],
+    ))["round"]
+        .to_string();
+    let err = fails(
+        &ws,
+        &[
+            "train",
+            "--split",
+            "test",
+            "--eval-split",
+            "none",
+            "--group-size",
+            "3",
+            "--distill",
+            "kl",
+            "--negatives-from",
+            &plain_round,
+            "--refresh-every",
+            "0",
+        ],
+    );
+    assert!(
+        err.contains("has none") && err.contains("--teacher"),
+        "{err}"
+    );
+
     let err = fails(&ws, &["train", "--split", "test", "--distill", "kl"]);
     assert!(
         err.contains("--distill") && err.contains("--teacher"),

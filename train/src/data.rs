@@ -430,6 +430,14 @@ impl TrainingSet {
         self.examples.len()
     }
 
+    /// Examples with a teacher's scores (for distillation).
+    pub fn taught(&self) -> usize {
+        self.examples
+            .iter()
+            .filter(|e| !e.teacher.is_empty())
+            .count()
+    }
+
     /// How the stored negatives fill groups that draw `wanted` each.
     pub fn negative_supply(&self, wanted: usize) -> NegativeSupply {
         let stored = |e: &Example| e.negatives.len();

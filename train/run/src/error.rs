@@ -67,6 +67,9 @@ pub enum Error {
     #[error("mining round {round} has no negatives for any of its {queries} training queries (its filters or --skip left none); training on it would use random passages alone: loosen the filters, lower the skip or raise the top-k, then mine again")]
     NoNegatives { round: u32, queries: usize },
 
+    #[error("--distill needs a teacher's scores, and mining round {round} has none for its {queries} training queries: mine it with --teacher RERANKER, or import FlagEmbedding JSONL that carries pos_scores and neg_scores")]
+    NothingToDistil { round: u32, queries: usize },
+
     #[error("mining round {round} was mined on another version of the corpus (passages were added, removed or changed since): its negatives may no longer exist; mine a new round with `cpack mine`")]
     RoundOfAnotherCorpus { round: u32 },
 

@@ -426,6 +426,10 @@ impl<'a> TaskRun<'a> {
             let queries = supply.queries;
             return Err(Error::NoNegatives { round, queries });
         }
+        if spec.train.distill.is_some() && set.taught() == 0 && before_training {
+            let queries = set.len();
+            return Err(Error::NothingToDistil { round, queries });
+        }
         if let Some(note) = supply.describe(round, wanted) {
             progress.note(&format!("{}{note}", self.label()));
         }
