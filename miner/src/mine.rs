@@ -293,11 +293,14 @@ fn run_chunks<'a>(
         };
         let texts = (corpus, queries);
         let drawn = draw_chunk(texts, indexed, &encoded, &hits, plan, manifest, &teacher);
+        // The teacher's scoring is its own stage, not selection's.
+        let mut teacher_seconds = 0.0;
         let scores = match (&teacher, manifest.teacher.as_mut()) {
             (Some(teacher), Some(round)) => {
                 let started = Instant::now();
                 let scores = score_pools(teacher.model, texts, &drawn, progress)?;
-                round.seconds += started.elapsed().as_secs_f64();
+                teacher_seconds = started.elapsed().as_secs_f64();
+                round.seconds += teacher_seconds;
                 round.pairs += scores.iter().map(|s| s.len() as u64).sum::<u64>();
                 Some(scores)
             }
@@ -306,7 +309,7 @@ fn run_chunks<'a>(
         let denoise = teacher.as_ref().map(|t| t.denoise);
         let records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
         store.put_chunk(manifest.round, encoded.chunk, &records)?;
-        manifest.timings.select_store_seconds += started.elapsed().as_secs_f64();
+        manifest.timings.select_store_seconds += started.elapsed().as_secs_f64() - teacher_seconds;
         progress.advance(encoded.ids.len() as u64, 0);
         Ok(())
     };
