@@ -251,26 +251,51 @@ fn same_seed_same_negatives_whatever_batch_size_threads_or_overlap() {
 
 #[test]
 fn killed_mining_resumes_to_the_same_export() {
+    killed_mining_resumes(&[]);
+}
+
+#[test]
+fn killed_teacher_mining_resumes_with_every_scored_pair_counted() {
+    let teacher = repo_root().join("tests/fixtures/rerank/bert");
+    let (clean, resumed) = killed_mining_resumes(&[
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--teacher-pool",
+        "8",
+    ]);
+    // Chunks and the round's running totals are stored together, so the
+    // killed run's chunks are counted once, neither lost nor doubled.
+    assert!(clean["teacher"]["pairs"].as_u64().unwrap() > 0);
+    assert_eq!(resumed["teacher"]["pairs"], clean["teacher"]["pairs"]);
+}
+
+/// Mines the test split one query per chunk (every query a resumable
+/// checkpoint, and a run long enough to be killed) cleanly, and again killed
+/// with SIGKILL and resumed; the two exports must be equal. Returns both
+/// runs' `--json` reports.
+fn killed_mining_resumes(extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
     let tmp = tempfile::tempdir().unwrap();
-    // One query per chunk over the 3,219 test queries: every query is a
-    // resumable checkpoint, and the run lasts long enough to be killed.
     let args = [
-        "mine",
-        "--split",
-        "test",
-        "--topk",
-        "30",
-        "--chunk-queries",
-        "1",
-    ];
+        &[
+            "mine",
+            "--split",
+            "test",
+            "--topk",
+            "30",
+            "--chunk-queries",
+            "1",
+        ],
+        extra,
+    ]
+    .concat();
     let clean = cmrc_workspace(tmp.path(), "clean");
-    ok(&clean, &args);
-    let expected = ok(&clean, &["mine", "export"]);
+    let clean_report = json(&ok(&clean, &[&args[..], &["--json"]].concat()));
+    let expected = ok(&clean, &["mine", "export", "--format", "ids"]);
 
     // Machines differ in speed: try later kills first, earlier ones if the run outpaced us.
     for (attempt, delay_ms) in [2000u64, 1200, 800, 500, 300].into_iter().enumerate() {
         let killed = cmrc_workspace(tmp.path(), &format!("killed-{attempt}"));
-        let mut child = cpack(&killed).args(args).spawn().unwrap();
+        let mut child = cpack(&killed).args(&args).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let finished_early = child.try_wait().unwrap().is_some();
         child.kill().unwrap(); // SIGKILL
@@ -287,11 +312,11 @@ fn killed_mining_resumes_to_the_same_export() {
         assert_eq!(resumed["status"], "mined");
         if resumed["resumed"] == true {
             assert_eq!(
-                ok(&killed, &["mine", "export"]),
+                ok(&killed, &["mine", "export", "--format", "ids"]),
                 expected,
                 "a resumed round differs from a clean one"
             );
-            return;
+            return (clean_report, resumed);
         }
     }
     panic!("no attempt killed the mining run while it was under way");

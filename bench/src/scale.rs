@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use cpack_index::embeddings::{EmbeddingMatrix, Precision};
 use cpack_index::vector::{IndexBackend, IndexKind};
 use cpack_miner::select::{self, Candidate, QueryFacts, Rng};
-use cpack_miner::store::{QueryRecord, ScoredDoc};
+use cpack_miner::store::{MiningTimings, QueryRecord, RoundManifest, ScoredDoc};
 use cpack_miner::NegativeStore;
 use std::collections::HashSet;
 use std::io::{BufWriter, Write};
@@ -202,6 +202,24 @@ fn mine_hits(
 ) -> Result<()> {
     let store = NegativeStore::open(&dir.join("negatives"))?;
     let params = crate::mining_params(TOPK, 10);
+    let manifest = RoundManifest {
+        round: 1,
+        params: params.clone(),
+        model_fingerprint: "bench".into(),
+        corpus_fingerprint: "bench".into(),
+        query_instruction: String::new(),
+        index_generation: "bench".into(),
+        chunk_queries: CHUNK,
+        total_queries: queries,
+        complete: false,
+        created_unix: 0,
+        seconds: 0.0,
+        timings: MiningTimings::default(),
+        query_model_fingerprint: None,
+        index_embeddings: None,
+        teacher: None,
+        queries: None,
+    };
     let no_text = |_: usize| 0u64;
     for (chunk, batch) in (0..queries).collect::<Vec<_>>().chunks(CHUNK).enumerate() {
         let mut records = Vec::with_capacity(batch.len());
@@ -234,7 +252,7 @@ fn mine_hits(
                 },
             ));
         }
-        store.put_chunk(1, chunk as u32, &records)?;
+        store.put_chunk(&manifest, chunk as u32, &records)?;
     }
     Ok(())
 }

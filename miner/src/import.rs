@@ -209,13 +209,14 @@ pub fn import_flag_embedding(
         record.shortfall = (widest - record.negatives.len()) as u32;
     }
     let manifest = imported_round(store.next_round()?, split, corpus, prompt, &records);
+    // Numbered first (an unfinished round holds the number), then stored
+    // whole with its records.
     store.put_manifest(&manifest)?;
-    store.put_chunk(manifest.round, 0, &records)?;
     let manifest = RoundManifest {
         complete: true,
         ..manifest
     };
-    store.put_manifest(&manifest)?;
+    store.put_chunk(&manifest, 0, &records)?;
     Ok(Imported {
         manifest,
         positives_dropped: records

@@ -124,10 +124,8 @@ pub fn mine(
     }
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
-    let started = Instant::now();
     run_chunks(store, input, &plan, &mut manifest, options, progress)?;
     manifest.complete = true;
-    manifest.seconds += started.elapsed().as_secs_f64();
     store.put_manifest(&manifest)?;
     Ok(MineOutcome::Mined {
         manifest,
@@ -256,6 +254,10 @@ fn run_chunks<'a>(
         ..
     } = input;
     progress.stage("mining queries", plan.query_ids.len() as u64);
+    // Each chunk is stored with the manifest's running totals, so a killed
+    // run's finished chunks still count in a resumed round's costs.
+    let seconds_before = manifest.seconds;
+    let run_started = Instant::now();
     let mut todo = Vec::new();
     for (chunk, ids) in plan.query_ids.chunks(manifest.chunk_queries).enumerate() {
         if store.chunk_done(manifest.round, chunk as u32)? {
@@ -308,8 +310,9 @@ fn run_chunks<'a>(
         };
         let denoise = teacher.as_ref().map(|t| t.denoise);
         let records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
-        store.put_chunk(manifest.round, encoded.chunk, &records)?;
         manifest.timings.select_store_seconds += started.elapsed().as_secs_f64() - teacher_seconds;
+        manifest.seconds = seconds_before + run_started.elapsed().as_secs_f64();
+        store.put_chunk(manifest, encoded.chunk, &records)?;
         progress.advance(encoded.ids.len() as u64, 0);
         Ok(())
     };

@@ -17,6 +17,9 @@ use crate::teacher::{TeacherParams, TeacherRound, TeacherScores};
 use cpack_core::fsutil::{FileSum, ProcessLock};
 use cpack_index::store::Manifest;
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 /// One stored negative (or positive): corpus id, 0-based raw rank (`u32::MAX` if
@@ -405,10 +408,13 @@ impl NegativeStore {
             .map_err(self.err())
     }
 
-    /// Stores one chunk's records and its done-marker atomically, then flushes.
+    /// Stores one chunk's records, its done-marker and the round's manifest
+    /// (its running totals, this chunk's costs included) in one transaction,
+    /// then flushes: a kill keeps all of them or none, so a resumed round's
+    /// costs count every stored chunk once.
     pub fn put_chunk(
         &self,
-        round: u32,
+        manifest: &RoundManifest,
         chunk: u32,
         records: &[(String, QueryRecord)],
     ) -> Result<()> {
@@ -417,7 +423,19 @@ impl NegativeStore {
             batch.insert(query_key(id), codec::encode(record));
         }
         batch.insert(chunk_key(chunk), &[][..]);
-        self.tree(round)?.apply_batch(batch).map_err(self.err())?;
+        let round_key = manifest.round.to_be_bytes();
+        let encoded_manifest = codec::encode(manifest);
+        let tree = self.tree(manifest.round)?;
+        (&self.rounds, &tree)
+            .transaction(|(rounds, tree)| {
+                tree.apply_batch(&batch)?;
+                rounds.insert(&round_key[..], encoded_manifest.as_slice())?;
+                Ok::<_, ConflictableTransactionError<Infallible>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(source) => self.err()(source),
+                TransactionError::Abort(never) => match never {},
+            })?;
         self.flush()
     }
 
