@@ -19,10 +19,18 @@
 #    eval --reranker` over the embedder's top --depth hits. Test nDCG@10 /
 #    MRR@10 before and after reranking, and each side's training seconds,
 #    into target/bench/rerank_train.json and .md.
+# 3. Matched (per --matched-seeds): the sides above draw their own heads and
+#    batches from a seed, and those draws move nDCG@10 by more than the
+#    implementations could. Here cpack trains from the MiniLM cross-encoder
+#    of 1. (one head for both) at the same recipe with dropout on, and the
+#    peer replays that run's batches at its rates (--replay), drawing only
+#    its own dropout masks; the paired per-seed differences measure the
+#    implementations alone.
 #
 #   bash bench/rerank_train.sh [--seeds "1 2 3"] [--passages 3000] [--train 500]
 #                              [--test 200] [--depth 20] [--epochs 2] [--batch 8]
 #                              [--group 4] [--max-len 128] [--lr 1e-4] [--trace-only]
+#                              [--matched-seeds "1 2 3"]  (default: --seeds; "" skips)
 #
 # The defaults are what a 2-core machine affords in about 25 minutes a seed
 # for both sides; at one epoch of batch 16 × group 8 and lr 2e-5 (32 steps)
@@ -32,11 +40,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-SEEDS="1 2 3" PASSAGES=3000 TRAIN=500 TEST=200 DEPTH=20 TRACE_ONLY=0
+SEEDS="1 2 3" MATCHED_SEEDS=unset PASSAGES=3000 TRAIN=500 TEST=200 DEPTH=20 TRACE_ONLY=0
 EPOCHS=2 BATCH=8 GROUP=4 MAX_LEN=128 LR=1e-4
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
+    --matched-seeds) MATCHED_SEEDS=$2; shift 2 ;;
     --passages) PASSAGES=$2; shift 2 ;;
     --train) TRAIN=$2; shift 2 ;;
     --test) TEST=$2; shift 2 ;;
@@ -50,6 +59,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
+[ "$MATCHED_SEEDS" = unset ] && MATCHED_SEEDS=$SEEDS
 bash scripts/setup.sh >/dev/null
 CPACK="${CPACK_BIN:-}"
 if [ -z "$CPACK" ]; then
@@ -133,11 +143,29 @@ for seed in $SEEDS; do
     evaluate "$OUT/peer-s$seed/epoch-$EPOCHS" > "$OUT/peer-s$seed.json"
   fi
 done
+
+# 3. Matched: one head, cpack's batches on both sides.
+for seed in $MATCHED_SEEDS; do
+  run="matched-$RECIPE-s$seed"
+  if [ ! -f "$OUT/matched-cpack-s$seed.json" ]; then
+    rm -rf ".cpack/rerankers/$run"
+    "$CPACK" rerank train --run "$run" --from "$CROSS" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
+      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" --eval-split none --quiet --json \
+      > "$OUT/matched-cpack-train-s$seed.json"
+    evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/matched-cpack-s$seed.json"
+  fi
+  if [ ! -f "$OUT/matched-peer-s$seed.json" ]; then
+    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
+      --replay --save-dir "$OUT/matched-peer-s$seed" --seed "$seed" --threads 2 \
+      2>/dev/null > "$OUT/matched-peer-train-s$seed.jsonl"
+    evaluate "$OUT/matched-peer-s$seed/epoch-$EPOCHS" > "$OUT/matched-peer-s$seed.json"
+  fi
+done
 cd "$ROOT"
 mkdir -p target/bench
-python3 - "$OUT" "$SEEDS" "$DEPTH" "$RECIPE" <<'PY'
+python3 - "$OUT" "$SEEDS" "$DEPTH" "$RECIPE" "$MATCHED_SEEDS" <<'PY'
 import json, statistics, sys
-out, seeds, depth, recipe = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4]
+out, seeds, depth, recipe, matched_seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5].split()
 load = lambda name: json.load(open(f"{out}/{name}"))
 metric = lambda e, k: e["metrics"][k]
 base = load("../base.json")
@@ -148,9 +176,14 @@ for s in seeds:
     rows["pytorch"]["ndcg"].append(metric(p, "ndcg_at_10")); rows["pytorch"]["mrr"].append(metric(p, "mrr_at_10"))
     rows["cpack"]["seconds"].append(sum(e["train_seconds"] for e in load(f"cpack-train-s{s}.json")["epochs"]))
     rows["pytorch"]["seconds"].append(load(f"peer-time-s{s}.json")["seconds"])
+matched = {"seeds": matched_seeds, "cpack": [], "pytorch": [], "difference": []}
+for s in matched_seeds:
+    c, p = (metric(load(f"matched-{side}-s{s}.json"), "ndcg_at_10") for side in ("cpack", "peer"))
+    matched["cpack"].append(c); matched["pytorch"].append(p); matched["difference"].append(c - p)
 trace = [json.loads(l) for l in open(f"{out}/../trace.jsonl")][-1]
 check = json.load(open(f"{out}/../check.json"))
-json.dump({"recipe": recipe, "seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "trace": trace, "check": check},
+json.dump({"recipe": recipe, "seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "matched": matched,
+           "trace": trace, "check": check},
           open("target/bench/rerank_train.json", "w"), indent=1)
 cell = lambda v: f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" if len(v) > 1 else f"{v[0]:.4f}"
 lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e}, gradient norm {trace['max_grad_norm_rel_diff']:.1e} over {trace['steps']} steps",
@@ -159,6 +192,12 @@ lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e
          f"| none (all-MiniLM-L6-v2 retrieval) | {metric(base, 'ndcg_at_10'):.4f} | {metric(base, 'mrr_at_10'):.4f} | |"]
 for name, r in rows.items():
     lines.append(f"| {name} | {cell(r['ndcg'])} | {cell(r['mrr'])} | {statistics.median(r['seconds']):.0f} |")
+if matched_seeds:
+    per_seed = lambda v: " · ".join(f"{x:.4f}" for x in v)
+    lines += ["", f"matched (one head, cpack's batches replayed by the peer; seeds {' '.join(matched_seeds)}): test nDCG@10",
+              f"| cpack | {cell(matched['cpack'])} | {per_seed(matched['cpack'])} |",
+              f"| PyTorch replay | {cell(matched['pytorch'])} | {per_seed(matched['pytorch'])} |",
+              f"| cpack − PyTorch | {cell(matched['difference'])} | {per_seed(matched['difference'])} |"]
 open("target/bench/rerank_train.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
