@@ -69,8 +69,9 @@ flags() {  # row → its flags
     *) echo "unknown row $1" >&2; return 1 ;;
   esac
 }
-for row in $ROWS; do
-  for seed in $SEEDS; do
+# Seed by seed, so that an interrupted call leaves every row at its first seeds.
+for seed in $SEEDS; do
+  for row in $ROWS; do
     name="$row-s$seed"
     if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
       continue
