@@ -295,7 +295,13 @@ pub fn choose(
         match params.on_short {
             OnShort::Keep => {}
             OnShort::Drop => chosen.clear(),
-            OnShort::Pad => pad(&mut chosen, want, facts, corpus_rows, rng),
+            OnShort::Pad => {
+                // A candidate the teacher dropped must not come back as padding.
+                let dropped_rows = (pool.drawn.iter().zip(dropped))
+                    .filter(|(_, &gone)| gone)
+                    .map(|(c, _)| c.row);
+                pad(&mut chosen, want, dropped_rows, facts, corpus_rows, rng)
+            }
         }
     }
     Selection {
@@ -338,23 +344,26 @@ fn draw_weighted(
 }
 
 /// Fills `chosen` up to `want` with random passages that are neither
-/// positives nor already chosen (score unknown: NaN, rank [`PADDED`]).
+/// positives, nor already chosen, nor `excluded` (score unknown: NaN, rank
+/// [`PADDED`]).
 fn pad(
     chosen: &mut Vec<Candidate>,
     want: usize,
+    excluded: impl Iterator<Item = usize>,
     facts: &QueryFacts,
     corpus_rows: usize,
     rng: &mut Rng,
 ) {
-    let mut taken: HashSet<usize> = chosen.iter().map(|c| c.row).collect();
+    let mut taken: HashSet<usize> = chosen.iter().map(|c| c.row).chain(excluded).collect();
     let available = corpus_rows.saturating_sub(facts.positive_rows.len() + taken.len());
-    let mut attempts = 0;
-    while chosen.len() < want && taken.len() < available + chosen.len() && attempts < 100 * want {
+    let (mut added, mut attempts) = (0, 0);
+    while chosen.len() < want && added < available && attempts < 100 * want {
         attempts += 1;
         let row = rng.below(corpus_rows);
         if facts.positive_rows.contains(&row) || !taken.insert(row) {
             continue;
         }
+        added += 1;
         chosen.push(Candidate {
             row,
             rank: PADDED,
@@ -694,5 +703,28 @@ mod tests {
         let mut expected = vec![pool.drawn[0], pool.drawn[2], pool.drawn[4]];
         expected.sort_by_key(|c| c.rank);
         assert_eq!(s.chosen, expected);
+    }
+
+    #[test]
+    fn padding_never_brings_back_a_dropped_candidate() {
+        // Rows 0..100 are positives, so padding draws from the candidates'
+        // rows 100..110 alone: 100..=102 are dropped, 103 is chosen.
+        let positives: HashSet<usize> = (0..100).collect();
+        let facts = facts(&positives, Some(0.9));
+        for seed in 0..50 {
+            let p = MiningParams {
+                skip: 0,
+                negatives: 3,
+                on_short: OnShort::Pad,
+                seed,
+                ..params()
+            };
+            let mut rng = Rng::for_query(seed, "q");
+            let keys = |row| text_key(&texts(row));
+            let pool = pool(&ranked(10), &keys, &facts, &p, 4, &mut rng);
+            let s = choose(pool, &[true, true, true, false], &facts, &p, 110, &mut rng);
+            assert_eq!((s.chosen.len(), s.shortfall), (3, 2));
+            assert!(s.chosen.iter().all(|c| c.row > 102), "{:?}", s.chosen);
+        }
     }
 }
