@@ -123,9 +123,17 @@ fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
             .collect();
         assert_eq!(
             keys,
-            ["query", "pos", "neg", "pos_scores", "neg_scores", "prompt"]
-                .into_iter()
-                .collect()
+            [
+                "query",
+                "pos",
+                "neg",
+                "pos_scores",
+                "neg_scores",
+                "scores_from",
+                "prompt"
+            ]
+            .into_iter()
+            .collect()
         );
         assert_eq!(row["prompt"], "为这个句子生成表示以用于检索相关文章：");
         assert!(
@@ -171,6 +179,11 @@ fn negatives_avoid_positives_and_skipped_ranks_and_export_as_flag_embedding() {
     );
     let imported = ok(&ws, &["mine", "import", exported.to_str().unwrap()]);
     assert!(imported.contains("as round 2"), "{imported}");
+    // The lines carry the embedder's scores and say so: they come back as
+    // the negatives' scores, not as a teacher's.
+    assert!(flag.iter().all(|r| r["scores_from"] == "embedder"));
+    let stats = json(&ok(&ws, &["mine", "stats", "--round", "2", "--json"]));
+    assert!(stats["manifest"]["teacher"].is_null(), "{stats}");
     // Same lines; the order may differ where two query ids share one text.
     let sorted = |text: String| {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();

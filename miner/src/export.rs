@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::{QueryRecord, RoundManifest};
+use crate::teacher::ScoresFrom;
 use cpack_data::dataset::TextTable;
 use serde_json::json;
 
@@ -58,11 +59,16 @@ pub fn export(
             .map(|n| text_of(&n.id))
             .collect::<Result<_>>()?;
         let query = query_of(qid)?;
-        let (pos_scores, neg_scores) = match &record.teacher {
-            Some(t) => (t.positives.clone(), t.negatives.clone()),
+        let (pos_scores, neg_scores, scores_from) = match &record.teacher {
+            Some(t) => (
+                t.positives.clone(),
+                t.negatives.clone(),
+                ScoresFrom::Teacher,
+            ),
             None => (
                 record.positives.iter().map(|p| p.score).collect(),
                 record.negatives.iter().map(|n| n.score).collect(),
+                ScoresFrom::Embedder,
             ),
         };
         let finite_all = |v: &[f32]| v.iter().map(|&s| finite(s)).collect::<Vec<_>>();
@@ -73,6 +79,7 @@ pub fn export(
                 "neg": neg,
                 "pos_scores": finite_all(&pos_scores),
                 "neg_scores": finite_all(&neg_scores),
+                "scores_from": scores_from,
                 "prompt": manifest.query_instruction,
             })],
             ExportFormat::Triplets => pos

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::params::{MiningParams, OnShort, Sampling};
 use crate::select::{FilterCounts, PADDED};
 use crate::store::{MiningTimings, NegativeStore, QueryRecord, RoundManifest, ScoredDoc};
-use crate::teacher::{TeacherParams, TeacherRound, TeacherScores};
+use crate::teacher::{ScoresFrom, TeacherParams, TeacherRound, TeacherScores};
 use cpack_data::dataset::TextTable;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,6 +22,9 @@ struct FlagLine {
     neg_scores: Option<Vec<Option<f32>>>,
     #[serde(default)]
     prompt: Option<String>,
+    /// Whose scores `pos_scores`/`neg_scores` are; absent: a teacher's.
+    #[serde(default)]
+    scores_from: ScoresFrom,
 }
 
 /// Maps exact texts to ids (first occurrence wins for duplicated texts).
@@ -111,9 +114,13 @@ impl<'a> Matcher<'a> {
         let listed = self.passages(&row.neg, &row.neg_scores)?;
         let (negatives, filtered, repeats) = distinct_negatives(listed, &positives);
         // FlagEmbedding's scores are a teacher's (its add_reranker_score.py
-        // writes them for distillation): kept as such when every passage has one.
+        // writes them for distillation): kept as such when every passage has
+        // one, unless the line says an embedder's (cpack's export of a round
+        // without a teacher).
         let scored = |docs: &[ScoredDoc]| docs.iter().all(|d| d.score.is_finite());
-        let given = row.pos_scores.is_some() && row.neg_scores.is_some();
+        let given = row.pos_scores.is_some()
+            && row.neg_scores.is_some()
+            && row.scores_from == ScoresFrom::Teacher;
         let teacher = (given && scored(&positives) && scored(&negatives)).then(|| TeacherScores {
             positives: positives.iter().map(|d| d.score).collect(),
             negatives: negatives.iter().map(|d| d.score).collect(),

@@ -124,8 +124,13 @@ pub fn mine(
     }
     manifest.total_queries = plan.query_ids.len();
     store.put_manifest(&manifest)?;
-    run_chunks(store, input, &plan, &mut manifest, options, progress)?;
+    let clock = RunClock {
+        seconds_before: manifest.seconds,
+        started: Instant::now(),
+    };
+    run_chunks(store, input, &plan, &mut manifest, clock, options, progress)?;
     manifest.complete = true;
+    manifest.seconds = clock.seconds();
     store.put_manifest(&manifest)?;
     Ok(MineOutcome::Mined {
         manifest,
@@ -242,6 +247,7 @@ fn run_chunks<'a>(
     input: MiningInput<'a>,
     plan: &'a QueryPlan,
     manifest: &mut RoundManifest,
+    clock: RunClock,
     options: MineOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -254,10 +260,6 @@ fn run_chunks<'a>(
         ..
     } = input;
     progress.stage("mining queries", plan.query_ids.len() as u64);
-    // Each chunk is stored with the manifest's running totals, so a killed
-    // run's finished chunks still count in a resumed round's costs.
-    let seconds_before = manifest.seconds;
-    let run_started = Instant::now();
     let mut todo = Vec::new();
     for (chunk, ids) in plan.query_ids.chunks(manifest.chunk_queries).enumerate() {
         if store.chunk_done(manifest.round, chunk as u32)? {
@@ -311,8 +313,13 @@ fn run_chunks<'a>(
         let denoise = teacher.as_ref().map(|t| t.denoise);
         let records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
         manifest.timings.select_store_seconds += started.elapsed().as_secs_f64() - teacher_seconds;
-        manifest.seconds = seconds_before + run_started.elapsed().as_secs_f64();
+        // Each chunk is stored with the manifest's running totals, so a killed
+        // run's finished chunks still count in a resumed round's costs; the
+        // write's own time joins the totals the next write stores.
+        manifest.seconds = clock.seconds();
+        let storing = Instant::now();
         store.put_chunk(manifest, encoded.chunk, &records)?;
+        manifest.timings.select_store_seconds += storing.elapsed().as_secs_f64();
         progress.advance(encoded.ids.len() as u64, 0);
         Ok(())
     };
@@ -337,6 +344,19 @@ fn run_chunks<'a>(
         // The encoders keep every core busy meanwhile: the search takes one.
         rx.into_iter().try_for_each(|encoded| finish(encoded?, 1))
     })
+}
+
+/// A round's seconds so far: those of earlier runs, and this run's clock.
+#[derive(Clone, Copy)]
+struct RunClock {
+    seconds_before: f64,
+    started: Instant,
+}
+
+impl RunClock {
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
 }
 
 /// One chunk's query vectors, as the encoding thread hands them over.

@@ -165,6 +165,20 @@ pub fn scores_of(chosen: &[Candidate], pool: &[Candidate], scores: &[f32]) -> Ve
         .collect()
 }
 
+/// Whose scores a FlagEmbedding line's `pos_scores`/`neg_scores` are:
+/// exports say so (`"scores_from"`), so that importing a round mined without
+/// a teacher does not take the embedder's own scores for a teacher's.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScoresFrom {
+    /// A cross-encoder's (FlagEmbedding's `add_reranker_score.py`, or a
+    /// round with a teacher); what a line without the key means.
+    #[default]
+    Teacher,
+    /// The embedder that mined the round (its inner products).
+    Embedder,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

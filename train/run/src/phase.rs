@@ -199,21 +199,24 @@ impl ActiveModel {
         };
         let unfinished = ws.store.rounds()?.pop().filter(|m| !m.complete);
         let started = Instant::now();
-        let manifest = match cpack_miner::mine(
+        let (manifest, teacher) = match cpack_miner::mine(
             ws.store,
             input,
             params.clone(),
             MineOptions::default(),
             progress,
         )? {
-            MineOutcome::UpToDate(m) => m,
-            MineOutcome::Mined { manifest, .. } => manifest,
+            // Found whole: nothing was scored now.
+            MineOutcome::UpToDate(m) => (m, 0.0),
+            MineOutcome::Mined { manifest, .. } => {
+                // Only what this call scored: a resumed round's earlier
+                // seconds belong to the run that began it.
+                let scored = |m: &RoundManifest| m.teacher.as_ref().map_or(0.0, |t| t.seconds);
+                let earlier = unfinished.filter(|m| m.round == manifest.round);
+                let teacher = scored(&manifest) - earlier.as_ref().map_or(0.0, scored);
+                (manifest, teacher)
+            }
         };
-        // Only what this call scored: a resumed round's earlier seconds
-        // belong to the run that began it.
-        let scored = |m: &RoundManifest| m.teacher.as_ref().map_or(0.0, |t| t.seconds);
-        let earlier = unfinished.filter(|m| m.round == manifest.round);
-        let teacher = scored(&manifest) - earlier.as_ref().map_or(0.0, scored);
         let cost = MiningCost {
             mine_seconds: started.elapsed().as_secs_f64() - teacher,
             teacher_seconds: teacher,
