@@ -115,15 +115,17 @@ pub struct QuerySubset {
 
 impl QuerySubset {
     pub fn of(ids: &std::collections::BTreeSet<String>) -> Self {
-        use std::hash::Hasher;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        // SHA-256, not std's hasher: its output may change between Rust
+        // releases, and a stored round must keep matching its subset.
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
         for id in ids {
-            hasher.write(id.as_bytes());
-            hasher.write_u8(0);
+            hasher.update(id.as_bytes());
+            hasher.update([0]);
         }
         QuerySubset {
             count: ids.len(),
-            fingerprint: format!("{:016x}", hasher.finish()),
+            fingerprint: hex::encode(&hasher.finalize()[..8]),
         }
     }
 }

@@ -276,12 +276,23 @@ impl<'a> TaskRun<'a> {
         let base = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
         let current = ActiveModel::open(base_model.clone(), &plan.encoder, ws)?;
         let passages = Passages::of(spec, &plan.name, run, ws.base_index.device());
-        let mined_queries = (spec.teacher.as_ref().and(spec.run.max_queries)).map(|limit| {
-            // The subset training draws when every query is in the round.
+        let mined_queries = (spec.teacher.as_ref().and(spec.run.max_queries)).and_then(|limit| {
+            // The subset training draws when every query is in the round;
+            // none when that is every query (the round is then a plain
+            // `cpack mine --teacher` round, and one already mined is reused).
             let (corpus, queries) = (&ws.dataset.corpus, &ws.dataset.queries);
             let seed = spec.mining.seed;
-            let all = TrainingSet::build(corpus, queries, &split_qrels, None, Some(limit), seed);
-            all.examples.into_iter().map(|e| e.query_id).collect()
+            let draw = |limit| TrainingSet::build(corpus, queries, &split_qrels, None, limit, seed);
+            if draw(None).examples.len() <= limit {
+                return None;
+            }
+            Some(
+                draw(Some(limit))
+                    .examples
+                    .into_iter()
+                    .map(|e| e.query_id)
+                    .collect(),
+            )
         });
         Ok(TaskRun {
             ws,
