@@ -6,7 +6,7 @@ use crate::flags::Given;
 use crate::progress::Reporter;
 use anyhow::{bail, Context as _, Result};
 use cpack_encode::candle_backend::CandleLoader;
-use cpack_encode::{BackendLoader, CrossEncoder, Encoder, RerankRecipe, Runtime};
+use cpack_encode::{BackendLoader, CrossEncoder, Encoder, RerankRecipe, RerankSettings, Runtime};
 use cpack_miner::teacher::TeacherSpec;
 use cpack_model::{ComputeDevice, ModelDir};
 use std::path::{Path, PathBuf};
@@ -145,14 +145,19 @@ pub fn workspace_reranker(
     Ok((recipe, reranker))
 }
 
-/// The cross-encoder `spec` names, if any: loaded as `[rerank]` sets
-/// pairs (max_len, batches), where the encoder computes.
+/// The cross-encoder `spec` names, if any, where the encoder computes: its
+/// pairs cut as `[rerank]` says (max_len, part of the round's identity), in
+/// batches of a fixed size whatever `[rerank]` sets, because which pairs
+/// share a padded batch moves the last bits of their scores, and a resumed
+/// round must score as the run that began it.
 pub fn open_teacher(config: &Config, spec: Option<&TeacherSpec>) -> Result<Option<CrossEncoder>> {
     let Some(spec) = spec else {
         return Ok(None);
     };
     let recipe = RerankRecipe {
         model: Some(spec.model.clone()),
+        batch_size: Some(RerankSettings::DEFAULT_BATCH_SIZE),
+        batch_tokens: Some(0),
         ..config.rerank.clone()
     };
     let teacher = open_reranker(
