@@ -37,6 +37,8 @@ fn mine(ws: &Path, extra: &[&str]) -> serde_json::Value {
 /// One query's line of `mine export --format ids`.
 struct Line {
     negatives: Vec<String>,
+    /// Raw ranks; `None` for padded negatives.
+    ranks: Vec<Option<u64>>,
     scores: Vec<f64>,
     positive_score: f64,
 }
@@ -60,6 +62,9 @@ fn export_ids(ws: &Path, round: u32) -> BTreeMap<String, Line> {
             let line = Line {
                 negatives: (v["neg"].as_array().unwrap().iter())
                     .map(|x| x.as_str().unwrap().to_string())
+                    .collect(),
+                ranks: (v["neg_ranks"].as_array().unwrap().iter())
+                    .map(serde_json::Value::as_u64)
                     .collect(),
                 scores: floats(&v["teacher_neg_scores"]),
                 positive_score: floats(&v["teacher_pos_scores"])[0],
@@ -203,6 +208,31 @@ fn stored_teacher_scores_are_a_fresh_rerank_and_denoising_drops_what_it_says() {
     assert_eq!(got, kept(&full, 3, |s, positive| s > positive));
     let text = ok(&ws, &["mine", "stats", "--round", "4"]);
     assert!(text.contains("teacher"), "{text}");
+
+    // Round 5: denoising leaves queries short and padding fills them with
+    // passages outside the pool; the teacher scores those too, as round 1 did.
+    let low = (all[all.len() / 4 - 1] + all[all.len() / 4]) / 2.0;
+    let low = low.to_string();
+    let flags = [
+        "--negatives",
+        "3",
+        "--teacher-pool",
+        "3",
+        "--on-short",
+        "pad",
+    ];
+    mine(&ws, &[&flags[..], &["--denoise-above", &low]].concat());
+    let mut padded = 0;
+    for (query, line) in export_ids(&ws, 5) {
+        let whole = &full[&query];
+        assert_eq!(line.negatives.len(), 3, "{query}");
+        for ((id, score), rank) in line.negatives.iter().zip(&line.scores).zip(&line.ranks) {
+            let at = whole.negatives.iter().position(|n| n == id).unwrap();
+            assert!((score - whole.scores[at]).abs() < 1e-5, "{query} {id}");
+            padded += usize::from(rank.is_none());
+        }
+    }
+    assert!(padded > 0, "no query was padded");
 
     // The rules need a teacher, and a teacher must be a cross-encoder.
     let err = fails(&ws, &["mine", "--denoise"]);

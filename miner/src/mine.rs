@@ -311,7 +311,14 @@ fn run_chunks<'a>(
             _ => None,
         };
         let denoise = teacher.as_ref().map(|t| t.denoise);
-        let records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
+        let mut records = finish_chunk(drawn, scores, denoise, indexed, &manifest.params);
+        if let (Some(teacher), Some(round)) = (&teacher, manifest.teacher.as_mut()) {
+            let started = Instant::now();
+            round.pairs += score_padded(teacher.model, texts, &mut records, progress)?;
+            let seconds = started.elapsed().as_secs_f64();
+            round.seconds += seconds;
+            teacher_seconds += seconds;
+        }
         manifest.timings.select_store_seconds += started.elapsed().as_secs_f64() - teacher_seconds;
         // Each chunk is stored with the manifest's running totals, so a killed
         // run's finished chunks still count in a resumed round's costs; the
@@ -468,6 +475,61 @@ fn score_pools(
         progress.detail(&format!("teacher scored {done} of {total} pairs"));
     };
     Ok(teacher.score_lists(&queries, &lists, &mut on_batch)?)
+}
+
+/// Scores the negatives padding added (random passages outside the pool
+/// the teacher scored) into their records, so that every stored negative
+/// has its teacher score; returns the pairs scored.
+fn score_padded(
+    teacher: &CrossEncoder,
+    texts: (&TextTable, &TextTable),
+    records: &mut [(String, QueryRecord)],
+    progress: &dyn Progress,
+) -> Result<u64> {
+    let (corpus, queries) = texts;
+    let mut wanted: Vec<(usize, Vec<usize>)> = Vec::new();
+    for (at, (_, record)) in records.iter().enumerate() {
+        let Some(scores) = &record.teacher else {
+            continue;
+        };
+        let unscored: Vec<usize> = (scores.negatives.iter().enumerate())
+            .filter(|(_, s)| s.is_nan())
+            .map(|(i, _)| i)
+            .collect();
+        if !unscored.is_empty() {
+            wanted.push((at, unscored));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(0);
+    }
+    let position = |table: &TextTable, id: &str| table.position(id).expect("the dataset's ids");
+    // As `score_pools` pairs them: the query's text, the passage's full text.
+    let query_refs: Vec<&str> = (wanted.iter())
+        .map(|(at, _)| queries.texts[position(queries, &records[*at].0)].as_str())
+        .collect();
+    let passages: Vec<Vec<String>> = (wanted.iter())
+        .map(|(at, negatives)| {
+            let record = &records[*at].1;
+            (negatives.iter())
+                .map(|&i| corpus.full_text(position(corpus, &record.negatives[i].id)))
+                .collect()
+        })
+        .collect();
+    let lists: Vec<Vec<&str>> = (passages.iter())
+        .map(|list| list.iter().map(String::as_str).collect())
+        .collect();
+    progress.detail("teacher scoring padded negatives");
+    let scored = teacher.score_lists(&query_refs, &lists, &mut |_, _| {})?;
+    let mut pairs = 0;
+    for ((at, negatives), scores) in wanted.iter().zip(scored) {
+        let teacher = (records[*at].1.teacher.as_mut()).expect("chosen for its teacher scores");
+        for (&i, score) in negatives.iter().zip(scores) {
+            teacher.negatives[i] = score;
+            pairs += 1;
+        }
+    }
+    Ok(pairs)
 }
 
 /// Each query's record: the draw finished with the teacher's drops (if

@@ -153,7 +153,8 @@ pub fn dropped(scores: &[f32], positives: &[f32], denoise: &Denoise) -> Vec<bool
 }
 
 /// The teacher scores of a query's chosen negatives, looked up by row in
-/// its scored pool (padded negatives were never scored: NaN).
+/// its scored pool (padded negatives are not in it: NaN, until the miner
+/// scores them apart).
 pub fn scores_of(chosen: &[Candidate], pool: &[Candidate], scores: &[f32]) -> Vec<f32> {
     chosen
         .iter()
