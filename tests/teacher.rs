@@ -331,6 +331,12 @@ fn distillation_trains_reports_the_teacher_and_resumes_to_the_same_weights() {
     assert_eq!(stats["stats"]["queries"], 5);
     // Each query: its positive and a pool of 7 (every other passage; the default pool is 16).
     assert_eq!(stats["manifest"]["teacher"]["pairs"], 5 * 8);
+    // A limit above the split's queries is every query: a plain round.
+    let every = train(&ws, "every", &["--distill", "kl", "--max-queries", "100"]);
+    let round = every["epochs"][0]["round"].to_string();
+    let stats = json(&ok(&ws, &["mine", "stats", "--round", &round, "--json"]));
+    assert!(stats["manifest"]["queries"].is_null(), "{stats}");
+    assert_eq!(stats["stats"]["queries"], 8);
 
     // A round without a teacher's scores has nothing to distil.
     let plain_round = json(&ok(
