@@ -25,12 +25,16 @@
 #    of 1. (one head for both) at the same recipe with dropout on, and the
 #    peer replays that run's batches at its rates (--replay), drawing only
 #    its own dropout masks; the paired per-seed differences measure the
-#    implementations alone.
+#    implementations alone. A second replay by the peer with other dropout
+#    masks (seed + 1000) is the control: how far the peer is from itself.
+#    With --no-dropout (every section) nothing is drawn but the batches, and
+#    the matched sides must end at the same reranker.
 #
 #   bash bench/rerank_train.sh [--seeds "1 2 3"] [--passages 3000] [--train 500]
 #                              [--test 200] [--depth 20] [--epochs 2] [--batch 8]
 #                              [--group 4] [--max-len 128] [--lr 1e-4] [--trace-only]
 #                              [--matched-seeds "1 2 3"]  (default: --seeds; "" skips)
+#                              [--no-dropout]
 #
 # The defaults are what a 2-core machine affords in about 25 minutes a seed
 # for both sides; at one epoch of batch 16 × group 8 and lr 2e-5 (32 steps)
@@ -41,7 +45,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SEEDS="1 2 3" MATCHED_SEEDS=unset PASSAGES=3000 TRAIN=500 TEST=200 DEPTH=20 TRACE_ONLY=0
-EPOCHS=2 BATCH=8 GROUP=4 MAX_LEN=128 LR=1e-4
+EPOCHS=2 BATCH=8 GROUP=4 MAX_LEN=128 LR=1e-4 DROPOUT=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
@@ -56,6 +60,7 @@ while [ $# -gt 0 ]; do
     --max-len) MAX_LEN=$2; shift 2 ;;
     --lr) LR=$2; shift 2 ;;
     --trace-only) TRACE_ONLY=1; shift ;;
+    --no-dropout) DROPOUT=(--no-dropout); shift ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -122,7 +127,7 @@ evaluate() {  # reranker folder → eval JSON
   "$CPACK" eval "${LENGTHS[@]}" --reranker "$1" --rerank-depth "$DEPTH" --rerank-max-len "$MAX_LEN" --json --quiet
 }
 "$CPACK" eval "${LENGTHS[@]}" --json --quiet > "$WORK/out/base.json"
-RECIPE="e$EPOCHS-b$BATCH-g$GROUP-l$MAX_LEN-lr$LR"
+RECIPE="e$EPOCHS-b$BATCH-g$GROUP-l$MAX_LEN-lr$LR${DROPOUT:+-nodrop}"
 OUT="$WORK/out/$RECIPE"
 mkdir -p "$OUT"
 for seed in $SEEDS; do
@@ -130,7 +135,7 @@ for seed in $SEEDS; do
   if [ ! -f "$OUT/cpack-s$seed.json" ]; then
     rm -rf ".cpack/rerankers/$run"
     "$CPACK" rerank train --run "$run" --from "$MINILM" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
-      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" --eval-split none --quiet --json \
+      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" "${DROPOUT[@]}" --eval-split none --quiet --json \
       > "$OUT/cpack-train-s$seed.json"
     evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/cpack-s$seed.json"
   fi
@@ -150,7 +155,7 @@ for seed in $MATCHED_SEEDS; do
   if [ ! -f "$OUT/matched-cpack-s$seed.json" ]; then
     rm -rf ".cpack/rerankers/$run"
     "$CPACK" rerank train --run "$run" --from "$CROSS" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
-      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" --eval-split none --quiet --json \
+      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" "${DROPOUT[@]}" --eval-split none --quiet --json \
       > "$OUT/matched-cpack-train-s$seed.json"
     evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/matched-cpack-s$seed.json"
   fi
@@ -160,11 +165,18 @@ for seed in $MATCHED_SEEDS; do
       2>/dev/null > "$OUT/matched-peer-train-s$seed.jsonl"
     evaluate "$OUT/matched-peer-s$seed/epoch-$EPOCHS" > "$OUT/matched-peer-s$seed.json"
   fi
+  # Without dropout the peer's replay has nothing of its own to draw: no control.
+  if [ -z "${DROPOUT[*]}" ] && [ ! -f "$OUT/matched-control-s$seed.json" ]; then
+    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
+      --replay --save-dir "$OUT/matched-control-s$seed" --seed "$((seed + 1000))" --threads 2 \
+      2>/dev/null > "$OUT/matched-control-train-s$seed.jsonl"
+    evaluate "$OUT/matched-control-s$seed/epoch-$EPOCHS" > "$OUT/matched-control-s$seed.json"
+  fi
 done
 cd "$ROOT"
 mkdir -p target/bench
 python3 - "$OUT" "$SEEDS" "$DEPTH" "$RECIPE" "$MATCHED_SEEDS" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, seeds, depth, recipe, matched_seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5].split()
 load = lambda name: json.load(open(f"{out}/{name}"))
 metric = lambda e, k: e["metrics"][k]
@@ -176,10 +188,13 @@ for s in seeds:
     rows["pytorch"]["ndcg"].append(metric(p, "ndcg_at_10")); rows["pytorch"]["mrr"].append(metric(p, "mrr_at_10"))
     rows["cpack"]["seconds"].append(sum(e["train_seconds"] for e in load(f"cpack-train-s{s}.json")["epochs"]))
     rows["pytorch"]["seconds"].append(load(f"peer-time-s{s}.json")["seconds"])
-matched = {"seeds": matched_seeds, "cpack": [], "pytorch": [], "difference": []}
+matched = {"seeds": matched_seeds, "cpack": [], "pytorch": [], "pytorch_again": [], "difference": [], "control": []}
 for s in matched_seeds:
     c, p = (metric(load(f"matched-{side}-s{s}.json"), "ndcg_at_10") for side in ("cpack", "peer"))
     matched["cpack"].append(c); matched["pytorch"].append(p); matched["difference"].append(c - p)
+    if os.path.exists(f"{out}/matched-control-s{s}.json"):
+        p2 = metric(load(f"matched-control-s{s}.json"), "ndcg_at_10")
+        matched["pytorch_again"].append(p2); matched["control"].append(p2 - p)
 trace = [json.loads(l) for l in open(f"{out}/../trace.jsonl")][-1]
 check = json.load(open(f"{out}/../check.json"))
 json.dump({"recipe": recipe, "seeds": seeds, "depth": int(depth), "base": base["metrics"], "rows": rows, "matched": matched,
@@ -191,13 +206,17 @@ lines = [f"trace: worst relative loss difference {trace['max_loss_rel_diff']:.1e
          f"| reranker (top {depth} reranked) | test nDCG@10 | test MRR@10 | training seconds (median) |", "|---|---|---|---|",
          f"| none (all-MiniLM-L6-v2 retrieval) | {metric(base, 'ndcg_at_10'):.4f} | {metric(base, 'mrr_at_10'):.4f} | |"]
 for name, r in rows.items():
-    lines.append(f"| {name} | {cell(r['ndcg'])} | {cell(r['mrr'])} | {statistics.median(r['seconds']):.0f} |")
+    if r["ndcg"]:
+        lines.append(f"| {name} | {cell(r['ndcg'])} | {cell(r['mrr'])} | {statistics.median(r['seconds']):.0f} |")
 if matched_seeds:
     per_seed = lambda v: " · ".join(f"{x:.4f}" for x in v)
     lines += ["", f"matched (one head, cpack's batches replayed by the peer; seeds {' '.join(matched_seeds)}): test nDCG@10",
               f"| cpack | {cell(matched['cpack'])} | {per_seed(matched['cpack'])} |",
               f"| PyTorch replay | {cell(matched['pytorch'])} | {per_seed(matched['pytorch'])} |",
               f"| cpack − PyTorch | {cell(matched['difference'])} | {per_seed(matched['difference'])} |"]
+    if matched["control"]:
+        lines += [f"| PyTorch replay, other dropout masks | {cell(matched['pytorch_again'])} | {per_seed(matched['pytorch_again'])} |",
+                  f"| PyTorch − PyTorch (control) | {cell(matched['control'])} | {per_seed(matched['control'])} |"]
 open("target/bench/rerank_train.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
