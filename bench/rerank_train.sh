@@ -130,47 +130,37 @@ evaluate() {  # reranker folder → eval JSON
 RECIPE="e$EPOCHS-b$BATCH-g$GROUP-l$MAX_LEN-lr$LR${DROPOUT:+-nodrop}"
 OUT="$WORK/out/$RECIPE"
 mkdir -p "$OUT"
+train_cpack() {  # run, starting model, seed, output stem → trained and evaluated
+  rm -rf ".cpack/rerankers/$1"
+  "$CPACK" rerank train --run "$1" --from "$2" --seed "$3" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
+    --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" "${DROPOUT[@]}" --eval-split none --quiet --json \
+    > "$OUT/$4-train-s$3.json"
+  evaluate ".cpack/rerankers/$1/epoch-$EPOCHS" > "$OUT/$4-s$3.json"
+}
+train_peer() {  # run, the peer's seed, output name, seed label, peer flags... → trained and evaluated
+  local run=$1 seed=$2 name=$3 label=$4; shift 4
+  OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
+    --save-dir "$OUT/$name-s$label" --seed "$seed" --threads 2 "$@" 2>/dev/null > "$OUT/$name-train-s$label.jsonl"
+  evaluate "$OUT/$name-s$label/epoch-$EPOCHS" > "$OUT/$name-s$label.json"
+}
 for seed in $SEEDS; do
   run="quality-$RECIPE-s$seed"
-  if [ ! -f "$OUT/cpack-s$seed.json" ]; then
-    rm -rf ".cpack/rerankers/$run"
-    "$CPACK" rerank train --run "$run" --from "$MINILM" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
-      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" "${DROPOUT[@]}" --eval-split none --quiet --json \
-      > "$OUT/cpack-train-s$seed.json"
-    evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/cpack-s$seed.json"
-  fi
+  [ -f "$OUT/cpack-s$seed.json" ] || train_cpack "$run" "$MINILM" "$seed" cpack
   if [ ! -f "$OUT/peer-s$seed.json" ]; then
     started=$SECONDS
-    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
-      --round-ids "$WORK/out/round.jsonl" --save-dir "$OUT/peer-s$seed" --seed "$seed" --threads 2 \
-      2>/dev/null > "$OUT/peer-train-s$seed.jsonl"
+    train_peer "$run" "$seed" peer "$seed" --round-ids "$WORK/out/round.jsonl"
     echo "{\"seconds\": $((SECONDS - started))}" > "$OUT/peer-time-s$seed.json"
-    evaluate "$OUT/peer-s$seed/epoch-$EPOCHS" > "$OUT/peer-s$seed.json"
   fi
 done
 
 # 3. Matched: one head, cpack's batches on both sides.
 for seed in $MATCHED_SEEDS; do
   run="matched-$RECIPE-s$seed"
-  if [ ! -f "$OUT/matched-cpack-s$seed.json" ]; then
-    rm -rf ".cpack/rerankers/$run"
-    "$CPACK" rerank train --run "$run" --from "$CROSS" --seed "$seed" --epochs "$EPOCHS" --train-batch-size "$BATCH" \
-      --group-size "$GROUP" --max-len "$MAX_LEN" --lr "$LR" --max-queries "$TRAIN" "${DROPOUT[@]}" --eval-split none --quiet --json \
-      > "$OUT/matched-cpack-train-s$seed.json"
-    evaluate ".cpack/rerankers/$run/epoch-$EPOCHS" > "$OUT/matched-cpack-s$seed.json"
-  fi
-  if [ ! -f "$OUT/matched-peer-s$seed.json" ]; then
-    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
-      --replay --save-dir "$OUT/matched-peer-s$seed" --seed "$seed" --threads 2 \
-      2>/dev/null > "$OUT/matched-peer-train-s$seed.jsonl"
-    evaluate "$OUT/matched-peer-s$seed/epoch-$EPOCHS" > "$OUT/matched-peer-s$seed.json"
-  fi
+  [ -f "$OUT/matched-cpack-s$seed.json" ] || train_cpack "$run" "$CROSS" "$seed" matched-cpack
+  [ -f "$OUT/matched-peer-s$seed.json" ] || train_peer "$run" "$seed" matched-peer "$seed" --replay
   # Without dropout the peer's replay has nothing of its own to draw: no control.
   if [ -z "${DROPOUT[*]}" ] && [ ! -f "$OUT/matched-control-s$seed.json" ]; then
-    OMP_NUM_THREADS=2 "$VENV" "$ROOT/bench/peer/rerank_train.py" --run-dir ".cpack/rerankers/$run" --data "$DATA" \
-      --replay --save-dir "$OUT/matched-control-s$seed" --seed "$((seed + 1000))" --threads 2 \
-      2>/dev/null > "$OUT/matched-control-train-s$seed.jsonl"
-    evaluate "$OUT/matched-control-s$seed/epoch-$EPOCHS" > "$OUT/matched-control-s$seed.json"
+    train_peer "$run" "$((seed + 1000))" matched-control "$seed" --replay
   fi
 done
 cd "$ROOT"
