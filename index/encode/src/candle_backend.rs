@@ -7,7 +7,10 @@ use crate::encoder::{
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use cpack_model::{BertModel, ComputeDevice, EmbeddingHead, Mode, ModelDir, Pooling, TokenBatch};
+use cpack_model::matmul::Products;
+use cpack_model::{
+    BertModel, ComputeDevice, EmbeddingHead, Kernels, Mode, ModelDir, Pooling, TokenBatch,
+};
 
 /// Padded tokens per forward pass; batches are run in slices of this size.
 /// The matrix kernel packs each weight matrix once per product, so longer
@@ -27,7 +30,9 @@ pub struct CandleBackend {
 
 impl CandleBackend {
     /// Loads the model's safetensors weights onto `compute` (memory-mapped on
-    /// the CPU) as f32, or as bf16 with `precision` bf16.
+    /// the CPU) as f32. With `precision` bf16 a GPU holds them and computes in
+    /// bf16; the CPU keeps them f32 and runs its kernels' products on bf16
+    /// operands (layer norms, softmax and activations stay f32 there).
     pub fn load(
         model: &ModelDir,
         pooling: Pooling,
@@ -35,11 +40,30 @@ impl CandleBackend {
         compute: ComputeDevice,
         precision: WeightPrecision,
     ) -> Result<Self> {
+        let kernels = if compute.is_cpu() {
+            Kernels::Cpu
+        } else {
+            Kernels::Portable
+        };
+        Self::load_with_kernels(model, pooling, normalize, compute, precision, kernels)
+    }
+
+    /// [`CandleBackend::load`] running `kernels`: the portable ops on the CPU
+    /// test the path a GPU takes, in its dtypes.
+    pub fn load_with_kernels(
+        model: &ModelDir,
+        pooling: Pooling,
+        normalize: bool,
+        compute: ComputeDevice,
+        precision: WeightPrecision,
+        kernels: Kernels,
+    ) -> Result<Self> {
         let device = compute.candle()?;
-        let dtype = match precision {
-            WeightPrecision::F32 => DType::F32,
-            WeightPrecision::Bf16 => DType::BF16,
-            WeightPrecision::Int8 => {
+        let (dtype, products) = match (precision, kernels) {
+            (WeightPrecision::F32, _) => (DType::F32, Products::F32),
+            (WeightPrecision::Bf16, Kernels::Cpu) => (DType::F32, Products::bf16()),
+            (WeightPrecision::Bf16, Kernels::Portable) => (DType::BF16, Products::F32),
+            (WeightPrecision::Int8, _) => {
                 return Err(Error::Precision {
                     what: "the candle backend",
                     precision,
@@ -62,20 +86,13 @@ impl CandleBackend {
             )
         })?;
         Ok(CandleBackend {
-            model: bert,
+            model: bert.with_kernels(kernels).with_products(products),
             head: EmbeddingHead { pooling, normalize },
             dim: model.hidden_size(),
             device,
             compute,
             precision,
         })
-    }
-
-    /// The same backend running `kernels` (the portable ops on CPU test the
-    /// path a GPU takes).
-    pub fn with_kernels(mut self, kernels: cpack_model::Kernels) -> Self {
-        self.model = self.model.with_kernels(kernels);
-        self
     }
 }
 

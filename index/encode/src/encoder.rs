@@ -50,8 +50,8 @@ pub enum WeightPrecision {
     F32,
     /// Per-column int8 weights, activations quantised at run time (ORT only).
     Int8,
-    /// bf16 weights and activations, layer norms and softmax in f32 (candle,
-    /// for GPUs; on a CPU it runs the slow portable ops).
+    /// Matrix products on bf16 operands with f32 sums; layer norms, softmax
+    /// and activations in f32 on a CPU (bf16 activations on a GPU). candle only.
     Bf16,
 }
 

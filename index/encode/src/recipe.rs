@@ -101,8 +101,9 @@ pub struct EncodeRecipe {
         )
     )]
     pub backend: Option<BackendKind>,
-    /// Encoder weights and products: f32; int8 with --encoder ort; bf16 with candle, for
-    /// GPUs (on a CPU it runs the slow portable ops) [encode.precision].
+    /// Encoder products: f32; int8 with --encoder ort; bf16 with candle (bf16
+    /// operands, f32 sums: faster on GPUs and CPUs with AVX-512 BF16, the same
+    /// numbers on other CPUs) [encode.precision].
     #[cfg_attr(
         feature = "clap",
         arg(
@@ -129,8 +130,7 @@ pub struct EncodeRecipe {
 /// Which runtime turns token ids into vectors, with what it needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Runtime {
-    /// cpack's own BERT on candle: nothing to install; f32, or bf16 (meant
-    /// for GPUs).
+    /// cpack's own BERT on candle: nothing to install; f32, or bf16 products.
     Candle {
         device: ComputeDevice,
         precision: WeightPrecision,

@@ -205,15 +205,16 @@ fn embedder_difference(name: &str, pooling: Pooling, backend: &BackendFactory) -
 
 fn candle(kernels: Kernels) -> impl Fn(&ModelDir, &EncoderSettings) -> Box<dyn EncoderBackend> {
     move |model, s| {
-        let backend = CandleBackend::load(
+        let backend = CandleBackend::load_with_kernels(
             model,
             s.pooling,
             s.normalize,
             ComputeDevice::Cpu,
             WeightPrecision::F32,
+            kernels,
         )
         .unwrap();
-        Box::new(backend.with_kernels(kernels))
+        Box::new(backend)
     }
 }
 

@@ -16,7 +16,7 @@
 
 use super::dropout::Mask;
 use super::kernel::f32_rows;
-use crate::matmul::{gemm, MatMut, MatRef, ShapeError};
+use crate::matmul::{MatMut, MatRef, Products, ShapeError};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -26,6 +26,7 @@ struct Attention {
     heads: usize,
     head_dim: usize,
     dropout: Option<Mask>,
+    products: Products,
 }
 
 fn shape_err(e: ShapeError) -> candle_core::Error {
@@ -80,7 +81,9 @@ impl Attention {
             row.copy_from_slice(bias);
         }
         let mut s = MatMut::row_major(probs, seq, seq).map_err(shape_err)?;
-        gemm(head.q, head.k.t(), &mut s, self.scale(), 1.0, 1).map_err(shape_err)?;
+        self.products
+            .gemm(head.q, head.k.t(), &mut s, self.scale(), 1.0, 1)
+            .map_err(shape_err)?;
         softmax_rows(probs, seq);
         Ok(())
     }
@@ -117,7 +120,9 @@ impl Attention {
                 1,
             )
             .map_err(shape_err)?;
-            gemm(p, head.v, &mut context, 1.0, 0.0, 1).map_err(shape_err)?;
+            self.products
+                .gemm(p, head.v, &mut context, 1.0, 0.0, 1)
+                .map_err(shape_err)?;
         }
         Ok(())
     }
@@ -154,10 +159,14 @@ impl Attention {
                 1,
             )
             .map_err(shape_err)?;
-            gemm(p_dropped.t(), d_context, &mut d_v, 1.0, 0.0, 1).map_err(shape_err)?;
+            self.products
+                .gemm(p_dropped.t(), d_context, &mut d_v, 1.0, 0.0, 1)
+                .map_err(shape_err)?;
             // ∂P̃ = ∂O·Vᵀ, then back through the mask: ∂P = ∂P̃ ⊙ mask.
             let mut d_p = MatMut::row_major(&mut grad_probs, seq, seq).map_err(shape_err)?;
-            gemm(d_context, head.v.t(), &mut d_p, 1.0, 0.0, 1).map_err(shape_err)?;
+            self.products
+                .gemm(d_context, head.v.t(), &mut d_p, 1.0, 0.0, 1)
+                .map_err(shape_err)?;
             self.drop(&head, &mut grad_probs);
             // Softmax: ∂S = P ⊙ (∂P − rowsum(∂P ⊙ P)), kept in grad_probs.
             for (g, p) in grad_probs
@@ -173,7 +182,9 @@ impl Attention {
             // S = scale·Q·Kᵀ: ∂Q = scale·∂S·K, ∂K = scale·∂Sᵀ·Q.
             let mut d_q = MatMut::strided(&mut grad_qkv[head.column..], seq, hd, 3 * hidden, 1)
                 .map_err(shape_err)?;
-            gemm(d_s, head.k, &mut d_q, self.scale(), 0.0, 1).map_err(shape_err)?;
+            self.products
+                .gemm(d_s, head.k, &mut d_q, self.scale(), 0.0, 1)
+                .map_err(shape_err)?;
             let mut d_k = MatMut::strided(
                 &mut grad_qkv[hidden + head.column..],
                 seq,
@@ -182,7 +193,9 @@ impl Attention {
                 1,
             )
             .map_err(shape_err)?;
-            gemm(d_s.t(), head.q, &mut d_k, self.scale(), 0.0, 1).map_err(shape_err)?;
+            self.products
+                .gemm(d_s.t(), head.q, &mut d_k, self.scale(), 0.0, 1)
+                .map_err(shape_err)?;
         }
         Ok(())
     }
@@ -332,12 +345,20 @@ fn softmax_rows_portable(scores: &mut [f32], len: usize) {
 }
 
 /// Self-attention of `qkv` (`[batch·seq, 3·hidden]`) with `key_bias`
-/// (`[batch, seq]`), no gradient; returns `[batch·seq, hidden]`.
-pub fn attention(qkv: &Tensor, key_bias: &Tensor, heads: usize, head_dim: usize) -> Result<Tensor> {
+/// (`[batch, seq]`), no gradient, its products in `products`; returns
+/// `[batch·seq, hidden]`.
+pub fn attention(
+    qkv: &Tensor,
+    key_bias: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    products: Products,
+) -> Result<Tensor> {
     let op = Attention {
         heads,
         head_dim,
         dropout: None,
+        products,
     };
     qkv.contiguous()?
         .apply_op2_no_bwd(&key_bias.contiguous()?, &op)
@@ -350,17 +371,20 @@ pub(crate) fn trainable_attention(
     heads: usize,
     head_dim: usize,
     dropout: Option<Mask>,
+    products: Products,
 ) -> Result<Tensor> {
     let op = Attention {
         heads,
         head_dim,
         dropout,
+        products,
     };
     qkv.contiguous()?.apply_op2(&key_bias.contiguous()?, op)
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::matmul::Products::F32;
     use candle_core::{Device, Tensor, Var, D};
 
     const SHAPE: (usize, usize, usize, usize) = (3, 7, 4, 8);
@@ -415,7 +439,7 @@ mod tests {
     fn matches_plain_ops_with_padding() {
         let (_, _, heads, hd) = SHAPE;
         let (qkv, bias) = inputs();
-        let ours = super::attention(qkv.as_tensor(), &bias, heads, hd).unwrap();
+        let ours = super::attention(qkv.as_tensor(), &bias, heads, hd, F32).unwrap();
         let diff = crate::max_abs_diff(&ours, &reference(qkv.as_tensor(), &bias, heads, hd));
         assert!(diff < 1e-5, "{diff}");
     }
@@ -424,7 +448,8 @@ mod tests {
     fn the_backward_matches_plain_ops() {
         let (_, _, heads, hd) = SHAPE;
         let (qkv, bias) = inputs();
-        let ours = super::trainable_attention(qkv.as_tensor(), &bias, heads, hd, None).unwrap();
+        let ours =
+            super::trainable_attention(qkv.as_tensor(), &bias, heads, hd, None, F32).unwrap();
         let theirs = reference(qkv.as_tensor(), &bias, heads, hd);
         let probe = Tensor::randn(0f32, 1., ours.shape(), &Device::Cpu).unwrap();
         let grad = |y: &Tensor| {
@@ -442,7 +467,7 @@ mod tests {
         let (_, _, heads, hd) = SHAPE;
         let (qkv, bias) = inputs();
         let mask = crate::Dropout::attention_mask(Some(&crate::Dropout::new(0.0, 0.3, 9)));
-        let run = |x: &Tensor| super::trainable_attention(x, &bias, heads, hd, mask).unwrap();
+        let run = |x: &Tensor| super::trainable_attention(x, &bias, heads, hd, mask, F32).unwrap();
         let probe = Tensor::randn(0f32, 1., run(qkv.as_tensor()).shape(), &Device::Cpu).unwrap();
         let value = |x: &Tensor| {
             (run(x) * &probe)
@@ -492,6 +517,6 @@ mod tests {
     fn refuses_a_projection_that_does_not_fit_the_heads() {
         let qkv = Tensor::zeros((4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
         let bias = Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
-        assert!(super::attention(&qkv, &bias, 2, 2).is_err());
+        assert!(super::attention(&qkv, &bias, 2, 2, F32).is_err());
     }
 }

@@ -8,11 +8,14 @@
 //!
 //! Which implementation runs each op follows the device of the weights
 //! ([`Kernels::for_weights`]): cpack's CPU kernels for f32 on the CPU, candle's own
-//! ops ([`super::portable`]) anywhere else. Both serve both modes.
+//! ops ([`super::portable`]) anywhere else. Both serve both modes. The CPU
+//! kernels multiply in the model's [`Products`] precision: f32, or bf16
+//! operands with f32 sums ([`BertModel::with_products`]).
 
 use super::config::{Activation, BertConfig};
 use super::dropout::{Dropout, Mask};
 use super::portable;
+use crate::matmul::Products;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -46,23 +49,24 @@ impl Kernels {
     }
 }
 
-/// The op implementations of one forward pass: kernels and mode together.
+/// The op implementations of one forward pass: kernels, mode and the
+/// precision of the products together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ops {
     /// CPU kernels without a backward.
-    Fused,
+    Fused(Products),
     /// CPU kernels with a backward.
-    Trainable,
+    Trainable(Products),
     /// candle's ops (differentiable in either mode).
     Portable,
 }
 
 impl Ops {
-    fn new(kernels: Kernels, mode: Mode) -> Self {
+    fn new(kernels: Kernels, mode: Mode, products: Products) -> Self {
         match (kernels, mode) {
             (Kernels::Portable, _) => Ops::Portable,
-            (Kernels::Cpu, Mode::Inference) => Ops::Fused,
-            (Kernels::Cpu, Mode::Differentiable) => Ops::Trainable,
+            (Kernels::Cpu, Mode::Inference) => Ops::Fused(products),
+            (Kernels::Cpu, Mode::Differentiable) => Ops::Trainable(products),
         }
     }
 
@@ -70,7 +74,7 @@ impl Ops {
     fn hidden_dropout(self, dropout: Option<&Dropout>, x: &Tensor) -> Result<Tensor> {
         match self {
             Ops::Portable => portable::dropout(Dropout::hidden_mask(dropout), &x.contiguous()?),
-            Ops::Fused | Ops::Trainable => Dropout::hidden(dropout, x),
+            Ops::Fused(_) | Ops::Trainable(_) => Dropout::hidden(dropout, x),
         }
     }
 }
@@ -98,8 +102,8 @@ impl Linear {
 /// `x · weightᵀ + bias` as one matrix product.
 fn affine(x: &Tensor, weight: &Tensor, bias: &Tensor, ops: Ops) -> Result<Tensor> {
     match ops {
-        Ops::Fused => super::dense::affine(x, weight, bias),
-        Ops::Trainable => super::dense::trainable_affine(x, weight, bias),
+        Ops::Fused(products) => super::dense::affine(x, weight, bias, products),
+        Ops::Trainable(products) => super::dense::trainable_affine(x, weight, bias, products),
         Ops::Portable => portable::affine(x, weight, bias),
     }
 }
@@ -127,8 +131,10 @@ impl LayerNorm {
 
     fn forward(&self, x: &Tensor, ops: Ops) -> Result<Tensor> {
         match ops {
-            Ops::Fused => candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32),
-            Ops::Trainable => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
+            Ops::Fused(_) => {
+                candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+            }
+            Ops::Trainable(_) => super::fused::layer_norm(x, &self.weight, &self.bias, self.eps),
             Ops::Portable => portable::layer_norm(x, &self.weight, &self.bias, self.eps),
         }
     }
@@ -184,7 +190,7 @@ impl Embeddings {
                 let segment = self.token_type.get(0)?;
                 match ops {
                     Ops::Portable => portable::embedding_sum(&words, &positions, &segment)?,
-                    Ops::Fused | Ops::Trainable => {
+                    Ops::Fused(_) | Ops::Trainable(_) => {
                         super::embedding_sum::embedding_sum(&words, &positions, &segment)?
                     }
                 }
@@ -250,6 +256,7 @@ pub struct BertModel {
     head_dim: usize,
     activation: Activation,
     kernels: Kernels,
+    products: Products,
 }
 
 impl BertModel {
@@ -266,7 +273,20 @@ impl BertModel {
             head_dim: cfg.head_dim(),
             activation: cfg.hidden_act,
             kernels: Kernels::for_weights(vb.device(), vb.dtype()),
+            products: Products::F32,
         })
+    }
+
+    /// The same model with its CPU kernels' products in `products` (the
+    /// portable ops multiply in the weights' dtype).
+    pub fn with_products(mut self, products: Products) -> Self {
+        self.products = products;
+        self
+    }
+
+    /// The precision of the CPU kernels' products.
+    pub fn products(&self) -> Products {
+        self.products
     }
 
     /// The same model running `kernels` (the portable ops on CPU test the
@@ -346,7 +366,7 @@ impl BertModel {
         dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let ops = Ops::new(self.kernels, mode);
+        let ops = Ops::new(self.kernels, mode, self.products);
         // Padding keys get a large negative score, so softmax gives them zero weight.
         let key_bias =
             ((attention_mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.to_dtype(self.dtype())?;
@@ -377,8 +397,8 @@ impl BertModel {
 
     /// The intermediate dense layer and its activation.
     fn intermediate(&self, dense: &Linear, x: &Tensor, ops: Ops) -> Result<Tensor> {
-        if self.activation == Activation::Gelu && ops == Ops::Trainable {
-            return super::dense::trainable_affine_gelu(x, &dense.weight, &dense.bias);
+        if let (Activation::Gelu, Ops::Trainable(products)) = (self.activation, ops) {
+            return super::dense::trainable_affine_gelu(x, &dense.weight, &dense.bias, products);
         }
         let inner = dense.forward(x, ops)?;
         match (self.activation, ops) {
@@ -402,13 +422,16 @@ impl BertModel {
         let qkv = layer.qkv.forward(hidden, ops)?;
         let mask: Option<Mask> = Dropout::attention_mask(dropout);
         match ops {
-            Ops::Fused => super::attention::attention(&qkv, key_bias, self.heads, self.head_dim),
-            Ops::Trainable => super::attention::trainable_attention(
+            Ops::Fused(products) => {
+                super::attention::attention(&qkv, key_bias, self.heads, self.head_dim, products)
+            }
+            Ops::Trainable(products) => super::attention::trainable_attention(
                 &qkv,
                 key_bias,
                 self.heads,
                 self.head_dim,
                 mask,
+                products,
             ),
             Ops::Portable => portable::attention(&qkv, key_bias, self.heads, self.head_dim, mask),
         }
@@ -565,6 +588,47 @@ mod tests {
                 panic!("{name}: gradient on one side only");
             };
             assert!(relative(x, y) < 1e-4, "{name}: {}", relative(x, y));
+        }
+    }
+
+    /// bf16 products move the hidden states by what bf16 rounding allows and
+    /// no more, in both modes, and the gradients stay close to f32's; the
+    /// differentiable forward computes what the fused one does.
+    #[test]
+    fn bf16_products_stay_near_f32_in_both_modes() {
+        let (_dir, model) = tiny();
+        let (varmap, f32_model) = trainable(&model);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let bf16_model = BertModel::load(vb.pp(&model.weight_prefix), &model.config)
+            .unwrap()
+            .with_products(Products::bf16());
+        let (ids, mask) = inputs();
+        let fused = bf16_model.forward(&ids, &mask, Mode::Inference).unwrap();
+        let plain = bf16_model
+            .forward(&ids, &mask, Mode::Differentiable)
+            .unwrap();
+        assert!(
+            relative(&fused, &plain) < 1e-5,
+            "{}",
+            relative(&fused, &plain)
+        );
+        let reference = f32_model.forward(&ids, &mask, Mode::Inference).unwrap();
+        let moved = relative(&fused, &reference);
+        assert!(moved > 0.0 && moved < 5e-3, "bf16 against f32: {moved}");
+        let (a, b) = (
+            probe_loss(&bf16_model.forward_train(&ids, &mask, None).unwrap()),
+            probe_loss(&f32_model.forward_train(&ids, &mask, None).unwrap()),
+        );
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("attention.self.key.bias") {
+                continue; // zero in any BERT: both sides hold rounding noise
+            }
+            let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
+            let (Some(x), Some(y)) = (x, y) else {
+                panic!("{name}: gradient on one side only");
+            };
+            assert!(relative(x, y) < 3e-2, "{name}: {}", relative(x, y));
         }
     }
 }

@@ -3,7 +3,7 @@
 //! whose three gradients are matrix products too.
 
 use super::kernel::f32_rows;
-use crate::matmul::{gemm, MatMut, MatRef};
+use crate::matmul::{MatMut, MatRef, Products};
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
@@ -20,7 +20,9 @@ fn shape_err(op: &str, e: crate::matmul::ShapeError) -> candle_core::Error {
 /// `x · wᵀ + b` for `x` `[m, k]`, a weight `w` `[n, k]` as stored by Hugging
 /// Face, and a bias `b` `[n]`: the bias rows are written first and the
 /// product accumulates onto them (beta = 1), saving a separate broadcast pass.
-struct Affine;
+struct Affine {
+    products: Products,
+}
 
 impl CustomOp3 for Affine {
     fn name(&self) -> &'static str {
@@ -56,26 +58,35 @@ impl CustomOp3 for Affine {
         let x = MatRef::row_major(x, m, k).map_err(err)?;
         let w = MatRef::row_major(w, n, k).map_err(err)?;
         let mut y = MatMut::row_major(&mut out, m, n).map_err(err)?;
-        gemm(x, w.t(), &mut y, 1.0, 1.0, pool_threads()).map_err(err)?;
+        self.products
+            .gemm(x, w.t(), &mut y, 1.0, 1.0, pool_threads())
+            .map_err(err)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
-/// `x · wᵀ + b` (no gradient).
-pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// `x · wᵀ + b` (no gradient), its product in `products`.
+pub fn affine(x: &Tensor, w: &Tensor, b: &Tensor, products: Products) -> Result<Tensor> {
+    let op = Affine { products };
     x.contiguous()?
-        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &Affine)
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &op)
 }
 
-/// `x · wᵀ + b`, differentiable in all three arguments.
-pub fn trainable_affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &b.contiguous()?, TrainableAffine)
+/// `x · wᵀ + b`, differentiable in all three arguments; its products (and
+/// those of the backward) in `products`.
+pub fn trainable_affine(x: &Tensor, w: &Tensor, b: &Tensor, products: Products) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        TrainableAffine { products },
+    )
 }
 
 /// [`Affine`] plus its backward: for `y = x·wᵀ + b` and upstream `g`,
 /// `∂x = g·w`, `∂w = gᵀ·x`, `∂b = Σ_rows g`.
-struct TrainableAffine;
+struct TrainableAffine {
+    products: Products,
+}
 
 impl CustomOp3 for TrainableAffine {
     fn name(&self) -> &'static str {
@@ -91,7 +102,8 @@ impl CustomOp3 for TrainableAffine {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Affine.cpu_fwd(s1, l1, s2, l2, s3, l3)
+        let products = self.products;
+        Affine { products }.cpu_fwd(s1, l1, s2, l2, s3, l3)
     }
 
     fn bwd(
@@ -102,7 +114,7 @@ impl CustomOp3 for TrainableAffine {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        affine_grads(x, w, grad)
+        affine_grads(x, w, grad, self.products)
     }
 }
 
@@ -111,6 +123,7 @@ fn affine_grads(
     x: &Tensor,
     w: &Tensor,
     grad: &Tensor,
+    products: Products,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     {
         let grad = grad.contiguous()?;
@@ -119,6 +132,7 @@ fn affine_grads(
             &Gemm {
                 trans_a: false,
                 trans_b: false,
+                products,
             },
         )?;
         let grad_w = grad.apply_op2_no_bwd(
@@ -126,6 +140,7 @@ fn affine_grads(
             &Gemm {
                 trans_a: true,
                 trans_b: false,
+                products,
             },
         )?;
         let grad_b = super::reduce::sum_rows(&grad)?;
@@ -138,18 +153,25 @@ fn affine_grads(
 /// kept by the op for its backward (as a separate GELU node would keep it),
 /// and the backward goes from the output's gradient straight to the three
 /// inputs' without a gradient for the pre-activation passing through the graph.
-pub fn trainable_affine_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn trainable_affine_gelu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    products: Products,
+) -> Result<Tensor> {
     x.contiguous()?.apply_op3(
         &w.contiguous()?,
         &b.contiguous()?,
         TrainableAffineGelu {
             pre_activation: Mutex::new(None),
+            products,
         },
     )
 }
 
 struct TrainableAffineGelu {
     pre_activation: Mutex<Option<Tensor>>,
+    products: Products,
 }
 
 impl CustomOp3 for TrainableAffineGelu {
@@ -166,7 +188,8 @@ impl CustomOp3 for TrainableAffineGelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (pre, shape) = Affine.cpu_fwd(s1, l1, s2, l2, s3, l3)?;
+        let products = self.products;
+        let (pre, shape) = Affine { products }.cpu_fwd(s1, l1, s2, l2, s3, l3)?;
         let out = super::gelu::gelu_erf_cpu(&pre, &Layout::contiguous(&shape))?;
         let CpuStorage::F32(pre) = pre else {
             bail!("{}: f32 only", self.name())
@@ -188,7 +211,8 @@ impl CustomOp3 for TrainableAffineGelu {
         let Some(pre) = pre else {
             bail!("{}: backward before forward", self.name())
         };
-        affine_grads(x, w, &super::gelu::gelu_erf_grad(&pre, grad)?)
+        let grad = super::gelu::gelu_erf_grad(&pre, grad)?;
+        affine_grads(x, w, &grad, self.products)
     }
 }
 
@@ -196,6 +220,7 @@ impl CustomOp3 for TrainableAffineGelu {
 struct Gemm {
     trans_a: bool,
     trans_b: bool,
+    products: Products,
 }
 
 impl CustomOp2 for Gemm {
@@ -235,13 +260,16 @@ impl CustomOp2 for Gemm {
         let a = view(a, a_rows, a_cols, self.trans_a).map_err(err)?;
         let b = view(b, b_rows, b_cols, self.trans_b).map_err(err)?;
         let mut c = MatMut::row_major(&mut out, m, n).map_err(err)?;
-        gemm(a, b, &mut c, 1.0, 0.0, pool_threads()).map_err(err)?;
+        self.products
+            .gemm(a, b, &mut c, 1.0, 0.0, pool_threads())
+            .map_err(err)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::matmul::Products::F32;
     use candle_core::{Device, Tensor};
 
     #[test]
@@ -249,7 +277,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1., (7, 5), &Device::Cpu).unwrap();
         let w = Tensor::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1., 3, &Device::Cpu).unwrap();
-        let ours = super::affine(&x, &w, &b).unwrap();
+        let ours = super::affine(&x, &w, &b, F32).unwrap();
         let reference = x
             .matmul(&w.t().unwrap())
             .unwrap()
@@ -266,7 +294,7 @@ mod tests {
         let w = Var::randn(0f32, 1., (3, 5), &Device::Cpu).unwrap();
         let b = Var::randn(0f32, 1., 3, &Device::Cpu).unwrap();
         let probe = Tensor::randn(0f32, 1., (7, 3), &Device::Cpu).unwrap();
-        let ours = super::trainable_affine_gelu(&x, &w, &b).unwrap();
+        let ours = super::trainable_affine_gelu(&x, &w, &b, F32).unwrap();
         let reference = x
             .matmul(&w.t().unwrap())
             .unwrap()
@@ -295,7 +323,7 @@ mod tests {
         let b = Var::randn(0f32, 1., 3, &Device::Cpu).unwrap();
         let probe = Tensor::randn(0f32, 1., (7, 3), &Device::Cpu).unwrap();
         let loss = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap();
-        let ours = loss(super::trainable_affine(&x, &w, &b).unwrap())
+        let ours = loss(super::trainable_affine(&x, &w, &b, F32).unwrap())
             .backward()
             .unwrap();
         let reference = loss(

@@ -12,8 +12,52 @@
 //!
 //! Threads are a value the caller passes: 1 runs the product inline on the
 //! calling thread; more splits it over the current rayon pool.
+//!
+//! [`Products`] says in which precision a model's products run: f32, or bf16
+//! operands with f32 sums ([`bf16`]).
 
+#[cfg(target_arch = "x86_64")]
+mod avx512_bf16;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "no_avx512_bf16.rs"]
+mod avx512_bf16;
+pub mod bf16;
+
+pub use bf16::{gemm_bf16, Bf16Kernel};
 use gemm::Parallelism;
+
+/// The precision a model's matrix products run in (everything else, layer
+/// norms, softmax and activations, stays f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums, on this kernel.
+    Bf16(Bf16Kernel),
+}
+
+impl Products {
+    /// bf16 products on the fastest kernel this CPU has.
+    pub fn bf16() -> Self {
+        Products::Bf16(Bf16Kernel::detect())
+    }
+
+    /// `out ← alpha·a·b + beta·out` in this precision (see [`gemm`]).
+    pub fn gemm(
+        self,
+        a: MatRef,
+        b: MatRef,
+        out: &mut MatMut,
+        alpha: f32,
+        beta: f32,
+        threads: usize,
+    ) -> Result<(), ShapeError> {
+        match self {
+            Products::F32 => gemm(a, b, out, alpha, beta, threads),
+            Products::Bf16(kernel) => gemm_bf16(kernel, a, b, out, alpha, beta, threads),
+        }
+    }
+}
 
 /// A read-only `rows × cols` matrix inside a slice, element `(i, j)` at
 /// `i·row_stride + j·col_stride`. Transposing is swapping the strides.
@@ -154,6 +198,18 @@ impl<'a> MatMut<'a> {
         Self::strided(data, rows, cols, cols, 1)
     }
 
+    /// `self ← alpha·product + beta·self` for a row-major `product` of this
+    /// shape (`beta = 0` never reads `self`).
+    fn accumulate(&mut self, product: &[f32], alpha: f32, beta: f32) {
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                let v = &mut self.data[i * self.row_stride + j * self.col_stride];
+                let kept = if beta == 0.0 { 0.0 } else { *v * beta };
+                *v = alpha * product[i * self.cols + j] + kept;
+            }
+        }
+    }
+
     fn scale(&mut self, beta: f32) {
         for i in 0..self.rows {
             for j in 0..self.cols {
@@ -163,6 +219,21 @@ impl<'a> MatMut<'a> {
             }
         }
     }
+}
+
+/// Whether `a·b` fits `out`.
+fn check_shapes(a: &MatRef, b: &MatRef, out: &MatMut) -> Result<(), ShapeError> {
+    if a.cols != b.rows || a.rows != out.rows || b.cols != out.cols {
+        return Err(ShapeError::Mismatch {
+            a_rows: a.rows,
+            a_cols: a.cols,
+            b_rows: b.rows,
+            b_cols: b.cols,
+            out_rows: out.rows,
+            out_cols: out.cols,
+        });
+    }
+    Ok(())
 }
 
 /// `out ← alpha·a·b + beta·out`, with BLAS's rule that `beta = 0` never reads
@@ -176,16 +247,7 @@ pub fn gemm(
     beta: f32,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    if a.cols != b.rows || a.rows != out.rows || b.cols != out.cols {
-        return Err(ShapeError::Mismatch {
-            a_rows: a.rows,
-            a_cols: a.cols,
-            b_rows: b.rows,
-            b_cols: b.cols,
-            out_rows: out.rows,
-            out_cols: out.cols,
-        });
-    }
+    check_shapes(&a, &b, out)?;
     if out.rows == 0 || out.cols == 0 {
         return Ok(());
     }

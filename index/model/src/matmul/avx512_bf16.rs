@@ -1,0 +1,181 @@
+//! The AVX-512 BF16 kernel: `vdpbf16ps` adds, in each of 16 f32 lanes, the
+//! products of one pair of bf16 values from each factor.
+//!
+//! Both factors are packed once per product: `a` as rows of bf16 pairs
+//! (`a[i, 2p]`, `a[i, 2p+1]`) in one u32 each, broadcast to every lane; `b`
+//! in panels of 32 columns, each pair step holding `(b[2p, j], b[2p+1, j])`
+//! for the panel's columns, two vectors wide. An odd inner dimension is
+//! padded with a zero. A micro-kernel keeps a tile of up to 8 rows × 32
+//! columns in 16 accumulators over the whole inner dimension; tiles are
+//! written to a row-major buffer, split by rows over the threads, and then
+//! scaled into `out`.
+
+use super::bf16::bf16_bits;
+use super::{MatMut, MatRef, ShapeError};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// Columns per panel of `b`: two vectors of 16 lanes.
+const PANEL: usize = 32;
+/// Rows per tile, the most whose accumulators fit the 32 vector registers
+/// beside the panel's two vectors and the broadcast.
+const TILE_ROWS: usize = 8;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+}
+
+/// `out ← alpha·a·b + beta·out` on bf16 operands (see the module). On a CPU
+/// without AVX-512 BF16 it runs the rounded f32 kernel, which computes the
+/// same numbers.
+pub fn gemm(
+    a: MatRef,
+    b: MatRef,
+    out: &mut MatMut,
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) -> Result<(), ShapeError> {
+    if !available() {
+        let kernel = super::bf16::Bf16Kernel::RoundedF32;
+        return super::bf16::gemm_bf16(kernel, a, b, out, alpha, beta, threads);
+    }
+    super::check_shapes(&a, &b, out)?;
+    let (m, n) = (out.rows, out.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let pairs = a.cols.div_ceil(2);
+    let a_packed = pack_rows(a, pairs);
+    let b_packed = pack_panels(b, pairs);
+    let mut product = vec![0f32; m * n];
+    let block = |(chunk, rows): (usize, &mut [f32])| {
+        let first = chunk * TILE_ROWS;
+        let a_rows = &a_packed[first * pairs..];
+        // SAFETY: `available()` was checked above; the slices hold the
+        // tile's rows and every panel (see `multiply_rows`).
+        unsafe { multiply_rows(a_rows, pairs, &b_packed, rows, n) }
+    };
+    if threads > 1 {
+        product
+            .par_chunks_mut(TILE_ROWS * n)
+            .enumerate()
+            .for_each(block);
+    } else {
+        product
+            .chunks_mut(TILE_ROWS * n)
+            .enumerate()
+            .for_each(block);
+    }
+    out.accumulate(&product, alpha, beta);
+    Ok(())
+}
+
+/// `a`'s rows as bf16 pairs, `pairs` u32 per row (low half the even column).
+fn pack_rows(a: MatRef, pairs: usize) -> Vec<u32> {
+    let at = |i: usize, p: usize| {
+        if p < a.cols {
+            bf16_bits(a.data[i * a.row_stride + p * a.col_stride]) as u32
+        } else {
+            0
+        }
+    };
+    let mut packed = Vec::with_capacity(a.rows * pairs);
+    for i in 0..a.rows {
+        packed.extend((0..pairs).map(|p| at(i, 2 * p) | at(i, 2 * p + 1) << 16));
+    }
+    packed
+}
+
+/// `b` in panels of [`PANEL`] columns: for each pair step, the panel's
+/// columns' pairs in order (columns past the edge are zero).
+fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
+    let at = |p: usize, j: usize| {
+        if p < b.rows && j < b.cols {
+            bf16_bits(b.data[p * b.row_stride + j * b.col_stride]) as u32
+        } else {
+            0
+        }
+    };
+    let panels = b.cols.div_ceil(PANEL);
+    let mut packed = Vec::with_capacity(panels * pairs * PANEL);
+    for panel in 0..panels {
+        for p in 0..pairs {
+            packed.extend(
+                (panel * PANEL..(panel + 1) * PANEL).map(|j| at(2 * p, j) | at(2 * p + 1, j) << 16),
+            );
+        }
+    }
+    packed
+}
+
+/// The rows of one tile (`rows.len() / n` of them, at most [`TILE_ROWS`]):
+/// `rows` ← `a_rows · b` over every panel.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 BF16; `a_rows` holds the tile's
+/// rows (`pairs` each), `b_panels` every panel of `pairs` steps.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn multiply_rows(
+    a_rows: &[u32],
+    pairs: usize,
+    b_panels: &[u32],
+    rows: &mut [f32],
+    n: usize,
+) {
+    let tile_rows = rows.len() / n;
+    let mut tile = [0f32; TILE_ROWS * PANEL];
+    for (panel, b) in b_panels.chunks_exact(pairs * PANEL).enumerate() {
+        match tile_rows {
+            8 => micro::<8>(a_rows, pairs, b, &mut tile),
+            7 => micro::<7>(a_rows, pairs, b, &mut tile),
+            6 => micro::<6>(a_rows, pairs, b, &mut tile),
+            5 => micro::<5>(a_rows, pairs, b, &mut tile),
+            4 => micro::<4>(a_rows, pairs, b, &mut tile),
+            3 => micro::<3>(a_rows, pairs, b, &mut tile),
+            2 => micro::<2>(a_rows, pairs, b, &mut tile),
+            _ => micro::<1>(a_rows, pairs, b, &mut tile),
+        }
+        let first = panel * PANEL;
+        let width = PANEL.min(n - first);
+        for r in 0..tile_rows {
+            rows[r * n + first..r * n + first + width]
+                .copy_from_slice(&tile[r * PANEL..r * PANEL + width]);
+        }
+    }
+}
+
+/// `tile[r, ·]` ← row `r` of `a_rows` times one panel, for `R` rows.
+///
+/// # Safety
+/// As [`multiply_rows`]; `a_rows` holds at least `R` rows, `b` one panel.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn micro<const R: usize>(
+    a_rows: &[u32],
+    pairs: usize,
+    b: &[u32],
+    tile: &mut [f32; TILE_ROWS * PANEL],
+) {
+    assert!(a_rows.len() >= R * pairs && b.len() >= pairs * PANEL && R <= TILE_ROWS);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    let (a_ptr, b_ptr) = (a_rows.as_ptr(), b.as_ptr());
+    for p in 0..pairs {
+        // SAFETY: p < pairs, so both loads stay inside the panel (asserted).
+        let step = b_ptr.add(p * PANEL);
+        let left: __m512bh = std::mem::transmute(_mm512_loadu_si512(step.cast()));
+        let right: __m512bh = std::mem::transmute(_mm512_loadu_si512(step.add(16).cast()));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: r < R rows of `pairs` (asserted).
+            let pair = *a_ptr.add(r * pairs + p);
+            let broadcast: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
+            acc[0] = _mm512_dpbf16_ps(acc[0], broadcast, left);
+            acc[1] = _mm512_dpbf16_ps(acc[1], broadcast, right);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let row = tile.as_mut_ptr().add(r * PANEL);
+        _mm512_storeu_ps(row, acc[0]);
+        _mm512_storeu_ps(row.add(16), acc[1]);
+    }
+}
