@@ -91,7 +91,7 @@ fn build_description() -> &'static str {
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
     let text = format!(
-        "{}\nfeatures: {}\nmatrix kernel: {}",
+        "{}\nfeatures: {}\nmatrix kernel: {}\nbf16 products: {}",
         env!("CARGO_PKG_VERSION"),
         if features.is_empty() {
             "none".to_string()
@@ -99,6 +99,7 @@ fn build_description() -> &'static str {
             features.join(", ")
         },
         cpack_model::matmul::kernel(),
+        cpack_model::matmul::Bf16Kernel::detect().name(),
     );
     Box::leak(text.into_boxed_str())
 }

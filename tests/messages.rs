@@ -204,7 +204,7 @@ fn quiet_commands_write_nothing_on_stderr() {
 }
 
 #[test]
-fn version_names_the_features_and_the_matrix_kernel() {
+fn version_names_the_features_and_the_matrix_kernels() {
     let tmp = tempfile::tempdir().unwrap();
     let text = ok(tmp.path(), &["--version"]);
     let mut lines = text.lines();
@@ -224,5 +224,12 @@ fn version_names_the_features_and_the_matrix_kernel() {
     assert_eq!(
         kernel,
         format!("matrix kernel: {}", cpack_model::matmul::kernel())
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        format!(
+            "bf16 products: {}",
+            cpack_model::matmul::Bf16Kernel::detect().name()
+        )
     );
 }

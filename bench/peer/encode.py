@@ -4,14 +4,21 @@ throughput, median over repetitions. By default at a fixed batch shape
 (batch x max_len real tokens; the first corpus texts that fill max_len); with
 --real N, the same evenly spaced sample of N passages cpack-bench takes, at
 their real lengths, through one `model.encode` call (which sorts by length),
-in passages/s and real tokens/s."""
+in passages/s and real tokens/s. --autocast bf16 encodes under
+torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's one-line bf16 (oneDNN
+runs the products on AMX or AVX-512 BF16 where the CPU has them); the report
+names the kernels PyTorch ran (its CPU capability and oneDNN's verbose lines
+for one batch)."""
 import argparse
+import contextlib
 import json
 import statistics
 import time
 
 import torch
 from sentence_transformers import SentenceTransformer
+
+from kernels import cpu_capability, onednn_kernels
 
 
 def main():
@@ -24,6 +31,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--real", type=int, help="encode N real passages instead of full batches")
+    ap.add_argument("--autocast", choices=["bf16"], help="encode under CPU autocast")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.threads:
@@ -51,9 +59,14 @@ def main():
         len(ids)
         for ids in model.tokenizer(texts, truncation=True, max_length=args.max_len)["input_ids"]
     )
-    model.encode(texts[: args.batch], batch_size=args.batch)  # warm-up
+    precision = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast else contextlib.nullcontext()
+    )
+    with precision:
+        model.encode(texts[: args.batch], batch_size=args.batch)  # warm-up
+        kernels = onednn_kernels(lambda: model.encode(texts[: args.batch], batch_size=args.batch))
     rates = []
-    with torch.inference_mode():
+    with torch.inference_mode(), precision:
         for _ in range(args.reps):
             start = time.perf_counter()
             model.encode(texts, batch_size=args.batch, normalize_embeddings=True)
@@ -62,7 +75,11 @@ def main():
     report = {
         "benchmark": "encode",
         "mode": "real" if args.real else "full-batches",
-        "backend": f"pytorch {torch.__version__} + sentence-transformers",
+        "backend": f"pytorch {torch.__version__} + sentence-transformers"
+        + (" under bf16 autocast" if args.autocast else ""),
+        "autocast": args.autocast,
+        "cpu_capability": cpu_capability(),
+        "onednn_kernels": kernels,
         "max_len": args.max_len,
         "batch": args.batch,
         "texts": len(texts),

@@ -5,7 +5,9 @@ corpus that fill passage_len), forward + backward + AdamW, InfoNCE over
 in-batch + hard negatives (temperature 0.05), mean pooling, L2-normalised,
 dropout on, gradient clipping at 1.0. Median seconds over repetitions.
 --device cuda runs it on a GPU; --bf16 under bf16 autocast (f32 master
-weights), as GPU training is usually run."""
+weights), as GPU training is usually run and as PyTorch's CPU autocast
+recipe trains on CPUs with AMX or AVX-512 BF16. The report names the kernels
+PyTorch ran (its CPU capability, oneDNN's primitives of one step)."""
 import argparse
 import contextlib
 import json
@@ -15,6 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
+
+from kernels import cpu_capability, onednn_kernels
 
 
 def main():
@@ -48,7 +52,8 @@ def main():
     q = tok(texts[: args.queries], truncation=True, max_length=args.query_len, padding=True, return_tensors="pt").to(args.device)
     p = tok(texts[args.queries :], truncation=True, max_length=args.passage_len, padding=True, return_tensors="pt").to(args.device)
     cuda = args.device.startswith("cuda")
-    autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    device_type = "cuda" if cuda else "cpu"
+    autocast = (lambda: torch.autocast(device_type=device_type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     group = args.passages // args.queries
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
 
@@ -57,9 +62,7 @@ def main():
         mask = batch["attention_mask"].unsqueeze(-1).float()
         return F.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
-    seconds = []
-    for rep in range(args.reps + 1):
-        start = time.perf_counter()
+    def step():
         with autocast():
             scores = embed(q) @ embed(p).T / 0.05
             target = torch.arange(args.queries, device=args.device) * group
@@ -70,17 +73,26 @@ def main():
         optimizer.step()
         if cuda:
             torch.cuda.synchronize()
+        return loss
+
+    seconds = []
+    for rep in range(args.reps + 1):
+        start = time.perf_counter()
+        loss = step()
         s = time.perf_counter() - start
         print(f"step {rep}: {s:.3f} s (loss {loss.item():.4f})", flush=True)
         if rep > 0:  # the first step warms allocators and caches
             seconds.append(s)
     median = statistics.median(seconds)
+    kernels = onednn_kernels(step) if not cuda else []
     tokens = args.queries * args.query_len + args.passages * args.passage_len
     report = {
         "bench": "train-step",
         "backend": f"pytorch {torch.__version__}",
         "device": args.device,
         "bf16": args.bf16,
+        "cpu_capability": cpu_capability(),
+        "onednn_kernels": kernels,
         "passages_per_second": args.passages / median,
         "threads": torch.get_num_threads(),
         "tokens_per_step": tokens,

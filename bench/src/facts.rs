@@ -38,11 +38,30 @@ fn openblas_core() -> Option<String> {
     }
 }
 
+/// Which of the CPU's flags decide the kernels (bf16 and wide vector
+/// instructions), from /proc/cpuinfo.
+fn cpu_flags() -> Vec<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .unwrap_or("");
+    let mut wanted: Vec<String> = flags
+        .split_whitespace()
+        .filter(|f| f.starts_with("avx512") || f.starts_with("amx") || *f == "avx2" || *f == "fma")
+        .map(str::to_string)
+        .collect();
+    wanted.sort();
+    wanted
+}
+
 /// The facts as JSON, for every report's `machine` field.
 pub fn machine() -> serde_json::Value {
     serde_json::json!({
         "cpu": cpu_model(),
         "matmul_kernel": cpack_model::matmul::kernel(),
+        "bf16_kernel": cpack_model::matmul::Bf16Kernel::detect().name(),
+        "cpu_flags": cpu_flags(),
         "system_blas_core": openblas_core(),
         "openblas_coretype_env": std::env::var("OPENBLAS_CORETYPE").ok(),
     })
@@ -52,9 +71,10 @@ pub fn machine() -> serde_json::Value {
 pub fn print() {
     let facts = machine();
     eprintln!(
-        "machine: {} · cpack matmul kernel: gemm {} · system BLAS (LAPACK only): {}{}",
+        "machine: {} · cpack matmul kernel: gemm {}, bf16 products: {} · system BLAS (LAPACK only): {}{}",
         facts["cpu"].as_str().unwrap_or("?"),
         facts["matmul_kernel"].as_str().unwrap_or("?"),
+        facts["bf16_kernel"].as_str().unwrap_or("?"),
         facts["system_blas_core"]
             .as_str()
             .map_or("not OpenBLAS".to_string(), |c| format!("OpenBLAS core {c}")),

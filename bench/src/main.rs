@@ -88,7 +88,7 @@ struct EncodeArgs {
 
 fn usage() -> &'static str {
     "usage: cpack-bench encode --model DIR --corpus corpus.jsonl [--max-len 128] [--batch 32] \
-     [--batches 8] [--reps 5] [--threads N] [--backend candle|ort] [--precision f32|int8] \
+     [--batches 8] [--reps 5] [--threads N] [--backend candle|ort] [--precision f32|bf16|int8] \
      [--ort-threads 1] [--spin] [--real N] [--json OUT]"
 }
 
@@ -232,7 +232,7 @@ fn backend_loader(args: &EncodeArgs, workers: usize) -> Result<Box<dyn BackendLo
     Ok(match args.backend.as_str() {
         "candle" => Box::new(CandleLoader {
             device: cpack_encode::ComputeDevice::Cpu,
-            precision: WeightPrecision::F32,
+            precision: args.precision,
         }),
         "ort" => Box::new(OrtLoader {
             options: OrtOptions {

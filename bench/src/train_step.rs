@@ -2,7 +2,7 @@
 //! shape — `queries × query_len` and `passages × passage_len` real tokens,
 //! every text long enough to fill its length — timed over repetitions, with
 //! the process's peak resident memory. `--mini-batch N` runs the step with
-//! gradient caching.
+//! gradient caching; `--precision bf16` with bf16 products.
 
 use anyhow::{bail, Context, Result};
 use cpack_data::dataset::TextTable;
@@ -10,7 +10,7 @@ use cpack_encode::ComputeDevice;
 use cpack_encode::{EncoderSettings, PairTokenizer, TextKind};
 use cpack_model::{ModelDir, Pooling};
 use cpack_train::model::TrainableEncoder;
-use cpack_train::{LossKind, TrainSettings, Trainer};
+use cpack_train::{LossKind, TrainPrecision, TrainSettings, Trainer};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -24,13 +24,14 @@ struct Args {
     reps: usize,
     threads: usize,
     mini_batch: usize,
+    precision: TrainPrecision,
     json: Option<PathBuf>,
 }
 
 const USAGE: &str =
     "usage: cpack-bench train-step [--model DIR] [--corpus corpus.jsonl] [--queries 16] \
     [--query-len 32] [--passages 32] [--passage-len 128] [--reps 5] [--threads N] \
-    [--mini-batch N] [--json OUT]";
+    [--mini-batch N] [--precision f32|bf16] [--json OUT]";
 
 fn parse(args: &[String]) -> Result<Args> {
     let mut a = Args {
@@ -43,6 +44,7 @@ fn parse(args: &[String]) -> Result<Args> {
         reps: 5,
         threads: 0,
         mini_batch: 0,
+        precision: TrainPrecision::F32,
         json: None,
     };
     let mut it = args.iter();
@@ -61,6 +63,10 @@ fn parse(args: &[String]) -> Result<Args> {
             "--reps" => a.reps = value()?.parse()?,
             "--threads" => a.threads = value()?.parse()?,
             "--mini-batch" => a.mini_batch = value()?.parse()?,
+            "--precision" => {
+                a.precision =
+                    clap::ValueEnum::from_str(value()?, false).map_err(anyhow::Error::msg)?;
+            }
             "--json" => a.json = Some(value()?.into()),
             other => bail!("unknown flag {other}\n{USAGE}"),
         }
@@ -118,6 +124,7 @@ pub fn run(args: &[String]) -> Result<()> {
         dropout: true,
         seed: 1,
         mini_batch: a.mini_batch,
+        precision: a.precision,
         ..TrainSettings::default()
     };
     let encoder = TrainableEncoder::load(&model, Pooling::Mean, true, ComputeDevice::Cpu)?;
@@ -148,6 +155,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "median_seconds": median,
         "tokens_per_second": tokens as f64 / median,
         "mini_batch": a.mini_batch,
+        "precision": a.precision.to_string(),
         "peak_rss_mib": crate::facts::peak_rss_mib()?,
         "seconds": seconds,
     });

@@ -1,7 +1,7 @@
 //! cpack-train: fine-tunes the encoder on mined hard negatives.
 //!
 //! [`model`] builds the index crate's BERT over a `VarMap` so every weight
-//! trains; [`data`] turns a mining round into per-epoch batches (one
+//! trains, its products in f32 or bf16 ([`precision`]); [`data`] turns a mining round into per-epoch batches (one
 //! positive + `group_size − 1` negatives per query, no clashing texts);
 //! [`loss`] is InfoNCE over in-batch + hard negatives or GTE's variant;
 //! [`frozen`] holds the base index's passage vectors for query-side
@@ -23,10 +23,12 @@ pub mod loss;
 pub mod memory;
 pub mod model;
 pub mod optim;
+pub mod precision;
 pub mod steps;
 pub mod trainer;
 mod update;
 
 pub use error::{Error, Result};
 pub use loss::LossKind;
+pub use precision::TrainPrecision;
 pub use trainer::{TrainSettings, Trainer};

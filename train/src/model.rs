@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use cpack_encode::{ComputeDevice, TokenBatch};
+use cpack_model::matmul::Products;
 use cpack_model::{BertModel, Dropout, EmbeddingHead, Kernels, ModelDir, Pooling};
 
 pub struct TrainableEncoder {
@@ -16,6 +17,7 @@ pub struct TrainableEncoder {
     dropout: (f32, f32),
     /// Width of an embedding (the hidden size).
     dim: usize,
+    device: ComputeDevice,
 }
 
 impl TrainableEncoder {
@@ -50,6 +52,7 @@ impl TrainableEncoder {
                 model.config.attention_probs_dropout_prob as f32,
             ),
             dim: model.config.hidden_size,
+            device,
         })
     }
 
@@ -58,6 +61,17 @@ impl TrainableEncoder {
     pub fn with_kernels(mut self, kernels: Kernels) -> Self {
         self.bert = self.bert.with_kernels(kernels);
         self
+    }
+
+    /// The same encoder with its CPU kernels' products in `products`.
+    pub fn with_products(mut self, products: Products) -> Self {
+        self.bert = self.bert.with_products(products);
+        self
+    }
+
+    /// Where the weights live.
+    pub fn compute_device(&self) -> ComputeDevice {
+        self.device
     }
 
     /// Trainable variables by tensor name, sorted, so every walk over them
