@@ -232,17 +232,18 @@ fn wait_for(path: &Path, child: &mut std::process::Child) -> bool {
 
 #[test]
 fn a_killed_run_resumes_to_the_same_weights() {
+    killed_run_resumes_to_the_same_weights(&[]);
+}
+
+#[test]
+fn a_killed_bf16_run_resumes_to_the_same_weights() {
+    killed_run_resumes_to_the_same_weights(&["--train-precision", "bf16"]);
+}
+
+fn killed_run_resumes_to_the_same_weights(precision: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "--epochs",
-        "3",
-        "--group-size",
-        "3",
-        "--eval-split",
-        "none",
-        "--run",
-        "k",
-    ];
+    let epochs = ["--epochs", "3", "--group-size", "3", "--eval-split", "none"];
+    let args = [&epochs[..], &["--run", "k"], precision].concat();
     let whole = workspace(tmp.path(), "whole");
     train(&whole, &args);
 
@@ -268,9 +269,15 @@ fn a_killed_run_resumes_to_the_same_weights() {
         "killed too late to test anything"
     );
     fails(&killed, &[&["train"][..], &SMALL, &args].concat());
+    // The resume names no precision: run.json's is the one that counts.
     let resumed = json(&ok(
         &killed,
-        &[&["train", "--json", "--resume"][..], &SMALL, &args].concat(),
+        &[
+            &["train", "--json", "--resume", "--run", "k"][..],
+            &SMALL,
+            &epochs,
+        ]
+        .concat(),
     ));
     assert_eq!(resumed["epochs"].as_array().unwrap().len(), 3);
     let weights =
@@ -278,6 +285,34 @@ fn a_killed_run_resumes_to_the_same_weights() {
     assert!(
         weights(&whole) == weights(&killed),
         "resumed weights differ from an uninterrupted run"
+    );
+}
+
+/// `--train-precision bf16` reaches the steps (other weights than f32's from
+/// the same seed) and is recorded in run.json, so a resume keeps it (the
+/// kill test above runs in bf16 too).
+#[test]
+fn bf16_products_train_and_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(tmp.path(), "ws");
+    let run = |name: &str, extra: &[&str]| {
+        train(
+            &ws,
+            &[&["--run", name][..], &STATIC_GROUPS_OF_3, extra].concat(),
+        );
+        std::fs::read(ws.join(format!(".cpack/runs/{name}/epoch-1/model.safetensors"))).unwrap()
+    };
+    let spec = |name: &str| -> serde_json::Value {
+        let path = ws.join(format!(".cpack/runs/{name}/run.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let f32_weights = run("f32", &[]);
+    let bf16_weights = run("bf16", &["--train-precision", "bf16"]);
+    assert!(f32_weights != bf16_weights, "bf16 trained as f32");
+    assert_eq!(spec("bf16")["train"]["precision"], "bf16");
+    assert!(
+        spec("f32")["train"].get("precision").is_none(),
+        "f32 runs' run.json unchanged"
     );
 }
 

@@ -46,6 +46,10 @@ pub fn gemm(
     if m == 0 || n == 0 {
         return Ok(());
     }
+    if a.cols == 0 || alpha == 0.0 {
+        out.scale(beta);
+        return Ok(());
+    }
     let pairs = a.cols.div_ceil(2);
     let a_packed = pack_rows(a, pairs);
     let b_packed = pack_panels(b, pairs);

@@ -173,7 +173,13 @@ mod tests {
             kernels.push(Bf16Kernel::detect());
         }
         for kernel in kernels {
-            for (m, k, n) in [(1, 1, 1), (7, 33, 17), (19, 64, 70), (40, 129, 33)] {
+            for (m, k, n) in [
+                (1, 1, 1),
+                (3, 0, 5),
+                (7, 33, 17),
+                (19, 64, 70),
+                (40, 129, 33),
+            ] {
                 let a = values(m * k, 1);
                 let b = values(k * n, 2);
                 let want = reference(&a, &b, m, k, n);
@@ -194,7 +200,8 @@ mod tests {
                                 .sum::<f64>()
                                 + start[x].abs() as f64;
                             assert!(
-                                (*got as f64 - exact).abs() <= 1e-6 * scale.max(1.0) * k as f64,
+                                (*got as f64 - exact).abs()
+                                    <= 1e-6 * scale.max(1.0) * k.max(1) as f64,
                                 "{kernel:?} {m}×{k}×{n} α {alpha} β {beta}, {threads} threads, \
                                  element {x}: {got} against {exact}"
                             );
