@@ -553,6 +553,22 @@ mod tests {
         crate::max_abs_diff(a, b) / scale.max(1e-30)
     }
 
+    /// Every variable's gradient of loss `a` within `bound` (relative) of
+    /// its gradient of loss `b`.
+    fn assert_gradients_close(varmap: &VarMap, a: &Tensor, b: &Tensor, bound: f32) {
+        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("attention.self.key.bias") {
+                continue; // zero in any BERT: both sides hold rounding noise
+            }
+            let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
+            let (Some(x), Some(y)) = (x, y) else {
+                panic!("{name}: gradient on one side only");
+            };
+            assert!(relative(x, y) < bound, "{name}: {}", relative(x, y));
+        }
+    }
+
     #[test]
     fn portable_ops_compute_what_the_cpu_kernels_compute() {
         let (_dir, model) = tiny();
@@ -578,17 +594,7 @@ mod tests {
         let b = probe_loss(&cpu.forward_train(&ids, &mask, Some(&dropout())).unwrap());
         let (la, lb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
         assert!((la - lb).abs() <= 1e-5 * lb.abs(), "loss {la} vs {lb}");
-        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name.ends_with("attention.self.key.bias") {
-                continue; // zero in any BERT: both sides hold rounding noise
-            }
-            let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
-            let (Some(x), Some(y)) = (x, y) else {
-                panic!("{name}: gradient on one side only");
-            };
-            assert!(relative(x, y) < 1e-4, "{name}: {}", relative(x, y));
-        }
+        assert_gradients_close(&varmap, &a, &b, 1e-4);
     }
 
     /// bf16 products move the hidden states by what bf16 rounding allows and
@@ -619,16 +625,6 @@ mod tests {
             probe_loss(&bf16_model.forward_train(&ids, &mask, None).unwrap()),
             probe_loss(&f32_model.forward_train(&ids, &mask, None).unwrap()),
         );
-        let (ga, gb) = (a.backward().unwrap(), b.backward().unwrap());
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name.ends_with("attention.self.key.bias") {
-                continue; // zero in any BERT: both sides hold rounding noise
-            }
-            let (x, y) = (ga.get(var.as_tensor()), gb.get(var.as_tensor()));
-            let (Some(x), Some(y)) = (x, y) else {
-                panic!("{name}: gradient on one side only");
-            };
-            assert!(relative(x, y) < 3e-2, "{name}: {}", relative(x, y));
-        }
+        assert_gradients_close(&varmap, &a, &b, 3e-2);
     }
 }
