@@ -18,7 +18,7 @@ import time
 import torch
 from sentence_transformers import SentenceTransformer
 
-from kernels import cpu_capability, onednn_kernels
+from torch_kernels import cpu_capability, onednn_kernels
 
 
 def main():

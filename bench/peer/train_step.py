@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
-from kernels import cpu_capability, onednn_kernels
+from torch_kernels import cpu_capability, onednn_kernels
 
 
 def main():
