@@ -26,10 +26,11 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
 }
 
-/// `out ← alpha·a·b + beta·out` on bf16 operands (see the module). On a CPU
-/// without AVX-512 BF16 it runs the rounded f32 kernel, which computes the
-/// same numbers.
-pub fn gemm(
+/// `out ← alpha·a·b + beta·out` on bf16 operands (see the module).
+///
+/// # Safety
+/// The CPU must run the kernel ([`available`]).
+pub unsafe fn gemm(
     a: MatRef,
     b: MatRef,
     out: &mut MatMut,
@@ -37,10 +38,6 @@ pub fn gemm(
     beta: f32,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    if !available() {
-        let kernel = super::bf16::Bf16Kernel::RoundedF32;
-        return super::bf16::gemm_bf16(kernel, a, b, out, alpha, beta, threads);
-    }
     super::check_shapes(&a, &b, out)?;
     let (m, n) = (out.rows, out.cols);
     if m == 0 || n == 0 {
@@ -57,7 +54,7 @@ pub fn gemm(
     let block = |(chunk, rows): (usize, &mut [f32])| {
         let first = chunk * TILE_ROWS;
         let a_rows = &a_packed[first * pairs..];
-        // SAFETY: `available()` was checked above; the slices hold the
+        // SAFETY: the caller checked `available()`; the slices hold the
         // tile's rows and every panel (see `multiply_rows`).
         unsafe { multiply_rows(a_rows, pairs, &b_packed, rows, n) }
     };

@@ -75,8 +75,15 @@ pub fn gemm_bf16(
     threads: usize,
 ) -> Result<(), ShapeError> {
     match kernel {
-        Bf16Kernel::Avx512Bf16 => super::avx512_bf16::gemm(a, b, out, alpha, beta, threads),
-        Bf16Kernel::RoundedF32 => rounded_f32(a, b, out, alpha, beta, threads),
+        // SAFETY: the CPU runs the kernel (checked here, since a
+        // `Bf16Kernel` can be named on any CPU).
+        Bf16Kernel::Avx512Bf16 if super::avx512_bf16::available() => unsafe {
+            super::avx512_bf16::gemm(a, b, out, alpha, beta, threads)
+        },
+        // The rounded f32 kernel computes the same numbers on any CPU.
+        Bf16Kernel::Avx512Bf16 | Bf16Kernel::RoundedF32 => {
+            rounded_f32(a, b, out, alpha, beta, threads)
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! No AVX-512 BF16 kernel off x86-64: the rounded f32 kernel stands in.
+//! No AVX-512 BF16 kernel off x86-64.
 
 use super::{MatMut, MatRef, ShapeError};
 
@@ -6,15 +6,17 @@ pub fn available() -> bool {
     false
 }
 
-/// The rounded f32 kernel, which computes the same numbers.
-pub fn gemm(
-    a: MatRef,
-    b: MatRef,
-    out: &mut MatMut,
-    alpha: f32,
-    beta: f32,
-    threads: usize,
+/// Never called: [`available`] is false.
+///
+/// # Safety
+/// None needed; it only keeps the dispatch the same on every target.
+pub unsafe fn gemm(
+    _: MatRef,
+    _: MatRef,
+    _: &mut MatMut,
+    _: f32,
+    _: f32,
+    _: usize,
 ) -> Result<(), ShapeError> {
-    let kernel = super::bf16::Bf16Kernel::RoundedF32;
-    super::bf16::gemm_bf16(kernel, a, b, out, alpha, beta, threads)
+    unreachable!("no AVX-512 BF16 kernel on this target")
 }
