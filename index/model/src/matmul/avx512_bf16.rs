@@ -1,22 +1,16 @@
 //! The AVX-512 BF16 kernel: `vdpbf16ps` adds, in each of 16 f32 lanes, the
 //! products of one pair of bf16 values from each factor.
 //!
-//! Both factors are packed once per product: `a` as rows of bf16 pairs
-//! (`a[i, 2p]`, `a[i, 2p+1]`) in one u32 each, broadcast to every lane; `b`
-//! in panels of 32 columns, each pair step holding `(b[2p, j], b[2p+1, j])`
-//! for the panel's columns, two vectors wide. An odd inner dimension is
-//! padded with a zero. A micro-kernel keeps a tile of up to 8 rows × 32
+//! Both factors are packed once per product ([`super::bf16_packing`]): a
+//! pair of `a` is broadcast to every lane, a pair step of a `b` panel is
+//! two vectors wide. A micro-kernel keeps a tile of up to 8 rows × 32
 //! columns in 16 accumulators over the whole inner dimension; tiles are
 //! written to a row-major buffer, split by rows over the threads, and then
 //! scaled into `out`.
 
-use super::bf16::bf16_bits;
+use super::bf16_packing::{for_each_row_block, pack_panels, pack_rows, store_tile, PANEL};
 use super::{MatMut, MatRef, ShapeError};
-use rayon::prelude::*;
 use std::arch::x86_64::*;
-
-/// Columns per panel of `b`: two vectors of 16 lanes.
-const PANEL: usize = 32;
 /// Rows per tile, the most whose accumulators fit the 32 vector registers
 /// beside the panel's two vectors and the broadcast.
 const TILE_ROWS: usize = 8;
@@ -48,7 +42,7 @@ pub unsafe fn gemm(
         return Ok(());
     }
     let pairs = a.cols.div_ceil(2);
-    let a_packed = pack_rows(a, pairs);
+    let a_packed = pack_rows(a, pairs, m);
     let b_packed = pack_panels(b, pairs);
     let mut product = vec![0f32; m * n];
     let block = |(chunk, rows): (usize, &mut [f32])| {
@@ -58,57 +52,9 @@ pub unsafe fn gemm(
         // tile's rows and every panel (see `multiply_rows`).
         unsafe { multiply_rows(a_rows, pairs, &b_packed, rows, n) }
     };
-    if threads > 1 {
-        product
-            .par_chunks_mut(TILE_ROWS * n)
-            .enumerate()
-            .for_each(block);
-    } else {
-        product
-            .chunks_mut(TILE_ROWS * n)
-            .enumerate()
-            .for_each(block);
-    }
+    for_each_row_block(&mut product, n, TILE_ROWS, threads, block);
     out.accumulate(&product, alpha, beta);
     Ok(())
-}
-
-/// `a`'s rows as bf16 pairs, `pairs` u32 per row (low half the even column).
-fn pack_rows(a: MatRef, pairs: usize) -> Vec<u32> {
-    let at = |i: usize, p: usize| {
-        if p < a.cols {
-            bf16_bits(a.data[i * a.row_stride + p * a.col_stride]) as u32
-        } else {
-            0
-        }
-    };
-    let mut packed = Vec::with_capacity(a.rows * pairs);
-    for i in 0..a.rows {
-        packed.extend((0..pairs).map(|p| at(i, 2 * p) | at(i, 2 * p + 1) << 16));
-    }
-    packed
-}
-
-/// `b` in panels of [`PANEL`] columns: for each pair step, the panel's
-/// columns' pairs in order (columns past the edge are zero).
-fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
-    let at = |p: usize, j: usize| {
-        if p < b.rows && j < b.cols {
-            bf16_bits(b.data[p * b.row_stride + j * b.col_stride]) as u32
-        } else {
-            0
-        }
-    };
-    let panels = b.cols.div_ceil(PANEL);
-    let mut packed = Vec::with_capacity(panels * pairs * PANEL);
-    for panel in 0..panels {
-        for p in 0..pairs {
-            packed.extend(
-                (panel * PANEL..(panel + 1) * PANEL).map(|j| at(2 * p, j) | at(2 * p + 1, j) << 16),
-            );
-        }
-    }
-    packed
 }
 
 /// The rows of one tile (`rows.len() / n` of them, at most [`TILE_ROWS`]):
@@ -138,12 +84,7 @@ unsafe fn multiply_rows(
             2 => micro::<2>(a_rows, pairs, b, &mut tile),
             _ => micro::<1>(a_rows, pairs, b, &mut tile),
         }
-        let first = panel * PANEL;
-        let width = PANEL.min(n - first);
-        for r in 0..tile_rows {
-            rows[r * n + first..r * n + first + width]
-                .copy_from_slice(&tile[r * PANEL..r * PANEL + width]);
-        }
+        store_tile(&tile, panel, rows, n);
     }
 }
 

@@ -3,17 +3,18 @@
 //! (round to nearest even) and the sums are kept in f32.
 //!
 //! The kernel is chosen once from the CPU's flags ([`Bf16Kernel::detect`]):
-//! AVX-512 BF16's `vdpbf16ps` multiplies bf16 pairs at twice the rate of an
-//! f32 FMA; a CPU without it rounds the operands and runs the f32 kernel,
-//! so a bf16 model computes the same numbers everywhere, up to the order of
-//! the sums. AMX tiles are not used yet: stable Rust has neither their
-//! intrinsics nor their feature detection.
+//! AMX's `tdpbf16ps` multiplies whole bf16 tiles; AVX-512 BF16's
+//! `vdpbf16ps` multiplies bf16 pairs at twice the rate of an f32 FMA; a CPU
+//! with neither rounds the operands and runs the f32 kernel, so a bf16 model
+//! computes the same numbers everywhere, up to the order of the sums.
 
 use super::{gemm, MatMut, MatRef, ShapeError};
 
 /// Which instructions multiply the bf16 operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bf16Kernel {
+    /// AMX tiles (`tdpbf16ps`): 16 × 32 bf16 by 32 × 16, into a 16 × 16 f32 tile.
+    Amx,
     /// AVX-512 BF16 (`vdpbf16ps`): pairs of bf16 products summed into f32 lanes.
     Avx512Bf16,
     /// Operands rounded to bf16 and multiplied by the f32 kernel: no speed-up,
@@ -22,18 +23,34 @@ pub enum Bf16Kernel {
 }
 
 impl Bf16Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Bf16Kernel; 3] = [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::RoundedF32,
+    ];
+
     /// The fastest kernel this CPU runs.
     pub fn detect() -> Self {
-        if super::avx512_bf16::available() {
-            Bf16Kernel::Avx512Bf16
-        } else {
-            Bf16Kernel::RoundedF32
+        Self::ALL
+            .into_iter()
+            .find(|kernel| kernel.runs_here())
+            .unwrap_or(Bf16Kernel::RoundedF32)
+    }
+
+    /// Whether this CPU (and, for AMX, the OS) runs it.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Bf16Kernel::Amx => super::amx_bf16::available(),
+            Bf16Kernel::Avx512Bf16 => super::avx512_bf16::available(),
+            Bf16Kernel::RoundedF32 => true,
         }
     }
 
     /// Its name in benchmark facts and `cpack --version`.
     pub fn name(self) -> &'static str {
         match self {
+            Bf16Kernel::Amx => "amx-bf16",
             Bf16Kernel::Avx512Bf16 => "avx512-bf16",
             Bf16Kernel::RoundedF32 => "bf16-rounded-f32",
         }
@@ -74,14 +91,19 @@ pub fn gemm_bf16(
     beta: f32,
     threads: usize,
 ) -> Result<(), ShapeError> {
+    // The native kernels are checked here, since a `Bf16Kernel` can be
+    // named on any CPU; the rounded f32 kernel computes the same numbers
+    // on every one.
     match kernel {
-        // SAFETY: the CPU runs the kernel (checked here, since a
-        // `Bf16Kernel` can be named on any CPU).
-        Bf16Kernel::Avx512Bf16 if super::avx512_bf16::available() => unsafe {
+        // SAFETY: the CPU and the OS run the kernel.
+        Bf16Kernel::Amx if kernel.runs_here() => unsafe {
+            super::amx_bf16::gemm(a, b, out, alpha, beta, threads)
+        },
+        // SAFETY: the CPU runs the kernel.
+        Bf16Kernel::Avx512Bf16 if kernel.runs_here() => unsafe {
             super::avx512_bf16::gemm(a, b, out, alpha, beta, threads)
         },
-        // The rounded f32 kernel computes the same numbers on any CPU.
-        Bf16Kernel::Avx512Bf16 | Bf16Kernel::RoundedF32 => {
+        Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16 | Bf16Kernel::RoundedF32 => {
             rounded_f32(a, b, out, alpha, beta, threads)
         }
     }
@@ -220,21 +242,21 @@ mod tests {
         assert_eq!(round_to_bf16(-0.0).to_bits(), (-0.0f32).to_bits());
     }
 
-    /// Every kernel this CPU has, against the f64 product of the rounded
-    /// operands, over transposed views, partial tiles, alpha, beta and threads.
+    /// Every kernel this CPU runs, against the f64 product of the rounded
+    /// operands, over transposed views, partial tiles and blocks, several
+    /// tiles of the inner dimension, alpha, beta and threads.
     #[test]
     fn kernels_multiply_the_rounded_operands() {
-        let mut kernels = vec![Bf16Kernel::RoundedF32];
-        if Bf16Kernel::detect() != Bf16Kernel::RoundedF32 {
-            kernels.push(Bf16Kernel::detect());
-        }
+        let kernels = Bf16Kernel::ALL.into_iter().filter(|k| k.runs_here());
         for kernel in kernels {
+            eprintln!("bf16 kernel {}", kernel.name());
             for (m, k, n) in [
                 (1, 1, 1),
                 (3, 0, 5),
                 (7, 33, 17),
                 (19, 64, 70),
                 (40, 129, 33),
+                (70, 384, 65),
             ] {
                 let a = values(m * k, 1);
                 let b = values(k * n, 2);
@@ -310,7 +332,7 @@ mod tests {
         let a = MatRef::row_major(&data, 3, 4).unwrap();
         let b = MatRef::row_major(&data, 3, 4).unwrap();
         let mut c = MatMut::row_major(&mut out, 3, 3).unwrap();
-        for kernel in [Bf16Kernel::RoundedF32, Bf16Kernel::detect()] {
+        for kernel in Bf16Kernel::ALL {
             let err = gemm_bf16(kernel, a, b, &mut c, 1.0, 0.0, 1).unwrap_err();
             assert!(matches!(err, ShapeError::Mismatch { .. }), "{err}");
         }

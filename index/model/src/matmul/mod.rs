@@ -16,12 +16,19 @@
 //! [`Products`] says in which precision a model's products run: f32, or bf16
 //! operands with f32 sums ([`bf16`]).
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx_bf16;
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+#[path = "no_native_bf16.rs"]
+mod amx_bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512_bf16;
 #[cfg(not(target_arch = "x86_64"))]
-#[path = "no_avx512_bf16.rs"]
+#[path = "no_native_bf16.rs"]
 mod avx512_bf16;
 pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod bf16_packing;
 
 pub use bf16::{gemm_bf16, Bf16Kernel};
 use gemm::Parallelism;
