@@ -26,9 +26,16 @@
 #
 # For each row: nDCG@10 on the test questions after each epoch (mean and
 # spread over the seeds) and where a run's time went (training, encoding,
-# mining, the teacher's scoring, evaluating). Finished runs are reused, so
-# an interrupted call resumes. Writes target/bench/teacher.{json,md}
-# (teacher-<workspace>.* for another workspace). CPACK_BIN runs a given binary.
+# mining, the teacher's scoring, evaluating). Writes
+# target/bench/teacher.{json,md} (teacher-<workspace>.* for another
+# workspace). CPACK_BIN runs a given binary.
+#
+# The table takes longer than one working session on a 2-core machine, and
+# a session's .cache does not outlive it: each finished run's report is
+# kept in bench/results/teacher/<workspace>/<run>.json (commit it) with the
+# cpack version and the teacher's checksum. A run whose kept report names
+# this teacher (or no teacher) is not run again; an interrupted run resumes
+# from its last checkpoint in .cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -51,13 +58,6 @@ if [ ! -f "$TEACHER/model.safetensors" ]; then
   "$CPACK" -q rerank train --run teacher-dev --round "$round" --split dev --epochs 2 \
     --train-batch-size 8 --group-size 4 --max-len 128 --lr 1e-4 --eval-split none --json >/dev/null
 fi
-# How good a teacher it is: the base model's test top 20, reranked by it.
-if [ ! -f teacher-eval.json ]; then
-  "$CPACK" -q index build >/dev/null
-  "$CPACK" -q eval --json > teacher-eval-base.json
-  "$CPACK" -q eval --reranker "$TEACHER" --rerank-depth 20 --json > teacher-eval.json.part
-  mv teacher-eval.json.part teacher-eval.json
-fi
 flags() {  # row → its flags
   local teach=(--teacher "$TEACHER")
   case "$1" in
@@ -69,13 +69,33 @@ flags() {  # row → its flags
     *) echo "unknown row $1" >&2; return 1 ;;
   esac
 }
+KEPT="$ROOT/bench/results/teacher/$(basename "$TWS")"
+mkdir -p "$KEPT"
+TEACHER_SHA=$(sha256sum "$TEACHER/model.safetensors" | cut -c1-16)
+kept_matches() {  # run name, row → whether its kept report is of this teacher
+  [ -f "$KEPT/$1.json" ] && python3 - "$KEPT/$1.json" "$2" "$TEACHER_SHA" <<'PY'
+import json, sys
+kept = json.load(open(sys.argv[1]))
+sys.exit(0 if sys.argv[2] == "refresh" or kept["teacher_sha256"] == sys.argv[3] else 1)
+PY
+}
+keep() {  # run name → its finished report, kept beside the bench with its provenance
+  python3 - ".cpack/runs/$1/report.json" "$KEPT/$1.json" "$TEACHER_SHA" "$("$CPACK" --version | head -n1)" <<'PY'
+import json, os, sys
+report, out, sha, version = sys.argv[1:]
+r = json.load(open(report))
+if len(r["epochs"]) < r["spec"]["epochs"]:
+    sys.exit(1)
+json.dump({"cpack": version, "teacher_sha256": sha, "report": r}, open(out + ".part", "w"), indent=1)
+os.replace(out + ".part", out)
+PY
+}
 # Seed by seed, so that an interrupted call leaves every row at its first seeds.
 for seed in $SEEDS; do
   for row in $ROWS; do
     name="$row-s$seed"
-    if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
-      continue
-    fi
+    kept_matches "$name" "$row" && continue
+    keep "$name" 2>/dev/null && continue
     echo "$name" >&2
     read -r -a extra <<< "$(flags "$row")"
     if [ -f ".cpack/runs/$name/run.json" ]; then
@@ -83,14 +103,29 @@ for seed in $SEEDS; do
     else
       "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
     fi
+    keep "$name"
   done
 done
+# How good a teacher it is (after the runs: reranking 2,000 × 20 pairs is
+# slow on a CPU): the base model's test top 20, reranked by it.
+if ! python3 -c "import json,sys; sys.exit(json.load(open('$KEPT/teacher-eval.json'))['teacher_sha256'] != '$TEACHER_SHA')" 2>/dev/null; then
+  "$CPACK" -q index build >/dev/null
+  base=$("$CPACK" -q eval --json)
+  taught=$("$CPACK" -q eval --reranker "$TEACHER" --rerank-depth 20 --json)
+  python3 - "$KEPT/teacher-eval.json" "$TEACHER_SHA" "$base" "$taught" <<'PY'
+import json, os, sys
+out, sha, base, taught = sys.argv[1:]
+json.dump({"teacher_sha256": sha, "base": json.loads(base), "top20_reranked": json.loads(taught)},
+          open(out + ".part", "w"), indent=1)
+os.replace(out + ".part", out)
+PY
+fi
 mkdir -p "$ROOT/target/bench"
 stem="$ROOT/target/bench/teacher"
 [ "$TWS" = "$ROOT/.cache/train-insuranceqa" ] || stem="$stem-$(basename "$TWS")"
-python3 - "$stem" "$ROWS" $SEEDS <<'PY'
+python3 - "$stem" "$ROWS" "$KEPT" $SEEDS <<'PY'
 import json, os, statistics, sys
-stem, rows, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
+stem, rows, kept, seeds = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4:]
 keys = ["train_seconds", "encode_seconds", "mine_seconds", "teacher_seconds"]
 lines = ["| row | seeds | nDCG@10 epoch 1 | epoch 2 | train s | encode s | mine s | teacher s | eval s |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -98,9 +133,9 @@ summary = {}
 for row in rows:
     reports = []
     for s in seeds:
-        path = f".cpack/runs/{row}-s{s}/report.json"
-        if os.path.exists(path) and len(json.load(open(path))["epochs"]) >= 2:
-            reports.append(json.load(open(path)))
+        path = f"{kept}/{row}-s{s}.json"
+        if os.path.exists(path):
+            reports.append(json.load(open(path))["report"])
     if not reports:
         continue
     ndcg = [[e["eval"]["metrics"]["ndcg_at_10"] for e in r["epochs"]] for r in reports]
@@ -111,8 +146,9 @@ for row in rows:
     summary[row] = {"seeds": len(reports), "ndcg_per_seed": ndcg, "mean": mean, "spread": spread, **cost}
     lines.append(f"| {row} | {len(reports)} | {mean[0]:.4f} ({spread[0]:.4f}) | {mean[1]:.4f} ({spread[1]:.4f}) | "
                  + " | ".join(f"{cost[k]:.0f}" for k in keys + ["eval_seconds"]) + " |")
-if os.path.exists("teacher-eval.json"):
-    base, taught = (json.load(open(f))["metrics"]["ndcg_at_10"] for f in ("teacher-eval-base.json", "teacher-eval.json"))
+if os.path.exists(f"{kept}/teacher-eval.json"):
+    teacher = json.load(open(f"{kept}/teacher-eval.json"))
+    base, taught = (teacher[k]["metrics"]["ndcg_at_10"] for k in ("base", "top20_reranked"))
     summary["teacher"] = {"base_ndcg_at_10": base, "base_top20_reranked_ndcg_at_10": taught}
     lines.append(f"\nthe teacher: test nDCG@10 of the base model {base:.4f}; its top 20 reranked by the teacher {taught:.4f}")
 json.dump(summary, open(stem + ".json", "w"), indent=2)
