@@ -30,12 +30,11 @@
 # target/bench/teacher.{json,md} (teacher-<workspace>.* for another
 # workspace). CPACK_BIN runs a given binary.
 #
-# The table takes longer than one working session on a 2-core machine, and
-# a session's .cache does not outlive it: each finished run's report is
-# kept in bench/results/teacher/<workspace>/<run>.json (commit it) with the
-# cpack version and the teacher's checksum. A run whose kept report names
-# this teacher (or no teacher) is not run again; an interrupted run resumes
-# from its last checkpoint in .cache.
+# Each finished run's report is kept in bench/results/runs/<workspace>/
+# (bench/kept_runs.sh; commit it) with the teacher's checksum: a run whose
+# kept report names this teacher (or, for refresh, none) is not run again,
+# and an interrupted run resumes from its last checkpoint in .cache. The
+# teacher is trained only when a row needs it (`--rows refresh` does not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -50,7 +49,8 @@ while [ $# -gt 0 ]; do
 done
 source bench/quickstart_training.sh
 TEACHER="$TWS/.cpack/rerankers/teacher-dev/epoch-2"
-if [ ! -f "$TEACHER/model.safetensors" ]; then
+TAUGHT_ROWS=$(for row in $ROWS; do [ "$row" = refresh ] || echo "$row"; done)
+if [ -n "$TAUGHT_ROWS" ] && [ ! -f "$TEACHER/model.safetensors" ]; then
   # The teacher's pairs (and the rounds' scoring) at 128 tokens.
   grep -q '^max_len = 128' cpack.toml || sed -i 's/^\[rerank\]$/[rerank]\nmax_len = 128/' cpack.toml
   "$CPACK" -q index build >/dev/null
@@ -58,6 +58,8 @@ if [ ! -f "$TEACHER/model.safetensors" ]; then
   "$CPACK" -q rerank train --run teacher-dev --round "$round" --split dev --epochs 2 \
     --train-batch-size 8 --group-size 4 --max-len 128 --lr 1e-4 --eval-split none --json >/dev/null
 fi
+TEACHER_SHA=""
+[ -z "$TAUGHT_ROWS" ] || TEACHER_SHA=$(sha256sum "$TEACHER/model.safetensors" | cut -c1-16)
 flags() {  # row → its flags
   local teach=(--teacher "$TEACHER")
   case "$1" in
@@ -69,33 +71,15 @@ flags() {  # row → its flags
     *) echo "unknown row $1" >&2; return 1 ;;
   esac
 }
-KEPT="$ROOT/bench/results/teacher/$(basename "$TWS")"
-mkdir -p "$KEPT"
-TEACHER_SHA=$(sha256sum "$TEACHER/model.safetensors" | cut -c1-16)
-kept_matches() {  # run name, row → whether its kept report is of this teacher
-  [ -f "$KEPT/$1.json" ] && python3 - "$KEPT/$1.json" "$2" "$TEACHER_SHA" <<'PY'
-import json, sys
-kept = json.load(open(sys.argv[1]))
-sys.exit(0 if sys.argv[2] == "refresh" or kept["teacher_sha256"] == sys.argv[3] else 1)
-PY
-}
-keep() {  # run name → its finished report, kept beside the bench with its provenance
-  python3 - ".cpack/runs/$1/report.json" "$KEPT/$1.json" "$TEACHER_SHA" "$("$CPACK" --version | head -n1)" <<'PY'
-import json, os, sys
-report, out, sha, version = sys.argv[1:]
-r = json.load(open(report))
-if len(r["epochs"]) < r["spec"]["epochs"]:
-    sys.exit(1)
-json.dump({"cpack": version, "teacher_sha256": sha, "report": r}, open(out + ".part", "w"), indent=1)
-os.replace(out + ".part", out)
-PY
-}
+source "$ROOT/bench/kept_runs.sh"
+kept_dir
+teacher_of() { [ "$1" = refresh ] || echo "$TEACHER_SHA"; }  # row → the teacher its runs use
 # Seed by seed, so that an interrupted call leaves every row at its first seeds.
 for seed in $SEEDS; do
   for row in $ROWS; do
     name="$row-s$seed"
-    kept_matches "$name" "$row" && continue
-    keep "$name" 2>/dev/null && continue
+    kept_current "$name" "$(teacher_of "$row")" && continue
+    keep "$name" "$(teacher_of "$row")" && continue
     echo "$name" >&2
     read -r -a extra <<< "$(flags "$row")"
     if [ -f ".cpack/runs/$name/run.json" ]; then
@@ -103,12 +87,12 @@ for seed in $SEEDS; do
     else
       "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
     fi
-    keep "$name"
+    keep "$name" "$(teacher_of "$row")"
   done
 done
 # How good a teacher it is (after the runs: reranking 2,000 × 20 pairs is
 # slow on a CPU): the base model's test top 20, reranked by it.
-if ! python3 -c "import json,sys; sys.exit(json.load(open('$KEPT/teacher-eval.json'))['teacher_sha256'] != '$TEACHER_SHA')" 2>/dev/null; then
+if [ -n "$TAUGHT_ROWS" ] && ! python3 -c "import json,sys; sys.exit(json.load(open('$KEPT/teacher-eval.json'))['teacher_sha256'] != '$TEACHER_SHA')" 2>/dev/null; then
   "$CPACK" -q index build >/dev/null
   base=$("$CPACK" -q eval --json)
   taught=$("$CPACK" -q eval --reranker "$TEACHER" --rerank-depth 20 --json)

@@ -9,7 +9,9 @@
 # plain, cpack's runs also repeat with plain (FlagEmbedding-style) batches.
 # With --no-dropout every run trains with dropout off (runs named
 # static-nodrop-sN, ...; the peer follows the run's spec), which leaves each
-# side's own draws as the only difference. The kind `replay` trains PyTorch
+# side's own draws as the only difference. With --train-precision bf16
+# cpack's runs train on bf16 products (runs named refresh-bf16-sN, ...), to
+# set beside the f32 runs of the same seeds. The kind `replay` trains PyTorch
 # on exactly the batches of a seed's cpack static run, dropout on with its
 # own masks (train_recipe.py --replay --replay-with-dropout): the draws are
 # then the same, and what is left to differ is the dropout and the rest of
@@ -19,42 +21,49 @@
 # evaluator scores both sides.
 #
 #   bash bench/train_seeds.sh [--seeds "1 2 3"] [--runs "static refresh pytorch replay"]
-#                             [--batching plain] [--no-dropout]
+#                             [--batching plain] [--no-dropout] [--train-precision bf16]
 #
 # --runs picks which kinds this call trains (static, refresh and pytorch by
 # default; the PyTorch runs of a seed need that seed's static run). Writes
 # target/bench/train-seeds.json and .md (train-seeds-nodrop.* with
-# --no-dropout) over every run of the given seeds
-# found in the workspace; finished steps of a run (cpack epochs, the PyTorch
-# training, each PyTorch epoch's evaluation) are reused, so an interrupted
-# call resumes. CPACK_BIN runs a given binary instead of building one (to keep
+# --no-dropout, train-seeds-bf16.* with --train-precision bf16) over every
+# run of the given seeds found; finished steps of a run (cpack epochs, the
+# PyTorch training, each PyTorch epoch's evaluation) are reused, so an
+# interrupted call resumes. A finished cpack run's report is kept in
+# bench/results/runs/<workspace>/ (bench/kept_runs.sh; commit it), which
+# outlives the session's .cache: a kept run is not trained again. CPACK_BIN runs a given binary instead of building one (to keep
 # rebuilding the tree during a long call). The peer needs .cache/bench-venv
 # (bash bench/peer/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-SEEDS="1 2 3" RUNS="static refresh pytorch" EXTRA="" TAG="" DROPOUT=()
+SEEDS="1 2 3" RUNS="static refresh pytorch" EXTRA="" NODROP="" PRECISION=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --batching) EXTRA=$2; shift 2 ;;
-    --no-dropout) TAG="-nodrop"; DROPOUT=(--no-dropout); shift ;;
+    --no-dropout) NODROP=1; shift ;;
+    --train-precision) PRECISION=$2; shift 2 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
+TAG="${NODROP:+-nodrop}${PRECISION:+-$PRECISION}"
+RUN_FLAGS=(${NODROP:+--no-dropout} ${PRECISION:+--train-precision "$PRECISION"})
 VENV="$ROOT/.cache/bench-venv/bin/python"
 source bench/quickstart_training.sh
+source "$ROOT/bench/kept_runs.sh"
+kept_dir
 train() {  # run name, flags...
   local name=$1; shift
-  if [ -f ".cpack/runs/$name/report.json" ] && python3 -c "import json,sys;r=json.load(open('.cpack/runs/$name/report.json'));sys.exit(len(r['epochs'])<r['spec']['epochs'])"; then
-    return
-  fi
+  kept_current "$name" && return
+  keep "$name" && return
   if [ -f ".cpack/runs/$name/run.json" ]; then
     "$CPACK" train --run "$name" --resume "$@" >/dev/null
   else
     "$CPACK" train --run "$name" "$@" >/dev/null
   fi
+  keep "$name"
 }
 wanted() { case " $RUNS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 peer() {  # seed, kind (pytorch: own draws; replay: the cpack run's batches)
@@ -103,23 +112,23 @@ PY2
 }
 for seed in $SEEDS; do
   echo "seed $seed" >&2
-  if wanted static; then train "static$TAG-s$seed" --seed "$seed" --refresh-every 0 "${DROPOUT[@]}"; fi
-  if wanted refresh; then train "refresh$TAG-s$seed" --seed "$seed" --refresh-every 1 "${DROPOUT[@]}"; fi
+  if wanted static; then train "static$TAG-s$seed" --seed "$seed" --refresh-every 0 "${RUN_FLAGS[@]}"; fi
+  if wanted refresh; then train "refresh$TAG-s$seed" --seed "$seed" --refresh-every 1 "${RUN_FLAGS[@]}"; fi
   if [ -n "$EXTRA" ] && wanted static; then
-    train "static$TAG-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA" "${DROPOUT[@]}"
+    train "static$TAG-$EXTRA-s$seed" --seed "$seed" --refresh-every 0 --batching "$EXTRA" "${RUN_FLAGS[@]}"
   fi
   if wanted pytorch && [ -x "$VENV" ]; then peer "$seed" pytorch; fi
   if wanted replay && [ -x "$VENV" ]; then peer "$seed" replay; fi
 done
 mkdir -p "$ROOT/target/bench"
-python3 - "$ROOT/target/bench/train-seeds$TAG" "$EXTRA" "$TAG" $SEEDS <<'PY'
+python3 - "$ROOT/target/bench/train-seeds$TAG" "$EXTRA" "$TAG" "$KEPT" $SEEDS <<'PY'
 import json, os, statistics, sys
-stem, extra, tag, seeds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+stem, extra, tag, kept, seeds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 def cpack(name):
-    path = f".cpack/runs/{name}/report.json"
+    path = f"{kept}/{name}.json"
     if not os.path.exists(path):
         return None
-    return [e["eval"]["metrics"]["ndcg_at_10"] for e in json.load(open(path))["epochs"]]
+    return [e["eval"]["metrics"]["ndcg_at_10"] for e in json.load(open(path))["report"]["epochs"]]
 def peer(seed, kind="pytorch"):
     path = f".cpack/runs/static{tag}-s{seed}/{kind}.json"
     return [e["ndcg_at_10"] for e in json.load(open(path))["epochs"]] if os.path.exists(path) else None
