@@ -13,10 +13,16 @@
 //! Linux hands a process the tile registers only when it asks
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); without that the
 //! first tile instruction kills it. [`available`] asks once and says no
-//! where the CPU, or the kernel, does not allow them. Stable Rust has no AMX
-//! intrinsics, so the tile instructions are written with `asm!`.
+//! where the CPU, or the kernel, does not allow them. Once granted, the
+//! larger signal frame it implies makes a later `sigaltstack` smaller than
+//! Linux's minimum fail (Rust's own threads size theirs from that minimum).
+//!
+//! Stable Rust has no AMX intrinsics, so the tile instructions are written
+//! with `asm!`, behind a small trait ([`TileUnit`]); the tests run the same
+//! block loop on a plain-Rust reading of Intel's definitions of the
+//! instructions, which checks the packing, pointers and strides on any CPU.
 
-use super::bf16_packing::{for_each_row_block, pack_panels, pack_rows, store_tile, PANEL};
+use super::bf16_packing::{gemm_by_blocks, store_tile, Blocking, PANEL};
 use super::{MatMut, MatRef, ShapeError};
 use std::arch::asm;
 use std::sync::OnceLock;
@@ -81,28 +87,129 @@ pub unsafe fn gemm(
     beta: f32,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    super::check_shapes(&a, &b, out)?;
-    let (m, n) = (out.rows, out.cols);
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if a.cols == 0 || alpha == 0.0 {
-        out.scale(beta);
-        return Ok(());
-    }
-    let pairs = a.cols.div_ceil(2).next_multiple_of(TILE_PAIRS);
-    let a_packed = pack_rows(a, pairs, m.next_multiple_of(BLOCK_ROWS));
-    let b_packed = pack_panels(b, pairs);
-    let mut product = vec![0f32; m * n];
-    let block = |(index, rows): (usize, &mut [f32])| {
-        let a_block = &a_packed[index * BLOCK_ROWS * pairs..(index + 1) * BLOCK_ROWS * pairs];
-        // SAFETY: the caller checked `available()`; `a_block` holds a whole
-        // block of rows and `b_packed` whole panels, both padded to tiles.
-        unsafe { multiply_block(a_block, pairs, &b_packed, rows, n) }
+    // SAFETY: the caller checked `available()`.
+    gemm_on(
+        || unsafe { AmxTiles::configure() },
+        a,
+        b,
+        out,
+        alpha,
+        beta,
+        threads,
+    )
+}
+
+/// The product on the tile operations `unit` makes, one unit per block.
+fn gemm_on<T: TileUnit>(
+    unit: impl Fn() -> T + Send + Sync,
+    a: MatRef,
+    b: MatRef,
+    out: &mut MatMut,
+    alpha: f32,
+    beta: f32,
+    threads: usize,
+) -> Result<(), ShapeError> {
+    let blocking = Blocking {
+        block_rows: BLOCK_ROWS,
+        pair_multiple: TILE_PAIRS,
+        row_multiple: BLOCK_ROWS,
     };
-    for_each_row_block(&mut product, n, BLOCK_ROWS, threads, block);
-    out.accumulate(&product, alpha, beta);
-    Ok(())
+    gemm_by_blocks(
+        (a, b, out),
+        (alpha, beta, threads),
+        blocking,
+        |a_block, pairs, b, rows, n| multiply_block(&mut unit(), a_block, pairs, b, rows, n),
+    )
+}
+
+/// The tile operations the block loop issues: AMX's (`AmxTiles`), or in
+/// tests a plain-Rust reading of Intel's definitions of them, which checks
+/// the packing, pointers and strides on any CPU.
+trait TileUnit {
+    /// Zeroes the four accumulators.
+    fn zero(&mut self);
+    /// Loads the two tiles of `a` and the two of `b` at `step` and adds
+    /// their four products to the accumulators.
+    ///
+    /// # Safety
+    /// Each tile's 16 rows of 64 bytes, `stride` bytes apart, are readable.
+    unsafe fn multiply(&mut self, step: &Step);
+    /// Stores the accumulators into the quadrants of `tile`.
+    fn store(&mut self, tile: &mut Tile);
+}
+
+/// Where one pair step's tiles start, and their row strides in bytes.
+struct Step {
+    a_top: *const u32,
+    a_bottom: *const u32,
+    b_left: *const u32,
+    b_right: *const u32,
+    a_stride: usize,
+    b_stride: usize,
+}
+
+impl Step {
+    /// Pairs `first..first + 16` of the block's rows 0–15 and 16–31, and
+    /// of the panel's columns 0–15 and 16–31.
+    fn at(a_block: &[u32], pairs: usize, b_panel: &[u32], first: usize) -> Self {
+        assert!(first + TILE_PAIRS <= pairs && a_block.len() == BLOCK_ROWS * pairs);
+        assert!(b_panel.len() == pairs * PANEL);
+        let a_top = a_block[first..].as_ptr();
+        let a_bottom = a_block[TILE * pairs + first..].as_ptr();
+        let b_left = b_panel[first * PANEL..].as_ptr();
+        let b_right = b_panel[first * PANEL + TILE..].as_ptr();
+        Step {
+            a_top,
+            a_bottom,
+            b_left,
+            b_right,
+            a_stride: pairs * 4,
+            b_stride: PANEL * 4,
+        }
+    }
+}
+
+/// A 32 × 32 f32 tile, aligned for the tile stores.
+#[repr(C, align(64))]
+struct Tile([f32; BLOCK_ROWS * PANEL]);
+
+impl Tile {
+    /// The starts of its quadrants in accumulator order (top left, top
+    /// right, bottom left, bottom right), and its row stride in bytes.
+    fn quadrants(&mut self) -> ([*mut f32; 4], usize) {
+        // One base pointer for all four, so none invalidates another.
+        let base = self.0.as_mut_ptr();
+        let at = |offset: usize| base.wrapping_add(offset);
+        let starts = [at(0), at(TILE), at(TILE * PANEL), at(TILE * PANEL + TILE)];
+        (starts, PANEL * 4)
+    }
+}
+
+/// The rows of one block (`rows.len() / n` of them, at most
+/// [`BLOCK_ROWS`]): `rows` ← `a_block · b` over every panel. Nothing here
+/// may call into rayon: a stolen job on this thread would reconfigure or
+/// release the tiles under it.
+fn multiply_block<T: TileUnit>(
+    unit: &mut T,
+    a_block: &[u32],
+    pairs: usize,
+    b_panels: &[u32],
+    rows: &mut [f32],
+    n: usize,
+) {
+    assert!(pairs.is_multiple_of(TILE_PAIRS));
+    let mut tile = Tile([0.0; BLOCK_ROWS * PANEL]);
+    for (panel, b) in b_panels.chunks_exact(pairs * PANEL).enumerate() {
+        unit.zero();
+        for first in (0..pairs).step_by(TILE_PAIRS) {
+            let step = Step::at(a_block, pairs, b, first);
+            // SAFETY: `Step::at` asserted that the block holds 32 rows and
+            // the panel `pairs` steps, so every tile row lies inside them.
+            unsafe { unit.multiply(&step) };
+        }
+        unit.store(&mut tile);
+        store_tile(&tile.0, panel, rows, n);
+    }
 }
 
 /// The layout `ldtilecfg` reads: palette 1, every tile in use 16 rows of
@@ -132,78 +239,192 @@ impl TileConfig {
     }
 }
 
-/// A 32 × 32 f32 tile, aligned for the tile stores.
-#[repr(C, align(64))]
-struct Tile([f32; BLOCK_ROWS * PANEL]);
+/// This thread's tile registers, configured for [`TileConfig::eight_full_tiles`]
+/// while it lives and released when it drops (also on a panic). Rust never
+/// allocates tile registers itself, so they keep their values between the
+/// `asm!` blocks.
+struct AmxTiles;
 
-/// The rows of one block (`rows.len() / n` of them, at most
-/// [`BLOCK_ROWS`]): `rows` ← `a_block · b` over every panel.
-///
-/// # Safety
-/// The CPU must run the kernel; `a_block` holds [`BLOCK_ROWS`] rows of
-/// `pairs` pairs, a multiple of [`TILE_PAIRS`]; `b_panels` whole panels of
-/// `pairs` steps.
-unsafe fn multiply_block(
-    a_block: &[u32],
-    pairs: usize,
-    b_panels: &[u32],
-    rows: &mut [f32],
-    n: usize,
-) {
-    assert!(pairs.is_multiple_of(TILE_PAIRS) && a_block.len() == BLOCK_ROWS * pairs);
-    let config = TileConfig::eight_full_tiles();
-    asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly));
-    let mut tile = Tile([0.0; BLOCK_ROWS * PANEL]);
-    let a_stride = pairs * 4;
-    let b_stride = PANEL * 4;
-    for (panel, b) in b_panels.chunks_exact(pairs * PANEL).enumerate() {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
-        for step in (0..pairs).step_by(TILE_PAIRS) {
-            // SAFETY: rows 0–15 and 16–31 of the block, and pair steps
-            // `step..step + 16` of the panel, lie inside the slices (their
-            // lengths are asserted and checked by `chunks_exact`).
-            let a_top = a_block.as_ptr().add(step);
-            let a_bottom = a_top.add(TILE * pairs);
-            let b_left = b.as_ptr().add(step * PANEL);
-            let b_right = b_left.add(TILE);
-            asm!(
-                "tileloadd tmm4, [{a_top} + {a_stride} * 1]",
-                "tileloadd tmm5, [{a_bottom} + {a_stride} * 1]",
-                "tileloadd tmm6, [{b_left} + {b_stride} * 1]",
-                "tileloadd tmm7, [{b_right} + {b_stride} * 1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a_top = in(reg) a_top,
-                a_bottom = in(reg) a_bottom,
-                b_left = in(reg) b_left,
-                b_right = in(reg) b_right,
-                a_stride = in(reg) a_stride,
-                b_stride = in(reg) b_stride,
-                options(nostack, readonly)
-            );
-        }
-        let out = tile.0.as_mut_ptr();
-        asm!(
-            "tilestored [{top_left} + {stride} * 1], tmm0",
-            "tilestored [{top_right} + {stride} * 1], tmm1",
-            "tilestored [{bottom_left} + {stride} * 1], tmm2",
-            "tilestored [{bottom_right} + {stride} * 1], tmm3",
-            top_left = in(reg) out,
-            top_right = in(reg) out.add(TILE),
-            bottom_left = in(reg) out.add(TILE * PANEL),
-            bottom_right = in(reg) out.add(TILE * PANEL + TILE),
-            stride = in(reg) PANEL * 4,
-            options(nostack)
-        );
-        store_tile(&tile.0, panel, rows, n);
+impl AmxTiles {
+    /// # Safety
+    /// The CPU and the OS must run the kernel ([`available`]).
+    unsafe fn configure() -> Self {
+        let config = TileConfig::eight_full_tiles();
+        asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly, preserves_flags));
+        AmxTiles
     }
-    asm!("tilerelease", options(nostack, nomem));
+}
+
+impl Drop for AmxTiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured by `configure`.
+        unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    }
+}
+
+impl TileUnit for AmxTiles {
+    fn zero(&mut self) {
+        // SAFETY: the tiles are configured while `self` lives.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem, preserves_flags)
+            )
+        };
+    }
+
+    unsafe fn multiply(&mut self, step: &Step) {
+        asm!(
+            "tileloadd tmm4, [{a_top} + {a_stride} * 1]",
+            "tileloadd tmm5, [{a_bottom} + {a_stride} * 1]",
+            "tileloadd tmm6, [{b_left} + {b_stride} * 1]",
+            "tileloadd tmm7, [{b_right} + {b_stride} * 1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a_top = in(reg) step.a_top,
+            a_bottom = in(reg) step.a_bottom,
+            b_left = in(reg) step.b_left,
+            b_right = in(reg) step.b_right,
+            a_stride = in(reg) step.a_stride,
+            b_stride = in(reg) step.b_stride,
+            options(nostack, readonly, preserves_flags)
+        );
+    }
+
+    fn store(&mut self, tile: &mut Tile) {
+        let ([top_left, top_right, bottom_left, bottom_right], stride) = tile.quadrants();
+        // SAFETY: each quadrant's 16 rows of 64 bytes, `stride` apart, lie
+        // inside `tile`; the tiles are configured while `self` lives.
+        unsafe {
+            asm!(
+                "tilestored [{top_left} + {stride} * 1], tmm0",
+                "tilestored [{top_right} + {stride} * 1], tmm1",
+                "tilestored [{bottom_left} + {stride} * 1], tmm2",
+                "tilestored [{bottom_right} + {stride} * 1], tmm3",
+                top_left = in(reg) top_left,
+                top_right = in(reg) top_right,
+                bottom_left = in(reg) bottom_left,
+                bottom_right = in(reg) bottom_right,
+                stride = in(reg) stride,
+                options(nostack, preserves_flags)
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::bf16::{gemm_bf16, Bf16Kernel};
+    use super::*;
+
+    /// Intel's definitions of `tileloadd`, `tdpbf16ps` and `tilestored` for
+    /// 16 × 64-byte tiles, read literally (subnormals aside): the kernel's
+    /// loop on these must compute the product.
+    #[derive(Default)]
+    struct Emulated {
+        accumulators: [[[f32; TILE]; TILE]; 4],
+    }
+
+    /// A tile's 16 rows of 16 u32, `stride` bytes apart from `start`.
+    unsafe fn load(start: *const u32, stride: usize) -> [[u32; 16]; TILE] {
+        let mut tile = [[0u32; 16]; TILE];
+        for (r, row) in tile.iter_mut().enumerate() {
+            let at = start.cast::<u8>().add(r * stride).cast::<u32>();
+            row.copy_from_slice(std::slice::from_raw_parts(at, 16));
+        }
+        tile
+    }
+
+    fn bf16(bits: u32) -> f32 {
+        f32::from_bits(bits << 16)
+    }
+
+    /// `c[m][n] += Σ_k a[m].bf16[2k]·b[k].bf16[2n] + a[m].bf16[2k+1]·b[k].bf16[2n+1]`.
+    fn tdpbf16ps(c: &mut [[f32; TILE]; TILE], a: &[[u32; 16]; TILE], b: &[[u32; 16]; TILE]) {
+        for m in 0..TILE {
+            for k in 0..16 {
+                for n in 0..TILE {
+                    c[m][n] += bf16(a[m][k] & 0xFFFF) * bf16(b[k][n] & 0xFFFF);
+                    c[m][n] += bf16(a[m][k] >> 16) * bf16(b[k][n] >> 16);
+                }
+            }
+        }
+    }
+
+    impl TileUnit for Emulated {
+        fn zero(&mut self) {
+            self.accumulators = Default::default();
+        }
+
+        unsafe fn multiply(&mut self, step: &Step) {
+            let a = [
+                load(step.a_top, step.a_stride),
+                load(step.a_bottom, step.a_stride),
+            ];
+            let b = [
+                load(step.b_left, step.b_stride),
+                load(step.b_right, step.b_stride),
+            ];
+            // tmm0 += a0·b0, tmm1 += a0·b1, tmm2 += a1·b0, tmm3 += a1·b1.
+            for (i, c) in self.accumulators.iter_mut().enumerate() {
+                tdpbf16ps(c, &a[i / 2], &b[i % 2]);
+            }
+        }
+
+        fn store(&mut self, tile: &mut Tile) {
+            let (starts, stride) = tile.quadrants();
+            for (c, start) in self.accumulators.iter().zip(starts) {
+                for (r, row) in c.iter().enumerate() {
+                    // SAFETY: as the tile store: 16 rows of 64 bytes inside `tile`.
+                    unsafe {
+                        let at = start.cast::<u8>().add(r * stride).cast::<f32>();
+                        std::slice::from_raw_parts_mut(at, TILE).copy_from_slice(row);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The block loop on emulated tiles gives the rounded kernel's product,
+    /// over partial blocks and panels, several tiles of the inner
+    /// dimension, a transposed `b`, alpha, beta and threads.
+    #[test]
+    fn the_tile_loop_computes_the_product() {
+        let value =
+            |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 2003) as f32 / 1001.0) - 1.0;
+        for (m, k, n) in [(1, 1, 1), (5, 31, 7), (33, 64, 40), (70, 385, 65)] {
+            let a: Vec<f32> = (0..m * k).map(|i| value(i, 1)).collect();
+            let b_t: Vec<f32> = (0..n * k).map(|i| value(i, 2)).collect();
+            let start: Vec<f32> = (0..m * n).map(|i| value(i, 3)).collect();
+            for threads in [1, 2] {
+                let (mut want, mut got) = (start.clone(), start.clone());
+                let a_view = MatRef::row_major(&a, m, k).unwrap();
+                let b_view = MatRef::row_major(&b_t, n, k).unwrap().t();
+                let mut c = MatMut::row_major(&mut want, m, n).unwrap();
+                gemm_bf16(Bf16Kernel::RoundedF32, a_view, b_view, &mut c, 0.5, -1.0, 1).unwrap();
+                let mut c = MatMut::row_major(&mut got, m, n).unwrap();
+                gemm_on(
+                    Emulated::default,
+                    a_view,
+                    b_view,
+                    &mut c,
+                    0.5,
+                    -1.0,
+                    threads,
+                )
+                .unwrap();
+                for (x, (w, g)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        (w - g).abs() <= 1e-5 * k as f32,
+                        "{m}×{k}×{n}, {threads} threads, element {x}: {g} against {w}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! written to a row-major buffer, split by rows over the threads, and then
 //! scaled into `out`.
 
-use super::bf16_packing::{for_each_row_block, pack_panels, pack_rows, store_tile, PANEL};
+use super::bf16_packing::{gemm_by_blocks, store_tile, Blocking, PANEL};
 use super::{MatMut, MatRef, ShapeError};
 use std::arch::x86_64::*;
 /// Rows per tile, the most whose accumulators fit the 32 vector registers
@@ -32,29 +32,21 @@ pub unsafe fn gemm(
     beta: f32,
     threads: usize,
 ) -> Result<(), ShapeError> {
-    super::check_shapes(&a, &b, out)?;
-    let (m, n) = (out.rows, out.cols);
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if a.cols == 0 || alpha == 0.0 {
-        out.scale(beta);
-        return Ok(());
-    }
-    let pairs = a.cols.div_ceil(2);
-    let a_packed = pack_rows(a, pairs, m);
-    let b_packed = pack_panels(b, pairs);
-    let mut product = vec![0f32; m * n];
-    let block = |(chunk, rows): (usize, &mut [f32])| {
-        let first = chunk * TILE_ROWS;
-        let a_rows = &a_packed[first * pairs..];
-        // SAFETY: the caller checked `available()`; the slices hold the
-        // tile's rows and every panel (see `multiply_rows`).
-        unsafe { multiply_rows(a_rows, pairs, &b_packed, rows, n) }
+    let blocking = Blocking {
+        block_rows: TILE_ROWS,
+        pair_multiple: 1,
+        row_multiple: 1,
     };
-    for_each_row_block(&mut product, n, TILE_ROWS, threads, block);
-    out.accumulate(&product, alpha, beta);
-    Ok(())
+    gemm_by_blocks(
+        (a, b, out),
+        (alpha, beta, threads),
+        blocking,
+        |a_rows, pairs, b, rows, n| {
+            // SAFETY: the caller checked `available()`; the slices hold the
+            // tile's rows and every panel (see `multiply_rows`).
+            unsafe { multiply_rows(a_rows, pairs, b, rows, n) }
+        },
+    )
 }
 
 /// The rows of one tile (`rows.len() / n` of them, at most [`TILE_ROWS`]):

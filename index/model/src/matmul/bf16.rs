@@ -6,7 +6,8 @@
 //! AMX's `tdpbf16ps` multiplies whole bf16 tiles; AVX-512 BF16's
 //! `vdpbf16ps` multiplies bf16 pairs at twice the rate of an f32 FMA; a CPU
 //! with neither rounds the operands and runs the f32 kernel, so a bf16 model
-//! computes the same numbers everywhere, up to the order of the sums.
+//! computes the same numbers everywhere, up to the order of the sums (and
+//! subnormals below 2⁻¹²⁶, which the bf16 instructions treat as zero).
 
 use super::{gemm, MatMut, MatRef, ShapeError};
 

@@ -1,6 +1,7 @@
 //! What the x86-64 bf16 kernels share: both factors packed into bf16 pairs
-//! (the layout `vdpbf16ps` and `tdpbf16ps` both read), and the split of the
-//! product's rows over the threads.
+//! (the layout `vdpbf16ps` and `tdpbf16ps` both read), the split of the
+//! product's rows into blocks over the threads, and the scaling into `out`
+//! ([`gemm_by_blocks`]).
 //!
 //! `a` is packed as rows of pairs (`a[i, 2p]`, `a[i, 2p+1]`) in one u32 each;
 //! `b` in panels of [`PANEL`] columns, each pair step holding
@@ -9,7 +10,7 @@
 //! adds nothing to the sums.
 
 use super::bf16::bf16_bits;
-use super::MatRef;
+use super::{MatMut, MatRef, ShapeError};
 use rayon::prelude::*;
 
 /// Columns per panel of `b`: two AVX-512 vectors, or two AMX tiles, wide.
@@ -17,7 +18,7 @@ pub const PANEL: usize = 32;
 
 /// `a`'s rows as `pairs` bf16 pairs each (low half the even column), then
 /// zero rows up to `rows`.
-pub fn pack_rows(a: MatRef, pairs: usize, rows: usize) -> Vec<u32> {
+fn pack_rows(a: MatRef, pairs: usize, rows: usize) -> Vec<u32> {
     let at = |i: usize, p: usize| {
         if p < a.cols {
             bf16_bits(a.data[i * a.row_stride + p * a.col_stride]) as u32
@@ -35,7 +36,7 @@ pub fn pack_rows(a: MatRef, pairs: usize, rows: usize) -> Vec<u32> {
 
 /// `b` in panels of [`PANEL`] columns: for each of `pairs` steps, the
 /// panel's columns' pairs in order.
-pub fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
+fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
     let at = |p: usize, j: usize| {
         if p < b.rows && j < b.cols {
             bf16_bits(b.data[p * b.row_stride + j * b.col_stride]) as u32
@@ -55,29 +56,55 @@ pub fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
     packed
 }
 
-/// Calls `block(index, rows)` for each run of `block_rows` rows of the
-/// row-major `product` (`n` columns; the last run may be shorter), over the
-/// current rayon pool when `threads > 1`.
-pub fn for_each_row_block<F>(
-    product: &mut [f32],
-    n: usize,
-    block_rows: usize,
-    threads: usize,
-    block: F,
-) where
-    F: Fn((usize, &mut [f32])) + Send + Sync,
+/// How a kernel takes its operands: rows of `a` per block (one call of
+/// its block function), and the multiples it needs the pairs of the inner
+/// dimension and the rows of `a` padded to.
+pub struct Blocking {
+    pub block_rows: usize,
+    pub pair_multiple: usize,
+    pub row_multiple: usize,
+}
+
+/// `out ← alpha·a·b + beta·out`, the product computed block by block:
+/// `multiply(a_block, pairs, b_panels, rows, n)` writes `rows` (row-major,
+/// `n` columns, at most `block_rows` rows) from the packed rows of its block
+/// and every packed panel of `b`. Blocks run on the current rayon pool when
+/// `threads > 1`.
+pub fn gemm_by_blocks<F>(
+    (a, b, out): (MatRef, MatRef, &mut MatMut),
+    (alpha, beta, threads): (f32, f32, usize),
+    blocking: Blocking,
+    multiply: F,
+) -> Result<(), ShapeError>
+where
+    F: Fn(&[u32], usize, &[u32], &mut [f32], usize) + Send + Sync,
 {
-    if threads > 1 {
-        product
-            .par_chunks_mut(block_rows * n)
-            .enumerate()
-            .for_each(block);
-    } else {
-        product
-            .chunks_mut(block_rows * n)
-            .enumerate()
-            .for_each(block);
+    super::check_shapes(&a, &b, out)?;
+    let (m, n) = (out.rows, out.cols);
+    if m == 0 || n == 0 {
+        return Ok(());
     }
+    if a.cols == 0 || alpha == 0.0 {
+        out.scale(beta);
+        return Ok(());
+    }
+    let pairs = a.cols.div_ceil(2).next_multiple_of(blocking.pair_multiple);
+    let rows = m.next_multiple_of(blocking.row_multiple);
+    let a_packed = pack_rows(a, pairs, rows);
+    let b_packed = pack_panels(b, pairs);
+    let mut product = vec![0f32; m * n];
+    let step = blocking.block_rows;
+    let block = |(index, out_rows): (usize, &mut [f32])| {
+        let a_block = &a_packed[index * step * pairs..((index + 1) * step).min(rows) * pairs];
+        multiply(a_block, pairs, &b_packed, out_rows, n)
+    };
+    if threads > 1 {
+        product.par_chunks_mut(step * n).enumerate().for_each(block);
+    } else {
+        product.chunks_mut(step * n).enumerate().for_each(block);
+    }
+    out.accumulate(&product, alpha, beta);
+    Ok(())
 }
 
 /// Copies the first `rows.len() / n` rows and the valid columns of a
