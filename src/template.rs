@@ -38,7 +38,7 @@ const NOTES: [(&str, &str); 7] = [
 ];
 
 /// Values shown for settings that are unset by default, as examples.
-const EXAMPLES: [(&str, &str); 22] = [
+const EXAMPLES: [(&str, &str); 23] = [
     ("model.path", "\"BAAI/bge-small-en-v1.5\""),
     ("rerank.model", "\"BAAI/bge-reranker-base\""),
     ("rerank.depth", "100"),
@@ -64,6 +64,7 @@ const EXAMPLES: [(&str, &str); 22] = [
     ("refresh_depth", "50"),
     ("max_queries", "2000"),
     ("replace_easy", "0.3"),
+    ("distill", "\"kl\""),
 ];
 
 impl Template<'_> {
@@ -134,31 +135,37 @@ fn table<R: Args + Default + Serialize>(name: &str, intro: &str, set: &[(&str, S
     let defaults = serde_json::to_value(R::default()).expect("recipes serialise");
     let defaults = defaults.as_object().expect("a recipe is a table");
     let prefix = format!("{name}.");
-    let flagged: Vec<(String, String)> = command
+    // Every flag is a key, also one whose default the recipe leaves out
+    // when it serialises (its value then comes from the flag's default).
+    let flagged: Vec<(String, String, Option<String>)> = command
         .get_arguments()
+        .filter(|arg| arg.get_long().is_some())
         .filter_map(|arg| {
             let id = arg.get_id().as_str();
             let key = id.strip_prefix(&prefix).unwrap_or(id);
             let help = arg.get_long_help().or(arg.get_help())?.to_string();
-            defaults
-                .contains_key(key)
-                .then(|| (key.to_string(), strip_table_note(&help)))
+            let flag_default = arg.get_default_values().first().map(|v| toml_literal(v));
+            Some((key.to_string(), strip_table_note(&help), flag_default))
         })
         .collect();
     let unflagged = defaults
         .keys()
-        .filter(|key| flagged.iter().all(|(k, _)| k != *key))
+        .filter(|key| flagged.iter().all(|(k, _, _)| k != *key))
         .map(|key| {
             let help = note(&format!("{prefix}{key}")).unwrap_or_default();
-            (key.clone(), help.to_string())
+            (key.clone(), help.to_string(), None)
         });
     let mut out = format!("[{name}]\n{}", comment(intro));
-    for (key, help) in flagged.iter().cloned().chain(unflagged) {
+    for (key, help, flag_default) in flagged.iter().cloned().chain(unflagged) {
         out += &comment(&help);
         let qualified = format!("{prefix}{key}");
+        let default = match defaults.get(&key) {
+            Some(value) => value_of(value),
+            None => flag_default,
+        };
         match set.iter().find(|(k, _)| *k == key) {
             Some((_, value)) => out += &format!("{key} = {value}\n"),
-            None => match value_of(&defaults[&key]).or_else(|| example(&qualified, &key)) {
+            None => match default.or_else(|| example(&qualified, &key)) {
                 Some(value) => out += &format!("# {key} = {value}\n"),
                 None => out += &format!("# {key} (unset)\n"),
             },
@@ -173,6 +180,16 @@ fn value_of(default: &serde_json::Value) -> Option<String> {
         return None;
     }
     toml::Value::try_from(default).ok().map(|v| v.to_string())
+}
+
+/// A flag's default as a TOML value: as written where it reads as one
+/// (numbers, booleans), else as a string (an enum's name).
+fn toml_literal(raw: &std::ffi::OsStr) -> String {
+    let raw = raw.to_string_lossy();
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(_) => raw.into_owned(),
+        Err(_) => toml::Value::String(raw.into_owned()).to_string(),
+    }
 }
 
 fn note(qualified: &str) -> Option<&'static str> {
@@ -274,5 +291,11 @@ mod tests {
         let file = TomlFile::parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert_eq!(file.train.run.epochs, TrainRecipe::default().run.epochs);
         assert_eq!(file.mine.negatives, Some(7));
+        // Settings whose default the recipe leaves out of what it writes
+        // are in the template too.
+        assert_eq!(
+            file.train.trainer.distill,
+            Some(cpack_train::loss::DistillKind::Kl)
+        );
     }
 }

@@ -16,7 +16,7 @@ pub enum TrainPrecision {
     #[default]
     F32,
     /// Forward and backward products on bf16 operands, summed in f32 (CPU
-    /// kernels: AVX-512 BF16 where the CPU has it).
+    /// kernels: AMX or AVX-512 BF16 where the CPU has them).
     Bf16,
 }
 

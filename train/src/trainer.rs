@@ -108,7 +108,7 @@ pub struct TrainSettings {
     pub distill_temperature: f64,
     /// Precision of the forward and backward matrix products: f32, or bf16
     /// operands with f32 sums (PyTorch's CPU autocast recipe; faster on CPUs
-    /// with AVX-512 BF16). Weights, optimizer state and loss stay f32.
+    /// with AMX or AVX-512 BF16). Weights, optimizer state and loss stay f32.
     #[cfg_attr(feature = "clap", arg(long = "train-precision", value_enum, value_name = "PRECISION", default_value_t = TrainSettings::default().precision))]
     #[serde(skip_serializing_if = "TrainPrecision::is_f32")]
     pub precision: TrainPrecision,

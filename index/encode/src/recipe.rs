@@ -102,8 +102,8 @@ pub struct EncodeRecipe {
     )]
     pub backend: Option<BackendKind>,
     /// Encoder products: f32; int8 with --encoder ort; bf16 with candle (bf16
-    /// operands, f32 sums: faster on GPUs and CPUs with AVX-512 BF16, the same
-    /// numbers on other CPUs) [encode.precision].
+    /// operands, f32 sums: faster on GPUs and CPUs with AMX or AVX-512 BF16,
+    /// the same numbers on other CPUs) [encode.precision].
     #[cfg_attr(
         feature = "clap",
         arg(

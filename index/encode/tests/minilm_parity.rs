@@ -70,8 +70,8 @@ fn candle_bf16_stays_close_to_sentence_transformers() {
     assert!((0.999..0.99999).contains(&worst), "worst cosine {worst}");
 }
 
-/// bf16 products on the CPU kernels (AVX-512 BF16 where the CPU has it, else
-/// the rounded f32 kernel: the same numbers): within the bound PyTorch's
+/// bf16 products on the CPU kernels (AMX or AVX-512 BF16 where the CPU has
+/// them, else the rounded f32 kernel: the same numbers): within the bound PyTorch's
 /// autocast keeps (≥ 0.9999), and not f32 in disguise.
 #[test]
 fn candle_bf16_products_on_the_cpu_stay_within_autocasts_bound() {
