@@ -132,8 +132,10 @@ def cpack(name):
 def peer(seed, kind="pytorch"):
     path = f".cpack/runs/static{tag}-s{seed}/{kind}.json"
     return [e["ndcg_at_10"] for e in json.load(open(path))["epochs"]] if os.path.exists(path) else None
-rows = [("cpack static", lambda s: cpack(f"static{tag}-s{s}")),
-        ("cpack refresh", lambda s: cpack(f"refresh{tag}-s{s}"))]
+kind = [label for part, label in (("-nodrop", "dropout off"), ("-bf16", "bf16 products")) if part in tag]
+suffix = f" ({', '.join(kind)})" if kind else ""
+rows = [(f"cpack static{suffix}", lambda s: cpack(f"static{tag}-s{s}")),
+        (f"cpack refresh{suffix}", lambda s: cpack(f"refresh{tag}-s{s}"))]
 if extra:
     rows.append((f"cpack static, --batching {extra}", lambda s: cpack(f"static{tag}-{extra}-s{s}")))
 rows.append(("PyTorch static (same questions and negatives, own draws)", peer))
