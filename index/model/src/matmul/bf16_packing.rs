@@ -16,9 +16,9 @@ use rayon::prelude::*;
 /// Columns per panel of `b`: two AVX-512 vectors, or two AMX tiles, wide.
 pub const PANEL: usize = 32;
 
-/// `a`'s rows as `pairs` bf16 pairs each (low half the even column), then
-/// zero rows up to `rows`.
-fn pack_rows(a: MatRef, pairs: usize, rows: usize) -> Vec<u32> {
+/// Rows `first..first + count` of `a` as `pairs` bf16 pairs each (low half
+/// the even column); rows past `a`'s last are zero.
+fn pack_rows(a: MatRef, first: usize, count: usize, pairs: usize) -> Vec<u32> {
     let at = |i: usize, p: usize| {
         if p < a.cols {
             bf16_bits(a.data[i * a.row_stride + p * a.col_stride]) as u32
@@ -26,17 +26,21 @@ fn pack_rows(a: MatRef, pairs: usize, rows: usize) -> Vec<u32> {
             0
         }
     };
-    let mut packed = Vec::with_capacity(rows.max(a.rows) * pairs);
-    for i in 0..a.rows {
-        packed.extend((0..pairs).map(|p| at(i, 2 * p) | at(i, 2 * p + 1) << 16));
+    let mut packed = vec![0u32; count * pairs];
+    let real_rows = a.rows.saturating_sub(first).min(count);
+    for (r, row) in packed.chunks_exact_mut(pairs).take(real_rows).enumerate() {
+        let i = first + r;
+        for (p, pair) in row.iter_mut().enumerate() {
+            *pair = at(i, 2 * p) | at(i, 2 * p + 1) << 16;
+        }
     }
-    packed.resize(rows.max(a.rows) * pairs, 0);
     packed
 }
 
 /// `b` in panels of [`PANEL`] columns: for each of `pairs` steps, the
-/// panel's columns' pairs in order.
-fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
+/// panel's columns' pairs in order. Panels are packed on the current rayon
+/// pool when `threads > 1`.
+fn pack_panels(b: MatRef, pairs: usize, threads: usize) -> Vec<u32> {
     let at = |p: usize, j: usize| {
         if p < b.rows && j < b.cols {
             bf16_bits(b.data[p * b.row_stride + j * b.col_stride]) as u32
@@ -44,21 +48,29 @@ fn pack_panels(b: MatRef, pairs: usize) -> Vec<u32> {
             0
         }
     };
-    let panels = b.cols.div_ceil(PANEL);
-    let mut packed = Vec::with_capacity(panels * pairs * PANEL);
-    for panel in 0..panels {
-        for p in 0..pairs {
-            packed.extend(
-                (panel * PANEL..(panel + 1) * PANEL).map(|j| at(2 * p, j) | at(2 * p + 1, j) << 16),
-            );
+    let fill = |(panel, packed): (usize, &mut [u32])| {
+        for (p, step) in packed.chunks_exact_mut(PANEL).enumerate() {
+            for (c, pair) in step.iter_mut().enumerate() {
+                let j = panel * PANEL + c;
+                *pair = at(2 * p, j) | at(2 * p + 1, j) << 16;
+            }
         }
+    };
+    let mut packed = vec![0u32; b.cols.div_ceil(PANEL) * pairs * PANEL];
+    if threads > 1 {
+        packed
+            .par_chunks_mut(pairs * PANEL)
+            .enumerate()
+            .for_each(fill);
+    } else {
+        packed.chunks_mut(pairs * PANEL).enumerate().for_each(fill);
     }
     packed
 }
 
 /// How a kernel takes its operands: rows of `a` per block (one call of
 /// its block function), and the multiples it needs the pairs of the inner
-/// dimension and the rows of `a` padded to.
+/// dimension and a block's rows of `a` padded to.
 pub struct Blocking {
     pub block_rows: usize,
     pub pair_multiple: usize,
@@ -89,14 +101,15 @@ where
         return Ok(());
     }
     let pairs = a.cols.div_ceil(2).next_multiple_of(blocking.pair_multiple);
-    let rows = m.next_multiple_of(blocking.row_multiple);
-    let a_packed = pack_rows(a, pairs, rows);
-    let b_packed = pack_panels(b, pairs);
+    let b_packed = pack_panels(b, pairs, threads);
     let mut product = vec![0f32; m * n];
     let step = blocking.block_rows;
+    // Each block packs its own rows of `a`, on the thread that multiplies
+    // them.
     let block = |(index, out_rows): (usize, &mut [f32])| {
-        let a_block = &a_packed[index * step * pairs..((index + 1) * step).min(rows) * pairs];
-        multiply(a_block, pairs, &b_packed, out_rows, n)
+        let count = (out_rows.len() / n).next_multiple_of(blocking.row_multiple);
+        let a_block = pack_rows(a, index * step, count, pairs);
+        multiply(&a_block, pairs, &b_packed, out_rows, n)
     };
     if threads > 1 {
         product.par_chunks_mut(step * n).enumerate().for_each(block);
