@@ -88,38 +88,24 @@ pub unsafe fn gemm(
     threads: usize,
 ) -> Result<(), ShapeError> {
     // SAFETY: the caller checked `available()`.
-    gemm_on(
-        || unsafe { AmxTiles::configure() },
-        a,
-        b,
-        out,
-        alpha,
-        beta,
-        threads,
-    )
+    let tiles = || unsafe { AmxTiles::configure() };
+    gemm_by_blocks((a, b, out), (alpha, beta, threads), BLOCKING, on(tiles))
 }
 
-/// The product on the tile operations `unit` makes, one unit per block.
-fn gemm_on<T: TileUnit>(
+/// How the kernel takes its operands: blocks of 32 rows, the inner
+/// dimension padded to whole tiles.
+const BLOCKING: Blocking = Blocking {
+    block_rows: BLOCK_ROWS,
+    pair_multiple: TILE_PAIRS,
+    row_multiple: BLOCK_ROWS,
+};
+
+/// The block function on the tile operations `unit` makes, one unit per
+/// block.
+fn on<T: TileUnit>(
     unit: impl Fn() -> T + Send + Sync,
-    a: MatRef,
-    b: MatRef,
-    out: &mut MatMut,
-    alpha: f32,
-    beta: f32,
-    threads: usize,
-) -> Result<(), ShapeError> {
-    let blocking = Blocking {
-        block_rows: BLOCK_ROWS,
-        pair_multiple: TILE_PAIRS,
-        row_multiple: BLOCK_ROWS,
-    };
-    gemm_by_blocks(
-        (a, b, out),
-        (alpha, beta, threads),
-        blocking,
-        |a_block, pairs, b, rows, n| multiply_block(&mut unit(), a_block, pairs, b, rows, n),
-    )
+) -> impl Fn(&[u32], usize, &[u32], &mut [f32], usize) + Send + Sync {
+    move |a_block, pairs, b, rows, n| multiply_block(&mut unit(), a_block, pairs, b, rows, n)
 }
 
 /// The tile operations the block loop issues: AMX's (`AmxTiles`), or in
@@ -408,14 +394,12 @@ mod tests {
                 let mut c = MatMut::row_major(&mut want, m, n).unwrap();
                 gemm_bf16(Bf16Kernel::RoundedF32, a_view, b_view, &mut c, 0.5, -1.0, 1).unwrap();
                 let mut c = MatMut::row_major(&mut got, m, n).unwrap();
-                gemm_on(
-                    Emulated::default,
-                    a_view,
-                    b_view,
-                    &mut c,
-                    0.5,
-                    -1.0,
-                    threads,
+                let emulated = on(Emulated::default);
+                gemm_by_blocks(
+                    (a_view, b_view, &mut c),
+                    (0.5, -1.0, threads),
+                    BLOCKING,
+                    emulated,
                 )
                 .unwrap();
                 for (x, (w, g)) in want.iter().zip(&got).enumerate() {
