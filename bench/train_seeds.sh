@@ -44,7 +44,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --batching) EXTRA=$2; shift 2 ;;
     --no-dropout) NODROP=1; shift ;;
-    --train-precision) PRECISION=$2; shift 2 ;;
+    --train-precision) PRECISION=${2:?--train-precision needs f32 or bf16}; shift 2 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
