@@ -60,6 +60,18 @@ if [ -n "$TAUGHT_ROWS" ] && [ ! -f "$TEACHER/model.safetensors" ]; then
 fi
 TEACHER_SHA=""
 [ -z "$TAUGHT_ROWS" ] || TEACHER_SHA=$(sha256sum "$TEACHER/model.safetensors" | cut -c1-16)
+source "$ROOT/bench/kept_runs.sh"
+kept_dir
+if [ -n "$TAUGHT_ROWS" ]; then
+  # What the teacher cost to train, kept beside the runs it taught.
+  python3 - "$TEACHER/../report.json" "$KEPT/teacher-train.json" "$TEACHER_SHA" "$("$CPACK" --version)" "$(basename "$CPACK")" <<'PY'
+import json, os, sys
+report, out, sha, version, binary = sys.argv[1:]
+kept = {"teacher_sha256": sha, "cpack": version.splitlines(), "binary": binary, "report": json.load(open(report))}
+json.dump(kept, open(out + ".part", "w"), indent=1)
+os.replace(out + ".part", out)
+PY
+fi
 flags() {  # row → its flags
   local teach=(--teacher "$TEACHER")
   case "$1" in
@@ -71,8 +83,6 @@ flags() {  # row → its flags
     *) echo "unknown row $1" >&2; return 1 ;;
   esac
 }
-source "$ROOT/bench/kept_runs.sh"
-kept_dir
 teacher_of() { [ "$1" = refresh ] || echo "$TEACHER_SHA"; }  # row → the teacher its runs use
 # Seed by seed, so that an interrupted call leaves every row at its first seeds.
 for seed in $SEEDS; do
@@ -135,6 +145,11 @@ if os.path.exists(f"{kept}/teacher-eval.json"):
     base, taught = (teacher[k]["metrics"]["ndcg_at_10"] for k in ("base", "top20_reranked"))
     summary["teacher"] = {"base_ndcg_at_10": base, "base_top20_reranked_ndcg_at_10": taught}
     lines.append(f"\nthe teacher: test nDCG@10 of the base model {base:.4f}; its top 20 reranked by the teacher {taught:.4f}")
+if os.path.exists(f"{kept}/teacher-train.json"):
+    trained = json.load(open(f"{kept}/teacher-train.json"))["report"]["epochs"]
+    seconds = sum(e["train_seconds"] for e in trained)
+    summary.setdefault("teacher", {})["train_seconds"] = seconds
+    lines.append(f"the teacher trained in {seconds:.0f} s ({len(trained)} epochs), once for every row and seed")
 json.dump(summary, open(stem + ".json", "w"), indent=2)
 open(stem + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
