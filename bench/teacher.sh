@@ -20,7 +20,8 @@
 #
 #   bash bench/teacher.sh [--seeds "1 2 3"] [--rows "refresh refresh-distill ..."]
 #
-# Another dataset, the same commands:
+# Another dataset, the same commands (here InsuranceQA's Chinese translation,
+# which scripts/setup.sh makes beside the English):
 #   CPACK_QUICKSTART_TRAIN_DIR=.cache/train-insuranceqa-zh \
 #   CPACK_QUICKSTART_TRAIN_DATA=$PWD/.cache/data/insuranceqa-zh bash bench/teacher.sh
 #

