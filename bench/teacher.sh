@@ -4,7 +4,7 @@
 # 32 × group 4, τ 0.05, lr 5e-5, passages at 128; scripts/train_workspace.sh)
 # with the given seeds. Rows:
 #
-#   refresh          --refresh-every 1 (today's default; bench/strategies.sh's runs are reused)
+#   refresh          --refresh-every 1 (today's default; its kept runs are train_seeds.sh's too)
 #   refresh-denoise  refresh, each round denoised by the teacher (--denoise:
 #                    candidates it scores above the question's positive go)
 #   refresh-distill  refresh, KL from the teacher's group softmax added (--distill kl)
@@ -85,12 +85,29 @@ flags() {  # row → its flags
   esac
 }
 teacher_of() { [ "$1" = refresh ] || echo "$TEACHER_SHA"; }  # row → the teacher its runs use
+keep_round_stats() {  # run → its rounds' `mine stats` (the teacher's scores, what denoising dropped), kept
+  [ -f "$KEPT/$1.rounds.json" ] || python3 - "$CPACK" "$KEPT/$1.json" "$KEPT/$1.rounds.json" <<'PY'
+import json, os, subprocess, sys
+cpack, kept, out = sys.argv[1:]
+stats = {}
+for epoch in json.load(open(kept))["report"]["epochs"]:
+    described = subprocess.run([cpack, "-q", "mine", "stats", "--round", str(epoch["round"]), "--json"],
+                               capture_output=True, text=True)
+    if described.returncode != 0:  # a store that no longer holds the round: nothing to keep
+        sys.exit(print(f"{kept}: round {epoch['round']}: {described.stderr.strip()}", file=sys.stderr))
+    stats[f"epoch {epoch['epoch']}"] = json.loads(described.stdout)
+json.dump(stats, open(out + ".part", "w"), indent=1)
+os.replace(out + ".part", out)
+PY
+}
 # Seed by seed, so that an interrupted call leaves every row at its first seeds.
 for seed in $SEEDS; do
   for row in $ROWS; do
     name="$row-s$seed"
-    kept_current "$name" "$(teacher_of "$row")" && continue
-    keep "$name" "$(teacher_of "$row")" && continue
+    if kept_current "$name" "$(teacher_of "$row")" || keep "$name" "$(teacher_of "$row")"; then
+      keep_round_stats "$name"
+      continue
+    fi
     echo "$name" >&2
     read -r -a extra <<< "$(flags "$row")"
     if [ -f ".cpack/runs/$name/run.json" ]; then
@@ -99,6 +116,7 @@ for seed in $SEEDS; do
       "$CPACK" -q train --run "$name" --seed "$seed" "${extra[@]}" >/dev/null
     fi
     keep "$name" "$(teacher_of "$row")"
+    keep_round_stats "$name"
   done
 done
 # How good a teacher it is (after the runs: reranking 2,000 × 20 pairs is
