@@ -11,11 +11,6 @@
 #   refresh-both     refresh, denoised and distilled
 #   static-distill   the base model's round throughout, distilled
 #
-# A teacher denoises unless told otherwise (this bench's finding), so the
-# distill rows say --denoise=false. The kept runs came from cpack 3681f7f,
-# from before that default, which took no value there and did not denoise
-# unasked: the same recipes.
-#
 # The teacher is a MiniLM-L6 cross-encoder trained by `cpack rerank train`
 # from all-MiniLM-L6-v2 on the 2,001 questions of the dev split (never the
 # students' training questions) and a round mined for them by the base
@@ -83,9 +78,9 @@ flags() {  # row → its flags
   case "$1" in
     refresh) echo "--refresh-every 1" ;;
     refresh-denoise) echo "--refresh-every 1 ${teach[*]} --denoise" ;;
-    refresh-distill) echo "--refresh-every 1 ${teach[*]} --denoise=false --distill kl" ;;
+    refresh-distill) echo "--refresh-every 1 ${teach[*]} --distill kl" ;;
     refresh-both) echo "--refresh-every 1 ${teach[*]} --denoise --distill kl" ;;
-    static-distill) echo "--refresh-every 0 ${teach[*]} --denoise=false --distill kl" ;;
+    static-distill) echo "--refresh-every 0 ${teach[*]} --distill kl" ;;
     *) echo "unknown row $1" >&2; return 1 ;;
   esac
 }

@@ -63,18 +63,21 @@ impl<'a> FlagNames<'a> {
     /// `--flag value` for the flag whose id is `key`; `key = value` when the
     /// command has no such flag (the setting is only in `cpack.toml`).
     pub fn name(&self, key: &str, value: &str) -> String {
-        let arg = self.command.get_arguments().find(|arg| arg.get_id() == key);
-        match arg.and_then(|arg| Some((arg.get_long()?, arg.is_require_equals_set()))) {
-            Some((long, _)) if value == "true" => format!("--{long}"),
-            Some((long, true)) => format!("--{long}={value}"),
-            Some((long, false)) => format!("--{long} {value}"),
+        let flag = self
+            .command
+            .get_arguments()
+            .find(|arg| arg.get_id() == key)
+            .and_then(|arg| arg.get_long());
+        match flag {
+            Some(long) if value == "true" => format!("--{long}"),
+            Some(long) => format!("--{long} {value}"),
             None => format!("{key} = {value}"),
         }
     }
 
     /// The flag alone.
     fn flag(&self, key: &str) -> String {
-        self.name(key, "").trim_end_matches([' ', '=']).to_string()
+        self.name(key, "").trim_end().to_string()
     }
 
     /// A refusal with each setting it names written as its flag.
@@ -181,7 +184,6 @@ mod tests {
             "--refresh-depth 3 sets how deep; it needs --refresh incremental"
         );
         assert_eq!(train.name("batch_size", "8"), "--train-batch-size 8");
-        assert_eq!(train.name("denoise", "false"), "--denoise=false");
         assert_eq!(
             train.name("encode.precision", "int8"),
             "--encoder-precision int8"

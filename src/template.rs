@@ -38,7 +38,7 @@ const NOTES: [(&str, &str); 7] = [
 ];
 
 /// Values shown for settings that are unset by default, as examples.
-const EXAMPLES: [(&str, &str); 24] = [
+const EXAMPLES: [(&str, &str); 23] = [
     ("model.path", "\"BAAI/bge-small-en-v1.5\""),
     ("rerank.model", "\"BAAI/bge-reranker-base\""),
     ("rerank.depth", "100"),
@@ -65,7 +65,6 @@ const EXAMPLES: [(&str, &str); 24] = [
     ("max_queries", "2000"),
     ("replace_easy", "0.3"),
     ("distill", "\"kl\""),
-    ("denoise", "false"),
 ];
 
 impl Template<'_> {

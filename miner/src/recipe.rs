@@ -85,20 +85,9 @@ pub struct MiningRecipe {
     #[cfg_attr(feature = "clap", arg(long, value_name = "N"))]
     pub teacher_pool: Option<usize>,
     /// Denoise (RocketQA): drop candidates the teacher scores above the
-    /// query's lowest positive (--denoise-margin 0) before the draw; on by
-    /// default with a teacher unless a rule below is set. --denoise=false
-    /// keeps every candidate.
-    #[cfg_attr(
-        feature = "clap",
-        arg(
-            long,
-            value_name = "BOOL",
-            num_args = 0..=1,
-            require_equals = true,
-            default_missing_value = "true"
-        )
-    )]
-    pub denoise: Option<bool>,
+    /// query's lowest positive (--denoise-margin 0) before the draw.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub denoise: bool,
     /// Denoise: drop candidates the teacher scores above S (its raw score, a logit).
     #[cfg_attr(
         feature = "clap",
@@ -132,7 +121,7 @@ impl Default for MiningRecipe {
             filter: None,
             teacher: None,
             teacher_pool: None,
-            denoise: None,
+            denoise: false,
             denoise_above: None,
             denoise_margin: None,
         }
@@ -149,7 +138,11 @@ impl MiningRecipe {
     /// The teacher with its pool and denoising rules, checked; `None`
     /// without a teacher, refused when they are set without one.
     pub fn teacher_spec(&self) -> Result<Option<TeacherSpec>, InvalidSetting> {
-        let denoise = self.denoise_rules()?;
+        let denoise = Denoise {
+            above: self.denoise_above,
+            margin: self.denoise_margin.or(self.denoise.then_some(0.0)),
+        };
+        denoise.validate()?;
         let Some(model) = &self.teacher else {
             let set = [
                 ("teacher_pool", self.teacher_pool.is_some()),
@@ -171,32 +164,6 @@ impl MiningRecipe {
             pool,
             denoise,
         }))
-    }
-
-    /// The denoising rules the recipe sets: those given, with a margin of 0
-    /// when `denoise` asks for it — or, by default, when a teacher comes
-    /// without rules; `denoise = false` refuses rules beside it.
-    fn denoise_rules(&self) -> Result<Denoise, InvalidSetting> {
-        let given = Denoise {
-            above: self.denoise_above,
-            margin: self.denoise_margin,
-        };
-        given.validate()?;
-        let margin_zero = match self.denoise {
-            Some(false) if !given.is_off() => {
-                return Err(InvalidSetting::new(
-                    "denoise",
-                    false,
-                    "turns denoising off, but a rule is set beside it: drop denoise_margin / denoise_above",
-                ))
-            }
-            Some(on) => on,
-            None => self.teacher.is_some() && given.is_off(),
-        };
-        Ok(Denoise {
-            margin: given.margin.or(margin_zero.then_some(0.0)),
-            ..given
-        })
     }
 
     /// The parameters a round records: `negatives` when the recipe names
@@ -263,7 +230,7 @@ mod tests {
     #[test]
     fn teacher_rules_need_a_teacher_and_denoise_means_margin_zero() {
         let alone = MiningRecipe {
-            denoise: Some(true),
+            denoise: true,
             ..MiningRecipe::default()
         };
         assert_eq!(alone.teacher_spec().unwrap_err().key, "denoise");
@@ -281,40 +248,5 @@ mod tests {
             ..taught
         };
         assert_eq!(explicit.teacher_spec().unwrap_err().key, "denoise_above");
-    }
-
-    #[test]
-    fn a_teacher_denoises_by_default_unless_told_otherwise() {
-        let rules = |recipe: MiningRecipe| {
-            let d = recipe.teacher_spec().unwrap().unwrap().denoise;
-            (d.above, d.margin)
-        };
-        let taught = MiningRecipe {
-            teacher: Some("reranker".into()),
-            ..MiningRecipe::default()
-        };
-        assert_eq!(rules(taught.clone()), (None, Some(0.0)));
-        let off = MiningRecipe {
-            denoise: Some(false),
-            ..taught.clone()
-        };
-        assert_eq!(rules(off), (None, None));
-        // A rule of one's own replaces the default margin.
-        let above = MiningRecipe {
-            denoise_above: Some(2.0),
-            ..taught
-        };
-        assert_eq!(rules(above.clone()), (Some(2.0), None));
-        let contradicted = MiningRecipe {
-            denoise: Some(false),
-            ..above
-        };
-        assert_eq!(contradicted.teacher_spec().unwrap_err().key, "denoise");
-        // Without a teacher the default is off, and off is no error.
-        let untaught = MiningRecipe {
-            denoise: Some(false),
-            ..MiningRecipe::default()
-        };
-        assert_eq!(untaught.teacher_spec().unwrap(), None);
     }
 }
