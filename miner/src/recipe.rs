@@ -86,6 +86,10 @@ pub struct MiningRecipe {
     pub teacher_pool: Option<usize>,
     /// Denoise (RocketQA): drop candidates the teacher scores above the
     /// query's lowest positive (--denoise-margin 0) before the draw.
+    ///
+    /// It helps only with a teacher that ranks better than the embedder:
+    /// check first that `cpack eval --reranker T --rerank-depth 20` scores
+    /// above `cpack eval`, and watch `mine stats` for questions left short.
     #[cfg_attr(feature = "clap", arg(long))]
     pub denoise: bool,
     /// Denoise: drop candidates the teacher scores above S (its raw score, a logit).
